@@ -1,0 +1,1 @@
+"""Flow-matching conventions of WVM (SPEC.md §4)."""

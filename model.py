@@ -1,0 +1,452 @@
+"""The Wan2.2-TI2V-5B video DiT (the video stream of WVM), its checkpoint loader, and WVM itself.
+
+Read with ../shared/wan22.md (sections A, C, D) and SPEC.md §3-4. Parameter names are the official
+Wan2.2 ones, so the published checkpoint loads without renaming; diffusers-format checkpoints are
+renamed on the way in (`wan_key`).
+
+Numerics follow the reference: the time path, modulation, gated residuals, norms, RoPE and the
+head run in fp32; the linear layers run in whatever autocast asks for (bf16 on GPU).
+"""
+import json
+import math
+import os
+import re
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from kernels import adaln_modulate, mot_attention, qk_norm_rope
+
+
+@dataclass
+class WanConfig:
+    dim: int = 3072
+    ffn_dim: int = 14336
+    num_heads: int = 24
+    num_layers: int = 30
+    in_dim: int = 48
+    out_dim: int = 48
+    patch_size: tuple = (1, 2, 2)
+    text_dim: int = 4096
+    text_len: int = 512
+    freq_dim: int = 256
+    eps: float = 1e-6
+
+    @property
+    def head_dim(self):
+        return self.dim // self.num_heads
+
+
+WAN_CONFIGS = {
+    "ti2v-5b": WanConfig(),
+    # a few minutes of CPU training; same code paths as the real model
+    "tiny": WanConfig(dim=64, ffn_dim=128, num_heads=2, num_layers=2, text_dim=32, text_len=16, freq_dim=32),
+    "mid": WanConfig(dim=768, ffn_dim=3072, num_heads=6, num_layers=6, text_dim=256, text_len=64, freq_dim=256),
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# small pieces
+
+def sinusoidal_embedding(t, dim):
+    """Wan's timestep features: [cos(t*f_i), sin(t*f_i)], f_i = 10000^(-i/(dim/2)), t on the 0..1000 scale."""
+    half = dim // 2
+    freqs = torch.pow(10000.0, -torch.arange(half, dtype=torch.float64, device=t.device) / half)
+    args = t.double()[..., None] * freqs
+    return torch.cat([torch.cos(args), torch.sin(args)], -1).float()
+
+
+def rope_tables(head_dim, F_, H, W, device=None, theta=10000.0):
+    """cos, sin [F_*H*W, head_dim/2] for 3-axis RoPE: pairs split time/height/width as 44/42/42 at d=128."""
+    d_hw = 2 * (head_dim // 6)
+    d_t = head_dim - 2 * d_hw
+    angles = []
+    for n, d in ((F_, d_t), (H, d_hw), (W, d_hw)):
+        freqs = theta ** (-torch.arange(0, d, 2, dtype=torch.float64, device=device) / d)
+        angles.append(torch.arange(n, dtype=torch.float64, device=device)[:, None] * freqs)
+    f, h, w = angles
+    grid = torch.cat([f[:, None, None].expand(F_, H, W, -1),
+                      h[None, :, None].expand(F_, H, W, -1),
+                      w[None, None, :].expand(F_, H, W, -1)], -1).reshape(F_ * H * W, head_dim // 2)
+    return torch.cos(grid).float(), torch.sin(grid).float()
+
+
+def gated_add(x, y, gate):
+    """x + y * gate in fp32, with gate [B, G, D] applied to the G equal groups of tokens of x [B, L, D]."""
+    B, L, D = x.shape
+    G = gate.shape[1]
+    return (x.float().view(B, G, L // G, D) + y.view(B, G, L // G, D) * gate[:, :, None]).view(B, L, D)
+
+
+def compute_dtype(x):
+    """The dtype matmul inputs end up in: the autocast dtype if autocast is on, else x's own."""
+    dev = x.device.type
+    return torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim, eps=1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        return (x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x) * self.weight
+
+
+class SelfAttention(nn.Module):
+    """q/k/v/o projections into an attention space of heads x head_dim; the attention itself runs jointly (WVM)."""
+
+    def __init__(self, dim, num_heads, head_dim, eps):
+        super().__init__()
+        self.num_heads, self.eps = num_heads, eps
+        inner = num_heads * head_dim
+        self.q, self.k, self.v = nn.Linear(dim, inner), nn.Linear(dim, inner), nn.Linear(dim, inner)
+        self.o = nn.Linear(inner, dim)
+        self.norm_q, self.norm_k = RMSNorm(inner, eps), RMSNorm(inner, eps)
+
+    def qkv(self, x, rope):
+        cos, sin = rope if rope is not None else (None, None)
+        q = qk_norm_rope(self.q(x), self.norm_q.weight, cos, sin, self.num_heads, self.eps)
+        k = qk_norm_rope(self.k(x), self.norm_k.weight, cos, sin, self.num_heads, self.eps)
+        v = self.v(x).unflatten(-1, (self.num_heads, -1))
+        return q, k, v
+
+
+class CrossAttention(nn.Module):
+    """Text cross-attention: queries from the stream, keys/values from the projected umT5 tokens (no mask)."""
+
+    def __init__(self, dim, num_heads, eps):
+        super().__init__()
+        self.num_heads = num_heads
+        self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
+        self.norm_q, self.norm_k = RMSNorm(dim, eps), RMSNorm(dim, eps)
+
+    def forward(self, x, context):
+        split = lambda t: t.unflatten(-1, (self.num_heads, -1)).transpose(1, 2)  # noqa: E731
+        q, k, v = split(self.norm_q(self.q(x))), split(self.norm_k(self.k(context))), split(self.v(context))
+        return self.o(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(2))
+
+
+class Block(nn.Module):
+    """One Wan2.2 transformer block, split at the self-attention so two streams can attend jointly.
+
+    The video stream uses it with dim 3072 and 24 x 128 heads; the value stream (value_dit.py)
+    uses the same code with dim 512, self-attention in the video's 24 x 128 space, 8 cross heads.
+    e0 [B, G, 6, dim] is the per-group time projection (a group = a latent frame, or a value token).
+    """
+
+    def __init__(self, dim, ffn_dim, num_heads, head_dim, cross_heads, eps):
+        super().__init__()
+        self.eps = eps
+        self.modulation = nn.Parameter(torch.randn(1, 6, dim) / dim ** 0.5)
+        self.self_attn = SelfAttention(dim, num_heads, head_dim, eps)
+        self.norm3 = nn.LayerNorm(dim, eps)
+        self.cross_attn = CrossAttention(dim, cross_heads, eps)
+        self.ffn = nn.Sequential(nn.Linear(dim, ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(ffn_dim, dim))
+
+    def qkv(self, x, e0, rope):
+        shift, scale = (self.modulation[:, None, 0:2].float() + e0[:, :, 0:2]).unbind(2)
+        return self.self_attn.qkv(adaln_modulate(x, shift, scale, self.eps, compute_dtype(x)), rope)
+
+    def finish(self, x, attn, e0, context):
+        """Everything after the attention: output projection + gate, cross-attention, FFN + gate."""
+        m = self.modulation[:, None].float() + e0
+        x = gated_add(x, self.self_attn.o(attn.flatten(2)), m[:, :, 2])
+        x = x + self.cross_attn(self.norm3(x), context)
+        h = adaln_modulate(x, m[:, :, 3], m[:, :, 4], self.eps, compute_dtype(x))
+        return gated_add(x, self.ffn(h), m[:, :, 5])
+
+    def forward(self, x, e0, context, rope):
+        q, k, v = self.qkv(x, e0, rope)
+        return self.finish(x, mot_attention(q, k, v, n_cur=q.shape[1], n_fut=0), e0, context)
+
+
+class Head(nn.Module):
+    """Final adaLN norm + linear, modulated by the time embedding e [B, G, dim] (not e0), all in fp32."""
+
+    def __init__(self, dim, out, eps):
+        super().__init__()
+        self.eps = eps
+        self.modulation = nn.Parameter(torch.randn(1, 2, dim) / dim ** 0.5)
+        self.head = nn.Linear(dim, out)
+
+    def forward(self, x, e):
+        with torch.autocast(x.device.type, enabled=False):
+            shift, scale = (self.modulation[:, None].float() + e[:, :, None]).unbind(2)
+            return F.linear(adaln_modulate(x, shift, scale, self.eps, torch.float32),
+                            self.head.weight.float(), self.head.bias.float())
+
+
+def time_embed(stream, t):
+    """t [B, G] on the 0..1000 scale -> e [B, G, dim] and e0 [B, G, 6, dim], in fp32."""
+    with torch.autocast(t.device.type, enabled=False):
+        lin = lambda m, x: F.linear(x, m.weight.float(), m.bias.float())  # noqa: E731  (fp32 even for bf16 weights)
+        te = stream.time_embedding
+        e = lin(te[2], F.silu(lin(te[0], sinusoidal_embedding(t, te[0].in_features))))
+        e0 = lin(stream.time_projection[1], F.silu(e)).unflatten(-1, (6, -1))
+    return e, e0
+
+
+def embed_text(stream, context, text_len):
+    """Zero-pad umT5 features [B, L, text_dim] to text_len rows (as Wan does) and project them."""
+    B, L, C = context.shape
+    if L > text_len or C != stream.text_embedding[0].in_features:
+        raise ValueError(f"context {tuple(context.shape)}: expected [B, <= {text_len}, {stream.text_embedding[0].in_features}]")
+    return stream.text_embedding(F.pad(context, (0, 0, 0, text_len - L)))
+
+
+def text_mlp(text_dim, dim):
+    return nn.Sequential(nn.Linear(text_dim, dim), nn.GELU(approximate="tanh"), nn.Linear(dim, dim))
+
+
+def time_mlps(freq_dim, dim):
+    return (nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim)),
+            nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim)))
+
+
+# ----------------------------------------------------------------------------------------------
+# the video DiT
+
+class WanDiT(nn.Module):
+    # kept in fp32 when the rest is cast to bf16: the reference computes these in fp32
+    fp32_params = re.compile(r"(^time_embedding|^time_projection|^head\.|modulation$|norm3\.|norm_[qk]\.)")
+
+    def __init__(self, cfg: WanConfig):
+        super().__init__()
+        self.cfg = cfg
+        c = cfg
+        self.patch_embedding = nn.Conv3d(c.in_dim, c.dim, kernel_size=c.patch_size, stride=c.patch_size)
+        self.text_embedding = text_mlp(c.text_dim, c.dim)
+        self.time_embedding, self.time_projection = time_mlps(c.freq_dim, c.dim)
+        self.blocks = nn.ModuleList(Block(c.dim, c.ffn_dim, c.num_heads, c.head_dim, c.num_heads, c.eps)
+                                    for _ in range(c.num_layers))
+        self.head = Head(c.dim, c.out_dim * math.prod(c.patch_size), c.eps)
+
+    def embed(self, x, t, context):
+        """Latents [B, C, F, H, W] -> tokens [B, L, dim] (fp32), per-frame e/e0, projected text, RoPE tables."""
+        B, C, F_, H, W = x.shape
+        pt, ph, pw = self.cfg.patch_size
+        if C != self.cfg.in_dim or F_ % pt or H % ph or W % pw:
+            raise ValueError(f"latents {tuple(x.shape)}: expected [B, {self.cfg.in_dim}, F, H, W] with "
+                             f"F, H, W multiples of the patch {self.cfg.patch_size}")
+        if t.dim() == 1:
+            t = t[:, None].expand(B, F_ // pt)
+        if t.shape != (B, F_ // pt):
+            raise ValueError(f"timesteps {tuple(t.shape)}: expected [B] or [B, F] = [{B}] or [{B}, {F_ // pt}]")
+        tokens = self.patch_embedding(x).flatten(2).transpose(1, 2).float()
+        e, e0 = time_embed(self, t.float())
+        rope = rope_tables(self.cfg.head_dim, F_ // pt, H // ph, W // pw, x.device)
+        return tokens, e, e0, embed_text(self, context, self.cfg.text_len), rope
+
+    def unpatchify(self, out, F_, H, W):
+        pt, ph, pw = self.cfg.patch_size
+        f, h, w = F_ // pt, H // ph, W // pw
+        out = out.view(out.shape[0], f, h, w, pt, ph, pw, self.cfg.out_dim)  # channel fastest, as Wan
+        return out.permute(0, 7, 1, 4, 2, 5, 3, 6).reshape(out.shape[0], self.cfg.out_dim, F_, H, W)
+
+    def forward(self, x, t, context):
+        """x [B, 48, F, H, W] latents, t [B] or [B, F] on 0..1000, context [B, L<=512, 4096] -> velocity (fp32)."""
+        tokens, e, e0, ctx, rope = self.embed(x, t, context)
+        for block in self.blocks:
+            tokens = block(tokens, e0, ctx, rope)
+        return self.unpatchify(self.head(tokens, e), *x.shape[2:])
+
+
+# ----------------------------------------------------------------------------------------------
+# checkpoints: official Wan2.2 names, diffusers names, sharded safetensors, .pth
+
+class CheckpointError(ValueError):
+    pass
+
+
+# diffusers -> official, applied in order (wan22.md §D, inverted)
+_DIFFUSERS_TO_WAN = [
+    ("condition_embedder.time_embedder.linear_1", "time_embedding.0"),
+    ("condition_embedder.time_embedder.linear_2", "time_embedding.2"),
+    ("condition_embedder.text_embedder.linear_1", "text_embedding.0"),
+    ("condition_embedder.text_embedder.linear_2", "text_embedding.2"),
+    ("condition_embedder.time_proj", "time_projection.1"),
+    ("proj_out", "head.head"),
+    ("ffn.net.0.proj", "ffn.0"),
+    ("ffn.net.2", "ffn.2"),
+    (".norm2.", ".norm3."),  # diffusers norm2 is the affine norm before cross-attention
+    ("attn1.to_out.0", "self_attn.o"),
+    ("attn2.to_out.0", "cross_attn.o"),
+    ("attn1.to_", "self_attn."),
+    ("attn2.to_", "cross_attn."),
+    ("attn1.", "self_attn."),
+    ("attn2.", "cross_attn."),
+]
+
+
+def wan_key(name):
+    """Official Wan2.2 name of a DiT tensor given under official, diffusers or ComfyUI-prefixed names."""
+    name = name.removeprefix("model.diffusion_model.")
+    if name == "scale_shift_table":
+        return "head.modulation"
+    if name.endswith(".scale_shift_table"):
+        return name[: -len("scale_shift_table")] + "modulation"
+    for a, b in _DIFFUSERS_TO_WAN:
+        name = name.replace(a, b)
+    return name
+
+
+def checkpoint_files(path, stem):
+    """Resolve a checkpoint path (file or folder) to (tensor files, config dict or None).
+
+    Folders may hold `<stem>.safetensors`, sharded `<stem>-0000k-of-0000n.safetensors` + index,
+    any single .safetensors / .pth, and an optional config.json.
+    """
+    if os.path.isfile(path):
+        cfg_file = os.path.join(os.path.dirname(path), "config.json")
+        if path.endswith(".json"):  # an index
+            with open(path) as f:
+                shards = sorted(set(json.load(f)["weight_map"].values()))
+            return [os.path.join(os.path.dirname(path), s) for s in shards], _read_json(cfg_file)
+        return [path], _read_json(cfg_file)
+    if not os.path.isdir(path):
+        raise CheckpointError(f"{path}: no such checkpoint file or folder")
+    names = sorted(os.listdir(path))
+    index = [n for n in names if n.endswith(".safetensors.index.json")]
+    if index:
+        return checkpoint_files(os.path.join(path, index[0]), stem)
+    for pattern in (rf"{stem}\.safetensors$", r".*\.safetensors$", r".*\.(pth|pt|bin|ckpt)$"):
+        found = [n for n in names if re.match(pattern, n)]
+        if found:
+            return [os.path.join(path, n) for n in found], _read_json(os.path.join(path, "config.json"))
+    raise CheckpointError(f"{path}: no .safetensors, .safetensors.index.json or .pth checkpoint in this folder")
+
+
+def _read_json(path):
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+class _TensorFile:
+    """Lazy access to the tensors of one .safetensors or .pth file (names and shapes without reading data)."""
+
+    def __init__(self, path):
+        self.path = path
+        try:
+            if path.endswith(".safetensors"):
+                from safetensors import safe_open
+                self._st = safe_open(path, "pt", device="cpu")
+                self.shapes = {k: tuple(self._st.get_slice(k).get_shape()) for k in self._st.keys()}
+            else:
+                sd = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+                for wrapper in ("state_dict", "model", "module"):
+                    if isinstance(sd, dict) and set(sd) == {wrapper}:
+                        sd = sd[wrapper]
+                self._sd = sd
+                self.shapes = {k: tuple(v.shape) for k, v in sd.items() if torch.is_tensor(v)}
+        except Exception as e:  # unreadable, truncated, not a checkpoint
+            raise CheckpointError(f"{path}: cannot read checkpoint ({type(e).__name__}: {e})") from e
+
+    def get(self, name):
+        return self._st.get_tensor(name) if hasattr(self, "_st") else self._sd[name]
+
+
+def _fmt(items, n=8):
+    items = list(items)
+    return ", ".join(items[:n]) + (f", ... ({len(items) - n} more)" if len(items) > n else "")
+
+
+def load_checkpoint_into(model, path, files, rename=lambda k: k, dtype=None, device=None, keep_fp32=None):
+    """Assign checkpoint tensors to a model built on the meta device, one file at a time.
+
+    Every missing, unexpected or mis-shaped tensor is reported together in one CheckpointError
+    before any data is read. Only one tensor is ever held twice (during a dtype/device cast).
+    """
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    tfiles = [_TensorFile(f) for f in files]
+    found, unexpected, wrong = {}, [], []
+    for tf in tfiles:
+        for name, shape in tf.shapes.items():
+            key = rename(name)
+            if key not in expected:
+                unexpected.append(name)
+            elif shape != expected[key]:
+                wrong.append(f"{name}: checkpoint {list(shape)} vs model {list(expected[key])}")
+            else:
+                found[key] = (tf, name)
+    missing = [k for k in expected if k not in found]
+    if missing or unexpected or wrong:
+        msg = [f"{path}: checkpoint does not match {type(model).__name__}"]
+        for what, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
+            if items:
+                msg.append(f"  {what} ({len(items)}): {_fmt(items)}")
+        raise CheckpointError("\n".join(msg))
+    for key, (tf, name) in found.items():
+        t = tf.get(name)
+        to = torch.float32 if keep_fp32 is not None and keep_fp32.search(key) else dtype
+        if to is not None and t.is_floating_point():
+            t = t.to(to)
+        if device is not None:
+            t = t.to(device)
+        mod_name, _, attr = key.rpartition(".")
+        mod = model.get_submodule(mod_name)
+        old = getattr(mod, attr)
+        setattr(mod, attr, nn.Parameter(t, requires_grad=old.requires_grad) if isinstance(old, nn.Parameter) else t)
+    return model
+
+
+def wan_config_from(shapes, config):
+    """WanConfig from an official or diffusers config.json, falling back to tensor shapes."""
+    c = {}
+    if config:
+        if "num_attention_heads" in config:  # diffusers
+            c = dict(dim=config["num_attention_heads"] * config["attention_head_dim"], num_heads=config["num_attention_heads"],
+                     in_dim=config.get("in_channels"), out_dim=config.get("out_channels"), text_dim=config.get("text_dim"),
+                     ffn_dim=config.get("ffn_dim"), num_layers=config.get("num_layers"), freq_dim=config.get("freq_dim"),
+                     eps=config.get("eps"), patch_size=tuple(config["patch_size"]) if "patch_size" in config else None)
+        else:
+            c = {f.name: config[f.name] for f in fields(WanConfig) if f.name in config}
+        c = {k: v for k, v in c.items() if v is not None}
+    pe = shapes.get("patch_embedding.weight")
+    if pe is None:
+        raise CheckpointError("no patch_embedding.weight: not a Wan DiT checkpoint")
+    dim, in_dim = pe[0], pe[1]
+    c.setdefault("dim", dim)
+    c.setdefault("in_dim", in_dim)
+    c.setdefault("patch_size", tuple(pe[2:]))
+    if "num_heads" not in c:  # not in the weights: Wan's heads are 128 wide, config.json says otherwise
+        if dim % 128:
+            raise CheckpointError(f"width {dim} is not a multiple of Wan's head_dim 128 and no config.json gives num_heads")
+        c["num_heads"] = dim // 128
+    c.setdefault("num_layers", len({k.split(".")[1] for k in shapes if k.startswith("blocks.")}))
+    if "blocks.0.ffn.0.weight" in shapes:
+        c.setdefault("ffn_dim", shapes["blocks.0.ffn.0.weight"][0])
+    c.setdefault("text_dim", shapes["text_embedding.0.weight"][1])
+    c.setdefault("freq_dim", shapes["time_embedding.0.weight"][1])
+    c.setdefault("out_dim", shapes["head.head.weight"][0] // math.prod(c["patch_size"]))
+    return WanConfig(**c)
+
+
+def load_wan_dit(path, dtype=None, device=None, cfg=None):
+    """Load Wan2.2 DiT weights (official or diffusers layout) into a WanDiT without a second copy in memory.
+
+    The config comes from config.json or the tensor shapes unless cfg is given. dtype casts the
+    weights (e.g. torch.bfloat16) except those the reference keeps in fp32.
+    """
+    if os.path.isdir(os.path.join(path, "transformer")):  # a diffusers pipeline folder
+        path = os.path.join(path, "transformer")
+    files, config = checkpoint_files(path, "diffusion_pytorch_model")
+    shapes = {}
+    for f in files:
+        shapes.update({wan_key(k): v for k, v in _TensorFile(f).shapes.items()})
+    try:
+        cfg = cfg or wan_config_from(shapes, config)
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    with torch.device("meta"):
+        model = WanDiT(cfg)
+    return load_checkpoint_into(model, path, files, wan_key, dtype, device, WanDiT.fp32_params if dtype else None)
+
+
+def config_dict(cfg):
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()}

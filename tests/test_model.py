@@ -1,0 +1,155 @@
+"""The Wan2.2 DiT against diffusers' WanTransformer3DModel, checkpoint layouts, and loader errors."""
+import json
+import os
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from model import CheckpointError, WanConfig, WanDiT, load_wan_dit
+
+diffusers = pytest.importorskip("diffusers")
+
+TEXT_LEN = 16
+TINY = dict(dim=64, ffn_dim=128, num_heads=2, num_layers=2, text_dim=32, freq_dim=32, text_len=TEXT_LEN)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """A tiny random diffusers Wan DiT (TI2V-style: 48 channels, patch 1x2x2) saved with save_pretrained."""
+    torch.manual_seed(0)
+    ref = diffusers.WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=32, in_channels=48, out_channels=48,
+        text_dim=32, freq_dim=32, ffn_dim=128, num_layers=2, cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024).eval()
+    with torch.no_grad():  # default init leaves many tensors at 0/1; random everything so a mix-up shows
+        for p in ref.parameters():
+            p.normal_(0, 0.2)
+    path = tmp_path_factory.mktemp("wan") / "transformer"
+    ref.save_pretrained(path)
+    return ref, path
+
+
+def inputs(B=2, F=3, H=6, W=8, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(B, 48, F, H, W, generator=g)
+    ctx = torch.randn(B, TEXT_LEN - 5, 32, generator=g)
+    return x, ctx
+
+
+def run_reference(ref, x, t, ctx):
+    B, _, F, H, W = x.shape
+    if t.dim() == 2:  # diffusers takes TI2V's per-token timesteps
+        t = t[:, :, None].expand(B, F, (H // 2) * (W // 2)).reshape(B, -1)
+    ctx = torch.nn.functional.pad(ctx, (0, 0, 0, TEXT_LEN - ctx.shape[1]))  # the pipeline pads, the model does not
+    with torch.no_grad():
+        return ref(x, t, ctx, return_dict=False)[0]
+
+
+def check_equal(model, ref):
+    model.cfg.text_len = TEXT_LEN
+    x, ctx = inputs()
+    for t in (torch.tensor([300.0, 850.0]), torch.tensor([[0.0, 500.0, 500.0], [0.0, 990.0, 990.0]])):
+        with torch.no_grad():
+            ours = model(x, t, ctx)
+        theirs = run_reference(ref, x, t, ctx)
+        assert ours.dtype == torch.float32 and ours.shape == theirs.shape
+        assert (ours - theirs).abs().max() <= 1e-4 * theirs.abs().max(), (ours - theirs).abs().max()
+
+
+def test_matches_diffusers_from_diffusers_folder(reference):
+    ref, path = reference
+    model = load_wan_dit(str(path))
+    assert model.cfg == WanConfig(dim=64, ffn_dim=128, num_heads=2, num_layers=2, text_dim=32, freq_dim=32)
+    check_equal(model, ref)
+
+
+def test_per_frame_timestep_zero_is_clean_frame_conditioning(reference):
+    """TI2V semantics: changing the clean first frame's latent changes the output; its timestep differs from t."""
+    ref, path = reference
+    model = load_wan_dit(str(path))
+    model.cfg.text_len = TEXT_LEN
+    x, ctx = inputs(B=1)
+    t = torch.tensor([[0.0, 700.0, 700.0]])
+    with torch.no_grad():
+        a, b = model(x, t, ctx), model(x, torch.tensor([700.0]), ctx)
+    assert (a - b).abs().max() > 1e-3  # per-frame timesteps really reach the model
+    assert (a - run_reference(ref, x, t, ctx)).abs().max() <= 1e-4 * a.abs().max()
+
+
+def test_matches_diffusers_from_official_sharded_and_pth(reference, tmp_path):
+    ref, path = reference
+    sd = load_wan_dit(str(path)).state_dict()  # official names
+    keys = sorted(sd)
+    shards = {"diffusion_pytorch_model-00001-of-00002.safetensors": keys[: len(keys) // 2],
+              "diffusion_pytorch_model-00002-of-00002.safetensors": keys[len(keys) // 2:]}
+    official = tmp_path / "official"
+    official.mkdir()
+    for name, ks in shards.items():
+        save_file({k: sd[k].contiguous() for k in ks}, official / name)
+    with open(official / "diffusion_pytorch_model.safetensors.index.json", "w") as f:
+        json.dump({"metadata": {}, "weight_map": {k: n for n, ks in shards.items() for k in ks}}, f)
+    with open(official / "config.json", "w") as f:  # the official config.json layout (wan22.md A.1)
+        json.dump({"_class_name": "WanModel", "dim": 64, "ffn_dim": 128, "num_heads": 2, "num_layers": 2,
+                   "in_dim": 48, "out_dim": 48, "freq_dim": 32, "text_len": TEXT_LEN, "eps": 1e-6, "model_type": "ti2v"}, f)
+    check_equal(load_wan_dit(str(official)), ref)
+    # a ComfyUI-style single .pth file with the model.diffusion_model. prefix, no config.json
+    pth = tmp_path / "single" / "wan.pth"
+    pth.parent.mkdir()
+    torch.save({"model.diffusion_model." + k: v for k, v in sd.items()}, pth)
+    with pytest.raises(CheckpointError, match="no config.json gives num_heads"):
+        load_wan_dit(str(pth))  # 64 wide: heads cannot be inferred from shapes alone
+    check_equal(load_wan_dit(str(pth), cfg=WanConfig(**TINY)), ref)
+
+
+def test_bf16_load_keeps_fp32_where_reference_does(reference):
+    _, path = reference
+    model = load_wan_dit(str(path), dtype=torch.bfloat16)
+    dtypes = {k: v.dtype for k, v in model.state_dict().items()}
+    assert dtypes["blocks.0.ffn.0.weight"] == torch.bfloat16
+    assert dtypes["blocks.0.self_attn.q.weight"] == torch.bfloat16
+    for k in ("time_embedding.0.weight", "time_projection.1.weight", "head.head.weight", "head.modulation",
+              "blocks.1.modulation", "blocks.0.norm3.weight", "blocks.0.self_attn.norm_q.weight"):
+        assert dtypes[k] == torch.float32, k
+
+
+def test_full_config_parameter_count_and_names():
+    with torch.device("meta"):
+        model = WanDiT(WanConfig())
+    sd = model.state_dict()
+    assert len(sd) == 825
+    assert sum(p.numel() for p in model.parameters()) == 4_999_787_712
+    # shapes from the official checkpoint (wan22.md Appendix 2)
+    expect = {"patch_embedding.weight": (3072, 48, 1, 2, 2), "text_embedding.0.weight": (3072, 4096),
+              "time_projection.1.weight": (18432, 3072), "head.modulation": (1, 2, 3072), "head.head.weight": (192, 3072),
+              "blocks.29.modulation": (1, 6, 3072), "blocks.0.self_attn.norm_q.weight": (3072,),
+              "blocks.0.norm3.bias": (3072,), "blocks.0.cross_attn.norm_k.weight": (3072,),
+              "blocks.0.ffn.0.weight": (14336, 3072), "blocks.0.ffn.2.weight": (3072, 14336)}
+    for k, shape in expect.items():
+        assert tuple(sd[k].shape) == shape, k
+    assert not any(".norm1." in k or ".norm2." in k or k.startswith("head.norm") for k in sd)
+
+
+@pytest.mark.parametrize("break_it,message", [
+    (lambda sd: sd.pop("blocks.1.ffn.2.bias"), "missing (1): blocks.1.ffn.2.bias"),
+    (lambda sd: sd.__setitem__("blocks.0.extra.weight", torch.zeros(3)), "unexpected (1): blocks.0.extra.weight"),
+    (lambda sd: sd.__setitem__("head.head.bias", torch.zeros(7)), "head.head.bias: checkpoint [7] vs model [192]"),
+])
+def test_bad_checkpoint_gives_one_clear_error(reference, tmp_path, break_it, message):
+    _, path = reference
+    sd = dict(load_wan_dit(str(path)).state_dict())
+    break_it(sd)
+    bad = tmp_path / "bad.safetensors"
+    save_file({k: v.contiguous() for k, v in sd.items()}, bad)
+    with pytest.raises(CheckpointError) as err:
+        load_wan_dit(str(bad), cfg=WanConfig(**TINY))
+    assert str(bad) in str(err.value) and message in str(err.value)
+
+
+def test_unreadable_checkpoint_names_the_file(tmp_path):
+    bad = tmp_path / "diffusion_pytorch_model.safetensors"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="cannot read checkpoint"):
+        load_wan_dit(str(tmp_path))
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        load_wan_dit(str(tmp_path / "nope"))
