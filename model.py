@@ -11,12 +11,13 @@ import json
 import math
 import os
 import re
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import flow
 from kernels import adaln_modulate, mot_attention, qk_norm_rope
 
 
@@ -210,9 +211,11 @@ def time_mlps(freq_dim, dim):
 # ----------------------------------------------------------------------------------------------
 # the video DiT
 
+# kept in fp32 when the rest is cast to bf16: the reference computes these in fp32 (and so does the value input)
+FP32_PARAMS = re.compile(r"(^|\.)(time_embedding|time_projection|head|value_embedding)\.|(slot_embedding|modulation)$|norm3\.|norm_[qk]\.")
+
+
 class WanDiT(nn.Module):
-    # kept in fp32 when the rest is cast to bf16: the reference computes these in fp32
-    fp32_params = re.compile(r"(^time_embedding|^time_projection|^head\.|modulation$|norm3\.|norm_[qk]\.)")
 
     def __init__(self, cfg: WanConfig):
         super().__init__()
@@ -445,8 +448,226 @@ def load_wan_dit(path, dtype=None, device=None, cfg=None):
         raise CheckpointError(f"{path}: {e}") from None
     with torch.device("meta"):
         model = WanDiT(cfg)
-    return load_checkpoint_into(model, path, files, wan_key, dtype, device, WanDiT.fp32_params if dtype else None)
+    return load_checkpoint_into(model, path, files, wan_key, dtype, device, FP32_PARAMS if dtype else None)
 
 
 def config_dict(cfg):
     return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()}
+
+
+# ----------------------------------------------------------------------------------------------
+# WVM: the video stream above, joined layer by layer with the value stream of value_dit.py
+
+class WVM(nn.Module):
+    """Video DiT + value DiT with Mixture-of-Transformers attention (SPEC.md §3).
+
+    Per layer both streams compute q/k/v, one joint attention runs over
+    [current video | future video | value] (kernels/mot_attention.py), and each stream finishes
+    its own block. Video tokens never attend to value tokens, so the video stream is exactly a
+    Wan2.2 DiT whatever the value tokens hold; with the block-causal mask the value prediction
+    needs only the current latent, whose per-layer K/V are computed once (predict_values).
+    """
+
+    def __init__(self, video_cfg, value_cfg, mask="causal", video_loss_weight=1.0, video_shift=5.0, value_shift=1.0):
+        super().__init__()
+        from value_dit import ValueDiT  # value_dit builds on the blocks of this file
+
+        if value_cfg.num_layers != video_cfg.num_layers or (value_cfg.num_heads, value_cfg.head_dim) != (
+                video_cfg.num_heads, video_cfg.head_dim):
+            raise ValueError(f"value stream {value_cfg} must match the video stream's depth and attention space "
+                             f"({video_cfg.num_layers} layers, {video_cfg.num_heads} x {video_cfg.head_dim})")
+        if value_cfg.text_dim != video_cfg.text_dim:
+            raise ValueError(f"text_dim differs between streams ({video_cfg.text_dim} vs {value_cfg.text_dim})")
+        if mask not in ("causal", "full"):
+            raise ValueError(f"mask {mask!r}: expected causal or full")
+        self.video, self.value = WanDiT(video_cfg), ValueDiT(value_cfg)
+        self.mask, self.video_loss_weight = mask, video_loss_weight
+        self.video_shift, self.value_shift = video_shift, value_shift
+        self.checkpointing = False  # activation checkpointing per layer (train.py turns it on for big models)
+
+    @property
+    def chunk(self):
+        return self.value.cfg.chunk
+
+    def layer(self, vb, ub, x, z, vid, val, n_cur, n_fut):
+        """One MoT layer: vid = (e0, context, rope) of the video stream, val = (e0, context) of the value stream."""
+        qx, kx, vx = vb.qkv(x, vid[0], vid[2])
+        qz, kz, vz = ub.qkv(z, val[0], None)
+        o = mot_attention(torch.cat([qx, qz.to(qx.dtype)], 1), torch.cat([kx, kz.to(kx.dtype)], 1),
+                          torch.cat([vx, vz.to(vx.dtype)], 1), n_cur, n_fut, self.mask == "causal")
+        L = x.shape[1]
+        return vb.finish(x, o[:, :L], vid[0], vid[1]), ub.finish(z, o[:, L:], val[0], val[1])
+
+    def joint(self, x_in, t_vid, v_in, t_val, context):
+        """Both streams through all layers: video latents [B, C, F, H, W] at per-frame times t_vid [B, F]
+        (F = 2: current, future) and value tokens v_in [B, 1+h] at times t_val [B, 1+h]
+        -> final video tokens, video time embedding e, final value tokens, value time embedding.
+        """
+        x, e, e0, ctx, rope = self.video.embed(x_in, t_vid, context)
+        z, eu, e0u, ctxu = self.value.embed(v_in, t_val, context, self.video.cfg.text_len)
+        n_cur = x.shape[1] // x_in.shape[2]
+        n_fut = x.shape[1] - n_cur
+        for vb, ub in zip(self.video.blocks, self.value.blocks):
+            args = (vb, ub, x, z, (e0, ctx, rope), (e0u, ctxu), n_cur, n_fut)
+            if self.checkpointing and torch.is_grad_enabled():
+                x, z = torch.utils.checkpoint.checkpoint(self.layer, *args, use_reentrant=False)
+            else:
+                x, z = self.layer(*args)
+        return x, e, z, eu
+
+    def forward(self, batch):
+        """Training losses (SPEC.md §4). batch:
+        latents [B, C, 2, H, W]: clean current and future latent (the prefix latent already dropped);
+        context [B, L, text_dim]; values [B, 1+h]: prefix value (maybe randomized) and the h chunk targets;
+        optional sigma_video [B], noise_video [B, C, 1, H, W], sigma_value [B], noise_value [B, h]
+        (drawn here from the global RNG when absent; train.py passes them seeded per sample).
+        """
+        from value_dit import hl_gauss_target
+
+        lat, values = batch["latents"].float(), batch["values"].float()
+        B, C, F_, H, W = lat.shape
+        if F_ != 2:
+            raise ValueError(f"latents {tuple(lat.shape)}: expected the current and the future latent frame")
+        dev = lat.device
+        cur, fut = lat[:, :, :1], lat[:, :, 1:]
+        s_vid = batch.get("sigma_video", None)
+        s_vid = flow.sample_sigma(B, self.video_shift, device=dev) if s_vid is None else s_vid.float()
+        eps_vid = batch.get("noise_video", None)
+        eps_vid = torch.randn_like(fut) if eps_vid is None else eps_vid.float()
+        x_in = torch.cat([cur, flow.add_noise(fut, eps_vid, s_vid)], 2)
+        t_vid = torch.stack([torch.zeros_like(s_vid), 1000 * s_vid], 1)
+
+        h, head = self.chunk, self.value.cfg.head
+        y = values[:, 1:]
+        if head == "flow":
+            s_val = batch.get("sigma_value", None)
+            s_val = flow.sample_sigma(B, self.value_shift, device=dev) if s_val is None else s_val.float()
+            eps_val = batch.get("noise_value", None)
+            eps_val = torch.randn_like(y) if eps_val is None else eps_val.float()
+            chunk_in, t_chunk = flow.add_noise(y, eps_val, s_val), 1000 * s_val[:, None].expand(B, h)
+        else:
+            chunk_in, t_chunk = torch.zeros_like(y), torch.zeros_like(y)
+        v_in = torch.cat([values[:, :1], chunk_in], 1)
+        t_val = torch.cat([torch.zeros_like(t_chunk[:, :1]), t_chunk], 1)  # the prefix token is clean
+
+        x, e, z, eu = self.joint(x_in, t_vid, v_in, t_val, batch["context"])
+        out = self.value.chunk_out(z, eu)
+        if head == "flow":
+            loss_value = F.mse_loss(out, flow.velocity(y, eps_val))
+        elif head == "regression":
+            loss_value = F.mse_loss(out, y)
+        else:
+            loss_value = F.cross_entropy(out.flatten(0, 1), hl_gauss_target(y, out.shape[-1]).flatten(0, 1))
+        loss_video = torch.zeros((), device=dev)
+        if self.video_loss_weight:
+            n_cur = x.shape[1] // 2
+            v_fut = self.video.unpatchify(self.video.head(x[:, n_cur:], e[:, 1:]), 1, H, W)
+            loss_video = F.mse_loss(v_fut, flow.velocity(fut, eps_vid))
+        return {"loss": loss_value + self.video_loss_weight * loss_video, "loss_value": loss_value,
+                "loss_video": loss_video, "value_out": out.detach()}
+
+    @torch.no_grad()
+    def prefill(self, current, context, generator=None):
+        """Per-layer K/V of the current video tokens, computed once for every value query against them.
+
+        Under the causal mask the current tokens see only themselves, so the future is not needed;
+        under the full mask the future is fed as pure noise (time 1000).
+        """
+        B = current.shape[0]
+        t = torch.zeros(B, 1, device=current.device)
+        x_in = current
+        if self.mask == "full":
+            x_in = torch.cat([current, torch.randn(current.shape, generator=generator, device=current.device)], 2)
+            t = torch.cat([t, torch.full_like(t, 1000.0)], 1)
+        x, _, e0, ctx, rope = self.video.embed(x_in.float(), t, context)
+        n_cur = x.shape[1] // x_in.shape[2]
+        cache = []
+        for i, vb in enumerate(self.video.blocks):
+            q, k, v = vb.qkv(x, e0, rope)
+            cache.append((k[:, :n_cur], v[:, :n_cur]))
+            if i + 1 < len(self.video.blocks):  # the last layer's output is not needed by the value stream
+                x = vb.finish(x, mot_attention(q, k, v, n_cur, x.shape[1] - n_cur, self.mask == "causal"), e0, ctx)
+        return cache
+
+    @torch.no_grad()
+    def predict_values(self, current_latents, context, prefix_value, steps=1, samples=1, generator=None):
+        """Value chunk [B, samples, h] for clean current latents [B, C, 1, H, W] and prefix values [B].
+
+        The video stream runs once (prefill); each Euler step and each noise sample runs only the
+        value stream against the cached video K/V.
+        """
+        from value_dit import hl_gauss_decode
+
+        B, S, h, dev = current_latents.shape[0], samples, self.chunk, current_latents.device
+        cache = [(k.repeat_interleave(S, 0), v.repeat_interleave(S, 0))
+                 for k, v in self.prefill(current_latents, context, generator)]
+        n_cur = cache[0][0].shape[1]
+        ctx = context.repeat_interleave(S, 0)
+        prefix = prefix_value.float().to(dev).repeat_interleave(S, 0)[:, None]
+
+        def run(chunk_in, s):
+            z, e, e0, ctxu = self.value.embed(torch.cat([prefix, chunk_in], 1), torch.cat(
+                [torch.zeros_like(prefix), torch.full_like(chunk_in, 1000.0 * s)], 1), ctx, self.video.cfg.text_len)
+            for ub, (k, v) in zip(self.value.blocks, cache):
+                q2, k2, v2 = ub.qkv(z, e0, None)
+                o = mot_attention(q2, torch.cat([k, k2.to(k.dtype)], 1), torch.cat([v, v2.to(v.dtype)], 1), n_cur, 0)
+                z = ub.finish(z, o, e0, ctxu)
+            return self.value.chunk_out(z, e)
+
+        head = self.value.cfg.head
+        if head == "flow":
+            eps = torch.randn(B * S, h, generator=generator, device=dev)
+            y = flow.euler_sample(run, eps, steps)
+        elif head == "regression":
+            y = run(torch.zeros(B * S, h, device=dev), 0.0)
+        else:
+            y = hl_gauss_decode(run(torch.zeros(B * S, h, device=dev), 0.0))
+        return y.view(B, S, h)
+
+
+def wvm_configs(name, head="flow"):
+    """(video, value) configs by size name: "full" is the paper's 5.0B + 0.7B model."""
+    from value_dit import VALUE_CONFIGS
+
+    video, value = {"full": ("ti2v-5b", "paper"), "tiny": ("tiny", "tiny"), "mid": ("mid", "mid")}[name]
+    return WAN_CONFIGS[video], replace(VALUE_CONFIGS[value], head=head)
+
+
+def save_wvm(model, path):
+    """A WVM checkpoint: one safetensors file, configs and mask in its metadata; written atomically."""
+    from safetensors.torch import save_file
+
+    meta = {"video_cfg": json.dumps(config_dict(model.video.cfg)), "value_cfg": json.dumps(config_dict(model.value.cfg)),
+            "mask": model.mask}
+    tmp = f"{path}.tmp"
+    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, tmp, metadata=meta)
+    os.replace(tmp, path)
+
+
+def load_wvm(path, dtype=None, device=None, **kw):
+    """Load a WVM checkpoint written by save_wvm (kw: WVM options such as video_loss_weight)."""
+    from safetensors import safe_open
+
+    from value_dit import ValueConfig
+
+    try:
+        with safe_open(path, "pt") as f:
+            meta = f.metadata() or {}
+        video_cfg = WanConfig(**{k: tuple(v) if k == "patch_size" else v for k, v in json.loads(meta["video_cfg"]).items()})
+        value_cfg = ValueConfig(**json.loads(meta["value_cfg"]))
+    except Exception as e:
+        raise CheckpointError(f"{path}: not a WVM checkpoint ({type(e).__name__}: {e})") from e
+    with torch.device("meta"):
+        model = WVM(video_cfg, value_cfg, mask=meta.get("mask", "causal"), **kw)
+    return load_checkpoint_into(model, path, [path], dtype=dtype, device=device, keep_fp32=FP32_PARAMS if dtype else None)
+
+
+def wvm_from_wan(wan_path, value_cfg, dtype=None, device=None, **kw):
+    """WVM whose video stream is a pretrained Wan2.2 DiT and whose value stream is fresh."""
+    video = load_wan_dit(wan_path, dtype=dtype, device=device)
+    with torch.device("meta"):
+        model = WVM(video.cfg, value_cfg, **kw)
+    model.video = video
+    with torch.device(device or "cpu"):
+        model.value = type(model.value)(value_cfg)
+    return model

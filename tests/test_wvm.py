@@ -1,0 +1,232 @@
+"""WVM: the MoT coupling, its masks, prefill inference, checkpoints, and that a tiny model learns."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import model as model_module
+from model import WVM, load_wvm, save_wvm, wvm_configs
+from value_dit import ValueConfig, ValueDiT, hl_gauss_decode, hl_gauss_target
+
+B, C, H, W, TXT = 2, 48, 8, 6, 32
+
+
+def tiny(mask="causal", head="flow", seed=0):
+    torch.manual_seed(seed)
+    m = WVM(*wvm_configs("tiny", head=head), mask=mask)
+    with torch.no_grad():  # the value head starts at zero; randomize it so the outputs mean something
+        m.value.head.head.weight.normal_(0, 0.5)
+    return m.eval()
+
+
+def inputs(seed=1):
+    g = torch.Generator().manual_seed(seed)
+    x_in = torch.randn(B, C, 2, H, W, generator=g)
+    t_vid = torch.tensor([[0.0, 400.0], [0.0, 900.0]])
+    v_in = torch.rand(B, 5, generator=g)
+    t_val = torch.tensor([[0.0] + [700.0] * 4, [0.0] + [150.0] * 4])
+    ctx = torch.randn(B, 7, TXT, generator=g)
+    return x_in, t_vid, v_in, t_val, ctx
+
+
+def test_value_stream_size_matches_paper():
+    with torch.device("meta"):
+        value = ValueDiT(ValueConfig())
+    n = sum(p.numel() for p in value.parameters())
+    # hand count: 30 blocks of 22,057,984 + embeddings, text/time MLPs and head (see README)
+    assert n == 30 * 22_057_984 + 4_335_617 == 666_075_137
+    assert 0.6e9 < n < 0.8e9
+
+
+def test_fresh_value_stream_predicts_zero():
+    torch.manual_seed(0)
+    m = WVM(*wvm_configs("tiny"))
+    x_in, t_vid, v_in, t_val, ctx = inputs()
+    with torch.no_grad():
+        _, _, z, eu = m.joint(x_in, t_vid, v_in, t_val, ctx)
+        assert torch.count_nonzero(m.value.chunk_out(z, eu)) == 0
+
+
+def test_video_stream_ignores_value_tokens():
+    m = tiny()
+    x_in, t_vid, v_in, t_val, ctx = inputs()
+    with torch.no_grad():
+        x1, _, z1, _ = m.joint(x_in, t_vid, v_in, t_val, ctx)
+        x2, _, z2, _ = m.joint(x_in, t_vid, torch.rand_like(v_in) * 5, t_val.flip(1), ctx)
+    assert torch.equal(x1, x2)  # bit-identical
+    assert not torch.allclose(z1, z2)
+    # and the video loss with it
+    batch = {"latents": x_in, "context": ctx, "values": v_in, "sigma_video": torch.tensor([0.3, 0.8]),
+             "noise_video": torch.randn(B, C, 1, H, W), "sigma_value": torch.tensor([0.5, 0.2])}
+    batch2 = dict(batch, values=torch.rand(B, 5), sigma_value=torch.tensor([0.9, 0.1]))
+    with torch.no_grad():
+        assert torch.equal(m(batch)["loss_video"], m(batch2)["loss_video"])
+
+
+@pytest.mark.parametrize("mask", ["causal", "full"])
+def test_wvm_video_stream_is_the_wan_dit(mask):
+    """Full mask: the video stream computes exactly WanDiT on both frames. Causal mask: the current frame is
+    computed as if it were alone."""
+    m = tiny(mask)
+    x_in, t_vid, v_in, t_val, ctx = inputs()
+    with torch.no_grad():
+        x, e, _, _ = m.joint(x_in, t_vid, v_in, t_val, ctx)
+        ours = m.video.unpatchify(m.video.head(x, e), 2, H, W)
+        if mask == "full":
+            torch.testing.assert_close(ours, m.video(x_in, t_vid, ctx), rtol=1e-5, atol=1e-5)
+        else:
+            torch.testing.assert_close(ours[:, :, :1], m.video(x_in[:, :, :1], t_vid[:, :1], ctx), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("mask", ["causal", "full"])
+def test_future_latent_reaches_values_only_under_full_mask(mask):
+    m = tiny(mask)
+    x_in, t_vid, v_in, t_val, ctx = inputs()
+    x_alt = x_in.clone()
+    x_alt[:, :, 1] = torch.randn_like(x_alt[:, :, 1])
+    with torch.no_grad():
+        z1 = m.value.chunk_out(*m.joint(x_in, t_vid, v_in, t_val, ctx)[2:])
+        z2 = m.value.chunk_out(*m.joint(x_alt, t_vid, v_in, t_val, ctx)[2:])
+    if mask == "causal":
+        assert torch.equal(z1, z2)
+    else:
+        assert (z1 - z2).abs().max() > 1e-4
+
+
+def dense_reference_attention(q, k, v, n_cur, n_fut, causal=True):
+    """Dense masked attention over the joint sequence, the mask written out from SPEC.md §3.2-3.3."""
+    L = k.shape[1]
+    n_vid = n_cur + n_fut
+    seg = torch.tensor([0] * n_cur + [1] * n_fut + [2] * (L - n_vid))  # current, future, value
+    sq, sk = seg[L - q.shape[1]:, None], seg[None, :]
+    allowed = ((sq == 0) & ((sk == 0) | ((sk == 1) & (not causal)))) | ((sq == 1) & (sk <= 1)) | (
+        (sq == 2) & ((sk == 0) | (sk == 2)))
+    o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=allowed)
+    return o.transpose(1, 2)
+
+
+@pytest.mark.parametrize("mask", ["causal", "full"])
+def test_mot_forward_equals_dense_masked_reference(mask, monkeypatch):
+    m = tiny(mask)
+    x_in, t_vid, v_in, t_val, ctx = inputs()
+    with torch.no_grad():
+        ours = m.joint(x_in, t_vid, v_in, t_val, ctx)
+        monkeypatch.setattr(model_module, "mot_attention", dense_reference_attention)
+        ref = m.joint(x_in, t_vid, v_in, t_val, ctx)
+    for a, b in zip(ours, ref):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("mask", ["causal", "full"])
+def test_predict_values_equals_joint_forward(mask):
+    m = tiny(mask)
+    x_in, _, v_in, _, ctx = inputs()
+    prefix, S, steps, h = v_in[:, 0], 3, 2, 4
+    g = torch.Generator().manual_seed(5)
+    pred = m.predict_values(x_in[:, :, :1], ctx, prefix, steps=steps, samples=S, generator=g)
+    # the same computation through the joint forward, one full pass per Euler step and sample
+    g = torch.Generator().manual_seed(5)
+    future = torch.randn(B, C, 1, H, W, generator=g) if mask == "full" else torch.randn(B, C, 1, H, W)
+    eps = torch.randn(B * S, h, generator=g)
+    rep = lambda t: t.repeat_interleave(S, 0)  # noqa: E731
+    x_full = rep(torch.cat([x_in[:, :, :1], future], 2))
+    t_vid = torch.tensor([[0.0, 1000.0]]).expand(B * S, 2)
+    y = eps
+    with torch.no_grad():
+        for s, s_next in ((1.0, 0.5), (0.5, 0.0)):
+            v_in_s = torch.cat([rep(prefix)[:, None], y], 1)
+            t_val = torch.cat([torch.zeros(B * S, 1), torch.full((B * S, h), 1000.0 * s)], 1)
+            out = m.value.chunk_out(*m.joint(x_full, t_vid, v_in_s, t_val, rep(ctx))[2:])
+            y = y + (s_next - s) * out
+    torch.testing.assert_close(pred, y.view(B, S, h), rtol=1e-5, atol=1e-5)
+    assert pred.std(1).mean() > 1e-3  # samples differ: the spread is real
+
+
+@pytest.mark.parametrize("head", ["regression", "hlgauss"])
+def test_deterministic_heads_predict_through_prefill(head):
+    m = tiny(head=head)
+    x_in, _, v_in, _, ctx = inputs()
+    pred = m.predict_values(x_in[:, :, :1], ctx, v_in[:, 0], samples=2)
+    with torch.no_grad():
+        out = m.value.chunk_out(*m.joint(x_in, torch.zeros(B, 2), torch.cat([v_in[:, :1], torch.zeros(B, 4)], 1),
+                                         torch.zeros(B, 5), ctx)[2:])
+    ref = hl_gauss_decode(out) if head == "hlgauss" else out
+    torch.testing.assert_close(pred, ref[:, None].expand(B, 2, 4), rtol=1e-5, atol=1e-5)
+
+
+def test_hl_gauss_target_and_decode():
+    y = torch.tensor([0.0, 0.38, 1.0])
+    p = hl_gauss_target(y, 51)
+    torch.testing.assert_close(p.sum(-1), torch.ones(3))
+    # a Gaussian of one bin width (0.02) around 0.38 (a bin centre), integrated over its bin [0.37, 0.39]
+    cdf = lambda a: 0.5 * (1 + torch.erf(torch.tensor(a) / (0.02 * 2 ** 0.5)))  # noqa: E731
+    mass = float(cdf(0.01) - cdf(-0.01))
+    total = float(cdf(1.01 - 0.38) - cdf(-0.01 - 0.38))
+    assert abs(p[1, 19].item() - mass / total) < 1e-5
+    # expectation decoding of a sharp distribution returns its centre; of the HL target, close to y (inside [0.01, 0.99])
+    assert abs(hl_gauss_decode(torch.log(p[1] + 1e-12)).item() - 0.38) < 1e-3
+
+
+def test_loss_ignores_prefix_token_target():
+    """The loss covers the h chunk tokens only: changing nothing but the chunk targets changes it, and the
+    prefix value enters only as an input."""
+    m = tiny()
+    x_in, _, v_in, _, ctx = inputs()
+    base = {"latents": x_in, "context": ctx, "values": v_in, "sigma_video": torch.tensor([0.3, 0.8]),
+            "noise_video": torch.zeros(B, C, 1, H, W), "sigma_value": torch.tensor([1.0, 1.0]),
+            "noise_value": torch.zeros(B, 4)}
+    with torch.no_grad():
+        out = m(base)
+        # at s = 1 the chunk input is pure noise, so the prediction is independent of the chunk targets:
+        # loss_value must be the MSE between the output and (noise - targets) over the 4 chunk tokens
+        expect = F.mse_loss(out["value_out"], -v_in[:, 1:])
+    torch.testing.assert_close(out["loss_value"], expect)
+
+
+def test_checkpoint_round_trip(tmp_path):
+    m = tiny()
+    path = tmp_path / "wvm.safetensors"
+    save_wvm(m, str(path))
+    m2 = load_wvm(str(path)).eval()
+    x_in, t_vid, v_in, t_val, ctx = inputs()
+    with torch.no_grad():
+        for a, b in zip(m.joint(x_in, t_vid, v_in, t_val, ctx), m2.joint(x_in, t_vid, v_in, t_val, ctx)):
+            assert torch.equal(a, b)
+    bf = load_wvm(str(path), dtype=torch.bfloat16)
+    assert bf.video.blocks[0].ffn[0].weight.dtype == torch.bfloat16
+    assert bf.value.time_projection[1].weight.dtype == torch.float32
+
+
+def test_tiny_wvm_overfits_one_batch():
+    torch.manual_seed(0)
+    m = WVM(*wvm_configs("tiny")).train()
+    g = torch.Generator().manual_seed(3)
+    batch = {"latents": torch.randn(4, C, 2, 4, 4, generator=g), "context": torch.randn(4, 5, TXT, generator=g),
+             "values": torch.rand(4, 5, generator=g), "sigma_video": torch.rand(4, generator=g),
+             "noise_video": torch.randn(4, C, 1, 4, 4, generator=g), "sigma_value": torch.rand(4, generator=g),
+             "noise_value": torch.randn(4, 4, generator=g)}
+    opt = torch.optim.AdamW(m.parameters(), lr=3e-3, betas=(0.9, 0.95), weight_decay=0.0)
+    first = None
+    for _ in range(200):
+        out = m(batch)
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+        first = first if first is not None else out["loss_value"].item()
+    assert out["loss_value"].item() < first / 10, (first, out["loss_value"].item())
+
+
+def test_activation_checkpointing_gives_same_gradients():
+    torch.manual_seed(0)
+    m = WVM(*wvm_configs("tiny"))
+    x_in, _, v_in, _, ctx = inputs()
+    batch = {"latents": x_in, "context": ctx, "values": v_in, "sigma_video": torch.tensor([0.3, 0.8]),
+             "noise_video": torch.randn(B, C, 1, H, W), "sigma_value": torch.tensor([0.5, 0.2]),
+             "noise_value": torch.randn(B, 4)}
+    grads = []
+    for ckpt in (False, True):
+        m.zero_grad()
+        m.checkpointing = ckpt
+        m(batch)["loss"].backward()
+        grads.append([p.grad.clone() for p in m.parameters()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b)
