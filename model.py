@@ -7,6 +7,7 @@ renamed on the way in (`wan_key`).
 Numerics follow the reference: the time path, modulation, gated residuals, norms, RoPE and the
 head run in fp32; the linear layers run in whatever autocast asks for (bf16 on GPU).
 """
+import contextlib
 import json
 import math
 import os
@@ -79,6 +80,15 @@ def gated_add(x, y, gate):
     B, L, D = x.shape
     G = gate.shape[1]
     return (x.float().view(B, G, L // G, D) + y.view(B, G, L // G, D) * gate[:, :, None]).view(B, L, D)
+
+
+def low_precision_autocast(module, device_type):
+    """Autocast to the weights' dtype when they are bf16/fp16 and the caller set up none: the fp32 residual
+    stream can then meet bf16 weights without every caller writing torch.autocast."""
+    dtype = module.patch_embedding.weight.dtype if hasattr(module, "patch_embedding") else next(module.parameters()).dtype
+    if dtype == torch.float32 or torch.is_autocast_enabled(device_type):
+        return contextlib.nullcontext()
+    return torch.autocast(device_type, dtype=dtype)
 
 
 def compute_dtype(x):
@@ -252,10 +262,11 @@ class WanDiT(nn.Module):
 
     def forward(self, x, t, context):
         """x [B, 48, F, H, W] latents, t [B] or [B, F] on 0..1000, context [B, L<=512, 4096] -> velocity (fp32)."""
-        tokens, e, e0, ctx, rope = self.embed(x, t, context)
-        for block in self.blocks:
-            tokens = block(tokens, e0, ctx, rope)
-        return self.unpatchify(self.head(tokens, e), *x.shape[2:])
+        with low_precision_autocast(self, x.device.type):
+            tokens, e, e0, ctx, rope = self.embed(x, t, context)
+            for block in self.blocks:
+                tokens = block(tokens, e0, ctx, rope)
+            return self.unpatchify(self.head(tokens, e), *x.shape[2:])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -503,17 +514,18 @@ class WVM(nn.Module):
         (F = 2: current, future) and value tokens v_in [B, 1+h] at times t_val [B, 1+h]
         -> final video tokens, video time embedding e, final value tokens, value time embedding.
         """
-        x, e, e0, ctx, rope = self.video.embed(x_in, t_vid, context)
-        z, eu, e0u, ctxu = self.value.embed(v_in, t_val, context, self.video.cfg.text_len)
-        n_cur = x.shape[1] // x_in.shape[2]
-        n_fut = x.shape[1] - n_cur
-        for vb, ub in zip(self.video.blocks, self.value.blocks):
-            args = (vb, ub, x, z, (e0, ctx, rope), (e0u, ctxu), n_cur, n_fut)
-            if self.checkpointing and torch.is_grad_enabled():
-                x, z = torch.utils.checkpoint.checkpoint(self.layer, *args, use_reentrant=False)
-            else:
-                x, z = self.layer(*args)
-        return x, e, z, eu
+        with low_precision_autocast(self.video, x_in.device.type):
+            x, e, e0, ctx, rope = self.video.embed(x_in, t_vid, context)
+            z, eu, e0u, ctxu = self.value.embed(v_in, t_val, context, self.video.cfg.text_len)
+            n_cur = x.shape[1] // x_in.shape[2]
+            n_fut = x.shape[1] - n_cur
+            for vb, ub in zip(self.video.blocks, self.value.blocks):
+                args = (vb, ub, x, z, (e0, ctx, rope), (e0u, ctxu), n_cur, n_fut)
+                if self.checkpointing and torch.is_grad_enabled():
+                    x, z = torch.utils.checkpoint.checkpoint(self.layer, *args, use_reentrant=False)
+                else:
+                    x, z = self.layer(*args)
+            return x, e, z, eu
 
     def forward(self, batch):
         """Training losses (SPEC.md §4). batch:
@@ -598,31 +610,32 @@ class WVM(nn.Module):
         """
         from value_dit import hl_gauss_decode
 
-        B, S, h, dev = current_latents.shape[0], samples, self.chunk, current_latents.device
-        cache = [(k.repeat_interleave(S, 0), v.repeat_interleave(S, 0))
-                 for k, v in self.prefill(current_latents, context, generator)]
-        n_cur = cache[0][0].shape[1]
-        ctx = context.repeat_interleave(S, 0)
-        prefix = prefix_value.float().to(dev).repeat_interleave(S, 0)[:, None]
+        with low_precision_autocast(self.video, current_latents.device.type):
+            B, S, h, dev = current_latents.shape[0], samples, self.chunk, current_latents.device
+            cache = [(k.repeat_interleave(S, 0), v.repeat_interleave(S, 0))
+                     for k, v in self.prefill(current_latents, context, generator)]
+            n_cur = cache[0][0].shape[1]
+            ctx = context.repeat_interleave(S, 0)
+            prefix = prefix_value.float().to(dev).repeat_interleave(S, 0)[:, None]
 
-        def run(chunk_in, s):
-            z, e, e0, ctxu = self.value.embed(torch.cat([prefix, chunk_in], 1), torch.cat(
-                [torch.zeros_like(prefix), torch.full_like(chunk_in, 1000.0 * s)], 1), ctx, self.video.cfg.text_len)
-            for ub, (k, v) in zip(self.value.blocks, cache):
-                q2, k2, v2 = ub.qkv(z, e0, None)
-                o = mot_attention(q2, torch.cat([k, k2.to(k.dtype)], 1), torch.cat([v, v2.to(v.dtype)], 1), n_cur, 0)
-                z = ub.finish(z, o, e0, ctxu)
-            return self.value.chunk_out(z, e)
+            def run(chunk_in, s):
+                z, e, e0, ctxu = self.value.embed(torch.cat([prefix, chunk_in], 1), torch.cat(
+                    [torch.zeros_like(prefix), torch.full_like(chunk_in, 1000.0 * s)], 1), ctx, self.video.cfg.text_len)
+                for ub, (k, v) in zip(self.value.blocks, cache):
+                    q2, k2, v2 = ub.qkv(z, e0, None)
+                    o = mot_attention(q2, torch.cat([k, k2.to(k.dtype)], 1), torch.cat([v, v2.to(v.dtype)], 1), n_cur, 0)
+                    z = ub.finish(z, o, e0, ctxu)
+                return self.value.chunk_out(z, e)
 
-        head = self.value.cfg.head
-        if head == "flow":
-            eps = torch.randn(B * S, h, generator=generator, device=dev)
-            y = flow.euler_sample(run, eps, steps)
-        elif head == "regression":
-            y = run(torch.zeros(B * S, h, device=dev), 0.0)
-        else:
-            y = hl_gauss_decode(run(torch.zeros(B * S, h, device=dev), 0.0))
-        return y.view(B, S, h)
+            head = self.value.cfg.head
+            if head == "flow":
+                eps = torch.randn(B * S, h, generator=generator, device=dev)
+                y = flow.euler_sample(run, eps, steps)
+            elif head == "regression":
+                y = run(torch.zeros(B * S, h, device=dev), 0.0)
+            else:
+                y = hl_gauss_decode(run(torch.zeros(B * S, h, device=dev), 0.0))
+            return y.view(B, S, h)
 
 
 def wvm_configs(name, head="flow"):

@@ -111,6 +111,16 @@ def test_bf16_load_keeps_fp32_where_reference_does(reference):
     for k in ("time_embedding.0.weight", "time_projection.1.weight", "head.head.weight", "head.modulation",
               "blocks.1.modulation", "blocks.0.norm3.weight", "blocks.0.self_attn.norm_q.weight"):
         assert dtypes[k] == torch.float32, k
+    # bf16 weights run without the caller setting up autocast, and stay close to the fp32 reference
+    ref, _ = reference
+    model.cfg.text_len = TEXT_LEN
+    x, ctx = inputs()
+    t = torch.tensor([[0.0, 500.0, 500.0], [0.0, 990.0, 990.0]])
+    with torch.no_grad():
+        out = model(x, t, ctx)
+    theirs = run_reference(ref, x, t, ctx)
+    assert out.dtype == torch.float32
+    assert (out - theirs).norm() / theirs.norm() < 0.02
 
 
 def test_full_config_parameter_count_and_names():
