@@ -612,9 +612,7 @@ class WVM(nn.Module):
 
         with low_precision_autocast(self.video, current_latents.device.type):
             B, S, h, dev = current_latents.shape[0], samples, self.chunk, current_latents.device
-            cache = [(k.repeat_interleave(S, 0), v.repeat_interleave(S, 0))
-                     for k, v in self.prefill(current_latents, context, generator)]
-            n_cur = cache[0][0].shape[1]
+            cache = self.prefill(current_latents, context, generator)
             ctx = context.repeat_interleave(S, 0)
             prefix = prefix_value.float().to(dev).repeat_interleave(S, 0)[:, None]
 
@@ -622,9 +620,7 @@ class WVM(nn.Module):
                 z, e, e0, ctxu = self.value.embed(torch.cat([prefix, chunk_in], 1), torch.cat(
                     [torch.zeros_like(prefix), torch.full_like(chunk_in, 1000.0 * s)], 1), ctx, self.video.cfg.text_len)
                 for ub, (k, v) in zip(self.value.blocks, cache):
-                    q2, k2, v2 = ub.qkv(z, e0, None)
-                    o = mot_attention(q2, torch.cat([k, k2.to(k.dtype)], 1), torch.cat([v, v2.to(v.dtype)], 1), n_cur, 0)
-                    z = ub.finish(z, o, e0, ctxu)
+                    z = ub.finish(z, attend_cached(*ub.qkv(z, e0, None), k, v), e0, ctxu)
                 return self.value.chunk_out(z, e)
 
             head = self.value.cfg.head
@@ -636,6 +632,20 @@ class WVM(nn.Module):
             else:
                 y = hl_gauss_decode(run(torch.zeros(B * S, h, device=dev), 0.0))
             return y.view(B, S, h)
+
+
+def attend_cached(q, k, v, k_vid, v_vid):
+    """Value-only attention for S noise samples per trajectory: queries q [B*S, n, H, D] see their own value
+    keys k, v [B*S, n, H, D] and the trajectory's cached current-video K/V [B, n_cur, H, D], which the S samples
+    share instead of each holding a copy. Value queries are few, so plain fp32 softmax attention is cheap."""
+    B, S = k_vid.shape[0], q.shape[0] // k_vid.shape[0]
+    per_traj = lambda t: t.unflatten(0, (B, S)).float()  # noqa: E731
+    q, k, v = per_traj(q) * q.shape[-1] ** -0.5, per_traj(k), per_traj(v)
+    p = torch.cat([torch.einsum("bsqhd,bkhd->bshqk", q, k_vid.float()),
+                   torch.einsum("bsqhd,bskhd->bshqk", q, k)], -1).softmax(-1)
+    n = k_vid.shape[1]
+    o = torch.einsum("bshqk,bkhd->bsqhd", p[..., :n], v_vid.float()) + torch.einsum("bshqk,bskhd->bsqhd", p[..., n:], v)
+    return o.flatten(0, 1).to(k_vid.dtype)
 
 
 def wvm_configs(name, head="flow"):
