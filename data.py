@@ -1,1 +1,773 @@
-"""Dataset readers and clip sampling for WVM training and evaluation (SPEC.md §3.4, §5, §9)."""
+"""Dataset readers and clip sampling for WVM training and evaluation (SPEC.md §3.4, §5, §9).
+
+Readers build a light in-memory index of episodes (`Episode`: a video file, a time span in it, a
+frame rate, a length and an instruction); frames are decoded on demand with PyAV, so a 400k-episode
+mixture never sits in memory. `ClipDataset` turns a weighted mixture of sources into the 9-frame
+training clips of §3.4 with the rewinding and prefix randomization of §5. `write_lerobot` writes
+LeRobot v3.0 / v2.1 datasets (tests, the Meta-World generator).
+
+Bad data never stops a run and never trains silently: an episode whose video is missing or
+unreadable, whose video is shorter than its metadata, whose length is zero or too short for a clip,
+or which has no instruction is skipped with one warning line naming it, and each indexing ends
+with a printed summary. Indexing reads only container headers (cheap at scale); a video whose
+header looks fine but decodes to fewer frames than the metadata says is caught when decoding
+(`VideoError`), and `ClipDataset` then samples another episode deterministically and counts it.
+"""
+import json
+import logging
+import math
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+log = logging.getLogger("wvm.data")
+
+# ----------------------------------------------------------------------------- episodes
+
+
+@dataclass(slots=True)
+class Episode:
+    """One trajectory: frame i is the video frame shown at time `start + i / fps` of `video`."""
+    source: str          # dataset name, for messages and ids
+    video: str           # video file (v3.0 packs several episodes in one file)
+    start: float         # seconds: time of frame 0 in the file
+    end: float           # seconds: end of the episode's span in the file (start + T / fps)
+    fps: float           # native frame rate
+    T: int               # native number of frames
+    instruction: str
+    episode_index: int
+    extra: dict = field(default_factory=dict)  # dataset-specific: tasks, annotation, hdf5 path, ...
+
+    @property
+    def id(self):
+        return f"{self.source}/{self.episode_index}"
+
+
+class VideoError(RuntimeError):
+    """A video that cannot be opened or decodes to fewer frames than its metadata says."""
+
+
+class _Skips:
+    """Counts skipped episodes by reason; one warning line per skipped item."""
+
+    def __init__(self, name):
+        self.name, self.counts = name, Counter()
+
+    def __call__(self, what, reason, detail=""):
+        log.warning("%s: skipping %s: %s%s", self.name, what, reason, f" ({detail})" if detail else "")
+        self.counts[reason] += 1
+
+    def summary(self, kept):
+        skipped = sum(self.counts.values())
+        why = ", ".join(f"{n} {r}" for r, n in self.counts.most_common())
+        print(f"{self.name}: {kept} episodes indexed, {skipped} skipped" + (f" ({why})" if why else ""))
+
+
+def probe_video(path):
+    """Container header only (no decoding) -> (fps, n_frames, start_s, end_s) of the first video stream."""
+    try:
+        with av.open(str(path)) as c:
+            if not c.streams.video:
+                raise VideoError(f"{path}: no video stream")
+            s = c.streams.video[0]
+            fps = float(s.average_rate or s.guessed_rate or 0)
+            if fps <= 0:
+                raise VideoError(f"{path}: unknown frame rate")
+            start = float(s.start_time * s.time_base) if s.start_time is not None else 0.0
+            if s.duration:
+                dur = float(s.duration * s.time_base)
+            elif c.duration:
+                dur = c.duration / 1e6 - start
+            else:
+                dur = (s.frames or 0) / fps
+            n = s.frames or int(round(dur * fps))
+            return fps, n, start, start + dur
+    except VideoError:
+        raise
+    except (av.FFmpegError, OSError, ValueError) as e:
+        raise VideoError(f"{path}: cannot open ({e})") from None
+
+
+# ----------------------------------------------------------------------------- readers
+
+
+def read_lerobot(root, camera=None, name=None, probe=True):
+    """LeRobot dataset, v3.0 or v2.1 (from meta/info.json `codebase_version`) -> list[Episode].
+
+    camera: video feature key (default: the first video key in info.json).
+    probe: open each video file's header once to check it exists, opens and covers its episodes.
+    """
+    root = Path(root)
+    name = name or root.name
+    info_path = root / "meta" / "info.json"
+    if not info_path.exists():
+        raise FileNotFoundError(f"{info_path}: not found; is {root} a LeRobot dataset?")
+    info = json.loads(info_path.read_text())
+    version = str(info.get("codebase_version", ""))
+    if not (version.startswith("v3.") or version.startswith("v2.")):
+        raise ValueError(f"{info_path}: codebase_version {version!r} is not supported (v2.x, v3.x)")
+    keys = [k for k, ft in info["features"].items() if ft.get("dtype") == "video"]
+    if not keys:
+        raise ValueError(f"{info_path}: the dataset has no video features")
+    camera = camera or keys[0]
+    if camera not in keys:
+        raise ValueError(f"{info_path}: no video feature {camera!r}; available: {', '.join(keys)}")
+    fps = float(info["fps"])
+    skip, eps, probed = _Skips(name), [], {}
+
+    if version.startswith("v3."):
+        files = sorted((root / "meta" / "episodes").glob("*/*.parquet"))
+        if not files:
+            raise FileNotFoundError(f"{root / 'meta' / 'episodes'}: no episode metadata parquet files")
+        v = f"videos/{camera}/"
+        cols = ["episode_index", "tasks", "length", v + "chunk_index", v + "file_index", v + "from_timestamp",
+                v + "to_timestamp"]
+        rows = []
+        for f in files:
+            missing = [c for c in cols if c not in pq.read_schema(f).names]
+            if missing:
+                raise ValueError(f"{f}: episode metadata lacks columns {missing}")
+            rows += pq.read_table(f, columns=cols).to_pylist()
+        for r in rows:
+            video = root / info["video_path"].format(video_key=camera, chunk_index=r[v + "chunk_index"],
+                                                     file_index=r[v + "file_index"])
+            _add(eps, skip, probed, probe, name, video, r["episode_index"], r["length"], r["tasks"], fps,
+                 float(r[v + "from_timestamp"]))
+    else:
+        path = root / "meta" / "episodes.jsonl"
+        chunks = int(info.get("chunks_size", 1000))
+        for line_no, line in enumerate(path.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                r = json.loads(line)
+                ep = int(r["episode_index"])
+            except (ValueError, KeyError) as e:
+                skip(f"{path}:{line_no}", "bad metadata line", str(e))
+                continue
+            video = root / info["video_path"].format(episode_chunk=ep // chunks, video_key=camera, episode_index=ep)
+            _add(eps, skip, probed, probe, name, video, ep, r.get("length", 0), r.get("tasks"), fps, 0.0)
+    skip.summary(len(eps))
+    return eps
+
+
+def _add(eps, skip, probed, probe, name, video, ep_index, length, tasks, fps, start):
+    """Check one LeRobot episode and append it to eps, or skip it with a reason."""
+    what = f"episode {ep_index} ({video})"
+    tasks = [t for t in (tasks or []) if isinstance(t, str) and t.strip()]
+    if not length or length <= 0:
+        return skip(what, "zero length")
+    if not tasks:
+        return skip(what, "no instruction")
+    if not video.exists():
+        return skip(what, "missing video")
+    if probe:
+        if video not in probed:  # once per file: v3.0 packs many episodes in one
+            try:
+                probed[video] = probe_video(video)
+            except VideoError as e:
+                probed[video] = e
+        p = probed[video]
+        if isinstance(p, VideoError):
+            return skip(what, "unreadable video", str(p))
+        if start + length / fps > p[3] + 0.5 / fps:
+            have = max(0, int(round((p[3] - start) * fps)))
+            return skip(what, "video shorter than metadata", f"{have} frames in the video, {length} in the metadata")
+    eps.append(Episode(name, str(video), start, start + length / fps, fps, int(length), tasks[0].strip(),
+                       int(ep_index), {"tasks": tasks} if len(tasks) > 1 else {}))
+
+
+def read_egodex(root, name=None):
+    """EgoDex: `<part>/<task>/N.mp4` with `N.hdf5` whose attributes hold the description -> list[Episode].
+
+    The instruction is `llm_description` (or `llm_description2` where `which_llm_description` is 2),
+    else `description`; frame rate and length come from the mp4 header.
+    """
+    import h5py  # optional dependency, only for EgoDex
+
+    root = Path(root)
+    name = name or root.name
+    skip, eps = _Skips(name), []
+    for mp4 in sorted(root.rglob("*.mp4")):
+        h5 = mp4.with_suffix(".hdf5")
+        if not h5.exists():
+            skip(mp4, "no instruction", f"{h5.name} not found")
+            continue
+        try:
+            with h5py.File(h5, "r") as f:
+                text = _egodex_text(f.attrs)
+        except OSError as e:
+            skip(mp4, "unreadable hdf5", str(e))
+            continue
+        if not text:
+            skip(mp4, "no instruction", f"{h5.name} has no llm_description/description attribute")
+            continue
+        try:
+            fps, n, t0, t1 = probe_video(mp4)
+        except VideoError as e:
+            skip(mp4, "unreadable video", str(e))
+            continue
+        if n <= 0:
+            skip(mp4, "zero length")
+            continue
+        rel = mp4.relative_to(root).with_suffix("")
+        eps.append(Episode(name, str(mp4), t0, t0 + n / fps, fps, n, text, len(eps),
+                           {"path": str(rel), "task": mp4.parent.name, "hdf5": str(h5)}))
+    skip.summary(len(eps))
+    return eps
+
+
+def _egodex_text(attrs):
+    def get(k):
+        v = attrs.get(k)
+        v = v.decode() if isinstance(v, bytes) else v
+        return str(v).strip() if v is not None and str(v).strip() else None
+    first = ["llm_description2"] if get("which_llm_description") == "2" else []
+    return next((get(k) for k in first + ["llm_description", "description"] if get(k)), None)
+
+
+MANIFEST_KEYS = ("video", "instruction", "fps", "start", "end")
+
+
+def read_manifest(path, name=None):
+    """JSONL manifest -> list[Episode]. One line per episode:
+    {"video": path (relative to the manifest), "instruction": str, "fps": native fps (optional, default:
+    the video's), "start"/"end": seconds (optional, default: the whole video), ...}; every other field
+    (e.g. a Suboptimal-Value-Bench annotation) is kept in Episode.extra.
+    """
+    path = Path(path)
+    name = name or path.stem
+    skip, eps, probed = _Skips(name), [], {}
+    for line_no, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        what = f"{path}:{line_no}"
+        try:
+            r = json.loads(line)
+            video = path.parent / r["video"]
+        except (ValueError, KeyError, TypeError) as e:
+            skip(what, "bad manifest line", str(e))
+            continue
+        what = f"{what} ({video})"
+        text = r.get("instruction")
+        if not isinstance(text, str) or not text.strip():
+            skip(what, "no instruction")
+            continue
+        if not video.exists():
+            skip(what, "missing video")
+            continue
+        if video not in probed:
+            try:
+                probed[video] = probe_video(video)
+            except VideoError as e:
+                probed[video] = e
+        p = probed[video]
+        if isinstance(p, VideoError):
+            skip(what, "unreadable video", str(p))
+            continue
+        vfps, n, v0, v1 = p
+        fps = float(r.get("fps") or vfps)
+        t0 = float(r.get("start", v0))
+        t1 = min(float(r.get("end", v1)), v1)
+        T = max(0, math.ceil((t1 - t0) * fps - 1e-6))  # frames at t0 + i / fps that fall before t1
+        if T <= 0:
+            skip(what, "zero length", f"span {t0:.3f}-{t1:.3f}s")
+            continue
+        extra = {k: v for k, v in r.items() if k not in MANIFEST_KEYS}
+        eps.append(Episode(name, str(video), t0, t0 + T / fps, fps, T, text.strip(), len(eps), extra))
+    skip.summary(len(eps))
+    return eps
+
+
+def read_dataset(path, camera=None, name=None):
+    """Any supported source by its layout: a .jsonl manifest, a LeRobot root (meta/info.json), or an
+    EgoDex root (mp4 + hdf5 pairs) -> list[Episode]."""
+    path = Path(path)
+    if path.is_file() and path.suffix == ".jsonl":
+        return read_manifest(path, name)
+    if (path / "meta" / "info.json").exists():
+        return read_lerobot(path, camera, name)
+    if path.is_dir() and next(path.rglob("*.hdf5"), None) is not None:
+        return read_egodex(path, name)
+    raise ValueError(f"{path}: not a dataset: expected a .jsonl manifest, a LeRobot root (meta/info.json) "
+                     f"or an EgoDex root (<part>/<task>/N.mp4 + N.hdf5)")
+
+
+# ----------------------------------------------------------------------------- frames
+
+
+def resample(T, native_fps, target_fps):
+    """Native frame indices [T'] of a T-frame trajectory resampled to target_fps (no upsampling).
+
+    Rule: T' = round((T - 1) * target / native) + 1 and resampled frame k is native frame
+    round(k * (T - 1) / (T' - 1)) (rounding half up). So frame 0 and the last frame are always kept and
+    the label k / (T' - 1) equals the native progress i / (T - 1) up to rounding; the spacing is
+    within (T - 1) / (T' - 1) of native / target frames, i.e. within half a resampled step over the
+    trajectory (exact when (T - 1) * target / native is an integer).
+    """
+    if T <= 0:
+        return np.zeros(0, dtype=np.int64)
+    if target_fps >= native_fps or T == 1:
+        return np.arange(T, dtype=np.int64)
+    n = int(math.floor((T - 1) * target_fps / native_fps + 0.5)) + 1
+    if n == 1:
+        return np.array([0, T - 1], dtype=np.int64) if T > 1 else np.zeros(1, dtype=np.int64)
+    return np.floor(np.arange(n) * (T - 1) / (n - 1) + 0.5).astype(np.int64)
+
+
+def decode_frames(episode, indices, size=None):
+    """Frames `indices` (native, any order, repeats allowed) of an episode -> float32 [3, n, S, S] in [-1, 1].
+
+    Each frame is resized (shorter side to `size`, area filter) and center-cropped to size x size;
+    size=None keeps the native resolution. Only the span from the keyframe before the first needed
+    frame to the last needed frame is decoded, and where keyframes are dense (LeRobot writes a
+    keyframe every 2 frames) gaps between needed frames are skipped by seeking.
+    Raises VideoError when the video cannot be read or lacks a requested frame.
+    """
+    idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+    if idx.size == 0 or idx.min() < 0 or idx.max() >= episode.T:
+        raise IndexError(f"{episode.video}: frame indices {idx.tolist()} outside [0, {episode.T}) of episode {episode.id}")
+    uniq, inv = np.unique(idx, return_inverse=True)
+    frames = _read_frames(episode.video, episode.start + uniq / episode.fps, episode.fps, size)
+    x = torch.from_numpy(frames[inv]).permute(3, 0, 1, 2)  # [n, H, W, 3] -> [3, n, H, W]
+    return x.float().div_(127.5).sub_(1.0).contiguous()
+
+
+def _read_frames(path, times, fps, size):
+    """uint8 [n, S, S, 3]: for each time (sorted, unique), the frame on screen at that time."""
+    tol = 0.5 / fps  # frame k is the one whose timestamp lies within half a frame of the wanted time
+    out, n, j = [None] * len(times), len(times), 0
+    container = _open_video(path)
+    stream = container.streams.video[0]
+    tb = float(stream.time_base)
+    gop, last_key = _GOP.get(str(path)), None  # smallest keyframe spacing seen in this file, in seconds
+    try:
+        while j < n:
+            container.seek(max(0, int((times[j] - tol) / tb)), stream=stream)  # to the keyframe before
+            sought, prev, conv = j, None, None
+            for frame in container.decode(stream):
+                t = frame.time
+                if t is None:
+                    raise VideoError(f"{path}: frame without timestamp")
+                if frame.key_frame:
+                    if last_key is not None and t > last_key:
+                        gop = _GOP[str(path)] = min(gop or math.inf, t - last_key)
+                    last_key = t
+                while j < n and t > times[j] + tol:  # no frame within tol of times[j] (variable frame rate),
+                    if prev is None:                 # so the previous one was on screen then
+                        raise VideoError(f"{path}: no frame at {times[j]:.3f}s (first frame after seeking at {t:.3f}s)")
+                    conv = conv if conv is not None and conv[0] is prev else (prev, _to_rgb(prev, size))
+                    out[j] = conv[1]
+                    j += 1
+                while j < n and t >= times[j] - tol:  # this frame is the one at times[j]
+                    conv = conv if conv is not None and conv[0] is frame else (frame, _to_rgb(frame, size))
+                    out[j] = conv[1]
+                    j += 1
+                if j == n:
+                    break
+                if j != sought and gop is not None and times[j] - tol - t > gop:
+                    break  # a keyframe lies between here and the next wanted frame: seek to it
+                prev = frame
+            else:
+                end = f"{prev.time:.3f}s" if prev is not None else "before it"
+                raise VideoError(f"{path}: video ends at {end}, no frame at {times[j]:.3f}s "
+                                 f"(fewer frames than the metadata says)")
+    except Exception as e:
+        _OPEN.pop(str(path), None)  # its decoder state is unknown now
+        container.close()
+        if isinstance(e, av.FFmpegError):
+            raise VideoError(f"{path}: decoding failed ({e})") from None
+        raise
+    return np.stack(out)
+
+
+_OPEN, _OPEN_PID = {}, None  # this process's recently used videos, most recent last
+_GOP = {}  # video -> smallest keyframe spacing seen (s), so later clips of a file seek from the start
+
+
+def _open_video(path, keep=8):
+    """An open container for path; reused because opening a large v3.0 mp4 re-parses its whole index."""
+    global _OPEN_PID
+    if _OPEN_PID != os.getpid():  # forked: never share a parent's file offsets
+        _OPEN.clear()
+        _OPEN_PID = os.getpid()
+    path = str(path)
+    c = _OPEN.pop(path, None)
+    if c is None:
+        try:
+            c = av.open(path)
+        except (av.FFmpegError, OSError) as e:
+            raise VideoError(f"{path}: cannot open ({e})") from None
+        if not c.streams.video:
+            c.close()
+            raise VideoError(f"{path}: no video stream")
+        while len(_OPEN) >= keep:
+            _OPEN.pop(next(iter(_OPEN))).close()
+    _OPEN[path] = c
+    return c
+
+
+def _to_rgb(frame, size):
+    if size is None:
+        return frame.to_ndarray(format="rgb24")
+    w, h = frame.width, frame.height
+    s = size / min(w, h)
+    nw, nh = max(size, round(w * s)), max(size, round(h * s))
+    if (nw, nh) == (w, h) == (size, size):
+        return frame.to_ndarray(format="rgb24")
+    a = frame.to_ndarray(width=nw, height=nh, format="rgb24", interpolation="AREA")
+    y, x = (nh - size) // 2, (nw - size) // 2
+    return a[y:y + size, x:x + size]
+
+
+# ----------------------------------------------------------------------------- training clips
+
+
+@dataclass
+class Source:
+    """One dataset in the training mixture: drawn with probability weight / sum(weights), then one of
+    its episodes uniformly; fps overrides the mixture's target fps (e.g. 3.0 for some robots)."""
+    episodes: list
+    weight: float = 1.0
+    fps: float | None = None
+    name: str | None = None
+
+
+class ClipDataset(torch.utils.data.Dataset):
+    """Map-style dataset of 9-frame training clips (SPEC.md §3.4, §5); sample i is a pure function of
+    (seed, i), so resuming and sharding over GPUs give the same data.
+
+    Sample i: pick a source (mixture weights), an episode (uniform), resample it to the target fps
+    (T' frames, label of frame k = k / (T' - 1)), pick the window end t uniformly in [h-1, T'-1] (the
+    windows that whole-trajectory inference scores) and take resampled frames k = t-h .. t+h: prefix
+    t-h, current t-h+1..t, future t+1..t+h, clamped to [0, T'-1] (before the start frame 0 with value 0,
+    past the end the last frame with value 1). Then the window's mode:
+      rising     (1 - rewind):            as recorded.
+      descending (rewind * (1 - plateau)): the whole 9-frame clip played backwards, every frame keeping
+                 its own value, so the values fall: prefix = frame t+h, current = t+h-1 .. t,
+                 future = t-1 .. t-h.
+      plateau    (rewind * plateau):       all 9 frames are frame t and all values are its label v(t).
+    Prefix randomization: with probability `prefix` the prefix value is replaced by U[0, 1].
+
+    Returns {"frames": float32 [3, 9, S, S] in [-1, 1], "values": float32 [5] = [prefix value, the h = 4
+    chunk (current-frame) targets], "text": str, "mode": str, "prefix_randomized": bool, "seed": int (for
+    the trainer's noise), "episode": "source/episode_index", "frame_index": int64 [9] native indices,
+    "retries": int (bad episodes hit before this sample), "clip_key": str naming the exact frames (the key of
+    a latent cache: episode, size, frame indices, video file, start and fps)}.
+
+    Episodes shorter than min_frames resampled frames (default h + 1: a prefix and one chunk) are
+    skipped at construction. A decoding failure marks the episode bad (one warning), and the sample is
+    redrawn from (seed, i, attempt + 1), so the result does not depend on which worker hit it first.
+    """
+
+    def __init__(self, sources, fps=2.0, size=256, h=4, length=None, seed=0, rewind=0.5, plateau=0.1,
+                 prefix=0.5, min_frames=None, max_tries=16):
+        if size is not None and size % 32:
+            raise ValueError(f"ClipDataset: size {size} must be a multiple of 32 (VAE stride 16 x patch 2)")
+        if sources and isinstance(sources[0], Episode):
+            sources = [Source(list(sources))]
+        self.fps, self.size, self.h, self.seed = fps, size, h, seed
+        self.rewind, self.plateau, self.prefix, self.max_tries = rewind, plateau, prefix, max_tries
+        min_frames = min_frames or h + 1
+        self.sources = []
+        for n, src in enumerate(sources):
+            name = src.name or (src.episodes[0].source if src.episodes else f"source {n}")
+            tfps = src.fps or fps
+            skip, keep = _Skips(f"{name} @ {tfps:g} fps"), []
+            for ep in src.episodes:
+                Tr = len(resample(ep.T, ep.fps, tfps))
+                if Tr < min_frames:
+                    skip(f"episode {ep.id} ({ep.video})", "too short", f"{Tr} frames at {tfps:g} fps < {min_frames}")
+                else:
+                    keep.append(ep)
+            if skip.counts:
+                skip.summary(len(keep))
+            if keep and src.weight > 0:
+                self.sources.append(Source(keep, src.weight, tfps, name))
+        if not self.sources:
+            raise ValueError("ClipDataset: no usable episodes in any source")
+        w = np.array([s.weight for s in self.sources], dtype=np.float64)
+        self.cum = np.cumsum(w / w.sum())
+        self.length = length or sum(len(s.episodes) for s in self.sources)
+        self.bad = set()      # ids of episodes that failed to decode in this process
+        self.failures = 0     # decoding failures seen by this process
+
+    def __len__(self):
+        return self.length
+
+    def plan(self, i, attempt=0):
+        """Everything about sample i except the pixels (cheap; used by tests and for statistics)."""
+        h = self.h
+        rng = np.random.default_rng([self.seed, i, attempt])
+        u = rng.random(7)  # fixed number of draws so every choice is reproducible on its own
+        sample_seed = int(rng.integers(2**31 - 1))
+        src = self.sources[min(int(np.searchsorted(self.cum, u[0], side="right")), len(self.sources) - 1)]
+        ep = src.episodes[int(u[1] * len(src.episodes))]
+        native = resample(ep.T, ep.fps, src.fps)
+        Tr = len(native)
+        lo = min(h - 1, Tr - 1)
+        t = lo + int(u[2] * (Tr - lo))
+        mode = ("plateau" if u[4] < self.plateau else "descending") if u[3] < self.rewind else "rising"
+        k = np.clip(np.arange(t - h, t + h + 1), 0, Tr - 1)
+        if mode == "descending":
+            k = k[::-1].copy()
+        elif mode == "plateau":
+            k = np.full(2 * h + 1, t)
+        values = k / (Tr - 1)
+        randomized = bool(u[5] < self.prefix)
+        prefix = float(u[6]) if randomized else float(values[0])
+        return {"episode": ep, "t": t, "k": k, "frame_index": native[k], "values9": values, "mode": mode,
+                "prefix_randomized": randomized, "values": np.array([prefix, *values[1:h + 1]], dtype=np.float32),
+                "seed": sample_seed}
+
+    def __getitem__(self, i):
+        for attempt in range(self.max_tries):
+            p = self.plan(i, attempt)
+            ep = p["episode"]
+            if ep.id in self.bad:
+                continue
+            try:
+                frames = decode_frames(ep, p["frame_index"], self.size)
+            except (VideoError, av.FFmpegError, OSError) as e:
+                self.bad.add(ep.id)
+                self.failures += 1
+                log.warning("skipping episode %s (%s): %s; sampling another episode", ep.id, ep.video, e)
+                continue
+            return {"frames": frames, "values": torch.from_numpy(p["values"]), "text": ep.instruction,
+                    "mode": p["mode"], "prefix_randomized": p["prefix_randomized"], "seed": p["seed"],
+                    "episode": ep.id, "frame_index": torch.from_numpy(p["frame_index"]), "retries": attempt,
+                    "clip_key": f"{ep.id}:{self.size}:{','.join(map(str, p['frame_index']))}|{ep.video}@{ep.start:g}/{ep.fps:g}"}
+        raise RuntimeError(f"ClipDataset: sample {i}: {self.max_tries} episodes in a row failed to decode; "
+                           f"bad episodes so far: {sorted(self.bad)[:10]}")
+
+
+def collate(samples):
+    """List of ClipDataset samples -> batch: frames [B, 3, 9, S, S], values [B, 5], lists for strings."""
+    return {
+        "frames": torch.stack([s["frames"] for s in samples]),
+        "values": torch.stack([s["values"] for s in samples]),
+        "text": [s["text"] for s in samples],
+        "mode": [s["mode"] for s in samples],
+        "prefix_randomized": torch.tensor([s["prefix_randomized"] for s in samples]),
+        "seed": torch.tensor([s["seed"] for s in samples], dtype=torch.int64),
+        "episode": [s["episode"] for s in samples],
+        "frame_index": torch.stack([s["frame_index"] for s in samples]),
+        "retries": torch.tensor([s["retries"] for s in samples]),
+        "clip_key": [s["clip_key"] for s in samples],
+    }
+
+
+# ----------------------------------------------------------------------------- LeRobot writer
+
+CHUNKS_SIZE = 1000  # files per chunk directory, as in LeRobot
+CODEC_NAMES = {"libsvtav1": "av1", "libaom-av1": "av1", "libdav1d": "av1", "libx264": "h264", "libx265": "hevc"}
+
+
+class _Mp4:
+    """Streams RGB frames into one mp4; pts continue across episodes (v3.0 packs several per file)."""
+
+    def __init__(self, path, fps, codec, width, height, crf, gop):
+        os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 prints a banner per file otherwise
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self.c = av.open(str(path), "w")
+        self.s = self.c.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
+        self.s.width, self.s.height, self.s.pix_fmt = width, height, "yuv420p"
+        opts = {"g": str(gop)}
+        if crf is not None or codec in ("libsvtav1", "libx264"):
+            opts["crf"] = str(crf if crf is not None else 30 if codec == "libsvtav1" else 23)
+        self.s.options = opts
+        self.n = 0
+
+    def write(self, frames):
+        for a in frames:
+            f = av.VideoFrame.from_ndarray(np.ascontiguousarray(a), format="rgb24")
+            f.pts = self.n
+            self.n += 1
+            self.c.mux(self.s.encode(f))
+
+    def close(self):
+        self.c.mux(self.s.encode(None))
+        self.c.close()
+
+
+def _stats(x, image=False):
+    """LeRobot per-episode stats of x [T, ...]: images per channel in [0, 1] with shape [3, 1, 1]."""
+    if image:
+        x = x[:: max(1, len(x) // 100)].astype(np.float32) / 255.0  # a sample of frames suffices
+        axes, shape = (0, 1, 2), (3, 1, 1)
+    else:
+        x = x.astype(np.float64).reshape(len(x), -1)
+        axes, shape = (0,), (-1,)
+    return {"min": x.min(axes).reshape(shape), "max": x.max(axes).reshape(shape),
+            "mean": x.mean(axes).reshape(shape), "std": x.std(axes).reshape(shape), "count": np.array([len(x)])}
+
+
+def _aggregate(stats):
+    out = {}
+    for key in stats[0]:
+        n = np.array([s[key]["count"][0] for s in stats], dtype=np.float64)
+        w = (n / n.sum()).reshape(-1, *[1] * stats[0][key]["mean"].ndim)
+        mean = sum(wi * s[key]["mean"] for wi, s in zip(w, stats))
+        sq = sum(wi * (s[key]["std"] ** 2 + s[key]["mean"] ** 2) for wi, s in zip(w, stats))
+        out[key] = {"min": np.min([s[key]["min"] for s in stats], 0), "max": np.max([s[key]["max"] for s in stats], 0),
+                    "mean": mean, "std": np.sqrt(np.maximum(sq - mean**2, 0)), "count": np.array([int(n.sum())])}
+    return out
+
+
+def _tolist(stats):
+    return {k: {s: v.tolist() for s, v in d.items()} for k, d in stats.items()}
+
+
+def _write_json(path, obj):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=4, ensure_ascii=False))
+
+
+def write_lerobot(root, episodes, fps, version="v3.0", codec="libsvtav1", video_key="observation.images.main",
+                  robot_type=None, files_max_episodes=50, crf=None, gop=2):
+    """Write a LeRobot dataset (v3.0 or v2.1) that the lerobot library can read; returns the episode indices.
+
+    episodes: any iterable (consumed once, one episode in memory at a time) of dicts with "frames" uint8
+    [T, H, W, 3], "task" str, and optional float arrays "observation.state" [T, d] and "action" [T, d].
+    v3.0 packs files_max_episodes episodes per data parquet and per mp4; v2.1 writes one of each per
+    episode. codec: a PyAV encoder (libsvtav1 = AV1 as LeRobot records, libx264 = H.264); gop=2 and
+    crf=30 (AV1) follow LeRobot's recording defaults.
+    """
+    root = Path(root)
+    if version not in ("v3.0", "v2.1"):
+        raise ValueError(f"write_lerobot: version must be 'v3.0' or 'v2.1', not {version!r}")
+    if (root / "meta" / "info.json").exists():
+        raise FileExistsError(f"{root}: a LeRobot dataset already exists here")
+    v3 = version == "v3.0"
+    tasks, rows, stats, feats = {}, [], [], None
+    mp4 = writer = None
+    total = 0
+    for e, ep in enumerate(episodes):
+        frames = np.asarray(ep["frames"])
+        if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3 or len(frames) == 0:
+            raise ValueError(f"write_lerobot: episode {e}: frames must be uint8 [T>0, H, W, 3], got "
+                             f"{frames.dtype} {list(frames.shape)}")
+        T, H, W = frames.shape[:3]
+        extra = {k: np.asarray(ep[k], dtype=np.float32) for k in ("observation.state", "action") if k in ep}
+        shapes = {"frames": (H, W), **{k: v.shape[1:] for k, v in extra.items()}}
+        if feats is None:
+            if H % 2 or W % 2:
+                raise ValueError(f"write_lerobot: frame size {H}x{W} must be even (yuv420p video)")
+            feats = shapes
+        if shapes != feats:
+            raise ValueError(f"write_lerobot: episode {e}: shapes {shapes} differ from episode 0's {feats}")
+        for k, v in extra.items():
+            if v.ndim != 2 or len(v) != T:
+                raise ValueError(f"write_lerobot: episode {e}: {k} must be [T={T}, d], got {list(v.shape)}")
+        task = ep["task"]
+        if not isinstance(task, str) or not task.strip():
+            raise ValueError(f"write_lerobot: episode {e}: task must be a non-empty string")
+        ti = tasks.setdefault(task, len(tasks))
+
+        cols = {**extra, "timestamp": (np.arange(T) / fps).astype(np.float32), "frame_index": np.arange(T),
+                "episode_index": np.full(T, e), "index": total + np.arange(T), "task_index": np.full(T, ti)}
+        table = pa.table({k: pa.FixedSizeListArray.from_arrays(pa.array(v.reshape(-1)), v.shape[1]) if v.ndim == 2
+                          else pa.array(v) for k, v in cols.items()})
+        st = {video_key: _stats(frames, image=True), **{k: _stats(v) for k, v in cols.items()}}
+        if v3:
+            if e % files_max_episodes == 0:  # start the next data/video file pair
+                if mp4:
+                    mp4.close()
+                    writer.close()
+                chunk, file = divmod(e // files_max_episodes, CHUNKS_SIZE)
+                name = f"chunk-{chunk:03d}/file-{file:03d}"
+                mp4 = _Mp4(root / "videos" / video_key / f"{name}.mp4", fps, codec, W, H, crf, gop)
+                (root / "data" / f"chunk-{chunk:03d}").mkdir(parents=True, exist_ok=True)
+                writer = pq.ParquetWriter(root / "data" / f"{name}.parquet", table.schema)
+            t0 = mp4.n / fps
+            mp4.write(frames)
+            writer.write_table(table)
+            v = f"videos/{video_key}/"
+            rows.append({"episode_index": e, "tasks": [task], "length": T, "data/chunk_index": chunk,
+                         "data/file_index": file, "dataset_from_index": total, "dataset_to_index": total + T,
+                         v + "chunk_index": chunk, v + "file_index": file, v + "from_timestamp": t0,
+                         v + "to_timestamp": mp4.n / fps, "meta/episodes/chunk_index": 0,
+                         "meta/episodes/file_index": 0,
+                         **{f"stats/{k}/{s}": a.tolist() for k, d in st.items() for s, a in d.items()}})
+        else:
+            chunk = e // CHUNKS_SIZE
+            (root / "data" / f"chunk-{chunk:03d}").mkdir(parents=True, exist_ok=True)
+            pq.write_table(table, root / "data" / f"chunk-{chunk:03d}" / f"episode_{e:06d}.parquet")
+            one = _Mp4(root / "videos" / f"chunk-{chunk:03d}" / video_key / f"episode_{e:06d}.mp4", fps, codec, W,
+                       H, crf, gop)
+            one.write(frames)
+            one.close()
+            rows.append({"episode_index": e, "tasks": [task], "length": T})
+        stats.append(st)
+        total += T
+    if mp4:
+        mp4.close()
+        writer.close()
+    if feats is None:
+        raise ValueError("write_lerobot: no episodes given")
+
+    n = len(rows)
+    H, W = feats["frames"]
+    features = {video_key: {"dtype": "video", "shape": [H, W, 3], "names": ["height", "width", "channels"],
+                            "info": {"video.height": H, "video.width": W, "video.codec": CODEC_NAMES.get(codec, codec),
+                                     "video.pix_fmt": "yuv420p", "video.is_depth_map": False, "video.fps": fps,
+                                     "video.channels": 3, "has_audio": False}}}
+    for k in ("observation.state", "action"):
+        if k in feats:
+            d = int(feats[k][0])
+            features[k] = {"dtype": "float32", "shape": [d], "names": [f"{k.split('.')[-1]}_{i}" for i in range(d)]}
+    for k, dtype in (("timestamp", "float32"), ("frame_index", "int64"), ("episode_index", "int64"),
+                     ("index", "int64"), ("task_index", "int64")):
+        features[k] = {"dtype": dtype, "shape": [1], "names": None}
+    fps_json = int(fps) if float(fps).is_integer() else fps
+    info = {"codebase_version": version, "robot_type": robot_type, "total_episodes": n, "total_frames": total,
+            "total_tasks": len(tasks)}
+    if v3:
+        for k in features:
+            if features[k]["dtype"] != "video":
+                features[k]["fps"] = fps_json
+        info |= {"chunks_size": CHUNKS_SIZE, "data_files_size_in_mb": 100, "video_files_size_in_mb": 500,
+                 "fps": fps_json, "splits": {"train": f"0:{n}"},
+                 "data_path": "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet",
+                 "video_path": "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4",
+                 "features": features}
+        path = root / "meta" / "episodes" / "chunk-000" / "file-000.parquet"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.Table.from_pylist(rows), path)
+        _write_tasks_parquet(root / "meta" / "tasks.parquet", tasks)
+        _write_json(root / "meta" / "stats.json", _tolist(_aggregate(stats)))
+    else:
+        info |= {"total_videos": n, "total_chunks": (n - 1) // CHUNKS_SIZE + 1, "chunks_size": CHUNKS_SIZE,
+                 "fps": fps_json, "splits": {"train": f"0:{n}"},
+                 "data_path": "data/chunk-{episode_chunk:03d}/episode_{episode_index:06d}.parquet",
+                 "video_path": "videos/chunk-{episode_chunk:03d}/{video_key}/episode_{episode_index:06d}.mp4",
+                 "features": features}
+        jsonl = lambda items: "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in items)  # noqa: E731
+        (root / "meta").mkdir(parents=True, exist_ok=True)
+        (root / "meta" / "episodes.jsonl").write_text(jsonl(rows))
+        (root / "meta" / "tasks.jsonl").write_text(jsonl({"task_index": i, "task": t} for t, i in tasks.items()))
+        (root / "meta" / "episodes_stats.jsonl").write_text(
+            jsonl({"episode_index": e, "stats": _tolist(s)} for e, s in enumerate(stats)))
+    _write_json(root / "meta" / "info.json", info)
+    return list(range(n))
+
+
+def _write_tasks_parquet(path, tasks):
+    """meta/tasks.parquet as pandas writes it: column task_index, index `task` (lerobot reads it with pandas)."""
+    table = pa.table({"task_index": pa.array(list(tasks.values()), pa.int64()), "task": pa.array(list(tasks))})
+    meta = {"index_columns": ["task"], "column_indexes": [{"name": None, "field_name": None, "pandas_type": "unicode",
+                                                          "numpy_type": "object", "metadata": {"encoding": "UTF-8"}}],
+            "columns": [{"name": "task_index", "field_name": "task_index", "pandas_type": "int64", "numpy_type": "int64",
+                         "metadata": None},
+                        {"name": "task", "field_name": "task", "pandas_type": "unicode", "numpy_type": "object",
+                         "metadata": None}],
+            "creator": {"library": "pyarrow", "version": pa.__version__}, "pandas_version": "2.2.3"}
+    pq.write_table(table.replace_schema_metadata({b"pandas": json.dumps(meta).encode()}), path)

@@ -1,0 +1,200 @@
+"""Offline umT5-XXL text embeddings for WVM (SPEC.md §6: the text encoder never runs in training).
+
+    python encode_text.py --model /ckpt/Wan2.2-TI2V-5B --out runs/text_cache \
+        --lerobot /data/robocoin --egodex /data/egodex/part1 --manifest extra.jsonl --texts more.txt
+
+Each unique instruction is cleaned as Wan cleans prompts, tokenized to 512 tokens (padding /
+truncation, as Wan), encoded, trimmed to its real token count and stored as one [L, 4096] tensor in
+safetensors shards under --out, keyed by the sha256 of the cleaned text. Reruns encode only the
+instructions that are missing, so an interrupted run resumes. Training reads the cache (`TextCache`).
+
+--model accepts: a diffusers pipeline folder (text_encoder/ + tokenizer/), a transformers UMT5 folder
+(config.json + weights + tokenizer), or the official Wan2.2 folder (models_t5_umt5-xxl-enc-bf16.pth +
+google/umt5-xxl/ tokenizer), whose Wan-format keys are mapped onto transformers' UMT5EncoderModel.
+"""
+import argparse
+import hashlib
+import html
+import json
+import re
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+TEXT_LEN = 512  # Wan's text_len
+
+
+def clean_text(text):
+    """Wan's prompt cleaning: ftfy (if installed), html unescape twice, whitespace collapsed."""
+    try:
+        import ftfy
+        text = ftfy.fix_text(text)
+    except ImportError:
+        pass
+    text = html.unescape(html.unescape(text))
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def text_key(text):
+    return hashlib.sha256(clean_text(text).encode("utf-8")).hexdigest()
+
+
+class MissingText(KeyError):
+    def __str__(self):  # KeyError would print the repr of the message
+        return self.args[0]
+
+
+class TextCache:
+    """Read side of the cache: a .safetensors file or a folder of them. get(text) -> float32 [L, D]."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        files = sorted(self.path.glob("*.safetensors")) if self.path.is_dir() else [self.path]
+        if not files or not files[0].exists():
+            raise FileNotFoundError(f"{self.path}: no text cache (*.safetensors); run encode_text.py first")
+        self.where, self.handles = {}, {}
+        for f in files:
+            with safe_open(f, "pt") as h:
+                self.where.update(dict.fromkeys(h.keys(), f))
+
+    def __len__(self):
+        return len(self.where)
+
+    def __contains__(self, text):
+        return text_key(text) in self.where
+
+    def get(self, text):
+        key = text_key(text)
+        f = self.where.get(key)
+        if f is None:
+            raise MissingText(f"{self.path}: no embedding for instruction {clean_text(text)!r} "
+                              f"(key {key[:12]}); run encode_text.py on the datasets that use it")
+        if f not in self.handles:  # opened lazily, so each DataLoader worker opens its own
+            self.handles[f] = safe_open(f, "pt")
+        return self.handles[f].get_tensor(key).float()
+
+
+# ----------------------------------------------------------------------------- encoder
+
+
+def wan_t5_to_hf(sd):
+    """Wan2.2's umT5 encoder keys (wan/modules/t5.py) -> transformers UMT5EncoderModel keys."""
+    names = {"norm1": "layer.0.layer_norm", "attn.q": "layer.0.SelfAttention.q", "attn.k": "layer.0.SelfAttention.k",
+             "attn.v": "layer.0.SelfAttention.v", "attn.o": "layer.0.SelfAttention.o",
+             "pos_embedding.embedding": "layer.0.SelfAttention.relative_attention_bias",
+             "norm2": "layer.1.layer_norm", "ffn.gate.0": "layer.1.DenseReluDense.wi_0",  # the GELU branch
+             "ffn.fc1": "layer.1.DenseReluDense.wi_1", "ffn.fc2": "layer.1.DenseReluDense.wo"}
+    out = {}
+    for k, v in sd.items():
+        if k == "token_embedding.weight":
+            out["shared.weight"] = out["encoder.embed_tokens.weight"] = v
+        elif k == "norm.weight":
+            out["encoder.final_layer_norm.weight"] = v
+        elif m := re.fullmatch(r"blocks\.(\d+)\.(.+)\.weight", k):
+            if m.group(2) not in names:
+                raise KeyError(f"unexpected Wan T5 key {k}")
+            out[f"encoder.block.{m.group(1)}.{names[m.group(2)]}.weight"] = v
+        else:
+            raise KeyError(f"unexpected Wan T5 key {k}")
+    return out
+
+
+def umt5_xxl_config():
+    from transformers import UMT5Config
+    return UMT5Config(vocab_size=256384, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
+                      relative_attention_num_buckets=32, relative_attention_max_distance=128,
+                      feed_forward_proj="gated-gelu", layer_norm_epsilon=1e-6, tie_word_embeddings=False)
+
+
+def load_encoder(path, dtype=torch.bfloat16, device="cpu", config=None):
+    """(tokenizer, UMT5EncoderModel) from a local folder; see the module docstring for the layouts."""
+    from transformers import AutoTokenizer, UMT5EncoderModel
+    path = Path(path)
+    if (path / "text_encoder" / "config.json").exists():  # diffusers pipeline
+        model_dir, tok_dir = path / "text_encoder", path / "tokenizer"
+    elif (path / "config.json").exists():  # transformers folder
+        model_dir, tok_dir = path, path
+    else:  # official Wan2.2 layout
+        model_dir = None
+        pths = sorted(path.glob("*umt5*.pth")) + sorted(path.glob("*t5*.pth"))
+        tok_dir = path / "google" / "umt5-xxl"
+        if not pths or not tok_dir.exists():
+            raise FileNotFoundError(f"{path}: no text encoder found: expected text_encoder/ + tokenizer/ (diffusers), "
+                                    f"config.json (transformers) or models_t5_umt5-xxl-enc-bf16.pth + google/umt5-xxl/ (Wan2.2)")
+    tokenizer = AutoTokenizer.from_pretrained(tok_dir, local_files_only=True)
+    if model_dir is not None:
+        model = UMT5EncoderModel.from_pretrained(model_dir, dtype=dtype, local_files_only=True)
+    else:
+        model = UMT5EncoderModel(config or umt5_xxl_config())
+        sd = wan_t5_to_hf(torch.load(pths[0], map_location="cpu", weights_only=True))
+        missing, unexpected = model.load_state_dict(sd, strict=False)
+        if missing or unexpected:
+            raise KeyError(f"{pths[0]}: missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")
+        model = model.to(dtype)
+    return tokenizer, model.to(device).eval()
+
+
+@torch.no_grad()
+def encode(texts, tokenizer, model, text_len=TEXT_LEN):
+    """Cleaned texts -> list of [L_i, D] embeddings (L_i = real token count incl. </s>, <= text_len)."""
+    tok = tokenizer([clean_text(t) for t in texts], padding="max_length", truncation=True, max_length=text_len,
+                    add_special_tokens=True, return_attention_mask=True, return_tensors="pt")
+    device = next(model.parameters()).device
+    ids, mask = tok["input_ids"].to(device), tok["attention_mask"].to(device)
+    hidden = model(input_ids=ids, attention_mask=mask).last_hidden_state
+    return [h[:n].cpu() for h, n in zip(hidden, mask.sum(1).tolist())]
+
+
+def build_cache(texts, tokenizer, model, out, batch_size=8, shard_size=2000, dtype=torch.bfloat16, text_len=TEXT_LEN):
+    """Encode the texts not yet in `out` (a folder) into new shards; returns the number encoded."""
+    from tqdm import tqdm
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    have = set(TextCache(out).where) if any(out.glob("*.safetensors")) else set()
+    todo = {}
+    for t in texts:
+        if isinstance(t, str) and t.strip() and text_key(t) not in have:
+            todo.setdefault(text_key(t), clean_text(t))
+    keys, shard = list(todo), len(list(out.glob("*.safetensors")))
+    for s in tqdm(range(0, len(keys), shard_size), desc="shards", disable=len(keys) <= shard_size):
+        part, tensors = keys[s:s + shard_size], {}
+        for b in range(0, len(part), batch_size):
+            batch = part[b:b + batch_size]
+            for k, e in zip(batch, encode([todo[k] for k in batch], tokenizer, model, text_len)):
+                tensors[k] = e.to(dtype).contiguous()
+        while (out / f"text-{shard:05d}.safetensors").exists():
+            shard += 1
+        # written whole, after encoding, so an interrupted run never leaves a half shard
+        save_file(tensors, out / f"text-{shard:05d}.safetensors", metadata={"texts": json.dumps({k: todo[k] for k in part})})
+    return len(keys)
+
+
+def main():
+    import data
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="local folder with the umT5-XXL encoder and tokenizer")
+    p.add_argument("--out", required=True, help="cache folder (safetensors shards)")
+    p.add_argument("--lerobot", nargs="*", default=[], help="LeRobot dataset roots")
+    p.add_argument("--egodex", nargs="*", default=[], help="EgoDex roots")
+    p.add_argument("--manifest", nargs="*", default=[], help="JSONL manifests")
+    p.add_argument("--texts", nargs="*", default=[], help="text files, one instruction per line")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--shard-size", type=int, default=2000)
+    a = p.parse_args()
+    texts = [line for f in a.texts for line in Path(f).read_text().splitlines()]
+    for root in a.lerobot:
+        texts += [t for e in data.read_lerobot(root, probe=False) for t in e.extra.get("tasks", [e.instruction])]
+    texts += [e.instruction for r in a.egodex for e in data.read_egodex(r)]
+    texts += [e.instruction for m in a.manifest for e in data.read_manifest(m)]
+    dtype = getattr(torch, a.dtype)
+    tokenizer, model = load_encoder(a.model, dtype=dtype, device=a.device)
+    n = build_cache(texts, tokenizer, model, a.out, a.batch_size, a.shard_size, dtype)
+    print(f"{a.out}: encoded {n} new instructions; {len(TextCache(a.out))} in the cache")
+
+
+if __name__ == "__main__":
+    main()

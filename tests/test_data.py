@@ -1,0 +1,405 @@
+"""data.py and encode_text.py: LeRobot writers/readers, clip sampling, bad data, text cache.
+
+Every video frame encodes its indices in gray levels that survive lossy AV1/H.264 compression:
+top half = 16 + 5 * frame index, bottom half = 40 + 40 * episode number. Decoding them back checks
+which frames a clip really holds against hand-computed indices.
+"""
+import json
+import logging
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+import data
+import encode_text
+
+FPS = 10
+LENGTHS = [40, 26, 33]  # native frames of episodes 0, 1, 2 (<= 47 so gray levels stay below 255)
+TASKS = ["pick up the cube", "open the drawer", "pick up the cube"]
+
+
+def make_frames(e, T, H=64, W=64):
+    f = np.zeros((T, H, W, 3), np.uint8)
+    f[:, : H // 2] = (16 + 5 * np.arange(T)).astype(np.uint8)[:, None, None, None]
+    f[:, H // 2:] = 40 + 40 * e
+    return f
+
+
+def codes(x):
+    """[3, n, S, S] in [-1, 1] -> (frame indices, episode numbers) read back from the gray levels."""
+    g = (x.mean(0) + 1) * 127.5
+    q = x.shape[-2] // 4
+    frame = torch.round((g[:, :q].mean((1, 2)) - 16) / 5).long()
+    episode = torch.round((g[:, -q:].mean((1, 2)) - 40) / 40).long()
+    return frame.tolist(), episode.tolist()
+
+
+def episodes(n=3):
+    for e in range(n):  # a generator: the writer must stream
+        T = LENGTHS[e]
+        yield {"frames": make_frames(e, T), "task": TASKS[e], "observation.state": np.random.rand(T, 3),
+               "action": np.random.rand(T, 2)}
+
+
+@pytest.fixture(scope="module")
+def lerobot(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lerobot")
+    data.write_lerobot(root / "v30", episodes(), FPS, version="v3.0", codec="libsvtav1", files_max_episodes=2)
+    data.write_lerobot(root / "v21", episodes(), FPS, version="v2.1", codec="libx264")
+    return root
+
+
+# ----------------------------------------------------------------------------- resampling
+
+
+def test_resample_rule():
+    # T' = round((T-1) * target / native) + 1, frame k = round_half_up(k * (T-1) / (T'-1))
+    assert data.resample(40, 10, 2).tolist() == [0, 5, 10, 15, 20, 24, 29, 34, 39]  # 19.5 -> 20
+    assert data.resample(100, 30, 2).tolist() == [0, 14, 28, 42, 57, 71, 85, 99]
+    assert data.resample(31, 30, 2).tolist() == [0, 15, 30]
+    assert data.resample(5, 10, 20).tolist() == [0, 1, 2, 3, 4]  # never upsample
+    assert data.resample(1, 30, 2).tolist() == [0]
+    assert data.resample(0, 30, 2).tolist() == []
+
+
+# ----------------------------------------------------------------------------- writers
+
+
+def test_write_lerobot_v30_layout(lerobot):
+    root = lerobot / "v30"
+    info = json.loads((root / "meta/info.json").read_text())
+    assert info["codebase_version"] == "v3.0" and info["fps"] == FPS
+    assert (info["total_episodes"], info["total_frames"], info["total_tasks"]) == (3, sum(LENGTHS), 2)
+    assert info["features"]["observation.images.main"]["info"]["video.codec"] == "av1"
+    assert info["features"]["observation.state"]["shape"] == [3]
+    ep = pq.read_table(root / "meta/episodes/chunk-000/file-000.parquet").to_pylist()
+    v = "videos/observation.images.main/"
+    assert [r[v + "file_index"] for r in ep] == [0, 0, 1]  # two episodes per mp4
+    assert [r[v + "from_timestamp"] for r in ep] == [0.0, 4.0, 0.0]
+    assert [r[v + "to_timestamp"] for r in ep] == [4.0, 6.6, 3.3]
+    assert [r["dataset_from_index"] for r in ep] == [0, 40, 66] and ep[2]["dataset_to_index"] == 99
+    assert [r["tasks"] for r in ep] == [[t] for t in TASKS]
+    d = pq.read_table(root / "data/chunk-000/file-000.parquet")
+    assert d.column("index").to_pylist() == list(range(66))
+    assert d.column("episode_index").to_pylist() == [0] * 40 + [1] * 26
+    assert d.column("task_index").to_pylist() == [0] * 40 + [1] * 26
+    assert d.column("timestamp").to_pylist()[41] == pytest.approx(0.1)
+    assert d.schema.field("observation.state").type.list_size == 3
+    tasks = pq.read_table(root / "meta/tasks.parquet")
+    assert tasks.column("task").to_pylist() == TASKS[:2] and tasks.column("task_index").to_pylist() == [0, 1]
+    assert json.loads(tasks.schema.metadata[b"pandas"])["index_columns"] == ["task"]
+    stats = json.loads((root / "meta/stats.json").read_text())
+    assert stats["index"]["max"] == [98] and stats["index"]["count"] == [99]
+    assert np.array(stats["observation.images.main"]["mean"]).shape == (3, 1, 1)
+
+
+def test_write_lerobot_v21_layout(lerobot):
+    root = lerobot / "v21"
+    info = json.loads((root / "meta/info.json").read_text())
+    assert info["codebase_version"] == "v2.1" and info["total_videos"] == 3
+    assert info["features"]["observation.images.main"]["info"]["video.codec"] == "h264"
+    eps = [json.loads(x) for x in (root / "meta/episodes.jsonl").read_text().splitlines()]
+    assert eps[1] == {"episode_index": 1, "tasks": [TASKS[1]], "length": 26}
+    assert [json.loads(x) for x in (root / "meta/tasks.jsonl").read_text().splitlines()] == [
+        {"task_index": 0, "task": TASKS[0]}, {"task_index": 1, "task": TASKS[1]}]
+    assert len((root / "meta/episodes_stats.jsonl").read_text().splitlines()) == 3
+    assert pq.read_table(root / "data/chunk-000/episode_000002.parquet").num_rows == 33
+    assert (root / "videos/chunk-000/observation.images.main/episode_000002.mp4").exists()
+
+
+# ----------------------------------------------------------------------------- readers
+
+
+@pytest.mark.parametrize("version", ["v30", "v21"])
+def test_read_lerobot_and_decode(lerobot, version):
+    eps = data.read_dataset(lerobot / version)
+    assert [e.T for e in eps] == LENGTHS and [e.instruction for e in eps] == TASKS
+    assert all(e.fps == FPS for e in eps)
+    if version == "v30":
+        assert eps[1].video == eps[0].video and eps[1].start == 4.0
+    for e, ep in enumerate(eps):
+        want = [0, 7, ep.T - 1, 3, 3, ep.T - 2]
+        x = data.decode_frames(ep, want, 32)
+        assert x.shape == (3, 6, 32, 32) and x.dtype == torch.float32 and -1 <= x.min() and x.max() <= 1
+        assert codes(x) == (want, [e] * 6)
+    native = data.decode_frames(eps[0], [1], None)
+    assert native.shape == (3, 1, 64, 64)
+    with pytest.raises(IndexError):
+        data.decode_frames(eps[0], [40], 32)
+
+
+@pytest.mark.parametrize("codec,gop", [("libsvtav1", 2), ("libx264", 30)])
+def test_sparse_decode_matches_every_frame(tmp_path, codec, gop):
+    # 120 frames: top half = i % 40, bottom half = i // 40; seeks (gop 2) and decoding through (gop 30)
+    f = np.concatenate([make_frames(b, 40) for b in range(3)])
+    data.write_lerobot(tmp_path / "ds", [{"frames": f, "task": "t"}], 30, codec=codec, gop=gop)
+    (ep,) = data.read_lerobot(tmp_path / "ds")
+    rng = np.random.default_rng(0)
+    for _ in range(6):
+        want = rng.choice(120, size=9, replace=False)
+        lo, hi = codes(data.decode_frames(ep, want, 32))
+        assert [40 * b + a for a, b in zip(lo, hi)] == want.tolist()
+
+
+def test_resize_center_crop(tmp_path):
+    f = np.zeros((4, 48, 96, 3), np.uint8)
+    f[:, :, :24] = 255  # a white band on the left quarter falls outside the center crop
+    f[:, :, 24:72] = 100
+    data.write_lerobot(tmp_path / "wide", [{"frames": f, "task": "t"}], FPS, codec="libx264")
+    (ep,) = data.read_lerobot(tmp_path / "wide")
+    x = data.decode_frames(ep, [0], 32)  # 48x96 -> 32x64 -> center 32x32
+    assert x.shape == (3, 1, 32, 32)
+    assert abs(float((x[:, :, :, 2:-2].mean() + 1) * 127.5) - 100) < 3
+
+
+def test_camera_key_error(lerobot):
+    with pytest.raises(ValueError, match="observation.images.main"):
+        data.read_lerobot(lerobot / "v30", camera="observation.images.wrist")
+
+
+def test_manifest(lerobot, tmp_path):
+    video = lerobot / "v21/videos/chunk-000/observation.images.main/episode_000000.mp4"
+    lines = [{"video": str(video), "instruction": "pick", "kind": "hesitation", "m": 3, "n": 9},
+             {"video": str(video), "instruction": "pick", "start": 1.0, "end": 2.5},
+             {"video": "missing.mp4", "instruction": "pick"},
+             {"video": str(video), "instruction": ""}]
+    path = tmp_path / "m.jsonl"
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines) + "{not json\n")
+    eps = data.read_dataset(path)
+    assert len(eps) == 2
+    assert eps[0].T == 40 and eps[0].extra == {"kind": "hesitation", "m": 3, "n": 9}
+    assert eps[1].T == 15 and eps[1].start == 1.0
+    assert codes(data.decode_frames(eps[1], [0, 14], 32))[0] == [10, 24]
+
+
+def test_egodex(tmp_path):
+    h5py = pytest.importorskip("h5py")
+    task = tmp_path / "part1" / "fold_cloth"
+    for n, attrs in enumerate([{"llm_description": "fold the cloth"},
+                               {"llm_description": "fold", "llm_description2": "unfold the cloth",
+                                "which_llm_description": 2, "llm_type": "reversible"},
+                               {}, None]):
+        mp4 = data._Mp4(task / f"{n}.mp4", 30, "libx264", 32, 32, None, 30)
+        mp4.write(make_frames(n, 12, 32, 32))
+        mp4.close()
+        if attrs is not None:
+            with h5py.File(task / f"{n}.hdf5", "w") as f:
+                f.attrs.update(attrs)
+    eps = data.read_dataset(tmp_path)  # found by its hdf5 files
+    assert [e.instruction for e in eps] == ["fold the cloth", "unfold the cloth"]
+    assert eps[1].T == 12 and eps[1].fps == 30 and eps[1].extra["task"] == "fold_cloth"
+    assert codes(data.decode_frames(eps[1], [11], 32)) == ([11], [1])
+
+
+# ----------------------------------------------------------------------------- clips
+
+
+def expected_clip(T, t, mode, h=4):
+    """The clip by SPEC.md §3.4/§5, written independently of data.py: (native indices, values) [9]."""
+    native = data.resample(T, FPS, 2.0)
+    n = len(native)
+    k = [min(max(j, 0), n - 1) for j in range(t - h, t + h + 1)]
+    if mode == "descending":
+        k = k[::-1]
+    if mode == "plateau":
+        k = [t] * 9
+    return [int(native[j]) for j in k], [j / (n - 1) for j in k]
+
+
+@pytest.mark.parametrize("rewind,plateau,mode", [(0, 0, "rising"), (1, 0, "descending"), (1, 1, "plateau")])
+def test_clip_modes(lerobot, rewind, plateau, mode):
+    eps = data.read_lerobot(lerobot / "v30")
+    ds = data.ClipDataset(eps, fps=2.0, size=32, rewind=rewind, plateau=plateau, prefix=0.0, seed=1)
+    for i in range(4):
+        s = ds[i]
+        e = int(s["episode"].split("/")[1])
+        t = ds.plan(i)["t"]
+        idx, val = expected_clip(LENGTHS[e], t, mode)
+        assert s["mode"] == mode and not s["prefix_randomized"] and s["text"] == TASKS[e]
+        assert s["frame_index"].tolist() == idx
+        assert codes(s["frames"]) == (idx, [e] * 9)
+        assert s["values"].tolist() == pytest.approx(val[:5])
+        assert s["frames"].shape == (3, 9, 32, 32)
+
+
+def test_clip_hand_computed():
+    # episode of 40 frames at 10 fps -> 2 fps: native [0, 5, 10, 15, 20, 24, 29, 34, 39], T' = 9
+    ep = data.Episode("x", "unused.mp4", 0.0, 4.0, FPS, 40, "t", 0)
+    ds = data.ClipDataset([ep], fps=2.0, prefix=0.0)
+    cases = {("rising", 3): [0, 0, 5, 10, 15, 20, 24, 29, 34], ("rising", 8): [20, 24, 29, 34, 39, 39, 39, 39, 39],
+             ("descending", 5): [39, 39, 34, 29, 24, 20, 15, 10, 5], ("plateau", 5): [24] * 9}
+    values = {("rising", 3): [0, 0, 1 / 8, 2 / 8, 3 / 8], ("rising", 8): [4 / 8, 5 / 8, 6 / 8, 7 / 8, 1],
+              ("descending", 5): [1, 1, 7 / 8, 6 / 8, 5 / 8], ("plateau", 5): [5 / 8] * 5}
+    seen = set()
+    for i in range(2000):
+        p = ds.plan(i)
+        key = (p["mode"], p["t"])
+        if key in cases:
+            assert p["frame_index"].tolist() == cases[key]
+            assert p["values"].tolist() == pytest.approx(values[key])
+            seen.add(key)
+    assert seen == set(cases)
+
+
+def test_clip_ratios_and_value_shapes(lerobot):
+    eps = data.read_lerobot(lerobot / "v30")
+    ds = data.ClipDataset(eps, fps=2.0, size=32, length=10**6)
+    plans = [ds.plan(i) for i in range(4000)]
+    mode = np.array([p["mode"] for p in plans])
+    rewound = mode != "rising"
+    assert abs(rewound.mean() - 0.5) < 0.03
+    assert abs((mode[rewound] == "plateau").mean() - 0.1) < 0.025
+    rand = np.array([p["prefix_randomized"] for p in plans])
+    assert abs(rand.mean() - 0.5) < 0.03
+    prefix = np.array([p["values"][0] for p in plans])[rand]
+    assert abs(prefix.mean() - 0.5) < 0.03 and prefix.min() >= 0 and prefix.max() <= 1
+    for p in plans:
+        v = p["values9"]
+        if p["mode"] == "rising":
+            assert np.all(np.diff(v) >= 0)
+        elif p["mode"] == "descending":
+            assert np.all(np.diff(v) <= 0) and v[0] > v[-1]
+        else:
+            assert np.all(v == v[0])
+        if not p["prefix_randomized"]:
+            assert p["values"][0] == pytest.approx(v[0])
+        assert p["values"][1:].tolist() == pytest.approx(v[1:5])
+
+
+def test_determinism_collate_and_mixture(lerobot):
+    a = data.ClipDataset(data.read_lerobot(lerobot / "v30"), size=32, seed=3)
+    b = data.ClipDataset(data.read_lerobot(lerobot / "v30"), size=32, seed=3)
+    s, t = a[2], b[2]
+    assert torch.equal(s["frames"], t["frames"]) and torch.equal(s["values"], t["values"]) and s["seed"] == t["seed"]
+    batch = data.collate([a[i] for i in range(3)])
+    assert batch["frames"].shape == (3, 3, 9, 32, 32) and batch["values"].shape == (3, 5)
+    assert batch["seed"].dtype == torch.int64 and len(batch["text"]) == 3
+    assert len(set(batch["clip_key"])) == 3 and s["clip_key"] == t["clip_key"]
+    # worker processes (forked after the main process decoded) give the very same batch
+    loader = torch.utils.data.DataLoader(a, batch_size=3, num_workers=2, collate_fn=data.collate)
+    assert torch.equal(next(iter(loader))["frames"], batch["frames"])
+    assert [p["seed"] for p in map(a.plan, range(5))] != [data.ClipDataset(a.sources, seed=4).plan(i)["seed"] for i in range(5)]
+    mix = data.ClipDataset([data.Source(data.read_lerobot(lerobot / "v30"), 3.0, name="a"),
+                            data.Source(data.read_lerobot(lerobot / "v21"), 1.0, fps=5.0, name="b")], size=32)
+    plans = [mix.plan(i) for i in range(2000)]
+    share = np.mean([p["episode"].source == "v30" for p in plans])
+    assert abs(share - 0.75) < 0.03
+    # episode 2 (33 frames): 10 fps -> 5 fps keeps every other frame exactly
+    p = next(p for p in plans if p["episode"].id == "v21/2" and p["mode"] == "rising" and 4 <= p["t"] <= 12)
+    assert np.diff(p["frame_index"]).tolist() == [2] * 8
+
+
+# ----------------------------------------------------------------------------- bad data
+
+
+def test_bad_data_is_skipped(tmp_path, caplog, capsys):
+    root = tmp_path / "bad"
+    data.write_lerobot(root, ({"frames": make_frames(e % 5, 30), "task": f"task {e}"} for e in range(10)), FPS,
+                       version="v2.1", codec="libx264")
+    videos = root / "videos/chunk-000/observation.images.main"
+    (videos / "episode_000001.mp4").unlink()                                   # missing
+    (videos / "episode_000002.mp4").write_bytes(b"\x00garbage" * 100)          # corrupt
+    short = data._Mp4(videos / "episode_000003.mp4", FPS, "libx264", 64, 64, None, 2)
+    short.write(make_frames(3, 3))                                             # 3 frames, metadata says 30
+    short.close()
+    raw = (videos / "episode_000006.mp4").read_bytes()
+    (videos / "episode_000006.mp4").write_bytes(raw[: len(raw) // 2])          # truncated file
+    meta = [json.loads(x) for x in (root / "meta/episodes.jsonl").read_text().splitlines()]
+    meta[4]["length"] = 0                                                      # zero length
+    meta[5]["tasks"] = []                                                      # no instruction
+    (root / "meta/episodes.jsonl").write_text("".join(json.dumps(m) + "\n" for m in meta))
+
+    with caplog.at_level(logging.WARNING, logger="wvm.data"):
+        eps = data.read_lerobot(root)
+    assert [e.episode_index for e in eps] == [0, 7, 8, 9]
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 6
+    for ep, reason in [(1, "missing video"), (2, "unreadable video"), (3, "video shorter than metadata"),
+                       (4, "zero length"), (5, "no instruction"), (6, "unreadable video")]:
+        assert any(f"episode {ep} (" in m and f"episode_00000{ep}.mp4" in m and reason in m for m in lines), reason
+    assert "4 episodes indexed, 6 skipped" in capsys.readouterr().out
+
+    # without probing, the bad videos are only found when decoding: the sample goes to another episode
+    eps = data.read_lerobot(root, probe=False)  # episodes 0, 2, 3, 6, 7, 8, 9 (their files exist)
+    ds = data.ClipDataset(eps, size=32, length=40)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="wvm.data"):
+        samples = [ds[i] for i in range(30)]
+    assert {s["episode"] for s in samples} <= {"bad/0", "bad/7", "bad/8", "bad/9"}
+    assert sum(s["retries"] for s in samples) >= 3 and ds.bad == {"bad/2", "bad/3", "bad/6"}
+    assert ds.failures == 3 and len(caplog.records) == 3  # one warning per bad episode
+    assert any("fewer frames than the metadata says" in r.getMessage() for r in caplog.records)
+    again = data.ClipDataset(eps, size=32, length=40)  # a fresh process draws the same samples
+    assert [again[i]["episode"] for i in range(30)] == [s["episode"] for s in samples]
+
+
+def test_too_short_episodes_are_skipped(caplog):
+    eps = [data.Episode("x", "a.mp4", 0, 1.2, FPS, 12, "t", 0), data.Episode("x", "b.mp4", 0, 4.0, FPS, 40, "t", 1)]
+    with caplog.at_level(logging.WARNING, logger="wvm.data"):
+        ds = data.ClipDataset(eps, fps=2.0)  # 12 frames at 10 fps -> 3 frames at 2 fps < 5
+    assert [e.episode_index for e in ds.sources[0].episodes] == [1]
+    assert "episode x/0 (a.mp4)" in caplog.text and "too short" in caplog.text
+    with pytest.raises(ValueError, match="no usable episodes"):
+        data.ClipDataset(eps[:1], fps=2.0)
+
+
+# ----------------------------------------------------------------------------- text
+
+
+def tiny_encoder(tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
+    words = "pick up the cube open drawer & close".split()
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{w: i + 3 for i, w in enumerate(words)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+    torch.manual_seed(0)
+    cfg = UMT5Config(vocab_size=len(vocab), d_model=16, d_kv=4, d_ff=24, num_layers=2, num_heads=4,
+                     feed_forward_proj="gated-gelu", dropout_rate=0.0)
+    return tokenizer, UMT5EncoderModel(cfg).eval(), cfg
+
+
+def test_text_cache_round_trip(tmp_path):
+    tokenizer, model, _ = tiny_encoder(tmp_path)
+    texts = ["pick up the cube", "pick  up the\ncube ", "open &amp; close", "open the drawer"]
+    assert encode_text.build_cache(texts, tokenizer, model, tmp_path / "cache", batch_size=2, shard_size=2,
+                                   dtype=torch.float32, text_len=16) == 3
+    assert encode_text.build_cache(texts, tokenizer, model, tmp_path / "cache", text_len=16) == 0  # resumes
+    cache = encode_text.TextCache(tmp_path / "cache")
+    assert len(cache) == 3 and "pick up the cube" in cache
+    e = cache.get("pick up the cube")
+    with torch.no_grad():  # independent check: the unpadded sequence through the model
+        ref = model(input_ids=torch.tensor([[3, 4, 5, 6, 1]])).last_hidden_state[0]
+    assert e.shape == (5, 16) and e.dtype == torch.float32
+    torch.testing.assert_close(e, ref, atol=1e-5, rtol=1e-5)
+    assert cache.get("open & close").shape == (4, 16)  # html unescaped before tokenizing
+    with pytest.raises(KeyError, match="no embedding for instruction 'close the drawer'"):
+        cache.get("close the drawer")
+
+
+def test_wan_t5_checkpoint_layout(tmp_path):
+    tokenizer, model, cfg = tiny_encoder(tmp_path)
+    tokenizer.save_pretrained(tmp_path / "google" / "umt5-xxl")
+    sd, wan = model.state_dict(), {"token_embedding.weight": model.state_dict()["shared.weight"],
+                                   "norm.weight": model.state_dict()["encoder.final_layer_norm.weight"]}
+    for i in range(cfg.num_layers):  # Wan2.2's key names (wan/modules/t5.py), written out by hand
+        b = f"encoder.block.{i}.layer."
+        wan |= {f"blocks.{i}.norm1.weight": sd[b + "0.layer_norm.weight"],
+                f"blocks.{i}.attn.q.weight": sd[b + "0.SelfAttention.q.weight"],
+                f"blocks.{i}.attn.k.weight": sd[b + "0.SelfAttention.k.weight"],
+                f"blocks.{i}.attn.v.weight": sd[b + "0.SelfAttention.v.weight"],
+                f"blocks.{i}.attn.o.weight": sd[b + "0.SelfAttention.o.weight"],
+                f"blocks.{i}.pos_embedding.embedding.weight": sd[b + "0.SelfAttention.relative_attention_bias.weight"],
+                f"blocks.{i}.norm2.weight": sd[b + "1.layer_norm.weight"],
+                f"blocks.{i}.ffn.gate.0.weight": sd[b + "1.DenseReluDense.wi_0.weight"],
+                f"blocks.{i}.ffn.fc1.weight": sd[b + "1.DenseReluDense.wi_1.weight"],
+                f"blocks.{i}.ffn.fc2.weight": sd[b + "1.DenseReluDense.wo.weight"]}
+    torch.save(wan, tmp_path / "models_t5_umt5-xxl-enc-bf16.pth")
+    tok2, loaded = encode_text.load_encoder(tmp_path, dtype=torch.float32, config=cfg)
+    a = encode_text.encode(["open the drawer"], tok2, loaded, text_len=16)[0]
+    b = encode_text.encode(["open the drawer"], tokenizer, model, text_len=16)[0]
+    torch.testing.assert_close(a, b)
