@@ -1,0 +1,87 @@
+"""eval.py metrics against scipy and hand-computed values, baselines, and the weighting formulas."""
+import numpy as np
+import pytest
+from scipy import stats
+
+from eval import (TimeScorer, Trajectory, awr_weight, chunk_delta, gt_curve, hesitation_rmse, retry_voc, spearman,
+                  voc, window_ends)
+
+
+def test_voc_matches_scipy_with_ties_and_constants():
+    rng = np.random.default_rng(0)
+    for n in (2, 3, 10, 57):
+        x = rng.random(n)
+        assert voc(x) == pytest.approx(stats.spearmanr(x, np.arange(n)).statistic, abs=1e-12)
+        tied = rng.integers(0, 3, n).astype(float)  # heavy ties: average ranks
+        if np.ptp(tied) > 0:
+            assert voc(tied) == pytest.approx(stats.spearmanr(tied, np.arange(n)).statistic, abs=1e-12)
+        a, b = rng.integers(0, 4, n), rng.integers(0, 4, n)
+        if np.ptp(a) > 0 and np.ptp(b) > 0:
+            assert spearman(a, b) == pytest.approx(stats.spearmanr(a, b).statistic, abs=1e-12)
+    assert voc(np.full(7, 0.3)) == 0.0  # scipy gives NaN; VOC counts it as 0
+    assert voc(np.arange(5.0)) == pytest.approx(1.0) and voc(-np.arange(5.0)) == pytest.approx(-1.0)
+
+
+def test_gt_curve_hand_computed():
+    np.testing.assert_allclose(gt_curve("expert", T=5), [0, 0.25, 0.5, 0.75, 1.0])
+    # hesitation m=2, n=5, T=11: x=3, v_m = v_n = 2/(10-3) = 2/7
+    g = gt_curve("hesitation", 2, 5, 11)
+    np.testing.assert_allclose(g[[0, 1, 2, 3, 4, 5]], [0, 1 / 7, 2 / 7, 2 / 7, 2 / 7, 2 / 7])
+    np.testing.assert_allclose(g[[6, 10]], [2 / 7 + (5 / 7) / 5, 1.0])
+    # retry m=4, n=6, T=12: x=2, v_m = 4/8 = 0.5, v_n = 2/8 = 0.25
+    g = gt_curve("retry", 4, 6, 12)
+    np.testing.assert_allclose(g[[0, 2, 4, 5, 6, 11]], [0, 0.25, 0.5, 0.375, 0.25, 1.0])
+    # long retry m=3, n=8, T=20: x=5, v_m = 3/10, v_n = max(0, -2/10) = 0 (clamped)
+    g = gt_curve("retry", 3, 8, 20)
+    np.testing.assert_allclose(g[[3, 8, 19]], [0.3, 0.0, 1.0])
+    np.testing.assert_allclose(g[8:], np.arange(12) / 11)
+
+
+@pytest.mark.parametrize("kind,m,n,T,msg", [
+    ("hesitation", 5, 5, 20, "0 < m < n < T - 1"),
+    ("hesitation", 0, 3, 20, "0 < m < n < T - 1"),
+    ("retry", 3, 19, 20, "0 < m < n < T - 1"),
+    ("retry", 2, 3, 3, "too short"),
+    ("retry", 8, 15, 20, "T - 2x"),
+    ("stall", 2, 3, 20, "expected expert, hesitation or retry"),
+])
+def test_impossible_annotations_rejected(kind, m, n, T, msg):
+    with pytest.raises(ValueError, match=msg):
+        gt_curve(kind, m, n, T)
+
+
+def test_segment_metrics_on_hand_made_curves():
+    T, m, n = 12, 3, 7
+    gt = gt_curve("hesitation", m, n, T)
+    assert hesitation_rmse(gt, m, n, T) == 0.0
+    off = gt + np.where((np.arange(T) >= m) & (np.arange(T) <= n), 0.1, 0.5)  # only [m, n] counts
+    assert hesitation_rmse(off, m, n, T) == pytest.approx(0.1)
+    gt = gt_curve("retry", 4, 7, 14)
+    assert retry_voc(gt, 4, 7, 14) == pytest.approx(1.0)  # a perfect model scores +1 on the falling segment
+    assert retry_voc(np.arange(14.0), 4, 7, 14) == pytest.approx(-1.0)  # rising through the retry
+    # predictions at a subset of native frames (after resampling): only those inside [m, n] count
+    index = np.array([0, 2, 4, 6, 8, 10, 13])
+    pred = gt_curve("retry", 4, 7, 14)[index]
+    assert retry_voc(pred, 4, 7, 14, index) == pytest.approx(1.0)
+    assert np.isnan(retry_voc(pred[:3], 4, 7, 14, index[:3]))  # one scored frame in the segment: undefined
+
+
+def test_baselines():
+    traj = Trajectory(episode=None, index=np.arange(0, 40, 3))
+    v, spread = TimeScorer().score([traj])[0]
+    assert voc(v) == pytest.approx(1.0) and spread.max() == 0
+    assert voc(np.full(len(traj.index), 0.5)) == 0.0
+
+
+def test_weights_match_formulas_on_hand_made_curve():
+    v = np.array([0.0, 0.1, 0.1, 0.1, 0.4, 0.3, 0.9, 1.0])
+    d = chunk_delta(v, H=3)
+    np.testing.assert_allclose(d, [0.1, 0.0, 0.3, 0.2, 0.5, 0.7, 0.1, 0.0])  # V(min(t+2, 7)) - V(t)
+    np.testing.assert_allclose(awr_weight(d, tau=10, delta_max=2.0), np.minimum(np.exp(10 * d), 2.0))
+    assert awr_weight([-0.5], 10, 2.0)[0] == pytest.approx(np.exp(-5))
+
+
+def test_window_ends_cover_every_frame():
+    assert window_ends(10, 4, 1) == [3, 4, 5, 6, 7, 8, 9]
+    assert window_ends(10, 4, 4) == [3, 7, 9]
+    assert window_ends(4, 4, 2) == [3]
