@@ -136,6 +136,25 @@ def load_encoder(path, dtype=torch.bfloat16, device="cpu", config=None):
     return tokenizer, model.to(device).eval()
 
 
+def tiny_random_encoder(texts, d_model, seed=0):
+    """(tokenizer, UMT5EncoderModel) for demos and tests where no umT5 weights exist: a word-level tokenizer
+    over the words of `texts` (in order of first appearance) and a small randomly initialized encoder.
+    Its embeddings carry no language knowledge, only which words an instruction has."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
+
+    words = dict.fromkeys(w for t in texts for w in clean_text(t).split())
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{w: i + 3 for i, w in enumerate(words)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+    torch.manual_seed(seed)
+    cfg = UMT5Config(vocab_size=len(vocab), d_model=d_model, d_kv=max(4, d_model // 4), d_ff=2 * d_model, num_layers=2,
+                     num_heads=4, feed_forward_proj="gated-gelu", dropout_rate=0.0)
+    return tokenizer, UMT5EncoderModel(cfg).eval()
+
+
 @torch.no_grad()
 def encode(texts, tokenizer, model, text_len=TEXT_LEN):
     """Cleaned texts -> list of [L_i, D] embeddings (L_i = real token count incl. </s>, <= text_len)."""
@@ -174,7 +193,10 @@ def build_cache(texts, tokenizer, model, out, batch_size=8, shard_size=2000, dty
 def main():
     import data
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="local folder with the umT5-XXL encoder and tokenizer")
+    p.add_argument("--model", help="local folder with the umT5-XXL encoder and tokenizer")
+    p.add_argument("--tiny_random", type=int, metavar="DIM",
+                   help="no umT5 weights: a random DIM-wide encoder over the instructions' words (demos, tests)")
+    p.add_argument("--text_len", type=int, default=TEXT_LEN, help="tokens per instruction (the DiT's text_len)")
     p.add_argument("--out", required=True, help="cache folder (safetensors shards)")
     p.add_argument("--lerobot", nargs="*", default=[], help="LeRobot dataset roots")
     p.add_argument("--egodex", nargs="*", default=[], help="EgoDex roots")
@@ -191,8 +213,13 @@ def main():
     texts += [e.instruction for r in a.egodex for e in data.read_egodex(r)]
     texts += [e.instruction for m in a.manifest for e in data.read_manifest(m)]
     dtype = getattr(torch, a.dtype)
-    tokenizer, model = load_encoder(a.model, dtype=dtype, device=a.device)
-    n = build_cache(texts, tokenizer, model, a.out, a.batch_size, a.shard_size, dtype)
+    if a.tiny_random:
+        tokenizer, model = tiny_random_encoder(texts, a.tiny_random)
+    elif a.model:
+        tokenizer, model = load_encoder(a.model, dtype=dtype, device=a.device)
+    else:
+        p.error("give --model (a local umT5 folder) or --tiny_random DIM")
+    n = build_cache(texts, tokenizer, model, a.out, a.batch_size, a.shard_size, dtype, a.text_len)
     print(f"{a.out}: encoded {n} new instructions; {len(TextCache(a.out))} in the cache")
 
 

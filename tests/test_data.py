@@ -349,18 +349,8 @@ def test_too_short_episodes_are_skipped(caplog):
 
 
 def tiny_encoder(tmp_path):
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
-    words = "pick up the cube open drawer & close".split()
-    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{w: i + 3 for i, w in enumerate(words)}}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
-    torch.manual_seed(0)
-    cfg = UMT5Config(vocab_size=len(vocab), d_model=16, d_kv=4, d_ff=24, num_layers=2, num_heads=4,
-                     feed_forward_proj="gated-gelu", dropout_rate=0.0)
-    return tokenizer, UMT5EncoderModel(cfg).eval(), cfg
+    tokenizer, model = encode_text.tiny_random_encoder(["pick up the cube open drawer & close"], d_model=16)
+    return tokenizer, model, model.config
 
 
 def test_text_cache_round_trip(tmp_path):
