@@ -1,0 +1,273 @@
+"""The Wan2.2 VAE against diffusers' AutoencoderKLWan, checkpoint layouts, causal streaming, errors, latent cache."""
+import json
+import os
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from model import CheckpointError
+from wan_vae import (VAE_CONFIGS, WAN22_LATENTS_MEAN, WAN22_LATENTS_STD, CausalCache, LatentCache, WanVAE,
+                     WanVAEConfig, load_wan_vae, vae_key)
+
+diffusers = pytest.importorskip("diffusers")
+
+# tiny widths, different for encoder and decoder so a mix-up shows; everything else as Wan2.2
+TINY = dict(base_dim=8, decoder_base_dim=12, z_dim=48, dim_mult=[1, 2, 4, 4], num_res_blocks=2,
+            temperal_downsample=[False, True, True])
+WAN22 = dict(is_residual=True, patch_size=2, in_channels=12, out_channels=12, scale_factor_temporal=4,
+             scale_factor_spatial=16, latents_mean=list(WAN22_LATENTS_MEAN), latents_std=list(WAN22_LATENTS_STD))
+MEAN = torch.tensor(WAN22_LATENTS_MEAN).view(1, -1, 1, 1, 1)
+STD = torch.tensor(WAN22_LATENTS_STD).view(1, -1, 1, 1, 1)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """These tensors are tiny: a second OpenMP thread only adds sync cost (20x the CPU time on a busy machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """A tiny random diffusers Wan2.2-style VAE saved as a pipeline folder (<root>/vae/)."""
+    torch.manual_seed(0)
+    ref = diffusers.AutoencoderKLWan(**TINY, **WAN22).eval()
+    with torch.no_grad():  # default init leaves gammas at 1 and the attention proj at 0: random everything
+        for name, p in ref.named_parameters():
+            if name.endswith("gamma"):
+                p.uniform_(0.5, 1.5)
+            elif p.dim() > 1:
+                p.normal_(0, p[0].numel() ** -0.5)
+            else:
+                p.normal_(0, 0.1)
+    root = tmp_path_factory.mktemp("pipe")
+    ref.save_pretrained(root / "vae")
+    return ref, root
+
+
+def video(F, H=32, W=48, B=1, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(B, 3, F, H, W, generator=g) * 2 - 1
+
+
+def ref_encode(ref, x):
+    """diffusers returns the raw moments; the Wan pipelines normalize the mean with latents_mean/std."""
+    with torch.no_grad():
+        return (ref.encode(x).latent_dist.mean - MEAN) * (1.0 / STD)
+
+
+def ref_decode(ref, z):
+    with torch.no_grad():
+        return ref.decode(z / (1.0 / STD) + MEAN).sample
+
+
+def close(a, b, rtol=1e-5):
+    assert a.shape == b.shape, (a.shape, b.shape)
+    err = (a - b).abs().max().item()
+    assert err <= rtol * b.abs().max().item(), f"max abs error {err} vs max {b.abs().max().item()}"
+
+
+@pytest.fixture(scope="module")
+def tiny(reference):
+    return load_wan_vae(str(reference[1]))  # pipeline folder -> vae/, config from config.json
+
+
+@pytest.mark.parametrize("F", [1, 5, 9])
+def test_matches_diffusers_from_diffusers_folder(reference, tiny, F):
+    ref, _ = reference
+    assert tiny.cfg == WanVAEConfig(dim=8, dec_dim=12)
+    x = video(F)
+    z = tiny.encode(x)
+    assert z.shape == (1, 48, 1 + (F - 1) // 4, 2, 3) and z.dtype == torch.float32
+    close(z, ref_encode(ref, x))
+    zr = torch.randn(z.shape, generator=torch.Generator().manual_seed(F))
+    y = tiny.decode(zr)
+    assert y.shape == (1, 3, F, 32, 48) and y.abs().max() <= 1
+    close(y, ref_decode(ref, zr))
+
+
+def test_matches_diffusers_from_official_pth(reference, tmp_path):
+    """Official names written by vae_key (convert_vae_22 inverted) into a flat .pth, config from the shapes."""
+    ref, _ = reference
+    sd = {vae_key(k): v for k, v in ref.state_dict().items()}
+    assert len(sd) == len(ref.state_dict()) and "encoder.downsamples.1.downsamples.2.time_conv.weight" in sd
+    path = tmp_path / "Wan2.2_VAE.pth"
+    torch.save(sd, path)
+    with open(tmp_path / "config.json", "w") as f:  # the official folder's config.json is the DiT's: ignored
+        json.dump({"_class_name": "WanModel", "dim": 3072, "in_dim": 48}, f)
+    for p in (path, tmp_path):  # the file, or the official model folder holding it
+        vae = load_wan_vae(str(p))
+        assert vae.cfg == WanVAEConfig(dim=8, dec_dim=12)
+    x = video(9, B=2)
+    close(vae.encode(x), ref_encode(ref, x))
+    z = torch.randn(2, 48, 2, 2, 3)
+    close(vae.decode(z), ref_decode(ref, z))
+
+
+def test_key_mapping_covers_the_full_wan22_vae():
+    """All 196 diffusers keys of the full-size model map onto ours with the same shapes, plus hand-checked names."""
+    with torch.device("meta"):
+        ref = diffusers.AutoencoderKLWan(base_dim=160, decoder_base_dim=256, z_dim=48, **WAN22)
+        ours = WanVAE(WanVAEConfig())
+    mapped = {vae_key(k): tuple(v.shape) for k, v in ref.state_dict().items()}
+    assert mapped == {k: tuple(v.shape) for k, v in ours.state_dict().items()}
+    for theirs, official in [  # wan22.md §D
+        ("quant_conv.weight", "conv1.weight"), ("post_quant_conv.bias", "conv2.bias"),
+        ("encoder.conv_in.weight", "encoder.conv1.weight"), ("decoder.conv_in.bias", "decoder.conv1.bias"),
+        ("encoder.mid_block.attentions.0.to_qkv.weight", "encoder.middle.1.to_qkv.weight"),
+        ("decoder.mid_block.resnets.1.norm2.gamma", "decoder.middle.2.residual.3.gamma"),
+        ("encoder.down_blocks.1.resnets.0.conv_shortcut.weight", "encoder.downsamples.1.downsamples.0.shortcut.weight"),
+        ("encoder.down_blocks.0.downsampler.resample.1.weight",
+         "encoder.downsamples.0.downsamples.2.resample.1.weight"),
+        ("decoder.up_blocks.1.upsampler.time_conv.bias", "decoder.upsamples.1.upsamples.3.time_conv.bias"),
+        ("decoder.up_blocks.3.resnets.2.conv2.weight", "decoder.upsamples.3.upsamples.2.residual.6.weight"),
+        ("decoder.norm_out.gamma", "decoder.head.0.gamma"), ("encoder.conv_out.bias", "encoder.head.2.bias"),
+    ]:
+        assert vae_key(theirs) == official
+        assert vae_key(official) == official  # official names pass through
+
+
+def test_full_config_on_meta():
+    with torch.device("meta"):
+        vae = WanVAE(VAE_CONFIGS["wan2.2"])
+    sd = vae.state_dict()
+    assert len(sd) == 196
+    assert sum(v.numel() for v in sd.values()) == 704_688_668
+    assert sum(v.numel() for k, v in sd.items() if k.startswith("encoder.")) == 149_627_776
+    assert sum(v.numel() for k, v in sd.items() if k.startswith("decoder.")) == 555_049_228
+    for key, shape in [  # wan22.md Appendix 1
+        ("encoder.conv1.weight", (160, 12, 3, 3, 3)),
+        ("encoder.downsamples.0.downsamples.0.residual.0.gamma", (160, 1, 1, 1)),
+        ("encoder.downsamples.1.downsamples.0.shortcut.weight", (320, 160, 1, 1, 1)),
+        ("encoder.downsamples.2.downsamples.2.time_conv.weight", (640, 640, 3, 1, 1)),
+        ("encoder.middle.1.norm.gamma", (640, 1, 1)),
+        ("encoder.middle.1.to_qkv.weight", (1920, 640, 1, 1)),
+        ("encoder.head.2.weight", (96, 640, 3, 3, 3)),
+        ("conv1.weight", (96, 96, 1, 1, 1)), ("conv2.weight", (48, 48, 1, 1, 1)),
+        ("decoder.conv1.weight", (1024, 48, 3, 3, 3)),
+        ("decoder.upsamples.0.upsamples.3.time_conv.weight", (2048, 1024, 3, 1, 1)),
+        ("decoder.upsamples.2.upsamples.3.resample.1.weight", (512, 512, 3, 3)),
+        ("decoder.upsamples.3.upsamples.0.shortcut.weight", (256, 512, 1, 1, 1)),
+        ("decoder.head.2.weight", (12, 256, 3, 3, 3)),
+    ]:
+        assert tuple(sd[key].shape) == shape, key
+    assert "decoder.upsamples.3.upsamples.3.resample.1.weight" not in sd  # the last level does not upsample
+
+
+def test_streaming_equals_one_call(tiny):
+    """17 frames in one call = frame 0, then groups of 4 fed through a shared cache; prefixes are causal."""
+    x = video(17, B=2, seed=3)
+    z = tiny.encode(x)
+    assert z.shape == (2, 48, 5, 2, 3)
+    cache = CausalCache()
+    parts = [tiny.encode(x[:, :, a:b], cache) for a, b in ((0, 1), (1, 5), (5, 13), (13, 17))]
+    assert torch.equal(torch.cat(parts, 2), z)
+    assert all(t.shape[2] <= 2 for t in cache.frames.values())  # the state does not grow with the video
+    assert torch.equal(tiny.encode(x[:, :, :9]), z[:, :, :3])
+    assert torch.equal(tiny.encode(x[:, :, :1]), z[:, :, :1])  # an image = the first latent frame (TI2V)
+
+    y = tiny.decode(z)
+    assert y.shape == (2, 3, 17, 32, 48)
+    cache = CausalCache()
+    parts = [tiny.decode(z[:, :, a:b], cache) for a, b in ((0, 1), (1, 3), (3, 5))]
+    assert [p.shape[2] for p in parts] == [1, 8, 8]
+    assert torch.equal(torch.cat(parts, 2), y)
+    assert torch.equal(tiny.decode(z[:, :, :2]), y[:, :, :5])
+
+
+def test_bf16_weights_track_fp32(reference):
+    vae32 = load_wan_vae(str(reference[1]))
+    vae16 = load_wan_vae(str(reference[1]), dtype=torch.bfloat16)
+    assert vae16.conv2.weight.dtype == torch.bfloat16
+    x = video(5)
+    z32, z16 = vae32.encode(x), vae16.encode(x)
+    assert z16.dtype == torch.float32
+    assert (z16 - z32).abs().max() <= 0.05 * z32.abs().max()
+    y16 = vae16.decode(z32)
+    assert y16.dtype == torch.float32 and (y16 - vae32.decode(z32)).abs().max() <= 0.1
+
+
+def test_input_errors(tiny):
+    for bad, match in [
+        (video(4), r"4 frames: expected 1 \+ 4k"),
+        (video(5, H=40), r"multiples of 16"),
+        (torch.zeros(1, 4, 5, 32, 32), r"expected \[B, 3, F, H, W\]"),
+        (torch.zeros(3, 5, 32, 32), r"expected \[B, 3, F, H, W\]"),
+        (torch.zeros(1, 3, 5, 32, 32, dtype=torch.uint8), r"uint8"),
+        (torch.full((1, 3, 5, 32, 32), 128.0), r"expected \[-1, 1\]"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            tiny.encode(bad)
+    for value in (float("nan"), float("inf")):
+        x = video(5)
+        x[0, 1, 2, 3, 4] = value
+        with pytest.raises(ValueError, match="NaN or inf"):
+            tiny.encode(x)
+    cache = CausalCache()
+    tiny.encode(video(1), cache)
+    with pytest.raises(ValueError, match="multiple of 4"):
+        tiny.encode(video(5), cache)
+    with pytest.raises(ValueError, match="fresh one to decode"):
+        tiny.decode(torch.zeros(1, 48, 1, 2, 3), cache)
+    with pytest.raises(ValueError, match=r"expected \[B, 48, T >= 1, h, w\]"):
+        tiny.decode(torch.zeros(1, 16, 2, 2, 3))
+    with pytest.raises(ValueError, match="NaN or inf"):
+        tiny.decode(torch.full((1, 48, 1, 2, 3), float("nan")))
+
+
+def test_loader_errors(reference, tmp_path):
+    sd = {vae_key(k): v for k, v in reference[0].state_dict().items()}
+
+    def load(state):
+        path = tmp_path / "vae.safetensors"
+        save_file(state, str(path))
+        return load_wan_vae(str(path), cfg=WanVAEConfig(dim=8, dec_dim=12))
+
+    bad = dict(sd)
+    del bad["decoder.middle.1.proj.bias"]
+    bad["encoder.extra.weight"] = torch.zeros(2)
+    bad["conv2.weight"] = torch.zeros(48, 48, 3, 1, 1)
+    with pytest.raises(CheckpointError) as e:
+        load(bad)
+    msg = str(e.value)
+    assert "missing (2): conv2.weight, decoder.middle.1.proj.bias" in msg  # mis-shaped also means missing
+    assert "unexpected (1): encoder.extra.weight" in msg
+    assert "conv2.weight: checkpoint [48, 48, 3, 1, 1] vs model [48, 48, 1, 1, 1]" in msg
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        load_wan_vae(str(tmp_path / "nowhere"))
+    dit = tmp_path / "dit"
+    dit.mkdir()
+    save_file({"patch_embedding.weight": torch.zeros(8, 48, 1, 2, 2)}, str(dit / "model.safetensors"))
+    with pytest.raises(CheckpointError, match="not a Wan VAE checkpoint"):
+        load_wan_vae(str(dit))
+    v21 = {k: v for k, v in sd.items()}
+    v21["encoder.conv1.weight"] = torch.zeros(8, 3, 3, 3, 3)
+    save_file(v21, str(dit / "model.safetensors"))
+    with pytest.raises(CheckpointError, match="not the Wan2.1 one"):
+        load_wan_vae(str(dit))
+
+
+def test_latent_cache_is_bit_identical(tiny, tmp_path):
+    calls = []
+
+    def make(seed):
+        def frames():
+            calls.append(seed)
+            return video(9, seed=seed)[0]
+        return frames
+
+    cache = LatentCache(str(tmp_path), tiny)
+    z = cache.get("episode 3/frames 0-8", make(1))
+    assert z.shape == (48, 3, 2, 3) and calls == [1]
+    expected = tiny.encode(video(9, seed=1))[0]
+    assert torch.equal(z, expected)
+    again = LatentCache(str(tmp_path), tiny).get("episode 3/frames 0-8", make(1))  # from disk this time
+    assert calls == [1] and torch.equal(again, expected)
+    other = cache.get("episode 3/frames 4-12", make(2))
+    assert calls == [1, 2] and torch.equal(other, tiny.encode(video(9, seed=2))[0])
+    files = os.listdir(cache.dir)
+    assert len(files) == 2 and all(f.endswith(".safetensors") for f in files)  # no temporary files left
+    assert LatentCache(str(tmp_path), WanVAE(tiny.cfg)).dir != cache.dir  # other weights, other folder
