@@ -1,0 +1,224 @@
+"""Triton kernels against their PyTorch references, forward and backward, and the MoT attention
+reference against dense masked attention.
+
+On CPU the Triton kernels run under the interpreter (conftest sets TRITON_INTERPRET=1 before
+Triton is imported) with 16-wide tiles, so tiny odd shapes cross several blocks and partial tails.
+With TRITON_INTERPRET=0 on a CUDA machine the same tests run the compiled kernels on the GPU.
+"""
+import importlib
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from kernels import adaln_modulate, mot_attention, mot_mask, qk_norm_rope
+from kernels.adaln import adaln_modulate_torch
+from kernels.mot_attention import mot_attention_torch
+from kernels.qk_norm_rope import apply_rope, qk_norm_rope_torch
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+DEVICE = "cpu" if INTERPRET or not torch.cuda.is_available() else "cuda"
+needs_triton = pytest.mark.skipif(DEVICE == "cpu" and not INTERPRET, reason="Triton needs a GPU or TRITON_INTERPRET=1")
+
+
+@pytest.fixture
+def triton_path(monkeypatch):
+    monkeypatch.setenv("WVM_KERNELS", "triton")
+
+
+def _grads(out, inputs, g):
+    return torch.autograd.grad(out, inputs, g)
+
+
+def _leaves(*ts):
+    return [t.detach().clone().requires_grad_(True) for t in ts]
+
+
+def _check_bf16(name, got, ref_lowp, golden, slack=2.0, atol=1e-3):
+    """A bf16 result is as good as the bf16 reference: its error against the fp64 golden value is
+    at most `slack` times the reference's own error (plus a small floor)."""
+    err = (got.double() - golden).abs().max().item()
+    err_ref = (ref_lowp.double() - golden).abs().max().item()
+    assert err <= slack * err_ref + atol, f"{name}: error {err:.3g} vs bf16 reference {err_ref:.3g}"
+
+
+# ---------------------------------------------------------------------------------------------
+# mot_mask and the MoT reference, pinned down independently of the kernels
+
+def test_mot_mask_by_hand():
+    T, N = True, False
+    # n_cur = 2, n_fut = 2, n_val = 1: rows are queries, columns keys [c c f f v]
+    assert mot_mask(5, 5, 2, 2, causal=True).tolist() == [
+        [T, T, N, N, N],    # current -> current
+        [T, T, N, N, N],
+        [T, T, T, T, N],    # future -> current + future
+        [T, T, T, T, N],
+        [T, T, N, N, T],    # value -> current + value, never future
+    ]
+    assert mot_mask(5, 5, 2, 2, causal=False).tolist()[:2] == [[T, T, T, T, N]] * 2
+    # value-only queries: the last rows of the joint mask
+    assert mot_mask(2, 6, 3, 1).tolist() == [[T, T, T, N, T, T]] * 2
+    # no video token ever sees a value token
+    m = mot_mask(37, 37, 19, 13, causal=False)
+    assert not m[:32, 32:].any() and m[32:, 32:].all() and not m[32:, 19:32].any()
+
+
+@pytest.mark.parametrize("n_cur,n_fut,n_val,Lq,causal", [
+    (7, 5, 3, None, True), (7, 5, 3, None, False), (7, 0, 3, 3, True), (7, 5, 3, 3, True), (7, 5, 3, 9, True),
+])
+def test_mot_reference_matches_dense_masked_sdpa(n_cur, n_fut, n_val, Lq, causal):
+    torch.manual_seed(0)
+    B, H, D = 2, 2, 8
+    Lk = n_cur + n_fut + n_val
+    Lq = Lq or Lk
+    q, k, v = torch.randn(B, Lq, H, D), torch.randn(B, Lk, H, D), torch.randn(B, Lk, H, D)
+    g = torch.randn(B, Lq, H, D)
+    a = _leaves(q, k, v)
+    out = mot_attention_torch(*a, n_cur, n_fut, causal)
+    b = _leaves(q, k, v)
+    mask = mot_mask(Lq, Lk, n_cur, n_fut, causal)
+    dense = F.scaled_dot_product_attention(*(t.transpose(1, 2) for t in b), attn_mask=mask).transpose(1, 2)
+    torch.testing.assert_close(out, dense, atol=1e-5, rtol=1e-5)
+    for x, y in zip(_grads(out, a, g), _grads(dense, b, g)):
+        torch.testing.assert_close(x, y, atol=1e-5, rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# MoT attention kernel
+
+def _run_attention(n_cur, n_fut, n_val, Lq, causal, dtype, B=2, H=2, D=32, seed=0):
+    torch.manual_seed(seed)
+    Lk = n_cur + n_fut + n_val
+    Lq = Lq or Lk
+    q, k, v = (torch.randn(B, L, H, D, device=DEVICE).to(dtype) for L in (Lq, Lk, Lk))
+    g = torch.randn(B, Lq, H, D, device=DEVICE).to(dtype)
+    tri_in = _leaves(q, k, v)
+    tri = mot_attention(*tri_in, n_cur, n_fut, causal)
+    ref_in = _leaves(q, k, v)
+    ref = mot_attention_torch(*ref_in, n_cur, n_fut, causal)
+    gold_in = _leaves(*(t.double() for t in (q, k, v)))
+    gold = mot_attention_torch(*gold_in, n_cur, n_fut, causal)
+    return ((tri, *_grads(tri, tri_in, g)), (ref, *_grads(ref, ref_in, g)), (gold, *_grads(gold, gold_in, g.double())))
+
+
+ATTN_CASES = [  # n_cur, n_fut, n_val, Lq (None = Lk), causal
+    (19, 13, 5, None, True),     # training: every segment a non-multiple of the tile
+    (19, 13, 5, None, False),
+    (19, 0, 5, 5, True),         # value-only queries against cached current video K/V
+    (19, 13, 5, 25, True),       # queries starting inside the current segment
+    (5, 3, 20, None, False),     # a value segment longer than one value tile
+    (0, 6, 3, None, True),       # no current video: value queries see only value keys
+    (19, 13, 0, None, True),     # video only (prefill, plain Wan blocks)
+]
+
+
+@needs_triton
+@pytest.mark.parametrize("case", ATTN_CASES)
+def test_mot_attention_triton_fp32(triton_path, case):
+    tri, ref, _ = _run_attention(*case, torch.float32)
+    for name, x, y in zip(("out", "dq", "dk", "dv"), tri, ref):
+        assert x.dtype == torch.float32
+        torch.testing.assert_close(x, y, atol=1e-4, rtol=1e-4, msg=name)
+
+
+@needs_triton
+@pytest.mark.parametrize("case", ATTN_CASES)
+def test_mot_attention_triton_bf16(triton_path, case):
+    tri, ref, gold = _run_attention(*case, torch.bfloat16)
+    for name, x, y, z in zip(("out", "dq", "dk", "dv"), tri, ref, gold):
+        assert x.dtype == torch.bfloat16
+        _check_bf16(name, x, y, z, atol=2e-2)
+
+
+@needs_triton
+def test_mot_attention_triton_head_dim_not_power_of_two(triton_path):
+    tri, ref, _ = _run_attention(19, 13, 5, None, True, torch.float32, B=1, D=24)
+    for name, x, y in zip(("out", "dq", "dk", "dv"), tri, ref):
+        torch.testing.assert_close(x, y, atol=1e-4, rtol=1e-4, msg=name)
+
+
+@needs_triton
+@pytest.mark.skipif(not INTERPRET, reason="checks the GPU tile sizes under the interpreter")
+def test_mot_attention_triton_gpu_tiles(triton_path, monkeypatch):
+    # The GPU tile sizes (128-row query tiles, 16-row value tiles) on a sequence longer than one tile.
+    mod = importlib.import_module("kernels.mot_attention")
+    monkeypatch.setattr(mod, "_blocks", lambda D, dtype: dict(BLOCK_M=128, BLOCK_N=64, BLOCK_MV=16, BLOCK_M_BWD=32,
+                                                              BLOCK_N_BWD=64, num_warps=4, num_stages=3))
+    tri, ref, _ = _run_attention(150, 70, 5, None, True, torch.float32, B=1, H=1, D=16)
+    for name, x, y in zip(("out", "dq", "dk", "dv"), tri, ref):
+        torch.testing.assert_close(x, y, atol=1e-4, rtol=1e-4, msg=name)
+
+
+def test_mot_attention_dispatch(monkeypatch):
+    q = torch.randn(1, 8, 1, 16)
+    monkeypatch.setenv("WVM_KERNELS", "torch")
+    torch.testing.assert_close(mot_attention(q, q, q, 3, 3), mot_attention_torch(q, q, q, 3, 3))
+    monkeypatch.setenv("WVM_KERNELS", "bogus")
+    with pytest.raises(ValueError, match="WVM_KERNELS"):
+        mot_attention(q, q, q, 3, 3)
+
+
+# ---------------------------------------------------------------------------------------------
+# adaLN
+
+@needs_triton
+@pytest.mark.parametrize("x_dtype,out_dtype", [(torch.float32, torch.float32), (torch.float32, torch.bfloat16),
+                                               (torch.bfloat16, None)])
+@pytest.mark.parametrize("G,S", [(2, 40), (5, 1)])   # video (frames of S tokens), value stream (a group per token)
+def test_adaln_triton(triton_path, x_dtype, out_dtype, G, S):
+    torch.manual_seed(0)
+    B, D = 2, 24
+    x = (torch.randn(B, G * S, D, device=DEVICE) * 3 + 1).to(x_dtype)
+    e = torch.randn(B, G, 6, D, device=DEVICE)    # shift/scale are strided slices, as Block passes them
+    g = torch.randn(B, G * S, D, device=DEVICE).to(out_dtype or x_dtype)
+
+    def run(fn, x, e):
+        x, e = _leaves(x, e)
+        y = fn(x, e[:, :, 0], e[:, :, 1], 1e-6, out_dtype)
+        return (y, *_grads(y, (x, e), g))
+
+    tri, ref = run(adaln_modulate, x, e), run(adaln_modulate_torch, x, e)
+    assert tri[0].dtype == (out_dtype or x_dtype) and tri[1].dtype == x_dtype
+    for name, a, b in zip(("y", "dx", "de"), tri, ref):
+        if a.dtype == torch.float32:
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5, msg=name)
+        else:
+            torch.testing.assert_close(a.float(), b.float(), atol=1e-2, rtol=1.6e-2, msg=name)
+    assert tri[2][:, :, 2:].abs().max() == 0   # only shift and scale get gradients
+
+
+# ---------------------------------------------------------------------------------------------
+# q/k RMSNorm + RoPE
+
+def test_apply_rope_is_complex_rotation_of_interleaved_pairs():
+    torch.manual_seed(0)
+    x, ang = torch.randn(2, 5, 3, 8, dtype=torch.float64), torch.randn(5, 4, dtype=torch.float64)
+    z = torch.view_as_complex(x.view(2, 5, 3, 4, 2)) * torch.polar(torch.ones_like(ang), ang)[:, None]
+    torch.testing.assert_close(apply_rope(x, ang.cos(), ang.sin()), torch.view_as_real(z).flatten(-2))
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("rope", [True, False])
+def test_qk_norm_rope_triton(triton_path, dtype, rope):
+    torch.manual_seed(0)
+    B, L, H, D = 2, 7, 3, 12
+    x = (torch.randn(B, L, H * D, device=DEVICE) * 2).to(dtype)
+    w = torch.rand(H * D, device=DEVICE) + 0.5
+    ang = torch.randn(L, D // 2, device=DEVICE)
+    cos, sin = (ang.cos(), ang.sin()) if rope else (None, None)
+    g = torch.randn(B, L, H, D, device=DEVICE).to(dtype)
+
+    def run(fn):
+        xx, ww = _leaves(x, w)
+        y = fn(xx, ww, cos, sin, H, 1e-6)
+        return (y, *_grads(y, (xx, ww), g))
+
+    tri, ref = run(qk_norm_rope), run(qk_norm_rope_torch)
+    assert tri[0].shape == (B, L, H, D) and tri[0].dtype == dtype
+    for name, a, b in zip(("y", "dx", "dw"), tri, ref):
+        if dtype == torch.float32 or name == "dw":
+            torch.testing.assert_close(a, b, atol=2e-5, rtol=2e-5, msg=name)
+        else:
+            torch.testing.assert_close(a.float(), b.float(), atol=1e-2, rtol=1.6e-2, msg=name)
