@@ -156,13 +156,16 @@ def flow_noise(seeds, latent_shape, h, video_shift, value_shift):
 
 def model_inputs(batch, vae, text_cache, cfg, chunk, device, latent_cache=None):
     """A collated ClipDataset batch -> the dict WVM.forward takes (latents, text features, seeded noise)."""
-    with torch.no_grad():
-        if latent_cache is not None:
-            lat = torch.stack([latent_cache.get(key, lambda f=f: f[None].to(device))[0]
-                               for key, f in zip(batch["clip_key"], batch["frames"])])
-        else:
-            lat = vae.encode(batch["frames"].to(device))
-    lat = lat[:, :, 1:].float()  # drop the prefix latent: keep current and future
+    keys = batch["clip_key"]
+    lat = [latent_cache.load(k) for k in keys] if latent_cache is not None else [None] * len(keys)
+    miss = [i for i, z in enumerate(lat) if z is None]
+    if miss:  # encode the clips not cached yet in one batch
+        z = vae.encode(batch["frames"][miss].to(device))
+        for j, i in enumerate(miss):
+            lat[i] = z[j]
+            if latent_cache is not None:
+                latent_cache.put(keys[i], z[j])
+    lat = torch.stack([z.to(device) for z in lat])[:, :, 1:].float()  # drop the prefix latent: current, future
     ctx = [text_cache.get(t) for t in batch["text"]]
     L = max(c.shape[0] for c in ctx)
     context = torch.stack([torch.nn.functional.pad(c, (0, 0, 0, L - c.shape[0])) for c in ctx])

@@ -568,28 +568,38 @@ class LatentCache:
         readable = re.sub(r"[^A-Za-z0-9._-]+", "_", key)[:100]
         return os.path.join(self.dir, f"{readable}-{hashlib.sha1(key.encode()).hexdigest()[:10]}.safetensors")
 
+    def load(self, key):
+        """Cached latents of clip `key`, or None."""
+        from safetensors.torch import load_file
+        path = self.path(key)
+        if not os.path.exists(path):
+            return None
+        try:
+            return load_file(path)["latents"]
+        except Exception as e:
+            raise ValueError(f"{path}: unreadable latent cache file ({type(e).__name__}: {e}); delete it") from e
+
+    def put(self, key, z):
+        from safetensors.torch import save_file
+        fd, tmp = tempfile.mkstemp(dir=self.dir, suffix=".tmp")
+        os.close(fd)
+        try:
+            save_file({"latents": z.cpu().contiguous()}, tmp, metadata={"key": key})
+            os.replace(tmp, self.path(key))
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
     def get(self, key, make_frames):
         """Latents [z, T, h, w] (CPU, fp32) of clip `key`; make_frames() -> [3, F, H, W] runs only on a miss.
 
         A batched clip [B, 3, F, H, W] gives [B, z, T, h, w].
         """
-        from safetensors.torch import load_file, save_file
-        path = self.path(key)
-        if os.path.exists(path):
-            try:
-                return load_file(path)["latents"]
-            except Exception as e:
-                raise ValueError(f"{path}: unreadable latent cache file ({type(e).__name__}: {e}); delete it") from e
-        frames = make_frames()
-        single = torch.is_tensor(frames) and frames.dim() == 4
-        z = self.vae.encode(frames[None] if single else frames)
-        z = (z[0] if single else z).cpu().contiguous()
-        fd, tmp = tempfile.mkstemp(dir=self.dir, suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file({"latents": z}, tmp, metadata={"key": key})
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        z = self.load(key)
+        if z is None:
+            frames = make_frames()
+            single = torch.is_tensor(frames) and frames.dim() == 4
+            z = self.vae.encode(frames[None] if single else frames)
+            z = (z[0] if single else z).cpu().contiguous()
+            self.put(key, z)
         return z
