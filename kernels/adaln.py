@@ -13,8 +13,13 @@ tokens is spread over many programs and the result is deterministic (no atomics)
 """
 import torch
 import torch.nn.functional as F
-import triton
-import triton.language as tl
+from kernels import HAS_TRITON, NoTriton
+
+if HAS_TRITON:
+    import triton
+    import triton.language as tl
+else:
+    triton = tl = NoTriton()
 
 
 def adaln_modulate_torch(x, shift, scale, eps=1e-6, out_dtype=None):

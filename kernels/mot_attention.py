@@ -25,8 +25,13 @@ fraction of a video block each, and the launch count stays one per kernel.
 """
 import torch
 import torch.nn.functional as F
-import triton
-import triton.language as tl
+from kernels import HAS_TRITON, NoTriton
+
+if HAS_TRITON:
+    import triton
+    import triton.language as tl
+else:
+    triton = tl = NoTriton()
 
 _INTERPRET = tl.constexpr(bool(triton.knobs.runtime.interpret))   # read when @triton.jit runs, as Triton does
 _LOG2E = 1.4426950408889634

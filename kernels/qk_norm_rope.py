@@ -12,8 +12,13 @@ un-rotates dy (the transpose of a rotation), then applies the RMSNorm backward; 
 summed over tokens as per-program partial rows (deterministic, no atomics).
 """
 import torch
-import triton
-import triton.language as tl
+from kernels import HAS_TRITON, NoTriton
+
+if HAS_TRITON:
+    import triton
+    import triton.language as tl
+else:
+    triton = tl = NoTriton()
 
 
 def apply_rope(x, cos, sin):
