@@ -167,53 +167,58 @@ class WVMScorer:
 
     @torch.no_grad()
     def score(self, trajs, progress=True):
-        from data import decode_frames
+        """[(values [T'], spread [T'])] per trajectory, or None for one whose video cannot be decoded."""
+        from data import VideoError, decode_frames
 
         out = []
-        bar = tqdm(total=sum(len(window_ends(len(t.index), self.h, self.stride)) for t in trajs if len(t.index) >= self.h),
+        bar = tqdm(total=sum(len(window_ends(len(t.index), self.h, self.stride)) for t in trajs),
                    desc="windows", disable=not progress, dynamic_ncols=True)
         g = torch.Generator(device=self.device).manual_seed(self.seed)
         for b0 in range(0, len(trajs), self.batch):
-            group = trajs[b0:b0 + self.batch]
-            for t in group:
-                if len(t.index) < self.h:
-                    raise ValueError(f"episode {t.episode.id}: {len(t.index)} frames after resampling, fewer than h = {self.h}")
-            frames = [decode_frames(t.episode, t.index, self.size) for t in group]  # [3, T', S, S] each
-            ctx = [self.text_cache.get(t.episode.instruction) for t in group]
-            ends = [window_ends(len(t.index), self.h, self.stride) for t in group]
-            sums = [np.zeros(len(t.index)) for t in group]
-            spread = [np.zeros(len(t.index)) for t in group]
-            counts = [np.zeros(len(t.index)) for t in group]
-            for k in range(max(len(e) for e in ends)):
-                live = [i for i in range(len(group)) if k < len(ends[i])]
-                clips, prefix = [], []
-                for i in live:
-                    t = ends[i][k]
-                    p = t - self.h  # prefix frame; -1 (before the start) is frame 0 with value 0
-                    clips.append(frames[i][:, [max(p, 0)] + list(range(t - self.h + 1, t + 1))])
-                    prefix.append(0.0 if p < 0 else float(np.clip(sums[i][p] / counts[i][p], 0, 1)))
-                lat = self.vae.encode(torch.stack(clips).to(self.device))[:, :, 1:]  # current latent
-                L = max(ctx[i].shape[0] for i in live)
-                context = torch.stack([torch.nn.functional.pad(ctx[i], (0, 0, 0, L - ctx[i].shape[0])) for i in live])
-                vals = self.model.predict_values(lat.float(), context.to(self.device), torch.tensor(prefix),
-                                                 steps=self.steps, samples=self.samples, generator=g).cpu().numpy()
-                for j, i in enumerate(live):
-                    t = ends[i][k]
-                    sl = slice(t - self.h + 1, t + 1)
-                    sums[i][sl] += np.clip(vals[j], 0, 1).mean(0)
-                    spread[i][sl] += vals[j].std(0)
-                    counts[i][sl] += 1
-                bar.update(len(live))
-            out += [(s / c, sp / c) for s, sp, c in zip(sums, spread, counts)]
+            group, frames = [], []
+            for t in trajs[b0:b0 + self.batch]:
+                try:
+                    frames.append(decode_frames(t.episode, t.index, self.size))  # [3, T', S, S]
+                    group.append(t)
+                except VideoError as e:
+                    print(f"skipped: episode {t.episode.id}: {e}", file=sys.stderr)
+                    bar.update(len(window_ends(len(t.index), self.h, self.stride)))
+            results = dict(zip(map(id, group), self.score_decoded(group, frames, g, bar)))
+            out += [results.get(id(t)) for t in trajs[b0:b0 + self.batch]]
         bar.close()
         return out
+
+    def score_decoded(self, group, frames, g, bar):
+        ctx = [self.text_cache.get(t.episode.instruction) for t in group]
+        ends = [window_ends(len(t.index), self.h, self.stride) for t in group]
+        sums, spread, counts = ([np.zeros(len(t.index)) for t in group] for _ in range(3))
+        for k in range(max((len(e) for e in ends), default=0)):
+            live = [i for i in range(len(group)) if k < len(ends[i])]
+            clips, prefix = [], []
+            for i in live:
+                t = ends[i][k]
+                p = t - self.h  # prefix frame; -1 (before the start) is frame 0 with value 0
+                clips.append(frames[i][:, [max(p, 0)] + list(range(t - self.h + 1, t + 1))])
+                prefix.append(0.0 if p < 0 else float(np.clip(sums[i][p] / counts[i][p], 0, 1)))
+            lat = self.vae.encode(torch.stack(clips).to(self.device))[:, :, 1:]  # the current latent
+            L = max(ctx[i].shape[0] for i in live)
+            context = torch.stack([torch.nn.functional.pad(ctx[i], (0, 0, 0, L - ctx[i].shape[0])) for i in live])
+            vals = self.model.predict_values(lat.float(), context.to(self.device), torch.tensor(prefix),
+                                             steps=self.steps, samples=self.samples, generator=g).cpu().numpy()
+            for j, i in enumerate(live):
+                sl = slice(ends[i][k] - self.h + 1, ends[i][k] + 1)
+                sums[i][sl] += np.clip(vals[j], 0, 1).mean(0)
+                spread[i][sl] += vals[j].std(0)
+                counts[i][sl] += 1
+            bar.update(len(live))
+        return [(s / c, sp / c) for s, sp, c in zip(sums, spread, counts)]
 
 
 def load_scorer(args):
     """WVMScorer from a train.py run folder or a wvm.safetensors file (+ --vae, --text_cache)."""
     from encode_text import TextCache
     from model import load_wvm
-    from wan_vae import VAE_CONFIGS, load_wan_vae
+    from wan_vae import load_wan_vae
 
     run = {}
     path = args.ckpt
@@ -225,8 +230,7 @@ def load_scorer(args):
     vae_path = args.vae or run.get("vae") or os.path.join(os.path.dirname(path), "vae.safetensors")
     if not os.path.exists(vae_path):
         raise SystemExit(f"{vae_path}: no VAE; pass --vae")
-    vae_cfg = None if run.get("vae") or args.vae else VAE_CONFIGS["tiny"]  # a demo run's random tiny VAE
-    vae = load_wan_vae(vae_path, cfg=vae_cfg, device=args.device)
+    vae = load_wan_vae(vae_path, device=args.device)  # a demo run saves its random VAE as vae.safetensors
     text = TextCache(args.text_cache or run.get("text_cache"))
     size = args.resolution or run.get("resolution", 256)
     if args.fps is None and run.get("fps"):
@@ -238,7 +242,7 @@ def load_scorer(args):
 # ----------------------------------------------------------------------------------------------
 # benchmarks
 
-def load_annotated(path, fps, camera=None):
+def load_annotated(path, fps, camera=None, min_frames=4):
     """Episodes of a LeRobot dataset (+ its annotations.jsonl) or a manifest, with their annotation.
 
     Returns (items, problems): items are (Trajectory, annotation dict); problems are messages for
@@ -262,19 +266,27 @@ def load_annotated(path, fps, camera=None):
             if T != ep.T:
                 raise ValueError(f"annotation T = {T} but the video has {ep.T} frames")
             check_annotation(a["kind"], a.get("m"), a.get("n"), T)
+            index = resample(ep.T, ep.fps, fps)
+            if len(index) < min_frames:
+                raise ValueError(f"{len(index)} frames at {fps:g} fps, fewer than one window of {min_frames}")
         except (ValueError, KeyError, TypeError) as e:
             problems.append(f"episode {ep.id}: {e}")
             continue
-        items.append((Trajectory(ep, resample(ep.T, ep.fps, fps)), a))
+        items.append((Trajectory(ep, index), a))
     return items, problems
 
 
 def run_bench(kind, items, scorers, per_task=False):
-    """Score every trajectory with every scorer; return (rows for the table, per-trajectory results)."""
+    """Score every trajectory with every scorer -> (table rows, per-trajectory results, skipped episode ids).
+    A trajectory some scorer cannot score (unreadable video) is left out of every row, so rows compare alike."""
+    preds = {s.name: s.score([t for t, _ in items]) for s in scorers}
+    skipped = [t.episode.id for n, (t, _) in enumerate(items) if any(p[n] is None for p in preds.values())]
     results = []
     for scorer in scorers:
-        preds = scorer.score([t for t, _ in items])
-        for (traj, a), (v, spread) in zip(items, preds):
+        for (traj, a), pred in zip(items, preds[scorer.name]):
+            if traj.episode.id in skipped:
+                continue
+            v, spread = pred
             r = {"method": scorer.name, "episode": traj.episode.id, "kind": a["kind"], "task": a.get("task", traj.episode.instruction),
                  "embodiment": a.get("embodiment", traj.episode.source), "T": traj.episode.T,
                  "index": traj.index.tolist(), "values": v.tolist(), "spread": spread.tolist(), "m": a.get("m"), "n": a.get("n")}
@@ -299,7 +311,7 @@ def run_bench(kind, items, scorers, per_task=False):
                 row[mkey] = float(np.mean(vals)) if vals else float("nan")
                 row[f"n_{mkey}"] = len(vals)
             rows.append(row)
-    return rows, results
+    return rows, results, skipped
 
 
 NAMES = {"hesitation_rmse": "Hesitation-RMSE ↓", "retry_voc": "Retry-VOC ↑", "voc": "Expert-VOC ↑"}
@@ -373,9 +385,15 @@ def export_scores(path, scorer, out_dir, fps, H=10, kappa=0.0, keep_top=None, ta
     from data import read_dataset, resample
 
     trajs = [Trajectory(ep, resample(ep.T, ep.fps, fps)) for ep in read_dataset(path, camera=camera)]
+    short = [t.episode.id for t in trajs if len(t.index) < scorer.h]
+    trajs = [t for t in trajs if len(t.index) >= scorer.h]
     preds = scorer.score(trajs)
     cols = {k: [] for k in ("episode_index", "frame_index", "progress", "spread", "delta")}
-    for traj, (v, s) in zip(trajs, preds):
+    skipped = short + [t.episode.id for t, p in zip(trajs, preds) if p is None]
+    for traj, pred in zip(trajs, preds):
+        if pred is None:
+            continue
+        v, s = pred
         T = traj.episode.T
         native = np.interp(np.arange(T), traj.index, v)
         cols["episode_index"].append(np.full(T, traj.episode.episode_index, dtype=np.int64))
@@ -391,7 +409,8 @@ def export_scores(path, scorer, out_dir, fps, H=10, kappa=0.0, keep_top=None, ta
     pq.write_table(pa.table(cols), os.path.join(out_dir, "values.parquet"))
     meta = {"dataset": os.path.abspath(path), "scorer": scorer.name, "benchmark_fps": fps, "chunk_length": H,
             "kappa": threshold, "keep_top": keep_top, "tau": tau, "delta_max": delta_max,
-            "kept_fraction": float(cols["keep"].mean()), "frames": int(len(cols["keep"]))}
+            "kept_fraction": float(cols["keep"].mean()), "frames": int(len(cols["keep"])),
+            "skipped_episodes": skipped}
     with open(os.path.join(out_dir, "values.json"), "w") as f:
         json.dump(meta, f, indent=1)
     return meta
@@ -449,8 +468,9 @@ def main(argv):
         print(f"skipped: {msg}", file=sys.stderr)
     if not items:
         raise SystemExit(f"{args.data}: no usable {'/'.join(wanted)} trajectories ({len(problems)} skipped)")
-    rows, results = run_bench(args.bench, items, scorers, args.per_task)
-    print(f"\n{args.bench} bench on {args.data}: {len(items)} trajectories at {fps:g} fps"
+    rows, results, unreadable = run_bench(args.bench, items, scorers, args.per_task)
+    problems += [f"episode {e}: video could not be decoded" for e in unreadable]
+    print(f"\n{args.bench} bench on {args.data}: {len(items) - len(unreadable)} trajectories at {fps:g} fps"
           + (f", {len(problems)} skipped (bad annotations or videos)" if problems else ""))
     print(format_table(rows))
     if args.json:

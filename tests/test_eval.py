@@ -85,3 +85,108 @@ def test_window_ends_cover_every_frame():
     assert window_ends(10, 4, 1) == [3, 4, 5, 6, 7, 8, 9]
     assert window_ends(10, 4, 4) == [3, 7, 9]
     assert window_ends(4, 4, 2) == [3]
+
+
+# ----------------------------------------------------------------------------------------------
+# end to end: a tiny random WVM run folder scores a tiny annotated dataset
+
+@pytest.fixture(scope="module")
+def bench_setup(tmp_path_factory):
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    import encode_text
+    from data import write_lerobot
+    from model import WVM, save_wvm, wvm_configs
+    from wan_vae import VAE_CONFIGS, WanVAE
+
+    root = tmp_path_factory.mktemp("bench")
+    texts = ["push the block", "lift the block"]
+
+    def episodes():
+        for e in range(5):
+            T = 32 + 4 * e
+            frames = np.full((T, 32, 32, 3), 30, np.uint8)
+            for t in range(T):
+                frames[t, 8:20, 2 + int(20 * t / (T - 1)):8 + int(20 * t / (T - 1))] = 220
+            yield {"frames": frames, "task": texts[e % 2]}
+
+    write_lerobot(root / "ds", episodes(), fps=8, codec="libx264")
+    anns = [{"episode": 0, "kind": "hesitation", "m": 6, "n": 20, "T": 32, "embodiment": "toy", "task": "push"},
+            {"episode": 1, "kind": "retry", "m": 10, "n": 18, "T": 36, "embodiment": "toy", "task": "lift"},
+            {"episode": 2, "kind": "retry", "m": 12, "n": 24, "T": 40, "embodiment": "arm", "task": "push"},
+            {"episode": 3, "kind": "expert", "T": 44, "embodiment": "toy", "task": "lift"},
+            {"episode": 4, "kind": "hesitation", "m": 30, "n": 20, "T": 48, "embodiment": "toy", "task": "push"}]  # bad
+    with open(root / "ds" / "annotations.jsonl", "w") as f:
+        f.write("\n".join(json.dumps(a) for a in anns) + "\n")
+    tok, enc = encode_text.tiny_random_encoder(texts, d_model=32)
+    encode_text.build_cache(texts, tok, enc, root / "text", dtype=torch.float32, text_len=16)
+    run = root / "run"
+    run.mkdir()
+    torch.manual_seed(0)
+    m = WVM(*wvm_configs("tiny"))
+    with torch.no_grad():
+        m.value.head.head.weight.normal_(0, 0.02)
+    save_wvm(m, str(run / "wvm.safetensors"))
+    vae = WanVAE(VAE_CONFIGS["tiny"])
+    save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, run / "vae.safetensors")
+    (run / "config.json").write_text(json.dumps({"text_cache": str(root / "text"), "resolution": 32, "fps": 2.0}))
+    return root
+
+
+def test_suboptimal_bench_end_to_end(bench_setup, tmp_path, capsys):
+    import json
+
+    import eval as wvm_eval
+
+    out = tmp_path / "sub.json"
+    wvm_eval.main(["--bench", "suboptimal", "--data", str(bench_setup / "ds"), "--ckpt", str(bench_setup / "run"),
+                   "--json", str(out), "--plots", str(tmp_path / "plots"), "--samples", "2", "--batch", "2"])
+    printed = capsys.readouterr()
+    assert "Hesitation-RMSE" in printed.out and "| wvm | toy |" in printed.out
+    assert "episode ds/4" in printed.err  # the impossible annotation is reported, not silently dropped
+    res = json.load(open(out))
+    assert res["skipped"] and "0 < m < n < T - 1" in res["skipped"][0]
+    assert {r["method"] for r in res["table"]} == {"wvm", "time", "constant"}
+    rows = {(r["method"], r["embodiment"]): r for r in res["table"]}
+    assert rows[("wvm", "average")]["n_hesitation_rmse"] == 1 and rows[("wvm", "average")]["n_retry_voc"] == 2
+    # the reference rows follow from the formulas: `time` on the retry of episode 1 rises through a falling segment
+    traj = next(r for r in res["trajectories"] if r["method"] == "time" and r["episode"] == "ds/1")
+    assert traj["retry_voc"] == pytest.approx(-1.0)
+    wv = next(r for r in res["trajectories"] if r["method"] == "wvm" and r["episode"] == "ds/0")
+    assert len(wv["values"]) == len(wv["index"]) == 9 and max(wv["spread"]) > 0  # 32 frames at 8 fps -> 9 at 2 fps
+    assert all(0 <= v <= 1 for v in wv["values"])
+    assert {p.name for p in (tmp_path / "plots").iterdir()} == {"ds_0.png", "ds_1.png", "ds_2.png", "summary.png"}
+
+
+def test_expert_bench_and_weights_export(bench_setup, tmp_path):
+    import json
+
+    import pyarrow.parquet as pq
+
+    import eval as wvm_eval
+
+    out = tmp_path / "exp.json"
+    wvm_eval.main(["--bench", "expert", "--data", str(bench_setup / "ds"), "--ckpt", str(bench_setup / "run"),
+                   "--json", str(out)])
+    res = json.load(open(out))
+    time_row = next(r for r in res["table"] if r["method"] == "time" and r["embodiment"] == "average")
+    const_row = next(r for r in res["table"] if r["method"] == "constant" and r["embodiment"] == "average")
+    assert time_row["voc"] == pytest.approx(1.0) and const_row["voc"] == 0.0
+
+    wvm_eval.main(["--score", str(bench_setup / "ds"), "--out", str(tmp_path / "scores"), "--ckpt",
+                   str(bench_setup / "run"), "--chunk", "10", "--keep_top", "0.7"])
+    table = {k: np.asarray(v) for k, v in pq.read_table(tmp_path / "scores" / "values.parquet").to_pydict().items()}
+    meta = json.load(open(tmp_path / "scores" / "values.json"))
+    assert len(table["progress"]) == 32 + 36 + 40 + 44 + 48  # every native frame of every episode
+    for ep, T in zip(range(5), (32, 36, 40, 44, 48)):
+        sel = table["episode_index"] == ep
+        assert (table["frame_index"][sel] == np.arange(T)).all()
+        v = table["progress"][sel]
+        assert np.ptp(v) > 0.01  # a real curve, so the weights below are not trivially constant
+        np.testing.assert_allclose(table["delta"][sel], chunk_delta(v, 10))
+        np.testing.assert_allclose(table["awr_weight"][sel], np.minimum(np.exp(10 * chunk_delta(v, 10)), 2.0))
+    assert (table["keep"] == (table["delta"] >= meta["kappa"])).all()
+    assert meta["kept_fraction"] == pytest.approx(0.7, abs=0.05)
