@@ -64,10 +64,13 @@ def mot_attention_torch(q, k, v, n_cur, n_fut, causal=True):
         a = max(a, q0)
         if b <= a:
             continue
-        kk = torch.cat([k[:, :, r0:r1] for r0, r1 in ranges if r1 > r0], 2)
-        vv = torch.cat([v[:, :, r0:r1] for r0, r1 in ranges if r1 > r0], 2)
+        kk, vv = (_cat([t[:, :, r0:r1] for r0, r1 in ranges if r1 > r0]) for t in (k, v))
         out.append(F.scaled_dot_product_attention(q[:, :, a - q0:b - q0], kk, vv))
-    return torch.cat(out, 2).transpose(1, 2)
+    return _cat(out).transpose(1, 2)
+
+
+def _cat(parts):  # a single part is returned as is: no copy
+    return parts[0] if len(parts) == 1 else torch.cat(parts, 2)
 
 
 # ----------------------------------------------------------------------------------------------

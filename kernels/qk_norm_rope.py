@@ -22,10 +22,10 @@ else:
 
 
 def apply_rope(x, cos, sin):
-    """Rotate interleaved pairs (2i, 2i+1) of x [B, L, H, D] by the angles in cos/sin [L, D/2]."""
-    x1, x2 = x[..., 0::2], x[..., 1::2]
-    c, s = cos[:, None], sin[:, None]
-    return torch.stack([x1 * c - x2 * s, x1 * s + x2 * c], -1).flatten(-2)
+    """Rotate interleaved pairs (2i, 2i+1) of fp32 x [B, L, H, D] by the angles in cos/sin [L, D/2]:
+    each pair is one complex number times cos + i sin (one op, where real arithmetic takes six)."""
+    pairs = torch.view_as_complex(x.unflatten(-1, (-1, 2)))
+    return torch.view_as_real(pairs * torch.complex(cos, sin)[:, None]).flatten(-2)
 
 
 def qk_norm_rope_torch(x, weight, cos, sin, num_heads, eps=1e-6):
