@@ -12,6 +12,7 @@ un-rotates dy (the transpose of a rotation), then applies the RMSNorm backward; 
 summed over tokens as per-program partial rows (deterministic, no atomics).
 """
 import torch
+import torch.nn.functional as F
 from kernels import HAS_TRITON, NoTriton
 
 if HAS_TRITON:
@@ -30,9 +31,7 @@ def apply_rope(x, cos, sin):
 
 def qk_norm_rope_torch(x, weight, cos, sin, num_heads, eps=1e-6):
     B, L, C = x.shape
-    h = x.float()
-    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps) * weight.float()
-    h = h.view(B, L, num_heads, C // num_heads)
+    h = F.rms_norm(x.float(), (C,), weight.float(), eps).view(B, L, num_heads, C // num_heads)
     if cos is not None:
         h = apply_rope(h, cos.float(), sin.float())
     return h.to(x.dtype)
