@@ -132,8 +132,9 @@ class RMSNorm(nn.Module):
         self.gamma = nn.Parameter(torch.ones(dim, 1, 1) if images else torch.ones(dim, 1, 1, 1))
 
     def forward(self, x):
-        norm = torch.linalg.vector_norm(x, dim=1, keepdim=True, dtype=torch.float32).clamp_min(1e-12)
-        y = x / norm  # fp32 by type promotion, without a separate fp32 copy of a bf16 x
+        # square-sum-sqrt, not linalg.vector_norm: ~5x faster on CPU for this strided channel reduction
+        norm = x.float().square().sum(1, keepdim=True).sqrt().clamp_min(1e-12)
+        y = x / norm  # fp32 by type promotion
         return y.mul_(self.gamma.float() * self.gamma.shape[0] ** 0.5).to(x.dtype)
 
 
