@@ -26,14 +26,17 @@ def diffusers_dit(dim, heads, layers, ffn, text_dim):
                                  num_layers=layers, cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6)
 
 
-def timeit(fn, iters):
-    fn()  # warm-up
-    times = []
+def timeit(fns, iters):
+    """Median seconds of each function, runs interleaved so that machine drift hits both alike."""
+    for fn in fns:
+        fn()  # warm-up
+    times = [[] for _ in fns]
     for _ in range(iters):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for fn, ts in zip(fns, times):
+            t0 = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t0)
+    return [statistics.median(ts) for ts in times]
 
 
 def speed(args):
@@ -64,7 +67,7 @@ def speed(args):
                     if mode != "forward":
                         out.float().square().mean().backward()
 
-            a, b = timeit(run_ours, args.iters), timeit(run_theirs, args.iters)
+            a, b = timeit([run_ours, run_theirs], args.iters)
             rows.append((str(dtype).split(".")[-1], mode, a, b))
             ours.zero_grad(set_to_none=True)
             theirs.zero_grad(set_to_none=True)
@@ -121,7 +124,7 @@ if __name__ == "__main__":
     p.add_argument("--frames", type=int, default=2)
     p.add_argument("--size", type=int, default=32, help="latent height = width")
     p.add_argument("--text_dim", type=int, default=512)
-    p.add_argument("--iters", type=int, default=5)
+    p.add_argument("--iters", type=int, default=9)
     p.add_argument("--memory", action="store_true")
     args = p.parse_args()
     speed(args)
