@@ -190,14 +190,15 @@ def build_model(cfg, device):
     return model
 
 
-def build_vae(cfg, device):
-    from wan_vae import VAE_CONFIGS, WanVAE, load_wan_vae
+def build_vae(cfg, device, dataset):
+    from wan_vae import VAE_CONFIGS, WanVAE, calibrate_latents, load_wan_vae
 
     if cfg.vae:
         vae = load_wan_vae(cfg.vae)
-    else:  # no weights can be downloaded for the demo: a fixed random tiny VAE, saved with the run
+    else:  # no weights can be downloaded for the demo: a fixed random tiny VAE (saved with the run)
         torch.manual_seed(cfg.seed + 1)
-        vae = WanVAE(VAE_CONFIGS["tiny"])
+        vae = WanVAE(VAE_CONFIGS["tiny"]).eval()
+        calibrate_latents(vae, torch.stack([dataset[i]["frames"] for i in range(64)]))
     return vae.to(device).eval().requires_grad_(False)
 
 
@@ -353,7 +354,7 @@ def train(cfg, world, rank, device):
 
     dataset = open_sources(cfg)
     text_cache = TextCache(cfg.text_cache)
-    vae = build_vae(cfg, device)
+    vae = build_vae(cfg, device, dataset)
     model = build_model(cfg, device)
     chunk = model.chunk
     model = parallelize(model, cfg, device, world, dtype)
@@ -364,8 +365,8 @@ def train(cfg, world, rank, device):
         with open(os.path.join(cfg.out_dir, "config.json"), "w") as f:
             json.dump({**asdict(cfg), "world": world, "accum": accum}, f, indent=1)
         if not cfg.vae:
-            from safetensors.torch import save_file
-            save_file({k: v.contiguous().cpu() for k, v in vae.state_dict().items()}, os.path.join(cfg.out_dir, "vae.safetensors"))
+            from wan_vae import save_wan_vae
+            save_wan_vae(vae, os.path.join(cfg.out_dir, "vae.safetensors"))
     latent_cache = None
     if cfg.latent_cache:
         from wan_vae import LatentCache

@@ -12,10 +12,11 @@ chunk, not on the video length, and a video can be streamed through several call
 Inference only: WVM never trains the VAE, so encode/decode run without autograd and use in-place ops.
 """
 import hashlib
+import json
 import os
 import re
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 import torch.nn as nn
@@ -527,6 +528,11 @@ def load_wan_vae(path, dtype=None, device=None, cfg=None):
     names = {}
     for f in files:
         names.update(_TensorFile(f).shapes)
+    if cfg is None and len(files) == 1 and files[0].endswith(".safetensors"):  # written by save_wan_vae
+        from safetensors import safe_open
+        with safe_open(files[0], "pt") as f:
+            saved = (f.metadata() or {}).get("wan_vae_config")
+        cfg = WanVAEConfig(**json.loads(saved)) if saved else None
     config = config if _is_vae_config(config) else None  # e.g. the DiT's config.json next to Wan2.2_VAE.pth
     n_res = cfg.num_res_blocks if cfg else (config or {}).get("num_res_blocks") or _count_res_blocks(names)
     rename = lambda k: vae_key(k, n_res)  # noqa: E731
@@ -537,6 +543,28 @@ def load_wan_vae(path, dtype=None, device=None, cfg=None):
     with torch.device("meta"):
         model = WanVAE(cfg)
     return load_checkpoint_into(model, path, files, rename, dtype, device).eval()
+
+
+def save_wan_vae(vae, path):
+    """Weights (official names) + the config in the safetensors metadata, so load_wan_vae restores both."""
+    from safetensors.torch import save_file
+    save_file({k: v.detach().contiguous().cpu() for k, v in vae.state_dict().items()}, path,
+              metadata={"wan_vae_config": json.dumps(asdict(vae.cfg))})
+
+
+@torch.no_grad()
+def calibrate_latents(vae, clips):
+    """The VAE with per-channel latent mean/std measured on `clips` [B, 3, F, H, W].
+
+    Wan2.2's 48 constants were measured on its trained VAE's latents; a randomly initialized VAE (the
+    CPU demo has no weights) has latents of a very different scale and offset, whose per-clip variation
+    is a small fraction of the total: measuring its own constants puts that variation back at unit scale.
+    """
+    raw = WanVAE(replace(vae.cfg, latents_mean=(0.0,) * vae.cfg.z_dim, latents_std=(1.0,) * vae.cfg.z_dim))
+    raw.load_state_dict(vae.state_dict(), assign=True)
+    z = raw.encode(clips).transpose(0, 1).flatten(1).double()  # [z, everything else]
+    vae.cfg = replace(vae.cfg, latents_mean=tuple(z.mean(1).tolist()), latents_std=tuple(z.std(1).clamp_min(1e-6).tolist()))
+    return vae
 
 
 # ----------------------------------------------------------------------------------------------

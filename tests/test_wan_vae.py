@@ -271,3 +271,22 @@ def test_latent_cache_is_bit_identical(tiny, tmp_path):
     files = os.listdir(cache.dir)
     assert len(files) == 2 and all(f.endswith(".safetensors") for f in files)  # no temporary files left
     assert LatentCache(str(tmp_path), WanVAE(tiny.cfg)).dir != cache.dir  # other weights, other folder
+
+
+def test_calibrated_random_vae_has_unit_latents_and_round_trips(tmp_path):
+    """A random VAE's latents, normalized with constants measured on the same clips, have per-channel mean 0 and
+    std 1; save_wan_vae keeps those constants, so the reloaded VAE encodes identically."""
+    from wan_vae import calibrate_latents, save_wan_vae
+    torch.manual_seed(0)
+    vae = WanVAE(VAE_CONFIGS["tiny"]).eval()
+    clips = torch.rand(6, 3, 5, 32, 32) * 2 - 1
+    before = vae.encode(clips)
+    assert before.transpose(0, 1).flatten(1).std(1).mean() < 0.5  # Wan's constants do not fit a random VAE
+    calibrate_latents(vae, clips)
+    z = vae.encode(clips).transpose(0, 1).flatten(1).double()
+    torch.testing.assert_close(z.mean(1), torch.zeros(48, dtype=torch.float64), atol=1e-5, rtol=0)
+    torch.testing.assert_close(z.std(1), torch.ones(48, dtype=torch.float64), atol=1e-4, rtol=0)
+    save_wan_vae(vae, str(tmp_path / "vae.safetensors"))
+    again = load_wan_vae(str(tmp_path / "vae.safetensors"))
+    assert again.cfg == vae.cfg
+    assert torch.equal(again.encode(clips), vae.encode(clips))
