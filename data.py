@@ -497,6 +497,7 @@ class ClipDataset(torch.utils.data.Dataset):
         w = np.array([s.weight for s in self.sources], dtype=np.float64)
         self.cum = np.cumsum(w / w.sum())
         self.length = length or sum(len(s.episodes) for s in self.sources)
+        self.latent_dir = None  # a LatentCache folder to read encoded clips from instead of decoding them
         self.bad = set()      # ids of episodes that failed to decode in this process
         self.failures = 0     # decoding failures seen by this process
 
@@ -534,25 +535,33 @@ class ClipDataset(torch.utils.data.Dataset):
             ep = p["episode"]
             if ep.id in self.bad:
                 continue
+            key = f"{ep.id}:{self.size}:{','.join(map(str, p['frame_index']))}|{ep.video}@{ep.start:g}/{ep.fps:g}"
+            latents = None
+            if self.latent_dir:  # a clip encoded before needs no decoding (train.py sets this with --latent_cache)
+                from wan_vae import read_latents
+                latents = read_latents(self.latent_dir, key)
             try:
-                frames = decode_frames(ep, p["frame_index"], self.size)
+                frames = decode_frames(ep, p["frame_index"], self.size) if latents is None else None
             except (VideoError, av.FFmpegError, OSError) as e:
                 self.bad.add(ep.id)
                 self.failures += 1
                 log.warning("skipping episode %s (%s): %s; sampling another episode", ep.id, ep.video, e)
                 continue
-            return {"frames": frames, "values": torch.from_numpy(p["values"]), "text": ep.instruction,
-                    "mode": p["mode"], "prefix_randomized": p["prefix_randomized"], "seed": p["seed"],
-                    "episode": ep.id, "frame_index": torch.from_numpy(p["frame_index"]), "retries": attempt,
-                    "clip_key": f"{ep.id}:{self.size}:{','.join(map(str, p['frame_index']))}|{ep.video}@{ep.start:g}/{ep.fps:g}"}
+            return {"frames": frames, "latents": latents, "values": torch.from_numpy(p["values"]),
+                    "text": ep.instruction, "mode": p["mode"], "prefix_randomized": p["prefix_randomized"],
+                    "seed": p["seed"], "episode": ep.id, "frame_index": torch.from_numpy(p["frame_index"]),
+                    "retries": attempt, "clip_key": key}
         raise RuntimeError(f"ClipDataset: sample {i}: {self.max_tries} episodes in a row failed to decode; "
                            f"bad episodes so far: {sorted(self.bad)[:10]}")
 
 
 def collate(samples):
-    """List of ClipDataset samples -> batch: frames [B, 3, 9, S, S], values [B, 5], lists for strings."""
+    """List of ClipDataset samples -> batch: values [B, 5], lists for strings; frames [B', 3, 9, S, S] of the B'
+    samples whose latents were not cached (None if all were), latents: list of cached latents or None."""
+    frames = [s["frames"] for s in samples if s["frames"] is not None]
     return {
-        "frames": torch.stack([s["frames"] for s in samples]),
+        "frames": torch.stack(frames) if frames else None,
+        "latents": [s["latents"] for s in samples],
         "values": torch.stack([s["values"] for s in samples]),
         "text": [s["text"] for s in samples],
         "mode": [s["mode"] for s in samples],

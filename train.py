@@ -156,11 +156,10 @@ def flow_noise(seeds, latent_shape, h, video_shift, value_shift):
 
 def model_inputs(batch, vae, text_cache, cfg, chunk, device, latent_cache=None):
     """A collated ClipDataset batch -> the dict WVM.forward takes (latents, text features, seeded noise)."""
-    keys = batch["clip_key"]
-    lat = [latent_cache.load(k) for k in keys] if latent_cache is not None else [None] * len(keys)
+    keys, lat = batch["clip_key"], list(batch["latents"])  # latents the loader found cached, else None
     miss = [i for i, z in enumerate(lat) if z is None]
-    if miss:  # encode the clips not cached yet in one batch
-        z = vae.encode(batch["frames"][miss].to(device))
+    if miss:  # encode the clips not cached yet in one batch (frames holds exactly those, in order)
+        z = vae.encode(batch["frames"].to(device))
         for j, i in enumerate(miss):
             lat[i] = z[j]
             if latent_cache is not None:
@@ -371,6 +370,7 @@ def train(cfg, world, rank, device):
     if cfg.latent_cache:
         from wan_vae import LatentCache
         latent_cache = LatentCache(cfg.latent_cache, vae)
+        dataset.latent_dir = latent_cache.dir
 
     loader = torch.utils.data.DataLoader(
         dataset, batch_sampler=StepBatches(start, cfg.max_steps, accum, cfg.micro_batch, rank, world),

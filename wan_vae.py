@@ -545,6 +545,23 @@ def load_wan_vae(path, dtype=None, device=None, cfg=None):
     return load_checkpoint_into(model, path, files, rename, dtype, device).eval()
 
 
+def latent_file(folder, key):
+    readable = re.sub(r"[^A-Za-z0-9._-]+", "_", key)[:100]
+    return os.path.join(folder, f"{readable}-{hashlib.sha1(key.encode()).hexdigest()[:10]}.safetensors")
+
+
+def read_latents(folder, key):
+    """Latents of clip `key` stored in a LatentCache folder, or None (data loader workers read them directly)."""
+    from safetensors.torch import load_file
+    path = latent_file(folder, key)
+    if not os.path.exists(path):
+        return None
+    try:
+        return load_file(path)["latents"]
+    except Exception as e:
+        raise ValueError(f"{path}: unreadable latent cache file ({type(e).__name__}: {e}); delete it") from e
+
+
 def save_wan_vae(vae, path):
     """Weights (official names) + the config in the safetensors metadata, so load_wan_vae restores both."""
     from safetensors.torch import save_file
@@ -594,19 +611,11 @@ class LatentCache:
         os.makedirs(self.dir, exist_ok=True)
 
     def path(self, key):
-        readable = re.sub(r"[^A-Za-z0-9._-]+", "_", key)[:100]
-        return os.path.join(self.dir, f"{readable}-{hashlib.sha1(key.encode()).hexdigest()[:10]}.safetensors")
+        return latent_file(self.dir, key)
 
     def load(self, key):
         """Cached latents of clip `key`, or None."""
-        from safetensors.torch import load_file
-        path = self.path(key)
-        if not os.path.exists(path):
-            return None
-        try:
-            return load_file(path)["latents"]
-        except Exception as e:
-            raise ValueError(f"{path}: unreadable latent cache file ({type(e).__name__}: {e}); delete it") from e
+        return read_latents(self.dir, key)
 
     def put(self, key, z):
         from safetensors.torch import save_file

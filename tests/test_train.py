@@ -174,3 +174,5 @@ def test_latent_cache_gives_the_same_training(dataset, tmp_path):
     ds = train.open_sources(train.configure(args(dataset, tmp_path / "x", max_steps=3)))
     distinct = len({ds[i]["clip_key"] for i in range(12)})  # 3 steps x 4 samples; a clip can repeat
     assert stored == [distinct, distinct]  # each clip stored once, nothing re-encoded on the second run
+    ds.latent_dir = str(next(cache.iterdir()))  # what train.py sets: loader workers then skip decoding
+    assert all(ds[i]["frames"] is None and ds[i]["latents"].shape == (48, 3, 2, 2) for i in range(12))
