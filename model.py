@@ -45,6 +45,7 @@ WAN_CONFIGS = {
     "ti2v-5b": WanConfig(),
     # a few minutes of CPU training; same code paths as the real model
     "tiny": WanConfig(dim=64, ffn_dim=128, num_heads=2, num_layers=2, text_dim=32, text_len=16, freq_dim=32),
+    "small": WanConfig(dim=128, ffn_dim=256, num_heads=4, num_layers=4, text_dim=32, text_len=16, freq_dim=64),
     "mid": WanConfig(dim=768, ffn_dim=3072, num_heads=6, num_layers=6, text_dim=256, text_len=64, freq_dim=256),
 }
 
@@ -652,7 +653,7 @@ def wvm_configs(name, head="flow"):
     """(video, value) configs by size name: "full" is the paper's 5.0B + 0.7B model."""
     from value_dit import VALUE_CONFIGS
 
-    video, value = {"full": ("ti2v-5b", "paper"), "tiny": ("tiny", "tiny"), "mid": ("mid", "mid")}[name]
+    video, value = {"full": ("ti2v-5b", "paper"), "tiny": ("tiny", "tiny"), "small": ("small", "small"), "mid": ("mid", "mid")}[name]
     return WAN_CONFIGS[video], replace(VALUE_CONFIGS[value], head=head)
 
 

@@ -173,3 +173,13 @@ def test_datasets(tmp_path):
     # a rerun keeps finished splits
     sim.main(["--out", str(out), "--train-tasks", TASK, "--unseen-tasks", "reach-v3", "--seeds-train", "1",
               "--seeds-heldout", "1", "--size", "32", "--codec", "libx264"])
+    # the README's default run on this set, with a very short training: both benches write their JSON
+    import demo
+    demo.prepare(str(out))
+    results = demo.train_and_eval(str(out), str(tmp_path / "run"), dict(size="tiny", resolution=32, max_steps=3,
+                                  batch_size=4, micro_batch=4, num_workers=0), seed=0)
+    for split in demo.SPLITS:
+        for bench in ("suboptimal", "expert"):
+            assert (tmp_path / "run" / f"{split}_{bench}.json").exists()
+            assert {m for m, _ in results[split, bench]} == {"wvm", "time", "constant"}
+        assert demo.summary_row(results, split, "time")[2] == pytest.approx(1.0)  # Expert-VOC of t / (T - 1)
