@@ -159,6 +159,16 @@ def read_lerobot(root, camera=None, name=None, probe=True):
     return eps
 
 
+def _probe_once(probed, video):
+    """probe_video(video), or its VideoError, memoized in `probed`: one LeRobot v3.0 file holds many episodes."""
+    if video not in probed:
+        try:
+            probed[video] = probe_video(video)
+        except VideoError as e:
+            probed[video] = e
+    return probed[video]
+
+
 def _add(eps, skip, probed, probe, name, video, ep_index, length, tasks, fps, start):
     """Check one LeRobot episode and append it to eps, or skip it with a reason."""
     what = f"episode {ep_index} ({video})"
@@ -170,12 +180,7 @@ def _add(eps, skip, probed, probe, name, video, ep_index, length, tasks, fps, st
     if not video.exists():
         return skip(what, "missing video")
     if probe:
-        if video not in probed:  # once per file: v3.0 packs many episodes in one
-            try:
-                probed[video] = probe_video(video)
-            except VideoError as e:
-                probed[video] = e
-        p = probed[video]
+        p = _probe_once(probed, video)
         if isinstance(p, VideoError):
             return skip(what, "unreadable video", str(p))
         if start + length / fps > p[3] + 0.5 / fps:
@@ -264,12 +269,7 @@ def read_manifest(path, name=None):
         if not video.exists():
             skip(what, "missing video")
             continue
-        if video not in probed:
-            try:
-                probed[video] = probe_video(video)
-            except VideoError as e:
-                probed[video] = e
-        p = probed[video]
+        p = _probe_once(probed, video)
         if isinstance(p, VideoError):
             skip(what, "unreadable video", str(p))
             continue
