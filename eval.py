@@ -1,7 +1,8 @@
 """Evaluate WVM (SPEC.md §7-8): VOC metrics, the Suboptimal-Value-Bench and Expert-VOC tables,
 whole-trajectory scoring, plots, and the per-frame values / weights export for policy training.
 
-    python eval.py --bench suboptimal --data data/metaworld/heldout_seen --ckpt runs/demo
+    python eval.py --bench suboptimal          # after `python demo.py`: its held-out split and its run
+    python eval.py --bench suboptimal --data data/metaworld/heldout_unseen --ckpt runs/demo --per_task
     python eval.py --bench expert --data data/metaworld/heldout_seen --ckpt runs/demo --json out.json --plots plots/
     python eval.py --score /data/my_lerobot_dataset --out scores/ --ckpt runs/demo --chunk 10
 
@@ -19,6 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from tqdm import tqdm
+
+DEMO_DATA, DEMO_RUN = "data/metaworld/heldout_seen", "runs/demo"  # what `python demo.py` leaves behind
 
 # ----------------------------------------------------------------------------------------------
 # metrics
@@ -421,7 +424,8 @@ def export_scores(path, scorer, out_dir, fps, H=10, kappa=0.0, keep_top=None, ta
 def main(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--bench", choices=["suboptimal", "expert"])
-    p.add_argument("--data", help="LeRobot dataset (+ annotations.jsonl) or manifest .jsonl")
+    p.add_argument("--data", help=f"LeRobot dataset (+ annotations.jsonl) or manifest .jsonl (with neither --data "
+                   f"nor --ckpt: {DEMO_DATA} and {DEMO_RUN}, if demo.py made them)")
     p.add_argument("--score", metavar="DATASET", help="write per-frame values and weights for a dataset")
     p.add_argument("--out", default="scores", help="output folder of --score")
     p.add_argument("--ckpt", help="train.py run folder or wvm.safetensors (omit: baselines only)")
@@ -447,6 +451,9 @@ def main(argv):
     args = p.parse_args(argv)
     if not (args.bench or args.score):
         p.error("give --bench suboptimal|expert (with --data) or --score DATASET")
+    if args.bench and not args.data and not args.ckpt and os.path.isdir(DEMO_DATA):
+        args.data, args.ckpt = DEMO_DATA, DEMO_RUN if os.path.isdir(DEMO_RUN) else None
+        print(f"--data {args.data} --ckpt {args.ckpt} (the demo's; pass --data to choose)", file=sys.stderr)
 
     scorers = [load_scorer(args)] if args.ckpt else []
     fps = args.fps or 2.0

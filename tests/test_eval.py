@@ -161,20 +161,26 @@ def test_suboptimal_bench_end_to_end(bench_setup, tmp_path, capsys):
     assert {p.name for p in (tmp_path / "plots").iterdir()} == {"ds_0.png", "ds_1.png", "ds_2.png", "summary.png"}
 
 
-def test_expert_bench_and_weights_export(bench_setup, tmp_path):
+def test_expert_bench_and_weights_export(bench_setup, tmp_path, monkeypatch):
     import json
 
     import pyarrow.parquet as pq
 
     import eval as wvm_eval
 
+    # the bare command after `python demo.py` scores the demo's run on the demo's held-out split
+    for link, target in ((wvm_eval.DEMO_DATA, "ds"), (wvm_eval.DEMO_RUN, "run")):
+        (tmp_path / link).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / link).symlink_to(bench_setup / target)
+    monkeypatch.chdir(tmp_path)
     out = tmp_path / "exp.json"
-    wvm_eval.main(["--bench", "expert", "--data", str(bench_setup / "ds"), "--ckpt", str(bench_setup / "run"),
-                   "--json", str(out)])
+    wvm_eval.main(["--bench", "expert", "--json", str(out)])
     res = json.load(open(out))
+    assert res["data"] == wvm_eval.DEMO_DATA
     time_row = next(r for r in res["table"] if r["method"] == "time" and r["embodiment"] == "average")
     const_row = next(r for r in res["table"] if r["method"] == "constant" and r["embodiment"] == "average")
     assert time_row["voc"] == pytest.approx(1.0) and const_row["voc"] == 0.0
+    assert any(r["method"] == "wvm" for r in res["table"])
 
     wvm_eval.main(["--score", str(bench_setup / "ds"), "--out", str(tmp_path / "scores"), "--ckpt",
                    str(bench_setup / "run"), "--chunk", "10", "--keep_top", "0.7"])
