@@ -27,6 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
+from tqdm import tqdm
 
 log = logging.getLogger("wvm.data")
 
@@ -99,6 +100,11 @@ def probe_video(path):
 # ----------------------------------------------------------------------------- readers
 
 
+def _indexing(items, name):
+    """Progress over the episodes being indexed: each one opens a video header, slow on network disks."""
+    return tqdm(items, desc=f"{name}: indexing", unit="episode", leave=False, mininterval=1.0, disable=len(items) < 100)
+
+
 def read_lerobot(root, camera=None, name=None, probe=True):
     """LeRobot dataset, v3.0 or v2.1 (from meta/info.json `codebase_version`) -> list[Episode].
 
@@ -136,7 +142,7 @@ def read_lerobot(root, camera=None, name=None, probe=True):
             if missing:
                 raise ValueError(f"{f}: episode metadata lacks columns {missing}")
             rows += pq.read_table(f, columns=cols).to_pylist()
-        for r in rows:
+        for r in _indexing(rows, name):
             video = root / info["video_path"].format(video_key=camera, chunk_index=r[v + "chunk_index"],
                                                      file_index=r[v + "file_index"])
             _add(eps, skip, probed, probe, name, video, r["episode_index"], r["length"], r["tasks"], fps,
@@ -144,7 +150,7 @@ def read_lerobot(root, camera=None, name=None, probe=True):
     else:
         path = root / "meta" / "episodes.jsonl"
         chunks = int(info.get("chunks_size", 1000))
-        for line_no, line in enumerate(path.read_text().splitlines(), 1):
+        for line_no, line in enumerate(_indexing(path.read_text().splitlines(), name), 1):
             if not line.strip():
                 continue
             try:
@@ -201,7 +207,7 @@ def read_egodex(root, name=None):
     root = Path(root)
     name = name or root.name
     skip, eps = _Skips(name), []
-    for mp4 in sorted(root.rglob("*.mp4")):
+    for mp4 in _indexing(sorted(root.rglob("*.mp4")), name):
         h5 = mp4.with_suffix(".hdf5")
         if not h5.exists():
             skip(mp4, "no instruction", f"{h5.name} not found")
@@ -251,7 +257,7 @@ def read_manifest(path, name=None):
     path = Path(path)
     name = name or path.stem
     skip, eps, probed = _Skips(name), [], {}
-    for line_no, line in enumerate(path.read_text().splitlines(), 1):
+    for line_no, line in enumerate(_indexing(path.read_text().splitlines(), name), 1):
         if not line.strip():
             continue
         what = f"{path}:{line_no}"
