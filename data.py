@@ -599,18 +599,28 @@ class _Mp4:
         if crf is not None or codec in ("libsvtav1", "libx264"):
             opts["crf"] = str(crf if crf is not None else 30 if codec == "libsvtav1" else 23)
         self.s.options = opts
-        self.n = 0
+        self.n, self.path = 0, path
 
     def write(self, frames):
         for a in frames:
             f = av.VideoFrame.from_ndarray(np.ascontiguousarray(a), format="rgb24")
             f.pts = self.n
             self.n += 1
-            self.c.mux(self.s.encode(f))
+            try:
+                self.c.mux(self.s.encode(f))
+            except av.FFmpegError:
+                self.abort()  # an encoder dropped without a flush can hang the process at exit (SVT-AV1)
+                raise
 
     def close(self):
         self.c.mux(self.s.encode(None))
         self.c.close()
+
+    def abort(self):
+        try:
+            self.s.encode(None)
+        finally:
+            self.c.close()
 
 
 def _stats(x, image=False):

@@ -74,6 +74,7 @@ from pathlib import Path
 
 os.environ.setdefault("MUJOCO_GL", "egl")  # before mujoco is imported: headless software rendering
 
+import av
 import numpy as np
 from tqdm import tqdm
 
@@ -454,6 +455,7 @@ def generate(task, seed, kinds=KINDS, size=128, camera="corner", fps=10, tail=5,
 # ----------------------------------------------------------------------------------------------
 # datasets
 
+ENCODE_TRIES = 3
 ANNOTATION_KEYS = ("kind", "m", "n", "T", "embodiment", "task", "instruction", "seed")
 
 
@@ -477,9 +479,6 @@ def write_split(root, jobs, args, desc):
         if not _alive(int(stale.name.rsplit("-", 1)[1])):
             shutil.rmtree(stale, ignore_errors=True)
     tmp = root.with_name(f"{root.name}.partial-{os.getpid()}")  # per process: two runs on one --out don't clash
-    shutil.rmtree(tmp, ignore_errors=True)
-    counts, annotations = {}, []
-    bar = tqdm(jobs, desc=desc, unit="seed")
 
     def episodes():
         for task, seed, kinds in bar:
@@ -490,13 +489,25 @@ def write_split(root, jobs, args, desc):
                 yield ep
             bar.set_postfix({k: v for k, v in counts.items() if k.endswith("_ok")})
 
-    try:
-        written = write_lerobot(tmp, episodes(), args.fps, version="v3.0", codec=args.codec,
-                                video_key="observation.images.main", robot_type=EMBODIMENT)
-    except ValueError as e:
-        if annotations:
-            raise
-        raise SystemExit(f"{root}: no episode succeeded ({counts}); {e}") from e
+    for attempt in range(1, ENCODE_TRIES + 1):
+        shutil.rmtree(tmp, ignore_errors=True)
+        counts, annotations = {}, []
+        bar = tqdm(jobs, desc=desc, unit="seed")
+        try:
+            written = write_lerobot(tmp, episodes(), args.fps, version="v3.0", codec=args.codec,
+                                    video_key="observation.images.main", robot_type=EMBODIMENT)
+            break
+        except av.FFmpegError as e:
+            # SVT-AV1 now and then hands the mp4 muxer a packet it refuses (EINVAL), not reproducibly;
+            # generation is deterministic, so the split is simply made again
+            bar.close()
+            if attempt == ENCODE_TRIES:
+                raise SystemExit(f"{root}: video encoding failed {ENCODE_TRIES} times ({e}); try --codec libx264")
+            print(f"{root}: video encoding failed ({e}); generating the split again ({attempt}/{ENCODE_TRIES - 1})")
+        except ValueError as e:
+            if annotations:
+                raise
+            raise SystemExit(f"{root}: no episode succeeded ({counts}); {e}") from e
     assert written == [a["episode"] for a in annotations]
     with open(tmp / "annotations.jsonl", "w") as f:
         f.writelines(json.dumps(a) + "\n" for a in annotations)
