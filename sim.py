@@ -57,7 +57,8 @@ are more than 2 cm from E's frame m - x or the object-to-goal distance has not g
 for both when the resumed expert fails or its length differs from T_E + x (T_E + 2x) by more than
 DT_TOL = 3 frames, which bounds the error of the ground-truth curve. Experts that fail are
 discarded: nothing is labelled that did not succeed. Everything derives from --seed (env seeds and
-draws; MuJoCo is deterministic on one machine), so a rerun writes identical frames.
+draws; MuJoCo is deterministic on one machine), so a rerun renders identical frames (their encoded
+video may still differ in a few pixels: the encoders are not bit-exact from run to run).
 
 Rendering needs no display: MUJOCO_GL=egl (the default here) with Mesa's EGL (Debian/Ubuntu packages
 libegl1 libegl-mesa0 libgl1-mesa-dri libopengl0): ~150 frames/s at 128x128 on 2 CPU cores.
