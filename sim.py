@@ -500,7 +500,7 @@ def write_split(root, jobs, args, desc):
             break
         except av.FFmpegError as e:
             # SVT-AV1 now and then hands the mp4 muxer a packet it refuses (EINVAL), not reproducibly;
-            # generation is deterministic, so the split is simply made again
+            # generation is deterministic, so the split is simply made again (a deadlock it cannot catch)
             bar.close()
             if attempt == ENCODE_TRIES:
                 raise SystemExit(f"{root}: video encoding failed {ENCODE_TRIES} times ({e}); try --codec libx264")
@@ -556,7 +556,9 @@ def parse_args(argv):
                    help="hesitation length, seconds of video")
     p.add_argument("--undo", type=float, nargs=2, default=(1.5, 4.0), metavar=("MIN", "MAX"),
                    help="retry: length of the undone stretch, seconds of video")
-    p.add_argument("--codec", default="libsvtav1", help="libsvtav1 (AV1, as LeRobot records) or libx264")
+    p.add_argument("--codec", default="libx264",
+                   help="libx264 (H.264), or libsvtav1 (AV1, LeRobot's own default; the SVT-AV1 in PyAV's wheels "
+                        "now and then fails or deadlocks mid-file on a 2-core machine)")
     args = p.parse_args(argv)
     for k, v in (DEMO if args.demo else DEFAULT).items():
         if getattr(args, k) is None:
