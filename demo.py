@@ -1,6 +1,6 @@
 """The default end-to-end run on a CPU: generate the Meta-World demo set, train a tiny WVM, run both benchmarks.
 
-    python demo.py                        # about 15 minutes on 2 cores
+    python demo.py                        # about 13 minutes on 2 cores
     python demo.py --compare              # + the value-head comparison and ablations of the README (hours)
 
 No weights can be downloaded, so the tiny WVM starts from random weights, the frozen VAE is a fixed
