@@ -599,7 +599,7 @@ class _Mp4:
         if crf is not None or codec in ("libsvtav1", "libx264"):
             opts["crf"] = str(crf if crf is not None else 30 if codec == "libsvtav1" else 23)
         self.s.options = opts
-        self.n, self.path = 0, path
+        self.n = 0
 
     def write(self, frames):
         for a in frames:

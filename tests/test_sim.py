@@ -198,7 +198,7 @@ def test_split_regenerated_when_encoding_fails(tmp_path, monkeypatch):
     def flaky(self, frames):
         calls.append(len(frames))
         if len(calls) == 2:  # the second episode of the first split
-            raise av.error.ArgumentError(22, "Invalid argument", str(self.path))
+            raise av.error.ArgumentError(22, "Invalid argument", self.c.name)
         return write(self, frames)
 
     monkeypatch.setattr(data._Mp4, "write", flaky)
