@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import os
+import shutil
 from collections import Counter
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -108,7 +109,7 @@ def _indexing(items, name):
 def read_lerobot(root, camera=None, name=None, probe=True):
     """LeRobot dataset, v3.0 or v2.1 (from meta/info.json `codebase_version`) -> list[Episode].
 
-    camera: video feature key (default: the first video key in info.json).
+    camera: video feature key (default: the first video key in info.json), or "all": one Episode per view.
     probe: open each video file's header once to check it exists, opens and covers its episodes.
     """
     root = Path(root)
@@ -123,6 +124,8 @@ def read_lerobot(root, camera=None, name=None, probe=True):
     keys = [k for k, ft in info["features"].items() if ft.get("dtype") == "video"]
     if not keys:
         raise ValueError(f"{info_path}: the dataset has no video features")
+    if camera == "all":  # every view is an episode of its own (source name + [camera]): free training data
+        return [e for k in keys for e in read_lerobot(root, k, name if len(keys) == 1 else f"{name}[{k}]", probe)]
     camera = camera or keys[0]
     if camera not in keys:
         raise ValueError(f"{info_path}: no video feature {camera!r}; available: {', '.join(keys)}")
@@ -661,10 +664,11 @@ def write_lerobot(root, episodes, fps, version="v3.0", codec="libsvtav1", video_
     """Write a LeRobot dataset (v3.0 or v2.1) that the lerobot library can read; returns the episode indices.
 
     episodes: any iterable (consumed once, one episode in memory at a time) of dicts with "frames" uint8
-    [T, H, W, 3], "task" str, and optional float arrays "observation.state" [T, d] and "action" [T, d].
-    v3.0 packs files_max_episodes episodes per data parquet and per mp4; v2.1 writes one of each per
-    episode. codec: a PyAV encoder (libsvtav1 = AV1 as LeRobot records, libx264 = H.264); gop=2 and
-    crf=30 (AV1) follow LeRobot's recording defaults.
+    [T, H, W, 3] (stored under video_key) or {video key: frames} for several cameras, "task" str, and
+    optional float arrays "observation.state" [T, d] and "action" [T, d]. v3.0 packs files_max_episodes
+    episodes per data parquet and per mp4; v2.1 writes one of each per episode. codec: a PyAV encoder
+    (libsvtav1 = AV1 as LeRobot records, libx264 = H.264); gop=2 and crf=30 (AV1) follow LeRobot's
+    recording defaults.
     """
     root = Path(root)
     if version not in ("v3.0", "v2.1"):
@@ -673,25 +677,27 @@ def write_lerobot(root, episodes, fps, version="v3.0", codec="libsvtav1", video_
         raise FileExistsError(f"{root}: a LeRobot dataset already exists here")
     v3 = version == "v3.0"
     tasks, rows, stats, feats = {}, [], [], None
-    mp4 = writer = None
+    mp4s, writer = {}, None
     total = 0
     for e, ep in enumerate(episodes):
-        frames = np.asarray(ep["frames"])
-        if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3 or len(frames) == 0:
-            raise ValueError(f"write_lerobot: episode {e}: frames must be uint8 [T>0, H, W, 3], got "
-                             f"{frames.dtype} {list(frames.shape)}")
-        T, H, W = frames.shape[:3]
+        views = {k: np.asarray(f) for k, f in (ep["frames"] if isinstance(ep["frames"], dict)
+                                               else {video_key: ep["frames"]}).items()}
+        for key, frames in views.items():
+            if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3 or len(frames) == 0:
+                raise ValueError(f"write_lerobot: episode {e}: {key} frames must be uint8 [T>0, H, W, 3], got "
+                                 f"{frames.dtype} {list(frames.shape)}")
+        T = len(next(iter(views.values())))
         extra = {k: np.asarray(ep[k], dtype=np.float32) for k in ("observation.state", "action") if k in ep}
-        shapes = {"frames": (H, W), **{k: v.shape[1:] for k, v in extra.items()}}
+        shapes = {**{k: f.shape[1:3] for k, f in views.items()}, **{k: v.shape[1:] for k, v in extra.items()}}
         if feats is None:
-            if H % 2 or W % 2:
-                raise ValueError(f"write_lerobot: frame size {H}x{W} must be even (yuv420p video)")
+            if any(h % 2 or w % 2 for h, w in (f.shape[1:3] for f in views.values())):
+                raise ValueError(f"write_lerobot: frame sizes {shapes} must be even (yuv420p video)")
             feats = shapes
         if shapes != feats:
             raise ValueError(f"write_lerobot: episode {e}: shapes {shapes} differ from episode 0's {feats}")
-        for k, v in extra.items():
-            if v.ndim != 2 or len(v) != T:
-                raise ValueError(f"write_lerobot: episode {e}: {k} must be [T={T}, d], got {list(v.shape)}")
+        for k, v in [*extra.items(), *views.items()]:
+            if len(v) != T or (k in extra and v.ndim != 2):
+                raise ValueError(f"write_lerobot: episode {e}: {k} must have T={T} rows, got {list(v.shape)}")
         task = ep["task"]
         if not isinstance(task, str) or not task.strip():
             raise ValueError(f"write_lerobot: episode {e}: task must be a non-empty string")
@@ -701,61 +707,74 @@ def write_lerobot(root, episodes, fps, version="v3.0", codec="libsvtav1", video_
                 "episode_index": np.full(T, e), "index": total + np.arange(T), "task_index": np.full(T, ti)}
         table = pa.table({k: pa.FixedSizeListArray.from_arrays(pa.array(v.reshape(-1)), v.shape[1]) if v.ndim == 2
                           else pa.array(v) for k, v in cols.items()})
-        st = {video_key: _stats(frames, image=True), **{k: _stats(v) for k, v in cols.items()}}
+        st = {**{k: _stats(f, image=True) for k, f in views.items()}, **{k: _stats(v) for k, v in cols.items()}}
+        row = {"episode_index": e, "tasks": [task], "length": T}
         if v3:
             if e % files_max_episodes == 0:  # start the next data/video file pair
-                if mp4:
-                    mp4.close()
+                for m in mp4s.values():
+                    m.close()
+                if writer:
                     writer.close()
                 chunk, file = divmod(e // files_max_episodes, CHUNKS_SIZE)
                 name = f"chunk-{chunk:03d}/file-{file:03d}"
-                mp4 = _Mp4(root / "videos" / video_key / f"{name}.mp4", fps, codec, W, H, crf, gop)
+                mp4s = {k: _Mp4(root / "videos" / k / f"{name}.mp4", fps, codec, f.shape[2], f.shape[1], crf, gop)
+                        for k, f in views.items()}
                 (root / "data" / f"chunk-{chunk:03d}").mkdir(parents=True, exist_ok=True)
                 writer = pq.ParquetWriter(root / "data" / f"{name}.parquet", table.schema)
-            t0 = mp4.n / fps
-            mp4.write(frames)
+            row |= {"data/chunk_index": chunk, "data/file_index": file, "dataset_from_index": total,
+                    "dataset_to_index": total + T}
+            for k, frames in views.items():
+                t0 = mp4s[k].n / fps
+                mp4s[k].write(frames)
+                row |= {f"videos/{k}/chunk_index": chunk, f"videos/{k}/file_index": file,
+                        f"videos/{k}/from_timestamp": t0, f"videos/{k}/to_timestamp": mp4s[k].n / fps}
             writer.write_table(table)
-            v = f"videos/{video_key}/"
-            rows.append({"episode_index": e, "tasks": [task], "length": T, "data/chunk_index": chunk,
-                         "data/file_index": file, "dataset_from_index": total, "dataset_to_index": total + T,
-                         v + "chunk_index": chunk, v + "file_index": file, v + "from_timestamp": t0,
-                         v + "to_timestamp": mp4.n / fps, "meta/episodes/chunk_index": 0,
-                         "meta/episodes/file_index": 0,
-                         **{f"stats/{k}/{s}": a.tolist() for k, d in st.items() for s, a in d.items()}})
+            row |= {"meta/episodes/chunk_index": 0, "meta/episodes/file_index": 0,
+                    **{f"stats/{k}/{s}": a.tolist() for k, d in st.items() for s, a in d.items()}}
         else:
             chunk = e // CHUNKS_SIZE
             (root / "data" / f"chunk-{chunk:03d}").mkdir(parents=True, exist_ok=True)
             pq.write_table(table, root / "data" / f"chunk-{chunk:03d}" / f"episode_{e:06d}.parquet")
-            one = _Mp4(root / "videos" / f"chunk-{chunk:03d}" / video_key / f"episode_{e:06d}.mp4", fps, codec, W,
-                       H, crf, gop)
-            one.write(frames)
-            one.close()
-            rows.append({"episode_index": e, "tasks": [task], "length": T})
+            for k, frames in views.items():
+                one = _Mp4(root / "videos" / f"chunk-{chunk:03d}" / k / f"episode_{e:06d}.mp4", fps, codec,
+                           frames.shape[2], frames.shape[1], crf, gop)
+                one.write(frames)
+                one.close()
+        rows.append(row)
         stats.append(st)
         total += T
-    if mp4:
-        mp4.close()
+    for m in mp4s.values():
+        m.close()
+    if writer:
         writer.close()
     if feats is None:
         raise ValueError("write_lerobot: no episodes given")
+    _write_meta(root, version, fps, codec, robot_type, feats, rows, tasks, stats, total)
+    return list(range(len(rows)))
 
+
+def _write_meta(root, version, fps, codec, robot_type, feats, rows, tasks, stats, total):
+    """meta/: info.json, episodes (v3.0 parquet / v2.1 jsonl), tasks and stats, for `rows` (one per episode)."""
     n = len(rows)
-    H, W = feats["frames"]
-    features = {video_key: {"dtype": "video", "shape": [H, W, 3], "names": ["height", "width", "channels"],
-                            "info": {"video.height": H, "video.width": W, "video.codec": CODEC_NAMES.get(codec, codec),
-                                     "video.pix_fmt": "yuv420p", "video.is_depth_map": False, "video.fps": fps,
-                                     "video.channels": 3, "has_audio": False}}}
-    for k in ("observation.state", "action"):
-        if k in feats:
-            d = int(feats[k][0])
+    features = {}
+    for k, shape in feats.items():
+        if k in ("observation.state", "action"):
+            d = int(shape[0])
             features[k] = {"dtype": "float32", "shape": [d], "names": [f"{k.split('.')[-1]}_{i}" for i in range(d)]}
+        else:
+            H, W = shape
+            features[k] = {"dtype": "video", "shape": [H, W, 3], "names": ["height", "width", "channels"],
+                           "info": {"video.height": H, "video.width": W, "video.codec": CODEC_NAMES.get(codec, codec),
+                                    "video.pix_fmt": "yuv420p", "video.is_depth_map": False, "video.fps": fps,
+                                    "video.channels": 3, "has_audio": False}}
     for k, dtype in (("timestamp", "float32"), ("frame_index", "int64"), ("episode_index", "int64"),
                      ("index", "int64"), ("task_index", "int64")):
         features[k] = {"dtype": dtype, "shape": [1], "names": None}
     fps_json = int(fps) if float(fps).is_integer() else fps
     info = {"codebase_version": version, "robot_type": robot_type, "total_episodes": n, "total_frames": total,
             "total_tasks": len(tasks)}
-    if v3:
+    n_videos = sum(1 for f in features.values() if f["dtype"] == "video")
+    if version == "v3.0":
         for k in features:
             if features[k]["dtype"] != "video":
                 features[k]["fps"] = fps_json
@@ -770,7 +789,7 @@ def write_lerobot(root, episodes, fps, version="v3.0", codec="libsvtav1", video_
         _write_tasks_parquet(root / "meta" / "tasks.parquet", tasks)
         _write_json(root / "meta" / "stats.json", _tolist(_aggregate(stats)))
     else:
-        info |= {"total_videos": n, "total_chunks": (n - 1) // CHUNKS_SIZE + 1, "chunks_size": CHUNKS_SIZE,
+        info |= {"total_videos": n * n_videos, "total_chunks": (n - 1) // CHUNKS_SIZE + 1, "chunks_size": CHUNKS_SIZE,
                  "fps": fps_json, "splits": {"train": f"0:{n}"},
                  "data_path": "data/chunk-{episode_chunk:03d}/episode_{episode_index:06d}.parquet",
                  "video_path": "videos/chunk-{episode_chunk:03d}/{video_key}/episode_{episode_index:06d}.mp4",
@@ -782,7 +801,81 @@ def write_lerobot(root, episodes, fps, version="v3.0", codec="libsvtav1", video_
         (root / "meta" / "episodes_stats.jsonl").write_text(
             jsonl({"episode_index": e, "stats": _tolist(s)} for e, s in enumerate(stats)))
     _write_json(root / "meta" / "info.json", info)
-    return list(range(n))
+
+
+def merge_lerobot(parts, root):
+    """Concatenate LeRobot v3.0 datasets written by write_lerobot with the same features into one at `root`.
+
+    The parts' files are linked (or copied) unchanged under new file indices, so no video is re-encoded;
+    episode, frame and task indices are renumbered. Returns, per part, the new index of its first episode."""
+    root = Path(root)
+    if (root / "meta" / "info.json").exists():
+        raise FileExistsError(f"{root}: a LeRobot dataset already exists here")
+    tasks, rows, stats, offsets = {}, [], [], []
+    info0, total, files = None, 0, 0
+    for part in map(Path, parts):
+        info = json.loads((part / "meta" / "info.json").read_text())
+        if info["codebase_version"] != "v3.0":
+            raise ValueError(f"{part}: merge_lerobot reads v3.0 datasets only")
+        if info0 is not None and (info["features"] != info0["features"] or info["fps"] != info0["fps"]):
+            raise ValueError(f"{part}: features or fps differ from {parts[0]}'s")
+        info0 = info0 or info
+        part_tasks = _read_tasks(part)
+        remap = np.array([tasks.setdefault(t, len(tasks)) for t in part_tasks], dtype=np.int64)
+        meta = pq.read_table(part / "meta" / "episodes" / "chunk-000" / "file-000.parquet").to_pylist()
+        first = len(rows)
+        offsets.append(first)
+        n_files = 1 + max(r["data/file_index"] + CHUNKS_SIZE * r["data/chunk_index"] for r in meta)
+        new_name = lambda i: divmod(files + i, CHUNKS_SIZE)  # noqa: E731
+        for i in range(n_files):
+            old, new = divmod(i, CHUNKS_SIZE), new_name(i)
+            src = part / "data" / f"chunk-{old[0]:03d}" / f"file-{old[1]:03d}.parquet"
+            t = pq.read_table(src)
+            cols = {c: t[c] for c in t.column_names}
+            cols["episode_index"] = pa.array(t["episode_index"].to_numpy() + first)
+            cols["index"] = pa.array(t["index"].to_numpy() + total)
+            cols["task_index"] = pa.array(remap[t["task_index"].to_numpy()])
+            dst = root / "data" / f"chunk-{new[0]:03d}" / f"file-{new[1]:03d}.parquet"
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            pq.write_table(pa.table(cols), dst)
+            for k, f in info["features"].items():
+                if f["dtype"] == "video":
+                    v = root / "videos" / k / f"chunk-{new[0]:03d}" / f"file-{new[1]:03d}.mp4"
+                    v.parent.mkdir(parents=True, exist_ok=True)
+                    _link_or_copy(part / "videos" / k / f"chunk-{old[0]:03d}" / f"file-{old[1]:03d}.mp4", v)
+        for r in meta:
+            c, f = new_name(r["data/file_index"] + CHUNKS_SIZE * r["data/chunk_index"])
+            r = dict(r, episode_index=r["episode_index"] + first, dataset_from_index=r["dataset_from_index"] + total,
+                     dataset_to_index=r["dataset_to_index"] + total, **{"data/chunk_index": c, "data/file_index": f})
+            for k in info["features"]:
+                if f"videos/{k}/chunk_index" in r:
+                    r[f"videos/{k}/chunk_index"], r[f"videos/{k}/file_index"] = c, f
+            rows.append(r)
+            stats.append({k: {s: np.array(r[f"stats/{k}/{s}"]) for s in ("min", "max", "mean", "std", "count")}
+                          for k in info["features"] if f"stats/{k}/mean" in r})
+        total += sum(r["length"] for r in meta)
+        files += n_files
+    if info0 is None:
+        raise ValueError("merge_lerobot: no parts given")
+    feats = {k: (f["shape"][:2] if f["dtype"] == "video" else f["shape"]) for k, f in info0["features"].items()
+             if f["dtype"] == "video" or k in ("observation.state", "action")}
+    codec = next(f["info"]["video.codec"] for f in info0["features"].values() if f["dtype"] == "video")
+    codec = {v: k for k, v in CODEC_NAMES.items() if k in ("libsvtav1", "libx264", "libx265")}.get(codec, codec)
+    _write_meta(root, "v3.0", info0["fps"], codec, info0.get("robot_type"), feats, rows, tasks, stats, total)
+    return offsets
+
+
+def _read_tasks(root):
+    """Task strings of a v3.0 dataset in task_index order."""
+    t = pq.read_table(Path(root) / "meta" / "tasks.parquet")
+    return [task for _, task in sorted(zip(t["task_index"].to_pylist(), t["task"].to_pylist()))]
+
+
+def _link_or_copy(src, dst):
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
 
 
 def _write_tasks_parquet(path, tasks):

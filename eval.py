@@ -66,9 +66,9 @@ def check_annotation(kind, m, n, T):
     if not 0 < m < n < T - 1:
         raise ValueError(f"{kind} segment m = {m}, n = {n} with T = {T}: needs 0 < m < n < T - 1")
     x = n - m
-    if kind == "retry" and (T - 2 * x <= 0 or m > T - 2 * x):
+    if kind == "retry" and T - 2 * x <= 0:  # a retry with m > T - 2x is fine: its curve peaks above 1 (App. B.3)
         raise ValueError(f"retry segment m = {m}, n = {n} with T = {T}: undoing x = {x} frames leaves "
-                         f"T - 2x = {T - 2 * x} frames of progress, fewer than the m = {m} made before it")
+                         f"T - 2x = {T - 2 * x} <= 0 frames of progress")
 
 
 def gt_curve(kind, m=None, n=None, T=None):
@@ -260,7 +260,7 @@ def load_annotated(path, fps, camera=None, min_frames=4):
             for line in f:
                 if line.strip():
                     a = json.loads(line)
-                    by_episode[int(a["episode"])] = a
+                    by_episode[int(a["episode_index"] if "episode_index" in a else a["episode"])] = a
     items, problems = [], []
     for ep in episodes:
         a = by_episode.get(ep.episode_index, ep.extra if "kind" in ep.extra else {"kind": "expert", "T": ep.T})

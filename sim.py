@@ -1,70 +1,72 @@
-"""Meta-World generator for an open Suboptimal-Value-Bench (SPEC.md §7): expert, hesitation and
-retry trajectories of a simulated Sawyer arm with exact annotations, written as LeRobot v3.0 datasets.
+"""Meta-World generator of an open Suboptimal-Value-Bench (paper §5.1, Appendix B.3) and of the
+training corpus: expert, hesitation, retry and play trajectories of a simulated Sawyer arm with exact
+annotations, written as LeRobot v3.0 datasets.
 
-    python sim.py --demo --out data/metaworld          # 4 + 2 tasks, 168 episodes, ~3 min on 2 CPU cores
-    python sim.py --out data/metaworld --size 128 --train-tasks pick-place-v3 drawer-open-v3 \\
-        --unseen-tasks assembly-v3 --seeds-train 50 --seeds-heldout 20 --seed 0
+    python sim.py --demo --out data/metaworld          # the default run's corpus (see demo.py)
+    python sim.py --out data/metaworld_full            # the longer recipe's corpus (python demo.py --long)
+    python sim.py --out data/mw --train-tasks pick-place-v3 --unseen-tasks door-open-v3 --seeds-train 5
 
-Output: <out>/train (experts of the training tasks), <out>/heldout_seen (new seeds of the training
-tasks), <out>/heldout_unseen (tasks never seen in training), each a LeRobot v3.0 dataset with an
-`annotations.jsonl` at its root (what `eval.py --bench suboptimal|expert --data <split>` reads), one
-line per episode:
-    {"episode", "kind": "expert"|"hesitation"|"retry", "m", "n", "T", "embodiment", "task", "instruction", "seed"}
-(m, n for hesitation and retry only); every kind of a task has the task's one instruction. A held-out
-seed gives one episode of each kind. <out>/generation.json records the arguments and, per split,
-how many episodes were kept, redrawn and discarded.
+Splits (each a LeRobot v3.0 dataset with an `annotations.jsonl` at its root, one line per episode):
+  train           experts of the training tasks, every episode seen from several cameras (one video
+                  key per camera, `observation.images.<camera>`), cameras and lights slightly jittered
+  play            unlabeled play of the training tasks (the video world-model prior): the scripted policy
+                  under heavy action noise, random reaching, another task's policy; no progress labels
+  heldout_seen    new seeds of the training tasks: expert, hesitation and retry, corner camera
+  heldout_unseen  the same for the tasks never used for training (UNSEEN_TASKS)
+The annotation of an episode: {"episode_index", "kind", "mechanism", "m", "n", "T", "embodiment", "task",
+"instruction", "seed"} (m, n for hesitation and retry only), what `eval.py --bench` reads. Training
+uses only `train` (experts; the value model's rewinding makes its failures) and, for the video prior,
+`play`: value training never sees a hesitation or a retry, as in the paper.
 
-Simulation. Meta-World v3 (MuJoCo) and its scripted expert policies; goal-observable envs seeded per
-episode (the seed fixes object and goal positions). One video frame per 12.5 ms control step, the
-video written at --fps 10: 8x slow motion, so the hand's top speed (1 cm per step) reads as 10 cm/s,
-a real arm's pace, and an expert lasts 5-12 s. Episodes are simulated headless, recording the full
-physics state per frame, and rendered only once kept (MuJoCo's offscreen renderer without
-multisampling, shadows and reflections: ~10x faster than the defaults in Mesa's llvmpipe). The
-corner cameras look at the table upside down; frames are rotated by 180 degrees (a flip would
-mirror the scene). observation.state is Meta-World's 39-d observation (hand xyz, gripper opening,
-object poses, the previous step's, goal xyz); action is the mocap's move / action_scale (the clipped
-xyz command, except at the stops below) and the gripper command.
+Simulation. Meta-World v3 (MuJoCo) and its scripted policies; goal-observable envs seeded per episode
+(the seed fixes object and goal positions). One video frame per 12.5 ms control step, written at
+--fps 10: 8x slow motion, so the hand's top speed (1 cm per step) reads as 10 cm/s, a real arm's pace,
+and an expert lasts 5-12 s. Episodes are simulated headless, recording the full physics state per
+frame, and rendered only once kept (no multisampling, shadows or reflections: ~10x faster in Mesa's
+llvmpipe). The corner cameras look at the table upside down; frames are turned by 180 degrees.
+observation.state is Meta-World's 39-d observation; action is the mocap's move / action_scale and the
+gripper command.
 
-Frame t is the state after t actions. The expert E runs until its first success s plus --tail
-frames: T_E = s + 1 + tail frames, progress t / (T_E - 1). Its arm is a mocap-welded, heavily damped
-7-joint arm whose hand speed follows the mocap's lead over it; two interventions make the variants
-below exact: a *stop* (arm joint velocities and those of whatever the gripper touches zeroed, mocap
-put where it holds the hand: a stop a real arm makes within one 0.1 s frame at these speeds) and a
-*resume* (a stop whose mocap is put E's lead ahead of the hand, so that E's pace returns at once).
+Frame t is the state after t actions. The expert E runs until its first success s plus --tail frames:
+T_E = s + 1 + tail, progress t / (T_E - 1). Its arm is a mocap-welded, heavily damped 7-joint arm whose
+hand speed follows the mocap's lead; a *stop* zeroes the arm's (and whatever it touches) velocities and
+puts the mocap where it holds the hand; a *resume* is a stop with the mocap E's lead ahead of the hand,
+so E's pace returns at once.
 
-Hesitation, [m, n], x = n - m: frames 0..m are E's frames 0..m. At frame m the robot stops and holds
-still for x steps (arm and finger joints braked; or, in half of the episodes, fingers braked and the
-arm free, its hand jittering by up to 3 mm per axis around where it stopped, task-irrelevant motion
-under 1 cm in all with the free arm's sag), then resumes E's pace
-of frame m and the expert policy takes over. So m is the last frame of progress and the first still
-frame, n the last still frame, frame n + k shows E's frame m + k and T = T_E + x: progress is flat
-at m / (T_E - 1) = m / (T - 1 - x) over [m, n], SPEC §7's v_m = v_n.
+Hesitation, [m, n], x = n - m, frames 0..m are E's. The robot pauses for x frames, then resumes E's pace
+of frame m and the expert policy takes over, so frame n + k shows E's frame m + k and T = T_E + x:
+progress is flat at m / (T - 1 - x) over [m, n] (Appendix B.3). Mechanisms:
+  hold     a dead stop, arm and fingers braked;
+  jitter   fingers braked, the free arm's hand wiggling by up to 3 mm per axis around where it stopped;
+  coast    the arm slows down over 2-5 frames (its last command, fading) before it holds.
+Retry, [m, n], x = n - m, after the object has come 2 cm closer to the goal: progress falls from
+m / (T - 2x) to (m - x) / (T - 2x) over [m, n] and the expert re-does the work, T = T_E + 2x. Mechanisms:
+  retrace  the hand runs back along E's recorded path (the mocap mirrors E's lead), opening the fingers
+           where E's were more open: a grasped object is carried back and let go where E took it;
+  carry    the hand heads straight back to where E's was at frame m - x, the gripper as it was at m;
+  regrasp  the gripper opens over a lifted object and lets it drop; the policy goes back for it;
+  push     the hand lifts, moves to the goal side of an object lying on the table and pushes it back
+           towards where it started; the policy then pushes it again.
+retrace and carry end exactly at E's frame m - x. After regrasp and push the policy recovers, and [m, n]
+spans the undoing and the way back to the object: n is the last frame before the object gets closer to
+the goal again (within 5 mm of its furthest). Their length need not be T_E + 2x, so the curve after n is
+approximate; inside [m, n], all that Retry-VOC reads (a rank correlation with a falling line), progress
+does fall. Every draw is redrawn (up to ATTEMPTS times, then another
+mechanism, then the episode is discarded) when the task succeeds inside [m, n], a pause moves the object
+(more than 5 mm of progress, 1.5 cm when coasting), a retry does not take the object 1 cm further from
+the goal or (retrace, carry) ends more than 2 cm from E's state, or the resumed expert fails or its
+length is off by more than DT_TOL = 3 frames (the bound on the ground truth's error). Experts that fail are discarded.
+Everything derives from --seed (MuJoCo is deterministic on one machine), so a rerun renders identical
+frames (their encoded video may differ in a few pixels: encoders are not bit-exact from run to run).
 
-Retry, [m, n], x = n - m, m after the object has come 2 cm closer to the goal: frames 0..m are E's
-frames 0..m. At frame m the robot stops, then undoes its last x steps: its hand runs back along E's
-recorded path (the mocap mirrors E's lead: target = 2 rest + h_j + h_{j-1} - M_j), the gripper opens
-whenever E's fingers were more open at the frame being retraced (so an object E grasped is carried
-back and let go where E took it; a pulled drawer is pushed back), and at n it turns round at E's
-pace of frame m - x and the expert policy re-does the work. So frame m + k shows ~E's frame m - k,
-frame n ~E's frame m - x, frame n + k ~E's frame m - x + k and T = T_E + 2x: progress falls linearly
-from m / (T_E - 1) to (m - x) / (T_E - 1) over [m, n], SPEC §7's curve with T - 2x = T_E. (§7 and
-eval.py write T - 2x where the t / (T - 1) labels give T - 1 - 2x = T_E - 1: a 1/T_E difference.)
-
-Checks. A draw of (m, x) is redrawn (up to ATTEMPTS times, then the episode is discarded) when the
-task succeeds inside [m, n]; for a hesitation when the object-to-goal distance changes by more than
-5 mm over [m, n] or a held object settles more than 1.5 cm; for a retry when, at n, object or hand
-are more than 2 cm from E's frame m - x or the object-to-goal distance has not grown by 1 cm; and
-for both when the resumed expert fails or its length differs from T_E + x (T_E + 2x) by more than
-DT_TOL = 3 frames, which bounds the error of the ground-truth curve. Experts that fail are
-discarded: nothing is labelled that did not succeed. Everything derives from --seed (env seeds and
-draws; MuJoCo is deterministic on one machine), so a rerun renders identical frames (their encoded
-video may still differ in a few pixels: the encoders are not bit-exact from run to run).
-
-Rendering needs no display: MUJOCO_GL=egl (the default here) with Mesa's EGL (Debian/Ubuntu packages
-libegl1 libegl-mesa0 libgl1-mesa-dri libopengl0): ~150 frames/s at 128x128 on 2 CPU cores.
+Generation runs in --workers processes and is resumable: each task of a split is written as its own
+part (under <split>.parts/), and the parts are merged into the split's dataset once all exist; an
+interrupted run continues at the first missing part. Rendering needs no display: MUJOCO_GL=egl (set
+here) with Mesa's EGL (Debian/Ubuntu: libegl1 libegl-mesa0 libgl1-mesa-dri libopengl0).
 """
 import argparse
 import json
+import multiprocessing
 import os
 import shutil
 import sys
@@ -81,46 +83,87 @@ from tqdm import tqdm
 
 EMBODIMENT = "sawyer"
 
-# one natural instruction per task, shared by all kinds of trajectory of that task
+# one natural instruction per task, shared by every kind of trajectory of that task
 INSTRUCTIONS = {
-    "pick-place-v3": "pick up the puck and place it at the goal",
-    "drawer-open-v3": "open the drawer",
-    "drawer-close-v3": "close the drawer",
-    "door-open-v3": "open the door",
-    "window-open-v3": "slide the window open",
-    "window-close-v3": "slide the window closed",
-    "button-press-topdown-v3": "press the button down from above",
-    "button-press-v3": "press the button",
-    "reach-v3": "move the gripper to the goal",
-    "push-v3": "push the puck to the goal",
     "assembly-v3": "pick up the ring and put it onto the peg",
-    "disassemble-v3": "pick the ring up off the peg",
-    "bin-picking-v3": "move the block from one bin into the other",
-    "shelf-place-v3": "pick up the block and place it on the shelf",
-    "pick-out-of-hole-v3": "pick the peg up out of the hole",
     "basketball-v3": "put the ball into the basket",
+    "bin-picking-v3": "move the block from one bin into the other",
+    "box-close-v3": "put the lid on the box",
+    "button-press-topdown-v3": "press the button down from above",
+    "button-press-topdown-wall-v3": "reach over the wall and press the button down from above",
+    "button-press-v3": "press the button",
+    "button-press-wall-v3": "reach past the wall and press the button",
+    "coffee-button-v3": "press the button on the coffee machine",
     "coffee-pull-v3": "pull the mug out from under the coffee machine",
     "coffee-push-v3": "push the mug under the coffee machine",
-    "hammer-v3": "hammer the nail into the wall",
-    "sweep-into-v3": "sweep the block into the hole",
+    "dial-turn-v3": "turn the dial",
+    "disassemble-v3": "pick the ring up off the peg",
+    "door-close-v3": "close the door",
+    "door-lock-v3": "turn the lock of the door down",
+    "door-open-v3": "open the door",
+    "door-unlock-v3": "turn the lock of the door to unlock it",
+    "drawer-close-v3": "close the drawer",
+    "drawer-open-v3": "open the drawer",
+    "faucet-close-v3": "turn the faucet handle to close it",
     "faucet-open-v3": "turn the faucet handle to open it",
+    "hammer-v3": "hammer the nail into the wall",
+    "hand-insert-v3": "put the gripper into the hole",
+    "handle-press-side-v3": "press the handle down from the side",
+    "handle-press-v3": "press the handle down",
+    "handle-pull-side-v3": "pull the handle up from the side",
+    "handle-pull-v3": "pull the handle up",
+    "lever-pull-v3": "pull the lever up",
+    "peg-insert-side-v3": "insert the peg into the hole from the side",
+    "peg-unplug-side-v3": "pull the peg out of the hole from the side",
+    "pick-out-of-hole-v3": "pick the peg up out of the hole",
+    "pick-place-v3": "pick up the puck and place it at the goal",
+    "pick-place-wall-v3": "pick up the puck and place it at the goal behind the wall",
+    "plate-slide-back-side-v3": "slide the plate out of the cabinet from the side",
+    "plate-slide-back-v3": "slide the plate out of the cabinet",
+    "plate-slide-side-v3": "slide the plate into the cabinet from the side",
+    "plate-slide-v3": "slide the plate into the cabinet",
+    "push-back-v3": "push the puck back to the goal",
+    "push-v3": "push the puck to the goal",
+    "push-wall-v3": "push the puck around the wall to the goal",
+    "reach-v3": "move the gripper to the goal",
+    "reach-wall-v3": "move the gripper over the wall to the goal",
+    "shelf-place-v3": "pick up the block and place it on the shelf",
+    "soccer-v3": "kick the ball into the goal",
+    "stick-pull-v3": "use the stick to pull the thermos to the goal",
+    "stick-push-v3": "use the stick to push the thermos to the goal",
+    "sweep-into-v3": "sweep the block into the hole",
+    "sweep-v3": "sweep the block off the table",
+    "window-close-v3": "slide the window closed",
+    "window-open-v3": "slide the window open",
 }
 
-# tasks whose experts, hesitations and retries all succeed reliably (see the report in generation.json)
-DEMO = dict(train_tasks=["pick-place-v3", "drawer-open-v3", "button-press-topdown-v3", "hammer-v3"],
-            unseen_tasks=["assembly-v3", "coffee-push-v3"], seeds_train=15, seeds_heldout=6)
-DEFAULT = dict(train_tasks=DEMO["train_tasks"] + ["reach-v3", "button-press-v3", "basketball-v3"],
-               unseen_tasks=DEMO["unseen_tasks"], seeds_train=50, seeds_heldout=20)
+# The fixed task split. Value training and video pretraining never see the unseen tasks; they are the
+# unseen evaluation. Training uses every other task whose scripted expert succeeds reliably.
+UNSEEN_TASKS = ("assembly-v3", "coffee-push-v3", "disassemble-v3", "door-open-v3", "peg-insert-side-v3", "push-v3",
+                "reach-v3", "shelf-place-v3", "sweep-into-v3", "window-close-v3")
+UNRELIABLE = ("button-press-wall-v3",)  # its scripted expert fails on 1 seed in 8
+TRAIN_TASKS = tuple(t for t in INSTRUCTIONS if t not in UNSEEN_TASKS and t not in UNRELIABLE)
+CAMERAS = ("corner", "corner2", "corner3", "corner4")  # Meta-World's views of the whole table
+
+DEMO = dict(train_tasks=list(TRAIN_TASKS), unseen_tasks=list(UNSEEN_TASKS), seen_tasks=None, seeds_train=3,
+            seeds_play=1, seeds_heldout=1, cameras=["corner", "corner2"])
+DEFAULT = dict(train_tasks=list(TRAIN_TASKS), unseen_tasks=list(UNSEEN_TASKS), seen_tasks=None, seeds_train=12,
+               seeds_play=4, seeds_heldout=3, cameras=list(CAMERAS))
 
 KINDS = ("expert", "hesitation", "retry")
+PAUSES = ("hold", "jitter", "coast")
+UNDOS = ("retrace", "carry", "regrasp", "push")
+PLAYS = ("noisy", "reach", "other")
 HOLD_PROGRESS_TOL = 0.005  # m: during a pause the object-to-goal distance may change this much
+COAST_PROGRESS_TOL = 0.015  # m: ... and this much when the arm coasts to a stop
 HOLD_OBJECT_TOL = 0.015  # m: and a held object may settle (sway, slip) this much in the gripper
-RETRY_STATE_TOL = 0.02  # m: state at n vs the expert's frame m - x (object and hand)
+RETRY_STATE_TOL = 0.02  # m: state at n vs the expert's frame m - x (object and hand), retrace and carry
 RETRY_MIN_REGRESS = 0.01  # m: object-to-goal distance must grow at least this much over [m, n]
 PROGRESS_START = 0.02  # m: the object has started moving toward the goal once its distance fell this much
 JITTER = 0.003  # m: amplitude of the hesitation jitter
 DT_TOL = 3  # frames: the resumed expert may take this much longer or shorter than the expert did
-ATTEMPTS = 8  # draws of (m, x) per hesitation / retry episode before it is discarded
+ATTEMPTS = 8  # draws of (m, x) per hesitation / retry mechanism before the next mechanism is tried
+CAMERA_JITTER = (0.04, 3.0, 0.25)  # training views: camera moved by up to 4 cm, turned by 3 degrees; lights +-25%
 
 
 # ----------------------------------------------------------------------------------------------
@@ -167,6 +210,17 @@ class Camera:
                 "before mujoco is first imported, with Mesa's EGL installed (Debian/Ubuntu: libegl1 libegl-mesa0 "
                 "libgl1-mesa-dri libopengl0)") from e
         self.upside_down = name.startswith("corner")
+
+    def jitter(self, rng, pos, degrees):
+        """Move this camera by up to `pos` m per axis and turn it by up to `degrees` about a random axis."""
+        model, mj = self.env.model, self.mujoco
+        c = model.camera(self.name).id
+        model.cam_pos[c] += rng.uniform(-pos, pos, 3)
+        axis = rng.normal(size=3)
+        turn, q = np.zeros(4), np.zeros(4)
+        mj.mju_axisAngle2Quat(turn, axis / np.linalg.norm(axis), np.deg2rad(rng.uniform(-degrees, degrees)))
+        mj.mju_mulQuat(q, turn, model.cam_quat[c].copy())
+        model.cam_quat[c] = q
 
     def __call__(self):
         self.r.update_scene(self.env.data, camera=self.name)
@@ -274,15 +328,19 @@ class Rollout:
     def t(self):
         return len(self.obs) - 1
 
-    def render(self, camera, reuse=()):
-        """Frames uint8 [T, H, W, 3]; the first len(reuse) frames are taken from `reuse` (a shared prefix)."""
+    def render(self, cameras, reuse=None):
+        """{camera name: frames uint8 [T, H, W, 3]}; the first frames of each are taken from `reuse` (the
+        same dict for a shared prefix) where given."""
         model, data = self.env.model, self.env.data
-        frames = list(reuse[:len(self.states)])
-        for state in self.states[len(frames):]:
+        out = {c.name: list((reuse or {}).get(c.name, ())[:len(self.states)]) for c in cameras}
+        start = min(len(f) for f in out.values())
+        for t, state in enumerate(self.states[start:], start):
             self.mujoco.mj_setState(model, data, state, self.mujoco.mjtState.mjSTATE_FULLPHYSICS)
             self.mujoco.mj_forward(model, data)
-            frames.append(camera())
-        return np.stack(frames)
+            for c in cameras:
+                if t >= len(out[c.name]):
+                    out[c.name].append(c())
+        return {k: np.stack(v) for k, v in out.items()}
 
     def episode(self, frames, text, **meta):
         grip = self.actions[-1][3] if self.actions else -1.0
@@ -317,138 +375,243 @@ def replay(env, expert, m):
     return ro
 
 
-def hesitation(env, policy, task, expert, s, rng, x_range, tail, count):
-    """The expert with a pause [m, n] (module docstring): (rollout, m, n, jitter), or None after ATTEMPTS draws."""
+def hesitation(env, policy, task, expert, s, rng, x_range, tail, count, mechanism):
+    """The expert with a pause [m, n] (module docstring): (rollout, m, n), or None after ATTEMPTS draws."""
     for _ in range(ATTEMPTS):
         m = int(rng.integers(2, s))  # 2 <= m <= s - 1: before the expert succeeds
         x = int(rng.integers(x_range[0], x_range[1] + 1))
-        jitter = bool(rng.random() < 0.5)
         period, phase = rng.uniform(6, 15, size=3), rng.uniform(0, 2 * np.pi, size=3)
+        coast = min(int(rng.integers(2, 6)), x - 1) if mechanism == "coast" else 0
         ro = replay(env, expert, m)
         grip = expert.commands[m - 1][3]
+        for j in range(1, coast + 1):  # the last command, fading out
+            ro.step(np.append(expert.commands[m - 1][:3] * (1 - j / (coast + 1)), grip))
         ro.stop()
         anchor = env.data.mocap_pos[0].copy()
-        ro.brake(arm=not jitter, fingers=True)
+        ro.brake(arm=mechanism != "jitter", fingers=True)
         try:
-            for k in range(1, x + 1):
+            for k in range(coast + 1, x + 1):
                 # jitter: a wiggle of period 6-15 frames under a sine envelope that is zero again at k = x
-                offset = JITTER * np.sin(np.pi * k / x) * np.sin(2 * np.pi * k / period + phase) if jitter else 0.0
+                offset = JITTER * np.sin(np.pi * k / x) * np.sin(2 * np.pi * k / period + phase) \
+                    if mechanism == "jitter" else 0.0
                 ro.move_to(anchor + offset, grip)
         finally:
             ro.brake()
         ro.stop(lead=expert.mocap[m] - expert.hand[m])  # resume at the expert's pace of frame m
         obj = np.array([o[4:7] for o in ro.obs[m:]])
         d = np.array([progress_distance(task, o) for o in ro.obs[m:]])
-        if (np.abs(d - d[0]).max() > HOLD_PROGRESS_TOL or np.linalg.norm(obj - obj[0], axis=1).max() > HOLD_OBJECT_TOL
-                or any(ro.success[m:])):
+        slack = COAST_PROGRESS_TOL - HOLD_PROGRESS_TOL if coast else 0.0  # what coasting may still achieve
+        if (np.abs(d - d[0]).max() > HOLD_PROGRESS_TOL + slack
+                or np.linalg.norm(obj - obj[0], axis=1).max() > HOLD_OBJECT_TOL + slack or any(ro.success[m:])):
             count("hesitation_redrawn_moving")
             continue
         if finish(ro, policy, tail, budget=expert.t + x + DT_TOL) is None or abs(ro.t - expert.t - x) > DT_TOL:
             count("hesitation_redrawn_timing")
             continue
-        return ro, m, m + x, jitter
-    return None
-
-
-def retry(env, policy, task, expert, s, rng, x_range, tail, count):
-    """The expert undoing its last x steps once it has made progress, then re-doing them (module
-    docstring): (rollout, m, n), or None after ATTEMPTS draws."""
-    d = np.array([progress_distance(task, o) for o in expert.obs])
-    started = np.nonzero(d < d[0] - PROGRESS_START)[0]
-    lo = max(int(started[0]) + 2, x_range[0] + 1) if len(started) else s  # x >= x_min must fit before m
-    if lo > s - 1:
-        count("retry_no_progress_to_undo")
-        return None
-    h, M = expert.hand, expert.mocap
-    for _ in range(ATTEMPTS):
-        m = int(rng.integers(lo, s))
-        x = int(rng.integers(x_range[0], min(x_range[1], m - 1) + 1))
-        ro = replay(env, expert, m)
-        ro.stop()
-        for j in range(m, m - x, -1):  # the step to frame m + (m - j) + 1 retraces the expert's frame j - 1
-            # the arm is damping-dominated, its hand velocity follows the mocap's lead: mirror the
-            # expert's lead, so the hand runs back along its recorded path at the recorded pace
-            target = 2 * ro.rest + h[j] + h[j - 1] - M[j]
-            # the fingers lag their commands by several frames, so reversed commands would let go too
-            # late: open whenever the expert's fingers were more open at the frame being retraced
-            grip = expert.commands[j - 2][3] if j >= 2 else -1.0
-            if expert.obs[j - 1][3] > ro.obs[-1][3] + 0.02:
-                grip = -1.0
-            ro.move_to(target, grip)
-        ro.stop(lead=M[m - x] - h[m - x])  # turn round at once, at the expert's pace of frame m - x
-        end, ref = ro.obs[-1], expert.obs[m - x]
-        if max(np.linalg.norm(end[4:7] - ref[4:7]), np.linalg.norm(end[:3] - ref[:3])) > RETRY_STATE_TOL:
-            count("retry_redrawn_not_back")
-            continue
-        if progress_distance(task, end) < d[m] + RETRY_MIN_REGRESS or any(ro.success[m:]):
-            count("retry_redrawn_no_regress")
-            continue
-        if finish(ro, policy, tail, budget=expert.t + 2 * x + DT_TOL) is None or abs(ro.t - expert.t - 2 * x) > DT_TOL:
-            count("retry_redrawn_timing")
-            continue
         return ro, m, m + x
     return None
+
+
+def started(task, expert):
+    """First frame at which the object has come PROGRESS_START closer to the goal, or None."""
+    d = np.array([progress_distance(task, o) for o in expert.obs])
+    i = np.nonzero(d < d[0] - PROGRESS_START)[0]
+    return int(i[0]) if len(i) else None
+
+
+def retry(env, policy, task, expert, s, rng, x_range, tail, count, mechanism):
+    """The expert undoing part of its work once it has made progress, then re-doing it (module
+    docstring): (rollout, m, n), or None after ATTEMPTS draws."""
+    first = started(task, expert)
+    if first is None:
+        count("retry_no_progress_to_undo")
+        return None
+    d = np.array([progress_distance(task, o) for o in expert.obs])
+    h, M = expert.hand, expert.mocap
+    obj0 = expert.obs[0][4:7]
+    lifted = [t for t in range(max(first, 2), s) if expert.obs[t][6] > obj0[2] + 0.015
+              and np.linalg.norm(expert.obs[t][4:7] - expert.obs[t][:3]) < 0.05]
+    on_table = [t for t in range(max(first, 2), s) if expert.obs[t][6] < obj0[2] + 0.01]
+    for _ in range(ATTEMPTS):
+        if mechanism in ("retrace", "carry"):
+            lo = max(first + 2, x_range[0] + 1)  # x >= x_min must fit before m
+            if lo > s - 1:
+                count("retry_no_progress_to_undo")
+                return None
+            m = int(rng.integers(lo, s))
+            x = int(rng.integers(x_range[0], min(x_range[1], m - 1) + 1))
+        else:
+            frames = lifted if mechanism == "regrasp" else on_table
+            if not frames:
+                count(f"retry_{mechanism}_not_applicable")
+                return None
+            m = int(rng.choice(frames))
+        ro = replay(env, expert, m)
+        ro.stop()
+        if mechanism == "retrace":
+            for j in range(m, m - x, -1):  # the step to frame m + (m - j) + 1 retraces the expert's frame j - 1
+                # the arm is damping-dominated, its hand velocity follows the mocap's lead: mirror the
+                # expert's lead, so the hand runs back along its recorded path at the recorded pace
+                target = 2 * ro.rest + h[j] + h[j - 1] - M[j]
+                # the fingers lag their commands by several frames, so reversed commands would let go too
+                # late: open whenever the expert's fingers were more open at the frame being retraced
+                grip = expert.commands[j - 2][3] if j >= 2 else -1.0
+                if expert.obs[j - 1][3] > ro.obs[-1][3] + 0.02:
+                    grip = -1.0
+                ro.move_to(target, grip)
+        elif mechanism == "carry":
+            for _ in range(x):  # straight back to where the hand was at m - x (at most 1 cm per axis and step)
+                ro.move_to(h[m - x] + ro.rest, expert.commands[m - 1][3])
+        elif mechanism == "regrasp":
+            anchor = env.data.mocap_pos[0].copy()
+            for _ in range(int(rng.integers(3, 7))):  # fingers open, the hand holds: the object drops
+                ro.move_to(anchor, -1.0)
+        else:
+            push_back(ro, expert, rng)
+        if mechanism in ("retrace", "carry"):
+            ro.stop(lead=M[m - x] - h[m - x])  # turn round at once, at the expert's pace of frame m - x
+            end, ref = ro.obs[-1], expert.obs[m - x]
+            if max(np.linalg.norm(end[4:7] - ref[4:7]), np.linalg.norm(end[:3] - ref[:3])) > RETRY_STATE_TOL:
+                count("retry_redrawn_not_back")
+                continue
+        scripted_end = ro.t
+        if mechanism != "regrasp" and progress_distance(task, ro.obs[-1]) < d[m] + RETRY_MIN_REGRESS:
+            count("retry_redrawn_no_regress")  # (a dropped object may still be falling: checked at n below)
+            continue
+        if finish(ro, policy, tail, budget=expert.t + 2 * (scripted_end - m) + 4 * x_range[1]) is None:
+            count("retry_redrawn_timing")
+            continue
+        if mechanism in ("regrasp", "push"):
+            # the policy recovers: the undoing lasts until the object starts getting closer to the goal again
+            dist = np.array([progress_distance(task, o) for o in ro.obs])
+            done = next((t for t in range(m, len(dist)) if ro.success[t]), len(dist))
+            n = m + int(np.nonzero(dist[m:done] >= dist[m:done].max() - 0.005)[0][-1])
+            x = n - m
+            if not 2 <= x <= 2 * x_range[1] or n >= ro.t - 1 or ro.t + 1 - 2 * x <= 0:  # at most twice an undo
+                count("retry_redrawn_timing")
+                continue
+        n = m + x
+        if progress_distance(task, ro.obs[n]) < d[m] + RETRY_MIN_REGRESS or any(ro.success[m:n + 1]):
+            count("retry_redrawn_no_regress")
+            continue
+        if mechanism in ("retrace", "carry") and abs(ro.t - expert.t - 2 * x) > DT_TOL:
+            count("retry_redrawn_timing")
+            continue
+        return ro, m, n
+    return None
+
+
+def push_back(ro, expert, rng):
+    """Lift the hand, go round to the goal side of the object and push it back towards where it started."""
+    obj, start = ro.obs[-1][4:7].copy(), expert.obs[0][4:7]
+    back = (start - obj)[:2]
+    back = back / max(np.linalg.norm(back), 1e-6)
+    dist = float(rng.uniform(0.03, 0.07))
+    up = obj[2] + 0.08
+    z = obj[2] + 0.01
+    path = [np.array([*ro.hand[-1][:2], up]), np.array([*(obj[:2] - 0.05 * back), up]),
+            np.array([*(obj[:2] - 0.05 * back), z]), np.array([*(obj[:2] + dist * back), z]),
+            np.array([*(obj[:2] + dist * back), up])]
+    for waypoint in path:
+        for _ in range(15):  # at most 1 cm per axis and step; the damped hand trails the mocap by ~1 cm
+            if np.abs(ro.hand[-1] - waypoint).max() < 0.015:
+                break
+            ro.move_to(waypoint + ro.rest, 1.0)
+
+
+def play(env, task, rng, length, mechanism):
+    """Unlabeled play in one env: the task's policy under heavy action noise, random reaching, or the policy
+    of another training task (wrong behaviour in the right scene)."""
+    ro = Rollout(env)
+    if mechanism == "noisy":
+        policy, sigma = make_policy(task), rng.uniform(0.3, 1.0)
+    elif mechanism == "other":
+        policy, sigma = make_policy(str(rng.choice([t for t in TRAIN_TASKS if t != task]))), 0.1
+    target, grip = None, -1.0
+    while ro.t < length - 1:
+        if mechanism == "reach":
+            if target is None or rng.random() < 1 / 15 or np.abs(ro.hand[-1] - target).max() < 0.01:
+                target = rng.uniform([-0.3, 0.4, 0.05], [0.3, 0.9, 0.3])  # above the table
+                grip = float(rng.choice([-1.0, 1.0]))
+            ro.move_to(target + ro.rest, grip)
+            continue
+        a = np.asarray(policy.get_action(ro.obs[-1].copy()), dtype=np.float64)
+        a[:3] += rng.normal(0.0, sigma, 3)
+        if rng.random() < 0.1:
+            a[3] = -a[3]
+        ro.step(a)
+    return ro
 
 
 def task_seed(task):
     return zlib.crc32(task.encode())  # not hash(): that changes between processes
 
 
-def generate(task, seed, kinds=KINDS, size=128, camera="corner", fps=10, tail=5, pause=(1.5, 4.0),
-             undo=(1.5, 4.0), base_seed=0, max_steps=400, stats=None):
-    """The episodes of one task and env seed: a list of dicts with frames uint8 [T, H, W, 3],
-    observation.state [T, 39], action [T, 4], task (the instruction) and meta (the annotation without
-    its episode index). Failed and discarded episodes are counted in `stats` (a dict) if given.
-    pause, undo: ranges of the hesitation and of the undone stretch, in seconds of video."""
+def generate(task, seed, kinds=KINDS, size=128, cameras=("corner",), fps=10, tail=5, pause=(0.5, 4.0),
+             undo=(0.5, 3.0), base_seed=0, max_steps=400, jitter=False, stats=None):
+    """The episodes of one task and env seed: a list of dicts with frames {camera: uint8 [T, H, W, 3]},
+    observation.state [T, 39], action [T, 4], task (the instruction) and meta (the annotation without its
+    episode index). kinds: expert, hesitation, retry, play. Failed and discarded episodes are counted in
+    `stats` (a dict) if given. pause, undo: ranges of the pause and of the undone stretch (retrace and
+    carry), in seconds of video. jitter: move the cameras and scale the lights a little (training views)."""
     instruction = INSTRUCTIONS.get(task)
     if instruction is None:
         raise ValueError(f"sim.py: no instruction for task {task!r}; known: {', '.join(INSTRUCTIONS)}")
     stats = {} if stats is None else stats
     count = lambda key: stats.__setitem__(key, stats.get(key, 0) + 1)  # noqa: E731
     frames_range = lambda sec: (max(2, round(sec[0] * fps)), max(2, round(sec[1] * fps)))  # noqa: E731
+    rng_for = lambda k: np.random.default_rng([base_seed, task_seed(task), seed, k])  # noqa: E731 (a stream each)
     env = make_env(task, seed)
-    policy = make_policy(task)
-    cam = None
-    out = []
+    cams, out = [], []
+    base = dict(embodiment=EMBODIMENT, task=task, instruction=instruction, seed=seed)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the scripted policies warn whenever they saturate an action
+            cams = [Camera(env, size, c) for c in cameras]
+            if jitter:
+                rng = rng_for(0)
+                for c in cams:
+                    c.jitter(rng, *CAMERA_JITTER[:2])
+                env.model.light_diffuse[:] *= rng.uniform(1 - CAMERA_JITTER[2], 1 + CAMERA_JITTER[2])
+            if "play" in kinds:
+                rng = rng_for(3)
+                mechanism = PLAYS[seed % len(PLAYS)]
+                ro = play(env, task, rng, int(rng.integers(6 * fps, 12 * fps)), mechanism)
+                out.append(ro.episode(ro.render(cams), instruction, kind="play", mechanism=mechanism, T=ro.t + 1, **base))
+                count("play_ok")
+                return out
+            policy = make_policy(task)
             expert = Rollout(env)
             s = finish(expert, policy, tail, max_steps)
             if s is None:
                 count("expert_failed")
                 return out
-            base = dict(embodiment=EMBODIMENT, task=task, instruction=instruction, seed=seed)
-            cam = Camera(env, size, camera)
-            expert_frames = expert.render(cam)
+            expert_frames = expert.render(cams)
             for kind in kinds:
                 if kind == "expert":
                     out.append(expert.episode(expert_frames, instruction, kind="expert", T=expert.t + 1, **base))
-                elif kind == "hesitation":
-                    rng = np.random.default_rng([base_seed, task_seed(task), seed, 1])  # a stream per kind
-                    r = hesitation(env, policy, task, expert, s, rng, frames_range(pause), tail, count)
+                elif kind in ("hesitation", "retry"):
+                    rng = rng_for(1 if kind == "hesitation" else 2)
+                    fn, mechanisms, x_range = ((hesitation, PAUSES, frames_range(pause)) if kind == "hesitation"
+                                               else (retry, UNDOS, frames_range(undo)))
+                    r = None
+                    for mechanism in rng.permutation(mechanisms):
+                        r = fn(env, policy, task, expert, s, rng, x_range, tail, count, str(mechanism))
+                        if r is not None:
+                            break
                     if r is None:
-                        count("hesitation_discarded")
-                        continue
-                    ro, m, n, jitter = r
-                    out.append(ro.episode(ro.render(cam, expert_frames[:m + 1]), instruction, kind="hesitation",
-                                          m=m, n=n, T=ro.t + 1, **base, pause="jitter" if jitter else "hold",
-                                          expert_T=expert.t + 1))
-                elif kind == "retry":
-                    rng = np.random.default_rng([base_seed, task_seed(task), seed, 2])
-                    r = retry(env, policy, task, expert, s, rng, frames_range(undo), tail, count)
-                    if r is None:
-                        count("retry_discarded")
+                        count(f"{kind}_discarded")
                         continue
                     ro, m, n = r
-                    out.append(ro.episode(ro.render(cam, expert_frames[:m + 1]), instruction, kind="retry",
-                                          m=m, n=n, T=ro.t + 1, **base, expert_T=expert.t + 1))
+                    out.append(ro.episode(ro.render(cams, {k: v[:m + 1] for k, v in expert_frames.items()}), instruction,
+                                          kind=kind, mechanism=str(mechanism), m=m, n=n, T=ro.t + 1, **base,
+                                          expert_T=expert.t + 1))
                 else:
                     raise ValueError(f"sim.py: unknown kind {kind!r}")
                 count(f"{kind}_ok")
     finally:
-        if cam is not None:
-            cam.close()
+        for c in cams:
+            c.close()
         env.close()
     return out
 
@@ -457,18 +620,30 @@ def generate(task, seed, kinds=KINDS, size=128, camera="corner", fps=10, tail=5,
 # datasets
 
 ENCODE_TRIES = 3
-ANNOTATION_KEYS = ("kind", "m", "n", "T", "embodiment", "task", "instruction", "seed")
+ANNOTATION_KEYS = ("kind", "mechanism", "m", "n", "T", "embodiment", "task", "instruction", "seed")
 
 
-def write_split(root, jobs, args, desc):
-    """Generate the episodes of `jobs` [(task, seed, kinds)] into a LeRobot v3.0 dataset at `root` with
-    its annotations.jsonl; returns the split's counts. A split already written with the same settings
-    is kept (so an interrupted run resumes at the split it was writing); a half-written one is redone."""
-    from data import write_lerobot
+def _generate_job(job):
+    """One (task, seed) job in a worker process: (task, episodes, counts)."""
+    task, seed, kinds, opts = job
+    counts = {}
+    return task, generate(task, seed, kinds, stats=counts, **opts), counts
 
-    root = Path(root)
-    settings = {k: v for k, v in vars(args).items() if k != "out"} | {"jobs": [list(j) for j in jobs]}
-    settings = json.loads(json.dumps(settings))  # tuples -> lists, as read back
+
+def _worker_init():
+    os.environ["LP_NUM_THREADS"] = "1"  # one llvmpipe thread per worker: the workers already fill the cores
+    warnings.simplefilter("ignore")
+
+
+def write_split(root, jobs, opts, settings, codec, workers=1, desc=None):
+    """Generate `jobs` [(task, seed, kinds)] into a LeRobot v3.0 dataset at `root` with its annotations.jsonl;
+    returns the split's counts. Each task is written as a part under <root>.parts/ as soon as its jobs are
+    done, and the parts are merged into `root` at the end, so an interrupted run resumes at the first missing
+    part. A split already written with the same settings is kept; other settings are an error."""
+    from data import merge_lerobot
+
+    root, desc = Path(root), desc or Path(root).name
+    settings = json.loads(json.dumps({**settings, "jobs": [list(j) for j in jobs]}))  # tuples -> lists, as read back
     done = root / "meta" / "sim.json"
     if (root / "annotations.jsonl").exists() and done.exists():
         old = json.loads(done.read_text())
@@ -476,102 +651,133 @@ def write_split(root, jobs, args, desc):
             raise SystemExit(f"{root}: written with other settings; delete it or choose another --out")
         print(f"{root}: done already, kept")
         return old["counts"]
-    for stale in root.parent.glob(root.name + ".partial-*"):  # left by runs that died
-        if not _alive(int(stale.name.rsplit("-", 1)[1])):
-            shutil.rmtree(stale, ignore_errors=True)
+    parts_dir = root.with_name(root.name + ".parts")
+    parts_dir.mkdir(parents=True, exist_ok=True)
+    marker = parts_dir / "settings.json"
+    if marker.exists() and json.loads(marker.read_text()) != settings:
+        raise SystemExit(f"{parts_dir}: parts of a run with other settings; delete it or choose another --out")
+    marker.write_text(json.dumps(settings))
+    tasks = list(dict.fromkeys(t for t, _, _ in jobs))
+    todo = [t for t in tasks if not (parts_dir / t / "part.json").exists()]
+    pending = [(t, s, k, opts) for t, s, k in jobs if t in todo]
+    remaining = {t: sum(1 for j in pending if j[0] == t) for t in todo}
+    results = {t: [] for t in todo}
+    bar = tqdm(total=len(jobs), initial=len(jobs) - len(pending), desc=desc, unit="seed")
+    pool = multiprocessing.get_context("spawn").Pool(workers, _worker_init) if workers > 1 and pending else None
+    try:
+        for task, eps, counts in (pool.imap(_generate_job, pending) if pool else map(_generate_job, pending)):
+            results[task].append((eps, counts))
+            remaining[task] -= 1
+            bar.update(1)
+            if remaining[task] == 0:
+                _write_part(parts_dir / task, results.pop(task), opts["fps"], codec)
+    finally:
+        if pool:
+            pool.terminate()
+        bar.close()
+
+    counts, annotations = {}, []
+    parts = []
+    for t in tasks:
+        part = json.loads((parts_dir / t / "part.json").read_text())
+        for k, v in part["counts"].items():
+            counts[k] = counts.get(k, 0) + v
+        if part["annotations"]:
+            parts.append((parts_dir / t, part["annotations"]))
+    if not parts:
+        raise SystemExit(f"{root}: no episode succeeded ({counts})")
     tmp = root.with_name(f"{root.name}.partial-{os.getpid()}")  # per process: two runs on one --out don't clash
-
-    def episodes():
-        for task, seed, kinds in bar:
-            for ep in generate(task, seed, kinds, size=args.size, camera=args.camera, fps=args.fps, tail=args.tail,
-                               pause=args.pause, undo=args.undo, base_seed=args.seed, stats=counts):
-                meta = ep.pop("meta")
-                annotations.append({"episode": len(annotations), **{k: meta[k] for k in ANNOTATION_KEYS if k in meta}})
-                yield ep
-            bar.set_postfix({k: v for k, v in counts.items() if k.endswith("_ok")})
-
-    for attempt in range(1, ENCODE_TRIES + 1):
-        shutil.rmtree(tmp, ignore_errors=True)
-        counts, annotations = {}, []
-        bar = tqdm(jobs, desc=desc, unit="seed")
-        try:
-            written = write_lerobot(tmp, episodes(), args.fps, version="v3.0", codec=args.codec,
-                                    video_key="observation.images.main", robot_type=EMBODIMENT)
-            break
-        except av.FFmpegError as e:
-            # SVT-AV1 now and then hands the mp4 muxer a packet it refuses (EINVAL), not reproducibly;
-            # generation is deterministic, so the split is simply made again (a deadlock it cannot catch)
-            bar.close()
-            if attempt == ENCODE_TRIES:
-                raise SystemExit(f"{root}: video encoding failed {ENCODE_TRIES} times ({e}); try --codec libx264")
-            print(f"{root}: video encoding failed ({e}); generating the split again ({attempt}/{ENCODE_TRIES - 1})")
-        except ValueError as e:
-            if annotations:
-                raise
-            raise SystemExit(f"{root}: no episode succeeded ({counts}); {e}") from e
-    assert written == [a["episode"] for a in annotations]
+    shutil.rmtree(tmp, ignore_errors=True)
+    offsets = merge_lerobot([p for p, _ in parts], tmp)
+    for (_, anns), offset in zip(parts, offsets):
+        annotations += [{"episode_index": offset + a["episode_index"], **{k: a[k] for k in ANNOTATION_KEYS if k in a}}
+                        for a in anns]
     with open(tmp / "annotations.jsonl", "w") as f:
         f.writelines(json.dumps(a) + "\n" for a in annotations)
     (tmp / "meta" / "sim.json").write_text(json.dumps({"settings": settings, "counts": counts}, indent=1))
-    try:
-        tmp.rename(root)  # atomic; fails when root exists
-    except OSError:
-        if done.exists() and json.loads(done.read_text())["settings"] == settings:
-            shutil.rmtree(tmp)  # another run wrote the same split first
-        else:
-            shutil.rmtree(root)
-            tmp.rename(root)
+    if root.exists():
+        shutil.rmtree(root)  # a half-written split of an older run
+    tmp.rename(root)
+    shutil.rmtree(parts_dir)
     return counts
 
 
-def _alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return True
+def _write_part(path, results, fps, codec):
+    """One task's episodes [(episodes, counts)] as a LeRobot dataset with a part.json (annotations, counts)."""
+    from data import write_lerobot
+
+    counts = {}
+    for _, c in results:
+        for k, v in c.items():
+            counts[k] = counts.get(k, 0) + v
+    episodes = [ep for eps, _ in results for ep in eps]
+    annotations = [{"episode_index": i, **ep["meta"]} for i, ep in enumerate(episodes)]
+    tmp = path.with_name(path.name + ".tmp")
+    for attempt in range(1, ENCODE_TRIES + 1):
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        if not episodes:
+            break
+        try:
+            views = ({**ep, "frames": {f"observation.images.{c}": f for c, f in ep["frames"].items()}} for ep in episodes)
+            write_lerobot(tmp, views, fps, codec=codec, robot_type=EMBODIMENT)
+            break
+        except av.FFmpegError as e:
+            # SVT-AV1 now and then hands the mp4 muxer a packet it refuses (EINVAL), not reproducibly: encode again
+            if attempt == ENCODE_TRIES:
+                raise SystemExit(f"{path}: video encoding failed {ENCODE_TRIES} times ({e}); try --codec libx264")
+            print(f"{path}: video encoding failed ({e}); encoding the part again ({attempt}/{ENCODE_TRIES - 1})")
+    (tmp / "part.json").write_text(json.dumps({"annotations": annotations, "counts": counts}))
+    shutil.rmtree(path, ignore_errors=True)
+    tmp.rename(path)
 
 
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="data/metaworld")
-    p.add_argument("--demo", action="store_true",
-                   help=f"small set: {len(DEMO['train_tasks'])} training + {len(DEMO['unseen_tasks'])} unseen tasks, "
-                        f"{DEMO['seeds_train']} / {DEMO['seeds_heldout']} seeds (flags given explicitly still win)")
+    p.add_argument("--demo", action="store_true", help=f"the default run's small corpus: {DEMO['seeds_train']} expert "
+                   f"seeds per training task in {len(DEMO['cameras'])} views, {DEMO['seeds_heldout']} held-out seed per "
+                   "task (flags given explicitly still win)")
     p.add_argument("--size", type=int, default=128, help="square frame size")
-    p.add_argument("--camera", default="corner", help="Meta-World camera: corner (default), corner2-4, topview, ...")
+    p.add_argument("--cameras", nargs="+", help=f"views of train and play episodes (default: {' '.join(CAMERAS)})")
+    p.add_argument("--heldout-camera", default="corner", help="the held-out splits' view")
     p.add_argument("--fps", type=float, default=10.0, help="video fps (one frame per 12.5 ms control step)")
-    p.add_argument("--train-tasks", nargs="+", help=f"default: {' '.join(DEFAULT['train_tasks'])}")
-    p.add_argument("--unseen-tasks", nargs="+", help=f"default: {' '.join(DEFAULT['unseen_tasks'])}")
-    p.add_argument("--seeds-train", type=int,
-                   help=f"expert episodes per training task (default {DEFAULT['seeds_train']})")
+    p.add_argument("--train-tasks", nargs="+", help=f"default: all {len(TRAIN_TASKS)} training tasks")
+    p.add_argument("--unseen-tasks", nargs="+", help=f"default: {' '.join(UNSEEN_TASKS)}")
+    p.add_argument("--seen-tasks", nargs="+", help="training tasks with held-out seeds (default: all of them)")
+    p.add_argument("--seeds-train", type=int, help=f"expert episodes per training task (default {DEFAULT['seeds_train']})")
+    p.add_argument("--seeds-play", type=int, help=f"play episodes per training task (default {DEFAULT['seeds_play']})")
     p.add_argument("--seeds-heldout", type=int, help="new seeds per task in the held-out splits, one episode per kind "
                                                      f"each (default {DEFAULT['seeds_heldout']})")
     p.add_argument("--seed", type=int, default=0, help="derives every env seed and random draw")
     p.add_argument("--tail", type=int, default=5, help="frames recorded after the first success")
-    p.add_argument("--pause", type=float, nargs=2, default=(1.5, 4.0), metavar=("MIN", "MAX"),
+    p.add_argument("--pause", type=float, nargs=2, default=(0.5, 4.0), metavar=("MIN", "MAX"),
                    help="hesitation length, seconds of video")
-    p.add_argument("--undo", type=float, nargs=2, default=(1.5, 4.0), metavar=("MIN", "MAX"),
-                   help="retry: length of the undone stretch, seconds of video")
+    p.add_argument("--undo", type=float, nargs=2, default=(0.5, 3.0), metavar=("MIN", "MAX"),
+                   help="retry (retrace, carry): length of the undone stretch, seconds of video")
     p.add_argument("--codec", default="libx264",
                    help="libx264 (H.264), or libsvtav1 (AV1, LeRobot's own default; the SVT-AV1 in PyAV's wheels "
                         "now and then fails or deadlocks mid-file on a 2-core machine)")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="simulation processes")
     args = p.parse_args(argv)
     for k, v in (DEMO if args.demo else DEFAULT).items():
         if getattr(args, k) is None:
             setattr(args, k, v)
-    for t in args.train_tasks + args.unseen_tasks:
+    args.seen_tasks = args.seen_tasks or args.train_tasks
+    for t in args.train_tasks + args.unseen_tasks + args.seen_tasks:
         if t not in INSTRUCTIONS:
             p.error(f"unknown task {t!r}; known: {', '.join(INSTRUCTIONS)}")
     if set(args.train_tasks) & set(args.unseen_tasks):
         p.error("a task cannot be both a training and an unseen task")
+    if not set(args.seen_tasks) <= set(args.train_tasks):
+        p.error("--seen-tasks must be training tasks")
     if args.size % 2:
         p.error("--size must be even (yuv420p video)")
     if not all(1 <= lo * args.fps <= hi * args.fps for lo, hi in (args.pause, args.undo)):
         p.error("--pause and --undo need 1 frame <= MIN <= MAX")
+    if max(args.seeds_train, args.seeds_heldout, args.seeds_play) > 30_000 or args.workers < 1:
+        p.error("at most 30000 seeds per split, at least one worker")
     return args
 
 
@@ -579,21 +785,26 @@ def main(argv):
     args = parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    if max(args.seeds_train, args.seeds_heldout) > 50_000:
-        raise SystemExit("at most 50000 seeds per split")
-    # env seeds: training seeds and held-out seeds never overlap for a given --seed
-    train_seeds = [args.seed * 100_000 + i for i in range(args.seeds_train)]
-    heldout_seeds = [args.seed * 100_000 + 50_000 + i for i in range(args.seeds_heldout)]
+    # env seeds of the splits never overlap for a given --seed
+    seeds = lambda offset, n: [args.seed * 100_000 + offset + i for i in range(n)]  # noqa: E731
+    common = dict(size=args.size, fps=args.fps, tail=args.tail, pause=tuple(args.pause), undo=tuple(args.undo),
+                  base_seed=args.seed)
+    train_opts = dict(common, cameras=tuple(args.cameras), jitter=True)
+    heldout_opts = dict(common, cameras=(args.heldout_camera,), jitter=False)
     splits = {
-        "train": [(t, s, ("expert",)) for t in args.train_tasks for s in train_seeds],
-        "heldout_seen": [(t, s, KINDS) for t in args.train_tasks for s in heldout_seeds],
-        "heldout_unseen": [(t, s, KINDS) for t in args.unseen_tasks for s in heldout_seeds],
+        "train": ([(t, s, ("expert",)) for t in args.train_tasks for s in seeds(0, args.seeds_train)], train_opts),
+        "play": ([(t, s, ("play",)) for t in args.train_tasks for s in seeds(30_000, args.seeds_play)], train_opts),
+        "heldout_seen": ([(t, s, KINDS) for t in args.seen_tasks for s in seeds(60_000, args.seeds_heldout)],
+                         heldout_opts),
+        "heldout_unseen": ([(t, s, KINDS) for t in args.unseen_tasks for s in seeds(60_000, args.seeds_heldout)],
+                           heldout_opts),
     }
     t0 = time.time()
     report = {"args": vars(args), "splits": {}}
-    for name, jobs in splits.items():
+    for name, (jobs, opts) in splits.items():
         if jobs:
-            report["splits"][name] = write_split(out / name, jobs, args, name)
+            report["splits"][name] = write_split(out / name, jobs, opts, dict(opts, codec=args.codec), args.codec,
+                                                 args.workers)
     (out / "generation.json").write_text(json.dumps(report, indent=1))
     for name, counts in report["splits"].items():
         print(f"{out / name}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))

@@ -37,12 +37,20 @@ def test_gt_curve_hand_computed():
     np.testing.assert_allclose(g[8:], np.arange(12) / 11)
 
 
+def test_retry_past_the_peak_is_scored():
+    """m > T - 2x (Appendix B.3's curve rises above 1 before it falls): valid, and a falling prediction scores +1."""
+    T, m, n = 20, 8, 15
+    g = gt_curve("retry", m, n, T)
+    np.testing.assert_allclose(g[[m, n, T - 1]], [8 / 6, 1 / 6, 1.0])
+    assert retry_voc(-np.arange(T, dtype=float), m, n, T) == pytest.approx(1.0)
+
+
 @pytest.mark.parametrize("kind,m,n,T,msg", [
     ("hesitation", 5, 5, 20, "0 < m < n < T - 1"),
     ("hesitation", 0, 3, 20, "0 < m < n < T - 1"),
     ("retry", 3, 19, 20, "0 < m < n < T - 1"),
     ("retry", 2, 3, 3, "too short"),
-    ("retry", 8, 15, 20, "T - 2x"),
+    ("retry", 8, 18, 20, "T - 2x"),
     ("stall", 2, 3, 20, "expected expert, hesitation or retry"),
 ])
 def test_impossible_annotations_rejected(kind, m, n, T, msg):
