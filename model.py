@@ -171,9 +171,10 @@ class Block(nn.Module):
         h = adaln_modulate(x, m[:, :, 3], m[:, :, 4], self.eps, compute_dtype(x))
         return gated_add(x, self.ffn(h), m[:, :, 5])
 
-    def forward(self, x, e0, context, rope):
+    def forward(self, x, e0, context, rope, n_fut=0):
+        """The block alone (no second stream); the last n_fut tokens see every token, the others only each other."""
         q, k, v = self.qkv(x, e0, rope)
-        return self.finish(x, mot_attention(q, k, v, n_cur=q.shape[1], n_fut=0), e0, context)
+        return self.finish(x, mot_attention(q, k, v, n_cur=q.shape[1] - n_fut, n_fut=n_fut), e0, context)
 
 
 class Head(nn.Module):
@@ -261,12 +262,16 @@ class WanDiT(nn.Module):
         out = out.view(out.shape[0], f, h, w, pt, ph, pw, self.cfg.out_dim)  # channel fastest, as Wan
         return out.permute(0, 7, 1, 4, 2, 5, 3, 6).reshape(out.shape[0], self.cfg.out_dim, F_, H, W)
 
-    def forward(self, x, t, context):
-        """x [B, 48, F, H, W] latents, t [B] or [B, F] on 0..1000, context [B, L<=512, 4096] -> velocity (fp32)."""
+    def forward(self, x, t, context, future=0):
+        """x [B, 48, F, H, W] latents, t [B] or [B, F] on 0..1000, context [B, L<=512, 4096] -> velocity (fp32).
+
+        future > 0: the last `future` latent frames see every frame and the frames before them only each
+        other (WVM's block-causal video mask); 0 is Wan's full attention."""
         with low_precision_autocast(self, x.device.type):
             tokens, e, e0, ctx, rope = self.embed(x, t, context)
+            n_fut = tokens.shape[1] * future // x.shape[2]
             for block in self.blocks:
-                tokens = block(tokens, e0, ctx, rope)
+                tokens = block(tokens, e0, ctx, rope, n_fut)
             return self.unpatchify(self.head(tokens, e), *x.shape[2:])
 
 
@@ -463,6 +468,24 @@ def load_wan_dit(path, dtype=None, device=None, cfg=None):
     return load_checkpoint_into(model, path, files, wan_key, dtype, device, FP32_PARAMS if dtype else None)
 
 
+def save_wan_dit(model, folder):
+    """A WanDiT as an official Wan2.2 DiT checkpoint folder (diffusion_pytorch_model.safetensors + config.json),
+    the format load_wan_dit and the Wan2.2 code read: e.g. the video stream pretrained by train.py --stage=video."""
+    from safetensors.torch import save_file
+
+    os.makedirs(folder, exist_ok=True)
+    c = model.cfg
+    config = {"_class_name": "WanModel", "model_type": "ti2v", "dim": c.dim, "ffn_dim": c.ffn_dim, "freq_dim": c.freq_dim,
+              "in_dim": c.in_dim, "num_heads": c.num_heads, "num_layers": c.num_layers, "out_dim": c.out_dim,
+              "text_len": c.text_len, "eps": c.eps}
+    path = os.path.join(folder, "diffusion_pytorch_model.safetensors")
+    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, path + ".tmp")
+    with open(os.path.join(folder, "config.json.tmp"), "w") as f:
+        json.dump(config, f, indent=1)
+    os.replace(path + ".tmp", path)
+    os.replace(os.path.join(folder, "config.json.tmp"), os.path.join(folder, "config.json"))
+
+
 def config_dict(cfg):
     return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()}
 
@@ -496,6 +519,7 @@ class WVM(nn.Module):
         self.mask, self.video_loss_weight = mask, video_loss_weight
         self.video_shift, self.value_shift = video_shift, value_shift
         self.checkpointing = False  # activation checkpointing per layer (train.py turns it on for big models)
+        self.video_only = False  # the world-model prior: train the video stream alone (train.py --stage=video)
 
     @property
     def chunk(self):
@@ -549,6 +573,10 @@ class WVM(nn.Module):
         eps_vid = torch.randn_like(fut) if eps_vid is None else eps_vid.float()
         x_in = torch.cat([cur, flow.add_noise(fut, eps_vid, s_vid)], 2)
         t_vid = torch.stack([torch.zeros_like(s_vid), 1000 * s_vid], 1)
+        if self.video_only:  # Wan's flow loss on the future latent given the clean current one, under the same mask
+            v_fut = self.video(x_in, t_vid, batch["context"], future=1 if self.mask == "causal" else 0)[:, :, 1:]
+            loss_video = F.mse_loss(v_fut, flow.velocity(fut, eps_vid))
+            return {"loss": loss_video, "loss_value": torch.zeros((), device=dev), "loss_video": loss_video}
 
         h, head = self.chunk, self.value.cfg.head
         y = values[:, 1:]

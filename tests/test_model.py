@@ -102,6 +102,23 @@ def test_matches_diffusers_from_official_sharded_and_pth(reference, tmp_path):
     check_equal(load_wan_dit(str(pth), cfg=WanConfig(**TINY)), ref)
 
 
+def test_save_wan_dit_is_an_official_checkpoint(reference, tmp_path):
+    """save_wan_dit writes what the official loader path reads: the same model back, still equal to diffusers'."""
+    from model import save_wan_dit
+
+    ref, path = reference
+    ours = load_wan_dit(str(path))
+    ours.cfg.text_len = TEXT_LEN
+    save_wan_dit(ours, tmp_path / "wan")
+    assert sorted(os.listdir(tmp_path / "wan")) == ["config.json", "diffusion_pytorch_model.safetensors"]
+    with open(tmp_path / "wan" / "config.json") as f:
+        assert json.load(f)["_class_name"] == "WanModel"
+    again = load_wan_dit(str(tmp_path / "wan"))
+    assert again.cfg == ours.cfg
+    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), ours.state_dict().values()))
+    check_equal(again, ref)
+
+
 def test_bf16_load_keeps_fp32_where_reference_does(reference):
     _, path = reference
     model = load_wan_dit(str(path), dtype=torch.bfloat16)

@@ -37,6 +37,41 @@ def test_value_stream_size_matches_paper():
     assert 0.6e9 < n < 0.8e9
 
 
+@pytest.mark.parametrize("mask", ["causal", "full"])
+def test_video_only_loss_is_the_joint_video_loss(mask):
+    """The world-model prior (video_only) trains exactly the video stream WVM runs: its loss equals the joint
+    forward's video loss, and its gradients reach only the video stream."""
+    m = tiny(mask)
+    x_in, _, v_in, _, ctx = inputs()
+    batch = {"latents": x_in, "context": ctx, "values": v_in, "sigma_video": torch.tensor([0.3, 0.8]),
+             "noise_video": torch.randn(B, C, 1, H, W), "sigma_value": torch.tensor([0.5, 0.2]),
+             "noise_value": torch.randn(B, 4)}
+    joint = m(batch)["loss_video"]
+    m.video_only = True
+    out = m(batch)
+    torch.testing.assert_close(out["loss"], joint, rtol=1e-5, atol=1e-7)
+    assert out["loss_value"] == 0
+    out["loss"].backward()
+    assert all(p.grad is None for p in m.value.parameters())
+    assert m.video.patch_embedding.weight.grad.abs().sum() > 0
+
+
+def test_wan_forward_future_mask():
+    """WanDiT.forward(future=1): the first latent frame's output ignores the last frame (block-causal), the last
+    one sees both; future=0 is Wan's full attention, where the first frame does depend on the last."""
+    torch.manual_seed(0)
+    video = WVM(*wvm_configs("tiny")).video.eval()
+    x_in, t_vid, _, _, ctx = inputs()
+    x2 = x_in.clone()
+    x2[:, :, 1] += 1.0
+    with torch.no_grad():
+        a, b = video(x_in, t_vid, ctx, future=1), video(x2, t_vid, ctx, future=1)
+        torch.testing.assert_close(a[:, :, 0], b[:, :, 0], rtol=0, atol=0)
+        assert not torch.allclose(a[:, :, 1], b[:, :, 1])
+        a, b = video(x_in, t_vid, ctx), video(x2, t_vid, ctx)
+        assert not torch.allclose(a[:, :, 0], b[:, :, 0])
+
+
 def test_fresh_value_stream_predicts_zero():
     torch.manual_seed(0)
     m = WVM(*wvm_configs("tiny"))
