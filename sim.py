@@ -1,5 +1,5 @@
-"""Meta-World generator of an open Suboptimal-Value-Bench (paper §5.1, Appendix B.3) and of the
-training corpus: expert, hesitation, retry and play trajectories of a simulated Sawyer arm with exact
+"""Meta-World generator of an open Suboptimal-Value-Bench (the paper's benchmark, Appendix B.3) and of
+the training corpus: expert, hesitation, retry and play trajectories of a simulated Sawyer arm with exact
 annotations, written as LeRobot v3.0 datasets.
 
     python sim.py --demo --out data/metaworld          # the default run's corpus (see demo.py)
