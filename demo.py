@@ -1,11 +1,17 @@
-"""The default end-to-end run on a CPU: generate the Meta-World demo set, train a tiny WVM, run both benchmarks.
+"""End-to-end runs on a CPU: generate the Meta-World corpus, pretrain the video stream on play video (the
+world-model prior), train WVM on experts, and score both benchmarks on held-out seeds of the training
+tasks and on tasks never trained on.
 
-    python demo.py                        # about 13 minutes on 2 cores
-    python demo.py --compare              # + the value-head comparison and ablations of the README (hours)
+    python demo.py                  # the default run: small corpus and model, about 20 minutes on 2 cores
+    python demo.py --long           # the longer recipe: full corpus, bigger model, about 2 hours
+    python demo.py --compare        # the README's comparison table (prior / scratch / lambda = 0 / full mask)
+    python demo.py --seeds 0 1      # the same for several training seeds (mean and spread in the table)
 
-No weights can be downloaded, so the tiny WVM starts from random weights, the frozen VAE is a fixed
-random tiny Wan2.2 VAE and the text features come from a random tiny umT5 (encode_text.py
---tiny_random). Every step is a plain command of this repository, printed before it runs.
+No weights can be downloaded, so the video stream starts from random weights and is pretrained here
+(train.py --stage=video: the Wan flow loss on clips of the training tasks' expert and play video, no
+value stream), the frozen VAE is a fixed random tiny Wan2.2 VAE and the text features come from a random
+tiny umT5 (encode_text.py --tiny_random). Every step is a plain command of this repository, printed
+before it runs; an interrupted run continues where it stopped.
 """
 import argparse
 import json
@@ -13,25 +19,32 @@ import os
 import subprocess
 import sys
 
+import numpy as np
+
 ROOT = os.path.dirname(os.path.abspath(__file__))
 SPLITS = ("heldout_seen", "heldout_unseen")
 
-# The demo recipe: the paper's optimizer and augmentations, shrunk to a CPU budget.
-TRAIN = dict(size="small", resolution=64, fps=2.0, max_steps=6000, batch_size=32, micro_batch=32, lr=1e-3, warmup=100,
-             value_shift=5.0,  # one Euler step from s = 1 is all inference asks of the flow: train mostly near it
-             plateau=0.3,  # the paper's 0.1 leaves values creeping up through pauses here (see README)
-             ckpt_every=200, num_workers=1)
+# The two recipes: the paper's optimizer and augmentations (Table A.1), shrunk to a CPU budget. Flags
+# common to both stages first; `prior` and `value` are the stage-specific ones.
+RECIPES = {
+    "demo": dict(data="data/metaworld", sim=["--demo"], common=dict(
+        size="small", resolution=64, fps=2.0, lr=1e-3, warmup=100, camera="all", num_workers=1, ckpt_every=500),
+        prior=dict(max_steps=1000, batch_size=32, micro_batch=32, rewind=0.0),
+        value=dict(max_steps=5000, batch_size=32, micro_batch=32,
+                   value_shift=5.0,  # one Euler step from s = 1 is all inference asks of the flow: train mostly near it
+                   plateau=0.3)),  # the paper's 0.1 leaves values creeping up through pauses at this scale (README)
+    "long": dict(data="data/metaworld_full", sim=[], common=dict(
+        size="mid", resolution=64, fps=2.0, lr=5e-4, warmup=200, camera="all", num_workers=1, ckpt_every=500),
+        prior=dict(max_steps=3000, batch_size=32, micro_batch=16, rewind=0.0),
+        value=dict(max_steps=8000, batch_size=32, micro_batch=16, value_shift=5.0, plateau=0.3)),
+}
 
-# README's Table-4-style comparison: each variant changes the demo recipe in one way.
+# The README's comparison, same budget and seed: what the world-model prior buys, and two fidelity checks.
 VARIANTS = {
-    "flow": {},
-    "regression": {"value_head": "regression"},
-    "hlgauss": {"value_head": "hlgauss"},
-    "no rewinding": {"rewind": 0.0},
-    "prefix p=0": {"prefix_p": 0.0},
-    "prefix p=1": {"prefix_p": 1.0},
+    "prior": {},
+    "scratch": {"prior": False},
     "no video loss": {"video_loss_weight": 0.0},
-    "plateau 0.1 (paper)": {"plateau": 0.1},
+    "full mask": {"mask": "full"},
 }
 
 
@@ -40,66 +53,97 @@ def sh(*cmd):
     subprocess.run(cmd, cwd=ROOT, check=True)
 
 
-def train_and_eval(data, run_dir, overrides, seed):
-    flags = {**TRAIN, **overrides, "data": os.path.join(data, "train"), "text_cache": os.path.join(data, "text_cache"),
-             "latent_cache": os.path.join(data, "latents"), "out_dir": run_dir, "seed": seed}
-    if not os.path.exists(os.path.join(run_dir, "wvm.safetensors")):
-        resume = os.path.isdir(os.path.join(run_dir, "ckpt"))  # an interrupted demo continues where it stopped
-        sh(sys.executable, "train.py", *[f"--{k}={v}" for k, v in flags.items()], *(["--resume=True"] if resume else []))
+def train(run_dir, flags):
+    """train.py into run_dir unless it finished there; an interrupted run resumes."""
+    if os.path.exists(os.path.join(run_dir, "done.json")):
+        return
+    resume = os.path.isdir(os.path.join(run_dir, "ckpt"))
+    sh(sys.executable, "train.py", *[f"--{k}={v}" for k, v in flags.items()], f"--out_dir={run_dir}",
+       *(["--resume"] if resume else []))
+
+
+def evaluate(run_dir, data):
+    """Both benches on both held-out splits -> {(split, bench): {(method, group): row}}."""
     results = {}
     for split in SPLITS:
         for bench in ("suboptimal", "expert"):
             out = os.path.join(run_dir, f"{split}_{bench}.json")
             if not os.path.exists(out):
                 sh(sys.executable, "eval.py", "--bench", bench, "--data", os.path.join(data, split), "--ckpt", run_dir,
-                   "--json", out, *(["--plots", os.path.join(run_dir, "plots", split)] if bench == "suboptimal" else []))
+                   "--per_task", "--json", out,
+                   *(["--plots", os.path.join(run_dir, "plots", split)] if bench == "suboptimal" else []))
             with open(out) as f:
-                results[split, bench] = {(r["method"], r["embodiment"]): r for r in json.load(f)["table"]}
+                results[split, bench] = {(r["method"], r["task"]): r for r in json.load(f)["table"]}
     return results
 
 
-def prepare(data):
-    """The demo set and its text cache, each made once."""
-    if not os.path.isdir(os.path.join(data, "train")):
-        sh(sys.executable, "sim.py", "--demo", "--out", data)
+def run(recipe, runs, name, overrides, seed):
+    """The prior (unless overrides say prior=False), then WVM; returns the run folder and its results."""
+    r = RECIPES[recipe]
+    data = r["data"]
+    use_prior = overrides.pop("prior", True)
+    paths = dict(text_cache=os.path.join(data, "text_cache"), latent_cache=os.path.join(data, "latents"), seed=seed)
+    flags = {**r["common"], **r["value"], **overrides, **paths, "data": os.path.join(data, "train")}
+    if use_prior:
+        prior_dir = os.path.join(runs, f"{recipe}-prior-s{seed}")
+        train(prior_dir, {**r["common"], **r["prior"], **paths, "stage": "video",
+                          "data": os.path.join(data, "train") + "," + os.path.join(data, "play")})
+        flags["wan"] = os.path.join(prior_dir, "wan")
+    run_dir = os.path.join(runs, f"{recipe}-{name}-s{seed}")
+    train(run_dir, flags)
+    return run_dir, evaluate(run_dir, data)
+
+
+def prepare(recipe):
+    """The corpus and its text cache, each made once (sim.py resumes an interrupted generation)."""
+    data = RECIPES[recipe]["data"]
+    if not all(os.path.exists(os.path.join(data, s, "annotations.jsonl")) for s in ("train", "play", *SPLITS)):
+        sh(sys.executable, "sim.py", *RECIPES[recipe]["sim"], "--out", data)
     if not os.path.isdir(os.path.join(data, "text_cache")):
         sh(sys.executable, "encode_text.py", "--tiny_random", "32", "--text_len", "16", "--dtype", "float32",
            "--out", os.path.join(data, "text_cache"), "--lerobot", *[os.path.join(data, s) for s in ("train", *SPLITS)])
 
 
-def summary_row(results, split, method="wvm"):
+def summary(results, split, method="wvm"):
+    """(Hesitation-RMSE, Retry-VOC, Expert-VOC) averaged over the split's trajectories."""
     sub, exp = results[split, "suboptimal"][method, "average"], results[split, "expert"][method, "average"]
-    return sub["hesitation_rmse"], sub["retry_voc"], exp["voc"]
+    return np.array([sub["hesitation_rmse"], sub["retry_voc"], exp["voc"]])
+
+
+def cell(values):
+    """mean, or mean ± std over seeds."""
+    values = np.asarray(values)
+    return f"{values.mean():.3f}" if len(values) == 1 else f"{values.mean():.3f} ± {values.std():.3f}"
 
 
 def main(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default="data/metaworld")
-    p.add_argument("--runs", default="runs")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--long", action="store_true", help="the longer recipe (full corpus, bigger model)")
     p.add_argument("--compare", action="store_true", help="also train and evaluate every variant in VARIANTS")
+    p.add_argument("--runs", default="runs")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
     args = p.parse_args(argv)
 
-    prepare(args.data)
-    variants = VARIANTS if args.compare else {"flow": {}}
-    table = {}
-    for name, overrides in variants.items():
-        run_dir = os.path.join(args.runs, "demo" if name == "flow" else "demo-" + "".join(c for c in name if c.isalnum() or c == "."))
-        table[name] = train_and_eval(args.data, run_dir, overrides, args.seed)
+    recipe = "long" if args.long else "demo"
+    prepare(recipe)
+    variants = VARIANTS if args.compare else {"prior": {}}
+    table = {name: [run(recipe, args.runs, name.replace(" ", "-"), dict(o), s)[1] for s in args.seeds]
+             for name, o in variants.items()}
 
-    main_run = table["flow"]
-    print("\nHeld-out results (Meta-World demo set; Hesitation-RMSE lower is better, VOCs higher):")
+    seeds = ", ".join(map(str, args.seeds))
+    print(f"\nHeld-out results ({recipe} recipe, seeds {seeds}; Hesitation-RMSE lower is better, VOCs higher):")
     print("| split | method | Hesitation-RMSE | Retry-VOC | Expert-VOC |\n|---|---|---|---|---|")
     for split in SPLITS:
         for method in ("wvm", "time", "constant"):
-            h, r, e = summary_row(main_run, split, method)
-            print(f"| {split} | {method} | {h:.3f} | {r:.3f} | {e:.3f} |")
+            rows = np.stack([summary(res, split, method) for res in table["prior"]])
+            print(f"| {split} | {method} | " + " | ".join(cell(rows[:, i]) for i in range(3)) + " |")
     if args.compare:
-        print("\nValue head and ablations (held-out seeds of the training tasks, same budget and seed):")
-        print("| variant | Hesitation-RMSE | Retry-VOC | Expert-VOC |\n|---|---|---|---|")
+        print(f"\nVariants ({recipe} recipe, same budget, seeds {seeds}; seen | unseen):")
+        print("| variant | seen Hes-RMSE | Retry-VOC | Expert-VOC | unseen Hes-RMSE | Retry-VOC | Expert-VOC |")
+        print("|---|---|---|---|---|---|---|")
         for name in variants:
-            h, r, e = summary_row(table[name], "heldout_seen")
-            print(f"| {name} | {h:.3f} | {r:.3f} | {e:.3f} |")
+            rows = np.stack([np.concatenate([summary(res, s) for s in SPLITS]) for res in table[name]])
+            print(f"| {name} | " + " | ".join(cell(rows[:, i]) for i in range(6)) + " |")
 
 
 if __name__ == "__main__":
