@@ -55,9 +55,9 @@ def voc(values):
 
 
 def check_annotation(kind, m, n, T):
-    if kind not in ("expert", "hesitation", "retry"):
-        raise ValueError(f"annotation kind {kind!r}: expected expert, hesitation or retry")
-    if kind == "expert":
+    if kind not in ("expert", "hesitation", "retry", "failure"):
+        raise ValueError(f"annotation kind {kind!r}: expected expert, hesitation, retry or failure")
+    if kind in ("expert", "failure"):
         if T < 2:
             raise ValueError(f"T = {T}: a trajectory needs at least 2 frames")
         return
@@ -75,6 +75,8 @@ def gt_curve(kind, m=None, n=None, T=None):
     """The benchmark's ground-truth progress over native frames 0..T-1 (SPEC.md §7): piecewise linear
     through (0, 0), (m, v_m), (n, v_n), (T - 1, 1); `expert` is t / (T - 1)."""
     check_annotation(kind, m, n, T)
+    if kind == "failure":
+        raise ValueError("a failure has no ground-truth curve, only the fraction achieved at its end")
     if kind == "expert":
         return np.arange(T) / (T - 1)
     x = n - m

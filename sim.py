@@ -150,10 +150,11 @@ DEMO = dict(train_tasks=list(TRAIN_TASKS), unseen_tasks=list(UNSEEN_TASKS), seen
 DEFAULT = dict(train_tasks=list(TRAIN_TASKS), unseen_tasks=list(UNSEEN_TASKS), seen_tasks=None, seeds_train=12,
                seeds_play=4, seeds_heldout=3, cameras=list(CAMERAS))
 
-KINDS = ("expert", "hesitation", "retry")
+KINDS = ("expert", "hesitation", "retry", "failure")
 PAUSES = ("hold", "jitter", "coast")
 UNDOS = ("retrace", "carry", "regrasp", "push")
 PLAYS = ("noisy", "reach", "other")
+FAILURES = ("stall", "give_up", "drop", "wrong_place", "wrong_target")
 HOLD_PROGRESS_TOL = 0.005  # m: during a pause the object-to-goal distance may change this much
 COAST_PROGRESS_TOL = 0.015  # m: ... and this much when the arm coasts to a stop
 HOLD_OBJECT_TOL = 0.015  # m: and a held object may settle (sway, slip) this much in the gripper
@@ -519,6 +520,73 @@ def push_back(ro, expert, rng):
             ro.move_to(waypoint + ro.rest, 1.0)
 
 
+def failure(env, policy, task, expert, s, rng, hold_range, count, mechanism):
+    """An attempt that never completes (module docstring): (rollout, f) with f the frame at which it goes wrong
+    (0 for a wrong target), or None after ATTEMPTS draws."""
+    first = started(task, expert)
+    obj0 = expert.obs[0][4:7]
+    lifted = [t for t in range(2, s) if expert.obs[t][6] > obj0[2] + 0.015
+              and np.linalg.norm(expert.obs[t][4:7] - expert.obs[t][:3]) < 0.05]
+    for _ in range(ATTEMPTS):
+        hold = int(rng.integers(hold_range[0], hold_range[1] + 1))
+        if mechanism == "wrong_target":
+            f = 0
+        elif mechanism == "drop":
+            if not lifted:
+                count("failure_drop_not_applicable")
+                return None
+            f = int(rng.choice(lifted))
+        else:
+            f = int(rng.integers(2 if first is None else first, s))  # after it has made some progress
+        ro = replay(env, expert, f)
+        ro.stop()
+        home = expert.hand[0] + ro.rest
+        if mechanism == "stall":  # stops where it is and stays
+            ro.brake(arm=True, fingers=True)
+            try:
+                for _ in range(hold):
+                    ro.move_to(env.data.mocap_pos[0].copy(), expert.commands[f - 1][3])
+            finally:
+                ro.brake()
+        elif mechanism in ("give_up", "drop"):  # (drop: lets go first) goes back to where it started and waits
+            for _ in range(int(rng.integers(3, 7)) if mechanism == "drop" else 0):
+                ro.move_to(env.data.mocap_pos[0].copy(), -1.0)
+            for _ in range(hold + 15):
+                ro.move_to(home, -1.0)
+        elif mechanism == "wrong_place":  # takes what it holds (or pushes) somewhere else and leaves it there
+            obs = ro.obs[-1]
+            away = obs[4:6] - obs[36:38]
+            away = away / max(np.linalg.norm(away), 1e-6)
+            side = np.array([-away[1], away[0]]) * rng.choice([-1.0, 1.0])
+            direction = away + side * rng.uniform(0.0, 1.0)
+            target = ro.hand[-1] + np.append(direction / np.linalg.norm(direction) * rng.uniform(0.1, 0.2), 0.0)
+            grip = expert.commands[f - 1][3]
+            for _ in range(15):
+                ro.move_to(target + ro.rest, grip)
+            for _ in range(hold):
+                ro.move_to(target + ro.rest, -1.0)
+        else:  # wrong_target: reaches for a point that has nothing to do with the task and waits there
+            target = rng.uniform([-0.3, 0.45, 0.05], [0.3, 0.85, 0.25])
+            if np.linalg.norm(target - expert.obs[0][4:7]) < 0.15:
+                continue
+            for _ in range(hold + 20):
+                ro.move_to(target + ro.rest, float(rng.choice([-1.0, 1.0])))
+        if any(ro.success):
+            count("failure_redrawn_succeeded")
+            continue
+        return ro, f
+    return None
+
+
+def achieved(task, obs):
+    """Fraction of the task achieved at the last frame, from the privileged state: how much of the distance from
+    what the task moves (the hand for reach, else the object) to the goal has been covered, 1 - d_T / d_0,
+    clipped to [0, 1). It reads the same 39-d observation for every task: the object-to-goal distance is what
+    Meta-World's success tests threshold, so 1 means done."""
+    d0, dT = progress_distance(task, obs[0]), progress_distance(task, obs[-1])
+    return float(np.clip(1.0 - dT / max(d0, 1e-6), 0.0, 0.999))
+
+
 def play(env, task, rng, length, mechanism):
     """Unlabeled play in one env: the task's policy under heavy action noise, random reaching, or the policy
     of another training task (wrong behaviour in the right scene)."""
@@ -606,6 +674,20 @@ def generate(task, seed, kinds=KINDS, size=128, cameras=("corner",), fps=10, tai
                     out.append(ro.episode(ro.render(cams, {k: v[:m + 1] for k, v in expert_frames.items()}), instruction,
                                           kind=kind, mechanism=str(mechanism), m=m, n=n, T=ro.t + 1, **base,
                                           expert_T=expert.t + 1))
+                elif kind == "failure":
+                    rng = rng_for(4)
+                    r = None
+                    for mechanism in rng.permutation(FAILURES):
+                        r = failure(env, policy, task, expert, s, rng, frames_range(pause), count, str(mechanism))
+                        if r is not None:
+                            break
+                    if r is None:
+                        count("failure_discarded")
+                        continue
+                    ro, f = r
+                    out.append(ro.episode(ro.render(cams, {k: v[:f + 1] for k, v in expert_frames.items()}), instruction,
+                                          kind="failure", mechanism=str(mechanism), f=f, T=ro.t + 1,
+                                          achieved=achieved(task, ro.obs), **base, expert_T=expert.t + 1))
                 else:
                     raise ValueError(f"sim.py: unknown kind {kind!r}")
                 count(f"{kind}_ok")
@@ -620,7 +702,7 @@ def generate(task, seed, kinds=KINDS, size=128, cameras=("corner",), fps=10, tai
 # datasets
 
 ENCODE_TRIES = 3
-ANNOTATION_KEYS = ("kind", "mechanism", "m", "n", "T", "embodiment", "task", "instruction", "seed")
+ANNOTATION_KEYS = ("kind", "mechanism", "m", "n", "f", "achieved", "T", "embodiment", "task", "instruction", "seed")
 
 
 def _generate_job(job):

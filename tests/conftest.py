@@ -8,3 +8,7 @@ os.environ.setdefault("TRITON_INTERPRET", "1")  # Triton kernels run on the CPU 
 import torch  # noqa: E402
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+# Triton must be loaded before MuJoCo first renders (tests/test_sim.py): importing it after Mesa's llvmpipe
+# has loaded its LLVM segfaults in triton/knobs.py, whatever order pytest collects the files in.
+import kernels  # noqa: E402,F401

@@ -51,7 +51,7 @@ def test_retry_past_the_peak_is_scored():
     ("retry", 3, 19, 20, "0 < m < n < T - 1"),
     ("retry", 2, 3, 3, "too short"),
     ("retry", 8, 18, 20, "T - 2x"),
-    ("stall", 2, 3, 20, "expected expert, hesitation or retry"),
+    ("stall", 2, 3, 20, "expected expert, hesitation, retry or failure"),
 ])
 def test_impossible_annotations_rejected(kind, m, n, T, msg):
     with pytest.raises(ValueError, match=msg):

@@ -38,8 +38,12 @@ class Variants:
         self.s = sim.finish(self.expert, self.policy, 5, 400)
         self.task, self.out = task, {}
         for kind, mechanism in mechanisms:
-            fn, x_range = (sim.hesitation, (5, 40)) if kind == "hesitation" else (sim.retry, (5, 30))
             rng = np.random.default_rng([seed, len(self.out)])
+            if kind == "failure":
+                self.out[mechanism] = sim.failure(self.env, self.policy, task, self.expert, self.s, rng, (5, 40),
+                                                  lambda k: None, mechanism)
+                continue
+            fn, x_range = (sim.hesitation, (5, 40)) if kind == "hesitation" else (sim.retry, (5, 30))
             self.out[mechanism] = fn(self.env, self.policy, task, self.expert, self.s, rng, x_range, 5,
                                      lambda k: None, mechanism)
 
@@ -47,7 +51,7 @@ class Variants:
 @pytest.fixture(scope="module")
 def variants():
     return {"pick": Variants(TASK, SEED, [("hesitation", m) for m in sim.PAUSES] + [
-                ("retry", m) for m in ("retrace", "regrasp")]),
+                ("retry", m) for m in ("retrace", "regrasp")] + [("failure", m) for m in sim.FAILURES]),
             "push": Variants("push-v3", SEED, [("retry", m) for m in ("carry", "push")])}
 
 
@@ -97,6 +101,26 @@ def test_retries_move_away_from_goal(variants):
                 assert d[n] >= d[m:n + 1].max() - 0.005 and d[n + 1:].min() < d[n] - 0.005
 
 
+def test_failures_fail(variants):
+    """Every failure mechanism: no success at any frame, the expert's frames up to f, and an achieved fraction in
+    [0, 1) read from the privileged state; a stall keeps what it achieved, giving up or dropping loses some."""
+    v = variants["pick"]
+    E = np.array(v.expert.obs)
+    for mechanism in sim.FAILURES:
+        assert v.out[mechanism] is not None, mechanism
+        ro, f = v.out[mechanism]
+        obs = np.array(ro.obs)
+        np.testing.assert_array_equal(obs[:f + 1], E[:f + 1])
+        assert not any(ro.success) and ro.t > f + 4
+        d = goal_distance(obs)
+        a = sim.achieved(TASK, obs)
+        assert a == pytest.approx(float(np.clip(1 - d[-1] / d[0], 0, 0.999))) and 0 <= a < 1
+        if mechanism == "stall":
+            assert np.linalg.norm(obs[-1, :3] - obs[f + 1, :3]) < 0.002
+        if mechanism == "drop":  # the object ends lower than it was held
+            assert obs[-1, 6] < E[f, 6] - 0.01
+
+
 def test_generate_episodes_and_determinism():
     """generate() on one seed: one episode per kind, annotations that eval.py accepts, the expert's frames reused
     for the shared prefix, Meta-World's success on the last frame, the same result twice."""
@@ -114,13 +138,21 @@ def test_generate_episodes_and_determinism():
         assert a["T"] == T == len(ep["action"]) and ep["task"] == sim.INSTRUCTIONS[TASK]
         check_annotation(a["kind"], a.get("m"), a.get("n"), T)
         if a["kind"] != "expert":
-            assert a["mechanism"] in sim.PAUSES + sim.UNDOS
+            assert a["mechanism"] in sim.PAUSES + sim.UNDOS + sim.FAILURES
+            shared = a["f"] if a["kind"] == "failure" else a["m"]
             for c in ("corner", "corner2"):
-                np.testing.assert_array_equal(ep["frames"][c][:a["m"] + 1], expert["frames"][c][:a["m"] + 1])
-        _, info = env.evaluate_state(ep["observation.state"][-1].astype(np.float64), ep["action"][-1])
-        assert info["success"], a
+                np.testing.assert_array_equal(ep["frames"][c][:shared + 1], expert["frames"][c][:shared + 1])
+        obs = ep["observation.state"].astype(np.float64)
+        success = [env.evaluate_state(o, act)[1]["success"] for o, act in zip(obs, ep["action"])]
+        if a["kind"] == "failure":  # never succeeds; achieved: the covered share of the object-to-goal distance
+            assert not any(success)
+            d = goal_distance(obs)
+            assert a["achieved"] == pytest.approx(np.clip(1 - d[-1] / d[0], 0, 0.999)) and 0 <= a["achieved"] < 1
+        else:
+            assert success[-1], a
     env.close()
     again = sim.generate(TASK, SEED, kinds=("retry",), size=SIZE, fps=FPS, cameras=("corner", "corner2"))
+    assert len(again) == 1
     np.testing.assert_array_equal(again[0]["frames"]["corner2"], eps[2]["frames"]["corner2"])
     assert again[0]["meta"] == eps[2]["meta"]
 
