@@ -388,6 +388,44 @@ def test_missing_instructions_are_named_up_front_with_the_command_that_adds_them
     train_here(dataset, tmp_path / "run", text_cache=str(cache), max_steps=1)
 
 
+def test_run_folder_is_usable_from_any_directory(dataset, tmp_path, monkeypatch):
+    import eval as wvm_eval
+    (tmp_path / "here").mkdir()
+    monkeypatch.chdir(tmp_path / "here")
+    rel = lambda p: os.path.relpath(p, tmp_path / "here")  # noqa: E731
+    train_here(dataset, tmp_path / "run", max_steps=1, data=rel(dataset / "ds"), text_cache=rel(dataset / "text"),
+               out_dir="../run")
+    cfg = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert cfg["data"] == str(dataset / "ds") and cfg["text_cache"] == str(dataset / "text")
+    monkeypatch.chdir(dataset)  # elsewhere
+    scorer = wvm_eval.load_scorer(wvm_eval.parse_args(["--bench", "expert", "--data", "x", "--ckpt", os.path.relpath(tmp_path / "run", dataset)]))
+    assert scorer.size == 32 and scorer.text_cache.path == dataset / "text"
+
+
+def test_bare_model_file_carries_what_scoring_needs(trained, dataset, tmp_path):
+    """A wvm.safetensors copied out of its run folder is still scored at the run's resolution and fps, and only
+    with the run's VAE and text encoder."""
+    import eval as wvm_eval
+    from encode_text import build_cache, tiny_random_encoder
+    for f in ("wvm.safetensors", "vae.safetensors"):
+        shutil.copy(trained / f, tmp_path / f)
+    argv = ["--bench", "expert", "--data", "x", "--ckpt", str(tmp_path / "wvm.safetensors"), "--text_cache",
+            str(dataset / "text")]
+    args_ = wvm_eval.parse_args(argv)
+    scorer = wvm_eval.load_scorer(args_)
+    assert (scorer.size, args_.fps) == (32, 4.0)  # was 256 and 2.0
+    with pytest.raises(SystemExit, match="--resolution 64: the model was trained at 32"):
+        wvm_eval.load_scorer(wvm_eval.parse_args(argv + ["--resolution", "64"]))
+    from wan_vae import VAE_CONFIGS, WanVAE, save_wan_vae
+    torch.manual_seed(5)
+    save_wan_vae(WanVAE(VAE_CONFIGS["tiny"]), str(tmp_path / "other_vae.safetensors"))
+    with pytest.raises(SystemExit, match="is not the VAE the model was trained with"):
+        wvm_eval.load_scorer(wvm_eval.parse_args(argv + ["--vae", str(tmp_path / "other_vae.safetensors")]))
+    tok, enc = tiny_random_encoder(["push the block right"], d_model=32, seed=1)
+    build_cache(["push the block right"], tok, enc, tmp_path / "text", dtype=torch.float32, text_len=16,
+                encoder={"id": "tiny_random:seed1", "flags": "--tiny_random 32"})
+    with pytest.raises(SystemExit, match="not the text encoder the model was trained with"):
+        wvm_eval.load_scorer(wvm_eval.parse_args(argv[:-1] + [str(tmp_path / "text")]))
 
 
 def test_bad_inputs_end_with_their_message_only(dataset, tmp_path):
