@@ -6,7 +6,10 @@
 Each unique instruction is cleaned as Wan cleans prompts, tokenized to 512 tokens (padding /
 truncation, as Wan), encoded, trimmed to its real token count and stored as one [L, 4096] tensor in
 safetensors shards under --out, keyed by the sha256 of the cleaned text. Reruns encode only the
-instructions that are missing, so an interrupted run resumes. Training reads the cache (`TextCache`).
+instructions that are missing, so an interrupted run resumes, and a later run with more datasets adds
+their instructions. Every shard records the encoder that made it (an id and the flags that rebuild it):
+a cache is only ever extended by that encoder, and a model remembers the id it was trained with.
+Training reads the cache (`TextCache`).
 
 --model accepts: a diffusers pipeline folder (text_encoder/ + tokenizer/), a transformers UMT5 folder
 (config.json + weights + tokenizer), or the official Wan2.2 folder (models_t5_umt5-xxl-enc-bf16.pth +
