@@ -7,9 +7,11 @@ training clips of §3.4 with the rewinding and prefix randomization of §5. `wri
 LeRobot v3.0 / v2.1 datasets (tests, the Meta-World generator).
 
 Bad data never stops a run and never trains silently: an episode whose video is missing or
-unreadable, whose video is shorter than its metadata, whose length is zero or too short for a clip,
-or which has no instruction is skipped with one warning line naming it, and each indexing ends
-with a printed summary. Indexing reads only container headers (cheap at scale); a video whose
+unreadable, whose video is shorter than its metadata, whose declared length runs past its span in a
+file it shares with other episodes, whose length is zero or too short for a clip, or which has no
+instruction is skipped with one warning line naming it, each indexing ends with a printed summary,
+and the readers hand the skipped episodes to a caller that reports them (`skipped=`). A dataset that
+cannot be read at all raises DataError naming the file. Indexing reads only container headers (cheap at scale); a video whose
 header looks fine but decodes to fewer frames than the metadata says is caught when decoding
 (`VideoError`), and `ClipDataset` then samples another episode deterministically and counts it.
 """
@@ -57,15 +59,21 @@ class VideoError(RuntimeError):
     """A video that cannot be opened or decodes to fewer frames than its metadata says."""
 
 
+class DataError(ValueError):
+    """A dataset that cannot be read at all (the message names the file and the problem)."""
+
+
 class _Skips:
-    """Counts skipped episodes by reason; one warning line per skipped item."""
+    """Counts skipped episodes by reason; one warning line per skipped item. `items` keeps (id, reason) of
+    each, so a caller can report every skipped episode, not only a count."""
 
     def __init__(self, name):
-        self.name, self.counts = name, Counter()
+        self.name, self.counts, self.items = name, Counter(), []
 
-    def __call__(self, what, reason, detail=""):
+    def __call__(self, what, reason, detail="", id=None):
         log.warning("%s: skipping %s: %s%s", self.name, what, reason, f" ({detail})" if detail else "")
         self.counts[reason] += 1
+        self.items.append((id or str(what), reason + (f" ({detail})" if detail else "")))
 
     def summary(self, kept):
         skipped = sum(self.counts.values())
@@ -106,65 +114,87 @@ def _indexing(items, name):
     return tqdm(items, desc=f"{name}: indexing", unit="episode", leave=False, mininterval=1.0, disable=len(items) < 100)
 
 
-def read_lerobot(root, camera=None, name=None, probe=True):
+def read_lerobot(root, camera=None, name=None, probe=True, skipped=None):
     """LeRobot dataset, v3.0 or v2.1 (from meta/info.json `codebase_version`) -> list[Episode].
 
     camera: video feature key (default: the first video key in info.json), or "all": one Episode per view.
     probe: open each video file's header once to check it exists, opens and covers its episodes.
+    skipped: a list that receives (episode id, reason) of every episode left out.
+    Episode.extra["index_from"] is the dataset-wide `index` of the episode's frame 0 (LeRobot's global frame
+    index, which progress files for LeRobot's trainers are keyed by).
     """
     root = Path(root)
     name = name or root.name
     info_path = root / "meta" / "info.json"
     if not info_path.exists():
-        raise FileNotFoundError(f"{info_path}: not found; is {root} a LeRobot dataset?")
-    info = json.loads(info_path.read_text())
-    version = str(info.get("codebase_version", ""))
+        raise DataError(f"{info_path}: not found; is {root} a LeRobot dataset?")
+    try:
+        info = json.loads(info_path.read_text())
+        version = str(info.get("codebase_version", ""))
+        keys = [k for k, ft in info["features"].items() if ft.get("dtype") == "video"]
+        fps = float(info["fps"])
+        video_path = str(info["video_path"])
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise DataError(f"{info_path}: not a LeRobot info.json ({type(e).__name__}: {e})") from None
     if not (version.startswith("v3.") or version.startswith("v2.")):
-        raise ValueError(f"{info_path}: codebase_version {version!r} is not supported (v2.x, v3.x)")
-    keys = [k for k, ft in info["features"].items() if ft.get("dtype") == "video"]
+        raise DataError(f"{info_path}: codebase_version {version!r} is not supported (v2.x, v3.x)")
     if not keys:
-        raise ValueError(f"{info_path}: the dataset has no video features")
+        raise DataError(f"{info_path}: the dataset has no video features")
     if camera == "all":  # every view is an episode of its own (source name + [camera]): free training data
-        return [e for k in keys for e in read_lerobot(root, k, name if len(keys) == 1 else f"{name}[{k}]", probe)]
+        return [e for k in keys for e in read_lerobot(root, k, name if len(keys) == 1 else f"{name}[{k}]", probe,
+                                                      skipped)]
     camera = camera or keys[0]
     if camera not in keys:
-        raise ValueError(f"{info_path}: no video feature {camera!r}; available: {', '.join(keys)}")
-    fps = float(info["fps"])
+        raise DataError(f"{info_path}: no video feature {camera!r}; available: {', '.join(keys)}")
     skip, eps, probed = _Skips(name), [], {}
 
     if version.startswith("v3."):
         files = sorted((root / "meta" / "episodes").glob("*/*.parquet"))
         if not files:
-            raise FileNotFoundError(f"{root / 'meta' / 'episodes'}: no episode metadata parquet files")
+            raise DataError(f"{root / 'meta' / 'episodes'}: no episode metadata parquet files")
         v = f"videos/{camera}/"
         cols = ["episode_index", "tasks", "length", v + "chunk_index", v + "file_index", v + "from_timestamp",
                 v + "to_timestamp"]
         rows = []
         for f in files:
-            missing = [c for c in cols if c not in pq.read_schema(f).names]
-            if missing:
-                raise ValueError(f"{f}: episode metadata lacks columns {missing}")
-            rows += pq.read_table(f, columns=cols).to_pylist()
+            try:
+                names = pq.read_schema(f).names
+                missing = [c for c in cols if c not in names]
+                if missing:
+                    raise DataError(f"{f}: episode metadata lacks columns {missing}")
+                index_col = ["dataset_from_index"] if "dataset_from_index" in names else []  # older v3 files lack it
+                rows += pq.read_table(f, columns=cols + index_col).to_pylist()
+            except (pa.ArrowException, OSError) as e:
+                raise DataError(f"{f}: unreadable episode metadata ({e})") from None
+        index = 0
         for r in _indexing(rows, name):
-            video = root / info["video_path"].format(video_key=camera, chunk_index=r[v + "chunk_index"],
-                                                     file_index=r[v + "file_index"])
+            index = r.get("dataset_from_index", index)
+            video = root / video_path.format(video_key=camera, chunk_index=r[v + "chunk_index"],
+                                             file_index=r[v + "file_index"])
             _add(eps, skip, probed, probe, name, video, r["episode_index"], r["length"], r["tasks"], fps,
-                 float(r[v + "from_timestamp"]))
+                 float(r[v + "from_timestamp"]), float(r[v + "to_timestamp"]), index)
+            index += r["length"] or 0
     else:
         path = root / "meta" / "episodes.jsonl"
+        if not path.exists():
+            raise DataError(f"{path}: not found (a v2.x LeRobot dataset lists its episodes there)")
         chunks = int(info.get("chunks_size", 1000))
+        index = 0  # v2.1 numbers frames through the episodes in order
         for line_no, line in enumerate(_indexing(path.read_text().splitlines(), name), 1):
             if not line.strip():
                 continue
             try:
                 r = json.loads(line)
                 ep = int(r["episode_index"])
-            except (ValueError, KeyError) as e:
+            except (ValueError, KeyError, TypeError) as e:
                 skip(f"{path}:{line_no}", "bad metadata line", str(e))
                 continue
-            video = root / info["video_path"].format(episode_chunk=ep // chunks, video_key=camera, episode_index=ep)
-            _add(eps, skip, probed, probe, name, video, ep, r.get("length", 0), r.get("tasks"), fps, 0.0)
+            video = root / video_path.format(episode_chunk=ep // chunks, video_key=camera, episode_index=ep)
+            _add(eps, skip, probed, probe, name, video, ep, r.get("length", 0), r.get("tasks"), fps, 0.0, None, index)
+            index += r.get("length") or 0
     skip.summary(len(eps))
+    if skipped is not None:
+        skipped += skip.items
     return eps
 
 
@@ -178,28 +208,34 @@ def _probe_once(probed, video):
     return probed[video]
 
 
-def _add(eps, skip, probed, probe, name, video, ep_index, length, tasks, fps, start):
-    """Check one LeRobot episode and append it to eps, or skip it with a reason."""
-    what = f"episode {ep_index} ({video})"
+def _add(eps, skip, probed, probe, name, video, ep_index, length, tasks, fps, start, end, index_from):
+    """Check one LeRobot episode and append it to eps, or skip it with a reason. end: the end of the
+    episode's span in a v3.0 file that packs several episodes (None: the episode has the file to itself)."""
+    what, id = f"episode {ep_index} ({video})", f"{name}/{ep_index}"
     tasks = [t for t in (tasks or []) if isinstance(t, str) and t.strip()]
     if not length or length <= 0:
-        return skip(what, "zero length")
+        return skip(what, "zero length", id=id)
     if not tasks:
-        return skip(what, "no instruction")
+        return skip(what, "no instruction", id=id)
+    if end is not None and start + length / fps > end + 0.5 / fps:  # past the span: the next episode's frames
+        return skip(what, "length runs past its video span",
+                    f"{length} frames at {fps:g} fps from {start:.3f}s end after the span's end at {end:.3f}s", id=id)
     if not video.exists():
-        return skip(what, "missing video")
+        return skip(what, "missing video", id=id)
     if probe:
         p = _probe_once(probed, video)
         if isinstance(p, VideoError):
-            return skip(what, "unreadable video", str(p))
+            return skip(what, "unreadable video", str(p), id=id)
         if start + length / fps > p[3] + 0.5 / fps:
             have = max(0, int(round((p[3] - start) * fps)))
-            return skip(what, "video shorter than metadata", f"{have} frames in the video, {length} in the metadata")
+            return skip(what, "video shorter than metadata", f"{have} frames in the video, {length} in the metadata",
+                        id=id)
+    extra = {"index_from": int(index_from)} | ({"tasks": tasks} if len(tasks) > 1 else {})
     eps.append(Episode(name, str(video), start, start + length / fps, fps, int(length), tasks[0].strip(),
-                       int(ep_index), {"tasks": tasks} if len(tasks) > 1 else {}))
+                       int(ep_index), extra))
 
 
-def read_egodex(root, name=None):
+def read_egodex(root, name=None, skipped=None):
     """EgoDex: `<part>/<task>/N.mp4` with `N.hdf5` whose attributes hold the description -> list[Episode].
 
     The instruction is `llm_description` (or `llm_description2` where `which_llm_description` is 2),
@@ -236,6 +272,8 @@ def read_egodex(root, name=None):
         eps.append(Episode(name, str(mp4), t0, t0 + n / fps, fps, n, text, len(eps),
                            {"path": str(rel), "task": mp4.parent.name, "hdf5": str(h5)}))
     skip.summary(len(eps))
+    if skipped is not None:
+        skipped += skip.items
     return eps
 
 
@@ -251,7 +289,7 @@ def _egodex_text(attrs):
 MANIFEST_KEYS = ("video", "instruction", "fps", "start", "end")
 
 
-def read_manifest(path, name=None):
+def read_manifest(path, name=None, skipped=None):
     """JSONL manifest -> list[Episode]. One line per episode:
     {"video": path (relative to the manifest), "instruction": str, "fps": native fps (optional, default:
     the video's), "start"/"end": seconds (optional, default: the whole video), ...}; every other field
@@ -293,20 +331,23 @@ def read_manifest(path, name=None):
         extra = {k: v for k, v in r.items() if k not in MANIFEST_KEYS}
         eps.append(Episode(name, str(video), t0, t0 + T / fps, fps, T, text.strip(), len(eps), extra))
     skip.summary(len(eps))
+    if skipped is not None:
+        skipped += skip.items
     return eps
 
 
-def read_dataset(path, camera=None, name=None):
+def read_dataset(path, camera=None, name=None, skipped=None):
     """Any supported source by its layout: a .jsonl manifest, a LeRobot root (meta/info.json), or an
-    EgoDex root (mp4 + hdf5 pairs) -> list[Episode]."""
+    EgoDex root (mp4 + hdf5 pairs) -> list[Episode]. skipped: a list that receives (id, reason) of every
+    episode left out while indexing."""
     path = Path(path)
     if path.is_file() and path.suffix == ".jsonl":
-        return read_manifest(path, name)
+        return read_manifest(path, name, skipped)
     if (path / "meta" / "info.json").exists():
-        return read_lerobot(path, camera, name)
+        return read_lerobot(path, camera, name, skipped=skipped)
     if path.is_dir() and next(path.rglob("*.hdf5"), None) is not None:
-        return read_egodex(path, name)
-    raise ValueError(f"{path}: not a dataset: expected a .jsonl manifest, a LeRobot root (meta/info.json) "
+        return read_egodex(path, name, skipped)
+    raise DataError(f"{path}: not a dataset: expected a .jsonl manifest, a LeRobot root (meta/info.json) "
                      f"or an EgoDex root (<part>/<task>/N.mp4 + N.hdf5)")
 
 
@@ -502,7 +543,7 @@ class ClipDataset(torch.utils.data.Dataset):
             if keep and src.weight > 0:
                 self.sources.append(Source(keep, src.weight, tfps, name))
         if not self.sources:
-            raise ValueError("ClipDataset: no usable episodes in any source")
+            raise DataError("ClipDataset: no usable episodes in any source (see the skipped episodes above)")
         w = np.array([s.weight for s in self.sources], dtype=np.float64)
         self.cum = np.cumsum(w / w.sum())
         self.length = length or sum(len(s.episodes) for s in self.sources)

@@ -6,7 +6,10 @@
 Each unique instruction is cleaned as Wan cleans prompts, tokenized to 512 tokens (padding /
 truncation, as Wan), encoded, trimmed to its real token count and stored as one [L, 4096] tensor in
 safetensors shards under --out, keyed by the sha256 of the cleaned text. Reruns encode only the
-instructions that are missing, so an interrupted run resumes. Training reads the cache (`TextCache`).
+instructions that are missing, so an interrupted run resumes, and a later run with more datasets adds
+their instructions. Every shard records the encoder that made it (an id and the flags that rebuild it):
+a cache is only ever extended by that encoder, and a model remembers the id it was trained with.
+Training reads the cache (`TextCache`).
 
 --model accepts: a diffusers pipeline folder (text_encoder/ + tokenizer/), a transformers UMT5 folder
 (config.json + weights + tokenizer), or the official Wan2.2 folder (models_t5_umt5-xxl-enc-bf16.pth +
@@ -16,7 +19,9 @@ import argparse
 import hashlib
 import html
 import json
+import os
 import re
+import zlib
 from pathlib import Path
 
 import torch
@@ -41,23 +46,40 @@ def text_key(text):
     return hashlib.sha256(clean_text(text).encode("utf-8")).hexdigest()
 
 
-class MissingText(KeyError):
+class TextCacheError(ValueError):
+    """A text cache that is missing, unreadable, or lacks instructions; the message names it."""
+
+
+class MissingText(TextCacheError, KeyError):
     def __str__(self):  # KeyError would print the repr of the message
         return self.args[0]
 
 
 class TextCache:
-    """Read side of the cache: a .safetensors file or a folder of them. get(text) -> float32 [L, D]."""
+    """Read side of the cache: a .safetensors file or a folder of them. get(text) -> float32 [L, D].
+
+    `encoder` is what encode_text.py recorded about the encoder that made the cache ({"id", "flags"}),
+    or None for caches written without it: a model remembers the id it was trained with."""
 
     def __init__(self, path):
         self.path = Path(path)
         files = sorted(self.path.glob("*.safetensors")) if self.path.is_dir() else [self.path]
         if not files or not files[0].exists():
-            raise FileNotFoundError(f"{self.path}: no text cache (*.safetensors); run encode_text.py first")
-        self.where, self.handles = {}, {}
+            raise TextCacheError(f"{self.path}: no text cache (*.safetensors); run encode_text.py first")
+        self.where, self.handles, encoders = {}, {}, {}
         for f in files:
-            with safe_open(f, "pt") as h:
-                self.where.update(dict.fromkeys(h.keys(), f))
+            try:
+                with safe_open(f, "pt") as h:
+                    self.where.update(dict.fromkeys(h.keys(), f))
+                    found = (h.metadata() or {}).get("encoder")
+                    encoders[f] = json.loads(found) if found else None
+            except Exception as e:  # truncated, not safetensors, bad metadata
+                raise TextCacheError(f"{f}: unreadable text cache shard ({e}); delete it and rerun "
+                                     f"encode_text.py") from None
+        if len({encoder_id(e) for e in encoders.values()}) > 1:
+            raise TextCacheError(f"{self.path}: shards made by different encoders: "
+                                 + "; ".join(f"{f.name}: {describe(e)}" for f, e in encoders.items()))
+        self.encoder = next(iter(encoders.values()))
 
     def __len__(self):
         return len(self.where)
@@ -74,6 +96,24 @@ class TextCache:
         if f not in self.handles:  # opened lazily, so each DataLoader worker opens its own
             self.handles[f] = safe_open(f, "pt")
         return self.handles[f].get_tensor(key).float()
+
+    def require(self, texts, datasets):
+        """Raise MissingText naming every text not in the cache and the command that adds them."""
+        missing = sorted({clean_text(t) for t in texts if t not in self})
+        if missing:
+            shown = ", ".join(repr(t) for t in missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+            raise MissingText(f"{self.path}: no embedding for {len(missing)} instruction(s): {shown}; add them with: "
+                              f"{add_command(self, datasets)}")
+
+
+def add_command(cache, datasets):
+    """The encode_text.py command that adds the instructions of `datasets` to `cache` with its own encoder."""
+    flags = cache.encoder["flags"] if cache.encoder else "--model UMT5_FOLDER (or --tiny_random DIM) --text_len N"
+    kinds = []
+    for d in datasets:
+        kind = "--manifest" if str(d).endswith(".jsonl") else "--lerobot" if (Path(d) / "meta").is_dir() else "--egodex"
+        kinds.append(f"{kind} {d}")
+    return f"python encode_text.py {flags} --out {cache.path} " + " ".join(kinds)
 
 
 # ----------------------------------------------------------------------------- encoder
@@ -128,7 +168,8 @@ def load_encoder(path, dtype=torch.bfloat16, device="cpu", config=None):
         model = UMT5EncoderModel.from_pretrained(model_dir, dtype=dtype, local_files_only=True)
     else:
         model = UMT5EncoderModel(config or umt5_xxl_config())
-        sd = wan_t5_to_hf(torch.load(pths[0], map_location="cpu", weights_only=True))
+        from model import load_pth
+        sd = wan_t5_to_hf(load_pth(pths[0]))
         missing, unexpected = model.load_state_dict(sd, strict=False)
         if missing or unexpected:
             raise KeyError(f"{pths[0]}: missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")
@@ -136,21 +177,26 @@ def load_encoder(path, dtype=torch.bfloat16, device="cpu", config=None):
     return tokenizer, model.to(device).eval()
 
 
+TINY_VOCAB = 2 ** 15  # hashed word ids of the tiny random encoder
+
+
 def tiny_random_encoder(texts, d_model, seed=0):
     """(tokenizer, UMT5EncoderModel) for demos and tests where no umT5 weights exist: a word-level tokenizer
-    over the words of `texts` (in order of first appearance) and a small randomly initialized encoder.
-    Its embeddings carry no language knowledge, only which words an instruction has."""
+    for the words of `texts` and a small encoder with seeded random weights. A word's token is a hash of the
+    word alone (3 + crc32 mod TINY_VOCAB), so an instruction gets the same features whichever other texts
+    are encoded with it, and a cache can grow. The features carry no language knowledge, only which words
+    an instruction has."""
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
 
-    words = dict.fromkeys(w for t in texts for w in clean_text(t).split())
-    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{w: i + 3 for i, w in enumerate(words)}}
+    words = {w for t in texts for w in clean_text(t).split()}
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{w: 3 + zlib.crc32(w.encode()) % TINY_VOCAB for w in words}}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
     torch.manual_seed(seed)
-    cfg = UMT5Config(vocab_size=len(vocab), d_model=d_model, d_kv=max(4, d_model // 4), d_ff=2 * d_model, num_layers=2,
+    cfg = UMT5Config(vocab_size=3 + TINY_VOCAB, d_model=d_model, d_kv=max(4, d_model // 4), d_ff=2 * d_model, num_layers=2,
                      num_heads=4, feed_forward_proj="gated-gelu", dropout_rate=0.0)
     return tokenizer, UMT5EncoderModel(cfg).eval()
 
@@ -166,12 +212,22 @@ def encode(texts, tokenizer, model, text_len=TEXT_LEN):
     return [h[:n].cpu() for h, n in zip(hidden, mask.sum(1).tolist())]
 
 
-def build_cache(texts, tokenizer, model, out, batch_size=8, shard_size=2000, dtype=torch.bfloat16, text_len=TEXT_LEN):
-    """Encode the texts not yet in `out` (a folder) into new shards; returns the number encoded."""
+def build_cache(texts, tokenizer, model, out, batch_size=8, shard_size=2000, dtype=torch.bfloat16, text_len=TEXT_LEN,
+                encoder=None):
+    """Encode the texts not yet in `out` (a folder) into new shards; returns the number encoded.
+
+    encoder: {"id": what determines the features, "flags": the encode_text.py flags that rebuild the encoder},
+    recorded in every shard; a cache made by another encoder is never extended (its features would mix)."""
     from tqdm import tqdm
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    have = set(TextCache(out).where) if any(out.glob("*.safetensors")) else set()
+    have = set()
+    if any(out.glob("*.safetensors")):
+        cache = TextCache(out)
+        if encoder_id(cache.encoder) != encoder_id(encoder):
+            raise TextCacheError(f"{out}: made by {describe(cache.encoder)}, not {describe(encoder)}; "
+                                 f"mixing them would give instructions incomparable features: use another --out")
+        have = set(cache.where)
     todo = {}
     for t in texts:
         if isinstance(t, str) and t.strip() and text_key(t) not in have:
@@ -186,12 +242,34 @@ def build_cache(texts, tokenizer, model, out, batch_size=8, shard_size=2000, dty
         while (out / f"text-{shard:05d}.safetensors").exists():
             shard += 1
         # written whole, after encoding, so an interrupted run never leaves a half shard
-        save_file(tensors, out / f"text-{shard:05d}.safetensors", metadata={"texts": json.dumps({k: todo[k] for k in part})})
+        meta = {"texts": json.dumps({k: todo[k] for k in part}), **({"encoder": json.dumps(encoder)} if encoder else {})}
+        save_file(tensors, out / f"text-{shard:05d}.safetensors", metadata=meta)
     return len(keys)
+
+
+def encoder_id(encoder):
+    return encoder["id"] if encoder else None
+
+
+def describe(encoder):
+    return f"`{encoder['flags']}`" if encoder else "an unrecorded encoder (an older encode_text.py)"
+
+
+def encoder_record(a, model):
+    """The id and flags build_cache records: the tiny encoder is fixed by its width, seed and hashing; a umT5
+    by a digest of its config and embedding table. Dtype and text_len change the features too."""
+    if a.tiny_random:
+        ident, flags = f"tiny_random-crc32-{TINY_VOCAB}:{a.tiny_random}:seed0", f"--tiny_random {a.tiny_random}"
+    else:
+        h = hashlib.sha1(model.config.to_json_string().encode())
+        h.update(model.get_input_embeddings().weight[:64].float().cpu().numpy().tobytes())
+        ident, flags = f"umt5:{h.hexdigest()[:12]}", f"--model {os.path.abspath(a.model)}"
+    return {"id": f"{ident}:{a.dtype}:len{a.text_len}", "flags": f"{flags} --text_len {a.text_len} --dtype {a.dtype}"}
 
 
 def main():
     import data
+    from model import CheckpointError
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", help="local folder with the umT5-XXL encoder and tokenizer")
     p.add_argument("--tiny_random", type=int, metavar="DIM",
@@ -207,19 +285,23 @@ def main():
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--shard-size", type=int, default=2000)
     a = p.parse_args()
-    texts = [line for f in a.texts for line in Path(f).read_text().splitlines()]
-    for root in a.lerobot:
-        texts += [t for e in data.read_lerobot(root, probe=False) for t in e.extra.get("tasks", [e.instruction])]
-    texts += [e.instruction for r in a.egodex for e in data.read_egodex(r)]
-    texts += [e.instruction for m in a.manifest for e in data.read_manifest(m)]
-    dtype = getattr(torch, a.dtype)
-    if a.tiny_random:
-        tokenizer, model = tiny_random_encoder(texts, a.tiny_random)
-    elif a.model:
-        tokenizer, model = load_encoder(a.model, dtype=dtype, device=a.device)
-    else:
+    if not (a.model or a.tiny_random):
         p.error("give --model (a local umT5 folder) or --tiny_random DIM")
-    n = build_cache(texts, tokenizer, model, a.out, a.batch_size, a.shard_size, dtype, a.text_len)
+    try:
+        texts = [line for f in a.texts for line in Path(f).read_text().splitlines()]
+        for root in a.lerobot:
+            texts += [t for e in data.read_lerobot(root, probe=False) for t in e.extra.get("tasks", [e.instruction])]
+        texts += [e.instruction for r in a.egodex for e in data.read_egodex(r)]
+        texts += [e.instruction for m in a.manifest for e in data.read_manifest(m)]
+        dtype = getattr(torch, a.dtype)
+        if a.tiny_random:
+            tokenizer, model = tiny_random_encoder(texts, a.tiny_random)
+        else:
+            tokenizer, model = load_encoder(a.model, dtype=dtype, device=a.device)
+        n = build_cache(texts, tokenizer, model, a.out, a.batch_size, a.shard_size, dtype, a.text_len,
+                        encoder_record(a, model))
+    except (TextCacheError, data.DataError, CheckpointError, OSError) as e:
+        raise SystemExit(str(e)) from None
     print(f"{a.out}: encoded {n} new instructions; {len(TextCache(a.out))} in the cache")
 
 

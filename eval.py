@@ -6,15 +6,25 @@ whole-trajectory scoring, plots, and the per-frame values / weights export for p
     python eval.py --bench expert --data data/metaworld/heldout_seen --ckpt runs/demo --json out.json --plots plots/
     python eval.py --score /data/my_lerobot_dataset --out scores/ --ckpt runs/demo --chunk 10
 
---ckpt is a train.py run folder (wvm.safetensors + config.json: VAE, text cache, fps, resolution) or
-a wvm.safetensors file with --vae and --text_cache. Every table has the `time` (t / (T - 1)) and
-`constant` (0.5) baselines as reference rows.
+--ckpt is a train.py run folder (wvm.safetensors + config.json naming the VAE and text cache) or a
+wvm.safetensors file (with --vae and --text_cache where no config.json lies beside it). The model file
+records the resolution and fps it was trained at and the ids of its VAE and text encoder: scoring uses
+them and refuses a VAE or text cache other than the training one. Every table has the `time`
+(t / (T - 1)) and `constant` (0.5) baselines as reference rows.
+
+--score writes values.parquet (per-frame progress, Δ, Filtered-BC keep flag, AWR weight),
+sarm_progress.parquet (the progress file LeRobot's RA-BC weighting reads: point its rabc_progress_path
+at it) and values.json (settings, skipped episodes, and the sha256 of both tables, written last), and with
+--overlay N a video per episode for the first N: its frames over the value curve and the current value.
 """
 import argparse
+import contextlib
+import hashlib
 import json
 import math
 import os
 import sys
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -164,6 +174,8 @@ class WVMScorer:
     name = "wvm"
 
     def __init__(self, model, vae, text_cache, size, stride=1, samples=1, steps=1, batch=16, device="cpu", seed=0):
+        """The noise of a trajectory is drawn from its own generator, seeded by (seed, episode id), so its
+        values do not depend on which trajectories share its batch."""
         self.model, self.vae, self.text_cache = model.eval(), vae.eval(), text_cache
         self.size, self.stride, self.samples, self.steps, self.batch = size, stride, samples, steps, batch
         self.device, self.seed, self.h = torch.device(device), seed, model.chunk
@@ -178,7 +190,6 @@ class WVMScorer:
         out = []
         bar = tqdm(total=sum(len(window_ends(len(t.index), self.h, self.stride)) for t in trajs),
                    desc="windows", disable=not progress, dynamic_ncols=True)
-        g = torch.Generator(device=self.device).manual_seed(self.seed)
         for b0 in range(0, len(trajs), self.batch):
             group, frames = [], []
             for t in trajs[b0:b0 + self.batch]:
@@ -188,13 +199,15 @@ class WVMScorer:
                 except VideoError as e:
                     print(f"skipped: episode {t.episode.id}: {e}", file=sys.stderr)
                     bar.update(len(window_ends(len(t.index), self.h, self.stride)))
-            results = dict(zip(map(id, group), self.score_decoded(group, frames, g, bar)))
+            results = dict(zip(map(id, group), self.score_decoded(group, frames, bar)))
             out += [results.get(id(t)) for t in trajs[b0:b0 + self.batch]]
         bar.close()
         return out
 
-    def score_decoded(self, group, frames, g, bar):
+    def score_decoded(self, group, frames, bar):
         ctx = [self.text_cache.get(t.episode.instruction) for t in group]
+        gens = [torch.Generator(device=self.device).manual_seed(zlib.crc32(f"{self.seed}:{t.episode.id}".encode()))
+                for t in group]
         ends = [window_ends(len(t.index), self.h, self.stride) for t in group]
         sums, spread, counts = ([np.zeros(len(t.index)) for t in group] for _ in range(3))
         for k in range(max((len(e) for e in ends), default=0)):
@@ -208,8 +221,8 @@ class WVMScorer:
             lat = self.vae.encode(torch.stack(clips).to(self.device))[:, :, 1:]  # the current latent
             L = max(ctx[i].shape[0] for i in live)
             context = torch.stack([torch.nn.functional.pad(ctx[i], (0, 0, 0, L - ctx[i].shape[0])) for i in live])
-            vals = self.model.predict_values(lat.float(), context.to(self.device), torch.tensor(prefix),
-                                             steps=self.steps, samples=self.samples, generator=g).cpu().numpy()
+            vals = self.model.predict_values(lat.float(), context.to(self.device), torch.tensor(prefix), steps=self.steps,
+                                             samples=self.samples, generator=[gens[i] for i in live]).cpu().numpy()
             for j, i in enumerate(live):
                 sl = slice(ends[i][k] - self.h + 1, ends[i][k] + 1)
                 sums[i][sl] += np.clip(vals[j], 0, 1).mean(0)
@@ -220,28 +233,72 @@ class WVMScorer:
 
 
 def load_scorer(args):
-    """WVMScorer from a train.py run folder or a wvm.safetensors file (+ --vae, --text_cache)."""
-    from encode_text import TextCache
-    from model import load_wvm
-    from wan_vae import load_wan_vae
+    """WVMScorer from a train.py run folder or a wvm.safetensors file; sets args.fps to the run's if unset.
 
-    run = {}
+    The model file's own record of its training (resolution, fps, VAE and text-encoder ids) decides how
+    frames are fed; an older file without it falls back on the run's config.json. A config.json beside
+    the model names the VAE and text cache (paths absolute, or relative to the run folder)."""
+    from encode_text import TextCache, describe, encoder_id
+    from model import load_wvm
+    from wan_vae import load_wan_vae, vae_fingerprint
+
     path = args.ckpt
+    run_dir = path if os.path.isdir(path) else os.path.dirname(path) or "."
     if os.path.isdir(path):
-        with open(os.path.join(path, "config.json")) as f:
-            run = json.load(f)
         path = os.path.join(path, "wvm.safetensors")
+    run = read_run_config(run_dir)
     model = load_wvm(path, device=args.device)
-    vae_path = args.vae or run.get("vae") or os.path.join(os.path.dirname(path), "vae.safetensors")
+    trained = {k: run.get(k) for k in ("resolution", "fps")} | model.run
+    if args.resolution and trained.get("resolution") and args.resolution != trained["resolution"]:
+        raise SystemExit(f"--resolution {args.resolution}: the model was trained at {trained['resolution']} ({path})")
+    size = args.resolution or trained.get("resolution")
+    if not size:
+        raise SystemExit(f"{path}: records no training resolution (an older checkpoint); pass --resolution")
+    if args.fps is None:
+        if not trained.get("fps"):
+            raise SystemExit(f"{path}: records no training fps (an older checkpoint); pass --fps")
+        args.fps = trained["fps"]
+    if args.stride > model.chunk:
+        raise SystemExit(f"--stride {args.stride}: at most the value chunk h = {model.chunk}, so every prefix frame "
+                         f"is scored before it is used")
+    vae_path = args.vae or in_run(run_dir, run.get("vae")) or os.path.join(run_dir, "vae.safetensors")
     if not os.path.exists(vae_path):
         raise SystemExit(f"{vae_path}: no VAE; pass --vae")
     vae = load_wan_vae(vae_path, device=args.device)  # a demo run saves its random VAE as vae.safetensors
-    text = TextCache(args.text_cache or run.get("text_cache"))
-    size = args.resolution or run.get("resolution", 256)
-    if args.fps is None and run.get("fps"):
-        args.fps = run["fps"]
+    if trained.get("vae") and vae_fingerprint(vae) != trained["vae"]:
+        raise SystemExit(f"{vae_path}: is not the VAE the model was trained with (id {vae_fingerprint(vae)}; "
+                         f"{path} records {trained['vae']})")
+    text_path = args.text_cache or in_run(run_dir, run.get("text_cache"))
+    if not text_path:
+        raise SystemExit(f"{path}: no config.json beside it names the text cache; pass --text_cache")
+    text = TextCache(text_path)
+    if trained.get("text_encoder") and encoder_id(text.encoder) != trained["text_encoder"]:
+        raise SystemExit(f"{text_path}: made by {describe(text.encoder)}, not the text encoder the model was trained "
+                         f"with (id {trained['text_encoder']})")
     return WVMScorer(model, vae, text, size, stride=args.stride, samples=args.samples, steps=args.steps,
                      batch=args.batch, device=args.device, seed=args.seed)
+
+
+def read_run_config(run_dir):
+    """A run folder's config.json, or {} where there is none."""
+    path = os.path.join(run_dir, "config.json")
+    if not os.path.exists(path):
+        return {}
+    try:
+        with open(path) as f:
+            run = json.load(f)
+    except (ValueError, OSError) as e:
+        raise SystemExit(f"{path}: unreadable run config ({e})") from None
+    if not isinstance(run, dict):
+        raise SystemExit(f"{path}: a run config is a JSON object, not {type(run).__name__}")
+    return run
+
+
+def in_run(run_dir, p):
+    """A path from a run's config.json: absolute, relative to the run folder, or (older runs) to where it ran."""
+    if not p or os.path.isabs(p):
+        return p or None
+    return next((q for q in (os.path.join(run_dir, p), p) if os.path.exists(q)), os.path.join(run_dir, p))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -250,22 +307,28 @@ def load_scorer(args):
 def load_annotated(path, fps, camera=None, min_frames=4):
     """Episodes of a LeRobot dataset (+ its annotations.jsonl) or a manifest, with their annotation.
 
-    Returns (items, problems): items are (Trajectory, annotation dict); problems are messages for
-    annotations that are unusable (reported and counted by the caller, never silently dropped)."""
+    Returns (items, problems): items are (Trajectory, annotation dict); problems are messages for every
+    episode left out (while indexing, unannotated where an annotations file exists, unusable annotation)
+    and every annotation of an episode the dataset lacks: reported and counted, never silently dropped.
+    Without an annotations file (and without a manifest's `kind`), every episode is an expert."""
     from data import read_dataset, resample
 
-    episodes = read_dataset(path, camera=camera)
+    skipped = []
+    episodes = read_dataset(path, camera=camera, skipped=skipped)
+    problems = [f"episode {id}: {reason}" for id, reason in skipped]
     ann_file = os.path.join(path, "annotations.jsonl") if os.path.isdir(path) else None
-    by_episode = {}
-    if ann_file and os.path.exists(ann_file):
-        with open(ann_file) as f:
-            for line in f:
-                if line.strip():
-                    a = json.loads(line)
-                    by_episode[int(a["episode_index"] if "episode_index" in a else a["episode"])] = a
-    items, problems = [], []
+    annotations = read_annotations(ann_file) if ann_file and os.path.exists(ann_file) else None
+    if annotations is None and not any("kind" in ep.extra for ep in episodes):
+        print(f"{path}: no annotations.jsonl; every episode counts as an expert", file=sys.stderr)
+    items = []
     for ep in episodes:
-        a = by_episode.get(ep.episode_index, ep.extra if "kind" in ep.extra else {"kind": "expert", "T": ep.T})
+        if annotations is not None:
+            if ep.episode_index not in annotations:
+                problems.append(f"episode {ep.id}: no line in {ann_file}")
+                continue
+            a = annotations[ep.episode_index][1]
+        else:
+            a = ep.extra if "kind" in ep.extra else {"kind": "expert", "T": ep.T}
         try:
             T = int(a.get("T", ep.T))
             if T != ep.T:
@@ -278,7 +341,40 @@ def load_annotated(path, fps, camera=None, min_frames=4):
             problems.append(f"episode {ep.id}: {e}")
             continue
         items.append((Trajectory(ep, index), a))
+    present = {ep.episode_index for ep in episodes} | {int(i.rsplit("/", 1)[1]) for i, _ in skipped
+                                                       if i.rsplit("/", 1)[-1].isdigit()}
+    for e, (line, _) in sorted((annotations or {}).items()):
+        if e not in present:
+            problems.append(f"{ann_file}:{line}: an annotation of episode {e}, which the dataset does not have")
     return items, problems
+
+
+def read_annotations(path):
+    """annotations.jsonl -> {episode index: (line number, annotation)}; LeRobot's `episode_index` or `episode`
+    names the episode. A line that is not an annotation stops with its file and line named."""
+    from data import DataError
+
+    out = {}
+    with open(path) as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                a = json.loads(line.strip())
+            except ValueError as e:
+                raise DataError(f"{path}:{n}: not JSON ({e.msg} at column {e.colno})") from None
+            try:
+                if not isinstance(a, dict):
+                    raise ValueError(f"a JSON {type(a).__name__}, not an object")
+                key = a.get("episode_index", a.get("episode"))
+                if type(key) is not int:
+                    raise ValueError(f"no integer episode_index (or episode): {key!r}")
+            except ValueError as e:
+                raise DataError(f"{path}:{n}: not an annotation ({e})") from None
+            if key in out:
+                raise DataError(f"{path}:{n}: a second annotation of episode {key} (the first is on line {out[key][0]})")
+            out[key] = (n, a)
+    return out
 
 
 def run_bench(kind, items, scorers, per_task=False):
@@ -380,62 +476,152 @@ def plot_results(results, items, plots_dir, size=64):
 # ----------------------------------------------------------------------------------------------
 # data weighting export
 
-def export_scores(path, scorer, out_dir, fps, H=10, kappa=0.0, keep_top=None, tau=10.0, delta_max=2.0, camera=None):
+def export_scores(path, scorer, out_dir, fps, H=10, kappa=0.0, keep_top=None, tau=10.0, delta_max=2.0, camera=None,
+                  overlay=0):
     """Per-frame progress of every episode of a dataset at its native fps (interpolated from the
     benchmark fps) and, for action chunks of length H, Δ, the Filtered-BC keep flag and the AWR weight,
-    written to out_dir/values.parquet keyed by (episode_index, frame_index)."""
+    written to out_dir/values.parquet keyed by (episode_index, frame_index); the same progress as LeRobot's
+    RA-BC progress file (sarm_progress.parquet); values.json; and `overlay` progress videos.
+
+    The tables are written under temporary names, then renamed, values.json (which records each table's
+    sha256) last: an interrupted export leaves the previous files whole, never a truncated one."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from data import read_dataset, resample
+    from data import DataError, read_dataset, resample
 
-    trajs = [Trajectory(ep, resample(ep.T, ep.fps, fps)) for ep in read_dataset(path, camera=camera)]
-    short = [t.episode.id for t in trajs if len(t.index) < scorer.h]
+    found = []
+    episodes = read_dataset(path, camera=camera, skipped=found)
+    skipped = [f"{id}: {reason}" for id, reason in found]
+    trajs = [Trajectory(ep, resample(ep.T, ep.fps, fps)) for ep in episodes]
+    skipped += [f"{t.episode.id}: {len(t.index)} frames at {fps:g} fps, fewer than one window of {scorer.h}"
+                for t in trajs if len(t.index) < scorer.h]
     trajs = [t for t in trajs if len(t.index) >= scorer.h]
+    if not trajs:
+        raise DataError(f"{path}: no episode to score ({len(skipped)} skipped)")
+    scorer.text_cache.require([t.episode.instruction for t in trajs], [path])
     preds = scorer.score(trajs)
-    cols = {k: [] for k in ("episode_index", "frame_index", "progress", "spread", "delta")}
-    skipped = short + [t.episode.id for t, p in zip(trajs, preds) if p is None]
-    for traj, pred in zip(trajs, preds):
-        if pred is None:
-            continue
-        v, s = pred
+    skipped += [f"{t.episode.id}: video could not be decoded" for t, p in zip(trajs, preds) if p is None]
+    scored = [(t, p) for t, p in zip(trajs, preds) if p is not None]
+    if not scored:
+        raise DataError(f"{path}: no episode could be scored ({len(skipped)} skipped)")
+    cols = {k: [] for k in ("episode_index", "frame_index", "progress", "spread", "delta", "index")}
+    for traj, (v, s) in scored:
         T = traj.episode.T
         native = np.interp(np.arange(T), traj.index, v)
+        # LeRobot's dataset-wide frame index, which its RA-BC weighting looks frames up by (else a running count)
+        start = traj.episode.extra.get("index_from", cols["index"][-1][-1] + 1 if cols["index"] else 0)
+        cols["index"].append(start + np.arange(T, dtype=np.int64))
         cols["episode_index"].append(np.full(T, traj.episode.episode_index, dtype=np.int64))
         cols["frame_index"].append(np.arange(T, dtype=np.int64))
         cols["progress"].append(native)
         cols["spread"].append(np.interp(np.arange(T), traj.index, s))
         cols["delta"].append(chunk_delta(native, H))
     cols = {k: np.concatenate(v) for k, v in cols.items()}
+    index = cols.pop("index")
     threshold = float(np.quantile(cols["delta"], 1 - keep_top)) if keep_top else kappa
     cols["keep"] = cols["delta"] >= threshold
     cols["awr_weight"] = awr_weight(cols["delta"], tau, delta_max)
+    # LeRobot's progress-file layout: int64 index, episode_index, frame_index, float32 progress_<head>, rows by
+    # index. WVM has one value head; both head names carry it, so either rabc_head_mode reads it.
+    order = np.argsort(index, kind="stable")
+    progress = cols["progress"][order].astype(np.float32)
+    sarm = pa.table({"index": index[order], "episode_index": cols["episode_index"][order],
+                     "frame_index": cols["frame_index"][order], "progress_sparse": progress, "progress_dense": progress})
+    tables = {"values.parquet": pa.table(cols), "sarm_progress.parquet": sarm}
     os.makedirs(out_dir, exist_ok=True)
-    pq.write_table(pa.table(cols), os.path.join(out_dir, "values.parquet"))
+    digests = {}
+    for name, table in tables.items():
+        pq.write_table(table, os.path.join(out_dir, name + ".tmp"))
+        with open(os.path.join(out_dir, name + ".tmp"), "rb") as f:
+            digests[name] = hashlib.sha256(f.read()).hexdigest()
     meta = {"dataset": os.path.abspath(path), "scorer": scorer.name, "benchmark_fps": fps, "chunk_length": H,
             "kappa": threshold, "keep_top": keep_top, "tau": tau, "delta_max": delta_max,
             "kept_fraction": float(cols["keep"].mean()), "frames": int(len(cols["keep"])),
-            "skipped_episodes": skipped}
-    with open(os.path.join(out_dir, "values.json"), "w") as f:
+            "skipped_episodes": skipped, "sha256": digests}
+    with open(os.path.join(out_dir, "values.json.tmp"), "w") as f:
         json.dump(meta, f, indent=1)
+    for name in (*tables, "values.json"):
+        os.replace(os.path.join(out_dir, name + ".tmp"), os.path.join(out_dir, name))
+    for traj, _ in scored[:overlay]:
+        sel = cols["episode_index"] == traj.episode.episode_index
+        write_overlay(traj.episode, cols["progress"][sel], os.path.join(out_dir, "overlay", overlay_name(traj.episode)))
     return meta
+
+
+def overlay_name(episode):
+    return f"episode_{episode.episode_index:06d}.mp4"
+
+
+OVERLAY_MIN_WIDTH = 256  # smaller videos are enlarged so the curve and the number stay readable
+
+
+def overlay_layout(T, W, H):
+    """(x of each frame's point, y of progress 0 and 1, panel height) of the value panel under a W x H frame."""
+    panel, m = max(64, W // 3) // 2 * 2, 8
+    return m + np.arange(T) * (W - 2 * m) / max(T - 1, 1), (H + panel - m, H + m + 12), panel
+
+
+def write_overlay(episode, progress, path, chunk=32):
+    """An mp4 of the episode at its native fps, each frame over a panel with the whole value curve, a cursor
+    at the frame and its value as a dot and a number, as LeRobot's SARM tooling shows its progress.
+    progress: [T] values per native frame."""
+    from PIL import Image, ImageDraw
+
+    from data import _Mp4, decode_frames
+
+    T = episode.T
+    H0, W0 = decode_frames(episode, [0]).shape[-2:]
+    scale = -(-OVERLAY_MIN_WIDTH // W0)
+    W, H = W0 * scale // 2 * 2, H0 * scale // 2 * 2  # even sizes for yuv420p
+    xs, (y0, y1), panel = overlay_layout(T, W, H)
+    ys = y0 + np.clip(progress, 0, 1) * (y1 - y0)
+    base = Image.new("RGB", (W, H + panel), (24, 24, 24))
+    draw = ImageDraw.Draw(base)
+    for y in (y0, y1):
+        draw.line([(xs[0], y), (xs[-1], y)], fill=(70, 70, 70))
+    draw.line(list(zip(xs, ys)), fill=(80, 150, 255), width=2)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    video = _Mp4(path + ".tmp.mp4", episode.fps, "libx264", W, H + panel, crf=18, gop=max(1, round(episode.fps)))
+    try:
+        for c in range(0, T, chunk):
+            idx = np.arange(c, min(c + chunk, T))
+            frames = ((decode_frames(episode, idx) + 1) * 127.5).round().clamp(0, 255).byte().permute(1, 2, 3, 0).numpy()
+            out = []
+            for t, frame in zip(idx, frames):
+                img = base.copy()
+                img.paste(Image.fromarray(frame).resize((W0 * scale, H0 * scale), Image.NEAREST).crop((0, 0, W, H)))
+                d = ImageDraw.Draw(img)
+                d.line([(xs[t], H), (xs[t], H + panel)], fill=(200, 200, 200))
+                d.ellipse([xs[t] - 4, ys[t] - 4, xs[t] + 4, ys[t] + 4], fill=(255, 40, 40))
+                d.text((8, H + 1), f"progress {progress[t]:.2f}   frame {t}", fill=(255, 255, 255))
+                out.append(np.asarray(img))
+            video.write(out)
+        video.close()
+    except BaseException:
+        with contextlib.suppress(Exception):  # the writer may have closed itself already
+            video.abort()
+        raise
+    os.replace(path + ".tmp.mp4", path)
 
 
 # ----------------------------------------------------------------------------------------------
 
-def main(argv):
+def parse_args(argv):
+    """The command line, every option checked here, before anything is loaded."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--bench", choices=["suboptimal", "expert"])
     p.add_argument("--data", help=f"LeRobot dataset (+ annotations.jsonl) or manifest .jsonl (with neither --data "
                    f"nor --ckpt: {DEMO_DATA} and {DEMO_RUN}, if demo.py made them)")
     p.add_argument("--score", metavar="DATASET", help="write per-frame values and weights for a dataset")
     p.add_argument("--out", default="scores", help="output folder of --score")
+    p.add_argument("--overlay", type=int, default=0, metavar="N", help="with --score: progress videos of the first N episodes")
     p.add_argument("--ckpt", help="train.py run folder or wvm.safetensors (omit: baselines only)")
     p.add_argument("--vae")
     p.add_argument("--text_cache")
     p.add_argument("--camera")
     p.add_argument("--fps", type=float, default=None, help="benchmark fps (default: the run's, else 2.0)")
-    p.add_argument("--resolution", type=int)
+    p.add_argument("--resolution", type=int, help="frame size (default: the run's; another one is refused)")
     p.add_argument("--stride", type=int, default=1)
     p.add_argument("--samples", type=int, default=1, help="noise samples per window (spread)")
     p.add_argument("--steps", type=int, default=1, help="Euler steps")
@@ -450,26 +636,55 @@ def main(argv):
     p.add_argument("--delta_max", type=float, default=2.0)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
-    if not (args.bench or args.score):
-        p.error("give --bench suboptimal|expert (with --data) or --score DATASET")
-    if args.bench and not args.data and not args.ckpt and os.path.isdir(DEMO_DATA):
-        args.data, args.ckpt = DEMO_DATA, DEMO_RUN if os.path.isdir(DEMO_RUN) else None
-        print(f"--data {args.data} --ckpt {args.ckpt} (the demo's; pass --data to choose)", file=sys.stderr)
+    a = p.parse_args(argv)
+    bad = [f"--{k} {getattr(a, k)}: must be at least 1" for k in ("samples", "steps", "batch", "stride", "chunk")
+           if getattr(a, k) < 1]
+    checks = [(a.overlay >= 0, "--overlay: must not be negative"),
+              (a.fps is None or 0 < a.fps < math.inf, f"--fps {a.fps}: must be positive"),
+              (a.resolution is None or (a.resolution > 0 and a.resolution % 32 == 0),
+               f"--resolution {a.resolution}: must be a positive multiple of 32"),
+              (a.keep_top is None or 0 < a.keep_top <= 1, f"--keep_top {a.keep_top}: a fraction in (0, 1]"),
+              (a.tau is None or 0 < a.tau < math.inf, f"--tau {a.tau}: must be positive"),
+              (0 < a.delta_max < math.inf, f"--delta_max {a.delta_max}: must be positive"),
+              (math.isfinite(a.kappa), f"--kappa {a.kappa}: must be finite"),
+              (a.seed >= 0, f"--seed {a.seed}: must not be negative"),
+              (not (a.bench and a.score), "give --bench or --score, not both"),
+              (a.bench or a.score, "give --bench suboptimal|expert (with --data) or --score DATASET"),
+              (not a.score or a.ckpt, "--score needs --ckpt"),
+              (not a.overlay or a.score, "--overlay goes with --score")]
+    bad += [msg for ok, msg in checks if not ok]
+    if bad:
+        p.error("; ".join(bad))
+    if a.bench and not a.data and not a.ckpt and os.path.isdir(DEMO_DATA):
+        a.data, a.ckpt = DEMO_DATA, DEMO_RUN if os.path.isdir(DEMO_RUN) else None
+        print(f"--data {a.data} --ckpt {a.ckpt} (the demo's; pass --data to choose)", file=sys.stderr)
+    if a.bench and not a.data:
+        p.error("--bench needs --data")
+    return a
 
+
+def main(argv):
+    from data import DataError
+    from encode_text import TextCacheError
+    from model import CheckpointError
+
+    args = parse_args(argv)
+    try:
+        evaluate(args)
+    except (DataError, TextCacheError, CheckpointError) as e:  # bad input: its message, not a traceback
+        raise SystemExit(str(e)) from None
+
+
+def evaluate(args):
     scorers = [load_scorer(args)] if args.ckpt else []
     fps = args.fps or 2.0
     scorers += [TimeScorer(), ConstantScorer()]
     if args.score:
-        if not args.ckpt:
-            p.error("--score needs --ckpt")
         tau = args.tau if args.tau is not None else (2.0 if args.chunk >= 50 else 10.0)
         meta = export_scores(args.score, scorers[0], args.out, fps, args.chunk, args.kappa, args.keep_top, tau,
-                             args.delta_max, args.camera)
+                             args.delta_max, args.camera, args.overlay)
         print(json.dumps(meta, indent=1))
         return
-    if not args.data:
-        p.error("--bench needs --data")
     items, problems = load_annotated(args.data, fps, args.camera)
     wanted = ("hesitation", "retry") if args.bench == "suboptimal" else ("expert",)
     items = [(t, a) for t, a in items if a["kind"] in wanted]
@@ -477,10 +692,12 @@ def main(argv):
         print(f"skipped: {msg}", file=sys.stderr)
     if not items:
         raise SystemExit(f"{args.data}: no usable {'/'.join(wanted)} trajectories ({len(problems)} skipped)")
+    if args.ckpt:
+        scorers[0].text_cache.require([t.episode.instruction for t, _ in items], [args.data])
     rows, results, unreadable = run_bench(args.bench, items, scorers, args.per_task)
     problems += [f"episode {e}: video could not be decoded" for e in unreadable]
     print(f"\n{args.bench} bench on {args.data}: {len(items) - len(unreadable)} trajectories at {fps:g} fps"
-          + (f", {len(problems)} skipped (bad annotations or videos)" if problems else ""))
+          + (f", {len(problems)} skipped or reported (see above)" if problems else ""))
     print(format_table(rows))
     if args.json:
         with open(args.json, "w") as f:

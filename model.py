@@ -11,7 +11,9 @@ import contextlib
 import json
 import math
 import os
+import pickle
 import re
+import sys
 from dataclasses import asdict, dataclass, fields, replace
 
 import torch
@@ -358,17 +360,31 @@ class _TensorFile:
                 self._st = safe_open(path, "pt", device="cpu")
                 self.shapes = {k: tuple(self._st.get_slice(k).get_shape()) for k in self._st.keys()}
             else:
-                sd = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+                sd = load_pth(path)
                 for wrapper in ("state_dict", "model", "module"):
                     if isinstance(sd, dict) and set(sd) == {wrapper}:
                         sd = sd[wrapper]
                 self._sd = sd
                 self.shapes = {k: tuple(v.shape) for k, v in sd.items() if torch.is_tensor(v)}
+        except CheckpointError:
+            raise
         except Exception as e:  # unreadable, truncated, not a checkpoint
-            raise CheckpointError(f"{path}: cannot read checkpoint ({type(e).__name__}: {e})") from e
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            raise CheckpointError(f"{path}: cannot read checkpoint ({type(e).__name__}: {first})") from None
 
     def get(self, name):
         return self._st.get_tensor(name) if hasattr(self, "_st") else self._sd[name]
+
+
+def load_pth(path):
+    """A .pth/.pt state dict, read without running any of its pickled code (tensors and plain containers only)."""
+    try:
+        return torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    except pickle.UnpicklingError as e:
+        what = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        raise CheckpointError(f"{path}: holds Python objects besides tensors ({what.group(1) if what else 'unknown'}), "
+                              "which are never loaded because unpickling them can run code; save the tensors "
+                              "alone (a state dict, or .safetensors)") from None
 
 
 def _fmt(items, n=8):
@@ -415,8 +431,9 @@ def load_checkpoint_into(model, path, files, rename=lambda k: k, dtype=None, dev
     return model
 
 
-def wan_config_from(shapes, config):
-    """WanConfig from an official or diffusers config.json, falling back to tensor shapes."""
+def wan_config_from(shapes, config, path=""):
+    """WanConfig from an official or diffusers config.json, falling back to tensor shapes; what neither
+    gives (num_heads, text_len) is Wan's and said on stderr."""
     c = {}
     if config:
         if "num_attention_heads" in config:  # diffusers
@@ -434,10 +451,17 @@ def wan_config_from(shapes, config):
     c.setdefault("dim", dim)
     c.setdefault("in_dim", in_dim)
     c.setdefault("patch_size", tuple(pe[2:]))
-    if "num_heads" not in c:  # not in the weights: Wan's heads are 128 wide, config.json says otherwise
+    guessed = []
+    if "num_heads" not in c:  # not in the weights: every Wan2.x DiT has 128-wide heads
         if dim % 128:
             raise CheckpointError(f"width {dim} is not a multiple of Wan's head_dim 128 and no config.json gives num_heads")
         c["num_heads"] = dim // 128
+        guessed.append(f"num_heads = {dim // 128} (width {dim} / Wan's head width 128)")
+    if "text_len" not in c:  # diffusers' config has none either: its pipeline pads prompts to 512 tokens
+        guessed.append(f"text_len = {WanConfig.text_len} (Wan's prompt length)")
+    if guessed:
+        print(f"{path}: no config.json gives {' or '.join(g.split(' =')[0] for g in guessed)}; using "
+              + ", ".join(guessed), file=sys.stderr)
     c.setdefault("num_layers", len({k.split(".")[1] for k in shapes if k.startswith("blocks.")}))
     if "blocks.0.ffn.0.weight" in shapes:
         c.setdefault("ffn_dim", shapes["blocks.0.ffn.0.weight"][0])
@@ -460,7 +484,7 @@ def load_wan_dit(path, dtype=None, device=None, cfg=None):
     for f in files:
         shapes.update({wan_key(k): v for k, v in _TensorFile(f).shapes.items()})
     try:
-        cfg = cfg or wan_config_from(shapes, config)
+        cfg = cfg or wan_config_from(shapes, config, path)
     except CheckpointError as e:
         raise CheckpointError(f"{path}: {e}") from None
     with torch.device("meta"):
@@ -618,7 +642,7 @@ class WVM(nn.Module):
         t = torch.zeros(B, 1, device=current.device)
         x_in = current
         if self.mask == "full":
-            x_in = torch.cat([current, torch.randn(current.shape, generator=generator, device=current.device)], 2)
+            x_in = torch.cat([current, randn_rows(current.shape, generator, current.device)], 2)
             t = torch.cat([t, torch.full_like(t, 1000.0)], 1)
         x, _, e0, ctx, rope = self.video.embed(x_in.float(), t, context)
         n_cur = x.shape[1] // x_in.shape[2]
@@ -635,7 +659,8 @@ class WVM(nn.Module):
         """Value chunk [B, samples, h] for clean current latents [B, C, 1, H, W] and prefix values [B].
 
         The video stream runs once (prefill); each Euler step and each noise sample runs only the
-        value stream against the cached video K/V.
+        value stream against the cached video K/V. generator: one for the batch, or a list of B (one per
+        row), so that a row's noise does not depend on which other rows share its batch.
         """
         from value_dit import hl_gauss_decode
 
@@ -654,13 +679,20 @@ class WVM(nn.Module):
 
             head = self.value.cfg.head
             if head == "flow":
-                eps = torch.randn(B * S, h, generator=generator, device=dev)
+                eps = randn_rows((B, S * h), generator, dev).view(B * S, h)
                 y = flow.euler_sample(run, eps, steps)
             elif head == "regression":
                 y = run(torch.zeros(B * S, h, device=dev), 0.0)
             else:
                 y = hl_gauss_decode(run(torch.zeros(B * S, h, device=dev), 0.0))
             return y.view(B, S, h)
+
+
+def randn_rows(shape, generator, device):
+    """Normal noise of `shape` [B, ...]: from one generator, or row b from generator[b] when given a list."""
+    if isinstance(generator, (list, tuple)):
+        return torch.stack([torch.randn(shape[1:], generator=g, device=device) for g in generator])
+    return torch.randn(shape, generator=generator, device=device)
 
 
 def attend_cached(q, k, v, k_vid, v_vid):
@@ -685,12 +717,15 @@ def wvm_configs(name, head="flow"):
     return WAN_CONFIGS[video], replace(VALUE_CONFIGS[value], head=head)
 
 
-def save_wvm(model, path):
-    """A WVM checkpoint: one safetensors file, configs and mask in its metadata; written atomically."""
+def save_wvm(model, path, run=None):
+    """A WVM checkpoint: one safetensors file, configs and mask in its metadata; written atomically.
+
+    run: what scoring needs to see frames as training did (train.py: resolution, fps, the VAE's and the text
+    encoder's ids), kept in the metadata too and returned by load_wvm as model.run."""
     from safetensors.torch import save_file
 
     meta = {"video_cfg": json.dumps(config_dict(model.video.cfg)), "value_cfg": json.dumps(config_dict(model.value.cfg)),
-            "mask": model.mask}
+            "mask": model.mask, "run": json.dumps(run or {})}
     tmp = f"{path}.tmp"
     save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, tmp, metadata=meta)
     os.replace(tmp, path)
@@ -707,11 +742,14 @@ def load_wvm(path, dtype=None, device=None, **kw):
             meta = f.metadata() or {}
         video_cfg = WanConfig(**{k: tuple(v) if k == "patch_size" else v for k, v in json.loads(meta["video_cfg"]).items()})
         value_cfg = ValueConfig(**json.loads(meta["value_cfg"]))
+        run = json.loads(meta.get("run", "{}"))
     except Exception as e:
-        raise CheckpointError(f"{path}: not a WVM checkpoint ({type(e).__name__}: {e})") from e
+        raise CheckpointError(f"{path}: not a WVM checkpoint ({type(e).__name__}: {e})") from None
     with torch.device("meta"):
         model = WVM(video_cfg, value_cfg, mask=meta.get("mask", "causal"), **kw)
-    return load_checkpoint_into(model, path, [path], dtype=dtype, device=device, keep_fp32=FP32_PARAMS if dtype else None)
+    model = load_checkpoint_into(model, path, [path], dtype=dtype, device=device, keep_fp32=FP32_PARAMS if dtype else None)
+    model.run = run  # empty for checkpoints saved before runs recorded it
+    return model
 
 
 def wvm_from_wan(wan_path, value_cfg, dtype=None, device=None, **kw):

@@ -1,12 +1,14 @@
-"""Train WVM (SPEC.md §6).
+"""Train WVM: the paper's recipe (Table A.1) on LeRobot, EgoDex and manifest data.
 
     python train.py --data=data/metaworld/train --text_cache=runs/text --out_dir=runs/tiny      # one process
     torchrun --nproc_per_node=8 train.py config.py --wan=/ckpt/Wan2.2-TI2V-5B --vae=/ckpt/Wan2.2-TI2V-5B/Wan2.2_VAE.pth
 
 Configuration, nanoGPT style: the TrainConfig defaults below (the paper's recipe), then any python
-files given as arguments (plain assignments), then --key=value flags. The run folder (out_dir) gets
-config.json, log.jsonl (one line per step), ckpt/ (the exact training state, for --resume) and
-wvm.safetensors (the model, for eval.py).
+files given as arguments (plain assignments), then --key=value flags; every setting is checked before
+anything runs. The run folder (out_dir) gets config.json, log.jsonl (one line per step), ckpt/ (the
+exact training state, for --resume), vae.safetensors (the demo's random VAE) and wvm.safetensors (the
+model, for eval.py). A folder that holds a saved run is never trained over without --resume (continue)
+or --overwrite (start again), and one process at a time writes a run folder.
 
 Parallelism: DDP for small models, FSDP2 (`--parallel=fsdp`) for the 5.7B one, with activation
 checkpointing per MoT layer; bf16 autocast with fp32 master weights on GPU, fp32 on CPU (gloo).
@@ -21,6 +23,7 @@ import math
 import os
 import shutil
 import signal
+import socket
 import sys
 import time
 from dataclasses import asdict, dataclass, fields
@@ -73,37 +76,106 @@ class TrainConfig:
     out_dir: str = "runs/wvm"
     ckpt_every: int = 1000
     log_every: int = 1
-    resume: bool = False
+    resume: bool = False                # continue the run in out_dir from ckpt/
+    overwrite: bool = False             # replace the run in out_dir (its model and checkpoint are deleted)
     seed: int = 0
 
 
+CHOICES = {"size": ("tiny", "small", "mid", "full"), "value_head": ("flow", "regression", "hlgauss"),
+           "mask": ("causal", "full"), "parallel": ("ddp", "fsdp"), "dtype": ("auto", "bf16", "fp32")}
+
+
 def configure(argv):
-    """TrainConfig from python files (assignments) and --key=value flags, in order."""
+    """TrainConfig from python files (assignments) and --key=value flags, in order, then checked."""
     cfg, types = TrainConfig(), {f.name: f.type for f in fields(TrainConfig)}
 
-    def setkey(k, v):
+    def setkey(k, v, where):
         if k not in types:
-            raise SystemExit(f"unknown config key {k!r}; known: {', '.join(types)}")
+            raise SystemExit(f"{where}: unknown config key {k!r}; known: {', '.join(types)}")
         if isinstance(v, str) and types[k] is not str:
-            v = ast.literal_eval(v)
-        if types[k] is float and isinstance(v, int):
+            try:
+                v = ast.literal_eval(v)
+            except (ValueError, SyntaxError):
+                raise SystemExit(f"{where}: {k}={v!r}: expected {types[k].__name__}") from None
+        if types[k] is float and type(v) is int:
             v = float(v)
-        if not isinstance(v, types[k]):
-            raise SystemExit(f"config {k}={v!r}: expected {types[k].__name__}")
+        if type(v) is not types[k]:  # type(), not isinstance: True is an int, but never a step count
+            raise SystemExit(f"{where}: {k}={v!r}: expected {types[k].__name__}")
         setattr(cfg, k, v)
 
     for arg in argv:
         if arg.startswith("--"):
-            k, _, v = arg[2:].partition("=")
-            setkey(k, v if v else "True")
+            k, eq, v = arg[2:].partition("=")
+            if not eq and types.get(k, bool) is not bool:  # a bare --lr must not become lr = True = 1.0
+                raise SystemExit(f"{arg}: needs a value (--{k}=...)")
+            setkey(k, v if eq else "True", arg)
         else:
             scope = {}
-            with open(arg) as f:
-                exec(f.read(), scope)
+            try:
+                with open(arg) as f:
+                    exec(compile(f.read(), arg, "exec"), scope)
+            except OSError as e:
+                raise SystemExit(f"{arg}: cannot read config file ({e.strerror})") from None
+            except Exception as e:
+                line = getattr(e, "lineno", None) or (e.__traceback__.tb_next.tb_lineno if e.__traceback__.tb_next else "?")
+                raise SystemExit(f"{arg}:{line}: {type(e).__name__}: {e}") from None
             for k, v in scope.items():
                 if not k.startswith("__"):
-                    setkey(k, v)
+                    setkey(k, v, arg)
+    check_config(cfg)
     return cfg
+
+
+def check_config(cfg):
+    """Every setting within its range, all problems in one message, before anything runs."""
+    bad = []
+
+    def need(ok, key, why):
+        if not ok:
+            bad.append(f"{key}={getattr(cfg, key)!r}: {why}")
+
+    for k, allowed in CHOICES.items():
+        need(getattr(cfg, k) in allowed, k, f"expected {' | '.join(allowed)}")
+    for k in ("max_steps", "batch_size", "micro_batch", "ckpt_every", "log_every"):
+        need(getattr(cfg, k) >= 1, k, "must be at least 1")
+    for k in ("warmup", "num_workers", "seed"):
+        need(getattr(cfg, k) >= 0, k, "must not be negative")
+    for k in ("rewind", "plateau", "prefix_p", "min_lr_ratio"):
+        need(0 <= getattr(cfg, k) <= 1, k, "a probability or ratio: must lie in [0, 1]")
+    for k in ("beta1", "beta2"):
+        need(0 <= getattr(cfg, k) < 1, k, "must lie in [0, 1)")
+    need(0 < cfg.lr <= 1, "lr", "must lie in (0, 1]")
+    for k in ("fps", "grad_clip", "video_shift", "value_shift"):
+        need(0 < getattr(cfg, k) < math.inf, k, "must be positive")
+    for k in ("video_loss_weight", "weight_decay"):
+        need(0 <= getattr(cfg, k) < math.inf, k, "must not be negative")
+    need(cfg.resolution > 0 and cfg.resolution % 32 == 0, "resolution", "must be a positive multiple of 32 "
+         "(VAE stride 16 x patch 2)")
+    for k in ("data", "text_cache", "out_dir"):
+        need(bool(getattr(cfg, k)), k, "must be given")
+    need(not (cfg.resume and cfg.overwrite), "overwrite", "contradicts resume=True: choose one")
+    try:
+        data_specs(cfg)
+    except ValueError as e:
+        bad.append(str(e))
+    if bad:
+        raise SystemExit("bad config: " + "; ".join(bad))
+
+
+def data_specs(cfg):
+    """[(path, weight, fps or None)] from data = path[:weight[:fps]],..."""
+    specs = []
+    for spec in cfg.data.split(","):
+        path, *rest = spec.split(":")
+        try:
+            weight = float(rest[0]) if rest else 1.0
+            fps = float(rest[1]) if len(rest) > 1 else None
+        except ValueError:
+            weight = fps = math.nan
+        if not path or len(rest) > 2 or not weight >= 0 or (fps is not None and not fps > 0):
+            raise ValueError(f"data source {spec!r}: expected path[:weight >= 0[:fps > 0]]")
+        specs.append((path, weight, fps))
+    return specs
 
 
 # ----------------------------------------------------------------------------------------------
@@ -112,12 +184,7 @@ def configure(argv):
 def open_sources(cfg):
     from data import ClipDataset, Source, read_dataset
 
-    sources = []
-    for spec in cfg.data.split(","):
-        path, *rest = spec.split(":")
-        weight = float(rest[0]) if rest else 1.0
-        fps = float(rest[1]) if len(rest) > 1 else None
-        sources.append(Source(read_dataset(path, camera=cfg.camera or None), weight, fps))
+    sources = [Source(read_dataset(path, camera=cfg.camera or None), weight, fps) for path, weight, fps in data_specs(cfg)]
     return ClipDataset(sources, fps=cfg.fps, size=cfg.resolution, seed=cfg.seed, rewind=cfg.rewind,
                        plateau=cfg.plateau, prefix=cfg.prefix_p, length=cfg.max_steps * cfg.batch_size)
 
@@ -190,10 +257,15 @@ def build_model(cfg, device):
 
 
 def build_vae(cfg, device, dataset):
+    """The frozen VAE: --vae's weights, else the run's random tiny VAE, made (and calibrated on this run's data)
+    when the run starts and read back from vae.safetensors on resume, so it never changes under a trained model."""
     from wan_vae import VAE_CONFIGS, WanVAE, calibrate_latents, load_wan_vae
 
+    own = os.path.join(cfg.out_dir, "vae.safetensors")
     if cfg.vae:
         vae = load_wan_vae(cfg.vae)
+    elif os.path.exists(own):  # open_run deleted it unless this run resumes
+        vae = load_wan_vae(own)
     else:  # no weights can be downloaded for the demo: a fixed random tiny VAE (saved with the run)
         torch.manual_seed(cfg.seed + 1)
         vae = WanVAE(VAE_CONFIGS["tiny"]).eval()
@@ -265,51 +337,190 @@ def peak_flops(device):
 
 
 # ----------------------------------------------------------------------------------------------
-# checkpoints: ckpt/ holds the exact training state (torch.distributed.checkpoint, sharded under
-# FSDP); wvm.safetensors the model for eval. Both are replaced atomically (write, then rename).
+# the run folder and its checkpoints. ckpt/ holds the exact training state in formats that cannot run
+# code when read: rank{r}.safetensors per process (its model tensors, FSDP shards as they lie, its AdamW
+# moments and step counts, its RNG state) and state.json (step, world size, parallel mode, optimizer
+# settings, and what the model's inputs depend on). wvm.safetensors is the whole model for eval.py. A
+# save writes ckpt.tmp (state.json last) and swaps it in; recover_checkpoint settles a swap a crash cut.
 
-def save_checkpoint(model, opt, step, cfg, rank):
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_state_dict
+RUN_FILES = ("ckpt", "wvm.safetensors", "vae.safetensors", "config.json", "log.jsonl")
+HELD = {}  # run folder -> this process's lock on it: a later train() here (tests, notebooks) takes over a failed one's
 
-    ckpt, tmp = os.path.join(cfg.out_dir, "ckpt"), os.path.join(cfg.out_dir, "ckpt.tmp")
+
+def open_run(cfg):
+    """Lock out_dir for this process (the lock lives as long as the returned file stays open), settle an
+    interrupted checkpoint swap, and refuse to start over a saved run unless told to resume or overwrite;
+    the leftovers of a run that saved nothing are cleared, so the log starts afresh."""
+    import fcntl
+
+    os.makedirs(cfg.out_dir, exist_ok=True)
+    if os.path.realpath(cfg.out_dir) in HELD:
+        HELD.pop(os.path.realpath(cfg.out_dir)).close()
+    lock = open(os.path.join(cfg.out_dir, ".lock"), "a+")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        who = lock.read().strip() or "another process"
+        lock.close()
+        raise SystemExit(f"{cfg.out_dir}: in use by {who}; wait for it to finish or choose another --out_dir") from None
+    lock.seek(0)
+    lock.truncate()
+    lock.write(f"train.py (pid {os.getpid()} on {socket.gethostname()})\n")
+    lock.flush()
+    HELD[os.path.realpath(cfg.out_dir)] = lock
+    recover_checkpoint(cfg.out_dir)
+    saved = [f for f in ("ckpt", "wvm.safetensors") if os.path.exists(os.path.join(cfg.out_dir, f))]
+    refusal = (f"--resume: no checkpoint in {cfg.out_dir}" if cfg.resume and "ckpt" not in saved else
+               f"{cfg.out_dir} already holds a run ({' and '.join(saved)}): continue it with --resume, choose another "
+               f"--out_dir, or pass --overwrite to replace it" if saved and not (cfg.resume or cfg.overwrite) else None)
+    if refusal:
+        lock.close()
+        raise SystemExit(refusal)
+    if not cfg.resume:
+        for f in RUN_FILES:
+            path = os.path.join(cfg.out_dir, f)
+            if os.path.isdir(path):
+                shutil.rmtree(path)
+            elif os.path.exists(path):
+                os.remove(path)
+    return lock
+
+
+def recover_checkpoint(out_dir):
+    """Leave only ckpt/ (if any), whatever moment of a save a crash interrupted: the newest complete one of
+    ckpt.tmp (written, not yet swapped in), ckpt and ckpt.old (swapped out, not yet deleted) becomes ckpt.
+    A checkpoint is complete once its state.json exists; it is written last."""
+    ckpt = os.path.join(out_dir, "ckpt")
+    tmp, old = ckpt + ".tmp", ckpt + ".old"
+    best = next((d for d in (tmp, ckpt, old) if os.path.exists(os.path.join(d, "state.json"))), None)
+    if best is not None and best != ckpt:
+        if os.path.exists(ckpt):
+            shutil.rmtree(ckpt)
+        os.replace(best, ckpt)
+    for d in (tmp, old):
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def local(t):
+    """This process's part of a tensor: its shard of an FSDP (DTensor) one, else the tensor itself."""
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
+def training_state(model, opt, device):
+    """This process's tensors of the exact training state, by name: model/<param>, optim/<param>/<state>, rng/..."""
+    m = unwrap(model)
+    names = {p: n for n, p in m.named_parameters()}
+    out = {"model/" + n: local(t) for n, t in m.state_dict().items()}
+    for p, state in opt.state.items():
+        out |= {f"optim/{names[p]}/{k}": local(v) for k, v in state.items()}
+    out["rng/torch"] = torch.get_rng_state()
+    if device.type == "cuda":
+        out["rng/cuda"] = torch.cuda.get_rng_state(device)
+    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in out.items()}  # copies: never a view of the model
+
+
+def write_json(path, obj):
+    with open(path + ".tmp", "w") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(path + ".tmp", path)
+
+
+def save_checkpoint(model, opt, step, cfg, rank, world, device, run):
+    from safetensors.torch import save_file
+
+    ckpt = os.path.join(cfg.out_dir, "ckpt")
+    tmp, old = ckpt + ".tmp", ckpt + ".old"
     if rank == 0 and os.path.exists(tmp):
         shutil.rmtree(tmp)
     barrier()
-    model_sd, optim_sd = get_state_dict(model, opt)
-    dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=tmp)
-    torch.save({"step": step, "torch_rng": torch.get_rng_state()}, os.path.join(tmp, f"trainer_rank{rank}.pt"))
-    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    os.makedirs(tmp, exist_ok=True)
+    save_file(training_state(model, opt, device), os.path.join(tmp, f"rank{rank:05d}.safetensors"))
+    full = {}
+    for n, t in unwrap(model).state_dict().items():  # every process takes part in gathering FSDP shards
+        t = t.full_tensor() if hasattr(t, "full_tensor") else t
+        if rank == 0:
+            full[n] = t.detach().cpu()
     barrier()
     if rank == 0:
+        groups = [{k: list(v) if isinstance(v, tuple) else v for k, v in g.items() if k != "params"} for g in opt.param_groups]
+        write_json(os.path.join(tmp, "state.json"), {"step": step, "world": world, "parallel": cfg.parallel,
+                                                     "run": run, "param_groups": groups})
+        if os.path.exists(old):  # left by a crash after the swap: os.replace cannot overwrite a folder
+            shutil.rmtree(old)
         if os.path.exists(ckpt):
-            os.replace(ckpt, ckpt + ".old")
+            os.replace(ckpt, old)
         os.replace(tmp, ckpt)
-        shutil.rmtree(ckpt + ".old", ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
         export = unwrap(model)
         with torch.device("meta"):
             shell = WVM(export.video.cfg, export.value.cfg, mask=export.mask)
         shell.load_state_dict(full, assign=True)
-        save_wvm(shell, os.path.join(cfg.out_dir, "wvm.safetensors"))
+        save_wvm(shell, os.path.join(cfg.out_dir, "wvm.safetensors"), run)
     barrier()
 
 
-def load_checkpoint(model, opt, cfg, rank):
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
-
+def read_state(cfg, world):
+    """ckpt/state.json, checked against this launch's world size and parallel mode."""
     ckpt = os.path.join(cfg.out_dir, "ckpt")
-    if not os.path.isdir(ckpt) and os.path.isdir(ckpt + ".old"):  # died between the two renames
-        ckpt += ".old"
-    if not os.path.isdir(ckpt):
-        raise SystemExit(f"--resume: no checkpoint in {cfg.out_dir}")
-    model_sd, optim_sd = get_state_dict(model, opt)
-    state = {"model": model_sd, "optim": optim_sd}
-    dcp.load(state, checkpoint_id=ckpt)
-    set_state_dict(model, opt, model_state_dict=state["model"], optim_state_dict=state["optim"])
-    trainer = torch.load(os.path.join(ckpt, f"trainer_rank{rank}.pt"), weights_only=True)
-    torch.set_rng_state(trainer["torch_rng"])
-    return trainer["step"]
+    path = os.path.join(ckpt, "state.json")
+    if not os.path.exists(path):
+        if os.path.exists(os.path.join(ckpt, ".metadata")):
+            raise SystemExit(f"{ckpt}: saved by an older train.py (torch.distributed.checkpoint), whose files are "
+                             f"pickles that resuming no longer loads; start a new run (wvm.safetensors still scores)")
+        raise SystemExit(f"{ckpt}: incomplete checkpoint (no state.json)")
+    try:
+        with open(path) as f:
+            state = json.load(f)
+        step, saved_world, parallel = int(state["step"]), state["world"], state["parallel"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise SystemExit(f"{path}: unreadable ({type(e).__name__}: {e})") from None
+    if (saved_world, parallel) != (world, cfg.parallel):
+        raise SystemExit(f"{ckpt}: saved by {saved_world} process(es) with parallel={parallel}; resume it the "
+                         f"same way (this launch: {world} process(es), parallel={cfg.parallel})")
+    return state | {"step": step}
+
+
+def load_checkpoint(model, opt, cfg, rank, world, device, run):
+    from safetensors.torch import load_file
+
+    state = read_state(cfg, world)
+    changed = [f"{k} {state.get('run', {}).get(k)!r} -> {v!r}" for k, v in run.items() if state.get("run", {}).get(k) != v]
+    if changed:
+        raise SystemExit(f"{cfg.out_dir}: the run was trained on other inputs than this launch gives it "
+                         f"({'; '.join(changed)}); resume with the run's settings, or start a new run")
+    path = os.path.join(cfg.out_dir, "ckpt", f"rank{rank:05d}.safetensors")
+    try:
+        saved = load_file(path)
+    except Exception as e:
+        raise SystemExit(f"{path}: unreadable checkpoint ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+    m = unwrap(model)
+    params = dict(m.named_parameters())
+    own = {"model/" + n: t for n, t in m.state_dict().items()}
+    for k, v in saved.items():
+        if k.startswith("optim/") and k.count("/") == 2 and k.split("/")[1] in params:
+            p = params[k.split("/")[1]]
+            own[k] = torch.zeros((), dtype=v.dtype) if k.endswith("/step") else torch.zeros_like(p)
+    wrong = [k for k in own if k in saved and saved[k].shape != local(own[k]).shape]
+    odd = sorted(set(own) ^ {k for k in saved if not k.startswith("rng/")}) + wrong
+    if odd or "rng/torch" not in saved:
+        raise SystemExit(f"{path}: does not match this model ({len(odd)} missing, unexpected or mis-shaped tensors: "
+                         f"{', '.join(odd[:4])})")
+    fused = any(g.get("fused") or g.get("capturable") for g in opt.param_groups)  # AdamW keeps step on the device
+    with torch.no_grad():
+        for k, t in own.items():
+            if k.startswith("optim/"):
+                _, name, key = k.split("/")
+                if key == "step" and fused:
+                    t = t.to(params[name].device)
+                opt.state[params[name]][key] = t
+            local(t).copy_(saved[k])
+    for group, saved_group in zip(opt.param_groups, state["param_groups"]):
+        group.update({k: tuple(v) if isinstance(group.get(k), tuple) else v for k, v in saved_group.items()})
+    torch.set_rng_state(saved["rng/torch"])
+    if "rng/cuda" in saved and device.type == "cuda":
+        torch.cuda.set_rng_state(saved["rng/cuda"], device)
+    return state["step"]
 
 
 def unwrap(model):
@@ -338,34 +549,48 @@ def setup_distributed():
 
 
 def train(cfg, world, rank, device):
-    """Run (or resume) training; returns the (wrapped) model."""
+    """Run (or resume) training; returns the (wrapped) model, or None for a run that had already finished."""
     dtype = {"auto": torch.bfloat16 if device.type == "cuda" else torch.float32, "bf16": torch.bfloat16,
              "fp32": torch.float32}[cfg.dtype]
     accum, rem = divmod(cfg.batch_size, cfg.micro_batch * world)
     if rem or accum == 0:
         raise SystemExit(f"batch_size {cfg.batch_size} is not a multiple of micro_batch {cfg.micro_batch} x "
                          f"{world} processes")
-    os.makedirs(cfg.out_dir, exist_ok=True)
     master = rank == 0
+    lock = open_run(cfg) if master else None
+    barrier()
+    done = read_state(cfg, world)["step"] if cfg.resume else 0
+    if done >= cfg.max_steps:
+        if master:
+            print(f"{cfg.out_dir}: the run is finished (step {done} of max_steps {cfg.max_steps}); raise --max_steps "
+                  f"to train it further")
+            lock.close()
+        return None
 
     from data import collate
-    from encode_text import TextCache
+    from encode_text import TextCache, encoder_id
+    from wan_vae import vae_fingerprint
 
     dataset = open_sources(cfg)
     text_cache = TextCache(cfg.text_cache)
+    text_cache.require({ep.instruction for src in dataset.sources for ep in src.episodes},
+                       [path for path, _, _ in data_specs(cfg)])
     vae = build_vae(cfg, device, dataset)
+    # what scoring must reproduce to feed the model the inputs it was trained on (eval.py checks it)
+    run = {"resolution": cfg.resolution, "fps": cfg.fps, "vae": vae_fingerprint(vae),
+           "text_encoder": encoder_id(text_cache.encoder)}
     model = build_model(cfg, device)
     chunk = model.chunk
     model = parallelize(model, cfg, device, world, dtype)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
                             weight_decay=cfg.weight_decay, fused=device.type == "cuda")
-    start = load_checkpoint(model, opt, cfg, rank) if cfg.resume else 0
+    start = load_checkpoint(model, opt, cfg, rank, world, device, run) if cfg.resume else 0
     if master:
-        with open(os.path.join(cfg.out_dir, "config.json"), "w") as f:
-            json.dump({**asdict(cfg), "world": world, "accum": accum}, f, indent=1)
-        if not cfg.vae:
+        write_json(os.path.join(cfg.out_dir, "config.json"), run_config(cfg, world, accum))
+        own = os.path.join(cfg.out_dir, "vae.safetensors")
+        if not cfg.vae and not os.path.exists(own):  # written once, when the run starts
             from wan_vae import save_wan_vae
-            save_wan_vae(vae, os.path.join(cfg.out_dir, "vae.safetensors"))
+            save_wan_vae(vae, own)
     latent_cache = None
     if cfg.latent_cache:
         from wan_vae import LatentCache
@@ -378,7 +603,7 @@ def train(cfg, world, rank, device):
         prefetch_factor=4 if cfg.num_workers > 0 else None)
     batches = iter(loader)
     stop = {"now": False}
-    signal.signal(signal.SIGTERM, lambda *_: stop.__setitem__("now", True))
+    on_sigterm = signal.signal(signal.SIGTERM, lambda *_: stop.__setitem__("now", True))
 
     tokens_per_frame = (cfg.resolution // 32) ** 2
     flops = train_flops_per_sample(unwrap(model), tokens_per_frame) * cfg.batch_size
@@ -423,24 +648,44 @@ def train(cfg, world, rank, device):
         if world > 1:  # every process must agree before saving
             dist.all_reduce(stop_now)
         if step % cfg.ckpt_every == 0 or step == cfg.max_steps or stop_now.item():
-            save_checkpoint(model, opt, step, cfg, rank)
+            save_checkpoint(model, opt, step, cfg, rank, world, device, run)
         if stop_now.item():
             if master:
                 print(f"SIGTERM: saved the state of step {step} in {cfg.out_dir}/ckpt; continue with --resume")
             break
     bar.close()
+    signal.signal(signal.SIGTERM, on_sigterm)
     if master:
         print(f"done: step {step}/{cfg.max_steps}, loss {sums[0].item():.4f} (value {sums[1].item():.4f}, video "
               f"{sums[2].item():.4f}), model in {os.path.join(cfg.out_dir, 'wvm.safetensors')}")
         log_file.close()
+        lock.close()
     return model
 
 
+def run_config(cfg, world, accum):
+    """config.json: the settings, every path absolute so the run folder is usable from any directory."""
+    c = asdict(cfg)
+    c["data"] = ",".join(os.path.abspath(path) + colon + rest  # path[:weight[:fps]]
+                         for path, colon, rest in (spec.partition(":") for spec in cfg.data.split(",")))
+    for k in ("text_cache", "vae", "wan", "latent_cache", "out_dir"):
+        c[k] = os.path.abspath(c[k]) if c[k] else c[k]
+    return {**c, "world": world, "accum": accum}
+
+
 def main(argv):
+    from data import DataError
+    from encode_text import TextCacheError
+    from model import CheckpointError
+
     cfg = configure(argv)
-    train(cfg, *setup_distributed())
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    try:
+        train(cfg, *setup_distributed())
+    except (DataError, TextCacheError, CheckpointError) as e:  # bad input: its message, not a traceback
+        raise SystemExit(str(e)) from None
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 if __name__ == "__main__":

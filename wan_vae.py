@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import re
+import sys
 import tempfile
 from dataclasses import asdict, dataclass, field, replace
 
@@ -518,7 +519,9 @@ def load_wan_vae(path, dtype=None, device=None, cfg=None):
     path: the official Wan2.2_VAE.pth (or a .safetensors with official names), the official model
     folder holding it, a diffusers `vae/` folder, or a diffusers pipeline folder containing `vae/`.
     The config comes from the diffusers config.json or the tensor shapes unless cfg is given.
-    dtype casts the weights (e.g. torch.bfloat16); the norms still compute in fp32.
+    dtype casts the weights (e.g. torch.bfloat16); the norms still compute in fp32. The per-channel latent
+    statistics come from the file (save_wan_vae) or config.json; a file without them (the official .pth)
+    gets Wan2.2's published ones, and stderr says so.
     """
     if os.path.isdir(os.path.join(path, "vae")):  # a diffusers pipeline folder
         path = os.path.join(path, "vae")
@@ -536,6 +539,9 @@ def load_wan_vae(path, dtype=None, device=None, cfg=None):
     config = config if _is_vae_config(config) else None  # e.g. the DiT's config.json next to Wan2.2_VAE.pth
     n_res = cfg.num_res_blocks if cfg else (config or {}).get("num_res_blocks") or _count_res_blocks(names)
     rename = lambda k: vae_key(k, n_res)  # noqa: E731
+    if cfg is None and not (config or {}).get("latents_mean"):
+        print(f"{path}: no latent statistics in the file or a config.json; using Wan2.2's published per-channel "
+              "mean and std (right for the released Wan2.2 VAE only)", file=sys.stderr)
     try:
         cfg = cfg or vae_config_from({rename(k): v for k, v in names.items()}, config)
     except (CheckpointError, ValueError) as e:
@@ -563,10 +569,12 @@ def read_latents(folder, key):
 
 
 def save_wan_vae(vae, path):
-    """Weights (official names) + the config in the safetensors metadata, so load_wan_vae restores both."""
+    """Weights (official names) + the config (latent statistics included) in the safetensors metadata, so
+    load_wan_vae restores both; written to a temporary name, then renamed."""
     from safetensors.torch import save_file
-    save_file({k: v.detach().contiguous().cpu() for k, v in vae.state_dict().items()}, path,
+    save_file({k: v.detach().contiguous().cpu() for k, v in vae.state_dict().items()}, f"{path}.tmp",
               metadata={"wan_vae_config": json.dumps(asdict(vae.cfg))})
+    os.replace(f"{path}.tmp", path)
 
 
 @torch.no_grad()

@@ -6,6 +6,7 @@ which frames a clip really holds against hand-computed indices.
 """
 import json
 import logging
+import zlib
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -363,12 +364,43 @@ def test_text_cache_round_trip(tmp_path):
     assert len(cache) == 3 and "pick up the cube" in cache
     e = cache.get("pick up the cube")
     with torch.no_grad():  # independent check: the unpadded sequence through the model
-        ref = model(input_ids=torch.tensor([[3, 4, 5, 6, 1]])).last_hidden_state[0]
+        ids = [3 + zlib.crc32(w.encode()) % 2 ** 15 for w in "pick up the cube".split()] + [1]  # hashed words, </s>
+        ref = model(input_ids=torch.tensor([ids])).last_hidden_state[0]
     assert e.shape == (5, 16) and e.dtype == torch.float32
     torch.testing.assert_close(e, ref, atol=1e-5, rtol=1e-5)
     assert cache.get("open & close").shape == (4, 16)  # html unescaped before tokenizing
     with pytest.raises(KeyError, match="no embedding for instruction 'close the drawer'"):
         cache.get("close the drawer")
+
+
+def test_tiny_encoder_features_do_not_depend_on_the_other_texts(tmp_path):
+    """Adding a new dataset's instructions to a cache later must not give known words other features."""
+    a = encode_text.tiny_random_encoder(["open the drawer"], d_model=16)
+    b = encode_text.tiny_random_encoder(["push the block", "close it", "open the drawer now"], d_model=16)
+    ea = encode_text.encode(["open the drawer"], *a, text_len=8)[0]
+    eb = encode_text.encode(["open the drawer"], *b, text_len=8)[0]
+    torch.testing.assert_close(ea, eb, rtol=0, atol=0)
+    c = encode_text.tiny_random_encoder(["open the drawer"], d_model=16, seed=1)
+    assert not torch.allclose(ea, encode_text.encode(["open the drawer"], *c, text_len=8)[0])
+
+
+def test_text_cache_errors_name_the_file(tmp_path):
+    tokenizer, model, _ = tiny_encoder(tmp_path)
+    tiny = {"id": "tiny:16", "flags": "--tiny_random 16 --text_len 8"}
+    encode_text.build_cache(["pick up the cube"], tokenizer, model, tmp_path / "cache", text_len=8, encoder=tiny)
+    with pytest.raises(encode_text.TextCacheError, match=r"made by `--tiny_random 16 --text_len 8`, not `--model x`"):
+        encode_text.build_cache(["open"], tokenizer, model, tmp_path / "cache", text_len=8,
+                                encoder={"id": "umt5:1", "flags": "--model x"})
+    cache = encode_text.TextCache(tmp_path / "cache")
+    with pytest.raises(encode_text.MissingText) as e:
+        cache.require(["pick up the cube", "open it", "close it"], [tmp_path / "ds.jsonl"])
+    assert str(e.value) == (f"{tmp_path / 'cache'}: no embedding for 2 instruction(s): 'close it', 'open it'; add them "
+                            f"with: python encode_text.py --tiny_random 16 --text_len 8 --out {tmp_path / 'cache'} "
+                            f"--manifest {tmp_path / 'ds.jsonl'}")
+    shard = next((tmp_path / "cache").glob("*.safetensors"))
+    shard.write_bytes(shard.read_bytes()[:40])  # truncated
+    with pytest.raises(encode_text.TextCacheError, match=rf"{shard}: unreadable text cache shard"):
+        encode_text.TextCache(tmp_path / "cache")
 
 
 def test_wan_t5_checkpoint_layout(tmp_path):

@@ -1,6 +1,7 @@
 """eval.py metrics against scipy and hand-computed values, baselines, and the weighting formulas."""
 import numpy as np
 import pytest
+import torch
 from scipy import stats
 
 from eval import (TimeScorer, Trajectory, awr_weight, chunk_delta, gt_curve, hesitation_rmse, retry_voc, spearman,
@@ -103,12 +104,10 @@ def bench_setup(tmp_path_factory):
     import json
 
     import torch
-    from safetensors.torch import save_file
-
     import encode_text
     from data import write_lerobot
     from model import WVM, save_wvm, wvm_configs
-    from wan_vae import VAE_CONFIGS, WanVAE
+    from wan_vae import VAE_CONFIGS, WanVAE, save_wan_vae
 
     root = tmp_path_factory.mktemp("bench")
     texts = ["push the block", "lift the block"]
@@ -138,8 +137,7 @@ def bench_setup(tmp_path_factory):
     with torch.no_grad():
         m.value.head.head.weight.normal_(0, 0.02)
     save_wvm(m, str(run / "wvm.safetensors"))
-    vae = WanVAE(VAE_CONFIGS["tiny"])
-    save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, run / "vae.safetensors")
+    save_wan_vae(WanVAE(VAE_CONFIGS["tiny"]), str(run / "vae.safetensors"))
     (run / "config.json").write_text(json.dumps({"text_cache": str(root / "text"), "resolution": 32, "fps": 2.0}))
     return root
 
@@ -191,7 +189,7 @@ def test_expert_bench_and_weights_export(bench_setup, tmp_path, monkeypatch):
     assert any(r["method"] == "wvm" for r in res["table"])
 
     wvm_eval.main(["--score", str(bench_setup / "ds"), "--out", str(tmp_path / "scores"), "--ckpt",
-                   str(bench_setup / "run"), "--chunk", "10", "--keep_top", "0.7"])
+                   str(bench_setup / "run"), "--chunk", "10", "--keep_top", "0.7", "--overlay", "2"])
     table = {k: np.asarray(v) for k, v in pq.read_table(tmp_path / "scores" / "values.parquet").to_pydict().items()}
     meta = json.load(open(tmp_path / "scores" / "values.json"))
     assert len(table["progress"]) == 32 + 36 + 40 + 44 + 48  # every native frame of every episode
@@ -204,3 +202,228 @@ def test_expert_bench_and_weights_export(bench_setup, tmp_path, monkeypatch):
         np.testing.assert_allclose(table["awr_weight"][sel], np.minimum(np.exp(10 * chunk_delta(v, 10)), 2.0))
     assert (table["keep"] == (table["delta"] >= meta["kappa"])).all()
     assert meta["kept_fraction"] == pytest.approx(0.7, abs=0.05)
+    assert sorted(p.name for p in (tmp_path / "scores" / "overlay").iterdir()) == ["episode_000000.mp4",
+                                                                                 "episode_000001.mp4"]
+
+
+# ----------------------------------------------------------------------------------------------
+# no silent wrong answers, no tracebacks for bad input
+
+def scorer_for(bench_setup, *argv):
+    import eval as wvm_eval
+    return wvm_eval.load_scorer(wvm_eval.parse_args(["--bench", "expert", "--data", "x", "--ckpt",
+                                                     str(bench_setup / "run"), *argv]))
+
+
+def test_a_trajectorys_values_do_not_depend_on_its_batch(bench_setup):
+    from data import read_dataset, resample
+    trajs = [Trajectory(ep, resample(ep.T, ep.fps, 2.0)) for ep in read_dataset(bench_setup / "ds")]
+    alone = scorer_for(bench_setup, "--samples", "2", "--batch", "1").score([trajs[1]], progress=False)[0]
+    company = scorer_for(bench_setup, "--samples", "2", "--batch", "2").score([trajs[0], trajs[1]], progress=False)[1]
+    assert alone[1].max() > 0  # two noise samples disagree: the noise matters
+    np.testing.assert_allclose(company[0], alone[0], atol=1e-5)
+    np.testing.assert_allclose(company[1], alone[1], atol=1e-5)
+
+
+@pytest.fixture
+def damaged(bench_setup, tmp_path):
+    """The bench dataset with episode 1 claiming 20 frames more than its span in the shared video file, episode
+    3 of zero length, no annotation for episode 2, and one for an episode 7 it does not have; keyed by LeRobot's
+    episode_index on some lines."""
+    import json
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    ds = tmp_path / "ds"
+    shutil.copytree(bench_setup / "ds", ds)
+    meta = ds / "meta" / "episodes" / "chunk-000" / "file-000.parquet"
+    t = pq.read_table(meta)
+    lengths = t["length"].to_pylist()
+    lengths[1] += 20
+    lengths[3] = 0
+    pq.write_table(t.set_column(t.schema.get_field_index("length"), "length", pa.array(lengths)), meta)
+    anns = [{"episode_index": 0, "kind": "expert", "T": 32}, {"episode": 1, "kind": "expert"},
+            {"episode_index": 3, "kind": "expert"}, {"episode": 4, "kind": "expert", "T": 48},
+            {"episode_index": 7, "kind": "expert", "T": 40}]
+    (ds / "annotations.jsonl").write_text("".join(json.dumps(a) + "\n" for a in anns))
+    return ds
+
+
+def test_every_left_out_episode_is_reported(damaged, bench_setup, tmp_path):
+    import json
+
+    import eval as wvm_eval
+    wvm_eval.main(["--bench", "expert", "--data", str(damaged), "--json", str(tmp_path / "b.json")])
+    res = json.load(open(tmp_path / "b.json"))
+    assert sorted({r["episode"] for r in res["trajectories"]}) == ["ds/0", "ds/4"]  # 2 was scored as an expert
+    assert res["skipped"] == ["episode ds/1: length runs past its video span (56 frames at 8 fps from 4.000s end "
+                              "after the span's end at 8.500s)",
+                              "episode ds/3: zero length",
+                              f"episode ds/2: no line in {damaged / 'annotations.jsonl'}",
+                              f"{damaged / 'annotations.jsonl'}:5: an annotation of episode 7, which the dataset "
+                              f"does not have"]
+    meta = wvm_eval.export_scores(str(damaged), Stub(), str(tmp_path / "s"), 2.0)
+    assert meta["skipped_episodes"] == ["ds/1: length runs past its video span (56 frames at 8 fps from 4.000s end "
+                                        "after the span's end at 8.500s)", "ds/3: zero length"]
+
+
+@pytest.mark.parametrize("damage,msg", [
+    (lambda ds: (ds / "annotations.jsonl").write_text('{"episode": 0, "kind": "expert"}\n{"episode": 1, "kind"\n'),
+     "{ds}/annotations.jsonl:2: not JSON (Expecting ':' delimiter at column 22)"),
+    (lambda ds: (ds / "annotations.jsonl").write_text('{"episode": 0}\n{"episode": "one", "kind": "expert"}\n'),
+     "{ds}/annotations.jsonl:2: not an annotation (no integer episode_index (or episode): 'one')"),
+    (lambda ds: (ds / "annotations.jsonl").write_text('{"episode": 0}\n{"episode_index": 0}\n'),
+     "{ds}/annotations.jsonl:2: a second annotation of episode 0 (the first is on line 1)"),
+    (lambda ds: (ds / "meta" / "info.json").write_text('{"codebase_version": "v3.0", "features": '),
+     "{ds}/meta/info.json: not a LeRobot info.json (JSONDecodeError: Expecting value: line 1 column 42 (char 41))"),
+])
+def test_damaged_files_give_one_line_naming_them(bench_setup, tmp_path, damage, msg):
+    import shutil
+
+    import eval as wvm_eval
+    ds = tmp_path / "ds"
+    shutil.copytree(bench_setup / "ds", ds)
+    damage(ds)
+    with pytest.raises(SystemExit) as e:
+        wvm_eval.main(["--bench", "expert", "--data", str(ds)])
+    assert str(e.value) == msg.format(ds=ds)
+
+
+def test_bad_runs_and_datasets_give_one_line(bench_setup, tmp_path):
+    import shutil
+
+    import eval as wvm_eval
+    from data import write_lerobot
+    run = tmp_path / "run"
+    shutil.copytree(bench_setup / "run", run)
+    (run / "config.json").write_text('{"text_cache": ')
+    with pytest.raises(SystemExit, match=rf"^{run / 'config.json'}: unreadable run config \(Expecting value"):
+        wvm_eval.main(["--bench", "expert", "--data", str(bench_setup / "ds"), "--ckpt", str(run)])
+    (run / "config.json").unlink()
+    with pytest.raises(SystemExit, match=rf"^{run / 'wvm.safetensors'}: records no training resolution"):
+        wvm_eval.main(["--bench", "expert", "--data", str(bench_setup / "ds"), "--ckpt", str(run)])
+    with pytest.raises(SystemExit, match=rf"^{run / 'wvm.safetensors'}: no config.json beside it names the text cache"):
+        wvm_eval.main(["--bench", "expert", "--data", str(bench_setup / "ds"), "--ckpt", str(run), "--resolution", "32",
+                       "--fps", "2"])
+    (run / "wvm.safetensors").write_bytes(b"not a checkpoint")
+    with pytest.raises(SystemExit, match=rf"^{run / 'wvm.safetensors'}: not a WVM checkpoint"):
+        wvm_eval.main(["--bench", "expert", "--data", str(bench_setup / "ds"), "--ckpt", str(run)])
+    empty = tmp_path / "empty"  # every episode unusable
+    write_lerobot(empty, [{"frames": np.zeros((2, 32, 32, 3), np.uint8), "task": "push the block"}], fps=8,
+                  codec="libx264")
+    with pytest.raises(SystemExit, match=rf"^{empty}: no episode to score \(1 skipped\)"):
+        wvm_eval.main(["--score", str(empty), "--out", str(tmp_path / "s"), "--ckpt", str(bench_setup / "run")])
+
+
+@pytest.mark.parametrize("argv,msg", [
+    (["--samples", "0"], "--samples 0: must be at least 1"),
+    (["--steps", "0"], "--steps 0: must be at least 1"),
+    (["--batch", "0"], "--batch 0: must be at least 1"),
+    (["--stride", "0"], "--stride 0: must be at least 1"),
+    (["--keep_top", "1.5"], "--keep_top 1.5: a fraction in (0, 1]"),
+    (["--resolution", "48"], "--resolution 48: must be a positive multiple of 32"),
+    (["--overlay", "2"], "--overlay goes with --score"),
+    (["--score", "x"], "give --bench or --score, not both"),
+])
+def test_every_option_is_checked_at_start(argv, msg, capsys):
+    import eval as wvm_eval
+    with pytest.raises(SystemExit) as e:
+        wvm_eval.parse_args(["--bench", "expert", "--data", "x", *argv])
+    assert e.value.code == 2 and msg in capsys.readouterr().err
+
+
+def test_missing_instruction_is_named_before_scoring(bench_setup, tmp_path):
+    import shutil
+
+    import eval as wvm_eval
+    import encode_text
+    run = tmp_path / "run"
+    shutil.copytree(bench_setup / "run", run)
+    tok, enc = encode_text.tiny_random_encoder(["push the block"], d_model=32)
+    encode_text.build_cache(["push the block"], tok, enc, tmp_path / "text", dtype=torch.float32, text_len=16)
+    with pytest.raises(SystemExit, match=r": no embedding for 1 instruction\(s\): 'lift the block'; add them with: "
+                                         r"python encode_text.py .* --lerobot "):
+        wvm_eval.main(["--score", str(bench_setup / "ds"), "--out", str(tmp_path / "s"), "--ckpt", str(run),
+                       "--text_cache", str(tmp_path / "text")])
+
+
+# ----------------------------------------------------------------------------------------------
+# the export: atomic, LeRobot's RA-BC progress file, overlay videos
+
+class Stub(TimeScorer):
+    """A scorer without a model (t / (T - 1)) where a test is about the export, not about the values."""
+    h = 4
+
+    class text_cache:
+        def require(texts, datasets):
+            pass
+
+
+def test_an_interrupted_export_keeps_the_previous_files(bench_setup, tmp_path, monkeypatch):
+    import pyarrow.parquet as pq
+
+    import eval as wvm_eval
+    wvm_eval.export_scores(str(bench_setup / "ds"), Stub(), str(tmp_path), 2.0)
+    before = {f: (tmp_path / f).read_bytes() for f in ("values.parquet", "values.json", "sarm_progress.parquet")}
+
+    def killed(table, where, *a, **k):  # the process dies while the file is being written
+        open(where, "wb").close()
+        raise KeyboardInterrupt
+    monkeypatch.setattr(pq, "write_table", killed)
+    with pytest.raises(KeyboardInterrupt):
+        wvm_eval.export_scores(str(bench_setup / "ds"), Stub(), str(tmp_path), 2.0, H=5)
+    assert before == {f: (tmp_path / f).read_bytes() for f in before}
+
+
+# lerobot's progress-file layout for RA-BC sample weighting (its compute_rabc_weights.py writes it, its RABCWeights
+# reads it): one row per frame, rows in `index` order, columns and types as below.
+LEROBOT_PROGRESS_SCHEMA = {"index": "int64", "episode_index": "int64", "frame_index": "int64",
+                           "progress_sparse": "float", "progress_dense": "float"}
+
+
+def test_sarm_progress_file_is_what_lerobot_reads(bench_setup, tmp_path):
+    import glob
+
+    import pyarrow.parquet as pq
+
+    import eval as wvm_eval
+    wvm_eval.export_scores(str(bench_setup / "ds"), Stub(), str(tmp_path), 2.0)
+    sarm = pq.read_table(tmp_path / "sarm_progress.parquet")
+    assert {f.name: str(f.type) for f in sarm.schema} == LEROBOT_PROGRESS_SCHEMA
+    sarm = {k: np.asarray(v) for k, v in sarm.to_pydict().items()}
+    assert (np.diff(sarm["index"]) > 0).all()
+    # the dataset's own frame rows: the weighting looks each training sample up by its `index`
+    rows = pq.read_table(glob.glob(str(bench_setup / "ds" / "data" / "*" / "*.parquet"))[0]).to_pydict()
+    assert sarm["index"].tolist() == rows["index"]
+    assert sarm["episode_index"].tolist() == rows["episode_index"]
+    assert sarm["frame_index"].tolist() == rows["frame_index"]
+    values = pq.read_table(tmp_path / "values.parquet").to_pydict()
+    np.testing.assert_allclose(sarm["progress_sparse"], values["progress"], atol=1e-6)
+    np.testing.assert_array_equal(sarm["progress_dense"], sarm["progress_sparse"])
+
+
+def test_overlay_draws_the_curve_under_the_frames(bench_setup, tmp_path):
+    import av
+
+    import eval as wvm_eval
+    from data import decode_frames, read_dataset
+    ep = read_dataset(bench_setup / "ds")[2]
+    progress = 0.5 + 0.4 * np.sin(np.arange(ep.T) / 5)  # a hand-made curve: up, down, up
+    wvm_eval.write_overlay(ep, progress, str(tmp_path / "o.mp4"))
+    with av.open(str(tmp_path / "o.mp4")) as c:
+        assert float(c.streams.video[0].average_rate) == ep.fps
+        frames = [f.to_ndarray(format="rgb24").astype(int) for f in c.decode(video=0)]
+    assert len(frames) == ep.T
+    H = W = 256  # a 32x32 video is enlarged 8x
+    dots = []
+    for t, f in enumerate(frames):
+        src = ((decode_frames(ep, [t])[:, 0] + 1) * 127.5).permute(1, 2, 0).numpy()
+        assert np.abs(f[:H:8, :W:8] - src).mean() < 10  # the frame itself, on top
+        red = (f[H:, :, 0] > 170) & (f[H:, :, 1] < 110) & (f[H:, :, 2] < 110)  # the current value's dot, below
+        y, x = np.nonzero(red)
+        dots.append((x.mean(), y.mean()))
+    x, y = np.array(dots).T
+    assert np.corrcoef(x, np.arange(ep.T))[0, 1] > 0.999  # the cursor walks left to right
+    assert np.corrcoef(y, progress)[0, 1] < -0.99  # higher progress, higher dot
+    assert np.ptp(y) > 0.8 * 0.8 * (max(64, W // 3) - 28)  # the curve spans most of the panel

@@ -180,3 +180,31 @@ def test_unreadable_checkpoint_names_the_file(tmp_path):
         load_wan_dit(str(tmp_path))
     with pytest.raises(CheckpointError, match="no such checkpoint"):
         load_wan_dit(str(tmp_path / "nope"))
+
+
+def test_guessed_config_values_are_said(tmp_path, capsys):
+    """Without config.json, num_heads and text_len are not in the weights: Wan's values are used, and said."""
+    torch.manual_seed(0)
+    cfg = WanConfig(dim=256, ffn_dim=64, num_heads=2, num_layers=1, text_dim=32, freq_dim=32, text_len=16)
+    path = tmp_path / "dit.safetensors"
+    save_file({k: v.contiguous() for k, v in WanDiT(cfg).state_dict().items()}, path)
+    loaded = load_wan_dit(str(path))
+    assert (loaded.cfg.num_heads, loaded.cfg.text_len) == (2, 512)  # 256 / 128 heads happens to match; 512 does not
+    assert capsys.readouterr().err == (f"{path}: no config.json gives num_heads or text_len; using num_heads = 2 "
+                                       f"(width 256 / Wan's head width 128), text_len = 512 (Wan's prompt length)\n")
+    (tmp_path / "config.json").write_text(json.dumps({"num_heads": 2, "text_len": 16}))
+    assert load_wan_dit(str(path)).cfg == cfg and capsys.readouterr().err == ""
+
+
+def test_pickled_objects_are_refused_without_advising_to_run_them(tmp_path):
+    class Payload:
+        def __reduce__(self):
+            return (print, ("this ran",))
+    path = tmp_path / "wan.pth"
+    torch.save({"patch_embedding.weight": torch.zeros(1), "extra": Payload()}, path)
+    with pytest.raises(CheckpointError) as err:
+        load_wan_dit(str(path))
+    msg = str(err.value)
+    assert msg.startswith(f"{path}: holds Python objects besides tensors (builtins.print)") or \
+        msg.startswith(f"{path}: holds Python objects besides tensors (print)")
+    assert "weights_only" not in msg and "\n" not in msg

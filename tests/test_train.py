@@ -2,7 +2,9 @@
 import json
 import math
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -36,7 +38,7 @@ def dataset(tmp_path_factory):
     write_lerobot(root / "ds", episodes(), fps=8, codec="libx264")
     tok, enc = encode_text.tiny_random_encoder(["push the block right", "slide the block"], d_model=32)
     encode_text.build_cache(["push the block right", "slide the block"], tok, enc, root / "text", dtype=torch.float32,
-                            text_len=16)
+                            text_len=16, encoder={"id": "tiny:32", "flags": "--tiny_random 32 --text_len 16"})
     return root
 
 
@@ -176,3 +178,262 @@ def test_latent_cache_gives_the_same_training(dataset, tmp_path):
     assert stored == [distinct, distinct]  # each clip stored once, nothing re-encoded on the second run
     ds.latent_dir = str(next(cache.iterdir()))  # what train.py sets: loader workers then skip decoding
     assert all(ds[i]["frames"] is None and ds[i]["latents"].shape == (48, 3, 2, 2) for i in range(12))
+
+
+def test_fsdp_sigterm_then_resume_repeats_the_uninterrupted_run(dataset, tmp_path):
+    """FSDP2 over 2 processes: each saves and reloads its own shards (no pickles), and the resumed run
+    repeats the uninterrupted one exactly."""
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py"]
+    opts = dict(max_steps=5, ckpt_every=100, parallel="fsdp")
+    full = run([*launch, *args(dataset, tmp_path / "full", **opts)])
+    assert full.returncode == 0, full.stderr[-3000:]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([*launch, *args(dataset, tmp_path / "cut", **opts)], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = tmp_path / "cut" / "log.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (log.exists() and log.read_text().count("\n") >= 2):
+        time.sleep(0.05)
+    workers = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    assert len(workers) == 2
+    for pid in workers:  # the workers, as a cluster's preemption notice reaches them
+        os.kill(int(pid), signal.SIGTERM)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    assert sorted(p.name for p in (tmp_path / "cut" / "ckpt").iterdir()) == [
+        "rank00000.safetensors", "rank00001.safetensors", "state.json"]
+    stopped = max(losses(tmp_path / "cut"))
+    assert 2 <= stopped < 5
+    resumed = run([*launch, *args(dataset, tmp_path / "cut", resume=True, **opts)])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a, b = losses(tmp_path / "full"), losses(tmp_path / "cut")
+    assert sorted(b) == list(range(1, 6))
+    assert [a[s] for s in sorted(a)] == [b[s] for s in sorted(b)]
+
+
+# ----------------------------------------------------------------------------------------------
+# bad settings, run folders that hold work, checkpoints that a crash or a stranger left behind
+
+@pytest.mark.parametrize("argv,msg", [
+    (["--lr"], "--lr: needs a value"),                       # was lr = True = 1.0
+    (["--max_steps"], "--max_steps: needs a value"),         # was max_steps = True
+    (["--max_steps=True"], "max_steps=True: expected int"),
+    (["--lr=abc"], "lr='abc': expected float"),
+    (["--size=huge"], "size='huge': expected tiny | small | mid | full"),
+    (["--max_steps=0"], "max_steps=0: must be at least 1"),
+    (["--micro_batch=0"], "micro_batch=0: must be at least 1"),
+    (["--batch_size=0"], "batch_size=0: must be at least 1"),
+    (["--ckpt_every=0"], "ckpt_every=0: must be at least 1"),
+    (["--lr=-1e-4"], "lr=-0.0001: must lie in (0, 1]"),
+    (["--lr=3"], "lr=3.0: must lie in (0, 1]"),
+    (["--rewind=1.5"], "rewind=1.5: a probability"),
+    (["--prefix_p=-0.1"], "prefix_p=-0.1: a probability"),
+    (["--plateau=2"], "plateau=2.0: a probability"),
+    (["--resolution=48"], "resolution=48: must be a positive multiple of 32"),
+    (["--data=a:heavy"], "data source 'a:heavy'"),
+    (["--resume", "--overwrite"], "overwrite=True: contradicts resume=True"),
+])
+def test_every_setting_is_checked_at_start(argv, msg):
+    with pytest.raises(SystemExit) as e:
+        train.configure(argv)
+    assert msg in str(e.value)
+
+
+def test_config_file_errors_name_the_file_and_line(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("lr = 1e-4\nmax_steps = 10 +\n")
+    with pytest.raises(SystemExit, match=rf"{bad}:2: SyntaxError"):
+        train.configure([str(bad)])
+    with pytest.raises(SystemExit, match="cannot read config file"):
+        train.configure([str(tmp_path / "missing.py")])
+
+
+def train_here(dataset, out, **kw):
+    """train.train in this process (no interpreter start-up): a fraction of a subprocess's time."""
+    return train.train(train.configure(args(dataset, out, **kw)), 1, 0, torch.device("cpu"))
+
+
+def digest(path):
+    import hashlib
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def trained(dataset, tmp_path_factory):
+    """A finished 2-step run (checkpoint at step 2); tests copy it before changing it."""
+    out = tmp_path_factory.mktemp("trained") / "run"
+    train_here(dataset, out, max_steps=2, fps=4.0)
+    return out
+
+
+def test_checkpoint_holds_no_pickles_and_resume_runs_none(dataset, trained, tmp_path, monkeypatch):
+    import pickle
+    out = tmp_path / "run"
+    shutil.copytree(trained, out)
+    assert sorted(p.name for p in (out / "ckpt").iterdir()) == ["rank00000.safetensors", "state.json"]
+    marker = tmp_path / "pwned"
+
+    class Payload:  # what a crafted run folder would hold: unpickling it runs code
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+    for name in (".metadata", "__0_0.distcp", "trainer_rank0.pt"):
+        (out / "ckpt" / name).write_bytes(pickle.dumps(Payload()))
+
+    def refuse(*a, **k):
+        raise AssertionError("resume unpickled something")
+    for mod, fn in ((pickle, "load"), (pickle, "loads"), (pickle, "Unpickler"), (torch, "load")):
+        monkeypatch.setattr(mod, fn, refuse)
+    train_here(dataset, out, max_steps=3, fps=4.0, resume=True)
+    assert not marker.exists()
+    assert sorted(losses(out)) == [1, 2, 3]
+
+
+@pytest.mark.parametrize("left,chosen", [
+    ({"ckpt.tmp": 3, "ckpt": 2}, 3),          # written, not swapped in yet
+    ({"ckpt.tmp": None, "ckpt": 2}, 2),       # cut while writing
+    ({"ckpt.tmp": 3, "ckpt.old": 2}, 3),      # cut between the two renames
+    ({"ckpt": 3, "ckpt.old": 2}, 3),          # cut before the old one was deleted
+    ({"ckpt": 3, "ckpt.old": None}, 3),       # cut while deleting it
+    ({"ckpt.old": 2}, 2),
+    ({"ckpt.tmp": 1}, 1),                     # the first save, cut before its rename
+    ({"ckpt.tmp": None}, None),
+])
+def test_recovery_from_every_interrupted_save(tmp_path, left, chosen):
+    for name, step in left.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "rank00000.safetensors").write_bytes(b"partial")
+        if step is not None:  # complete: state.json is written last
+            (tmp_path / name / "state.json").write_text(json.dumps({"step": step}))
+    train.recover_checkpoint(str(tmp_path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ([] if chosen is None else ["ckpt"])
+    if chosen is not None:
+        assert json.loads((tmp_path / "ckpt" / "state.json").read_text())["step"] == chosen
+
+
+def test_resume_after_a_crash_between_the_renames_keeps_saving(dataset, trained, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(trained, out)
+    shutil.copytree(out / "ckpt", out / "ckpt.old")  # the crash left the previous state beside the new one
+    train_here(dataset, out, max_steps=4, fps=4.0, ckpt_every=1, resume=True)  # saves at steps 3 and 4
+    assert json.loads((out / "ckpt" / "state.json").read_text())["step"] == 4
+    assert not (out / "ckpt.old").exists()
+
+
+def test_a_saved_run_is_never_trained_over(dataset, trained, tmp_path, capsys):
+    out = tmp_path / "run"
+    shutil.copytree(trained, out)
+    before = {f: digest(out / f) for f in ("wvm.safetensors", "log.jsonl", "ckpt/rank00000.safetensors")}
+    with pytest.raises(SystemExit, match=r"already holds a run \(ckpt and wvm.safetensors\): continue it with "
+                                         r"--resume, choose another --out_dir, or pass --overwrite"):
+        train_here(dataset, out, max_steps=2)
+    assert before == {f: digest(out / f) for f in before}
+    train_here(dataset, out, max_steps=3, overwrite=True)  # asked for: a fresh run, a fresh log
+    assert [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()] == [1, 2, 3]
+    # a finished run says so instead of crashing
+    assert train_here(dataset, out, max_steps=3, resume=True) is None
+    assert "the run is finished (step 3 of max_steps 3)" in capsys.readouterr().out
+
+
+def test_second_process_on_a_run_folder_is_refused(dataset, tmp_path):
+    out = tmp_path / "run"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    first = subprocess.Popen([sys.executable, "train.py", *args(dataset, out, max_steps=200, ckpt_every=1000)],
+                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (out / "log.jsonl").exists():
+        time.sleep(0.05)
+    second = run([sys.executable, "train.py", *args(dataset, out, max_steps=2, overwrite=True)])
+    first.send_signal(signal.SIGTERM)
+    first.communicate(timeout=300)
+    assert second.returncode == 1 and second.stderr.strip().splitlines() == [
+        f"{out}: in use by train.py (pid {first.pid} on {socket.gethostname()}); wait for it to finish or "
+        f"choose another --out_dir"]
+    assert first.returncode == 0 and max(losses(out)) >= 1  # the first run was not disturbed
+
+
+def test_resume_with_other_data_keeps_the_runs_vae(dataset, trained, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(trained, out)
+    vae = digest(out / "vae.safetensors")
+    # other data: the same episodes at 8 fps, which would calibrate a random VAE differently
+    train_here(dataset, out, max_steps=3, fps=4.0, resume=True, data=f"{dataset / 'ds'}:1:8")
+    assert digest(out / "vae.safetensors") == vae
+
+
+def test_resume_refuses_other_model_inputs(dataset, trained, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(trained, out)
+    with pytest.raises(SystemExit, match=r"trained on other inputs than this launch gives it \(fps 4.0 -> 2.0\)"):
+        train_here(dataset, out, max_steps=3, resume=True)
+
+
+def test_missing_instructions_are_named_up_front_with_the_command_that_adds_them(dataset, tmp_path):
+    texts = tmp_path / "texts.txt"
+    texts.write_text("push the block right\n")
+    cache = tmp_path / "text"
+    made = run([sys.executable, "encode_text.py", "--tiny_random", "32", "--text_len", "16", "--dtype", "float32",
+                "--out", str(cache), "--texts", str(texts)])
+    assert made.returncode == 0, made.stderr[-3000:]
+    from encode_text import TextCache, TextCacheError
+    before = TextCache(cache).get("push the block right")
+    with pytest.raises(TextCacheError) as e:
+        train_here(dataset, tmp_path / "run", text_cache=str(cache))
+    assert not (tmp_path / "run" / "log.jsonl").exists()  # nothing trained before the check
+    msg = str(e.value)
+    command = f"python encode_text.py --tiny_random 32 --text_len 16 --dtype float32 --out {cache} --lerobot {dataset / 'ds'}"
+    assert msg == f"{cache}: no embedding for 1 instruction(s): 'slide the block'; add them with: {command}"
+    added = run([sys.executable, *command.split()[1:]])
+    assert added.returncode == 0, added.stderr[-3000:]
+    assert torch.equal(TextCache(cache).get("push the block right"), before)  # the same features as before
+    train_here(dataset, tmp_path / "run", text_cache=str(cache), max_steps=1)
+
+
+def test_run_folder_is_usable_from_any_directory(dataset, tmp_path, monkeypatch):
+    import eval as wvm_eval
+    (tmp_path / "here").mkdir()
+    monkeypatch.chdir(tmp_path / "here")
+    rel = lambda p: os.path.relpath(p, tmp_path / "here")  # noqa: E731
+    train_here(dataset, tmp_path / "run", max_steps=1, data=rel(dataset / "ds"), text_cache=rel(dataset / "text"),
+               out_dir="../run")
+    cfg = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert cfg["data"] == str(dataset / "ds") and cfg["text_cache"] == str(dataset / "text")
+    monkeypatch.chdir(dataset)  # elsewhere
+    scorer = wvm_eval.load_scorer(wvm_eval.parse_args(["--bench", "expert", "--data", "x", "--ckpt", os.path.relpath(tmp_path / "run", dataset)]))
+    assert scorer.size == 32 and scorer.text_cache.path == dataset / "text"
+
+
+def test_bare_model_file_carries_what_scoring_needs(trained, dataset, tmp_path):
+    """A wvm.safetensors copied out of its run folder is still scored at the run's resolution and fps, and only
+    with the run's VAE and text encoder."""
+    import eval as wvm_eval
+    from encode_text import build_cache, tiny_random_encoder
+    for f in ("wvm.safetensors", "vae.safetensors"):
+        shutil.copy(trained / f, tmp_path / f)
+    argv = ["--bench", "expert", "--data", "x", "--ckpt", str(tmp_path / "wvm.safetensors"), "--text_cache",
+            str(dataset / "text")]
+    args_ = wvm_eval.parse_args(argv)
+    scorer = wvm_eval.load_scorer(args_)
+    assert (scorer.size, args_.fps) == (32, 4.0)  # was 256 and 2.0
+    with pytest.raises(SystemExit, match="--resolution 64: the model was trained at 32"):
+        wvm_eval.load_scorer(wvm_eval.parse_args(argv + ["--resolution", "64"]))
+    from wan_vae import VAE_CONFIGS, WanVAE, save_wan_vae
+    torch.manual_seed(5)
+    save_wan_vae(WanVAE(VAE_CONFIGS["tiny"]), str(tmp_path / "other_vae.safetensors"))
+    with pytest.raises(SystemExit, match="is not the VAE the model was trained with"):
+        wvm_eval.load_scorer(wvm_eval.parse_args(argv + ["--vae", str(tmp_path / "other_vae.safetensors")]))
+    tok, enc = tiny_random_encoder(["push the block right"], d_model=32, seed=1)
+    build_cache(["push the block right"], tok, enc, tmp_path / "text", dtype=torch.float32, text_len=16,
+                encoder={"id": "tiny_random:seed1", "flags": "--tiny_random 32"})
+    with pytest.raises(SystemExit, match="not the text encoder the model was trained with"):
+        wvm_eval.load_scorer(wvm_eval.parse_args(argv[:-1] + [str(tmp_path / "text")]))
+
+
+def test_bad_inputs_end_with_their_message_only(dataset, tmp_path):
+    """Input errors raised deep inside (a checkpoint, a dataset, a text cache) reach the user as one message."""
+    cases = [(dict(wan=str(tmp_path / "nope")), f"{tmp_path / 'nope'}: no such checkpoint file or folder"),
+             (dict(data=str(tmp_path)), f"{tmp_path}: not a dataset"),
+             (dict(text_cache=str(tmp_path / "none")), f"{tmp_path / 'none'}: no text cache")]
+    for i, (kw, msg) in enumerate(cases):
+        with pytest.raises(SystemExit) as e:
+            train.main(args(dataset, tmp_path / f"run{i}", **kw))
+        assert str(e.value).startswith(msg) and e.value.__suppress_context__

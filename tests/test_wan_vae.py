@@ -290,3 +290,19 @@ def test_calibrated_random_vae_has_unit_latents_and_round_trips(tmp_path):
     again = load_wan_vae(str(tmp_path / "vae.safetensors"))
     assert again.cfg == vae.cfg
     assert torch.equal(again.encode(clips), vae.encode(clips))
+
+
+def test_missing_latent_statistics_are_said(tmp_path, capsys):
+    """A VAE file without its per-channel statistics gets Wan2.2's published ones, and stderr says so; one saved
+    by save_wan_vae carries its own and loads silently."""
+    from wan_vae import save_wan_vae
+    torch.manual_seed(0)
+    vae = WanVAE(VAE_CONFIGS["tiny"])
+    bare = tmp_path / "bare.safetensors"
+    save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, str(bare))
+    assert load_wan_vae(str(bare)).cfg.latents_mean == WAN22_LATENTS_MEAN
+    assert capsys.readouterr().err == (f"{bare}: no latent statistics in the file or a config.json; using Wan2.2's "
+                                       f"published per-channel mean and std (right for the released Wan2.2 VAE only)\n")
+    save_wan_vae(vae, str(tmp_path / "own.safetensors"))
+    load_wan_vae(str(tmp_path / "own.safetensors"))
+    assert capsys.readouterr().err == ""
