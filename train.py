@@ -33,7 +33,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 import flow
-from model import WVM, save_wvm, wvm_configs, wvm_from_wan
+from model import WVM, save_wan_dit, save_wvm, wvm_configs, wvm_from_wan
 
 
 @dataclass
@@ -50,7 +50,9 @@ class TrainConfig:
     latent_cache: str = ""              # folder for VAE latents of clips (the VAE is frozen)
     num_workers: int = 2
     # model
-    size: str = "tiny"                  # tiny | mid | full (wvm_configs)
+    stage: str = "value"                # value: WVM; video: the video stream alone (the world-model prior), saved
+                                        # as an official Wan2.2 DiT folder out_dir/wan that --wan loads
+    size: str = "tiny"                  # tiny | small | mid | full (wvm_configs)
     value_head: str = "flow"            # flow | regression | hlgauss
     mask: str = "causal"
     wan: str = ""                       # Wan2.2 DiT checkpoint for the video stream (else random init)
@@ -81,7 +83,7 @@ class TrainConfig:
     seed: int = 0
 
 
-CHOICES = {"size": ("tiny", "small", "mid", "full"), "value_head": ("flow", "regression", "hlgauss"),
+CHOICES = {"stage": ("value", "video"), "size": ("tiny", "small", "mid", "full"), "value_head": ("flow", "regression", "hlgauss"),
            "mask": ("causal", "full"), "parallel": ("ddp", "fsdp"), "dtype": ("auto", "bf16", "fp32")}
 
 
@@ -253,6 +255,7 @@ def build_model(cfg, device):
     else:
         model = WVM(video_cfg, value_cfg, **opts)
     model.checkpointing = cfg.checkpointing
+    model.video_only = cfg.stage == "video"
     return model
 
 
@@ -291,7 +294,8 @@ def parallelize(model, cfg, device, world, mp_dtype):
         from torch.nn.parallel import DistributedDataParallel as DDP
         model = model.to(device)
         return DDP(model, device_ids=[device.index] if device.type == "cuda" else None,
-                   find_unused_parameters=cfg.video_loss_weight == 0)  # lambda = 0 leaves the video head unused
+                   # lambda = 0 leaves the video head unused, the video stage the whole value stream
+                   find_unused_parameters=cfg.video_loss_weight == 0 or cfg.stage == "video")
     raise SystemExit(f"parallel={cfg.parallel!r}: expected ddp or fsdp")
 
 
@@ -343,7 +347,7 @@ def peak_flops(device):
 # settings, and what the model's inputs depend on). wvm.safetensors is the whole model for eval.py. A
 # save writes ckpt.tmp (state.json last) and swaps it in; recover_checkpoint settles a swap a crash cut.
 
-RUN_FILES = ("ckpt", "wvm.safetensors", "vae.safetensors", "config.json", "log.jsonl")
+RUN_FILES = ("ckpt", "wvm.safetensors", "wan", "vae.safetensors", "config.json", "log.jsonl")
 HELD = {}  # run folder -> this process's lock on it: a later train() here (tests, notebooks) takes over a failed one's
 
 
@@ -457,6 +461,8 @@ def save_checkpoint(model, opt, step, cfg, rank, world, device, run):
             shell = WVM(export.video.cfg, export.value.cfg, mask=export.mask)
         shell.load_state_dict(full, assign=True)
         save_wvm(shell, os.path.join(cfg.out_dir, "wvm.safetensors"), run)
+        if cfg.stage == "video":  # the pretrained video stream, as the official checkpoint --wan reads
+            save_wan_dit(shell.video, os.path.join(cfg.out_dir, "wan"))
     barrier()
 
 

@@ -437,3 +437,27 @@ def test_bad_inputs_end_with_their_message_only(dataset, tmp_path):
         with pytest.raises(SystemExit) as e:
             train.main(args(dataset, tmp_path / f"run{i}", **kw))
         assert str(e.value).startswith(msg) and e.value.__suppress_context__
+
+
+def test_video_stage_writes_a_wan_checkpoint_that_wvm_training_starts_from(dataset, tmp_path):
+    """--stage=video trains the video stream alone (the value stream is untouched) and leaves an official Wan2.2
+    DiT folder; --wan=<that folder> starts WVM from exactly those weights (load_wan_dit, the real loader path)."""
+    from model import load_wan_dit, wvm_configs
+
+    prior = train_here(dataset, tmp_path / "prior", stage="video", max_steps=2, rewind=0.0)
+    wan = tmp_path / "prior" / "wan"
+    assert sorted(os.listdir(wan)) == ["config.json", "diffusion_pytorch_model.safetensors"]
+    video = load_wan_dit(str(wan))
+    assert video.cfg == wvm_configs("tiny")[0]
+    trained_sd = train.unwrap(prior).video.state_dict()
+    assert all(torch.equal(v, trained_sd[k]) for k, v in video.state_dict().items())
+    torch.manual_seed(0)
+    fresh = train.WVM(*wvm_configs("tiny"))
+    assert not torch.equal(trained_sd["blocks.0.self_attn.q.weight"], fresh.video.state_dict()["blocks.0.self_attn.q.weight"])
+    # the value stream got no gradient: it is still the seed's fresh one (the video stage builds with the same seed)
+    assert all(torch.equal(a, b) for a, b in zip(train.unwrap(prior).value.state_dict().values(),
+                                                  fresh.value.state_dict().values()))
+    cfg = train.configure(args(dataset, tmp_path / "wvm", wan=str(wan), max_steps=1))
+    model = train.build_model(cfg, torch.device("cpu"))
+    assert all(torch.equal(v, model.video.state_dict()[k]) for k, v in video.state_dict().items())
+    assert train.train(cfg, 1, 0, torch.device("cpu")) is not None  # and WVM training runs from it
