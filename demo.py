@@ -9,8 +9,8 @@ tasks and on tasks never trained on.
 
 No weights can be downloaded, so the video stream starts from random weights and is pretrained here
 (train.py --stage=video: the Wan flow loss on clips of the training tasks' expert and play video, no
-value stream), the frozen VAE is a fixed random tiny Wan2.2 VAE and the text features come from a random
-tiny umT5 (encode_text.py --tiny_random). Every step is a plain command of this repository, printed
+value stream), the frozen VAE is a fixed random tiny Wan2.2 VAE shared by every run (wan_vae.py
+--random) and the text features come from a random tiny umT5 (encode_text.py --tiny_random). Every step is a plain command of this repository, printed
 before it runs; an interrupted run continues where it stopped.
 """
 import argparse
@@ -54,10 +54,8 @@ def sh(*cmd):
 
 
 def train(run_dir, flags):
-    """train.py into run_dir unless it finished there; an interrupted run resumes."""
-    if os.path.exists(os.path.join(run_dir, "done.json")):
-        return
-    resume = os.path.isdir(os.path.join(run_dir, "ckpt"))
+    """train.py into run_dir; a run saved there resumes (a finished one says so and returns at once)."""
+    resume = os.path.exists(os.path.join(run_dir, "ckpt", "state.json"))
     sh(sys.executable, "train.py", *[f"--{k}={v}" for k, v in flags.items()], f"--out_dir={run_dir}",
        *(["--resume"] if resume else []))
 
@@ -82,7 +80,8 @@ def run(recipe, runs, name, overrides, seed):
     r = RECIPES[recipe]
     data = r["data"]
     use_prior = overrides.pop("prior", True)
-    paths = dict(text_cache=os.path.join(data, "text_cache"), latent_cache=os.path.join(data, "latents"), seed=seed)
+    paths = dict(text_cache=os.path.join(data, "text_cache"), vae=os.path.join(data, "vae.safetensors"),
+                 latent_cache=os.path.join(data, "latents"), seed=seed)
     flags = {**r["common"], **r["value"], **overrides, **paths, "data": os.path.join(data, "train")}
     if use_prior:
         prior_dir = os.path.join(runs, f"{recipe}-prior-s{seed}")
@@ -99,6 +98,9 @@ def prepare(recipe):
     data = RECIPES[recipe]["data"]
     if not all(os.path.exists(os.path.join(data, s, "annotations.jsonl")) for s in ("train", "play", *SPLITS)):
         sh(sys.executable, "sim.py", *RECIPES[recipe]["sim"], "--out", data)
+    if not os.path.exists(os.path.join(data, "vae.safetensors")):  # one frozen VAE: every run shares its latents
+        sh(sys.executable, "wan_vae.py", "--random", "tiny", "--calibrate", os.path.join(data, "train"), "--resolution",
+           str(RECIPES[recipe]["common"]["resolution"]), "--out", os.path.join(data, "vae.safetensors"))
     if not os.path.isdir(os.path.join(data, "text_cache")):
         sh(sys.executable, "encode_text.py", "--tiny_random", "32", "--text_len", "16", "--dtype", "float32",
            "--out", os.path.join(data, "text_cache"), "--lerobot", *[os.path.join(data, s) for s in ("train", *SPLITS)])

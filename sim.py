@@ -148,8 +148,8 @@ CAMERAS = ("corner", "corner2", "corner3", "corner4")  # Meta-World's views of t
 # the default run's held-out seen tasks: ten training tasks of different families whose retries generate reliably
 DEMO_SEEN = ["basketball-v3", "bin-picking-v3", "box-close-v3", "button-press-topdown-v3", "coffee-pull-v3",
              "drawer-open-v3", "hammer-v3", "handle-press-v3", "lever-pull-v3", "pick-place-v3"]
-DEMO = dict(train_tasks=list(TRAIN_TASKS), unseen_tasks=list(UNSEEN_TASKS), seen_tasks=DEMO_SEEN, seeds_train=3,
-            seeds_play=1, seeds_heldout=2, cameras=["corner", "corner2"])
+DEMO = dict(train_tasks=list(TRAIN_TASKS), unseen_tasks=list(UNSEEN_TASKS), seen_tasks=DEMO_SEEN, seeds_train=2,
+            seeds_play=1, seeds_heldout=2, cameras=["corner"])
 DEFAULT = dict(train_tasks=list(TRAIN_TASKS), unseen_tasks=list(UNSEEN_TASKS), seen_tasks=None, seeds_train=12,
                seeds_play=4, seeds_heldout=3, cameras=list(CAMERAS))
 

@@ -262,7 +262,7 @@ def build_model(cfg, device):
 def build_vae(cfg, device, dataset):
     """The frozen VAE: --vae's weights, else the run's random tiny VAE, made (and calibrated on this run's data)
     when the run starts and read back from vae.safetensors on resume, so it never changes under a trained model."""
-    from wan_vae import VAE_CONFIGS, WanVAE, calibrate_latents, load_wan_vae
+    from wan_vae import load_wan_vae, random_vae
 
     own = os.path.join(cfg.out_dir, "vae.safetensors")
     if cfg.vae:
@@ -270,9 +270,7 @@ def build_vae(cfg, device, dataset):
     elif os.path.exists(own):  # open_run deleted it unless this run resumes
         vae = load_wan_vae(own)
     else:  # no weights can be downloaded for the demo: a fixed random tiny VAE (saved with the run)
-        torch.manual_seed(cfg.seed + 1)
-        vae = WanVAE(VAE_CONFIGS["tiny"]).eval()
-        calibrate_latents(vae, torch.stack([dataset[i]["frames"] for i in range(64)]))
+        vae = random_vae(torch.stack([dataset[i]["frames"] for i in range(64)]), "tiny", cfg.seed + 1)
     return vae.to(device).eval().requires_grad_(False)
 
 

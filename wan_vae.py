@@ -649,3 +649,40 @@ class LatentCache:
             z = (z[0] if single else z).cpu().contiguous()
             self.put(key, z)
         return z
+
+
+# ----------------------------------------------------------------------------------------------
+# a stand-in for Wan2.2_VAE.pth where no weights can be downloaded (the CPU demo)
+
+def random_vae(clips, name="tiny", seed=0):
+    """A fixed random Wan2.2 VAE (VAE_CONFIGS[name]) with its latent statistics measured on clips [B, 3, F, H, W]."""
+    torch.manual_seed(seed)
+    return calibrate_latents(WanVAE(VAE_CONFIGS[name]).eval(), clips)
+
+
+def main(argv):
+    """python wan_vae.py --random tiny --calibrate DATASET --resolution 64 --out vae.safetensors"""
+    import argparse
+
+    from data import ClipDataset, DataError, read_dataset  # the command line only: the VAE itself needs no data
+
+    p = argparse.ArgumentParser(description="Make a fixed random Wan2.2 VAE for runs without weights (the CPU demo): "
+                                            "every run that shares it (--vae) shares its latents (--latent_cache).")
+    p.add_argument("--random", choices=sorted(VAE_CONFIGS), required=True, help="size (tiny for the CPU demo)")
+    p.add_argument("--calibrate", required=True, help="dataset whose clips set the latent statistics")
+    p.add_argument("--resolution", type=int, default=64, help="frame size of the clips, as train.py --resolution")
+    p.add_argument("--clips", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
+    args = p.parse_args(argv)
+    try:
+        dataset = ClipDataset(read_dataset(args.calibrate), size=args.resolution, seed=args.seed)
+    except (DataError, ValueError) as e:
+        raise SystemExit(str(e)) from None
+    clips = torch.stack([dataset[i]["frames"] for i in range(args.clips)])
+    save_wan_vae(random_vae(clips, args.random, args.seed), args.out)
+    print(f"{args.out}: random {args.random} VAE, latent statistics from {args.clips} clips of {args.calibrate}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
