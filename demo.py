@@ -61,17 +61,16 @@ def train(run_dir, flags):
 
 
 def evaluate(run_dir, data):
-    """Both benches on both held-out splits -> {(split, bench): {(method, group): row}}."""
+    """Every bench on both held-out splits, one scoring pass each -> {(split, bench): {(method, group): row}}."""
     results = {}
     for split in SPLITS:
-        for bench in ("suboptimal", "expert"):
-            out = os.path.join(run_dir, f"{split}_{bench}.json")
-            if not os.path.exists(out):
-                sh(sys.executable, "eval.py", "--bench", bench, "--data", os.path.join(data, split), "--ckpt", run_dir,
-                   "--per_task", "--json", out,
-                   *(["--plots", os.path.join(run_dir, "plots", split)] if bench == "suboptimal" else []))
-            with open(out) as f:
-                results[split, bench] = {(r["method"], r["task"]): r for r in json.load(f)["table"]}
+        out = os.path.join(run_dir, f"{split}.json")
+        if not os.path.exists(out):
+            sh(sys.executable, "eval.py", "--bench", "all", "--data", os.path.join(data, split), "--ckpt", run_dir,
+               "--json", out, "--plots", os.path.join(run_dir, "plots", split))
+        with open(out) as f:
+            for bench, rows in json.load(f)["tables"].items():
+                results[split, bench] = {(r["method"], r["embodiment"]): r for r in rows}
     return results
 
 
@@ -106,10 +105,14 @@ def prepare(recipe):
            "--out", os.path.join(data, "text_cache"), "--lerobot", *[os.path.join(data, s) for s in ("train", *SPLITS)])
 
 
+METRICS = (("suboptimal", "hesitation_rmse"), ("suboptimal", "retry_voc"), ("expert", "voc"), ("ranking", "auroc"),
+           ("ranking", "tau_a"), ("ranking", "final_failure"))
+HEADER = "Hes-RMSE ↓ | Retry-VOC ↑ | Expert-VOC ↑ | AUROC ↑ | τ_a ↑ | failure final ↓"
+
+
 def summary(results, split, method="wvm"):
-    """(Hesitation-RMSE, Retry-VOC, Expert-VOC) averaged over the split's trajectories."""
-    sub, exp = results[split, "suboptimal"][method, "average"], results[split, "expert"][method, "average"]
-    return np.array([sub["hesitation_rmse"], sub["retry_voc"], exp["voc"]])
+    """The split's averages over its trajectories, in the order of METRICS."""
+    return np.array([results[split, bench][method, "average"][k] for bench, k in METRICS])
 
 
 def cell(values):
@@ -133,20 +136,19 @@ def main(argv):
              for name, o in variants.items()}
 
     seeds = ", ".join(map(str, args.seeds))
-    print(f"\nHeld-out results ({recipe} recipe, seeds {seeds}; Hesitation-RMSE lower is better, VOCs higher):")
-    print("| split | method | Hesitation-RMSE | Retry-VOC | Expert-VOC |\n|---|---|---|---|---|")
+    print(f"\nHeld-out results ({recipe} recipe, seeds {seeds}):")
+    print(f"| split | method | {HEADER} |\n|---|---|" + "---|" * len(METRICS))
     for split in SPLITS:
         for method in ("wvm", "time", "constant"):
             rows = np.stack([summary(res, split, method) for res in table["prior"]])
-            print(f"| {split} | {method} | " + " | ".join(cell(rows[:, i]) for i in range(3)) + " |")
+            print(f"| {split} | {method} | " + " | ".join(cell(rows[:, i]) for i in range(len(METRICS))) + " |")
     if args.compare:
-        print(f"\nVariants ({recipe} recipe, same budget, seeds {seeds}; seen | unseen):")
-        print("| variant | seen Hes-RMSE | Retry-VOC | Expert-VOC | unseen Hes-RMSE | Retry-VOC | Expert-VOC |")
-        print("|---|---|---|---|---|---|---|")
+        print(f"\nVariants ({recipe} recipe, same budget, seeds {seeds}):")
+        print(f"| variant | split | {HEADER} |\n|---|---|" + "---|" * len(METRICS))
         for name in variants:
-            rows = np.stack([np.concatenate([summary(res, s) for s in SPLITS]) for res in table[name]])
-            print(f"| {name} | " + " | ".join(cell(rows[:, i]) for i in range(6)) + " |")
-
+            for split in SPLITS:
+                rows = np.stack([summary(res, split) for res in table[name]])
+                print(f"| {name} | {split} | " + " | ".join(cell(rows[:, i]) for i in range(len(METRICS))) + " |")
 
 if __name__ == "__main__":
     main(sys.argv[1:])

@@ -2,7 +2,7 @@
 whole-trajectory scoring, plots, and the per-frame values / weights export for policy training.
 
     python eval.py --bench suboptimal          # after `python demo.py`: its held-out split and its run
-    python eval.py --bench suboptimal --data data/metaworld/heldout_unseen --ckpt runs/demo --per_task
+    python eval.py --bench all --data data/metaworld/heldout_unseen --ckpt runs/demo-prior-s0 --by task
     python eval.py --bench expert --data data/metaworld/heldout_seen --ckpt runs/demo --json out.json --plots plots/
     python eval.py --score /data/my_lerobot_dataset --out scores/ --ckpt runs/demo --chunk 10
 
@@ -117,6 +117,27 @@ def retry_voc(pred, m, n, T, index=None):
     """Spearman correlation of prediction and (falling) ground truth over the retry segment [m, n]."""
     p, g = _segment(pred, "retry", m, n, T, index)
     return spearman(p, g) if len(p) >= 2 else float("nan")
+
+
+def auroc(scores, labels):
+    """Area under the ROC curve: the chance that a random positive (label 1) scores above a random negative, ties
+    counted half (the Mann-Whitney U statistic / (n_pos n_neg)); NaN without both classes."""
+    scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels, dtype=bool)
+    pos, neg = scores[labels], scores[~labels]
+    if not len(pos) or not len(neg):
+        return float("nan")
+    return float(((pos[:, None] > neg[None]).sum() + 0.5 * (pos[:, None] == neg[None]).sum()) / (len(pos) * len(neg)))
+
+
+def kendall_tau_a(a, b):
+    """Kendall's tau_a: (concordant - discordant pairs) / all n(n-1)/2 pairs; a pair tied on either side counts as
+    neither, so a constant prediction scores 0 (tau_b would divide the ties away)."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    n = len(a)
+    if n < 2:
+        return float("nan")
+    i, j = np.triu_indices(n, 1)
+    return float((np.sign(a[i] - a[j]) * np.sign(b[i] - b[j])).sum() / (n * (n - 1) / 2))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -377,9 +398,14 @@ def read_annotations(path):
     return out
 
 
-def run_bench(kind, items, scorers, per_task=False):
-    """Score every trajectory with every scorer -> (table rows, per-trajectory results, skipped episode ids).
-    A trajectory some scorer cannot score (unreadable video) is left out of every row, so rows compare alike."""
+BENCHES = {"suboptimal": ("hesitation", "retry"), "expert": ("expert",),
+           "ranking": ("expert", "hesitation", "retry", "failure")}
+SUCCEEDS = ("expert", "hesitation", "retry")  # every kind of trajectory but a failure ends with the task done
+
+
+def score_items(items, scorers):
+    """Score every trajectory once with every scorer -> (per-trajectory results, skipped episode ids). A trajectory
+    some scorer cannot score (unreadable video) is left out for all of them, so rows compare alike."""
     preds = {s.name: s.score([t for t, _ in items]) for s in scorers}
     skipped = [t.episode.id for n, (t, _) in enumerate(items) if any(p[n] is None for p in preds.values())]
     results = []
@@ -388,34 +414,69 @@ def run_bench(kind, items, scorers, per_task=False):
             if traj.episode.id in skipped:
                 continue
             v, spread = pred
-            r = {"method": scorer.name, "episode": traj.episode.id, "kind": a["kind"], "task": a.get("task", traj.episode.instruction),
-                 "embodiment": a.get("embodiment", traj.episode.source), "T": traj.episode.T,
-                 "index": traj.index.tolist(), "values": v.tolist(), "spread": spread.tolist(), "m": a.get("m"), "n": a.get("n")}
+            T = traj.episode.T
+            r = {"method": scorer.name, "episode": traj.episode.id, "kind": a["kind"], "mechanism": a.get("mechanism"),
+                 "task": a.get("task", traj.episode.instruction), "embodiment": a.get("embodiment", traj.episode.source),
+                 "T": T, "index": traj.index.tolist(), "values": v.tolist(), "spread": spread.tolist(),
+                 "m": a.get("m"), "n": a.get("n"), "final": float(v[-1]), "voc": voc(v),
+                 "achieved": 1.0 if a["kind"] in SUCCEEDS else float(a.get("achieved", "nan"))}
             if a["kind"] == "hesitation":
-                r["hesitation_rmse"] = hesitation_rmse(v, a["m"], a["n"], traj.episode.T, traj.index)
+                r["hesitation_rmse"] = hesitation_rmse(v, a["m"], a["n"], T, traj.index)
             elif a["kind"] == "retry":
-                r["retry_voc"] = retry_voc(v, a["m"], a["n"], traj.episode.T, traj.index)
-            else:
-                r["voc"] = voc(v)
+                r["retry_voc"] = retry_voc(v, a["m"], a["n"], T, traj.index)
             results.append(r)
-    metrics = {"suboptimal": ("hesitation_rmse", "retry_voc"), "expert": ("voc",)}[kind]
-    group_key = "task" if per_task else "embodiment"
+    return results, skipped
+
+
+def bench_rows(bench, results, group_key="embodiment"):
+    """One table: a row per method and group (task, embodiment, mechanism ...) and an `average` row.
+
+    suboptimal: Hesitation-RMSE and Retry-VOC (Appendix B.3); expert: Expert-VOC; each a mean over trajectories.
+    ranking, over all trajectories of a task: AUROC of the final value, successes vs failures, and the gap of their
+    mean final values; Kendall tau_a of the final value with the fraction achieved (1 for a success); VOC per kind,
+    so a curve that rises through a failure shows; the mean final value of failures. Ranking metrics are computed
+    per task, then averaged over the tasks of a group."""
     rows = []
-    for scorer in scorers:
-        mine = [r for r in results if r["method"] == scorer.name]
-        groups = sorted({r[group_key] for r in mine})
-        for g in groups + ["average"]:
+    for method in dict.fromkeys(r["method"] for r in results):
+        mine = [r for r in results if r["method"] == method and r["kind"] in BENCHES[bench]]
+        for g in sorted({r[group_key] for r in mine}, key=str) + ["average"]:
             sel = [r for r in mine if g == "average" or r[group_key] == g]
-            row = {"method": scorer.name, group_key: g}
-            for mkey in metrics:
-                vals = [r[mkey] for r in sel if mkey in r and not math.isnan(r[mkey])]
-                row[mkey] = float(np.mean(vals)) if vals else float("nan")
-                row[f"n_{mkey}"] = len(vals)
+            row = {"method": method, group_key: g}
+            if bench == "ranking":
+                per_task = [ranking_metrics([r for r in sel if r["task"] == t]) for t in sorted({r["task"] for r in sel})]
+                for k in RANKING:
+                    vals = [m[k] for m in per_task if not math.isnan(m[k])]
+                    row[k], row[f"n_{k}"] = (float(np.mean(vals)) if vals else float("nan")), len(vals)
+            else:
+                for k in {"suboptimal": ("hesitation_rmse", "retry_voc"), "expert": ("voc",)}[bench]:
+                    vals = [r[k] for r in sel if k in r and not math.isnan(r[k])]
+                    row[k], row[f"n_{k}"] = (float(np.mean(vals)) if vals else float("nan")), len(vals)
             rows.append(row)
-    return rows, results, skipped
+    return rows
 
 
-NAMES = {"hesitation_rmse": "Hesitation-RMSE ↓", "retry_voc": "Retry-VOC ↑", "voc": "Expert-VOC ↑"}
+RANKING = ("auroc", "gap", "tau_a", "voc_expert", "voc_hesitation", "voc_retry", "voc_failure", "final_failure")
+
+
+def ranking_metrics(sel):
+    """The ranking bench's metrics over the trajectories of one task."""
+    final = np.array([r["final"] for r in sel])
+    success = np.array([r["kind"] in SUCCEEDS for r in sel])
+    out = {"auroc": auroc(final, success),
+           "gap": float(final[success].mean() - final[~success].mean()) if success.any() and (~success).any()
+           else float("nan"),
+           "tau_a": kendall_tau_a(final, [r["achieved"] for r in sel]) if len(sel) > 1 else float("nan"),
+           "final_failure": float(final[~success].mean()) if (~success).any() else float("nan")}
+    for kind in ("expert", "hesitation", "retry", "failure"):
+        vocs = [r["voc"] for r in sel if r["kind"] == kind]
+        out[f"voc_{kind}"] = float(np.mean(vocs)) if vocs else float("nan")
+    return out
+
+
+NAMES = {"hesitation_rmse": "Hesitation-RMSE ↓", "retry_voc": "Retry-VOC ↑", "voc": "Expert-VOC ↑",
+         "auroc": "success AUROC ↑", "gap": "success - failure ↑", "tau_a": "τ_a ↑", "voc_expert": "VOC expert",
+         "voc_hesitation": "VOC hesitation", "voc_retry": "VOC retry", "voc_failure": "VOC failure ↓",
+         "final_failure": "failure final ↓"}
 
 
 def format_table(rows):
@@ -447,16 +508,19 @@ def plot_results(results, items, plots_dir, size=64):
         ax0.imshow(((strip.permute(2, 1, 3, 0).reshape(size, -1, 3) + 1) * 127.5).clamp(0, 255).byte().numpy())
         ax0.axis("off")
         x = np.asarray(r0["index"])
-        gt = gt_curve(r0["kind"], r0["m"], r0["n"], r0["T"])
-        ax1.plot(np.arange(r0["T"]), gt, "k--", label="ground truth")
+        if r0["kind"] == "failure":  # no curve is known inside a failure: only what it achieved by its end
+            ax1.plot([r0["T"] - 1], [r0["achieved"]], "k*", markersize=12, label="achieved at the end")
+        else:
+            ax1.plot(np.arange(r0["T"]), gt_curve(r0["kind"], r0["m"], r0["n"], r0["T"]), "k--", label="ground truth")
         for r in rs:
             v, s = np.asarray(r["values"]), np.asarray(r["spread"])
             ax1.plot(x, v, marker=".", label=r["method"])
             if s.any():
                 ax1.fill_between(x, v - s, v + s, alpha=0.2)
-        if r0["kind"] != "expert":
-            ax1.axvspan(r0["m"], r0["n"], color="orange", alpha=0.15, label=r0["kind"])
-        ax1.set(xlabel="native frame", ylabel="progress", ylim=(-0.05, 1.05), title=f"{ep_id}: {r0['task']}")
+        if r0["kind"] in ("hesitation", "retry"):
+            ax1.axvspan(r0["m"], r0["n"], color="orange", alpha=0.15, label=f"{r0['kind']} ({r0['mechanism']})")
+        ax1.set(xlabel="native frame", ylabel="progress", ylim=(-0.05, 1.05),
+                title=f"{ep_id}: {r0['task']} ({r0['kind']})")
         ax1.legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(os.path.join(plots_dir, ep_id.replace("/", "_") + ".png"), dpi=80)
@@ -610,7 +674,7 @@ def write_overlay(episode, progress, path, chunk=32):
 def parse_args(argv):
     """The command line, every option checked here, before anything is loaded."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--bench", choices=["suboptimal", "expert"])
+    p.add_argument("--bench", choices=[*BENCHES, "all"], help="all: every table from one scoring pass")
     p.add_argument("--data", help=f"LeRobot dataset (+ annotations.jsonl) or manifest .jsonl (with neither --data "
                    f"nor --ckpt: {DEMO_DATA} and {DEMO_RUN}, if demo.py made them)")
     p.add_argument("--score", metavar="DATASET", help="write per-frame values and weights for a dataset")
@@ -626,7 +690,8 @@ def parse_args(argv):
     p.add_argument("--samples", type=int, default=1, help="noise samples per window (spread)")
     p.add_argument("--steps", type=int, default=1, help="Euler steps")
     p.add_argument("--batch", type=int, default=16, help="trajectories scored together")
-    p.add_argument("--per_task", action="store_true")
+    p.add_argument("--by", default="embodiment", choices=["embodiment", "task", "mechanism", "kind"],
+                   help="a row per group of trajectories")
     p.add_argument("--json")
     p.add_argument("--plots")
     p.add_argument("--chunk", type=int, default=10, help="action chunk length H for the weights")
@@ -649,7 +714,7 @@ def parse_args(argv):
               (math.isfinite(a.kappa), f"--kappa {a.kappa}: must be finite"),
               (a.seed >= 0, f"--seed {a.seed}: must not be negative"),
               (not (a.bench and a.score), "give --bench or --score, not both"),
-              (a.bench or a.score, "give --bench suboptimal|expert (with --data) or --score DATASET"),
+              (a.bench or a.score, "give --bench suboptimal|expert|ranking|all (with --data) or --score DATASET"),
               (not a.score or a.ckpt, "--score needs --ckpt"),
               (not a.overlay or a.score, "--overlay goes with --score")]
     bad += [msg for ok, msg in checks if not ok]
@@ -686,23 +751,31 @@ def evaluate(args):
         print(json.dumps(meta, indent=1))
         return
     items, problems = load_annotated(args.data, fps, args.camera)
-    wanted = ("hesitation", "retry") if args.bench == "suboptimal" else ("expert",)
+    benches = list(BENCHES) if args.bench == "all" else [args.bench]
+    wanted = {k for b in benches for k in BENCHES[b]}
     items = [(t, a) for t, a in items if a["kind"] in wanted]
     for msg in problems:
         print(f"skipped: {msg}", file=sys.stderr)
     if not items:
-        raise SystemExit(f"{args.data}: no usable {'/'.join(wanted)} trajectories ({len(problems)} skipped)")
+        raise SystemExit(f"{args.data}: no usable {'/'.join(sorted(wanted))} trajectories ({len(problems)} skipped)")
     if args.ckpt:
         scorers[0].text_cache.require([t.episode.instruction for t, _ in items], [args.data])
-    rows, results, unreadable = run_bench(args.bench, items, scorers, args.per_task)
+    results, unreadable = score_items(items, scorers)
     problems += [f"episode {e}: video could not be decoded" for e in unreadable]
-    print(f"\n{args.bench} bench on {args.data}: {len(items) - len(unreadable)} trajectories at {fps:g} fps"
-          + (f", {len(problems)} skipped or reported (see above)" if problems else ""))
-    print(format_table(rows))
+    tables = {}
+    for bench in benches:
+        rows = bench_rows(bench, results, args.by)
+        if not any(r[k] == r[k] for r in rows for k in r if k in NAMES):  # all NaN: no such trajectories here
+            continue
+        tables[bench] = rows
+        n = len({r["episode"] for r in results if r["kind"] in BENCHES[bench]})
+        print(f"\n{bench} bench on {args.data}: {n} trajectories at {fps:g} fps"
+              + (f", {len(problems)} skipped or reported (see above)" if problems else ""))
+        print(format_table(rows))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"bench": args.bench, "data": args.data, "fps": fps, "skipped": problems, "table": rows,
-                       "trajectories": results}, f, indent=1)
+            json.dump({"data": args.data, "fps": fps, "skipped": problems, "tables": tables, "trajectories": results},
+                      f, indent=1)
     if args.plots:
         plot_results(results, items, args.plots)
 

@@ -97,6 +97,46 @@ def test_window_ends_cover_every_frame():
 
 
 # ----------------------------------------------------------------------------------------------
+def test_auroc_and_kendall_tau_a_against_scipy_and_by_hand():
+    from scipy.stats import kendalltau, mannwhitneyu
+
+    from eval import auroc, kendall_tau_a
+
+    rng = np.random.default_rng(0)
+    s, y = rng.normal(size=40).round(1), rng.random(40) < 0.4  # rounding makes ties
+    u = mannwhitneyu(s[y], s[~y]).statistic  # counts ties half, as AUROC does
+    assert auroc(s, y) == pytest.approx(u / (y.sum() * (~y).sum()))
+    assert auroc([0.9, 0.8, 0.3, 0.3], [1, 1, 0, 1]) == pytest.approx((2 + 0.5) / 3)  # by hand: 2 wins and a tie
+    assert np.isnan(auroc([0.1, 0.2], [1, 1]))
+    a, b = rng.normal(size=30), rng.normal(size=30)  # no ties: tau_a equals scipy's tau_b
+    assert kendall_tau_a(a, b) == pytest.approx(kendalltau(a, b).statistic)
+    # by hand with ties: pairs (0,1) tied in a, (2,3) tied in b; (0,2) (0,3) (1,2) (1,3) concordant: 4 / 6
+    assert kendall_tau_a([1, 1, 2, 3], [0, 1, 5, 5]) == pytest.approx(4 / 6)
+    assert kendall_tau_a(np.ones(5), np.arange(5)) == 0.0  # a constant prediction (the `time` baseline's final value)
+
+
+def test_ranking_bench_by_hand():
+    """Two tasks; per task AUROC, gap, tau_a and VOC per kind, then the mean over tasks."""
+    from eval import bench_rows
+
+    def r(task, kind, final, achieved, values):
+        return {"method": "m", "task": task, "embodiment": "e", "kind": kind, "final": final, "achieved": achieved,
+                "voc": float(np.sign(np.diff(values)).mean())}
+    res = [r("a", "expert", 1.0, 1.0, [0, 1]), r("a", "retry", 0.8, 1.0, [0, 1]), r("a", "failure", 0.9, 0.5, [1, 0]),
+           r("a", "failure", 0.2, 0.1, [0, 1]),
+           r("b", "hesitation", 0.7, 1.0, [0, 1]), r("b", "failure", 0.4, 0.3, [1, 0])]
+    rows = {x["e"] if "e" in x else x["task"]: x for x in bench_rows("ranking", res, "task")}
+    a, b, avg = rows["a"], rows["b"], rows["average"]
+    assert a["auroc"] == pytest.approx(3 / 4) and b["auroc"] == 1.0  # task a: 0.8 loses to the 0.9 failure
+    assert a["gap"] == pytest.approx(0.9 - 0.55) and b["gap"] == pytest.approx(0.3)
+    # task a, final vs achieved: (1.0,1) (0.8,1) (0.9,.5) (0.2,.1): pairs c/d = (e,r) tie, (e,f1) c, (e,f2) c,
+    # (r,f1) d, (r,f2) c, (f1,f2) c -> (4 - 1) / 6
+    assert a["tau_a"] == pytest.approx(3 / 6) and b["tau_a"] == 1.0
+    assert a["voc_failure"] == 0.0 and b["voc_failure"] == -1.0 and np.isnan(a["voc_hesitation"])
+    assert avg["auroc"] == pytest.approx((3 / 4 + 1) / 2) and avg["n_auroc"] == 2
+    assert avg["final_failure"] == pytest.approx((0.55 + 0.4) / 2)
+
+
 # end to end: a tiny random WVM run folder scores a tiny annotated dataset
 
 @pytest.fixture(scope="module")
@@ -155,8 +195,8 @@ def test_suboptimal_bench_end_to_end(bench_setup, tmp_path, capsys):
     assert "episode ds/4" in printed.err  # the impossible annotation is reported, not silently dropped
     res = json.load(open(out))
     assert res["skipped"] and "0 < m < n < T - 1" in res["skipped"][0]
-    assert {r["method"] for r in res["table"]} == {"wvm", "time", "constant"}
-    rows = {(r["method"], r["embodiment"]): r for r in res["table"]}
+    assert {r["method"] for r in res["tables"]["suboptimal"]} == {"wvm", "time", "constant"}
+    rows = {(r["method"], r["embodiment"]): r for r in res["tables"]["suboptimal"]}
     assert rows[("wvm", "average")]["n_hesitation_rmse"] == 1 and rows[("wvm", "average")]["n_retry_voc"] == 2
     # the reference rows follow from the formulas: `time` on the retry of episode 1 rises through a falling segment
     traj = next(r for r in res["trajectories"] if r["method"] == "time" and r["episode"] == "ds/1")
@@ -183,10 +223,11 @@ def test_expert_bench_and_weights_export(bench_setup, tmp_path, monkeypatch):
     wvm_eval.main(["--bench", "expert", "--json", str(out)])
     res = json.load(open(out))
     assert res["data"] == wvm_eval.DEMO_DATA
-    time_row = next(r for r in res["table"] if r["method"] == "time" and r["embodiment"] == "average")
-    const_row = next(r for r in res["table"] if r["method"] == "constant" and r["embodiment"] == "average")
+    table = res["tables"]["expert"]
+    time_row = next(r for r in table if r["method"] == "time" and r["embodiment"] == "average")
+    const_row = next(r for r in table if r["method"] == "constant" and r["embodiment"] == "average")
     assert time_row["voc"] == pytest.approx(1.0) and const_row["voc"] == 0.0
-    assert any(r["method"] == "wvm" for r in res["table"])
+    assert any(r["method"] == "wvm" for r in table)
 
     wvm_eval.main(["--score", str(bench_setup / "ds"), "--out", str(tmp_path / "scores"), "--ckpt",
                    str(bench_setup / "run"), "--chunk", "10", "--keep_top", "0.7", "--overlay", "2"])
