@@ -150,8 +150,11 @@ DEMO_SEEN = ["basketball-v3", "bin-picking-v3", "box-close-v3", "button-press-to
              "drawer-open-v3", "hammer-v3", "handle-press-v3", "lever-pull-v3", "pick-place-v3"]
 DEMO = dict(train_tasks=list(TRAIN_TASKS), unseen_tasks=list(UNSEEN_TASKS), seen_tasks=DEMO_SEEN, seeds_train=2,
             seeds_play=1, seeds_heldout=2, cameras=["corner"])
-DEFAULT = dict(train_tasks=list(TRAIN_TASKS), unseen_tasks=list(UNSEEN_TASKS), seen_tasks=None, seeds_train=12,
-               seeds_play=4, seeds_heldout=3, cameras=list(CAMERAS))
+# the longer recipe's held-out seen tasks: ten more training tasks of other families
+SEEN = DEMO_SEEN + ["button-press-v3", "dial-turn-v3", "door-close-v3", "drawer-close-v3", "faucet-open-v3",
+                    "pick-place-wall-v3", "plate-slide-v3", "push-back-v3", "stick-push-v3", "window-open-v3"]
+DEFAULT = dict(train_tasks=list(TRAIN_TASKS), unseen_tasks=list(UNSEEN_TASKS), seen_tasks=SEEN, seeds_train=5,
+               seeds_play=2, seeds_heldout=3, cameras=["corner", "corner2"])
 
 KINDS = ("expert", "hesitation", "retry", "failure")
 PAUSES = ("hold", "jitter", "coast")
