@@ -83,7 +83,7 @@ def run(recipe, runs, name, overrides, seed):
                  latent_cache=os.path.join(data, "latents"), seed=seed)
     flags = {**r["common"], **r["value"], **overrides, **paths, "data": os.path.join(data, "train")}
     if use_prior:
-        prior_dir = os.path.join(runs, f"{recipe}-prior-s{seed}")
+        prior_dir = os.path.join(runs, f"{recipe}-video-s{seed}")  # the video stage, shared by every variant
         train(prior_dir, {**r["common"], **r["prior"], **paths, "stage": "video",
                           "data": os.path.join(data, "train") + "," + os.path.join(data, "play")})
         flags["wan"] = os.path.join(prior_dir, "wan")

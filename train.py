@@ -582,7 +582,7 @@ def train(cfg, world, rank, device):
     vae = build_vae(cfg, device, dataset)
     # what scoring must reproduce to feed the model the inputs it was trained on (eval.py checks it)
     run = {"resolution": cfg.resolution, "fps": cfg.fps, "vae": vae_fingerprint(vae),
-           "text_encoder": encoder_id(text_cache.encoder)}
+           "text_encoder": encoder_id(text_cache.encoder), "stage": cfg.stage}
     model = build_model(cfg, device)
     chunk = model.chunk
     model = parallelize(model, cfg, device, world, dtype)

@@ -365,6 +365,9 @@ def test_resume_refuses_other_model_inputs(dataset, trained, tmp_path):
     shutil.copytree(trained, out)
     with pytest.raises(SystemExit, match=r"trained on other inputs than this launch gives it \(fps 4.0 -> 2.0\)"):
         train_here(dataset, out, max_steps=3, resume=True)
+    # a video-stage run is not continued as a WVM run (that would silently mix the two stages' schedules)
+    with pytest.raises(SystemExit, match=r"stage 'value' -> 'video'"):
+        train_here(dataset, out, max_steps=3, resume=True, fps=4.0, stage="video")
 
 
 def test_missing_instructions_are_named_up_front_with_the_command_that_adds_them(dataset, tmp_path):
