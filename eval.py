@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-DEMO_DATA, DEMO_RUN = "data/metaworld/heldout_seen", "runs/demo"  # what `python demo.py` leaves behind
+DEMO_DATA, DEMO_RUN = "data/metaworld/heldout_unseen", "runs/demo-prior-s0"  # what `python demo.py` leaves behind
 
 # ----------------------------------------------------------------------------------------------
 # metrics
