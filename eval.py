@@ -1,4 +1,4 @@
-"""Evaluate WVM (SPEC.md §7-8): VOC metrics, the Suboptimal-Value-Bench and Expert-VOC tables,
+"""Evaluate WVM: VOC metrics, the Suboptimal-Value-Bench (Appendix B.3) and Expert-VOC tables,
 whole-trajectory scoring, plots, and the per-frame values / weights export for policy training.
 
     python eval.py --bench suboptimal          # after `python demo.py`: its held-out split and its run
@@ -28,8 +28,17 @@ import zlib
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 from tqdm import tqdm
+
+from checkpoint import CheckpointError
+from data import DataError, VideoError, decode_frames, read_dataset, resample
+from encode_text import TextCache, TextCacheError, describe, encoder_id, pad_text
+from sim import Mp4Writer
+from wan_vae import load_wan_vae, vae_fingerprint
+from wvm import clip_latents, load_wvm
 
 DEMO_DATA, DEMO_RUN = "data/metaworld/heldout_seen", "runs/demo"  # what `python demo.py` leaves behind
 
@@ -82,7 +91,7 @@ def check_annotation(kind, m, n, T):
 
 
 def gt_curve(kind, m=None, n=None, T=None):
-    """The benchmark's ground-truth progress over native frames 0..T-1 (SPEC.md §7): piecewise linear
+    """The benchmark's ground-truth progress over native frames 0..T-1 (Appendix B.3): piecewise linear
     through (0, 0), (m, v_m), (n, v_n), (T - 1, 1); `expert` is t / (T - 1)."""
     check_annotation(kind, m, n, T)
     if kind == "failure":
@@ -190,7 +199,7 @@ def window_ends(T, h, stride):
 class WVMScorer:
     """Slides windows of h frames with stride s over each trajectory, chaining each window's prefix value
     from the windows already scored (0 before the start), and averages every frame over the windows
-    covering it (SPEC.md §7). Windows are batched across trajectories: round k scores window k of
+    covering it (DESIGN.md). Windows are batched across trajectories: round k scores window k of
     every trajectory in the batch, so the chain of one trajectory runs in order."""
     name = "wvm"
 
@@ -206,8 +215,6 @@ class WVMScorer:
     @torch.no_grad()
     def score(self, trajs, progress=True):
         """[(values [T'], spread [T'])] per trajectory, or None for one whose video cannot be decoded."""
-        from data import VideoError, decode_frames
-
         out = []
         bar = tqdm(total=sum(len(window_ends(len(t.index), self.h, self.stride)) for t in trajs),
                    desc="windows", disable=not progress, dynamic_ncols=True)
@@ -239,9 +246,8 @@ class WVMScorer:
                 p = t - self.h  # prefix frame; -1 (before the start) is frame 0 with value 0
                 clips.append(frames[i][:, [max(p, 0)] + list(range(t - self.h + 1, t + 1))])
                 prefix.append(0.0 if p < 0 else float(np.clip(sums[i][p] / counts[i][p], 0, 1)))
-            lat = self.vae.encode(torch.stack(clips).to(self.device))[:, :, 1:]  # the current latent
-            L = max(ctx[i].shape[0] for i in live)
-            context = torch.stack([torch.nn.functional.pad(ctx[i], (0, 0, 0, L - ctx[i].shape[0])) for i in live])
+            lat = clip_latents(self.vae, torch.stack(clips).to(self.device), self.h)  # the current latent
+            context = pad_text([ctx[i] for i in live])
             vals = self.model.predict_values(lat.float(), context.to(self.device), torch.tensor(prefix), steps=self.steps,
                                              samples=self.samples, generator=[gens[i] for i in live]).cpu().numpy()
             for j, i in enumerate(live):
@@ -259,10 +265,6 @@ def load_scorer(args):
     The model file's own record of its training (resolution, fps, VAE and text-encoder ids) decides how
     frames are fed; an older file without it falls back on the run's config.json. A config.json beside
     the model names the VAE and text cache (paths absolute, or relative to the run folder)."""
-    from encode_text import TextCache, describe, encoder_id
-    from model import load_wvm
-    from wan_vae import load_wan_vae, vae_fingerprint
-
     path = args.ckpt
     run_dir = path if os.path.isdir(path) else os.path.dirname(path) or "."
     if os.path.isdir(path):
@@ -332,8 +334,6 @@ def load_annotated(path, fps, camera=None, min_frames=4):
     episode left out (while indexing, unannotated where an annotations file exists, unusable annotation)
     and every annotation of an episode the dataset lacks: reported and counted, never silently dropped.
     Without an annotations file (and without a manifest's `kind`), every episode is an expert."""
-    from data import read_dataset, resample
-
     skipped = []
     episodes = read_dataset(path, camera=camera, skipped=skipped)
     problems = [f"episode {id}: {reason}" for id, reason in skipped]
@@ -373,8 +373,6 @@ def load_annotated(path, fps, camera=None, min_frames=4):
 def read_annotations(path):
     """annotations.jsonl -> {episode index: (line number, annotation)}; LeRobot's `episode_index` or `episode`
     names the episode. A line that is not an annotation stops with its file and line named."""
-    from data import DataError
-
     out = {}
     with open(path) as f:
         for n, line in enumerate(f, 1):
@@ -495,8 +493,6 @@ def plot_results(results, items, plots_dir, size=64):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from data import decode_frames
-
     os.makedirs(plots_dir, exist_ok=True)
     by_ep = {t.episode.id: t for t, _ in items}
     for ep_id in sorted({r["episode"] for r in results}):
@@ -549,11 +545,6 @@ def export_scores(path, scorer, out_dir, fps, H=10, kappa=0.0, keep_top=None, ta
 
     The tables are written under temporary names, then renamed, values.json (which records each table's
     sha256) last: an interrupted export leaves the previous files whole, never a truncated one."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from data import DataError, read_dataset, resample
-
     found = []
     episodes = read_dataset(path, camera=camera, skipped=found)
     skipped = [f"{id}: {reason}" for id, reason in found]
@@ -632,8 +623,6 @@ def write_overlay(episode, progress, path, chunk=32):
     progress: [T] values per native frame."""
     from PIL import Image, ImageDraw
 
-    from data import _Mp4, decode_frames
-
     T = episode.T
     H0, W0 = decode_frames(episode, [0]).shape[-2:]
     scale = -(-OVERLAY_MIN_WIDTH // W0)
@@ -646,7 +635,7 @@ def write_overlay(episode, progress, path, chunk=32):
         draw.line([(xs[0], y), (xs[-1], y)], fill=(70, 70, 70))
     draw.line(list(zip(xs, ys)), fill=(80, 150, 255), width=2)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    video = _Mp4(path + ".tmp.mp4", episode.fps, "libx264", W, H + panel, crf=18, gop=max(1, round(episode.fps)))
+    video = Mp4Writer(path + ".tmp.mp4", episode.fps, "libx264", W, H + panel, crf=18, gop=max(1, round(episode.fps)))
     try:
         for c in range(0, T, chunk):
             idx = np.arange(c, min(c + chunk, T))
@@ -729,10 +718,6 @@ def parse_args(argv):
 
 
 def main(argv):
-    from data import DataError
-    from encode_text import TextCacheError
-    from model import CheckpointError
-
     args = parse_args(argv)
     try:
         evaluate(args)

@@ -145,9 +145,9 @@ def bench_setup(tmp_path_factory):
 
     import torch
     import encode_text
-    from data import write_lerobot
-    from model import WVM, save_wvm, wvm_configs
+    from sim import write_lerobot
     from wan_vae import VAE_CONFIGS, WanVAE, save_wan_vae
+    from wvm import WVM, save_wvm, wvm_configs
 
     root = tmp_path_factory.mktemp("bench")
     texts = ["push the block", "lift the block"]
@@ -335,7 +335,7 @@ def test_bad_runs_and_datasets_give_one_line(bench_setup, tmp_path):
     import shutil
 
     import eval as wvm_eval
-    from data import write_lerobot
+    from sim import write_lerobot
     run = tmp_path / "run"
     shutil.copytree(bench_setup / "run", run)
     (run / "config.json").write_text('{"text_cache": ')

@@ -230,9 +230,10 @@ def test_imports_and_runs_without_triton():
     """No Triton wheels exist for macOS / Windows: the model must still import and run on the PyTorch path."""
     code = ("import importlib.util, sys; sys.modules['triton'] = None; find = importlib.util.find_spec; "
             "importlib.util.find_spec = lambda n, *a: None if n == 'triton' else find(n, *a); "
-            "import torch, kernels, model; assert not kernels.HAS_TRITON; "
-            "m = model.WVM(*model.wvm_configs('tiny')); "
-            "out = m(dict(latents=torch.randn(2, 48, 2, 4, 4), context=torch.randn(2, 3, 32), values=torch.rand(2, 5))); "
+            "import torch, kernels, wvm; assert not kernels.HAS_TRITON; "
+            "m = wvm.WVM(*wvm.wvm_configs('tiny')); "
+            "out = m(dict(latents=torch.randn(2, 48, 2, 4, 4), context=torch.randn(2, 3, 32), values=torch.rand(2, 5), "
+            "**m.flow_noise(torch.tensor([0, 1]), (48, 2, 4, 4)))); "
             "assert torch.isfinite(out['loss'])")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     r = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=300,

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import train
-from data import write_lerobot
+from sim import write_lerobot
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -150,7 +150,7 @@ def test_sigterm_then_resume_repeats_the_uninterrupted_run(dataset, tmp_path):
 
 
 def test_flops_count_matches_hand_count():
-    from model import WVM, wvm_configs
+    from wvm import WVM, wvm_configs
     with torch.device("meta"):
         m = WVM(*wvm_configs("full"))
     # 256 x 256 frames: 8 x 8 = 64 tokens per latent frame, 2 frames, 5 value tokens, 512 text tokens
@@ -173,11 +173,14 @@ def test_latent_cache_gives_the_same_training(dataset, tmp_path):
         assert r.returncode == 0, r.stderr[-3000:]
         assert losses(tmp_path / name) == losses(tmp_path / "base")
         stored.append(len(list(cache.rglob("*.safetensors"))))
-    ds = train.open_sources(train.configure(args(dataset, tmp_path / "x", max_steps=3)))
+    ds = train.open_sources(train.configure(args(dataset, tmp_path / "x", max_steps=3)), h=4)
     distinct = len({ds[i]["clip_key"] for i in range(12)})  # 3 steps x 4 samples; a clip can repeat
     assert stored == [distinct, distinct]  # each clip stored once, nothing re-encoded on the second run
-    ds.latent_dir = str(next(cache.iterdir()))  # what train.py sets: loader workers then skip decoding
-    assert all(ds[i]["frames"] is None and ds[i]["latents"].shape == (48, 3, 2, 2) for i in range(12))
+    vae = train.load_wan_vae(str(tmp_path / "fill" / "vae.safetensors"))
+    ds.latent_cache = train.LatentCache(str(cache), train.vae_fingerprint(vae))  # what train.py sets
+    assert os.listdir(cache) == [os.path.basename(ds.latent_cache.dir)]  # the run's VAE's folder, the only one
+    # loader workers then skip decoding: the cache holds the current and the future latent of each clip
+    assert all(ds[i]["frames"] is None and ds[i]["latents"].shape == (48, 2, 2, 2) for i in range(12))
 
 
 def test_fsdp_sigterm_then_resume_repeats_the_uninterrupted_run(dataset, tmp_path):
@@ -442,7 +445,8 @@ def test_bad_inputs_end_with_their_message_only(dataset, tmp_path):
 def test_video_stage_writes_a_wan_checkpoint_that_wvm_training_starts_from(dataset, tmp_path):
     """--stage=video trains the video stream alone (the value stream is untouched) and leaves an official Wan2.2
     DiT folder; --wan=<that folder> starts WVM from exactly those weights (load_wan_dit, the real loader path)."""
-    from model import load_wan_dit, wvm_configs
+    from model import load_wan_dit
+    from wvm import wvm_configs
 
     prior = train_here(dataset, tmp_path / "prior", stage="video", max_steps=2, rewind=0.0)
     wan = tmp_path / "prior" / "wan"

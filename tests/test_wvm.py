@@ -3,9 +3,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import model as model_module
-from model import WVM, load_wvm, save_wvm, wvm_configs
+import wvm as wvm_module
 from value_dit import ValueConfig, ValueDiT, hl_gauss_decode, hl_gauss_target
+from wvm import WVM, load_wvm, save_wvm, wvm_configs
 
 B, C, H, W, TXT = 2, 48, 8, 6, 32
 
@@ -91,8 +91,9 @@ def test_video_stream_ignores_value_tokens():
     assert not torch.allclose(z1, z2)
     # and the video loss with it
     batch = {"latents": x_in, "context": ctx, "values": v_in, "sigma_video": torch.tensor([0.3, 0.8]),
-             "noise_video": torch.randn(B, C, 1, H, W), "sigma_value": torch.tensor([0.5, 0.2])}
-    batch2 = dict(batch, values=torch.rand(B, 5), sigma_value=torch.tensor([0.9, 0.1]))
+             "noise_video": torch.randn(B, C, 1, H, W), "sigma_value": torch.tensor([0.5, 0.2]),
+             "noise_value": torch.randn(B, 4)}
+    batch2 = dict(batch, values=torch.rand(B, 5), sigma_value=torch.tensor([0.9, 0.1]), noise_value=torch.randn(B, 4))
     with torch.no_grad():
         assert torch.equal(m(batch)["loss_video"], m(batch2)["loss_video"])
 
@@ -128,7 +129,8 @@ def test_future_latent_reaches_values_only_under_full_mask(mask):
 
 
 def dense_reference_attention(q, k, v, n_cur, n_fut, causal=True):
-    """Dense masked attention over the joint sequence, the mask written out from SPEC.md §3.2-3.3."""
+    """Dense masked attention over the joint sequence, the asymmetric mask written out by hand: current video sees
+    current (and, without causal, future) video; future video sees all video; values see current video and values."""
     L = k.shape[1]
     n_vid = n_cur + n_fut
     seg = torch.tensor([0] * n_cur + [1] * n_fut + [2] * (L - n_vid))  # current, future, value
@@ -145,7 +147,7 @@ def test_mot_forward_equals_dense_masked_reference(mask, monkeypatch):
     x_in, t_vid, v_in, t_val, ctx = inputs()
     with torch.no_grad():
         ours = m.joint(x_in, t_vid, v_in, t_val, ctx)
-        monkeypatch.setattr(model_module, "mot_attention", dense_reference_attention)
+        monkeypatch.setattr(wvm_module, "mot_attention", dense_reference_attention)
         ref = m.joint(x_in, t_vid, v_in, t_val, ctx)
     for a, b in zip(ours, ref):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
