@@ -104,25 +104,23 @@ class ValueDiT(nn.Module):
         return hl_gauss_decode(out) if self.cfg.head == "hlgauss" else out
 
 
-# HL-Gauss (Imani & White 2018; the paper's classification baseline): a Gaussian of one bin width
-# around the target, integrated over the bins; prediction is the expectation over bin centres.
-
-def hl_gauss_bins(n, device=None):
-    """Bin edges of n bins whose centres are 0, 1/(n-1), ..., 1."""
-    w = 1.0 / (n - 1)
-    return torch.linspace(-w / 2, 1 + w / 2, n + 1, device=device)
-
+# HL-Gauss (Imani & White 2018; the baseline of the paper's Table 4, Appendix F): the chunk values are classified
+# into n bins over [0, 1]; the target spreads a value over the bins as a Gaussian, the prediction is the
+# expectation over the bin centres.
 
 def hl_gauss_target(y, n):
-    """y [...] in [0, 1] -> target probabilities [..., n]."""
-    edges = hl_gauss_bins(n, y.device)
-    sigma = edges[1] - edges[0]
-    cdf = torch.special.ndtr((edges - y[..., None].float()) / sigma)
-    p = cdf[..., 1:] - cdf[..., :-1]
-    return p / p.sum(-1, keepdim=True)
+    """Targets y [...] in [0, 1] -> probabilities [..., n] over the bins centred at 0, 1/(n-1), ..., 1: the paper's
+    Eq. F.8, a Gaussian of one bin width around y evaluated at the bin centres and normalized, one-hot on the end
+    bin for a y within 1e-6 of 0 or 1."""
+    centres = torch.linspace(0, 1, n, device=y.device)
+    y = y.float()[..., None]
+    p = torch.softmax(-0.5 * ((centres - y) * (n - 1)) ** 2, -1)  # sigma = 1 / (n - 1), one bin width
+    p = torch.where(y <= 1e-6, F.one_hot(torch.tensor(0), n).to(p), p)
+    return torch.where(y >= 1 - 1e-6, F.one_hot(torch.tensor(n - 1), n).to(p), p)
 
 
 def hl_gauss_decode(logits):
+    """Logits [..., n] -> values [...]: the expectation over the bin centres."""
     n = logits.shape[-1]
     centres = torch.linspace(0, 1, n, device=logits.device)
     return (logits.float().softmax(-1) * centres).sum(-1)

@@ -1,4 +1,6 @@
 """WVM: the MoT coupling, its masks, prefill inference, checkpoints, and that a tiny model learns."""
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -190,17 +192,27 @@ def test_deterministic_heads_predict_through_prefill(head):
     torch.testing.assert_close(pred, ref[:, None].expand(B, 2, 4), rtol=1e-5, atol=1e-5)
 
 
-def test_hl_gauss_target_and_decode():
-    y = torch.tensor([0.0, 0.38, 1.0])
+def test_hl_gauss_target_is_the_papers_and_decodes():
+    """The target of Eq. F.8 by hand: a Gaussian of one bin width at the 51 bin centres, normalized; one-hot at the
+    ends (within 1e-6 of 0 or 1). Expectation decoding of the target returns y."""
+    y = torch.tensor([0.0, 0.38, 1.0, 5e-7, 1 - 5e-7, 0.5])
     p = hl_gauss_target(y, 51)
-    torch.testing.assert_close(p.sum(-1), torch.ones(3))
-    # a Gaussian of one bin width (0.02) around 0.38 (a bin centre), integrated over its bin [0.37, 0.39]
+    torch.testing.assert_close(p.sum(-1), torch.ones(6))
+    # 0.38 is bin centre 19: weights exp(-k^2 / 2) for bins k away, normalized over the 51 bins
+    w = [math.exp(-0.5 * (i - 19) ** 2) for i in range(51)]
+    assert abs(p[1, 19].item() - 1 / sum(w)) < 1e-6 and abs(p[1, 21].item() - math.exp(-2) / sum(w)) < 1e-6
+    end = torch.zeros(51)
+    end[0] = 1
+    assert torch.equal(p[0], end) and torch.equal(p[3], end)
+    assert torch.equal(p[2], end.flip(0)) and torch.equal(p[4], end.flip(0))
+    torch.testing.assert_close(p[5], p[5].flip(0))  # 0.5 is the middle bin
+    # the integrated form of Imani & White (mass of the Gaussian over each bin) is close to it, not equal
     cdf = lambda a: 0.5 * (1 + torch.erf(torch.tensor(a) / (0.02 * 2 ** 0.5)))  # noqa: E731
-    mass = float(cdf(0.01) - cdf(-0.01))
-    total = float(cdf(1.01 - 0.38) - cdf(-0.01 - 0.38))
-    assert abs(p[1, 19].item() - mass / total) < 1e-5
-    # expectation decoding of a sharp distribution returns its centre; of the HL target, close to y (inside [0.01, 0.99])
+    mass = float(cdf(0.01) - cdf(-0.01)) / float(cdf(1.01 - 0.38) - cdf(-0.01 - 0.38))
+    assert 0.005 < p[1, 19].item() - mass < 0.03
+    # expectation decoding of a sharp distribution returns its centre; of the HL target, y (inside [0.01, 0.99])
     assert abs(hl_gauss_decode(torch.log(p[1] + 1e-12)).item() - 0.38) < 1e-3
+    assert hl_gauss_decode(torch.log(p[0] + 1e-12)).item() < 1e-9
 
 
 def test_loss_ignores_prefix_token_target():
