@@ -158,6 +158,17 @@ def chunk_delta(values, H):
     return v[np.minimum(np.arange(len(v)) + H - 1, len(v) - 1)] - v
 
 
+def filtered_bc_keep(delta, kappa=0.0, keep_top=None):
+    """Filtered BC's keep flags for chunk advantages delta [N] -> (flags [N], threshold): the chunks with a positive
+    advantage Δ > κ (Appendix E; κ = 0 drops every chunk that makes no progress, including each episode's last
+    frame, whose clamped chunk has Δ = 0), or, with keep_top, the top fraction by Δ (Δ at or above its quantile)."""
+    delta = np.asarray(delta, dtype=np.float64)
+    if keep_top:
+        threshold = float(np.quantile(delta, 1 - keep_top))
+        return delta >= threshold, threshold
+    return delta > kappa, kappa
+
+
 def awr_weight(delta, tau=10.0, delta_max=2.0):
     """AWR weight min(exp(tau Δ), δ); a policy trainer renormalizes to mean 1 per batch."""
     return np.minimum(np.exp(tau * np.asarray(delta, dtype=np.float64)), delta_max)
@@ -574,8 +585,7 @@ def export_scores(path, scorer, out_dir, fps, H=10, kappa=0.0, keep_top=None, ta
         cols["delta"].append(chunk_delta(native, H))
     cols = {k: np.concatenate(v) for k, v in cols.items()}
     index = cols.pop("index")
-    threshold = float(np.quantile(cols["delta"], 1 - keep_top)) if keep_top else kappa
-    cols["keep"] = cols["delta"] >= threshold
+    cols["keep"], threshold = filtered_bc_keep(cols["delta"], kappa, keep_top)
     cols["awr_weight"] = awr_weight(cols["delta"], tau, delta_max)
     # LeRobot's progress-file layout: int64 index, episode_index, frame_index, float32 progress_<head>, rows by
     # index. WVM has one value head; both head names carry it, so either rabc_head_mode reads it.
@@ -684,7 +694,7 @@ def parse_args(argv):
     p.add_argument("--json")
     p.add_argument("--plots")
     p.add_argument("--chunk", type=int, default=10, help="action chunk length H for the weights")
-    p.add_argument("--kappa", type=float, default=0.0)
+    p.add_argument("--kappa", type=float, default=0.0, help="Filtered BC keeps chunks with Δ > kappa")
     p.add_argument("--keep_top", type=float, default=None, help="keep this top fraction of chunks by Δ (e.g. 0.7)")
     p.add_argument("--tau", type=float, default=None, help="AWR temperature (default 10 for H = 10, 2 for H = 50)")
     p.add_argument("--delta_max", type=float, default=2.0)

@@ -4,8 +4,8 @@ import pytest
 import torch
 from scipy import stats
 
-from eval import (TimeScorer, Trajectory, awr_weight, chunk_delta, gt_curve, hesitation_rmse, retry_voc, spearman,
-                  voc, window_ends)
+from eval import (TimeScorer, Trajectory, awr_weight, chunk_delta, filtered_bc_keep, gt_curve, hesitation_rmse,
+                  retry_voc, spearman, voc, window_ends)
 
 
 def test_voc_matches_scipy_with_ties_and_constants():
@@ -88,6 +88,18 @@ def test_weights_match_formulas_on_hand_made_curve():
     np.testing.assert_allclose(d, [0.1, 0.0, 0.3, 0.2, 0.5, 0.7, 0.1, 0.0])  # V(min(t+2, 7)) - V(t)
     np.testing.assert_allclose(awr_weight(d, tau=10, delta_max=2.0), np.minimum(np.exp(10 * d), 2.0))
     assert awr_weight([-0.5], 10, 2.0)[0] == pytest.approx(np.exp(-5))
+
+
+def test_filtered_bc_keeps_positive_advantages():
+    """κ = 0 keeps Δ > 0 only (Appendix E): the flat chunk at t = 1 and the last frame's clamped chunk (Δ = 0) go;
+    keep_top keeps the top fraction, ties at the threshold included."""
+    d = chunk_delta([0.0, 0.1, 0.1, 0.1, 0.4, 0.3, 0.9, 1.0], H=3)  # [0.1, 0, 0.3, 0.2, 0.5, 0.7, 0.1, 0]
+    keep, threshold = filtered_bc_keep(d)
+    assert keep.tolist() == [True, False, True, True, True, True, True, False] and threshold == 0.0
+    assert filtered_bc_keep(d, kappa=0.15)[0].tolist() == [False, False, True, True, True, True, False, False]
+    keep, threshold = filtered_bc_keep(d, keep_top=0.5)
+    assert threshold == pytest.approx(np.quantile(d, 0.5)) and keep.tolist() == [False, False, True, True, True, True,
+                                                                                  False, False]
 
 
 def test_window_ends_cover_every_frame():
