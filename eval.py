@@ -8,8 +8,9 @@ whole-trajectory scoring, plots, and the per-frame values / weights export for p
 
 --ckpt is a train.py run folder (wvm.safetensors + config.json naming the VAE and text cache) or a
 wvm.safetensors file (with --vae and --text_cache where no config.json lies beside it). The model file
-records the resolution and fps it was trained at and the ids of its VAE and text encoder: scoring uses
-them and refuses a VAE or text cache other than the training one. Every table has the `time`
+records the resolution and fps it was trained at (and the fps of each source trained at its own) and the ids
+of its VAE and text encoder: scoring uses them, scores a training source at its own fps, and refuses a VAE or
+text cache other than the training one. Every table has the `time`
 (t / (T - 1)) and `constant` (0.5) baselines as reference rows.
 
 --score writes values.parquet (per-frame progress, Δ, Filtered-BC keep flag, AWR weight),
@@ -271,10 +272,10 @@ class WVMScorer:
 
 
 def load_scorer(args):
-    """WVMScorer from a train.py run folder or a wvm.safetensors file; sets args.fps to the run's if unset.
+    """WVMScorer from a train.py run folder or a wvm.safetensors file, with the record of its training (.trained).
 
-    The model file's own record of its training (resolution, fps, VAE and text-encoder ids) decides how
-    frames are fed; an older file without it falls back on the run's config.json. A config.json beside
+    The model file's own record of its training (resolution, fps and per-source fps, VAE and text-encoder ids)
+    decides how frames are fed; an older file without it falls back on the run's config.json. A config.json beside
     the model names the VAE and text cache (paths absolute, or relative to the run folder)."""
     path = args.ckpt
     run_dir = path if os.path.isdir(path) else os.path.dirname(path) or "."
@@ -288,10 +289,8 @@ def load_scorer(args):
     size = args.resolution or trained.get("resolution")
     if not size:
         raise SystemExit(f"{path}: records no training resolution (an older checkpoint); pass --resolution")
-    if args.fps is None:
-        if not trained.get("fps"):
-            raise SystemExit(f"{path}: records no training fps (an older checkpoint); pass --fps")
-        args.fps = trained["fps"]
+    if args.fps is None and not trained.get("fps"):
+        raise SystemExit(f"{path}: records no training fps (an older checkpoint); pass --fps")
     if args.stride > model.chunk:
         raise SystemExit(f"--stride {args.stride}: at most the value chunk h = {model.chunk}, so every prefix frame "
                          f"is scored before it is used")
@@ -309,8 +308,16 @@ def load_scorer(args):
     if trained.get("text_encoder") and encoder_id(text.encoder) != trained["text_encoder"]:
         raise SystemExit(f"{text_path}: made by {describe(text.encoder)}, not the text encoder the model was trained "
                          f"with (id {trained['text_encoder']})")
-    return WVMScorer(model, vae, text, size, stride=args.stride, samples=args.samples, steps=args.steps,
-                     batch=args.batch, device=args.device, seed=args.seed)
+    scorer = WVMScorer(model, vae, text, size, stride=args.stride, samples=args.samples, steps=args.steps,
+                       batch=args.batch, device=args.device, seed=args.seed)
+    scorer.trained = trained
+    return scorer
+
+
+def dataset_fps(trained, path):
+    """The fps to score the dataset at `path` at: its training source's own fps when the run trained on that path
+    with one (train.py --data=path:weight:fps), else the run's fps. trained: the run's record (load_scorer)."""
+    return trained.get("source_fps", {}).get(os.path.realpath(path)) or trained["fps"]
 
 
 def read_run_config(run_dir):
@@ -683,7 +690,8 @@ def parse_args(argv):
     p.add_argument("--vae")
     p.add_argument("--text_cache")
     p.add_argument("--camera")
-    p.add_argument("--fps", type=float, default=None, help="benchmark fps (default: the run's, else 2.0)")
+    p.add_argument("--fps", type=float, default=None, help="benchmark fps (default: the fps the run trained this "
+                   "dataset's source at, else the run's, else 2.0)")
     p.add_argument("--resolution", type=int, help="frame size (default: the run's; another one is refused)")
     p.add_argument("--stride", type=int, default=1)
     p.add_argument("--samples", type=int, default=1, help="noise samples per window (spread)")
@@ -737,7 +745,10 @@ def main(argv):
 
 def evaluate(args):
     scorers = [load_scorer(args)] if args.ckpt else []
-    fps = args.fps or 2.0
+    fps = args.fps or (dataset_fps(scorers[0].trained, args.score or args.data) if scorers else 2.0)
+    if not args.fps and scorers and fps != scorers[0].trained["fps"]:
+        print(f"{args.score or args.data}: scored at {fps:g} fps, the fps the run trained this source at "
+              f"(the run's is {scorers[0].trained['fps']:g}; --fps overrides)", file=sys.stderr)
     scorers += [TimeScorer(), ConstantScorer()]
     if args.score:
         tau = args.tau if args.tau is not None else (2.0 if args.chunk >= 50 else 10.0)

@@ -416,7 +416,7 @@ def test_bare_model_file_carries_what_scoring_needs(trained, dataset, tmp_path):
             str(dataset / "text")]
     args_ = wvm_eval.parse_args(argv)
     scorer = wvm_eval.load_scorer(args_)
-    assert (scorer.size, args_.fps) == (32, 4.0)  # was 256 and 2.0
+    assert (scorer.size, wvm_eval.dataset_fps(scorer.trained, "x")) == (32, 4.0)  # was 256 and 2.0
     with pytest.raises(SystemExit, match="--resolution 64: the model was trained at 32"):
         wvm_eval.load_scorer(wvm_eval.parse_args(argv + ["--resolution", "64"]))
     from wan_vae import VAE_CONFIGS, WanVAE, save_wan_vae
@@ -429,6 +429,27 @@ def test_bare_model_file_carries_what_scoring_needs(trained, dataset, tmp_path):
                 encoder={"id": "tiny_random:seed1", "flags": "--tiny_random 32"})
     with pytest.raises(SystemExit, match="not the text encoder the model was trained with"):
         wvm_eval.load_scorer(wvm_eval.parse_args(argv[:-1] + [str(tmp_path / "text")]))
+
+
+def test_a_source_trained_at_its_own_fps_is_scored_at_it(dataset, tmp_path):
+    """--data=path:weight:fps: the model file records the source's fps, and eval.py scores that dataset at it (other
+    datasets at the run's fps) unless --fps says otherwise."""
+    import eval as wvm_eval
+    from wvm import load_wvm
+    train_here(dataset, tmp_path / "run", max_steps=1, data=f"{dataset / 'ds'}:1:4")
+    run = load_wvm(str(tmp_path / "run" / "wvm.safetensors")).run
+    assert run["fps"] == 2.0 and run["source_fps"] == {os.path.realpath(dataset / "ds"): 4.0}
+    shutil.copytree(dataset / "ds", tmp_path / "other")  # the same episodes under another path: a held-out set
+    (tmp_path / "alias").symlink_to(dataset / "ds")
+    for data, extra, fps in (("ds", [], 4.0), ("alias", [], 4.0), ("other", [], 2.0), ("ds", ["--fps", "3"], 3.0)):
+        out = tmp_path / f"{data}{len(extra)}.json"
+        root = dataset if data == "ds" else tmp_path
+        wvm_eval.main(["--bench", "expert", "--data", str(root / data), "--ckpt", str(tmp_path / "run"), "--json",
+                       str(out), *extra])
+        res = json.loads(out.read_text())
+        T = next(r for r in res["trajectories"] if r["method"] == "wvm" and r["episode"].endswith("/0"))["T"]
+        n = len(next(r for r in res["trajectories"] if r["method"] == "wvm" and r["episode"].endswith("/0"))["values"])
+        assert res["fps"] == fps and n == round((T - 1) * fps / 8) + 1  # 24 frames at 8 fps, resampled
 
 
 def test_bad_inputs_end_with_their_message_only(dataset, tmp_path):
