@@ -476,7 +476,8 @@ def load_checkpoint(model, opt, cfg, rank, world, device, run):
     from safetensors.torch import load_file
 
     state = read_state(cfg, world)
-    changed = [f"{k} {state.get('run', {}).get(k)!r} -> {v!r}" for k, v in run.items() if state.get("run", {}).get(k) != v]
+    changed = [f"{k} {state.get('run', {}).get(k)!r} -> {v!r}" for k, v in run.items()
+               if k != "source_fps" and state.get("run", {}).get(k) != v]  # the sources may change, not their inputs
     if changed:
         raise SystemExit(f"{cfg.out_dir}: the run was trained on other inputs than this launch gives it "
                          f"({'; '.join(changed)}); resume with the run's settings, or start a new run")
@@ -550,7 +551,8 @@ def train(cfg, world, rank, device):
     master = rank == 0
     lock = open_run(cfg) if master else None
     barrier()
-    done = read_state(cfg, world)["step"] if cfg.resume else 0
+    saved = read_state(cfg, world) if cfg.resume else {"step": 0}
+    done = saved["step"]
     if done >= cfg.max_steps:
         if master:
             print(f"{cfg.out_dir}: the run is finished (step {done} of max_steps {cfg.max_steps}); raise --max_steps "
@@ -567,8 +569,11 @@ def train(cfg, world, rank, device):
     # what scoring must reproduce to feed the model the inputs it was trained on (eval.py checks it)
     run = {"resolution": cfg.resolution, "fps": cfg.fps, "vae": vae_fingerprint(vae),
            "text_encoder": encoder_id(text_cache.encoder)}
-    source_fps = {os.path.realpath(path): fps for path, _, fps in data_specs(cfg) if fps is not None}
-    if source_fps:  # sources trained at their own fps are scored at it (eval.dataset_fps)
+    # sources trained at their own fps are scored at it (eval.dataset_fps); a resumed run may read other sources,
+    # and its record keeps those of earlier launches
+    source_fps = saved.get("run", {}).get("source_fps", {}) | {
+        os.path.realpath(path): fps for path, _, fps in data_specs(cfg) if fps is not None}
+    if source_fps:
         run["source_fps"] = source_fps
     model = parallelize(build_model(cfg, device), cfg, device, world, dtype)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),

@@ -450,6 +450,10 @@ def test_a_source_trained_at_its_own_fps_is_scored_at_it(dataset, tmp_path):
         T = next(r for r in res["trajectories"] if r["method"] == "wvm" and r["episode"].endswith("/0"))["T"]
         n = len(next(r for r in res["trajectories"] if r["method"] == "wvm" and r["episode"].endswith("/0"))["values"])
         assert res["fps"] == fps and n == round((T - 1) * fps / 8) + 1  # 24 frames at 8 fps, resampled
+    # resumed on another source with its own fps: the record keeps both
+    train_here(dataset, tmp_path / "run", max_steps=2, resume=True, data=f"{tmp_path / 'other'}:1:3")
+    run = load_wvm(str(tmp_path / "run" / "wvm.safetensors")).run
+    assert run["source_fps"] == {os.path.realpath(dataset / "ds"): 4.0, os.path.realpath(tmp_path / "other"): 3.0}
 
 
 def test_bad_inputs_end_with_their_message_only(dataset, tmp_path):
