@@ -215,12 +215,14 @@ class WVMScorer:
     every trajectory in the batch, so the chain of one trajectory runs in order."""
     name = "wvm"
 
-    def __init__(self, model, vae, text_cache, size, stride=1, samples=1, steps=1, batch=16, device="cpu", seed=0):
+    def __init__(self, model, vae, text_cache, size, stride=1, samples=1, steps=1, batch=16, device="cpu", seed=0,
+                 trained=None):
         """The noise of a trajectory is drawn from its own generator, seeded by (seed, episode id), so its
-        values do not depend on which trajectories share its batch."""
+        values do not depend on which trajectories share its batch. trained: the run's record of its training
+        (resolution, fps, source_fps, ...; load_scorer)."""
         self.model, self.vae, self.text_cache = model.eval(), vae.eval(), text_cache
         self.size, self.stride, self.samples, self.steps, self.batch = size, stride, samples, steps, batch
-        self.device, self.seed, self.h = torch.device(device), seed, model.chunk
+        self.device, self.seed, self.h, self.trained = torch.device(device), seed, model.chunk, trained or {}
         if not 1 <= stride <= self.h:
             raise ValueError(f"stride {stride}: must be in [1, h = {self.h}] so every prefix frame is scored first")
 
@@ -308,15 +310,13 @@ def load_scorer(args):
     if trained.get("text_encoder") and encoder_id(text.encoder) != trained["text_encoder"]:
         raise SystemExit(f"{text_path}: made by {describe(text.encoder)}, not the text encoder the model was trained "
                          f"with (id {trained['text_encoder']})")
-    scorer = WVMScorer(model, vae, text, size, stride=args.stride, samples=args.samples, steps=args.steps,
-                       batch=args.batch, device=args.device, seed=args.seed)
-    scorer.trained = trained
-    return scorer
+    return WVMScorer(model, vae, text, size, stride=args.stride, samples=args.samples, steps=args.steps,
+                     batch=args.batch, device=args.device, seed=args.seed, trained=trained)
 
 
 def dataset_fps(trained, path):
-    """The fps to score the dataset at `path` at: its training source's own fps when the run trained on that path
-    with one (train.py --data=path:weight:fps), else the run's fps. trained: the run's record (load_scorer)."""
+    """The fps at which a run's model scores the dataset at `path`: that of its training source when the run trained
+    on that path at an fps of its own (train.py --data=path:weight:fps), else the run's. trained: the run's record."""
     return trained.get("source_fps", {}).get(os.path.realpath(path)) or trained["fps"]
 
 
