@@ -1158,8 +1158,9 @@ def parse_args(argv):
                         "now and then fails or deadlocks mid-file on a 2-core machine)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="simulation processes")
     args = p.parse_args(argv)
+    own_train = args.train_tasks is not None  # the recipe's held-out seen tasks are among its own training tasks only
     for k, v in (DEMO if args.demo else DEFAULT).items():
-        if getattr(args, k) is None:
+        if getattr(args, k) is None and not (k == "seen_tasks" and own_train):
             setattr(args, k, v)
     args.seen_tasks = args.seen_tasks or args.train_tasks
     for t in args.train_tasks + args.unseen_tasks + args.seen_tasks:
