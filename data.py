@@ -1,10 +1,10 @@
-"""Dataset readers and clip sampling for WVM training and evaluation (SPEC.md §3.4, §5, §9).
+"""Dataset readers and clip sampling for WVM training and evaluation.
 
-Readers build a light in-memory index of episodes (`Episode`: a video file, a time span in it, a
-frame rate, a length and an instruction); frames are decoded on demand with PyAV, so a 400k-episode
-mixture never sits in memory. `ClipDataset` turns a weighted mixture of sources into the 9-frame
-training clips of §3.4 with the rewinding and prefix randomization of §5. `write_lerobot` writes
-LeRobot v3.0 / v2.1 datasets (tests, the Meta-World generator).
+Readers (LeRobot v3.0 / v2.1, EgoDex, JSONL manifests) build a light in-memory index of episodes (`Episode`: a
+video file, a time span in it, a frame rate, a length and an instruction); frames are decoded on demand with PyAV,
+so a 400k-episode mixture never sits in memory. `ClipDataset` turns a weighted mixture of sources into the 9-frame
+training clips (wvm.clip_latents encodes them) with the paper's two augmentations, `rewind` and `randomize_prefix`;
+`LatentCache` keeps the encoded clips. sim.py writes LeRobot datasets.
 
 Bad data never stops a run and never trains silently: an episode whose video is missing or
 unreadable, whose video is shorter than its metadata, whose declared length runs past its span in a
@@ -15,14 +15,15 @@ cannot be read at all raises DataError naming the file. Indexing reads only cont
 header looks fine but decodes to fewer frames than the metadata says is caught when decoding
 (`VideoError`), and `ClipDataset` then samples another episode deterministically and counts it.
 """
+import hashlib
 import json
 import logging
 import math
 import os
-import shutil
+import re
+import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
-from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -30,6 +31,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
+from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 log = logging.getLogger("wvm.data")
@@ -481,6 +483,31 @@ def _to_rgb(frame, size):
 # ----------------------------------------------------------------------------- training clips
 
 
+def rewind(t, h, T, ratio, plateau, u):
+    """Video rewinding (after ReWiND): the resampled frame indices [2h + 1] of the clip around the window ending at t
+    of a T-frame trajectory, clamped to [0, T - 1], and the clip's mode, chosen by two uniform draws u:
+      rising     (1 - ratio):               as recorded.
+      descending (ratio * (1 - plateau)):   the whole clip played backwards, every frame keeping its own value, so
+                 the values fall: prefix = frame t+h, current = t+h-1 .. t, future = t-1 .. t-h.
+      plateau    (ratio * plateau):         all 2h + 1 frames are frame t, all values its label.
+    The paper's ratios: rewind 0.5, plateau 0.1 (Table A.1)."""
+    mode = ("plateau" if u[1] < plateau else "descending") if u[0] < ratio else "rising"
+    k = np.clip(np.arange(t - h, t + h + 1), 0, T - 1)
+    if mode == "descending":
+        return k[::-1].copy(), mode
+    if mode == "plateau":
+        return np.full(2 * h + 1, t), mode
+    return k, mode
+
+
+def randomize_prefix(value, p, u):
+    """Prefix randomization: the prefix value v_{t-h}, replaced with probability p (0.5 in Table A.1) by U[0, 1], so
+    that the model does not lean on the chained prefix it is given at scoring time. u: two uniform draws.
+    -> (prefix value, randomized)."""
+    randomized = bool(u[0] < p)
+    return (float(u[1]) if randomized else float(value)), randomized
+
+
 @dataclass
 class Source:
     """One dataset in the training mixture: drawn with probability weight / sum(weights), then one of
@@ -492,20 +519,15 @@ class Source:
 
 
 class ClipDataset(torch.utils.data.Dataset):
-    """Map-style dataset of 9-frame training clips (SPEC.md §3.4, §5); sample i is a pure function of
+    """Map-style dataset of the 9-frame training clips o_{t-h} .. o_{t+h}; sample i is a pure function of
     (seed, i), so resuming and sharding over GPUs give the same data.
 
     Sample i: pick a source (mixture weights), an episode (uniform), resample it to the target fps
     (T' frames, label of frame k = k / (T' - 1)), pick the window end t uniformly in [h-1, T'-1] (the
     windows that whole-trajectory inference scores) and take resampled frames k = t-h .. t+h: prefix
     t-h, current t-h+1..t, future t+1..t+h, clamped to [0, T'-1] (before the start frame 0 with value 0,
-    past the end the last frame with value 1). Then the window's mode:
-      rising     (1 - rewind):            as recorded.
-      descending (rewind * (1 - plateau)): the whole 9-frame clip played backwards, every frame keeping
-                 its own value, so the values fall: prefix = frame t+h, current = t+h-1 .. t,
-                 future = t-1 .. t-h.
-      plateau    (rewind * plateau):       all 9 frames are frame t and all values are its label v(t).
-    Prefix randomization: with probability `prefix` the prefix value is replaced by U[0, 1].
+    past the end the last frame with value 1), rewound or not (`rewind`), with the prefix value
+    randomized or not (`randomize_prefix`).
 
     Returns {"frames": float32 [3, 9, S, S] in [-1, 1], "values": float32 [5] = [prefix value, the h = 4
     chunk (current-frame) targets], "text": str, "mode": str, "prefix_randomized": bool, "seed": int (for
@@ -547,7 +569,7 @@ class ClipDataset(torch.utils.data.Dataset):
         w = np.array([s.weight for s in self.sources], dtype=np.float64)
         self.cum = np.cumsum(w / w.sum())
         self.length = length or sum(len(s.episodes) for s in self.sources)
-        self.latent_dir = None  # a LatentCache folder to read encoded clips from instead of decoding them
+        self.latent_cache = None  # a LatentCache to read encoded clips from instead of decoding them
         self.bad = set()      # ids of episodes that failed to decode in this process
         self.failures = 0     # decoding failures seen by this process
 
@@ -566,15 +588,9 @@ class ClipDataset(torch.utils.data.Dataset):
         Tr = len(native)
         lo = min(h - 1, Tr - 1)
         t = lo + int(u[2] * (Tr - lo))
-        mode = ("plateau" if u[4] < self.plateau else "descending") if u[3] < self.rewind else "rising"
-        k = np.clip(np.arange(t - h, t + h + 1), 0, Tr - 1)
-        if mode == "descending":
-            k = k[::-1].copy()
-        elif mode == "plateau":
-            k = np.full(2 * h + 1, t)
+        k, mode = rewind(t, h, Tr, self.rewind, self.plateau, u[3:5])
         values = k / (Tr - 1)
-        randomized = bool(u[5] < self.prefix)
-        prefix = float(u[6]) if randomized else float(values[0])
+        prefix, randomized = randomize_prefix(values[0], self.prefix, u[5:7])
         return {"episode": ep, "t": t, "k": k, "frame_index": native[k], "values9": values, "mode": mode,
                 "prefix_randomized": randomized, "values": np.array([prefix, *values[1:h + 1]], dtype=np.float32),
                 "seed": sample_seed}
@@ -586,10 +602,8 @@ class ClipDataset(torch.utils.data.Dataset):
             if ep.id in self.bad:
                 continue
             key = f"{ep.id}:{self.size}:{','.join(map(str, p['frame_index']))}|{ep.video}@{ep.start:g}/{ep.fps:g}"
-            latents = None
-            if self.latent_dir:  # a clip encoded before needs no decoding (train.py sets this with --latent_cache)
-                from wan_vae import read_latents
-                latents = read_latents(self.latent_dir, key)
+            # a clip encoded before needs no decoding (train.py sets latent_cache with --latent_cache)
+            latents = self.latent_cache.load(key) if self.latent_cache else None
             try:
                 frames = decode_frames(ep, p["frame_index"], self.size) if latents is None else None
             except (VideoError, av.FFmpegError, OSError) as e:
@@ -624,309 +638,44 @@ def collate(samples):
     }
 
 
-# ----------------------------------------------------------------------------- LeRobot writer
-
-CHUNKS_SIZE = 1000  # files per chunk directory, as in LeRobot
-CODEC_NAMES = {"libsvtav1": "av1", "libaom-av1": "av1", "libdav1d": "av1", "libx264": "h264", "libx265": "hevc"}
+# ----------------------------------------------------------------------------- latents of clips, cached
 
 
-class _Mp4:
-    """Streams RGB frames into one mp4; pts continue across episodes (v3.0 packs several per file)."""
+class LatentCache:
+    """The latents of training clips on disk, each clip encoded once: root/clips-<vae id>/<clip key>.safetensors holds
+    the clip's [current | future] latents [C, 2, h, w] (wvm.clip_latents), for the VAE whose id (wan_vae.vae_fingerprint)
+    names the folder.
 
-    def __init__(self, path, fps, codec, width, height, crf, gop):
-        os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 prints a banner per file otherwise
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self.c = av.open(str(path), "w")
-        self.s = self.c.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
-        self.s.width, self.s.height, self.s.pix_fmt = width, height, "yuv420p"
-        opts = {"g": str(gop)}
-        if crf is not None or codec in ("libsvtav1", "libx264"):
-            opts["crf"] = str(crf if crf is not None else 30 if codec == "libsvtav1" else 23)
-        self.s.options = opts
-        self.n = 0
-
-    def write(self, frames):
-        for a in frames:
-            f = av.VideoFrame.from_ndarray(np.ascontiguousarray(a), format="rgb24")
-            f.pts = self.n
-            self.n += 1
-            try:
-                self.c.mux(self.s.encode(f))
-            except av.FFmpegError:
-                self.abort()  # an encoder dropped without a flush can hang the process at exit (SVT-AV1)
-                raise
-
-    def close(self):
-        self.c.mux(self.s.encode(None))
-        self.c.close()
-
-    def abort(self):
-        try:
-            self.s.encode(None)
-        finally:
-            self.c.close()
-
-
-def _stats(x, image=False):
-    """LeRobot per-episode stats of x [T, ...]: images per channel in [0, 1] with shape [3, 1, 1]."""
-    if image:
-        x = x[:: max(1, len(x) // 100)].astype(np.float32) / 255.0  # a sample of frames suffices
-        axes, shape = (0, 1, 2), (3, 1, 1)
-    else:
-        x = x.astype(np.float64).reshape(len(x), -1)
-        axes, shape = (0,), (-1,)
-    return {"min": x.min(axes).reshape(shape), "max": x.max(axes).reshape(shape),
-            "mean": x.mean(axes).reshape(shape), "std": x.std(axes).reshape(shape), "count": np.array([len(x)])}
-
-
-def _aggregate(stats):
-    out = {}
-    for key in stats[0]:
-        n = np.array([s[key]["count"][0] for s in stats], dtype=np.float64)
-        w = (n / n.sum()).reshape(-1, *[1] * stats[0][key]["mean"].ndim)
-        mean = sum(wi * s[key]["mean"] for wi, s in zip(w, stats))
-        sq = sum(wi * (s[key]["std"] ** 2 + s[key]["mean"] ** 2) for wi, s in zip(w, stats))
-        out[key] = {"min": np.min([s[key]["min"] for s in stats], 0), "max": np.max([s[key]["max"] for s in stats], 0),
-                    "mean": mean, "std": np.sqrt(np.maximum(sq - mean**2, 0)), "count": np.array([int(n.sum())])}
-    return out
-
-
-def _tolist(stats):
-    return {k: {s: v.tolist() for s, v in d.items()} for k, d in stats.items()}
-
-
-def _write_json(path, obj):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=4, ensure_ascii=False))
-
-
-def write_lerobot(root, episodes, fps, version="v3.0", codec="libsvtav1", video_key="observation.images.main",
-                  robot_type=None, files_max_episodes=50, crf=None, gop=2):
-    """Write a LeRobot dataset (v3.0 or v2.1) that the lerobot library can read; returns the episode indices.
-
-    episodes: any iterable (consumed once, one episode in memory at a time) of dicts with "frames" uint8
-    [T, H, W, 3] (stored under video_key) or {video key: frames} for several cameras, "task" str, and
-    optional float arrays "observation.state" [T, d] and "action" [T, d]. v3.0 packs files_max_episodes
-    episodes per data parquet and per mp4; v2.1 writes one of each per episode. codec: a PyAV encoder
-    (libsvtav1 = AV1 as LeRobot records, libx264 = H.264); gop=2 and crf=30 (AV1) follow LeRobot's
-    recording defaults.
+    The VAE is frozen, so a stored latent is exactly what encoding again would give, and a different VAE (weights,
+    dtype or config) gets its own folder. The key (ClipDataset's clip_key) names the clip's episode, its exact native
+    frames (rewinding and plateaus included) and its size. Files are written to a temporary name and renamed, so a
+    crash or two processes encoding the same clip never leave a partial file behind.
     """
-    root = Path(root)
-    if version not in ("v3.0", "v2.1"):
-        raise ValueError(f"write_lerobot: version must be 'v3.0' or 'v2.1', not {version!r}")
-    if (root / "meta" / "info.json").exists():
-        raise FileExistsError(f"{root}: a LeRobot dataset already exists here")
-    v3 = version == "v3.0"
-    tasks, rows, stats, feats = {}, [], [], None
-    mp4s, writer = {}, None
-    total = 0
-    for e, ep in enumerate(episodes):
-        views = {k: np.asarray(f) for k, f in (ep["frames"] if isinstance(ep["frames"], dict)
-                                               else {video_key: ep["frames"]}).items()}
-        for key, frames in views.items():
-            if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3 or len(frames) == 0:
-                raise ValueError(f"write_lerobot: episode {e}: {key} frames must be uint8 [T>0, H, W, 3], got "
-                                 f"{frames.dtype} {list(frames.shape)}")
-        T = len(next(iter(views.values())))
-        extra = {k: np.asarray(ep[k], dtype=np.float32) for k in ("observation.state", "action") if k in ep}
-        shapes = {**{k: f.shape[1:3] for k, f in views.items()}, **{k: v.shape[1:] for k, v in extra.items()}}
-        if feats is None:
-            if any(h % 2 or w % 2 for h, w in (f.shape[1:3] for f in views.values())):
-                raise ValueError(f"write_lerobot: frame sizes {shapes} must be even (yuv420p video)")
-            feats = shapes
-        if shapes != feats:
-            raise ValueError(f"write_lerobot: episode {e}: shapes {shapes} differ from episode 0's {feats}")
-        for k, v in [*extra.items(), *views.items()]:
-            if len(v) != T or (k in extra and v.ndim != 2):
-                raise ValueError(f"write_lerobot: episode {e}: {k} must have T={T} rows, got {list(v.shape)}")
-        task = ep["task"]
-        if not isinstance(task, str) or not task.strip():
-            raise ValueError(f"write_lerobot: episode {e}: task must be a non-empty string")
-        ti = tasks.setdefault(task, len(tasks))
 
-        cols = {**extra, "timestamp": (np.arange(T) / fps).astype(np.float32), "frame_index": np.arange(T),
-                "episode_index": np.full(T, e), "index": total + np.arange(T), "task_index": np.full(T, ti)}
-        table = pa.table({k: pa.FixedSizeListArray.from_arrays(pa.array(v.reshape(-1)), v.shape[1]) if v.ndim == 2
-                          else pa.array(v) for k, v in cols.items()})
-        st = {**{k: _stats(f, image=True) for k, f in views.items()}, **{k: _stats(v) for k, v in cols.items()}}
-        row = {"episode_index": e, "tasks": [task], "length": T}
-        if v3:
-            if e % files_max_episodes == 0:  # start the next data/video file pair
-                for m in mp4s.values():
-                    m.close()
-                if writer:
-                    writer.close()
-                chunk, file = divmod(e // files_max_episodes, CHUNKS_SIZE)
-                name = f"chunk-{chunk:03d}/file-{file:03d}"
-                mp4s = {k: _Mp4(root / "videos" / k / f"{name}.mp4", fps, codec, f.shape[2], f.shape[1], crf, gop)
-                        for k, f in views.items()}
-                (root / "data" / f"chunk-{chunk:03d}").mkdir(parents=True, exist_ok=True)
-                writer = pq.ParquetWriter(root / "data" / f"{name}.parquet", table.schema)
-            row |= {"data/chunk_index": chunk, "data/file_index": file, "dataset_from_index": total,
-                    "dataset_to_index": total + T}
-            for k, frames in views.items():
-                t0 = mp4s[k].n / fps
-                mp4s[k].write(frames)
-                row |= {f"videos/{k}/chunk_index": chunk, f"videos/{k}/file_index": file,
-                        f"videos/{k}/from_timestamp": t0, f"videos/{k}/to_timestamp": mp4s[k].n / fps}
-            writer.write_table(table)
-            row |= {"meta/episodes/chunk_index": 0, "meta/episodes/file_index": 0,
-                    **{f"stats/{k}/{s}": a.tolist() for k, d in st.items() for s, a in d.items()}}
-        else:
-            chunk = e // CHUNKS_SIZE
-            (root / "data" / f"chunk-{chunk:03d}").mkdir(parents=True, exist_ok=True)
-            pq.write_table(table, root / "data" / f"chunk-{chunk:03d}" / f"episode_{e:06d}.parquet")
-            for k, frames in views.items():
-                one = _Mp4(root / "videos" / f"chunk-{chunk:03d}" / k / f"episode_{e:06d}.mp4", fps, codec,
-                           frames.shape[2], frames.shape[1], crf, gop)
-                one.write(frames)
-                one.close()
-        rows.append(row)
-        stats.append(st)
-        total += T
-    for m in mp4s.values():
-        m.close()
-    if writer:
-        writer.close()
-    if feats is None:
-        raise ValueError("write_lerobot: no episodes given")
-    _write_meta(root, version, fps, codec, robot_type, feats, rows, tasks, stats, total)
-    return list(range(len(rows)))
+    def __init__(self, root, vae_id):
+        self.dir = os.path.join(root, f"clips-{vae_id}")
+        os.makedirs(self.dir, exist_ok=True)
 
+    def path(self, key):
+        readable = re.sub(r"[^A-Za-z0-9._-]+", "_", key)[:100]
+        return os.path.join(self.dir, f"{readable}-{hashlib.sha1(key.encode()).hexdigest()[:10]}.safetensors")
 
-def _write_meta(root, version, fps, codec, robot_type, feats, rows, tasks, stats, total):
-    """meta/: info.json, episodes (v3.0 parquet / v2.1 jsonl), tasks and stats, for `rows` (one per episode)."""
-    n = len(rows)
-    features = {}
-    for k, shape in feats.items():
-        if k in ("observation.state", "action"):
-            d = int(shape[0])
-            features[k] = {"dtype": "float32", "shape": [d], "names": [f"{k.split('.')[-1]}_{i}" for i in range(d)]}
-        else:
-            H, W = shape
-            features[k] = {"dtype": "video", "shape": [H, W, 3], "names": ["height", "width", "channels"],
-                           "info": {"video.height": H, "video.width": W, "video.codec": CODEC_NAMES.get(codec, codec),
-                                    "video.pix_fmt": "yuv420p", "video.is_depth_map": False, "video.fps": fps,
-                                    "video.channels": 3, "has_audio": False}}
-    for k, dtype in (("timestamp", "float32"), ("frame_index", "int64"), ("episode_index", "int64"),
-                     ("index", "int64"), ("task_index", "int64")):
-        features[k] = {"dtype": dtype, "shape": [1], "names": None}
-    fps_json = int(fps) if float(fps).is_integer() else fps
-    info = {"codebase_version": version, "robot_type": robot_type, "total_episodes": n, "total_frames": total,
-            "total_tasks": len(tasks)}
-    n_videos = sum(1 for f in features.values() if f["dtype"] == "video")
-    if version == "v3.0":
-        for k in features:
-            if features[k]["dtype"] != "video":
-                features[k]["fps"] = fps_json
-        info |= {"chunks_size": CHUNKS_SIZE, "data_files_size_in_mb": 100, "video_files_size_in_mb": 500,
-                 "fps": fps_json, "splits": {"train": f"0:{n}"},
-                 "data_path": "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet",
-                 "video_path": "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4",
-                 "features": features}
-        path = root / "meta" / "episodes" / "chunk-000" / "file-000.parquet"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(pa.Table.from_pylist(rows), path)
-        _write_tasks_parquet(root / "meta" / "tasks.parquet", tasks)
-        _write_json(root / "meta" / "stats.json", _tolist(_aggregate(stats)))
-    else:
-        info |= {"total_videos": n * n_videos, "total_chunks": (n - 1) // CHUNKS_SIZE + 1, "chunks_size": CHUNKS_SIZE,
-                 "fps": fps_json, "splits": {"train": f"0:{n}"},
-                 "data_path": "data/chunk-{episode_chunk:03d}/episode_{episode_index:06d}.parquet",
-                 "video_path": "videos/chunk-{episode_chunk:03d}/{video_key}/episode_{episode_index:06d}.mp4",
-                 "features": features}
-        jsonl = lambda items: "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in items)  # noqa: E731
-        (root / "meta").mkdir(parents=True, exist_ok=True)
-        (root / "meta" / "episodes.jsonl").write_text(jsonl(rows))
-        (root / "meta" / "tasks.jsonl").write_text(jsonl({"task_index": i, "task": t} for t, i in tasks.items()))
-        (root / "meta" / "episodes_stats.jsonl").write_text(
-            jsonl({"episode_index": e, "stats": _tolist(s)} for e, s in enumerate(stats)))
-    _write_json(root / "meta" / "info.json", info)
+    def load(self, key):
+        """The cached latents of clip `key`, or None (ClipDataset reads them in its loader workers)."""
+        path = self.path(key)
+        if not os.path.exists(path):
+            return None
+        try:
+            return load_file(path)["latents"]
+        except Exception as e:
+            raise ValueError(f"{path}: unreadable latent cache file ({type(e).__name__}: {e}); delete it") from e
 
-
-def merge_lerobot(parts, root):
-    """Concatenate LeRobot v3.0 datasets written by write_lerobot with the same features into one at `root`.
-
-    The parts' files are linked (or copied) unchanged under new file indices, so no video is re-encoded;
-    episode, frame and task indices are renumbered. Returns, per part, the new index of its first episode."""
-    root = Path(root)
-    if (root / "meta" / "info.json").exists():
-        raise FileExistsError(f"{root}: a LeRobot dataset already exists here")
-    tasks, rows, stats, offsets = {}, [], [], []
-    info0, total, files = None, 0, 0
-    for part in map(Path, parts):
-        info = json.loads((part / "meta" / "info.json").read_text())
-        if info["codebase_version"] != "v3.0":
-            raise ValueError(f"{part}: merge_lerobot reads v3.0 datasets only")
-        if info0 is not None and (info["features"] != info0["features"] or info["fps"] != info0["fps"]):
-            raise ValueError(f"{part}: features or fps differ from {parts[0]}'s")
-        info0 = info0 or info
-        part_tasks = _read_tasks(part)
-        remap = np.array([tasks.setdefault(t, len(tasks)) for t in part_tasks], dtype=np.int64)
-        meta = pq.read_table(part / "meta" / "episodes" / "chunk-000" / "file-000.parquet").to_pylist()
-        first = len(rows)
-        offsets.append(first)
-        n_files = 1 + max(r["data/file_index"] + CHUNKS_SIZE * r["data/chunk_index"] for r in meta)
-        new_name = lambda i: divmod(files + i, CHUNKS_SIZE)  # noqa: E731
-        for i in range(n_files):
-            old, new = divmod(i, CHUNKS_SIZE), new_name(i)
-            src = part / "data" / f"chunk-{old[0]:03d}" / f"file-{old[1]:03d}.parquet"
-            t = pq.read_table(src)
-            cols = {c: t[c] for c in t.column_names}
-            cols["episode_index"] = pa.array(t["episode_index"].to_numpy() + first)
-            cols["index"] = pa.array(t["index"].to_numpy() + total)
-            cols["task_index"] = pa.array(remap[t["task_index"].to_numpy()])
-            dst = root / "data" / f"chunk-{new[0]:03d}" / f"file-{new[1]:03d}.parquet"
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            pq.write_table(pa.table(cols), dst)
-            for k, f in info["features"].items():
-                if f["dtype"] == "video":
-                    v = root / "videos" / k / f"chunk-{new[0]:03d}" / f"file-{new[1]:03d}.mp4"
-                    v.parent.mkdir(parents=True, exist_ok=True)
-                    _link_or_copy(part / "videos" / k / f"chunk-{old[0]:03d}" / f"file-{old[1]:03d}.mp4", v)
-        for r in meta:
-            c, f = new_name(r["data/file_index"] + CHUNKS_SIZE * r["data/chunk_index"])
-            r = dict(r, episode_index=r["episode_index"] + first, dataset_from_index=r["dataset_from_index"] + total,
-                     dataset_to_index=r["dataset_to_index"] + total, **{"data/chunk_index": c, "data/file_index": f})
-            for k in info["features"]:
-                if f"videos/{k}/chunk_index" in r:
-                    r[f"videos/{k}/chunk_index"], r[f"videos/{k}/file_index"] = c, f
-            rows.append(r)
-            stats.append({k: {s: np.array(r[f"stats/{k}/{s}"]) for s in ("min", "max", "mean", "std", "count")}
-                          for k in info["features"] if f"stats/{k}/mean" in r})
-        total += sum(r["length"] for r in meta)
-        files += n_files
-    if info0 is None:
-        raise ValueError("merge_lerobot: no parts given")
-    feats = {k: (f["shape"][:2] if f["dtype"] == "video" else f["shape"]) for k, f in info0["features"].items()
-             if f["dtype"] == "video" or k in ("observation.state", "action")}
-    codec = next(f["info"]["video.codec"] for f in info0["features"].values() if f["dtype"] == "video")
-    codec = {v: k for k, v in CODEC_NAMES.items() if k in ("libsvtav1", "libx264", "libx265")}.get(codec, codec)
-    _write_meta(root, "v3.0", info0["fps"], codec, info0.get("robot_type"), feats, rows, tasks, stats, total)
-    return offsets
-
-
-def _read_tasks(root):
-    """Task strings of a v3.0 dataset in task_index order."""
-    t = pq.read_table(Path(root) / "meta" / "tasks.parquet")
-    return [task for _, task in sorted(zip(t["task_index"].to_pylist(), t["task"].to_pylist()))]
-
-
-def _link_or_copy(src, dst):
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copyfile(src, dst)
-
-
-def _write_tasks_parquet(path, tasks):
-    """meta/tasks.parquet as pandas writes it: column task_index, index `task` (lerobot reads it with pandas)."""
-    table = pa.table({"task_index": pa.array(list(tasks.values()), pa.int64()), "task": pa.array(list(tasks))})
-    meta = {"index_columns": ["task"], "column_indexes": [{"name": None, "field_name": None, "pandas_type": "unicode",
-                                                          "numpy_type": "object", "metadata": {"encoding": "UTF-8"}}],
-            "columns": [{"name": "task_index", "field_name": "task_index", "pandas_type": "int64", "numpy_type": "int64",
-                         "metadata": None},
-                        {"name": "task", "field_name": "task", "pandas_type": "unicode", "numpy_type": "object",
-                         "metadata": None}],
-            "creator": {"library": "pyarrow", "version": pa.__version__}, "pandas_version": "2.2.3"}
-    pq.write_table(table.replace_schema_metadata({b"pandas": json.dumps(meta).encode()}), path)
+    def put(self, key, z):
+        fd, tmp = tempfile.mkstemp(dir=self.dir, suffix=".tmp")
+        os.close(fd)
+        try:
+            save_file({"latents": z.cpu().contiguous()}, tmp, metadata={"key": key})
+            os.replace(tmp, self.path(key))
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)

@@ -1,4 +1,4 @@
-"""Offline umT5-XXL text embeddings for WVM (SPEC.md §6: the text encoder never runs in training).
+"""Offline umT5-XXL text embeddings for WVM (the text encoder is frozen, so it never runs in training).
 
     python encode_text.py --model /ckpt/Wan2.2-TI2V-5B --out runs/text_cache \
         --lerobot /data/robocoin --egodex /data/egodex/part1 --manifest extra.jsonl --texts more.txt
@@ -25,8 +25,12 @@ import zlib
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save_file
+
+import data
+from checkpoint import CheckpointError, load_pth
 
 TEXT_LEN = 512  # Wan's text_len
 
@@ -106,6 +110,12 @@ class TextCache:
                               f"{add_command(self, datasets)}")
 
 
+def pad_text(features):
+    """Text features [L_i, D] of a batch -> [B, max L_i, D], zero-padded at the end (as Wan pads to text_len)."""
+    L = max(c.shape[0] for c in features)
+    return torch.stack([F.pad(c, (0, 0, 0, L - c.shape[0])) for c in features])
+
+
 def add_command(cache, datasets):
     """The encode_text.py command that adds the instructions of `datasets` to `cache` with its own encoder."""
     flags = cache.encoder["flags"] if cache.encoder else "--model UMT5_FOLDER (or --tiny_random DIM) --text_len N"
@@ -168,7 +178,6 @@ def load_encoder(path, dtype=torch.bfloat16, device="cpu", config=None):
         model = UMT5EncoderModel.from_pretrained(model_dir, dtype=dtype, local_files_only=True)
     else:
         model = UMT5EncoderModel(config or umt5_xxl_config())
-        from model import load_pth
         sd = wan_t5_to_hf(load_pth(pths[0]))
         missing, unexpected = model.load_state_dict(sd, strict=False)
         if missing or unexpected:
@@ -268,8 +277,6 @@ def encoder_record(a, model):
 
 
 def main():
-    import data
-    from model import CheckpointError
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", help="local folder with the umT5-XXL encoder and tokenizer")
     p.add_argument("--tiny_random", type=int, metavar="DIM",

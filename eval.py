@@ -1,4 +1,4 @@
-"""Evaluate WVM (SPEC.md §7-8): VOC metrics, the Suboptimal-Value-Bench and Expert-VOC tables,
+"""Evaluate WVM: VOC metrics, the Suboptimal-Value-Bench (Appendix B.3) and Expert-VOC tables,
 whole-trajectory scoring, plots, and the per-frame values / weights export for policy training.
 
     python eval.py --bench suboptimal          # after `python demo.py`: its held-out split and its run
@@ -8,8 +8,9 @@ whole-trajectory scoring, plots, and the per-frame values / weights export for p
 
 --ckpt is a train.py run folder (wvm.safetensors + config.json naming the VAE and text cache) or a
 wvm.safetensors file (with --vae and --text_cache where no config.json lies beside it). The model file
-records the resolution and fps it was trained at and the ids of its VAE and text encoder: scoring uses
-them and refuses a VAE or text cache other than the training one. Every table has the `time`
+records the resolution and fps it was trained at (and the fps of each source trained at its own) and the ids
+of its VAE and text encoder: scoring uses them, scores a training source at its own fps, and refuses a VAE or
+text cache other than the training one. Every table has the `time`
 (t / (T - 1)) and `constant` (0.5) baselines as reference rows.
 
 --score writes values.parquet (per-frame progress, Δ, Filtered-BC keep flag, AWR weight),
@@ -28,8 +29,17 @@ import zlib
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 from tqdm import tqdm
+
+from checkpoint import CheckpointError
+from data import DataError, VideoError, decode_frames, read_dataset, resample
+from encode_text import TextCache, TextCacheError, describe, encoder_id, pad_text
+from sim import Mp4Writer
+from wan_vae import load_wan_vae, vae_fingerprint
+from wvm import clip_latents, load_wvm
 
 DEMO_DATA, DEMO_RUN = "data/metaworld/heldout_unseen", "runs/demo-prior-s0"  # what `python demo.py` leaves behind
 
@@ -82,7 +92,7 @@ def check_annotation(kind, m, n, T):
 
 
 def gt_curve(kind, m=None, n=None, T=None):
-    """The benchmark's ground-truth progress over native frames 0..T-1 (SPEC.md §7): piecewise linear
+    """The benchmark's ground-truth progress over native frames 0..T-1 (Appendix B.3): piecewise linear
     through (0, 0), (m, v_m), (n, v_n), (T - 1, 1); `expert` is t / (T - 1)."""
     check_annotation(kind, m, n, T)
     if kind == "failure":
@@ -149,6 +159,17 @@ def chunk_delta(values, H):
     return v[np.minimum(np.arange(len(v)) + H - 1, len(v) - 1)] - v
 
 
+def filtered_bc_keep(delta, kappa=0.0, keep_top=None):
+    """Filtered BC's keep flags for chunk advantages delta [N] -> (flags [N], threshold): the chunks with a positive
+    advantage Δ > κ (Appendix E; κ = 0 drops every chunk that makes no progress, including each episode's last
+    frame, whose clamped chunk has Δ = 0), or, with keep_top, the top fraction by Δ (Δ at or above its quantile)."""
+    delta = np.asarray(delta, dtype=np.float64)
+    if keep_top:
+        threshold = float(np.quantile(delta, 1 - keep_top))
+        return delta >= threshold, threshold
+    return delta > kappa, kappa
+
+
 def awr_weight(delta, tau=10.0, delta_max=2.0):
     """AWR weight min(exp(tau Δ), δ); a policy trainer renormalizes to mean 1 per batch."""
     return np.minimum(np.exp(tau * np.asarray(delta, dtype=np.float64)), delta_max)
@@ -190,24 +211,24 @@ def window_ends(T, h, stride):
 class WVMScorer:
     """Slides windows of h frames with stride s over each trajectory, chaining each window's prefix value
     from the windows already scored (0 before the start), and averages every frame over the windows
-    covering it (SPEC.md §7). Windows are batched across trajectories: round k scores window k of
+    covering it (DESIGN.md). Windows are batched across trajectories: round k scores window k of
     every trajectory in the batch, so the chain of one trajectory runs in order."""
     name = "wvm"
 
-    def __init__(self, model, vae, text_cache, size, stride=1, samples=1, steps=1, batch=16, device="cpu", seed=0):
+    def __init__(self, model, vae, text_cache, size, stride=1, samples=1, steps=1, batch=16, device="cpu", seed=0,
+                 trained=None):
         """The noise of a trajectory is drawn from its own generator, seeded by (seed, episode id), so its
-        values do not depend on which trajectories share its batch."""
+        values do not depend on which trajectories share its batch. trained: the run's record of its training
+        (resolution, fps, source_fps, ...; load_scorer)."""
         self.model, self.vae, self.text_cache = model.eval(), vae.eval(), text_cache
         self.size, self.stride, self.samples, self.steps, self.batch = size, stride, samples, steps, batch
-        self.device, self.seed, self.h = torch.device(device), seed, model.chunk
+        self.device, self.seed, self.h, self.trained = torch.device(device), seed, model.chunk, trained or {}
         if not 1 <= stride <= self.h:
             raise ValueError(f"stride {stride}: must be in [1, h = {self.h}] so every prefix frame is scored first")
 
     @torch.no_grad()
     def score(self, trajs, progress=True):
         """[(values [T'], spread [T'])] per trajectory, or None for one whose video cannot be decoded."""
-        from data import VideoError, decode_frames
-
         out = []
         bar = tqdm(total=sum(len(window_ends(len(t.index), self.h, self.stride)) for t in trajs),
                    desc="windows", disable=not progress, dynamic_ncols=True)
@@ -239,9 +260,8 @@ class WVMScorer:
                 p = t - self.h  # prefix frame; -1 (before the start) is frame 0 with value 0
                 clips.append(frames[i][:, [max(p, 0)] + list(range(t - self.h + 1, t + 1))])
                 prefix.append(0.0 if p < 0 else float(np.clip(sums[i][p] / counts[i][p], 0, 1)))
-            lat = self.vae.encode(torch.stack(clips).to(self.device))[:, :, 1:]  # the current latent
-            L = max(ctx[i].shape[0] for i in live)
-            context = torch.stack([torch.nn.functional.pad(ctx[i], (0, 0, 0, L - ctx[i].shape[0])) for i in live])
+            lat = clip_latents(self.vae, torch.stack(clips).to(self.device), self.h)  # the current latent
+            context = pad_text([ctx[i] for i in live])
             vals = self.model.predict_values(lat.float(), context.to(self.device), torch.tensor(prefix), steps=self.steps,
                                              samples=self.samples, generator=[gens[i] for i in live]).cpu().numpy()
             for j, i in enumerate(live):
@@ -254,15 +274,11 @@ class WVMScorer:
 
 
 def load_scorer(args):
-    """WVMScorer from a train.py run folder or a wvm.safetensors file; sets args.fps to the run's if unset.
+    """WVMScorer from a train.py run folder or a wvm.safetensors file, with the record of its training (.trained).
 
-    The model file's own record of its training (resolution, fps, VAE and text-encoder ids) decides how
-    frames are fed; an older file without it falls back on the run's config.json. A config.json beside
+    The model file's own record of its training (resolution, fps and per-source fps, VAE and text-encoder ids)
+    decides how frames are fed; an older file without it falls back on the run's config.json. A config.json beside
     the model names the VAE and text cache (paths absolute, or relative to the run folder)."""
-    from encode_text import TextCache, describe, encoder_id
-    from model import load_wvm
-    from wan_vae import load_wan_vae, vae_fingerprint
-
     path = args.ckpt
     run_dir = path if os.path.isdir(path) else os.path.dirname(path) or "."
     if os.path.isdir(path):
@@ -275,10 +291,8 @@ def load_scorer(args):
     size = args.resolution or trained.get("resolution")
     if not size:
         raise SystemExit(f"{path}: records no training resolution (an older checkpoint); pass --resolution")
-    if args.fps is None:
-        if not trained.get("fps"):
-            raise SystemExit(f"{path}: records no training fps (an older checkpoint); pass --fps")
-        args.fps = trained["fps"]
+    if args.fps is None and not trained.get("fps"):
+        raise SystemExit(f"{path}: records no training fps (an older checkpoint); pass --fps")
     if args.stride > model.chunk:
         raise SystemExit(f"--stride {args.stride}: at most the value chunk h = {model.chunk}, so every prefix frame "
                          f"is scored before it is used")
@@ -297,7 +311,13 @@ def load_scorer(args):
         raise SystemExit(f"{text_path}: made by {describe(text.encoder)}, not the text encoder the model was trained "
                          f"with (id {trained['text_encoder']})")
     return WVMScorer(model, vae, text, size, stride=args.stride, samples=args.samples, steps=args.steps,
-                     batch=args.batch, device=args.device, seed=args.seed)
+                     batch=args.batch, device=args.device, seed=args.seed, trained=trained)
+
+
+def dataset_fps(trained, path):
+    """The fps at which a run's model scores the dataset at `path`: that of its training source when the run trained
+    on that path at an fps of its own (train.py --data=path:weight:fps), else the run's. trained: the run's record."""
+    return trained.get("source_fps", {}).get(os.path.realpath(path)) or trained["fps"]
 
 
 def read_run_config(run_dir):
@@ -332,8 +352,6 @@ def load_annotated(path, fps, camera=None, min_frames=4):
     episode left out (while indexing, unannotated where an annotations file exists, unusable annotation)
     and every annotation of an episode the dataset lacks: reported and counted, never silently dropped.
     Without an annotations file (and without a manifest's `kind`), every episode is an expert."""
-    from data import read_dataset, resample
-
     skipped = []
     episodes = read_dataset(path, camera=camera, skipped=skipped)
     problems = [f"episode {id}: {reason}" for id, reason in skipped]
@@ -373,8 +391,6 @@ def load_annotated(path, fps, camera=None, min_frames=4):
 def read_annotations(path):
     """annotations.jsonl -> {episode index: (line number, annotation)}; LeRobot's `episode_index` or `episode`
     names the episode. A line that is not an annotation stops with its file and line named."""
-    from data import DataError
-
     out = {}
     with open(path) as f:
         for n, line in enumerate(f, 1):
@@ -495,8 +511,6 @@ def plot_results(results, items, plots_dir, size=64):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from data import decode_frames
-
     os.makedirs(plots_dir, exist_ok=True)
     by_ep = {t.episode.id: t for t, _ in items}
     for ep_id in sorted({r["episode"] for r in results}):
@@ -549,11 +563,6 @@ def export_scores(path, scorer, out_dir, fps, H=10, kappa=0.0, keep_top=None, ta
 
     The tables are written under temporary names, then renamed, values.json (which records each table's
     sha256) last: an interrupted export leaves the previous files whole, never a truncated one."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from data import DataError, read_dataset, resample
-
     found = []
     episodes = read_dataset(path, camera=camera, skipped=found)
     skipped = [f"{id}: {reason}" for id, reason in found]
@@ -583,8 +592,7 @@ def export_scores(path, scorer, out_dir, fps, H=10, kappa=0.0, keep_top=None, ta
         cols["delta"].append(chunk_delta(native, H))
     cols = {k: np.concatenate(v) for k, v in cols.items()}
     index = cols.pop("index")
-    threshold = float(np.quantile(cols["delta"], 1 - keep_top)) if keep_top else kappa
-    cols["keep"] = cols["delta"] >= threshold
+    cols["keep"], threshold = filtered_bc_keep(cols["delta"], kappa, keep_top)
     cols["awr_weight"] = awr_weight(cols["delta"], tau, delta_max)
     # LeRobot's progress-file layout: int64 index, episode_index, frame_index, float32 progress_<head>, rows by
     # index. WVM has one value head; both head names carry it, so either rabc_head_mode reads it.
@@ -632,8 +640,6 @@ def write_overlay(episode, progress, path, chunk=32):
     progress: [T] values per native frame."""
     from PIL import Image, ImageDraw
 
-    from data import _Mp4, decode_frames
-
     T = episode.T
     H0, W0 = decode_frames(episode, [0]).shape[-2:]
     scale = -(-OVERLAY_MIN_WIDTH // W0)
@@ -646,7 +652,7 @@ def write_overlay(episode, progress, path, chunk=32):
         draw.line([(xs[0], y), (xs[-1], y)], fill=(70, 70, 70))
     draw.line(list(zip(xs, ys)), fill=(80, 150, 255), width=2)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    video = _Mp4(path + ".tmp.mp4", episode.fps, "libx264", W, H + panel, crf=18, gop=max(1, round(episode.fps)))
+    video = Mp4Writer(path + ".tmp.mp4", episode.fps, "libx264", W, H + panel, crf=18, gop=max(1, round(episode.fps)))
     try:
         for c in range(0, T, chunk):
             idx = np.arange(c, min(c + chunk, T))
@@ -684,7 +690,8 @@ def parse_args(argv):
     p.add_argument("--vae")
     p.add_argument("--text_cache")
     p.add_argument("--camera")
-    p.add_argument("--fps", type=float, default=None, help="benchmark fps (default: the run's, else 2.0)")
+    p.add_argument("--fps", type=float, default=None, help="benchmark fps (default: the fps the run trained this "
+                   "dataset's source at, else the run's, else 2.0)")
     p.add_argument("--resolution", type=int, help="frame size (default: the run's; another one is refused)")
     p.add_argument("--stride", type=int, default=1)
     p.add_argument("--samples", type=int, default=1, help="noise samples per window (spread)")
@@ -695,7 +702,7 @@ def parse_args(argv):
     p.add_argument("--json")
     p.add_argument("--plots")
     p.add_argument("--chunk", type=int, default=10, help="action chunk length H for the weights")
-    p.add_argument("--kappa", type=float, default=0.0)
+    p.add_argument("--kappa", type=float, default=0.0, help="Filtered BC keeps chunks with Δ > kappa")
     p.add_argument("--keep_top", type=float, default=None, help="keep this top fraction of chunks by Δ (e.g. 0.7)")
     p.add_argument("--tau", type=float, default=None, help="AWR temperature (default 10 for H = 10, 2 for H = 50)")
     p.add_argument("--delta_max", type=float, default=2.0)
@@ -729,10 +736,6 @@ def parse_args(argv):
 
 
 def main(argv):
-    from data import DataError
-    from encode_text import TextCacheError
-    from model import CheckpointError
-
     args = parse_args(argv)
     try:
         evaluate(args)
@@ -742,7 +745,10 @@ def main(argv):
 
 def evaluate(args):
     scorers = [load_scorer(args)] if args.ckpt else []
-    fps = args.fps or 2.0
+    fps = args.fps or (dataset_fps(scorers[0].trained, args.score or args.data) if scorers else 2.0)
+    if not args.fps and scorers and fps != scorers[0].trained["fps"]:
+        print(f"{args.score or args.data}: scored at {fps:g} fps, the fps the run trained this source at "
+              f"(the run's is {scorers[0].trained['fps']:g}; --fps overrides)", file=sys.stderr)
     scorers += [TimeScorer(), ConstantScorer()]
     if args.score:
         tau = args.tau if args.tau is not None else (2.0 if args.chunk >= 50 else 10.0)

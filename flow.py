@@ -1,4 +1,4 @@
-"""Flow-matching conventions of WVM (SPEC.md §4), one convention for both streams: Wan's.
+"""Flow-matching conventions of WVM, one convention for both streams: Wan's.
 
     x_s = (1 - s) * x0 + s * eps        s in [0, 1], s = 1 is pure noise
     the network predicts the velocity eps - x0, and sees the timestep 1000 * s

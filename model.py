@@ -1,26 +1,25 @@
-"""The Wan2.2-TI2V-5B video DiT (the video stream of WVM), its checkpoint loader, and WVM itself.
+"""The Wan2.2-TI2V-5B video DiT: the video stream of WVM (wvm.py), and its checkpoints.
 
-Read with ../shared/wan22.md (sections A, C, D) and SPEC.md §3-4. Parameter names are the official
-Wan2.2 ones, so the published checkpoint loads without renaming; diffusers-format checkpoints are
-renamed on the way in (`wan_key`).
+The block is split at the self-attention (`Block.qkv` / `Block.finish`) so that the value stream (value_dit.py),
+built from the same block code, can attend jointly with it. Parameter names are the official Wan2.2 ones, so the
+published checkpoint loads without renaming; diffusers and ComfyUI names are renamed on the way in (`wan_key`).
+DESIGN.md lists the Wan2.2 facts this file relies on.
 
 Numerics follow the reference: the time path, modulation, gated residuals, norms, RoPE and the
 head run in fp32; the linear layers run in whatever autocast asks for (bf16 on GPU).
 """
 import contextlib
-import json
 import math
 import os
-import pickle
 import re
 import sys
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import flow
+from checkpoint import CheckpointError, TensorFile, checkpoint_files, load_into, save_json, save_safetensors
 from kernels import adaln_modulate, mot_attention, qk_norm_rope
 
 
@@ -278,13 +277,9 @@ class WanDiT(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------
-# checkpoints: official Wan2.2 names, diffusers names, sharded safetensors, .pth
+# checkpoints: official Wan2.2 names, diffusers names (reading and writing files is checkpoint.py's)
 
-class CheckpointError(ValueError):
-    pass
-
-
-# diffusers -> official, applied in order (wan22.md §D, inverted)
+# diffusers -> official, applied in order (the inverse of diffusers' conversion script)
 _DIFFUSERS_TO_WAN = [
     ("condition_embedder.time_embedder.linear_1", "time_embedding.0"),
     ("condition_embedder.time_embedder.linear_2", "time_embedding.2"),
@@ -314,121 +309,6 @@ def wan_key(name):
     for a, b in _DIFFUSERS_TO_WAN:
         name = name.replace(a, b)
     return name
-
-
-def checkpoint_files(path, stem):
-    """Resolve a checkpoint path (file or folder) to (tensor files, config dict or None).
-
-    Folders may hold `<stem>.safetensors`, sharded `<stem>-0000k-of-0000n.safetensors` + index,
-    any single .safetensors / .pth, and an optional config.json.
-    """
-    if os.path.isfile(path):
-        cfg_file = os.path.join(os.path.dirname(path), "config.json")
-        if path.endswith(".json"):  # an index
-            with open(path) as f:
-                shards = sorted(set(json.load(f)["weight_map"].values()))
-            return [os.path.join(os.path.dirname(path), s) for s in shards], _read_json(cfg_file)
-        return [path], _read_json(cfg_file)
-    if not os.path.isdir(path):
-        raise CheckpointError(f"{path}: no such checkpoint file or folder")
-    names = sorted(os.listdir(path))
-    index = [n for n in names if n.endswith(".safetensors.index.json")]
-    if index:
-        return checkpoint_files(os.path.join(path, index[0]), stem)
-    for pattern in (rf"{stem}\.safetensors$", r".*\.safetensors$", r".*\.(pth|pt|bin|ckpt)$"):
-        found = [n for n in names if re.match(pattern, n)]
-        if found:
-            return [os.path.join(path, n) for n in found], _read_json(os.path.join(path, "config.json"))
-    raise CheckpointError(f"{path}: no .safetensors, .safetensors.index.json or .pth checkpoint in this folder")
-
-
-def _read_json(path):
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
-
-
-class _TensorFile:
-    """Lazy access to the tensors of one .safetensors or .pth file (names and shapes without reading data)."""
-
-    def __init__(self, path):
-        self.path = path
-        try:
-            if path.endswith(".safetensors"):
-                from safetensors import safe_open
-                self._st = safe_open(path, "pt", device="cpu")
-                self.shapes = {k: tuple(self._st.get_slice(k).get_shape()) for k in self._st.keys()}
-            else:
-                sd = load_pth(path)
-                for wrapper in ("state_dict", "model", "module"):
-                    if isinstance(sd, dict) and set(sd) == {wrapper}:
-                        sd = sd[wrapper]
-                self._sd = sd
-                self.shapes = {k: tuple(v.shape) for k, v in sd.items() if torch.is_tensor(v)}
-        except CheckpointError:
-            raise
-        except Exception as e:  # unreadable, truncated, not a checkpoint
-            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-            raise CheckpointError(f"{path}: cannot read checkpoint ({type(e).__name__}: {first})") from None
-
-    def get(self, name):
-        return self._st.get_tensor(name) if hasattr(self, "_st") else self._sd[name]
-
-
-def load_pth(path):
-    """A .pth/.pt state dict, read without running any of its pickled code (tensors and plain containers only)."""
-    try:
-        return torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-    except pickle.UnpicklingError as e:
-        what = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
-        raise CheckpointError(f"{path}: holds Python objects besides tensors ({what.group(1) if what else 'unknown'}), "
-                              "which are never loaded because unpickling them can run code; save the tensors "
-                              "alone (a state dict, or .safetensors)") from None
-
-
-def _fmt(items, n=8):
-    items = list(items)
-    return ", ".join(items[:n]) + (f", ... ({len(items) - n} more)" if len(items) > n else "")
-
-
-def load_checkpoint_into(model, path, files, rename=lambda k: k, dtype=None, device=None, keep_fp32=None):
-    """Assign checkpoint tensors to a model built on the meta device, one file at a time.
-
-    Every missing, unexpected or mis-shaped tensor is reported together in one CheckpointError
-    before any data is read. Only one tensor is ever held twice (during a dtype/device cast).
-    """
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    tfiles = [_TensorFile(f) for f in files]
-    found, unexpected, wrong = {}, [], []
-    for tf in tfiles:
-        for name, shape in tf.shapes.items():
-            key = rename(name)
-            if key not in expected:
-                unexpected.append(name)
-            elif shape != expected[key]:
-                wrong.append(f"{name}: checkpoint {list(shape)} vs model {list(expected[key])}")
-            else:
-                found[key] = (tf, name)
-    missing = [k for k in expected if k not in found]
-    if missing or unexpected or wrong:
-        msg = [f"{path}: checkpoint does not match {type(model).__name__}"]
-        for what, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
-            if items:
-                msg.append(f"  {what} ({len(items)}): {_fmt(items)}")
-        raise CheckpointError("\n".join(msg))
-    for key, (tf, name) in found.items():
-        t = tf.get(name)
-        to = torch.float32 if keep_fp32 is not None and keep_fp32.search(key) else dtype
-        if to is not None and t.is_floating_point():
-            t = t.to(to)
-        if device is not None:
-            t = t.to(device)
-        mod_name, _, attr = key.rpartition(".")
-        mod = model.get_submodule(mod_name)
-        old = getattr(mod, attr)
-        setattr(mod, attr, nn.Parameter(t, requires_grad=old.requires_grad) if isinstance(old, nn.Parameter) else t)
-    return model
 
 
 def wan_config_from(shapes, config, path=""):
@@ -482,282 +362,28 @@ def load_wan_dit(path, dtype=None, device=None, cfg=None):
     files, config = checkpoint_files(path, "diffusion_pytorch_model")
     shapes = {}
     for f in files:
-        shapes.update({wan_key(k): v for k, v in _TensorFile(f).shapes.items()})
+        shapes.update({wan_key(k): v for k, v in TensorFile(f).shapes.items()})
     try:
         cfg = cfg or wan_config_from(shapes, config, path)
     except CheckpointError as e:
         raise CheckpointError(f"{path}: {e}") from None
     with torch.device("meta"):
         model = WanDiT(cfg)
-    return load_checkpoint_into(model, path, files, wan_key, dtype, device, FP32_PARAMS if dtype else None)
+    return load_into(model, path, files, wan_key, dtype, device, FP32_PARAMS if dtype else None)
 
 
 def save_wan_dit(model, folder):
     """A WanDiT as an official Wan2.2 DiT checkpoint folder (diffusion_pytorch_model.safetensors + config.json),
     the format load_wan_dit and the Wan2.2 code read: e.g. the video stream pretrained by train.py --stage=video."""
-    from safetensors.torch import save_file
-
     os.makedirs(folder, exist_ok=True)
     c = model.cfg
     config = {"_class_name": "WanModel", "model_type": "ti2v", "dim": c.dim, "ffn_dim": c.ffn_dim, "freq_dim": c.freq_dim,
               "in_dim": c.in_dim, "num_heads": c.num_heads, "num_layers": c.num_layers, "out_dim": c.out_dim,
               "text_len": c.text_len, "eps": c.eps}
-    path = os.path.join(folder, "diffusion_pytorch_model.safetensors")
-    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, path + ".tmp")
-    with open(os.path.join(folder, "config.json.tmp"), "w") as f:
-        json.dump(config, f, indent=1)
-    os.replace(path + ".tmp", path)
-    os.replace(os.path.join(folder, "config.json.tmp"), os.path.join(folder, "config.json"))
+    save_safetensors(model.state_dict(), os.path.join(folder, "diffusion_pytorch_model.safetensors"))
+    save_json(config, os.path.join(folder, "config.json"))
 
 
 def config_dict(cfg):
+    """A config dataclass as JSON-ready values (tuples as lists)."""
     return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()}
-
-
-# ----------------------------------------------------------------------------------------------
-# WVM: the video stream above, joined layer by layer with the value stream of value_dit.py
-
-class WVM(nn.Module):
-    """Video DiT + value DiT with Mixture-of-Transformers attention (SPEC.md §3).
-
-    Per layer both streams compute q/k/v, one joint attention runs over
-    [current video | future video | value] (kernels/mot_attention.py), and each stream finishes
-    its own block. Video tokens never attend to value tokens, so the video stream is exactly a
-    Wan2.2 DiT whatever the value tokens hold; with the block-causal mask the value prediction
-    needs only the current latent, whose per-layer K/V are computed once (predict_values).
-    """
-
-    def __init__(self, video_cfg, value_cfg, mask="causal", video_loss_weight=1.0, video_shift=5.0, value_shift=1.0):
-        super().__init__()
-        from value_dit import ValueDiT  # value_dit builds on the blocks of this file
-
-        if value_cfg.num_layers != video_cfg.num_layers or (value_cfg.num_heads, value_cfg.head_dim) != (
-                video_cfg.num_heads, video_cfg.head_dim):
-            raise ValueError(f"value stream {value_cfg} must match the video stream's depth and attention space "
-                             f"({video_cfg.num_layers} layers, {video_cfg.num_heads} x {video_cfg.head_dim})")
-        if value_cfg.text_dim != video_cfg.text_dim:
-            raise ValueError(f"text_dim differs between streams ({video_cfg.text_dim} vs {value_cfg.text_dim})")
-        if mask not in ("causal", "full"):
-            raise ValueError(f"mask {mask!r}: expected causal or full")
-        self.video, self.value = WanDiT(video_cfg), ValueDiT(value_cfg)
-        self.mask, self.video_loss_weight = mask, video_loss_weight
-        self.video_shift, self.value_shift = video_shift, value_shift
-        self.checkpointing = False  # activation checkpointing per layer (train.py turns it on for big models)
-        self.video_only = False  # the world-model prior: train the video stream alone (train.py --stage=video)
-
-    @property
-    def chunk(self):
-        return self.value.cfg.chunk
-
-    def layer(self, vb, ub, x, z, vid, val, n_cur, n_fut):
-        """One MoT layer: vid = (e0, context, rope) of the video stream, val = (e0, context) of the value stream."""
-        qx, kx, vx = vb.qkv(x, vid[0], vid[2])
-        qz, kz, vz = ub.qkv(z, val[0], None)
-        o = mot_attention(torch.cat([qx, qz.to(qx.dtype)], 1), torch.cat([kx, kz.to(kx.dtype)], 1),
-                          torch.cat([vx, vz.to(vx.dtype)], 1), n_cur, n_fut, self.mask == "causal")
-        L = x.shape[1]
-        return vb.finish(x, o[:, :L], vid[0], vid[1]), ub.finish(z, o[:, L:], val[0], val[1])
-
-    def joint(self, x_in, t_vid, v_in, t_val, context):
-        """Both streams through all layers: video latents [B, C, F, H, W] at per-frame times t_vid [B, F]
-        (F = 2: current, future) and value tokens v_in [B, 1+h] at times t_val [B, 1+h]
-        -> final video tokens, video time embedding e, final value tokens, value time embedding.
-        """
-        with low_precision_autocast(self.video, x_in.device.type):
-            x, e, e0, ctx, rope = self.video.embed(x_in, t_vid, context)
-            z, eu, e0u, ctxu = self.value.embed(v_in, t_val, context, self.video.cfg.text_len)
-            n_cur = x.shape[1] // x_in.shape[2]
-            n_fut = x.shape[1] - n_cur
-            for vb, ub in zip(self.video.blocks, self.value.blocks):
-                args = (vb, ub, x, z, (e0, ctx, rope), (e0u, ctxu), n_cur, n_fut)
-                if self.checkpointing and torch.is_grad_enabled():
-                    x, z = torch.utils.checkpoint.checkpoint(self.layer, *args, use_reentrant=False)
-                else:
-                    x, z = self.layer(*args)
-            return x, e, z, eu
-
-    def forward(self, batch):
-        """Training losses (SPEC.md §4). batch:
-        latents [B, C, 2, H, W]: clean current and future latent (the prefix latent already dropped);
-        context [B, L, text_dim]; values [B, 1+h]: prefix value (maybe randomized) and the h chunk targets;
-        optional sigma_video [B], noise_video [B, C, 1, H, W], sigma_value [B], noise_value [B, h]
-        (drawn here from the global RNG when absent; train.py passes them seeded per sample).
-        """
-        from value_dit import hl_gauss_target
-
-        lat, values = batch["latents"].float(), batch["values"].float()
-        B, C, F_, H, W = lat.shape
-        if F_ != 2:
-            raise ValueError(f"latents {tuple(lat.shape)}: expected the current and the future latent frame")
-        dev = lat.device
-        cur, fut = lat[:, :, :1], lat[:, :, 1:]
-        s_vid = batch.get("sigma_video", None)
-        s_vid = flow.sample_sigma(B, self.video_shift, device=dev) if s_vid is None else s_vid.float()
-        eps_vid = batch.get("noise_video", None)
-        eps_vid = torch.randn_like(fut) if eps_vid is None else eps_vid.float()
-        x_in = torch.cat([cur, flow.add_noise(fut, eps_vid, s_vid)], 2)
-        t_vid = torch.stack([torch.zeros_like(s_vid), 1000 * s_vid], 1)
-        if self.video_only:  # Wan's flow loss on the future latent given the clean current one, under the same mask
-            v_fut = self.video(x_in, t_vid, batch["context"], future=1 if self.mask == "causal" else 0)[:, :, 1:]
-            loss_video = F.mse_loss(v_fut, flow.velocity(fut, eps_vid))
-            return {"loss": loss_video, "loss_value": torch.zeros((), device=dev), "loss_video": loss_video}
-
-        h, head = self.chunk, self.value.cfg.head
-        y = values[:, 1:]
-        if head == "flow":
-            s_val = batch.get("sigma_value", None)
-            s_val = flow.sample_sigma(B, self.value_shift, device=dev) if s_val is None else s_val.float()
-            eps_val = batch.get("noise_value", None)
-            eps_val = torch.randn_like(y) if eps_val is None else eps_val.float()
-            chunk_in, t_chunk = flow.add_noise(y, eps_val, s_val), 1000 * s_val[:, None].expand(B, h)
-        else:
-            chunk_in, t_chunk = torch.zeros_like(y), torch.zeros_like(y)
-        v_in = torch.cat([values[:, :1], chunk_in], 1)
-        t_val = torch.cat([torch.zeros_like(t_chunk[:, :1]), t_chunk], 1)  # the prefix token is clean
-
-        x, e, z, eu = self.joint(x_in, t_vid, v_in, t_val, batch["context"])
-        out = self.value.chunk_out(z, eu)
-        if head == "flow":
-            loss_value = F.mse_loss(out, flow.velocity(y, eps_val))
-        elif head == "regression":
-            loss_value = F.mse_loss(out, y)
-        else:
-            loss_value = F.cross_entropy(out.flatten(0, 1), hl_gauss_target(y, out.shape[-1]).flatten(0, 1))
-        loss_video = torch.zeros((), device=dev)
-        if self.video_loss_weight:
-            n_cur = x.shape[1] // 2
-            v_fut = self.video.unpatchify(self.video.head(x[:, n_cur:], e[:, 1:]), 1, H, W)
-            loss_video = F.mse_loss(v_fut, flow.velocity(fut, eps_vid))
-        return {"loss": loss_value + self.video_loss_weight * loss_video, "loss_value": loss_value,
-                "loss_video": loss_video, "value_out": out.detach()}
-
-    @torch.no_grad()
-    def prefill(self, current, context, generator=None):
-        """Per-layer K/V of the current video tokens, computed once for every value query against them.
-
-        Under the causal mask the current tokens see only themselves, so the future is not needed;
-        under the full mask the future is fed as pure noise (time 1000).
-        """
-        B = current.shape[0]
-        t = torch.zeros(B, 1, device=current.device)
-        x_in = current
-        if self.mask == "full":
-            x_in = torch.cat([current, randn_rows(current.shape, generator, current.device)], 2)
-            t = torch.cat([t, torch.full_like(t, 1000.0)], 1)
-        x, _, e0, ctx, rope = self.video.embed(x_in.float(), t, context)
-        n_cur = x.shape[1] // x_in.shape[2]
-        cache = []
-        for i, vb in enumerate(self.video.blocks):
-            q, k, v = vb.qkv(x, e0, rope)
-            cache.append((k[:, :n_cur], v[:, :n_cur]))
-            if i + 1 < len(self.video.blocks):  # the last layer's output is not needed by the value stream
-                x = vb.finish(x, mot_attention(q, k, v, n_cur, x.shape[1] - n_cur, self.mask == "causal"), e0, ctx)
-        return cache
-
-    @torch.no_grad()
-    def predict_values(self, current_latents, context, prefix_value, steps=1, samples=1, generator=None):
-        """Value chunk [B, samples, h] for clean current latents [B, C, 1, H, W] and prefix values [B].
-
-        The video stream runs once (prefill); each Euler step and each noise sample runs only the
-        value stream against the cached video K/V. generator: one for the batch, or a list of B (one per
-        row), so that a row's noise does not depend on which other rows share its batch.
-        """
-        from value_dit import hl_gauss_decode
-
-        with low_precision_autocast(self.video, current_latents.device.type):
-            B, S, h, dev = current_latents.shape[0], samples, self.chunk, current_latents.device
-            cache = self.prefill(current_latents, context, generator)
-            ctx = context.repeat_interleave(S, 0)
-            prefix = prefix_value.float().to(dev).repeat_interleave(S, 0)[:, None]
-
-            def run(chunk_in, s):
-                z, e, e0, ctxu = self.value.embed(torch.cat([prefix, chunk_in], 1), torch.cat(
-                    [torch.zeros_like(prefix), torch.full_like(chunk_in, 1000.0 * s)], 1), ctx, self.video.cfg.text_len)
-                for ub, (k, v) in zip(self.value.blocks, cache):
-                    z = ub.finish(z, attend_cached(*ub.qkv(z, e0, None), k, v), e0, ctxu)
-                return self.value.chunk_out(z, e)
-
-            head = self.value.cfg.head
-            if head == "flow":
-                eps = randn_rows((B, S * h), generator, dev).view(B * S, h)
-                y = flow.euler_sample(run, eps, steps)
-            elif head == "regression":
-                y = run(torch.zeros(B * S, h, device=dev), 0.0)
-            else:
-                y = hl_gauss_decode(run(torch.zeros(B * S, h, device=dev), 0.0))
-            return y.view(B, S, h)
-
-
-def randn_rows(shape, generator, device):
-    """Normal noise of `shape` [B, ...]: from one generator, or row b from generator[b] when given a list."""
-    if isinstance(generator, (list, tuple)):
-        return torch.stack([torch.randn(shape[1:], generator=g, device=device) for g in generator])
-    return torch.randn(shape, generator=generator, device=device)
-
-
-def attend_cached(q, k, v, k_vid, v_vid):
-    """Value-only attention for S noise samples per trajectory: queries q [B*S, n, H, D] see their own value
-    keys k, v [B*S, n, H, D] and the trajectory's cached current-video K/V [B, n_cur, H, D], which the S samples
-    share instead of each holding a copy. Value queries are few, so plain fp32 softmax attention is cheap."""
-    B, S = k_vid.shape[0], q.shape[0] // k_vid.shape[0]
-    per_traj = lambda t: t.unflatten(0, (B, S)).float()  # noqa: E731
-    q, k, v = per_traj(q) * q.shape[-1] ** -0.5, per_traj(k), per_traj(v)
-    p = torch.cat([torch.einsum("bsqhd,bkhd->bshqk", q, k_vid.float()),
-                   torch.einsum("bsqhd,bskhd->bshqk", q, k)], -1).softmax(-1)
-    n = k_vid.shape[1]
-    o = torch.einsum("bshqk,bkhd->bsqhd", p[..., :n], v_vid.float()) + torch.einsum("bshqk,bskhd->bsqhd", p[..., n:], v)
-    return o.flatten(0, 1).to(k_vid.dtype)
-
-
-def wvm_configs(name, head="flow"):
-    """(video, value) configs by size name: "full" is the paper's 5.0B + 0.7B model."""
-    from value_dit import VALUE_CONFIGS
-
-    video, value = {"full": ("ti2v-5b", "paper"), "tiny": ("tiny", "tiny"), "small": ("small", "small"), "mid": ("mid", "mid")}[name]
-    return WAN_CONFIGS[video], replace(VALUE_CONFIGS[value], head=head)
-
-
-def save_wvm(model, path, run=None):
-    """A WVM checkpoint: one safetensors file, configs and mask in its metadata; written atomically.
-
-    run: what scoring needs to see frames as training did (train.py: resolution, fps, the VAE's and the text
-    encoder's ids), kept in the metadata too and returned by load_wvm as model.run."""
-    from safetensors.torch import save_file
-
-    meta = {"video_cfg": json.dumps(config_dict(model.video.cfg)), "value_cfg": json.dumps(config_dict(model.value.cfg)),
-            "mask": model.mask, "run": json.dumps(run or {})}
-    tmp = f"{path}.tmp"
-    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, tmp, metadata=meta)
-    os.replace(tmp, path)
-
-
-def load_wvm(path, dtype=None, device=None, **kw):
-    """Load a WVM checkpoint written by save_wvm (kw: WVM options such as video_loss_weight)."""
-    from safetensors import safe_open
-
-    from value_dit import ValueConfig
-
-    try:
-        with safe_open(path, "pt") as f:
-            meta = f.metadata() or {}
-        video_cfg = WanConfig(**{k: tuple(v) if k == "patch_size" else v for k, v in json.loads(meta["video_cfg"]).items()})
-        value_cfg = ValueConfig(**json.loads(meta["value_cfg"]))
-        run = json.loads(meta.get("run", "{}"))
-    except Exception as e:
-        raise CheckpointError(f"{path}: not a WVM checkpoint ({type(e).__name__}: {e})") from None
-    with torch.device("meta"):
-        model = WVM(video_cfg, value_cfg, mask=meta.get("mask", "causal"), **kw)
-    model = load_checkpoint_into(model, path, [path], dtype=dtype, device=device, keep_fp32=FP32_PARAMS if dtype else None)
-    model.run = run  # empty for checkpoints saved before runs recorded it
-    return model
-
-
-def wvm_from_wan(wan_path, value_cfg, dtype=None, device=None, **kw):
-    """WVM whose video stream is a pretrained Wan2.2 DiT and whose value stream is fresh."""
-    video = load_wan_dit(wan_path, dtype=dtype, device=device)
-    with torch.device("meta"):
-        model = WVM(video.cfg, value_cfg, **kw)
-    model.video = video
-    with torch.device(device or "cpu"):
-        model.value = type(model.value)(value_cfg)
-    return model

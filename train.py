@@ -3,9 +3,10 @@
     python train.py --data=data/metaworld/train --text_cache=runs/text --out_dir=runs/tiny      # one process
     torchrun --nproc_per_node=8 train.py config.py --wan=/ckpt/Wan2.2-TI2V-5B --vae=/ckpt/Wan2.2-TI2V-5B/Wan2.2_VAE.pth
 
-Configuration, nanoGPT style: the TrainConfig defaults below (the paper's recipe), then any python
-files given as arguments (plain assignments), then --key=value flags; every setting is checked before
-anything runs. The run folder (out_dir) gets config.json, log.jsonl (one line per step), ckpt/ (the
+Configuration, nanoGPT style: the TrainConfig defaults below, then any python files given as arguments
+(plain assignments), then --key=value flags; every setting is checked before anything runs. The optimization
+and augmentation defaults are the paper's recipe (Table A.1); the model defaults are not: size=tiny from random
+weights at 256 x 256 runs on a CPU, and the paper's model is --size=full --wan=<Wan2.2-TI2V-5B folder>. The run folder (out_dir) gets config.json, log.jsonl (one line per step), ckpt/ (the
 exact training state, for --resume), vae.safetensors (the demo's random VAE) and wvm.safetensors (the
 model, for eval.py). A folder that holds a saved run is never trained over without --resume (continue)
 or --overwrite (start again), and one process at a time writes a run folder.
@@ -32,8 +33,12 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-import flow
-from model import WVM, save_wan_dit, save_wvm, wvm_configs, wvm_from_wan
+from checkpoint import CheckpointError
+from data import ClipDataset, DataError, LatentCache, Source, collate, read_dataset
+from encode_text import TextCache, TextCacheError, encoder_id, pad_text
+from model import save_wan_dit
+from wan_vae import load_wan_vae, random_vae, save_wan_vae, vae_fingerprint
+from wvm import WVM, clip_latents, save_wvm, wvm_configs, wvm_from_wan
 
 
 @dataclass
@@ -43,7 +48,7 @@ class TrainConfig:
     camera: str = ""                    # LeRobot video key (default: the first one)
     text_cache: str = "data/metaworld/text_cache"  # umT5 embeddings from encode_text.py
     fps: float = 2.0                    # latent target fps
-    resolution: int = 256
+    resolution: int = 256              # frame side in pixels (square crops)
     rewind: float = 0.5
     plateau: float = 0.1
     prefix_p: float = 0.5
@@ -52,7 +57,7 @@ class TrainConfig:
     # model
     stage: str = "value"                # value: WVM; video: the video stream alone (the world-model prior), saved
                                         # as an official Wan2.2 DiT folder out_dir/wan that --wan loads
-    size: str = "tiny"                  # tiny | small | mid | full (wvm_configs)
+    size: str = "tiny"                  # tiny | small | mid | full (wvm_configs; full is the paper's model)
     value_head: str = "flow"            # flow | regression | hlgauss
     mask: str = "causal"
     wan: str = ""                       # Wan2.2 DiT checkpoint for the video stream (else random init)
@@ -60,7 +65,7 @@ class TrainConfig:
     video_loss_weight: float = 1.0      # lambda
     video_shift: float = 5.0
     value_shift: float = 1.0
-    # optimization (paper Table A.1)
+    # optimization (the paper's Table A.1)
     max_steps: int = 30000
     batch_size: int = 1024              # global, reached by gradient accumulation
     micro_batch: int = 8                # per process and forward
@@ -183,11 +188,10 @@ def data_specs(cfg):
 # ----------------------------------------------------------------------------------------------
 # data
 
-def open_sources(cfg):
-    from data import ClipDataset, Source, read_dataset
-
+def open_sources(cfg, h):
+    """The training mixture's ClipDataset, clips of 2h + 1 frames (h: the model's value chunk)."""
     sources = [Source(read_dataset(path, camera=cfg.camera or None), weight, fps) for path, weight, fps in data_specs(cfg)]
-    return ClipDataset(sources, fps=cfg.fps, size=cfg.resolution, seed=cfg.seed, rewind=cfg.rewind,
+    return ClipDataset(sources, fps=cfg.fps, size=cfg.resolution, h=h, seed=cfg.seed, rewind=cfg.rewind,
                        plateau=cfg.plateau, prefix=cfg.prefix_p, length=cfg.max_steps * cfg.batch_size)
 
 
@@ -210,34 +214,19 @@ class StepBatches(torch.utils.data.Sampler):
         return (self.max_steps - self.start) * self.accum
 
 
-def flow_noise(seeds, latent_shape, h, video_shift, value_shift):
-    """Per-sample flow times and noise, each drawn from the sample's own seed."""
-    out = {"sigma_video": [], "noise_video": [], "sigma_value": [], "noise_value": []}
-    C, _, H, W = latent_shape
-    for seed in seeds.tolist():
-        g = torch.Generator().manual_seed(seed)
-        out["sigma_video"].append(flow.sample_sigma(1, video_shift, g))
-        out["noise_video"].append(torch.randn(C, 1, H, W, generator=g))
-        out["sigma_value"].append(flow.sample_sigma(1, value_shift, g))
-        out["noise_value"].append(torch.randn(h, generator=g))
-    return {k: torch.cat(v) if k.startswith("sigma") else torch.stack(v) for k, v in out.items()}
-
-
-def model_inputs(batch, vae, text_cache, cfg, chunk, device, latent_cache=None):
-    """A collated ClipDataset batch -> the dict WVM.forward takes (latents, text features, seeded noise)."""
+def model_inputs(batch, wvm, vae, text_cache, device, latent_cache=None):
+    """A collated ClipDataset batch -> the dict WVM.forward takes (latents, text features, seeded flow noise)."""
     keys, lat = batch["clip_key"], list(batch["latents"])  # latents the loader found cached, else None
     miss = [i for i, z in enumerate(lat) if z is None]
     if miss:  # encode the clips not cached yet in one batch (frames holds exactly those, in order)
-        z = vae.encode(batch["frames"].to(device))
+        z = clip_latents(vae, batch["frames"].to(device), wvm.chunk)
         for j, i in enumerate(miss):
             lat[i] = z[j]
             if latent_cache is not None:
                 latent_cache.put(keys[i], z[j])
-    lat = torch.stack([z.to(device) for z in lat])[:, :, 1:].float()  # drop the prefix latent: current, future
-    ctx = [text_cache.get(t) for t in batch["text"]]
-    L = max(c.shape[0] for c in ctx)
-    context = torch.stack([torch.nn.functional.pad(c, (0, 0, 0, L - c.shape[0])) for c in ctx])
-    noise = flow_noise(batch["seed"], lat.shape[1:], chunk, cfg.video_shift, cfg.value_shift)
+    lat = torch.stack([z.to(device) for z in lat]).float()  # [B, C, 2, h, w]: current, future
+    context = pad_text([text_cache.get(t) for t in batch["text"]])
+    noise = wvm.flow_noise(batch["seed"], lat.shape[1:])
     return {"latents": lat, "context": context.to(device), "values": batch["values"].to(device),
             **{k: v.to(device) for k, v in noise.items()}}
 
@@ -262,8 +251,6 @@ def build_model(cfg, device):
 def build_vae(cfg, device, dataset):
     """The frozen VAE: --vae's weights, else the run's random tiny VAE, made (and calibrated on this run's data)
     when the run starts and read back from vae.safetensors on resume, so it never changes under a trained model."""
-    from wan_vae import load_wan_vae, random_vae
-
     own = os.path.join(cfg.out_dir, "vae.safetensors")
     if cfg.vae:
         vae = load_wan_vae(cfg.vae)
@@ -489,7 +476,8 @@ def load_checkpoint(model, opt, cfg, rank, world, device, run):
     from safetensors.torch import load_file
 
     state = read_state(cfg, world)
-    changed = [f"{k} {state.get('run', {}).get(k)!r} -> {v!r}" for k, v in run.items() if state.get("run", {}).get(k) != v]
+    changed = [f"{k} {state.get('run', {}).get(k)!r} -> {v!r}" for k, v in run.items()
+               if k != "source_fps" and state.get("run", {}).get(k) != v]  # the sources may change, not their inputs
     if changed:
         raise SystemExit(f"{cfg.out_dir}: the run was trained on other inputs than this launch gives it "
                          f"({'; '.join(changed)}); resume with the run's settings, or start a new run")
@@ -563,7 +551,8 @@ def train(cfg, world, rank, device):
     master = rank == 0
     lock = open_run(cfg) if master else None
     barrier()
-    done = read_state(cfg, world)["step"] if cfg.resume else 0
+    saved = read_state(cfg, world) if cfg.resume else {"step": 0}
+    done = saved["step"]
     if done >= cfg.max_steps:
         if master:
             print(f"{cfg.out_dir}: the run is finished (step {done} of max_steps {cfg.max_steps}); raise --max_steps "
@@ -571,11 +560,8 @@ def train(cfg, world, rank, device):
             lock.close()
         return None
 
-    from data import collate
-    from encode_text import TextCache, encoder_id
-    from wan_vae import vae_fingerprint
-
-    dataset = open_sources(cfg)
+    h = wvm_configs(cfg.size)[1].chunk  # one h for the clips, the value chunk and (clip_latents checks) the VAE
+    dataset = open_sources(cfg, h)
     text_cache = TextCache(cfg.text_cache)
     text_cache.require({ep.instruction for src in dataset.sources for ep in src.episodes},
                        [path for path, _, _ in data_specs(cfg)])
@@ -583,9 +569,13 @@ def train(cfg, world, rank, device):
     # what scoring must reproduce to feed the model the inputs it was trained on (eval.py checks it)
     run = {"resolution": cfg.resolution, "fps": cfg.fps, "vae": vae_fingerprint(vae),
            "text_encoder": encoder_id(text_cache.encoder), "stage": cfg.stage}
-    model = build_model(cfg, device)
-    chunk = model.chunk
-    model = parallelize(model, cfg, device, world, dtype)
+    # sources trained at their own fps are scored at it (eval.dataset_fps); a resumed run may read other sources,
+    # and its record keeps those of earlier launches
+    source_fps = saved.get("run", {}).get("source_fps", {}) | {
+        os.path.realpath(path): fps for path, _, fps in data_specs(cfg) if fps is not None}
+    if source_fps:
+        run["source_fps"] = source_fps
+    model = parallelize(build_model(cfg, device), cfg, device, world, dtype)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
                             weight_decay=cfg.weight_decay, fused=device.type == "cuda")
     start = load_checkpoint(model, opt, cfg, rank, world, device, run) if cfg.resume else 0
@@ -593,13 +583,10 @@ def train(cfg, world, rank, device):
         write_json(os.path.join(cfg.out_dir, "config.json"), run_config(cfg, world, accum))
         own = os.path.join(cfg.out_dir, "vae.safetensors")
         if not cfg.vae and not os.path.exists(own):  # written once, when the run starts
-            from wan_vae import save_wan_vae
             save_wan_vae(vae, own)
     latent_cache = None
     if cfg.latent_cache:
-        from wan_vae import LatentCache
-        latent_cache = LatentCache(cfg.latent_cache, vae)
-        dataset.latent_dir = latent_cache.dir
+        latent_cache = dataset.latent_cache = LatentCache(cfg.latent_cache, vae_fingerprint(vae))
 
     loader = torch.utils.data.DataLoader(
         dataset, batch_sampler=StepBatches(start, cfg.max_steps, accum, cfg.micro_batch, rank, world),
@@ -621,7 +608,7 @@ def train(cfg, world, rank, device):
             group["lr"] = lr
         sums = torch.zeros(3, device=device)
         for m in range(accum):
-            inputs = model_inputs(next(batches), vae, text_cache, cfg, chunk, device, latent_cache)
+            inputs = model_inputs(next(batches), unwrap(model), vae, text_cache, device, latent_cache)
             last = m == accum - 1
             if cfg.parallel == "fsdp" and world > 1:
                 model.set_requires_gradient_sync(last)
@@ -678,10 +665,6 @@ def run_config(cfg, world, accum):
 
 
 def main(argv):
-    from data import DataError
-    from encode_text import TextCacheError
-    from model import CheckpointError
-
     cfg = configure(argv)
     try:
         train(cfg, *setup_distributed())

@@ -1,8 +1,8 @@
-"""The value stream of WVM (SPEC.md §3.2-3.3): ValueConfig and ValueDiT.
+"""The value stream of WVM: ValueConfig, ValueDiT and its value head (flow matching, or Table 4's baselines).
 
 A narrow DiT (width 512) with the video stream's depth. Its blocks are model.Block: the same
 Wan2.2 block code, with self-attention projected into the video's 24 x 128 attention space (so
-both streams attend jointly, model.WVM) and its own 8 x 64 text cross-attention, adaLN tables,
+both streams attend jointly, wvm.WVM) and its own 8 x 64 text cross-attention, adaLN tables,
 timestep embedding, text projection and heads.
 
 Tokens per sample: 1 + h. Slot 0 is the prefix, carrying the clean value v_{t-h}; slots 1..h carry
@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import flow
 from model import Block, Head, embed_text, text_mlp, time_embed, time_mlps
 
 
@@ -72,26 +73,54 @@ class ValueDiT(nn.Module):
         out = self.head(tokens, e)[:, 1:]
         return out if self.cfg.head == "hlgauss" else out[..., 0]
 
+    # The value head, all of it: what the chunk tokens carry in training, what they learn, how a chunk is read out.
+    # flow (the paper's): noisy values at flow time s, trained on the velocity, sampled by Euler steps from noise.
+    # regression and HL-Gauss (the baselines of the paper's Table 4): empty chunk tokens (zeros at time 0), trained on
+    # the values (MSE) or on their HL-Gauss histogram (cross-entropy), read out in one pass.
 
-# HL-Gauss (Imani & White 2018; the paper's classification baseline): a Gaussian of one bin width
-# around the target, integrated over the bins; prediction is the expectation over bin centres.
+    def chunk_input(self, y, s, eps):
+        """Training input of the chunk tokens for targets y [B, h], flow times s [B] and noise eps [B, h]:
+        (values [B, h], times [B, h] on 0..1000)."""
+        if self.cfg.head == "flow":
+            return flow.add_noise(y, eps, s), 1000 * s[:, None].expand(y.shape)
+        return torch.zeros_like(y), torch.zeros_like(y)
 
-def hl_gauss_bins(n, device=None):
-    """Bin edges of n bins whose centres are 0, 1/(n-1), ..., 1."""
-    w = 1.0 / (n - 1)
-    return torch.linspace(-w / 2, 1 + w / 2, n + 1, device=device)
+    def chunk_loss(self, out, y, eps):
+        """L_value of the chunk outputs out (chunk_out) for targets y [B, h] and the noise eps [B, h] of chunk_input."""
+        if self.cfg.head == "flow":
+            return F.mse_loss(out, flow.velocity(y, eps))
+        if self.cfg.head == "regression":
+            return F.mse_loss(out, y)
+        return F.cross_entropy(out.flatten(0, 1), hl_gauss_target(y, self.cfg.bins).flatten(0, 1))
 
+    def sample_chunk(self, run, n, noise, steps=1):
+        """Value chunks [n, h] from run(chunk_in [n, h], s) -> chunk_out of the chunk tokens at flow time s.
+
+        flow: `steps` Euler steps from s = 1, starting at noise() [n, h] (the paper's inference is one step);
+        regression and HL-Gauss: one pass over empty chunk tokens, as in training; they draw no noise."""
+        if self.cfg.head == "flow":
+            return flow.euler_sample(run, noise(), steps)
+        out = run(torch.zeros(n, self.cfg.chunk, device=self.slot_embedding.device), 0.0)
+        return hl_gauss_decode(out) if self.cfg.head == "hlgauss" else out
+
+
+# HL-Gauss (Imani & White 2018; the baseline of the paper's Table 4, Appendix F): the chunk values are classified
+# into n bins over [0, 1]; the target spreads a value over the bins as a Gaussian, the prediction is the
+# expectation over the bin centres.
 
 def hl_gauss_target(y, n):
-    """y [...] in [0, 1] -> target probabilities [..., n]."""
-    edges = hl_gauss_bins(n, y.device)
-    sigma = edges[1] - edges[0]
-    cdf = torch.special.ndtr((edges - y[..., None].float()) / sigma)
-    p = cdf[..., 1:] - cdf[..., :-1]
-    return p / p.sum(-1, keepdim=True)
+    """Targets y [...] in [0, 1] -> probabilities [..., n] over the bins centred at 0, 1/(n-1), ..., 1: the paper's
+    Eq. F.8, a Gaussian of one bin width around y evaluated at the bin centres and normalized, one-hot on the end
+    bin for a y within 1e-6 of 0 or 1."""
+    centres = torch.linspace(0, 1, n, device=y.device)
+    y = y.float()[..., None]
+    p = torch.softmax(-0.5 * ((centres - y) * (n - 1)) ** 2, -1)  # sigma = 1 / (n - 1), one bin width
+    p = torch.where(y <= 1e-6, F.one_hot(torch.tensor(0), n).to(p), p)
+    return torch.where(y >= 1 - 1e-6, F.one_hot(torch.tensor(n - 1), n).to(p), p)
 
 
 def hl_gauss_decode(logits):
+    """Logits [..., n] -> values [...]: the expectation over the bin centres."""
     n = logits.shape[-1]
     centres = torch.linspace(0, 1, n, device=logits.device)
     return (logits.float().softmax(-1) * centres).sum(-1)

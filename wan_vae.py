@@ -1,8 +1,8 @@
-"""The Wan2.2 VAE (48 latent channels, 4x16x16 compression): WanVAEConfig, WanVAE, load_wan_vae, LatentCache.
+"""The Wan2.2 VAE (48 latent channels, 4x16x16 compression): WanVAEConfig, WanVAE, load_wan_vae, save_wan_vae.
 
-Read with ../shared/wan22.md (B, D and Appendix 1). Parameter names are the official Wan2.2 ones, so
-`Wan2.2_VAE.pth` loads without renaming; diffusers `AutoencoderKLWan` checkpoints are renamed on the
-way in (`vae_key`).
+Parameter names are the official Wan2.2 ones, so `Wan2.2_VAE.pth` loads without renaming; diffusers
+`AutoencoderKLWan` checkpoints are renamed on the way in (`vae_key`). DESIGN.md lists the Wan2.2 facts
+this file relies on.
 
 The VAE is causal in time and runs chunk by chunk exactly like the reference: encode takes frame 0
 alone, then groups of 4 frames; decode takes one latent frame at a time. Every temporal conv keeps
@@ -11,12 +11,12 @@ chunk, not on the video length, and a video can be streamed through several call
 
 Inference only: WVM never trains the VAE, so encode/decode run without autograd and use in-place ops.
 """
+import argparse
 import hashlib
 import json
 import os
 import re
 import sys
-import tempfile
 from dataclasses import asdict, dataclass, field, replace
 
 import torch
@@ -24,9 +24,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
-from model import CheckpointError, _TensorFile, checkpoint_files, load_checkpoint_into
+from checkpoint import CheckpointError, TensorFile, checkpoint_files, load_into, read_metadata, save_safetensors
+from data import ClipDataset, DataError, read_dataset
 
-# Per-channel statistics of the released VAE's latents (wan22.md B.7): encode returns (mu - mean) / std.
+# Per-channel statistics of the released VAE's latents (its config in diffusers and the official code):
+# encode returns (mu - mean) / std.
 WAN22_LATENTS_MEAN = (
     -0.2289, -0.0052, -0.1323, -0.2339, -0.2799, 0.0174, 0.1838, 0.1557,
     -0.1382, 0.0542, 0.2813, 0.0891, 0.1570, -0.0098, 0.0375, -0.1825,
@@ -530,11 +532,9 @@ def load_wan_vae(path, dtype=None, device=None, cfg=None):
     files, config = checkpoint_files(path, "diffusion_pytorch_model")
     names = {}
     for f in files:
-        names.update(_TensorFile(f).shapes)
+        names.update(TensorFile(f).shapes)
     if cfg is None and len(files) == 1 and files[0].endswith(".safetensors"):  # written by save_wan_vae
-        from safetensors import safe_open
-        with safe_open(files[0], "pt") as f:
-            saved = (f.metadata() or {}).get("wan_vae_config")
+        saved = read_metadata(files[0]).get("wan_vae_config")
         cfg = WanVAEConfig(**json.loads(saved)) if saved else None
     config = config if _is_vae_config(config) else None  # e.g. the DiT's config.json next to Wan2.2_VAE.pth
     n_res = cfg.num_res_blocks if cfg else (config or {}).get("num_res_blocks") or _count_res_blocks(names)
@@ -548,33 +548,13 @@ def load_wan_vae(path, dtype=None, device=None, cfg=None):
         raise CheckpointError(f"{path}: {e}") from None
     with torch.device("meta"):
         model = WanVAE(cfg)
-    return load_checkpoint_into(model, path, files, rename, dtype, device).eval()
-
-
-def latent_file(folder, key):
-    readable = re.sub(r"[^A-Za-z0-9._-]+", "_", key)[:100]
-    return os.path.join(folder, f"{readable}-{hashlib.sha1(key.encode()).hexdigest()[:10]}.safetensors")
-
-
-def read_latents(folder, key):
-    """Latents of clip `key` stored in a LatentCache folder, or None (data loader workers read them directly)."""
-    from safetensors.torch import load_file
-    path = latent_file(folder, key)
-    if not os.path.exists(path):
-        return None
-    try:
-        return load_file(path)["latents"]
-    except Exception as e:
-        raise ValueError(f"{path}: unreadable latent cache file ({type(e).__name__}: {e}); delete it") from e
+    return load_into(model, path, files, rename, dtype, device).eval()
 
 
 def save_wan_vae(vae, path):
     """Weights (official names) + the config (latent statistics included) in the safetensors metadata, so
     load_wan_vae restores both; written to a temporary name, then renamed."""
-    from safetensors.torch import save_file
-    save_file({k: v.detach().contiguous().cpu() for k, v in vae.state_dict().items()}, f"{path}.tmp",
-              metadata={"wan_vae_config": json.dumps(asdict(vae.cfg))})
-    os.replace(f"{path}.tmp", path)
+    save_safetensors(vae.state_dict(), path, {"wan_vae_config": json.dumps(asdict(vae.cfg))})
 
 
 @torch.no_grad()
@@ -593,7 +573,7 @@ def calibrate_latents(vae, clips):
 
 
 # ----------------------------------------------------------------------------------------------
-# latents cached on disk for training
+# what identifies a VAE (the latent cache's folder, the run record)
 
 def vae_fingerprint(vae):
     """A short id of a loaded VAE: config, weight dtype and a few of its tensors (cheap, not all 2.8 GB)."""
@@ -602,53 +582,6 @@ def vae_fingerprint(vae):
     for t in (vae.conv1.weight, vae.conv2.weight, vae.encoder.conv1.bias, vae.decoder.head[2].bias):
         h.update(t.detach().float().cpu().numpy().tobytes())
     return h.hexdigest()[:12]
-
-
-class LatentCache:
-    """Encode every training clip once; latents live in root/vae-<fingerprint>/<key>.safetensors.
-
-    The VAE is frozen, so a stored latent is exactly what encoding again would give; a different VAE
-    (weights, dtype or config) gets its own folder. `key` must identify the clip and its preprocessing
-    (episode, frame indices, size). Files are written to a temporary name and renamed, so a crash or
-    two workers encoding the same clip never leave a partial file behind.
-    """
-
-    def __init__(self, root, vae):
-        self.vae = vae
-        self.dir = os.path.join(root, "vae-" + vae_fingerprint(vae))
-        os.makedirs(self.dir, exist_ok=True)
-
-    def path(self, key):
-        return latent_file(self.dir, key)
-
-    def load(self, key):
-        """Cached latents of clip `key`, or None."""
-        return read_latents(self.dir, key)
-
-    def put(self, key, z):
-        from safetensors.torch import save_file
-        fd, tmp = tempfile.mkstemp(dir=self.dir, suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file({"latents": z.cpu().contiguous()}, tmp, metadata={"key": key})
-            os.replace(tmp, self.path(key))
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-
-    def get(self, key, make_frames):
-        """Latents [z, T, h, w] (CPU, fp32) of clip `key`; make_frames() -> [3, F, H, W] runs only on a miss.
-
-        A batched clip [B, 3, F, H, W] gives [B, z, T, h, w].
-        """
-        z = self.load(key)
-        if z is None:
-            frames = make_frames()
-            single = torch.is_tensor(frames) and frames.dim() == 4
-            z = self.vae.encode(frames[None] if single else frames)
-            z = (z[0] if single else z).cpu().contiguous()
-            self.put(key, z)
-        return z
 
 
 # ----------------------------------------------------------------------------------------------
@@ -662,10 +595,6 @@ def random_vae(clips, name="tiny", seed=0):
 
 def main(argv):
     """python wan_vae.py --random tiny --calibrate DATASET --resolution 64 --out vae.safetensors"""
-    import argparse
-
-    from data import ClipDataset, DataError, read_dataset  # the command line only: the VAE itself needs no data
-
     p = argparse.ArgumentParser(description="Make a fixed random Wan2.2 VAE for runs without weights (the CPU demo): "
                                             "every run that shares it (--vae) shares its latents (--latent_cache).")
     p.add_argument("--random", choices=sorted(VAE_CONFIGS), required=True, help="size (tiny for the CPU demo)")

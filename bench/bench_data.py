@@ -20,6 +20,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import data  # noqa: E402
+import sim  # noqa: E402
 
 
 def synthetic_episodes(n, T, H, W, seed=0):
@@ -74,7 +75,7 @@ def main():
     if root is None:
         root = Path(tempfile.mkdtemp(prefix="wvm_bench_")) / "ds"
         t0 = time.time()
-        data.write_lerobot(root, synthetic_episodes(a.episodes, a.frames, *a.native), a.fps, codec="libsvtav1")
+        sim.write_lerobot(root, synthetic_episodes(a.episodes, a.frames, *a.native), a.fps, codec="libsvtav1")
         mb = sum(f.stat().st_size for f in root.rglob("*.mp4")) / 2**20
         print(f"built {root}: {a.episodes} x {a.frames} frames {a.native[0]}x{a.native[1]} @ {a.fps} fps, AV1 gop 2, "
               f"{mb:.1f} MiB, {time.time() - t0:.1f}s")

@@ -16,7 +16,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from model import load_wan_dit  # noqa: E402
+from model import WanConfig, WanDiT, load_wan_dit  # noqa: E402
 
 
 def diffusers_dit(dim, heads, layers, ffn, text_dim):
@@ -86,7 +86,6 @@ def write_checkpoint(path, dim=1536, layers=6):
 
     from safetensors.torch import save_file
 
-    from model import WanConfig, WanDiT
     cfg = WanConfig(dim=dim, ffn_dim=4 * dim, num_heads=dim // 128, num_layers=layers)
     sd = WanDiT(cfg).state_dict()
     keys = sorted(sd)

@@ -17,10 +17,11 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import encode_text  # noqa: E402
-from data import read_dataset, resample, write_lerobot  # noqa: E402
+from data import read_dataset, resample  # noqa: E402
 from eval import Trajectory, WVMScorer  # noqa: E402
-from model import WVM, wvm_configs  # noqa: E402
+from sim import write_lerobot  # noqa: E402
 from wan_vae import VAE_CONFIGS, WanVAE  # noqa: E402
+from wvm import WVM, wvm_configs  # noqa: E402
 
 
 def main():

@@ -14,7 +14,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from model import WVM, wvm_configs  # noqa: E402
+from wvm import WVM, wvm_configs  # noqa: E402
 
 
 def median_time(fn, iters):

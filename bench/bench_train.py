@@ -14,18 +14,17 @@ import subprocess
 import sys
 import time
 
+import torch
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+import train  # noqa: E402
+from wvm import WVM, wvm_configs  # noqa: E402
 
 CONFIGS = {"tiny": dict(resolution=128, batch=8), "mid": dict(resolution=256, batch=8)}
 
 
 def one(name, steps):
-    import torch
-
-    import train
-    from model import WVM, wvm_configs
-
     res, B = CONFIGS[name]["resolution"], CONFIGS[name]["batch"]
     torch.manual_seed(0)
     vc, uc = wvm_configs(name)
@@ -33,7 +32,7 @@ def one(name, steps):
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.0)
     lat = res // 16
     batch = {"latents": torch.randn(B, 48, 2, lat, lat), "context": torch.randn(B, min(24, vc.text_len), vc.text_dim),
-             "values": torch.rand(B, 5)}
+             "values": torch.rand(B, 5), **model.flow_noise(torch.arange(B), (48, 2, lat, lat))}
     times = []
     for i in range(steps + 1):
         t0 = time.perf_counter()

@@ -23,6 +23,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
+from wan_vae import VAE_CONFIGS, load_wan_vae  # noqa: E402
+
 
 def diffusers_kwargs(cfg):
     return dict(base_dim=cfg.dim, decoder_base_dim=cfg.dec_dim, z_dim=cfg.z_dim, dim_mult=list(cfg.dim_mult),
@@ -33,7 +35,6 @@ def diffusers_kwargs(cfg):
 
 def load(impl, folder):
     if impl == "ours":
-        from wan_vae import load_wan_vae
         return load_wan_vae(folder)
     from diffusers import AutoencoderKLWan
     return AutoencoderKLWan.from_pretrained(os.path.join(folder, "vae"), low_cpu_mem_usage=False).eval()
@@ -63,8 +64,7 @@ def measure_memory(args):
     """Child process: load one implementation, then report the RSS before and the peak during one encode."""
     import gc
 
-    import diffusers  # noqa: F401  (both children import the same modules)
-    import wan_vae  # noqa: F401
+    import diffusers  # noqa: F401  (both children import the same modules; wan_vae is imported at the top)
     torch.set_num_threads(args.threads)
     vae = load(args.mem, args.dir)
     x = make_input(args)
@@ -92,7 +92,6 @@ def main():
 
     from diffusers import AutoencoderKLWan
 
-    from wan_vae import VAE_CONFIGS
     torch.set_num_threads(args.threads)
     cfg = VAE_CONFIGS[args.config]
     with tempfile.TemporaryDirectory() as folder:

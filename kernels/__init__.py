@@ -5,36 +5,7 @@ WVM_KERNELS=triton or WVM_KERNELS=torch forces one path (tests force Triton on C
 TRITON_INTERPRET=1). Without Triton (no wheels for macOS or Windows) the kernel files still import,
 with a stand-in for `triton`, and everything runs on the PyTorch path.
 """
-import importlib.util
-import os
-
-HAS_TRITON = importlib.util.find_spec("triton") is not None
-
-
-class NoTriton:
-    """Stands in for `triton` and `triton.language` where Triton is missing, so kernel files can define
-    their (never launched) @triton.jit functions: every attribute is itself, decorating returns the function."""
-
-    def __getattr__(self, name):
-        return self
-
-    def __call__(self, *args, **kwargs):
-        return args[0] if len(args) == 1 and callable(args[0]) and not kwargs else self
-
-
-def use_triton(x):
-    mode = os.environ.get("WVM_KERNELS", "auto")
-    if mode not in ("auto", "triton", "torch"):
-        raise ValueError(f"WVM_KERNELS={mode!r}: expected auto, triton or torch")
-    if mode == "torch":
-        return False
-    if mode == "triton":
-        if not HAS_TRITON:
-            raise RuntimeError("WVM_KERNELS=triton but Triton is not installed")
-        return True
-    return x.is_cuda and HAS_TRITON
-
-
-from kernels.adaln import adaln_modulate  # noqa: E402
-from kernels.mot_attention import mot_attention, mot_mask  # noqa: E402
-from kernels.qk_norm_rope import qk_norm_rope  # noqa: E402
+from kernels.dispatch import HAS_TRITON, NoTriton, use_triton  # noqa: F401
+from kernels.adaln import adaln_modulate  # noqa: F401
+from kernels.mot_attention import mot_attention, mot_mask  # noqa: F401
+from kernels.qk_norm_rope import qk_norm_rope  # noqa: F401

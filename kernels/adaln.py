@@ -13,7 +13,7 @@ tokens is spread over many programs and the result is deterministic (no atomics)
 """
 import torch
 import torch.nn.functional as F
-from kernels import HAS_TRITON, NoTriton
+from kernels.dispatch import HAS_TRITON, NoTriton, use_triton
 
 if HAS_TRITON:
     import triton
@@ -137,7 +137,6 @@ class AdaLNModulate(torch.autograd.Function):
 
 
 def adaln_modulate(x, shift, scale, eps=1e-6, out_dtype=None):
-    from kernels import use_triton
     B, L, D = x.shape
     if shift.shape != scale.shape or shift.shape[0] != B or shift.shape[2] != D or L % shift.shape[1]:
         raise ValueError(f"adaln_modulate: x {tuple(x.shape)} does not fit shift {tuple(shift.shape)} / scale {tuple(scale.shape)}")

@@ -1,12 +1,13 @@
 """Mixture-of-Transformers attention over the joint sequence [current video | future video | value].
 
-Visibility (SPEC.md §3.2, §3.3), by the segment of the query:
+The paper's asymmetric mask, by the segment of the query:
   current video -> current video            (causal=False: current + future video)
   future video  -> current + future video
   value         -> current video + value    (video queries never see value keys)
-Queries are the last Lq positions of the joint sequence of Lk = n_cur + n_fut + n_val keys: Lq = Lk
-in training, Lq = n_val when only the value stream runs against cached video K/V.
-q, k, v are [B, L, H, D]; the output is [B, Lq, H, D] in q's dtype.
+Value tokens read the video and video tokens never read the values, so the video stream is a plain Wan2.2 DiT.
+The block-causal video part (current video not seeing the future) is ours; causal=False is Wan's full attention.
+q, k, v are [B, L, H, D] over the L = n_cur + n_fut + n_val positions; the output is [B, L, H, D] in q's dtype.
+(Inference runs the value queries alone against cached current-video K/V: wvm.attend_cached.)
 
 Triton path: flash attention (FA2: online softmax, fp32 accumulation, logsumexp saved for the
 backward) where the mask is never built. Every query segment sees at most two contiguous key
@@ -17,15 +18,14 @@ ranges. Transposed, every key segment is seen by one contiguous range of queries
 by all queries, future keys by the future queries, or all video queries when causal=False,
 value keys by the value queries), which is what the dk/dv kernel loops over.
 
-The value segment is ~5 tokens. A 128-row query block would be 96% padding, and in value-only
-inference (Lq = n_val against cached video K/V) that block is the whole launch, so value
-queries (and, in the backward, value keys) get their own blocks of 16 rows, the smallest tile
-tl.dot accepts, inside the same launch as the video blocks: the value programs cost a small
-fraction of a video block each, and the launch count stays one per kernel.
+The value segment is ~5 tokens. A 128-row query block would be 96% padding, so value queries (and,
+in the backward, value keys) get their own blocks of 16 rows, the smallest tile tl.dot accepts,
+inside the same launch as the video blocks: the value programs cost a small fraction of a video
+block each, and the launch count stays one per kernel.
 """
 import torch
 import torch.nn.functional as F
-from kernels import HAS_TRITON, NoTriton
+from kernels.dispatch import HAS_TRITON, NoTriton, use_triton
 
 if HAS_TRITON:
     import triton
@@ -45,27 +45,24 @@ def key_ranges(n_cur, n_fut, n_val, causal=True):
             ((n_vid, n_vid + n_val), [(0, n_cur), (n_vid, n_vid + n_val)])]
 
 
-def mot_mask(Lq, Lk, n_cur, n_fut, causal=True, device=None):
-    """The dense boolean mask [Lq, Lk] (True = attend) that the kernels implement without building it."""
-    mask = torch.zeros(Lk, Lk, dtype=torch.bool, device=device)
-    for (a, b), ranges in key_ranges(n_cur, n_fut, Lk - n_cur - n_fut, causal):
+def mot_mask(L, n_cur, n_fut, causal=True, device=None):
+    """The dense boolean mask [L, L] (True = attend) that the kernels implement without building it."""
+    mask = torch.zeros(L, L, dtype=torch.bool, device=device)
+    for (a, b), ranges in key_ranges(n_cur, n_fut, L - n_cur - n_fut, causal):
         for r0, r1 in ranges:
             mask[a:b, r0:r1] = True
-    return mask[Lk - Lq:]
+    return mask
 
 
 def mot_attention_torch(q, k, v, n_cur, n_fut, causal=True):
     # One SDPA call per query segment on exactly its visible keys: no mask, no wasted work.
-    Lq, Lk = q.shape[1], k.shape[1]
-    q0 = Lk - Lq
     q, k, v = (t.transpose(1, 2) for t in (q, k, v))
     out = []
-    for (a, b), ranges in key_ranges(n_cur, n_fut, Lk - n_cur - n_fut, causal):
-        a = max(a, q0)
+    for (a, b), ranges in key_ranges(n_cur, n_fut, k.shape[2] - n_cur - n_fut, causal):
         if b <= a:
             continue
         kk, vv = (_cat([t[:, :, r0:r1] for r0, r1 in ranges if r1 > r0]) for t in (k, v))
-        out.append(F.scaled_dot_product_attention(q[:, :, a - q0:b - q0], kk, vv))
+        out.append(F.scaled_dot_product_attention(q[:, :, a:b], kk, vv))
     return _cat(out).transpose(1, 2)
 
 
@@ -75,8 +72,7 @@ def _cat(parts):  # a single part is returned as is: no copy
 
 # ----------------------------------------------------------------------------------------------
 # Triton kernels. Tensors are contiguous [B, L, H, D]: row `pos` of head h of batch b sits at
-# ((b * L + pos) * H + h) * D, rows H * D apart. LSE and DELTA are [B, H, Lq] fp32. Positions are
-# joint-sequence positions; the query row of position p is p - q0.
+# ((b * L + pos) * H + h) * D, rows H * D apart. LSE and DELTA are [B, H, L] fp32.
 
 @triton.jit
 def _dot(a, b, DTYPE: tl.constexpr):
@@ -139,50 +135,50 @@ def _fwd_range(acc, m_i, l_i, q, K, V, k_lo, k_hi, row_stride, qk_scale,
 
 
 @triton.jit
-def _fwd_block(Q, K, V, O, LSE, q0, row_stride, m_lo, m_hi, ka, kb_lo, kb_hi, qk_scale,
+def _fwd_block(Q, K, V, O, LSE, row_stride, m_lo, m_hi, ka, kb_lo, kb_hi, qk_scale,
                HEAD_DIM: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """Query positions [m_lo, m_hi) attend to the keys [0, ka) and [kb_lo, kb_hi)."""
     DTYPE: tl.constexpr = Q.dtype.element_ty
     m = m_lo + tl.arange(0, BLOCK_M)
     m_ok = m < m_hi
-    q = _load(Q, m - q0, m_ok, row_stride, HEAD_DIM, D)
+    q = _load(Q, m, m_ok, row_stride, HEAD_DIM, D)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc, m_i, l_i = _fwd_range(acc, m_i, l_i, q, K, V, 0, ka, row_stride, qk_scale, HEAD_DIM, D, BLOCK_N, DTYPE)
     acc, m_i, l_i = _fwd_range(acc, m_i, l_i, q, K, V, kb_lo, kb_hi, row_stride, qk_scale, HEAD_DIM, D, BLOCK_N, DTYPE)
     # every real row sees >= 1 key (at least its own segment), so l_i > 0 there; padding rows are not stored
-    _store(O, m - q0, m_ok, row_stride, acc / l_i[:, None], HEAD_DIM, D)
-    tl.store(LSE + m - q0, m_i + tl.log2(l_i), mask=m_ok)
+    _store(O, m, m_ok, row_stride, acc / l_i[:, None], HEAD_DIM, D)
+    tl.store(LSE + m, m_i + tl.log2(l_i), mask=m_ok)
 
 
 @triton.jit
-def _mot_fwd_kernel(Q, K, V, O, LSE, H, Lq, Lk, n_cur, n_vid, ka_cur, lo_c, lo_f, lo_v, nb_c, nb_f, qk_scale,
+def _mot_fwd_kernel(Q, K, V, O, LSE, H, L, n_cur, n_vid, ka_cur, nb_c, nb_f, qk_scale,
                     HEAD_DIM: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_MV: tl.constexpr,
                     BLOCK_N: tl.constexpr):
-    """Program (query block, b * H + h). Query blocks: nb_c current (from lo_c), nb_f future (from
-    lo_f), then value blocks of BLOCK_MV rows (from lo_v)."""
+    """Program (query block, b * H + h). Query blocks: nb_c current (from 0), nb_f future (from
+    n_cur), then value blocks of BLOCK_MV rows (from n_vid)."""
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
     b = (bh // H).to(tl.int64)
     h = (bh % H).to(tl.int64)
     row_stride = H * D
-    Q += (b * Lq * H + h) * D
-    O += (b * Lq * H + h) * D
-    K += (b * Lk * H + h) * D
-    V += (b * Lk * H + h) * D
-    LSE += bh.to(tl.int64) * Lq
-    q0 = Lk - Lq
+    off = (b * L * H + h) * D
+    Q += off
+    O += off
+    K += off
+    V += off
+    LSE += bh.to(tl.int64) * L
     if pid_m < nb_c + nb_f:      # video queries: current -> [0, ka_cur), future -> [0, n_vid)
         in_cur = pid_m < nb_c
-        m_lo = tl.where(in_cur, lo_c + pid_m * BLOCK_M, lo_f + (pid_m - nb_c) * BLOCK_M)
+        m_lo = tl.where(in_cur, pid_m * BLOCK_M, n_cur + (pid_m - nb_c) * BLOCK_M)
         m_hi = tl.where(in_cur, n_cur, n_vid)
         ka = tl.where(in_cur, ka_cur, n_vid)
-        _fwd_block(Q, K, V, O, LSE, q0, row_stride, m_lo, m_hi, ka, n_vid, n_vid, qk_scale,
+        _fwd_block(Q, K, V, O, LSE, row_stride, m_lo, m_hi, ka, n_vid, n_vid, qk_scale,
                    HEAD_DIM, D, BLOCK_M, BLOCK_N)
-    else:                        # value queries: [0, n_cur) + [n_vid, Lk)
-        m_lo = lo_v + (pid_m - nb_c - nb_f) * BLOCK_MV
-        _fwd_block(Q, K, V, O, LSE, q0, row_stride, m_lo, Lk, n_cur, n_vid, Lk, qk_scale,
+    else:                        # value queries: [0, n_cur) + [n_vid, L)
+        m_lo = n_vid + (pid_m - nb_c - nb_f) * BLOCK_MV
+        _fwd_block(Q, K, V, O, LSE, row_stride, m_lo, L, n_cur, n_vid, L, qk_scale,
                    HEAD_DIM, D, BLOCK_MV, BLOCK_N)
 
 
@@ -201,24 +197,23 @@ def _dq_range(dq, q, do, lse, delta, K, V, k_lo, k_hi, row_stride, qk_scale,
 
 
 @triton.jit
-def _dq_block(Q, K, V, DO, DQ, LSE, DELTA, q0, row_stride, m_lo, m_hi, ka, kb_lo, kb_hi, sm_scale, qk_scale,
+def _dq_block(Q, K, V, DO, DQ, LSE, DELTA, row_stride, m_lo, m_hi, ka, kb_lo, kb_hi, sm_scale, qk_scale,
               HEAD_DIM: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     DTYPE: tl.constexpr = Q.dtype.element_ty
     m = m_lo + tl.arange(0, BLOCK_M)
     m_ok = m < m_hi
-    q = _load(Q, m - q0, m_ok, row_stride, HEAD_DIM, D)
-    do = _load(DO, m - q0, m_ok, row_stride, HEAD_DIM, D)
-    lse = tl.load(LSE + m - q0, mask=m_ok, other=0.0)
-    delta = tl.load(DELTA + m - q0, mask=m_ok, other=0.0)
+    q = _load(Q, m, m_ok, row_stride, HEAD_DIM, D)
+    do = _load(DO, m, m_ok, row_stride, HEAD_DIM, D)
+    lse = tl.load(LSE + m, mask=m_ok, other=0.0)
+    delta = tl.load(DELTA + m, mask=m_ok, other=0.0)
     dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
     dq = _dq_range(dq, q, do, lse, delta, K, V, 0, ka, row_stride, qk_scale, HEAD_DIM, D, BLOCK_N, DTYPE)
     dq = _dq_range(dq, q, do, lse, delta, K, V, kb_lo, kb_hi, row_stride, qk_scale, HEAD_DIM, D, BLOCK_N, DTYPE)
-    _store(DQ, m - q0, m_ok, row_stride, dq * sm_scale, HEAD_DIM, D)
+    _store(DQ, m, m_ok, row_stride, dq * sm_scale, HEAD_DIM, D)
 
 
 @triton.jit
-def _mot_bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, H, Lq, Lk, n_cur, n_vid, ka_cur, lo_c, lo_f, lo_v, nb_c, nb_f,
-                       sm_scale, qk_scale,
+def _mot_bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, H, L, n_cur, n_vid, ka_cur, nb_c, nb_f, sm_scale, qk_scale,
                        HEAD_DIM: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_MV: tl.constexpr,
                        BLOCK_N: tl.constexpr):
     """dq: the forward's query blocks and key ranges."""
@@ -227,29 +222,29 @@ def _mot_bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, H, Lq, Lk, n_cur, n_vid, ka_
     b = (bh // H).to(tl.int64)
     h = (bh % H).to(tl.int64)
     row_stride = H * D
-    Q += (b * Lq * H + h) * D
-    DO += (b * Lq * H + h) * D
-    DQ += (b * Lq * H + h) * D
-    K += (b * Lk * H + h) * D
-    V += (b * Lk * H + h) * D
-    LSE += bh.to(tl.int64) * Lq
-    DELTA += bh.to(tl.int64) * Lq
-    q0 = Lk - Lq
+    off = (b * L * H + h) * D
+    Q += off
+    DO += off
+    DQ += off
+    K += off
+    V += off
+    LSE += bh.to(tl.int64) * L
+    DELTA += bh.to(tl.int64) * L
     if pid_m < nb_c + nb_f:
         in_cur = pid_m < nb_c
-        m_lo = tl.where(in_cur, lo_c + pid_m * BLOCK_M, lo_f + (pid_m - nb_c) * BLOCK_M)
+        m_lo = tl.where(in_cur, pid_m * BLOCK_M, n_cur + (pid_m - nb_c) * BLOCK_M)
         m_hi = tl.where(in_cur, n_cur, n_vid)
         ka = tl.where(in_cur, ka_cur, n_vid)
-        _dq_block(Q, K, V, DO, DQ, LSE, DELTA, q0, row_stride, m_lo, m_hi, ka, n_vid, n_vid, sm_scale, qk_scale,
+        _dq_block(Q, K, V, DO, DQ, LSE, DELTA, row_stride, m_lo, m_hi, ka, n_vid, n_vid, sm_scale, qk_scale,
                   HEAD_DIM, D, BLOCK_M, BLOCK_N)
     else:
-        m_lo = lo_v + (pid_m - nb_c - nb_f) * BLOCK_MV
-        _dq_block(Q, K, V, DO, DQ, LSE, DELTA, q0, row_stride, m_lo, Lk, n_cur, n_vid, Lk, sm_scale, qk_scale,
+        m_lo = n_vid + (pid_m - nb_c - nb_f) * BLOCK_MV
+        _dq_block(Q, K, V, DO, DQ, LSE, DELTA, row_stride, m_lo, L, n_cur, n_vid, L, sm_scale, qk_scale,
                   HEAD_DIM, D, BLOCK_MV, BLOCK_N)
 
 
 @triton.jit
-def _dkdv_block(Q, K, V, DO, DK, DV, LSE, DELTA, q0, row_stride, n_lo, n_hi, qa, qb, sm_scale, qk_scale,
+def _dkdv_block(Q, K, V, DO, DK, DV, LSE, DELTA, row_stride, n_lo, n_hi, qa, qb, sm_scale, qk_scale,
                 HEAD_DIM: tl.constexpr, D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr):
     """Keys [n_lo, n_hi), seen by the query positions [qa, qb): dk and dv (FA2, transposed)."""
     DTYPE: tl.constexpr = Q.dtype.element_ty
@@ -262,10 +257,10 @@ def _dkdv_block(Q, K, V, DO, DK, DV, LSE, DELTA, q0, row_stride, n_lo, n_hi, qa,
     for start in range(qa, qb, BLOCK_M):
         m = start + tl.arange(0, BLOCK_M)
         m_ok = m < qb
-        qT = _load(Q, m - q0, m_ok, row_stride, HEAD_DIM, D, TRANS=True)
-        do = _load(DO, m - q0, m_ok, row_stride, HEAD_DIM, D)
-        lse = tl.load(LSE + m - q0, mask=m_ok, other=0.0)
-        delta = tl.load(DELTA + m - q0, mask=m_ok, other=0.0)
+        qT = _load(Q, m, m_ok, row_stride, HEAD_DIM, D, TRANS=True)
+        do = _load(DO, m, m_ok, row_stride, HEAD_DIM, D)
+        lse = tl.load(LSE + m, mask=m_ok, other=0.0)
+        delta = tl.load(DELTA + m, mask=m_ok, other=0.0)
         pT = tl.exp2(_dot(k, qT, DTYPE) * qk_scale - lse[None, :])
         pT = tl.where(m_ok[None, :], pT, 0.0)
         dv += _dot(pT, do, DTYPE)
@@ -276,37 +271,36 @@ def _dkdv_block(Q, K, V, DO, DK, DV, LSE, DELTA, q0, row_stride, n_lo, n_hi, qa,
 
 
 @triton.jit
-def _mot_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, H, Lq, Lk, n_cur, n_vid, nb_c, nb_f, qf_lo, qv_lo,
-                         sm_scale, qk_scale,
+def _mot_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, H, L, n_cur, n_vid, nb_c, nb_f, qf_lo, sm_scale, qk_scale,
                          HEAD_DIM: tl.constexpr, D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_NV: tl.constexpr,
                          BLOCK_M: tl.constexpr, BLOCK_MV: tl.constexpr):
-    """Program (key block, b * H + h). Key blocks: nb_c current (seen by the queries [q0, Lk)), nb_f
-    future (seen by [qf_lo, n_vid)), then value blocks of BLOCK_NV keys (seen by [qv_lo, Lk))."""
+    """Program (key block, b * H + h). Key blocks: nb_c current (seen by every query), nb_f future
+    (seen by [qf_lo, n_vid)), then value blocks of BLOCK_NV keys (seen by the value queries [n_vid, L))."""
     pid_n = tl.program_id(0)
     bh = tl.program_id(1)
     b = (bh // H).to(tl.int64)
     h = (bh % H).to(tl.int64)
     row_stride = H * D
-    Q += (b * Lq * H + h) * D
-    DO += (b * Lq * H + h) * D
-    K += (b * Lk * H + h) * D
-    V += (b * Lk * H + h) * D
-    DK += (b * Lk * H + h) * D
-    DV += (b * Lk * H + h) * D
-    LSE += bh.to(tl.int64) * Lq
-    DELTA += bh.to(tl.int64) * Lq
-    q0 = Lk - Lq
+    off = (b * L * H + h) * D
+    Q += off
+    DO += off
+    K += off
+    V += off
+    DK += off
+    DV += off
+    LSE += bh.to(tl.int64) * L
+    DELTA += bh.to(tl.int64) * L
     if pid_n < nb_c + nb_f:
         in_cur = pid_n < nb_c
         n_lo = tl.where(in_cur, pid_n * BLOCK_N, n_cur + (pid_n - nb_c) * BLOCK_N)
         n_hi = tl.where(in_cur, n_cur, n_vid)
-        qa = tl.where(in_cur, q0, qf_lo)
-        qb = tl.where(in_cur, Lk, n_vid)
-        _dkdv_block(Q, K, V, DO, DK, DV, LSE, DELTA, q0, row_stride, n_lo, n_hi, qa, qb, sm_scale, qk_scale,
+        qa = tl.where(in_cur, 0, qf_lo)
+        qb = tl.where(in_cur, L, n_vid)
+        _dkdv_block(Q, K, V, DO, DK, DV, LSE, DELTA, row_stride, n_lo, n_hi, qa, qb, sm_scale, qk_scale,
                     HEAD_DIM, D, BLOCK_N, BLOCK_M)
     else:
         n_lo = n_vid + (pid_n - nb_c - nb_f) * BLOCK_NV
-        _dkdv_block(Q, K, V, DO, DK, DV, LSE, DELTA, q0, row_stride, n_lo, Lk, qv_lo, Lk, sm_scale, qk_scale,
+        _dkdv_block(Q, K, V, DO, DK, DV, LSE, DELTA, row_stride, n_lo, L, n_vid, L, sm_scale, qk_scale,
                     HEAD_DIM, D, BLOCK_NV, BLOCK_MV)
 
 
@@ -327,24 +321,20 @@ def _blocks(D, dtype):
                 num_warps=4 if D <= 64 else 8, num_stages=3)
 
 
-def _query_layout(Lq, Lk, n_cur, n_fut, causal, BLOCK_M, BLOCK_MV):
+def _query_layout(L, n_cur, n_fut, causal, BLOCK_M, BLOCK_MV):
     """Query blocks aligned to segments (current | future | value): kernel ints and block count."""
     n_vid = n_cur + n_fut
-    q0 = Lk - Lq
-    lo_c, lo_f, lo_v = min(q0, n_cur), min(max(q0, n_cur), n_vid), max(q0, n_vid)
-    nb_c, nb_f, nb_v = triton.cdiv(n_cur - lo_c, BLOCK_M), triton.cdiv(n_vid - lo_f, BLOCK_M), triton.cdiv(Lk - lo_v, BLOCK_MV)
-    ka_cur = key_ranges(n_cur, n_fut, Lk - n_vid, causal)[0][1][0][1]   # end of the current queries' keys
-    return (n_cur, n_vid, ka_cur, lo_c, lo_f, lo_v, nb_c, nb_f), nb_c + nb_f + nb_v
+    nb_c, nb_f, nb_v = triton.cdiv(n_cur, BLOCK_M), triton.cdiv(n_fut, BLOCK_M), triton.cdiv(L - n_vid, BLOCK_MV)
+    ka_cur = key_ranges(n_cur, n_fut, L - n_vid, causal)[0][1][0][1]   # end of the current queries' keys
+    return (n_cur, n_vid, ka_cur, nb_c, nb_f), nb_c + nb_f + nb_v
 
 
-def _key_layout(Lq, Lk, n_cur, n_fut, causal, BLOCK_N, BLOCK_NV):
-    """Key blocks aligned to segments, and the first query position that sees each key segment."""
+def _key_layout(L, n_cur, n_fut, causal, BLOCK_N, BLOCK_NV):
+    """Key blocks aligned to segments, and the first query position that sees the future keys."""
     n_vid = n_cur + n_fut
-    q0 = Lk - Lq
-    nb_c, nb_f, nb_v = triton.cdiv(n_cur, BLOCK_N), triton.cdiv(n_fut, BLOCK_N), triton.cdiv(Lk - n_vid, BLOCK_NV)
-    qf_lo = max(q0, n_cur if causal else 0)
-    qv_lo = max(q0, n_vid)
-    return (n_cur, n_vid, nb_c, nb_f, qf_lo, qv_lo), nb_c + nb_f + nb_v
+    nb_c, nb_f, nb_v = triton.cdiv(n_cur, BLOCK_N), triton.cdiv(n_fut, BLOCK_N), triton.cdiv(L - n_vid, BLOCK_NV)
+    qf_lo = n_cur if causal else 0
+    return (n_cur, n_vid, nb_c, nb_f, qf_lo), nb_c + nb_f + nb_v
 
 
 class MoTAttention(torch.autograd.Function):
@@ -353,13 +343,12 @@ class MoTAttention(torch.autograd.Function):
         if not q.dtype == k.dtype == v.dtype or q.dtype not in (torch.float32, torch.bfloat16, torch.float16):
             raise ValueError(f"mot_attention: q, k, v must share one of fp32/bf16/fp16, got {q.dtype}, {k.dtype}, {v.dtype}")
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-        B, Lq, H, D = q.shape
-        Lk = k.shape[1]
+        B, L, H, D = q.shape
         cfg = _blocks(D, q.dtype)
         o = torch.empty_like(q)
-        lse = torch.empty(B, H, Lq, device=q.device, dtype=torch.float32)
-        ints, n_blocks = _query_layout(Lq, Lk, n_cur, n_fut, causal, cfg["BLOCK_M"], cfg["BLOCK_MV"])
-        _mot_fwd_kernel[(n_blocks, B * H)](q, k, v, o, lse, H, Lq, Lk, *ints, D ** -0.5 * _LOG2E,
+        lse = torch.empty(B, H, L, device=q.device, dtype=torch.float32)
+        ints, n_blocks = _query_layout(L, n_cur, n_fut, causal, cfg["BLOCK_M"], cfg["BLOCK_MV"])
+        _mot_fwd_kernel[(n_blocks, B * H)](q, k, v, o, lse, H, L, *ints, D ** -0.5 * _LOG2E,
                                            HEAD_DIM=max(16, triton.next_power_of_2(D)), D=D,
                                            BLOCK_M=cfg["BLOCK_M"], BLOCK_MV=cfg["BLOCK_MV"], BLOCK_N=cfg["BLOCK_N"],
                                            num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
@@ -370,8 +359,7 @@ class MoTAttention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, do):
         q, k, v, o, lse = ctx.saved_tensors
-        B, Lq, H, D = q.shape
-        Lk = k.shape[1]
+        B, L, H, D = q.shape
         do = do.contiguous()
         cfg = _blocks(D, q.dtype)
         sm_scale = D ** -0.5
@@ -379,13 +367,13 @@ class MoTAttention(torch.autograd.Function):
         delta = (do.float() * o.float()).sum(-1).transpose(1, 2).contiguous()
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
         common = dict(HEAD_DIM=max(16, triton.next_power_of_2(D)), D=D, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
-        ints, n_blocks = _key_layout(Lq, Lk, ctx.n_cur, ctx.n_fut, ctx.causal, cfg["BLOCK_N_BWD"], cfg["BLOCK_MV"])
-        _mot_bwd_dkdv_kernel[(n_blocks, B * H)](q, k, v, do, dk, dv, lse, delta, H, Lq, Lk, *ints,
+        ints, n_blocks = _key_layout(L, ctx.n_cur, ctx.n_fut, ctx.causal, cfg["BLOCK_N_BWD"], cfg["BLOCK_MV"])
+        _mot_bwd_dkdv_kernel[(n_blocks, B * H)](q, k, v, do, dk, dv, lse, delta, H, L, *ints,
                                                 sm_scale, sm_scale * _LOG2E,
                                                 BLOCK_N=cfg["BLOCK_N_BWD"], BLOCK_NV=cfg["BLOCK_MV"],
                                                 BLOCK_M=cfg["BLOCK_M_BWD"], BLOCK_MV=cfg["BLOCK_MV"], **common)
-        ints, n_blocks = _query_layout(Lq, Lk, ctx.n_cur, ctx.n_fut, ctx.causal, cfg["BLOCK_M_BWD"], cfg["BLOCK_MV"])
-        _mot_bwd_dq_kernel[(n_blocks, B * H)](q, k, v, do, dq, lse, delta, H, Lq, Lk, *ints,
+        ints, n_blocks = _query_layout(L, ctx.n_cur, ctx.n_fut, ctx.causal, cfg["BLOCK_M_BWD"], cfg["BLOCK_MV"])
+        _mot_bwd_dq_kernel[(n_blocks, B * H)](q, k, v, do, dq, lse, delta, H, L, *ints,
                                               sm_scale, sm_scale * _LOG2E,
                                               BLOCK_M=cfg["BLOCK_M_BWD"], BLOCK_MV=cfg["BLOCK_MV"],
                                               BLOCK_N=cfg["BLOCK_N_BWD"], **common)
@@ -393,10 +381,10 @@ class MoTAttention(torch.autograd.Function):
 
 
 def mot_attention(q, k, v, n_cur, n_fut, causal=True):
-    from kernels import use_triton
-    B, Lq, H, D = q.shape
-    Lk = k.shape[1]
-    if k.shape != v.shape or k.shape[0] != B or k.shape[2:] != (H, D) or not 0 < Lq <= Lk or n_cur + n_fut > Lk:
+    """Attention of q, k, v [B, L, H, D] over [current video (n_cur) | future video (n_fut) | value] under the
+    asymmetric mask (mot_mask); causal=False lets the current video see the future video too."""
+    B, L, H, D = q.shape
+    if not q.shape == k.shape == v.shape or L == 0 or n_cur + n_fut > L:
         raise ValueError(f"mot_attention: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}, "
                          f"n_cur={n_cur}, n_fut={n_fut} do not fit")
     if use_triton(q):

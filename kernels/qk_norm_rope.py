@@ -13,7 +13,7 @@ summed over tokens as per-program partial rows (deterministic, no atomics).
 """
 import torch
 import torch.nn.functional as F
-from kernels import HAS_TRITON, NoTriton
+from kernels.dispatch import HAS_TRITON, NoTriton, use_triton
 
 if HAS_TRITON:
     import triton
@@ -137,7 +137,6 @@ class QKNormRope(torch.autograd.Function):
 
 
 def qk_norm_rope(x, weight, cos, sin, num_heads, eps=1e-6):
-    from kernels import use_triton
     if use_triton(x):
         B, L, C = x.shape
         if C % num_heads or (C // num_heads) % 2 or weight.shape != (C,) or (

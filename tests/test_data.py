@@ -15,6 +15,7 @@ import torch
 
 import data
 import encode_text
+import sim
 
 FPS = 10
 LENGTHS = [40, 26, 33]  # native frames of episodes 0, 1, 2 (<= 47 so gray levels stay below 255)
@@ -47,8 +48,8 @@ def episodes(n=3):
 @pytest.fixture(scope="module")
 def lerobot(tmp_path_factory):
     root = tmp_path_factory.mktemp("lerobot")
-    data.write_lerobot(root / "v30", episodes(), FPS, version="v3.0", codec="libsvtav1", files_max_episodes=2)
-    data.write_lerobot(root / "v21", episodes(), FPS, version="v2.1", codec="libx264")
+    sim.write_lerobot(root / "v30", episodes(), FPS, version="v3.0", codec="libsvtav1", files_max_episodes=2)
+    sim.write_lerobot(root / "v21", episodes(), FPS, version="v2.1", codec="libx264")
     return root
 
 
@@ -135,7 +136,7 @@ def test_read_lerobot_and_decode(lerobot, version):
 def test_sparse_decode_matches_every_frame(tmp_path, codec, gop):
     # 120 frames: top half = i % 40, bottom half = i // 40; seeks (gop 2) and decoding through (gop 30)
     f = np.concatenate([make_frames(b, 40) for b in range(3)])
-    data.write_lerobot(tmp_path / "ds", [{"frames": f, "task": "t"}], 30, codec=codec, gop=gop)
+    sim.write_lerobot(tmp_path / "ds", [{"frames": f, "task": "t"}], 30, codec=codec, gop=gop)
     (ep,) = data.read_lerobot(tmp_path / "ds")
     rng = np.random.default_rng(0)
     for _ in range(6):
@@ -148,7 +149,7 @@ def test_resize_center_crop(tmp_path):
     f = np.zeros((4, 48, 96, 3), np.uint8)
     f[:, :, :24] = 255  # a white band on the left quarter falls outside the center crop
     f[:, :, 24:72] = 100
-    data.write_lerobot(tmp_path / "wide", [{"frames": f, "task": "t"}], FPS, codec="libx264")
+    sim.write_lerobot(tmp_path / "wide", [{"frames": f, "task": "t"}], FPS, codec="libx264")
     (ep,) = data.read_lerobot(tmp_path / "wide")
     x = data.decode_frames(ep, [0], 32)  # 48x96 -> 32x64 -> center 32x32
     assert x.shape == (3, 1, 32, 32)
@@ -182,7 +183,7 @@ def test_egodex(tmp_path):
                                {"llm_description": "fold", "llm_description2": "unfold the cloth",
                                 "which_llm_description": 2, "llm_type": "reversible"},
                                {}, None]):
-        mp4 = data._Mp4(task / f"{n}.mp4", 30, "libx264", 32, 32, None, 30)
+        mp4 = sim.Mp4Writer(task / f"{n}.mp4", 30, "libx264", 32, 32, None, 30)
         mp4.write(make_frames(n, 12, 32, 32))
         mp4.close()
         if attrs is not None:
@@ -198,7 +199,7 @@ def test_egodex(tmp_path):
 
 
 def expected_clip(T, t, mode, h=4):
-    """The clip by SPEC.md §3.4/§5, written independently of data.py: (native indices, values) [9]."""
+    """The clip (DESIGN.md: clip edges, rewinding) written independently of data.py: (native indices, values) [9]."""
     native = data.resample(T, FPS, 2.0)
     n = len(native)
     k = [min(max(j, 0), n - 1) for j in range(t - h, t + h + 1)]
@@ -297,12 +298,12 @@ def test_determinism_collate_and_mixture(lerobot):
 
 def test_bad_data_is_skipped(tmp_path, caplog, capsys):
     root = tmp_path / "bad"
-    data.write_lerobot(root, ({"frames": make_frames(e % 5, 30), "task": f"task {e}"} for e in range(10)), FPS,
+    sim.write_lerobot(root, ({"frames": make_frames(e % 5, 30), "task": f"task {e}"} for e in range(10)), FPS,
                        version="v2.1", codec="libx264")
     videos = root / "videos/chunk-000/observation.images.main"
     (videos / "episode_000001.mp4").unlink()                                   # missing
     (videos / "episode_000002.mp4").write_bytes(b"\x00garbage" * 100)          # corrupt
-    short = data._Mp4(videos / "episode_000003.mp4", FPS, "libx264", 64, 64, None, 2)
+    short = sim.Mp4Writer(videos / "episode_000003.mp4", FPS, "libx264", 64, 64, None, 2)
     short.write(make_frames(3, 3))                                             # 3 frames, metadata says 30
     short.close()
     raw = (videos / "episode_000006.mp4").read_bytes()

@@ -4,8 +4,8 @@ import pytest
 import torch
 from scipy import stats
 
-from eval import (TimeScorer, Trajectory, awr_weight, chunk_delta, gt_curve, hesitation_rmse, retry_voc, spearman,
-                  voc, window_ends)
+from eval import (TimeScorer, Trajectory, awr_weight, chunk_delta, filtered_bc_keep, gt_curve, hesitation_rmse,
+                  retry_voc, spearman, voc, window_ends)
 
 
 def test_voc_matches_scipy_with_ties_and_constants():
@@ -90,6 +90,18 @@ def test_weights_match_formulas_on_hand_made_curve():
     assert awr_weight([-0.5], 10, 2.0)[0] == pytest.approx(np.exp(-5))
 
 
+def test_filtered_bc_keeps_positive_advantages():
+    """κ = 0 keeps Δ > 0 only (Appendix E): the flat chunk at t = 1 and the last frame's clamped chunk (Δ = 0) go;
+    keep_top keeps the top fraction, ties at the threshold included."""
+    d = chunk_delta([0.0, 0.1, 0.1, 0.1, 0.4, 0.3, 0.9, 1.0], H=3)  # [0.1, 0, 0.3, 0.2, 0.5, 0.7, 0.1, 0]
+    keep, threshold = filtered_bc_keep(d)
+    assert keep.tolist() == [True, False, True, True, True, True, True, False] and threshold == 0.0
+    assert filtered_bc_keep(d, kappa=0.15)[0].tolist() == [False, False, True, True, True, True, False, False]
+    keep, threshold = filtered_bc_keep(d, keep_top=0.5)
+    assert threshold == pytest.approx(np.quantile(d, 0.5)) and keep.tolist() == [False, False, True, True, True, True,
+                                                                                  False, False]
+
+
 def test_window_ends_cover_every_frame():
     assert window_ends(10, 4, 1) == [3, 4, 5, 6, 7, 8, 9]
     assert window_ends(10, 4, 4) == [3, 7, 9]
@@ -145,9 +157,9 @@ def bench_setup(tmp_path_factory):
 
     import torch
     import encode_text
-    from data import write_lerobot
-    from model import WVM, save_wvm, wvm_configs
+    from sim import write_lerobot
     from wan_vae import VAE_CONFIGS, WanVAE, save_wan_vae
+    from wvm import WVM, save_wvm, wvm_configs
 
     root = tmp_path_factory.mktemp("bench")
     texts = ["push the block", "lift the block"]
@@ -335,7 +347,7 @@ def test_bad_runs_and_datasets_give_one_line(bench_setup, tmp_path):
     import shutil
 
     import eval as wvm_eval
-    from data import write_lerobot
+    from sim import write_lerobot
     run = tmp_path / "run"
     shutil.copytree(bench_setup / "run", run)
     (run / "config.json").write_text('{"text_cache": ')

@@ -51,35 +51,30 @@ def _check_bf16(name, got, ref_lowp, golden, slack=2.0, atol=1e-3):
 def test_mot_mask_by_hand():
     T, N = True, False
     # n_cur = 2, n_fut = 2, n_val = 1: rows are queries, columns keys [c c f f v]
-    assert mot_mask(5, 5, 2, 2, causal=True).tolist() == [
+    assert mot_mask(5, 2, 2, causal=True).tolist() == [
         [T, T, N, N, N],    # current -> current
         [T, T, N, N, N],
         [T, T, T, T, N],    # future -> current + future
         [T, T, T, T, N],
         [T, T, N, N, T],    # value -> current + value, never future
     ]
-    assert mot_mask(5, 5, 2, 2, causal=False).tolist()[:2] == [[T, T, T, T, N]] * 2
-    # value-only queries: the last rows of the joint mask
-    assert mot_mask(2, 6, 3, 1).tolist() == [[T, T, T, N, T, T]] * 2
+    assert mot_mask(5, 2, 2, causal=False).tolist()[:2] == [[T, T, T, T, N]] * 2
     # no video token ever sees a value token
-    m = mot_mask(37, 37, 19, 13, causal=False)
+    m = mot_mask(37, 19, 13, causal=False)
     assert not m[:32, 32:].any() and m[32:, 32:].all() and not m[32:, 19:32].any()
 
 
-@pytest.mark.parametrize("n_cur,n_fut,n_val,Lq,causal", [
-    (7, 5, 3, None, True), (7, 5, 3, None, False), (7, 0, 3, 3, True), (7, 5, 3, 3, True), (7, 5, 3, 9, True),
-])
-def test_mot_reference_matches_dense_masked_sdpa(n_cur, n_fut, n_val, Lq, causal):
+@pytest.mark.parametrize("n_cur,n_fut,n_val,causal", [(7, 5, 3, True), (7, 5, 3, False), (7, 0, 3, True)])
+def test_mot_reference_matches_dense_masked_sdpa(n_cur, n_fut, n_val, causal):
     torch.manual_seed(0)
     B, H, D = 2, 2, 8
-    Lk = n_cur + n_fut + n_val
-    Lq = Lq or Lk
-    q, k, v = torch.randn(B, Lq, H, D), torch.randn(B, Lk, H, D), torch.randn(B, Lk, H, D)
-    g = torch.randn(B, Lq, H, D)
+    L = n_cur + n_fut + n_val
+    q, k, v = torch.randn(B, L, H, D), torch.randn(B, L, H, D), torch.randn(B, L, H, D)
+    g = torch.randn(B, L, H, D)
     a = _leaves(q, k, v)
     out = mot_attention_torch(*a, n_cur, n_fut, causal)
     b = _leaves(q, k, v)
-    mask = mot_mask(Lq, Lk, n_cur, n_fut, causal)
+    mask = mot_mask(L, n_cur, n_fut, causal)
     dense = F.scaled_dot_product_attention(*(t.transpose(1, 2) for t in b), attn_mask=mask).transpose(1, 2)
     torch.testing.assert_close(out, dense, atol=1e-5, rtol=1e-5)
     for x, y in zip(_grads(out, a, g), _grads(dense, b, g)):
@@ -89,12 +84,11 @@ def test_mot_reference_matches_dense_masked_sdpa(n_cur, n_fut, n_val, Lq, causal
 # ---------------------------------------------------------------------------------------------
 # MoT attention kernel
 
-def _run_attention(n_cur, n_fut, n_val, Lq, causal, dtype, B=2, H=2, D=32, seed=0):
+def _run_attention(n_cur, n_fut, n_val, causal, dtype, B=2, H=2, D=32, seed=0):
     torch.manual_seed(seed)
-    Lk = n_cur + n_fut + n_val
-    Lq = Lq or Lk
-    q, k, v = (torch.randn(B, L, H, D, device=DEVICE).to(dtype) for L in (Lq, Lk, Lk))
-    g = torch.randn(B, Lq, H, D, device=DEVICE).to(dtype)
+    L = n_cur + n_fut + n_val
+    q, k, v = (torch.randn(B, L, H, D, device=DEVICE).to(dtype) for _ in range(3))
+    g = torch.randn(B, L, H, D, device=DEVICE).to(dtype)
     tri_in = _leaves(q, k, v)
     tri = mot_attention(*tri_in, n_cur, n_fut, causal)
     ref_in = _leaves(q, k, v)
@@ -104,14 +98,13 @@ def _run_attention(n_cur, n_fut, n_val, Lq, causal, dtype, B=2, H=2, D=32, seed=
     return ((tri, *_grads(tri, tri_in, g)), (ref, *_grads(ref, ref_in, g)), (gold, *_grads(gold, gold_in, g.double())))
 
 
-ATTN_CASES = [  # n_cur, n_fut, n_val, Lq (None = Lk), causal
-    (19, 13, 5, None, True),     # training: every segment a non-multiple of the tile
-    (19, 13, 5, None, False),
-    (19, 0, 5, 5, True),         # value-only queries against cached current video K/V
-    (19, 13, 5, 25, True),       # queries starting inside the current segment
-    (5, 3, 20, None, False),     # a value segment longer than one value tile
-    (0, 6, 3, None, True),       # no current video: value queries see only value keys
-    (19, 13, 0, None, True),     # video only (prefill, plain Wan blocks)
+ATTN_CASES = [  # n_cur, n_fut, n_val, causal
+    (19, 13, 5, True),     # training: every segment a non-multiple of the tile
+    (19, 13, 5, False),
+    (19, 0, 5, True),      # no future video: value queries see all the video
+    (5, 3, 20, False),     # a value segment longer than one value tile
+    (0, 6, 3, True),       # no current video: value queries see only value keys
+    (19, 13, 0, True),     # video only (prefill, plain Wan blocks)
 ]
 
 
@@ -135,7 +128,7 @@ def test_mot_attention_triton_bf16(triton_path, case):
 
 @needs_triton
 def test_mot_attention_triton_head_dim_not_power_of_two(triton_path):
-    tri, ref, _ = _run_attention(19, 13, 5, None, True, torch.float32, B=1, D=24)
+    tri, ref, _ = _run_attention(19, 13, 5, True, torch.float32, B=1, D=24)
     for name, x, y in zip(("out", "dq", "dk", "dv"), tri, ref):
         torch.testing.assert_close(x, y, atol=1e-4, rtol=1e-4, msg=name)
 
@@ -147,7 +140,7 @@ def test_mot_attention_triton_gpu_tiles(triton_path, monkeypatch):
     mod = importlib.import_module("kernels.mot_attention")
     monkeypatch.setattr(mod, "_blocks", lambda D, dtype: dict(BLOCK_M=128, BLOCK_N=64, BLOCK_MV=16, BLOCK_M_BWD=32,
                                                               BLOCK_N_BWD=64, num_warps=4, num_stages=3))
-    tri, ref, _ = _run_attention(150, 70, 5, None, True, torch.float32, B=1, H=1, D=16)
+    tri, ref, _ = _run_attention(150, 70, 5, True, torch.float32, B=1, H=1, D=16)
     for name, x, y in zip(("out", "dq", "dk", "dv"), tri, ref):
         torch.testing.assert_close(x, y, atol=1e-4, rtol=1e-4, msg=name)
 
@@ -230,9 +223,10 @@ def test_imports_and_runs_without_triton():
     """No Triton wheels exist for macOS / Windows: the model must still import and run on the PyTorch path."""
     code = ("import importlib.util, sys; sys.modules['triton'] = None; find = importlib.util.find_spec; "
             "importlib.util.find_spec = lambda n, *a: None if n == 'triton' else find(n, *a); "
-            "import torch, kernels, model; assert not kernels.HAS_TRITON; "
-            "m = model.WVM(*model.wvm_configs('tiny')); "
-            "out = m(dict(latents=torch.randn(2, 48, 2, 4, 4), context=torch.randn(2, 3, 32), values=torch.rand(2, 5))); "
+            "import torch, kernels, wvm; assert not kernels.HAS_TRITON; "
+            "m = wvm.WVM(*wvm.wvm_configs('tiny')); "
+            "out = m(dict(latents=torch.randn(2, 48, 2, 4, 4), context=torch.randn(2, 3, 32), values=torch.rand(2, 5), "
+            "**m.flow_noise(torch.tensor([0, 1]), (48, 2, 4, 4)))); "
             "assert torch.isfinite(out['loss'])")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     r = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=300,

@@ -6,7 +6,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from model import CheckpointError, WanConfig, WanDiT, load_wan_dit
+from checkpoint import CheckpointError
+from model import WanConfig, WanDiT, load_wan_dit, save_wan_dit
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -89,7 +90,7 @@ def test_matches_diffusers_from_official_sharded_and_pth(reference, tmp_path):
         save_file({k: sd[k].contiguous() for k in ks}, official / name)
     with open(official / "diffusion_pytorch_model.safetensors.index.json", "w") as f:
         json.dump({"metadata": {}, "weight_map": {k: n for n, ks in shards.items() for k in ks}}, f)
-    with open(official / "config.json", "w") as f:  # the official config.json layout (wan22.md A.1)
+    with open(official / "config.json", "w") as f:  # the official config.json layout
         json.dump({"_class_name": "WanModel", "dim": 64, "ffn_dim": 128, "num_heads": 2, "num_layers": 2,
                    "in_dim": 48, "out_dim": 48, "freq_dim": 32, "text_len": TEXT_LEN, "eps": 1e-6, "model_type": "ti2v"}, f)
     check_equal(load_wan_dit(str(official)), ref)
@@ -104,7 +105,6 @@ def test_matches_diffusers_from_official_sharded_and_pth(reference, tmp_path):
 
 def test_save_wan_dit_is_an_official_checkpoint(reference, tmp_path):
     """save_wan_dit writes what the official loader path reads: the same model back, still equal to diffusers'."""
-    from model import save_wan_dit
 
     ref, path = reference
     ours = load_wan_dit(str(path))
@@ -146,7 +146,7 @@ def test_full_config_parameter_count_and_names():
     sd = model.state_dict()
     assert len(sd) == 825
     assert sum(p.numel() for p in model.parameters()) == 4_999_787_712
-    # shapes from the official checkpoint (wan22.md Appendix 2)
+    # shapes of the official WanModel (TI2V-5B config)
     expect = {"patch_embedding.weight": (3072, 48, 1, 2, 2), "text_embedding.0.weight": (3072, 4096),
               "time_projection.1.weight": (18432, 3072), "head.modulation": (1, 2, 3072), "head.head.weight": (192, 3072),
               "blocks.29.modulation": (1, 6, 3072), "blocks.0.self_attn.norm_q.weight": (3072,),

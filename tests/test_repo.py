@@ -67,3 +67,53 @@ def test_ci_runs_the_readme_commands_as_written(tmp_path):
     install = first.split(" && ")[2]
     assert install.startswith("pip install -r") and first.endswith(f"&& {install} && python demo.py")
     assert log.read_text().splitlines() == [install, second]
+
+
+def module_name(path):
+    rel = os.path.relpath(path, ROOT)[:-3].replace(os.sep, ".")
+    return rel.removesuffix(".__init__")
+
+
+def test_imports_run_one_way():
+    """The repository's modules import each other at the top of the file only, and those imports form no cycle."""
+    files = [os.path.join(ROOT, f) for f in os.listdir(ROOT) if f.endswith(".py")]
+    files += [os.path.join(ROOT, "kernels", f) for f in os.listdir(os.path.join(ROOT, "kernels")) if f.endswith(".py")]
+    modules = {module_name(f) for f in files}
+
+    def project(node):
+        names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module] if node.level == 0 else []
+        return {n for n in names if n in modules or n.split(".")[0] in modules}
+
+    graph, inside = {}, []
+    for f in files:
+        tree = ast.parse(open(f).read())
+        graph[module_name(f)] = set().union(*(project(n) for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))))
+        for fn in (n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))):
+            inside += [f"{module_name(f)}.{fn.name}: {m}" for n in ast.walk(fn)
+                       if isinstance(n, (ast.Import, ast.ImportFrom)) for m in project(n)]
+    assert not inside
+    done, path = set(), []
+
+    def visit(m):  # depth-first; a module met again on the current path closes a cycle
+        assert m not in path, " -> ".join(path[path.index(m):] + [m])
+        if m not in done:
+            path.append(m)
+            for n in sorted(graph.get(m, ())):
+                visit(n)
+            done.add(path.pop())
+
+    for m in sorted(graph):
+        visit(m)
+    assert graph["wvm"] >= {"model", "value_dit"} and not graph["model"] & {"wvm", "value_dit"}
+
+
+def test_no_file_refers_to_a_document_outside_the_repository():
+    outside = ["SPEC" + ".md", "wan" + "22", "../" + "shared"]  # spelled apart so this file does not match itself
+    found = []
+    for folder, dirs, names in os.walk(ROOT):
+        dirs[:] = [d for d in dirs if not d.startswith(".") and d != "__pycache__"]
+        for name in names:
+            if name.endswith((".py", ".md", ".txt")):
+                text = open(os.path.join(folder, name), encoding="utf-8").read()
+                found += [f"{os.path.relpath(os.path.join(folder, name), ROOT)}: {o}" for o in outside if o in text]
+    assert not found

@@ -251,10 +251,8 @@ def test_corpus(corpus):
 def test_resume_and_encoder_failure(corpus, tmp_path, monkeypatch):
     """An interrupted run continues at the first missing part and a mux error mid-part (SVT-AV1 does this now
     and then) encodes that part again: the result equals an uninterrupted run's."""
-    import data
-
     calls = {"jobs": 0, "writes": 0}
-    job, write = sim._generate_job, data._Mp4.write
+    job, write = sim._generate_job, sim.Mp4Writer.write
 
     def dies_after_first_part(j):
         calls["jobs"] += 1
@@ -269,7 +267,7 @@ def test_resume_and_encoder_failure(corpus, tmp_path, monkeypatch):
         return write(self, frames)
 
     monkeypatch.setattr(sim, "_generate_job", dies_after_first_part)
-    monkeypatch.setattr(data._Mp4, "write", flaky)
+    monkeypatch.setattr(sim.Mp4Writer, "write", flaky)
     out = tmp_path / "mw"
     with pytest.raises(KeyboardInterrupt):
         sim.main(["--out", str(out), "--workers", "1", *ARGS])

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import train
-from data import write_lerobot
+from sim import write_lerobot
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -150,7 +150,7 @@ def test_sigterm_then_resume_repeats_the_uninterrupted_run(dataset, tmp_path):
 
 
 def test_flops_count_matches_hand_count():
-    from model import WVM, wvm_configs
+    from wvm import WVM, wvm_configs
     with torch.device("meta"):
         m = WVM(*wvm_configs("full"))
     # 256 x 256 frames: 8 x 8 = 64 tokens per latent frame, 2 frames, 5 value tokens, 512 text tokens
@@ -173,11 +173,14 @@ def test_latent_cache_gives_the_same_training(dataset, tmp_path):
         assert r.returncode == 0, r.stderr[-3000:]
         assert losses(tmp_path / name) == losses(tmp_path / "base")
         stored.append(len(list(cache.rglob("*.safetensors"))))
-    ds = train.open_sources(train.configure(args(dataset, tmp_path / "x", max_steps=3)))
+    ds = train.open_sources(train.configure(args(dataset, tmp_path / "x", max_steps=3)), h=4)
     distinct = len({ds[i]["clip_key"] for i in range(12)})  # 3 steps x 4 samples; a clip can repeat
     assert stored == [distinct, distinct]  # each clip stored once, nothing re-encoded on the second run
-    ds.latent_dir = str(next(cache.iterdir()))  # what train.py sets: loader workers then skip decoding
-    assert all(ds[i]["frames"] is None and ds[i]["latents"].shape == (48, 3, 2, 2) for i in range(12))
+    vae = train.load_wan_vae(str(tmp_path / "fill" / "vae.safetensors"))
+    ds.latent_cache = train.LatentCache(str(cache), train.vae_fingerprint(vae))  # what train.py sets
+    assert os.listdir(cache) == [os.path.basename(ds.latent_cache.dir)]  # the run's VAE's folder, the only one
+    # loader workers then skip decoding: the cache holds the current and the future latent of each clip
+    assert all(ds[i]["frames"] is None and ds[i]["latents"].shape == (48, 2, 2, 2) for i in range(12))
 
 
 def test_fsdp_sigterm_then_resume_repeats_the_uninterrupted_run(dataset, tmp_path):
@@ -416,7 +419,7 @@ def test_bare_model_file_carries_what_scoring_needs(trained, dataset, tmp_path):
             str(dataset / "text")]
     args_ = wvm_eval.parse_args(argv)
     scorer = wvm_eval.load_scorer(args_)
-    assert (scorer.size, args_.fps) == (32, 4.0)  # was 256 and 2.0
+    assert (scorer.size, wvm_eval.dataset_fps(scorer.trained, "x")) == (32, 4.0)  # was 256 and 2.0
     with pytest.raises(SystemExit, match="--resolution 64: the model was trained at 32"):
         wvm_eval.load_scorer(wvm_eval.parse_args(argv + ["--resolution", "64"]))
     from wan_vae import VAE_CONFIGS, WanVAE, save_wan_vae
@@ -429,6 +432,31 @@ def test_bare_model_file_carries_what_scoring_needs(trained, dataset, tmp_path):
                 encoder={"id": "tiny_random:seed1", "flags": "--tiny_random 32"})
     with pytest.raises(SystemExit, match="not the text encoder the model was trained with"):
         wvm_eval.load_scorer(wvm_eval.parse_args(argv[:-1] + [str(tmp_path / "text")]))
+
+
+def test_a_source_trained_at_its_own_fps_is_scored_at_it(dataset, tmp_path):
+    """--data=path:weight:fps: the model file records the source's fps, and eval.py scores that dataset at it (other
+    datasets at the run's fps) unless --fps says otherwise."""
+    import eval as wvm_eval
+    from wvm import load_wvm
+    train_here(dataset, tmp_path / "run", max_steps=1, data=f"{dataset / 'ds'}:1:4")
+    run = load_wvm(str(tmp_path / "run" / "wvm.safetensors")).run
+    assert run["fps"] == 2.0 and run["source_fps"] == {os.path.realpath(dataset / "ds"): 4.0}
+    shutil.copytree(dataset / "ds", tmp_path / "other")  # the same episodes under another path: a held-out set
+    (tmp_path / "alias").symlink_to(dataset / "ds")
+    for data, extra, fps in (("ds", [], 4.0), ("alias", [], 4.0), ("other", [], 2.0), ("ds", ["--fps", "3"], 3.0)):
+        out = tmp_path / f"{data}{len(extra)}.json"
+        root = dataset if data == "ds" else tmp_path
+        wvm_eval.main(["--bench", "expert", "--data", str(root / data), "--ckpt", str(tmp_path / "run"), "--json",
+                       str(out), *extra])
+        res = json.loads(out.read_text())
+        T = next(r for r in res["trajectories"] if r["method"] == "wvm" and r["episode"].endswith("/0"))["T"]
+        n = len(next(r for r in res["trajectories"] if r["method"] == "wvm" and r["episode"].endswith("/0"))["values"])
+        assert res["fps"] == fps and n == round((T - 1) * fps / 8) + 1  # 24 frames at 8 fps, resampled
+    # resumed on another source with its own fps: the record keeps both
+    train_here(dataset, tmp_path / "run", max_steps=2, resume=True, data=f"{tmp_path / 'other'}:1:3")
+    run = load_wvm(str(tmp_path / "run" / "wvm.safetensors")).run
+    assert run["source_fps"] == {os.path.realpath(dataset / "ds"): 4.0, os.path.realpath(tmp_path / "other"): 3.0}
 
 
 def test_bad_inputs_end_with_their_message_only(dataset, tmp_path):
@@ -445,7 +473,8 @@ def test_bad_inputs_end_with_their_message_only(dataset, tmp_path):
 def test_video_stage_writes_a_wan_checkpoint_that_wvm_training_starts_from(dataset, tmp_path):
     """--stage=video trains the video stream alone (the value stream is untouched) and leaves an official Wan2.2
     DiT folder; --wan=<that folder> starts WVM from exactly those weights (load_wan_dit, the real loader path)."""
-    from model import load_wan_dit, wvm_configs
+    from model import load_wan_dit
+    from wvm import wvm_configs
 
     prior = train_here(dataset, tmp_path / "prior", stage="video", max_steps=2, rewind=0.0)
     wan = tmp_path / "prior" / "wan"

@@ -6,9 +6,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from model import CheckpointError
-from wan_vae import (VAE_CONFIGS, WAN22_LATENTS_MEAN, WAN22_LATENTS_STD, CausalCache, LatentCache, WanVAE,
-                     WanVAEConfig, load_wan_vae, vae_key)
+from checkpoint import CheckpointError
+from data import LatentCache
+from wan_vae import (VAE_CONFIGS, WAN22_LATENTS_MEAN, WAN22_LATENTS_STD, CausalCache, WanVAE, WanVAEConfig,
+                     load_wan_vae, vae_fingerprint, vae_key)
+from wvm import clip_latents
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -107,14 +109,14 @@ def test_matches_diffusers_from_official_pth(reference, tmp_path):
     close(vae.decode(z), ref_decode(ref, z))
 
 
-def test_key_mapping_covers_the_full_wan22_vae():
+def test_key_mapping_covers_the_full_wan2_2_vae():
     """All 196 diffusers keys of the full-size model map onto ours with the same shapes, plus hand-checked names."""
     with torch.device("meta"):
         ref = diffusers.AutoencoderKLWan(base_dim=160, decoder_base_dim=256, z_dim=48, **WAN22)
         ours = WanVAE(WanVAEConfig())
     mapped = {vae_key(k): tuple(v.shape) for k, v in ref.state_dict().items()}
     assert mapped == {k: tuple(v.shape) for k, v in ours.state_dict().items()}
-    for theirs, official in [  # wan22.md §D
+    for theirs, official in [  # diffusers' conversion script, inverted
         ("quant_conv.weight", "conv1.weight"), ("post_quant_conv.bias", "conv2.bias"),
         ("encoder.conv_in.weight", "encoder.conv1.weight"), ("decoder.conv_in.bias", "decoder.conv1.bias"),
         ("encoder.mid_block.attentions.0.to_qkv.weight", "encoder.middle.1.to_qkv.weight"),
@@ -138,7 +140,7 @@ def test_full_config_on_meta():
     assert sum(v.numel() for v in sd.values()) == 704_688_668
     assert sum(v.numel() for k, v in sd.items() if k.startswith("encoder.")) == 149_627_776
     assert sum(v.numel() for k, v in sd.items() if k.startswith("decoder.")) == 555_049_228
-    for key, shape in [  # wan22.md Appendix 1
+    for key, shape in [  # shapes of the official Wan2.2 VAE
         ("encoder.conv1.weight", (160, 12, 3, 3, 3)),
         ("encoder.downsamples.0.downsamples.0.residual.0.gamma", (160, 1, 1, 1)),
         ("encoder.downsamples.1.downsamples.0.shortcut.weight", (320, 160, 1, 1, 1)),
@@ -251,26 +253,29 @@ def test_loader_errors(reference, tmp_path):
 
 
 def test_latent_cache_is_bit_identical(tiny, tmp_path):
-    calls = []
-
-    def make(seed):
-        def frames():
-            calls.append(seed)
-            return video(9, seed=seed)[0]
-        return frames
-
-    cache = LatentCache(str(tmp_path), tiny)
-    z = cache.get("episode 3/frames 0-8", make(1))
-    assert z.shape == (48, 3, 2, 3) and calls == [1]
+    """A clip's latents stored as train.py stores them (clip_latents: current and future) come back bit for bit from
+    disk, and another VAE gets another folder."""
+    cache = LatentCache(str(tmp_path), vae_fingerprint(tiny))
+    assert cache.load("episode 3/frames 0-8") is None
+    for key, seed in (("episode 3/frames 0-8", 1), ("episode 3/frames 4-12", 2)):
+        cache.put(key, clip_latents(tiny, video(9, seed=seed), 4)[0])
+    again = LatentCache(str(tmp_path), vae_fingerprint(tiny))  # from disk this time
+    z = again.load("episode 3/frames 0-8")
     expected = tiny.encode(video(9, seed=1))[0]
-    assert torch.equal(z, expected)
-    again = LatentCache(str(tmp_path), tiny).get("episode 3/frames 0-8", make(1))  # from disk this time
-    assert calls == [1] and torch.equal(again, expected)
-    other = cache.get("episode 3/frames 4-12", make(2))
-    assert calls == [1, 2] and torch.equal(other, tiny.encode(video(9, seed=2))[0])
+    assert z.shape == (48, 2, 2, 3) and torch.equal(z, expected[:, 1:])  # the prefix latent is dropped
+    assert torch.equal(again.load("episode 3/frames 4-12"), tiny.encode(video(9, seed=2))[0, :, 1:])
     files = os.listdir(cache.dir)
     assert len(files) == 2 and all(f.endswith(".safetensors") for f in files)  # no temporary files left
-    assert LatentCache(str(tmp_path), WanVAE(tiny.cfg)).dir != cache.dir  # other weights, other folder
+    assert LatentCache(str(tmp_path), vae_fingerprint(WanVAE(tiny.cfg))).dir != cache.dir  # other weights, other folder
+
+
+def test_clip_latents_checks_h_against_the_vae(tiny):
+    """One h: the value chunk, the clip (1 + h or 1 + 2h frames) and the VAE's frames per latent must agree."""
+    assert clip_latents(tiny, video(5), 4).shape == (1, 48, 1, 2, 3)  # scoring: prefix + current -> current
+    with pytest.raises(ValueError, match="h = 2 values"):
+        clip_latents(tiny, video(5), 2)
+    with pytest.raises(ValueError, match="expected 1 \\+ h = 5 or 1 \\+ 2h = 9 frames"):
+        clip_latents(tiny, video(13), 4)
 
 
 def test_calibrated_random_vae_has_unit_latents_and_round_trips(tmp_path):

@@ -1,11 +1,13 @@
 """WVM: the MoT coupling, its masks, prefill inference, checkpoints, and that a tiny model learns."""
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-import model as model_module
-from model import WVM, load_wvm, save_wvm, wvm_configs
+import wvm as wvm_module
 from value_dit import ValueConfig, ValueDiT, hl_gauss_decode, hl_gauss_target
+from wvm import WVM, load_wvm, save_wvm, wvm_configs
 
 B, C, H, W, TXT = 2, 48, 8, 6, 32
 
@@ -91,8 +93,9 @@ def test_video_stream_ignores_value_tokens():
     assert not torch.allclose(z1, z2)
     # and the video loss with it
     batch = {"latents": x_in, "context": ctx, "values": v_in, "sigma_video": torch.tensor([0.3, 0.8]),
-             "noise_video": torch.randn(B, C, 1, H, W), "sigma_value": torch.tensor([0.5, 0.2])}
-    batch2 = dict(batch, values=torch.rand(B, 5), sigma_value=torch.tensor([0.9, 0.1]))
+             "noise_video": torch.randn(B, C, 1, H, W), "sigma_value": torch.tensor([0.5, 0.2]),
+             "noise_value": torch.randn(B, 4)}
+    batch2 = dict(batch, values=torch.rand(B, 5), sigma_value=torch.tensor([0.9, 0.1]), noise_value=torch.randn(B, 4))
     with torch.no_grad():
         assert torch.equal(m(batch)["loss_video"], m(batch2)["loss_video"])
 
@@ -128,7 +131,8 @@ def test_future_latent_reaches_values_only_under_full_mask(mask):
 
 
 def dense_reference_attention(q, k, v, n_cur, n_fut, causal=True):
-    """Dense masked attention over the joint sequence, the mask written out from SPEC.md §3.2-3.3."""
+    """Dense masked attention over the joint sequence, the asymmetric mask written out by hand: current video sees
+    current (and, without causal, future) video; future video sees all video; values see current video and values."""
     L = k.shape[1]
     n_vid = n_cur + n_fut
     seg = torch.tensor([0] * n_cur + [1] * n_fut + [2] * (L - n_vid))  # current, future, value
@@ -145,7 +149,7 @@ def test_mot_forward_equals_dense_masked_reference(mask, monkeypatch):
     x_in, t_vid, v_in, t_val, ctx = inputs()
     with torch.no_grad():
         ours = m.joint(x_in, t_vid, v_in, t_val, ctx)
-        monkeypatch.setattr(model_module, "mot_attention", dense_reference_attention)
+        monkeypatch.setattr(wvm_module, "mot_attention", dense_reference_attention)
         ref = m.joint(x_in, t_vid, v_in, t_val, ctx)
     for a, b in zip(ours, ref):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
@@ -188,17 +192,27 @@ def test_deterministic_heads_predict_through_prefill(head):
     torch.testing.assert_close(pred, ref[:, None].expand(B, 2, 4), rtol=1e-5, atol=1e-5)
 
 
-def test_hl_gauss_target_and_decode():
-    y = torch.tensor([0.0, 0.38, 1.0])
+def test_hl_gauss_target_is_the_papers_and_decodes():
+    """The target of Eq. F.8 by hand: a Gaussian of one bin width at the 51 bin centres, normalized; one-hot at the
+    ends (within 1e-6 of 0 or 1). Expectation decoding of the target returns y."""
+    y = torch.tensor([0.0, 0.38, 1.0, 5e-7, 1 - 5e-7, 0.5])
     p = hl_gauss_target(y, 51)
-    torch.testing.assert_close(p.sum(-1), torch.ones(3))
-    # a Gaussian of one bin width (0.02) around 0.38 (a bin centre), integrated over its bin [0.37, 0.39]
+    torch.testing.assert_close(p.sum(-1), torch.ones(6))
+    # 0.38 is bin centre 19: weights exp(-k^2 / 2) for bins k away, normalized over the 51 bins
+    w = [math.exp(-0.5 * (i - 19) ** 2) for i in range(51)]
+    assert abs(p[1, 19].item() - 1 / sum(w)) < 1e-6 and abs(p[1, 21].item() - math.exp(-2) / sum(w)) < 1e-6
+    end = torch.zeros(51)
+    end[0] = 1
+    assert torch.equal(p[0], end) and torch.equal(p[3], end)
+    assert torch.equal(p[2], end.flip(0)) and torch.equal(p[4], end.flip(0))
+    torch.testing.assert_close(p[5], p[5].flip(0))  # 0.5 is the middle bin
+    # the integrated form of Imani & White (mass of the Gaussian over each bin) is close to it, not equal
     cdf = lambda a: 0.5 * (1 + torch.erf(torch.tensor(a) / (0.02 * 2 ** 0.5)))  # noqa: E731
-    mass = float(cdf(0.01) - cdf(-0.01))
-    total = float(cdf(1.01 - 0.38) - cdf(-0.01 - 0.38))
-    assert abs(p[1, 19].item() - mass / total) < 1e-5
-    # expectation decoding of a sharp distribution returns its centre; of the HL target, close to y (inside [0.01, 0.99])
+    mass = float(cdf(0.01) - cdf(-0.01)) / float(cdf(1.01 - 0.38) - cdf(-0.01 - 0.38))
+    assert 0.005 < p[1, 19].item() - mass < 0.03
+    # expectation decoding of a sharp distribution returns its centre; of the HL target, y (inside [0.01, 0.99])
     assert abs(hl_gauss_decode(torch.log(p[1] + 1e-12)).item() - 0.38) < 1e-3
+    assert hl_gauss_decode(torch.log(p[0] + 1e-12)).item() < 1e-9
 
 
 def test_loss_ignores_prefix_token_target():

@@ -1,0 +1,154 @@
+"""Checkpoint files, whatever model they hold: the Wan2.2 DiT and VAE (model.py, wan_vae.py) and WVM (wvm.py).
+
+Reading: a path (a file, or a folder with `<stem>.safetensors`, sharded `<stem>-0000k-of-0000n.safetensors` + their
+`.safetensors.index.json`, any single .safetensors or .pth, and an optional config.json) resolves to tensor files
+(`checkpoint_files`); `load_into` assigns their tensors to a model built on the meta device, so the weights are never
+held twice. A .pth is read without running any of its pickled code (`load_pth`). Renaming (diffusers or ComfyUI names
+to the official ones) is the caller's: each model knows its own names.
+
+Writing: `save_safetensors` writes to a temporary name and renames, so a crash never leaves half a checkpoint.
+"""
+import json
+import os
+import pickle
+import re
+
+import torch
+import torch.nn as nn
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read, or does not fit the model; the message names the file and the problem."""
+
+
+def read_json(path):
+    """A JSON file, or None where there is none."""
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def checkpoint_files(path, stem):
+    """Resolve a checkpoint path (file or folder) to (tensor files, config.json dict or None)."""
+    if os.path.isfile(path):
+        cfg_file = os.path.join(os.path.dirname(path), "config.json")
+        if path.endswith(".json"):  # an index
+            with open(path) as f:
+                shards = sorted(set(json.load(f)["weight_map"].values()))
+            return [os.path.join(os.path.dirname(path), s) for s in shards], read_json(cfg_file)
+        return [path], read_json(cfg_file)
+    if not os.path.isdir(path):
+        raise CheckpointError(f"{path}: no such checkpoint file or folder")
+    names = sorted(os.listdir(path))
+    index = [n for n in names if n.endswith(".safetensors.index.json")]
+    if index:
+        return checkpoint_files(os.path.join(path, index[0]), stem)
+    for pattern in (rf"{stem}\.safetensors$", r".*\.safetensors$", r".*\.(pth|pt|bin|ckpt)$"):
+        found = [n for n in names if re.match(pattern, n)]
+        if found:
+            return [os.path.join(path, n) for n in found], read_json(os.path.join(path, "config.json"))
+    raise CheckpointError(f"{path}: no .safetensors, .safetensors.index.json or .pth checkpoint in this folder")
+
+
+def load_pth(path):
+    """A .pth/.pt state dict, read without running any of its pickled code (tensors and plain containers only)."""
+    try:
+        return torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    except pickle.UnpicklingError as e:
+        what = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        raise CheckpointError(f"{path}: holds Python objects besides tensors ({what.group(1) if what else 'unknown'}), "
+                              "which are never loaded because unpickling them can run code; save the tensors "
+                              "alone (a state dict, or .safetensors)") from None
+
+
+class TensorFile:
+    """Lazy access to the tensors of one .safetensors or .pth file: names and shapes without reading any data."""
+
+    def __init__(self, path):
+        self.path = path
+        try:
+            if path.endswith(".safetensors"):
+                self._st = safe_open(path, "pt", device="cpu")
+                self.shapes = {k: tuple(self._st.get_slice(k).get_shape()) for k in self._st.keys()}
+            else:
+                sd = load_pth(path)
+                for wrapper in ("state_dict", "model", "module"):
+                    if isinstance(sd, dict) and set(sd) == {wrapper}:
+                        sd = sd[wrapper]
+                self._sd = sd
+                self.shapes = {k: tuple(v.shape) for k, v in sd.items() if torch.is_tensor(v)}
+        except CheckpointError:
+            raise
+        except Exception as e:  # unreadable, truncated, not a checkpoint
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            raise CheckpointError(f"{path}: cannot read checkpoint ({type(e).__name__}: {first})") from None
+
+    def get(self, name):
+        return self._st.get_tensor(name) if hasattr(self, "_st") else self._sd[name]
+
+
+def read_metadata(path):
+    """The string metadata of a .safetensors file ({} where it has none)."""
+    with safe_open(path, "pt") as f:
+        return f.metadata() or {}
+
+
+def _fmt(items, n=8):
+    items = list(items)
+    return ", ".join(items[:n]) + (f", ... ({len(items) - n} more)" if len(items) > n else "")
+
+
+def load_into(model, path, files, rename=lambda k: k, dtype=None, device=None, keep_fp32=None):
+    """Assign checkpoint tensors to a model built on the meta device, one file at a time.
+
+    rename maps a checkpoint name to the model's; dtype casts floating tensors except those whose name keep_fp32
+    (a regex) matches. Every missing, unexpected or mis-shaped tensor is reported together in one CheckpointError
+    before any data is read. Only one tensor is ever held twice (during a dtype/device cast).
+    """
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    tfiles = [TensorFile(f) for f in files]
+    found, unexpected, wrong = {}, [], []
+    for tf in tfiles:
+        for name, shape in tf.shapes.items():
+            key = rename(name)
+            if key not in expected:
+                unexpected.append(name)
+            elif shape != expected[key]:
+                wrong.append(f"{name}: checkpoint {list(shape)} vs model {list(expected[key])}")
+            else:
+                found[key] = (tf, name)
+    missing = [k for k in expected if k not in found]
+    if missing or unexpected or wrong:
+        msg = [f"{path}: checkpoint does not match {type(model).__name__}"]
+        for what, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
+            if items:
+                msg.append(f"  {what} ({len(items)}): {_fmt(items)}")
+        raise CheckpointError("\n".join(msg))
+    for key, (tf, name) in found.items():
+        t = tf.get(name)
+        to = torch.float32 if keep_fp32 is not None and keep_fp32.search(key) else dtype
+        if to is not None and t.is_floating_point():
+            t = t.to(to)
+        if device is not None:
+            t = t.to(device)
+        mod_name, _, attr = key.rpartition(".")
+        mod = model.get_submodule(mod_name)
+        old = getattr(mod, attr)
+        setattr(mod, attr, nn.Parameter(t, requires_grad=old.requires_grad) if isinstance(old, nn.Parameter) else t)
+    return model
+
+
+def save_safetensors(tensors, path, metadata=None):
+    """tensors {name: tensor} as one .safetensors file (string metadata optional), written whole or not at all."""
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, f"{path}.tmp", metadata=metadata)
+    os.replace(f"{path}.tmp", path)
+
+
+def save_json(obj, path):
+    """A JSON file, written whole or not at all."""
+    with open(f"{path}.tmp", "w") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(f"{path}.tmp", path)
