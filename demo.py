@@ -34,9 +34,9 @@ RECIPES = {
                    value_shift=5.0,  # one Euler step from s = 1 is all inference asks of the flow: train mostly near it
                    plateau=0.3)),  # the paper's 0.1 leaves values creeping up through pauses at this scale (README)
     "long": dict(data="data/metaworld_full", sim=[], common=dict(
-        size="mid", resolution=64, fps=2.0, lr=5e-4, warmup=200, camera="all", num_workers=1, ckpt_every=500),
-        prior=dict(max_steps=3000, batch_size=32, micro_batch=16, rewind=0.0),
-        value=dict(max_steps=8000, batch_size=32, micro_batch=16, value_shift=5.0, plateau=0.3)),
+        size="base", resolution=64, fps=2.0, lr=5e-4, warmup=200, camera="all", num_workers=1, ckpt_every=500),
+        prior=dict(max_steps=2000, batch_size=32, micro_batch=32, rewind=0.0),
+        value=dict(max_steps=6000, batch_size=32, micro_batch=32, value_shift=5.0, plateau=0.3)),
 }
 
 # The README's comparison, same budget and seed: what the world-model prior buys, and two fidelity checks.

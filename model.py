@@ -47,6 +47,7 @@ WAN_CONFIGS = {
     # a few minutes of CPU training; same code paths as the real model
     "tiny": WanConfig(dim=64, ffn_dim=128, num_heads=2, num_layers=2, text_dim=32, text_len=16, freq_dim=32),
     "small": WanConfig(dim=128, ffn_dim=256, num_heads=4, num_layers=4, text_dim=32, text_len=16, freq_dim=64),
+    "base": WanConfig(dim=256, ffn_dim=1024, num_heads=4, num_layers=6, text_dim=32, text_len=16, freq_dim=64),
     "mid": WanConfig(dim=768, ffn_dim=3072, num_heads=6, num_layers=6, text_dim=256, text_len=64, freq_dim=256),
 }
 

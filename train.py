@@ -88,7 +88,7 @@ class TrainConfig:
     seed: int = 0
 
 
-CHOICES = {"stage": ("value", "video"), "size": ("tiny", "small", "mid", "full"), "value_head": ("flow", "regression", "hlgauss"),
+CHOICES = {"stage": ("value", "video"), "size": ("tiny", "small", "base", "mid", "full"), "value_head": ("flow", "regression", "hlgauss"),
            "mask": ("causal", "full"), "parallel": ("ddp", "fsdp"), "dtype": ("auto", "bf16", "fp32")}
 
 

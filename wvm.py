@@ -230,7 +230,7 @@ def attend_cached(q, k, v, k_vid, v_vid):
 
 def wvm_configs(name, head="flow"):
     """(video, value) configs by size name: "full" is the paper's 5.0B + 0.7B model."""
-    video, value = {"full": ("ti2v-5b", "paper"), "tiny": ("tiny", "tiny"), "small": ("small", "small"), "mid": ("mid", "mid")}[name]
+    video, value = {"full": ("ti2v-5b", "paper"), **{n: (n, n) for n in ("tiny", "small", "base", "mid")}}[name]
     return WAN_CONFIGS[video], replace(VALUE_CONFIGS[value], head=head)
 
 
