@@ -222,7 +222,7 @@ def test_fsdp_sigterm_then_resume_repeats_the_uninterrupted_run(dataset, tmp_pat
     (["--max_steps"], "--max_steps: needs a value"),         # was max_steps = True
     (["--max_steps=True"], "max_steps=True: expected int"),
     (["--lr=abc"], "lr='abc': expected float"),
-    (["--size=huge"], "size='huge': expected tiny | small | mid | full"),
+    (["--size=huge"], "size='huge': expected tiny | small | base | mid | full"),
     (["--max_steps=0"], "max_steps=0: must be at least 1"),
     (["--micro_batch=0"], "micro_batch=0: must be at least 1"),
     (["--batch_size=0"], "batch_size=0: must be at least 1"),
