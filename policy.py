@@ -198,6 +198,9 @@ def train_policy(obs, task, act, mask, w, tasks, steps=2000, batch=256, lr=1e-3,
 # ----------------------------------------------------------------------------------------------
 # evaluation in Meta-World
 
+_ENVS = {}  # one env per task, reused: building one costs more than a rollout
+
+
 @torch.no_grad()
 def evaluate(policy, task, inits, budget=BUDGET, execute=H):
     """Success (Meta-World's, at any step) of rollouts from each initial condition in `inits` (rand vectors of
@@ -206,27 +209,25 @@ def evaluate(policy, task, inits, budget=BUDGET, execute=H):
 
     import sim
 
-    env = sim.make_env(task, 0)
+    if task not in _ENVS:
+        _ENVS[task] = sim.make_env(task, 0)
+    env = _ENVS[task]
     tid = torch.tensor([policy.tasks.index(task)])
     out = []
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            for vec in inits:
-                env._last_rand_vec = np.asarray(vec, dtype=np.float64)  # the held-out seed's object and goal
-                ro = sim.Rollout(env)
-                success, plan = False, []
-                for _ in range(budget):
-                    if not plan:
-                        plan = list(policy(torch.as_tensor(ro.obs[-1], dtype=torch.float32)[None], tid)[0, :execute]
-                                    .numpy())
-                    ro.step(plan.pop(0))
-                    if ro.success[-1]:
-                        success = True
-                        break
-                out.append(success)
-    finally:
-        env.close()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for vec in inits:
+            env._last_rand_vec = np.asarray(vec, dtype=np.float64)  # the held-out seed's object and goal
+            ro = sim.Rollout(env)
+            success, plan = False, []
+            for _ in range(budget):
+                if not plan:
+                    plan = list(policy(torch.as_tensor(ro.obs[-1], dtype=torch.float32)[None], tid)[0, :execute].numpy())
+                ro.step(plan.pop(0))
+                if ro.success[-1]:
+                    success = True
+                    break
+            out.append(success)
     return out
 
 
@@ -241,7 +242,7 @@ def rows(sources):
     return out
 
 
-def run_row(data, split, method, source, seed, tasks, rollouts, steps, values):
+def run_row(data, split, method, source, seed, tasks, rollouts, steps, values, budget=BUDGET):
     """Train one policy and roll it out -> result dict (kept share of chunks, successes per task, times)."""
     episodes = [e for e in load_episodes(Path(data) / split) if e["task"] in tasks]
     V = time_progress(episodes) if source in (None, "time") else read_progress(values[source], episodes)
@@ -251,7 +252,7 @@ def run_row(data, split, method, source, seed, tasks, rollouts, steps, values):
     policy = train_policy(*chunks(episodes, {t: i for i, t in enumerate(tasks)}), w, tasks, steps=steps, seed=seed)
     t1 = time.time()
     inits = json.loads((Path(data) / "eval_inits.json").read_text())
-    success = {t: evaluate(policy, t, inits[t]["rand_vec"][:rollouts]) for t in tasks}
+    success = {t: evaluate(policy, t, inits[t]["rand_vec"][:rollouts], budget) for t in tasks}
     return {"kept": float((w > 0).mean()), "success": success, "train_s": t1 - t0, "eval_s": time.time() - t1}
 
 
@@ -328,6 +329,7 @@ def main(argv):
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--rollouts", type=int, default=50, help="per task and seed")
     p.add_argument("--steps", type=int, default=2000, help="training steps of batch 256 per policy")
+    p.add_argument("--budget", type=int, default=BUDGET, help="steps per rollout")
     args = p.parse_args(argv)
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     data, out = Path(args.data), Path(args.out)
@@ -351,7 +353,7 @@ def main(argv):
                 f = out / "rows" / f"{split}-{method}-{source or 'none'}-s{seed}.json"
                 if not f.exists():
                     print(f"{name}, seed {seed} ...", flush=True)
-                    r = run_row(data, split, method, source, seed, tasks, args.rollouts, args.steps, values)
+                    r = run_row(data, split, method, source, seed, tasks, args.rollouts, args.steps, values, args.budget)
                     f.parent.mkdir(parents=True, exist_ok=True)
                     f.write_text(json.dumps({"row": name, "seed": seed, "tasks": tasks, **r}))
                 results[name].append(json.loads(f.read_text()))

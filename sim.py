@@ -943,7 +943,7 @@ class Operator:
         env, model = ro.env, ro.env.model
         if ro.success[-1]:
             return 0
-        spec = mj.mjtState.mjSTATE_INTEGRATION  # with warm starts and controls: the rollout goes on bit-exactly
+        spec = mj.mjtState.mjSTATE_INTEGRATION  # with warm starts: the rollout goes on bit-exactly
         state = np.empty(mj.mj_stateSize(model, spec))
         mj.mj_getState(model, env.data, state, spec)
         saved = (env._prev_obs.copy(), env.curr_path_length, env._last_stable_obs, env._did_see_sim_exception,
@@ -958,7 +958,8 @@ class Operator:
             return None
         finally:
             mj.mj_setState(model, env.data, state, spec)
-            mj.mj_forward(model, env.data)
+            mj.mj_forward(model, env.data)  # positions and contacts of the restored state, which `stop` reads
+            mj.mj_setState(model, env.data, state, spec)  # mj_forward moved the warm start by a rounding error
             (env._prev_obs, env.curr_path_length, env._last_stable_obs, env._did_see_sim_exception,
              model.dof_damping[:]) = saved
 
@@ -996,7 +997,7 @@ class Operator:
 
     # the operator's mistakes; each returns having handed control back to the expert
 
-    def pause(self, frames, rng, jitter=False):
+    def pause(self, frames, rng, jitter=False, resume=True):
         """A hesitation (hold or jitter, as `hesitation`), then the expert resumes at its pace before the pause."""
         ro, data = self.ro, self.ro.env.data
         lead, grip = data.mocap_pos[0] - data.body("hand").xpos, self.grip
@@ -1010,7 +1011,8 @@ class Operator:
                 self.move_to(anchor + offset, grip)
         finally:
             ro.brake()
-        self.stop(lead)
+        if resume:
+            self.stop(lead)
 
     def slow(self, frames, rng):
         """The expert's moves at a fifth to half their speed (a careful or unsure operator)."""
@@ -1037,7 +1039,8 @@ class Operator:
     # the ways an operator abandons the task; the episode ends with them
 
     def stall(self, frames, rng):
-        self.pause(frames, rng)
+        """Stops where it is and stays."""
+        self.pause(frames, rng, resume=False)
 
     def give_up(self, frames, rng):
         """Lets go, goes back to where the hand started and waits there."""
