@@ -5,8 +5,8 @@ trained on the operator's suboptimal episodes of `sim.py policy` with per-sample
 progress (a values.parquet, as `eval.py --score` writes it, joined on episode_index and frame_index), and
 rolled out in Meta-World from held-out initial conditions.
 
-    python demo.py --policy                                  # everything: data, WVM scores, every row, the table
-    python policy.py --data data/policy --out runs/policy --values wvm=data/policy/scores/demo/values.parquet
+    python demo.py --policy                        # the default run, then all of this: data, scores, rows, table
+    python policy.py --wvm demo=runs/demo-prior-s0  # the same with any trained run (--values NAME=FILE: any progress)
 
 Weighting (Appendix E). With V the progress of an episode's T frames, the chunk of actions t .. t + H - 1 has the
 advantage Δ(t) = V(min(t + H - 1, T - 1)) - V(t), and
@@ -21,8 +21,12 @@ still for H frames (Δ = 0 exactly, under the oracle) and each episode's last fr
 the recorder's hold, never executed) are dropped.
 
 Progress sources: a values.parquet per source (WVM's, the generator's oracle in <data>/operator/oracle/), and
-`time`, t / (T - 1), computed here: every chunk of an episode then gets the same Δ (except the clamped last
-H - 1), so its rows are a check against vanilla BC.
+`time`, t / (T - 1), computed here. Under `time` every chunk of an episode gets the same Δ = (H - 1) / (T - 1)
+(except the clamped last H - 1), so Filtered BC (κ = 0) is vanilla BC but for each last frame: a check of the
+plumbing. Across episodes it is not constant: the top 70% keep the shorter episodes and AWR gives long ones
+(T > 131) less than δ, so those two rows are a length heuristic, the baseline a value model has to beat.
+
+Each (row, seed) is trained and rolled out once into <out>/rows/, so an interrupted run continues where it stopped.
 """
 import argparse
 import json
@@ -111,7 +115,7 @@ def chunk_delta(V, H=H):
 
 
 def sample_weights(method, deltas, tasks, kappa=0.0, keep_top=KEEP_TOP, tau=TAU, delta_max=DELTA_MAX):
-    """Per-chunk weights [N] from advantages `deltas` [N] of chunks of `tasks` [N] (module docstring): 0 drops a chunk."""
+    """Per-chunk weights [N] from the advantages `deltas` [N] of chunks of `tasks` [N] (module docstring); 0 drops."""
     d = np.asarray(deltas, dtype=np.float64)
     if method == "bc":
         return np.ones_like(d)
@@ -222,7 +226,8 @@ def evaluate(policy, task, inits, budget=BUDGET, execute=H):
             success, plan = False, []
             for _ in range(budget):
                 if not plan:
-                    plan = list(policy(torch.as_tensor(ro.obs[-1], dtype=torch.float32)[None], tid)[0, :execute].numpy())
+                    obs = torch.as_tensor(ro.obs[-1], dtype=torch.float32)[None]
+                    plan = list(policy(obs, tid)[0, :execute].numpy())
                 ro.step(plan.pop(0))
                 if ro.success[-1]:
                     success = True
@@ -296,22 +301,24 @@ def sh(*cmd):
     import subprocess
 
     print("\n$ " + " ".join(map(str, cmd)), flush=True)
-    subprocess.run([str(c) for c in cmd], check=True)
+    subprocess.run([str(c) for c in cmd], cwd=Path(__file__).parent, check=True)
 
 
-def score(data, name, run, out, text_cache=None):
+def score(data, run, out, text_cache=None):
     """WVM's values.parquet for the operator episodes (eval.py --score), once; its speed in speed.json."""
     import pyarrow.parquet as pq
 
-    path = Path(out) / "values.parquet"
-    if not path.exists():
+    path, speed = Path(out) / "values.parquet", Path(out) / "speed.json"
+    if speed.exists() and json.loads(speed.read_text())["run"] != str(run):
+        raise SystemExit(f"{out}: scored with another run ({json.loads(speed.read_text())['run']}); delete it")
+    if not (path.exists() and speed.exists()):
         t0 = time.time()
         sh(sys.executable, "eval.py", "--score", Path(data) / "operator", "--out", out, "--ckpt", run, "--chunk", H,
            *(["--text_cache", text_cache] if text_cache else []))
         wall = time.time() - t0
         fps = json.loads((Path(data) / "operator" / "meta" / "info.json").read_text())["fps"]
         frames = pq.read_metadata(path).num_rows
-        (Path(out) / "speed.json").write_text(json.dumps(
+        speed.write_text(json.dumps(
             {"run": str(run), "frames": frames, "video_fps": fps, "wall_s": wall, "frames_per_s": frames / wall,
              "x_real_time": frames / fps / wall}, indent=1))
     return path
@@ -331,18 +338,19 @@ def main(argv):
     p.add_argument("--steps", type=int, default=2000, help="training steps of batch 256 per policy")
     p.add_argument("--budget", type=int, default=BUDGET, help="steps per rollout")
     args = p.parse_args(argv)
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
-    data, out = Path(args.data), Path(args.out)
-    if not (data / "eval_inits.json").exists():
-        sh(sys.executable, "sim.py", "policy", "--out", data)
-    values = {}
+    torch.set_num_threads(1)  # a small MLP: a second thread costs more in synchronization than it saves
+    sources = {}
     for item in args.wvm + args.values:
         name, _, path = item.partition("=")
-        if not path or name in ("oracle", "time") or name in values:
+        if not path or name in ("oracle", "time") or name in sources:
             p.error(f"{item!r}: expected NAME=PATH with a new NAME (oracle and time are built in)")
-        values[name] = path
-    for name in [n for n, _ in (i.partition("=")[::2] for i in args.wvm)]:
-        values[name] = score(data, name, values[name], data / "scores" / name, args.text_cache)
+        sources[name] = Path(path).resolve()
+    data, out = Path(args.data).resolve(), Path(args.out).resolve()  # the commands below run in the repository
+    if not (data / "eval_inits.json").exists():
+        sh(sys.executable, "sim.py", "policy", "--out", data)
+    runs = [i.partition("=")[0] for i in args.wvm]
+    values = {n: score(data, path, data / "scores" / n, args.text_cache) if n in runs else path
+              for n, path in sources.items()}
     values["oracle"] = data / "operator" / "oracle" / "values.parquet"
     tasks = args.tasks or sorted(json.loads((data / "eval_inits.json").read_text()))
     results = {}
@@ -353,7 +361,8 @@ def main(argv):
                 f = out / "rows" / f"{split}-{method}-{source or 'none'}-s{seed}.json"
                 if not f.exists():
                     print(f"{name}, seed {seed} ...", flush=True)
-                    r = run_row(data, split, method, source, seed, tasks, args.rollouts, args.steps, values, args.budget)
+                    r = run_row(data, split, method, source, seed, tasks, args.rollouts, args.steps, values,
+                                args.budget)
                     f.parent.mkdir(parents=True, exist_ok=True)
                     f.write_text(json.dumps({"row": name, "seed": seed, "tasks": tasks, **r}))
                 results[name].append(json.loads(f.read_text()))
@@ -363,9 +372,10 @@ def main(argv):
     corr = delta_plot(data, values, out / "delta_vs_oracle.png") if len(values) > 1 else {}
     speeds = {n: json.loads((data / "scores" / n / "speed.json").read_text()) for n in values
               if (data / "scores" / n / "speed.json").exists()}
-    notes = [f"{n}: scored {s['frames']} frames ({s['frames'] / s['video_fps']:.0f} s of video) in {s['wall_s']:.0f} s, "
-             f"{s['x_real_time']:.1f}x real time" for n, s in speeds.items()]
-    notes += [f"per-chunk Δ, {s} vs oracle: Pearson r = {r:.2f} ({out / 'delta_vs_oracle.png'})" for s, r in corr.items()]
+    notes = [f"{n}: scored {s['frames']} frames ({s['frames'] / s['video_fps']:.0f} s of video) in "
+             f"{s['wall_s']:.0f} s, {s['x_real_time']:.1f}x real time" for n, s in speeds.items()]
+    notes += [f"per-chunk Δ, {s} vs oracle: Pearson r = {r:.2f} ({out / 'delta_vs_oracle.png'})"
+              for s, r in corr.items()]
     report = f"Success rate (%), {len(args.seeds)} training seeds x {args.rollouts} rollouts per task:\n\n{md}\n\n" + \
         "\n".join(notes)
     (out / "table.md").write_text(report + "\n")
