@@ -304,7 +304,7 @@ def sh(*cmd):
     subprocess.run([str(c) for c in cmd], cwd=Path(__file__).parent, check=True)
 
 
-def score(data, run, out, text_cache=None):
+def score(data, run, out, vae=None, text_cache=None):
     """WVM's values.parquet for the operator episodes (eval.py --score), once; its speed in speed.json."""
     import pyarrow.parquet as pq
 
@@ -314,7 +314,7 @@ def score(data, run, out, text_cache=None):
     if not (path.exists() and speed.exists()):
         t0 = time.time()
         sh(sys.executable, "eval.py", "--score", Path(data) / "operator", "--out", out, "--ckpt", run, "--chunk", H,
-           *(["--text_cache", text_cache] if text_cache else []))
+           *(["--vae", vae] if vae else []), *(["--text_cache", text_cache] if text_cache else []))
         wall = time.time() - t0
         fps = json.loads((Path(data) / "operator" / "meta" / "info.json").read_text())["fps"]
         frames = pq.read_metadata(path).num_rows
@@ -331,7 +331,8 @@ def main(argv):
     p.add_argument("--wvm", nargs="*", default=[], metavar="NAME=RUN",
                    help="train.py run folders whose values weight the data (scored once with eval.py --score)")
     p.add_argument("--values", nargs="*", default=[], metavar="NAME=VALUES_PARQUET", help="other progress sources")
-    p.add_argument("--text_cache", help="for --wvm runs whose config names a text cache elsewhere")
+    p.add_argument("--vae", help="for --wvm runs whose config names their VAE elsewhere")
+    p.add_argument("--text_cache", help="... and their text cache")
     p.add_argument("--tasks", nargs="+", help="default: every task of the data")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--rollouts", type=int, default=50, help="per task and seed")
@@ -349,7 +350,8 @@ def main(argv):
     if not (data / "eval_inits.json").exists():
         sh(sys.executable, "sim.py", "policy", "--out", data)
     runs = [i.partition("=")[0] for i in args.wvm]
-    values = {n: score(data, path, data / "scores" / n, args.text_cache) if n in runs else path
+    vae, text_cache = (Path(x).resolve() if x else None for x in (args.vae, args.text_cache))
+    values = {n: score(data, path, data / "scores" / n, vae, text_cache) if n in runs else path
               for n, path in sources.items()}
     values["oracle"] = data / "operator" / "oracle" / "values.parquet"
     tasks = args.tasks or sorted(json.loads((data / "eval_inits.json").read_text()))
