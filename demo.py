@@ -127,6 +127,8 @@ def main(argv):
     p.add_argument("--compare", action="store_true", help="also train and evaluate every variant in VARIANTS")
     p.add_argument("--runs", default="runs")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--policy", action="store_true", help="then BC on suboptimal data weighted by this run's values "
+                   "(policy.py: data, scores, every row, the table)")
     args = p.parse_args(argv)
 
     recipe = "long" if args.long else "demo"
@@ -149,6 +151,11 @@ def main(argv):
             for split in SPLITS:
                 rows = np.stack([summary(res, split) for res in table[name]])
                 print(f"| {name} | {split} | " + " | ".join(cell(rows[:, i]) for i in range(len(METRICS))) + " |")
+    if args.policy:  # the default run's values, and the longer recipe's once it is trained
+        wvm = {r: os.path.join(args.runs, f"{r}-prior-s{args.seeds[0]}") for r in RECIPES}
+        sh(sys.executable, "policy.py", "--wvm", *(f"{r}={d}" for r, d in wvm.items()
+                                                   if os.path.exists(os.path.join(d, "wvm.safetensors"))))
+
 
 if __name__ == "__main__":
     main(sys.argv[1:])

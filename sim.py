@@ -1209,5 +1209,361 @@ def main(argv):
     print(f"done in {time.time() - t0:.0f} s")
 
 
+
+# ----------------------------------------------------------------------------------------------
+# policy-training data: an operator's suboptimal demonstrations (paper §5.2, Appendix E, Fig. 6)
+#
+#     python sim.py policy --out data/policy
+#
+# The data a real collection produces for the downstream experiment, in which WVM's values filter and
+# re-weight imitation learning: per task, OPERATOR_EPISODES episodes of an operator who hesitates, slows
+# down, wanders off, undoes work and retries, and sometimes gives up (FAILED_SHARE of them), beside as many
+# clean expert episodes (the reference) and the initial conditions of held-out evaluation rollouts.
+#
+# Oracle progress. Every frame is labelled with the scripted expert's time to go: r(t), the number of steps
+# the expert needs from that frame's full physics state to the task's first success (a privileged
+# lookahead, the state restored after it). With the expert's own length T_E = r(0) + 1 + tail (success
+# plus tail frames, as the other splits), progress(t) = 1 - (r(t) + tail) / (T_E - 1), clipped to [0, 1],
+# and after the first success s it runs on to 1 over the tail: 1 - (s + tail - t) / (T_E - 1). On an
+# expert this is exactly t / (T_E - 1); it stays flat through a pause, rises at the operator's pace when
+# it is slow, and falls when work is undone or the operator gives up (where the expert could not finish
+# within the lookahead budget, progress is 0).
+
+# training tasks of the value model (it saw their experts, never these seeds) on which BC from 10 expert episodes
+# succeeds nearly always, so what the operator's mistakes cost shows; four kinds of contact: push, pull, slide, tool
+POLICY_TASKS = ("door-close-v3", "drawer-open-v3", "hammer-v3", "plate-slide-v3")
+OPERATOR_EPISODES = 10  # per task, as the paper's simulated experiment (10 trajectories per task)
+FAILED_SHARE = 0.3  # of the operator's episodes end with the task abandoned
+EVAL_EPISODES = 50  # held-out initial conditions per task
+MISTAKES = ("hold", "jitter", "slow", "wander", "undo")
+GIVE_UPS = ("stall", "give_up", "wrong_place")
+POLICY_SEEDS = {"operator": 90_000, "expert": 91_000, "eval": 92_000}  # env seeds never used by the other splits
+LOOKAHEAD = 400  # steps: where the expert cannot finish within this, progress is 0
+
+
+class Operator:
+    """A rollout driven by the scripted expert with the operator's mistakes in between, labelled with the
+    expert's time to go `togo` (one entry per frame, None past LOOKAHEAD)."""
+
+    def __init__(self, env, policy):
+        self.ro, self.policy = Rollout(env), policy
+        self.togo = [self.lookahead()]
+
+    def lookahead(self):
+        """Steps the expert needs from the current state to the first success, or None; the state is restored."""
+        ro, mj = self.ro, self.ro.mujoco
+        env, model = ro.env, ro.env.model
+        if ro.success[-1]:
+            return 0
+        spec = mj.mjtState.mjSTATE_INTEGRATION  # with warm starts: the rollout goes on bit-exactly
+        state = np.empty(mj.mj_stateSize(model, spec))
+        mj.mj_getState(model, env.data, state, spec)
+        saved = (env._prev_obs.copy(), env.curr_path_length, env._last_stable_obs, env._did_see_sim_exception,
+                 model.dof_damping.copy())
+        model.dof_damping[:] = ro.damping  # the expert runs with the brakes off
+        obs = ro.obs[-1]
+        try:
+            for k in range(1, LOOKAHEAD + 1):
+                obs, _, _, _, info = env.step(np.clip(self.policy.get_action(obs.copy()), -1.0, 1.0))
+                if info["success"]:
+                    return k
+            return None
+        finally:
+            mj.mj_setState(model, env.data, state, spec)
+            mj.mj_forward(model, env.data)  # positions and contacts of the restored state, which `stop` reads
+            mj.mj_setState(model, env.data, state, spec)  # mj_forward moved the warm start by a rounding error
+            (env._prev_obs, env.curr_path_length, env._last_stable_obs, env._did_see_sim_exception,
+             model.dof_damping[:]) = saved
+
+    def step(self, action=None):
+        """One step, the expert's (None) or `action`. From a state whose time to go is known, the expert's own step
+        is the lookahead's first one, so the time to go drops by one; anything else looks ahead again."""
+        ro = self.ro
+        expert = action is None
+        if expert:
+            action = self.policy.get_action(ro.obs[-1].copy())
+        ro.step(action)
+        last = self.togo[-1]
+        self.togo.append(0 if ro.success[-1] else last - 1 if expert and last is not None and last > 1
+                         else self.lookahead())
+
+    def move_to(self, target, grip):
+        self.step(np.append((np.asarray(target) - self.ro.env.data.mocap_pos[0]) / self.ro.env.action_scale, grip))
+
+    def stop(self, lead=None):
+        """Rollout.stop; the time to go of the changed state is looked up again."""
+        self.ro.stop(lead)
+        self.togo[-1] = self.lookahead()
+
+    def progress(self, tail):
+        """Oracle progress [T] (section comment)."""
+        norm = self.togo[0] + tail
+        s = next((t for t, ok in enumerate(self.ro.success) if ok), None)
+        g = [(s + tail - t) if s is not None and t >= s else (np.inf if r is None else r + tail)
+             for t, r in enumerate(self.togo)]
+        return np.clip(1.0 - np.array(g, dtype=np.float64) / norm, 0.0, 1.0)
+
+    @property
+    def grip(self):
+        return self.ro.commands[-1][3] if self.ro.commands else -1.0
+
+    # the operator's mistakes; each returns having handed control back to the expert
+
+    def pause(self, frames, rng, jitter=False, resume=True):
+        """A hesitation (hold or jitter, as `hesitation`), then the expert resumes at its pace before the pause."""
+        ro, data = self.ro, self.ro.env.data
+        lead, grip = data.mocap_pos[0] - data.body("hand").xpos, self.grip
+        self.stop()
+        anchor = data.mocap_pos[0].copy()
+        period, phase = rng.uniform(6, 15, size=3), rng.uniform(0, 2 * np.pi, size=3)
+        ro.brake(arm=not jitter, fingers=True)
+        try:
+            for k in range(1, frames + 1):
+                offset = JITTER * np.sin(np.pi * k / frames) * np.sin(2 * np.pi * k / period + phase) if jitter else 0.0
+                self.move_to(anchor + offset, grip)
+        finally:
+            ro.brake()
+        if resume:
+            self.stop(lead)
+
+    def slow(self, frames, rng):
+        """The expert's moves at a fifth to half their speed (a careful or unsure operator)."""
+        alpha = rng.uniform(0.2, 0.5)
+        for _ in range(frames):
+            a = np.asarray(self.policy.get_action(self.ro.obs[-1].copy()), dtype=np.float64)
+            self.step(np.append(a[:3] * alpha, a[3]))
+
+    def wander(self, frames, rng):
+        """A detour: the hand heads 5-12 cm off in a random direction, holding what it holds."""
+        direction = rng.normal(size=3) * [1.0, 1.0, 0.5]
+        target = self.ro.hand[-1] + direction / np.linalg.norm(direction) * rng.uniform(0.05, 0.12)
+        target[2] = max(target[2], 0.08)  # above the table
+        grip = self.grip
+        for _ in range(frames):
+            self.move_to(target + self.ro.rest, grip)
+
+    def undo(self, frames, rng):
+        """A retry: the gripper lets go and the hand goes back to where it was `frames` frames ago."""
+        target = self.ro.hand[max(0, self.ro.t - frames)]
+        for _ in range(frames):
+            self.move_to(target + self.ro.rest, -1.0)
+
+    # the ways an operator abandons the task; the episode ends with them
+
+    def stall(self, frames, rng):
+        """Stops where it is and stays."""
+        self.pause(frames, rng, resume=False)
+
+    def give_up(self, frames, rng):
+        """Lets go, goes back to where the hand started and waits there."""
+        for _ in range(frames + 15):
+            self.move_to(self.ro.hand[0] + self.ro.rest, -1.0)
+
+    def wrong_place(self, frames, rng):
+        """Takes the hand (and what it holds) 10-20 cm away, lets go there and waits."""
+        angle = rng.uniform(0, 2 * np.pi)
+        target = self.ro.hand[-1] + np.array([np.cos(angle), np.sin(angle), 0.0]) * rng.uniform(0.1, 0.2)
+        grip = self.grip
+        for _ in range(15):
+            self.move_to(target + self.ro.rest, grip)
+        for _ in range(frames):
+            self.move_to(target + self.ro.rest, -1.0)
+
+
+MISTAKE_FRAMES = {"hold": (5, 30), "jitter": (5, 30), "slow": (10, 30), "wander": (5, 15), "undo": (5, 20),
+                  "stall": (10, 40), "give_up": (10, 30), "wrong_place": (10, 30)}  # at 10 fps: 0.5-4 s
+
+
+def operator_episode(env, policy, rng, mistakes, give_up=None, tail=5, budget=400):
+    """The expert with `mistakes` (names in MISTAKES) at random points of its progress and, if `give_up` (one of
+    GIVE_UPS), abandoned after them: (Operator, [(mistake, first frame, last frame)]), or None when a finished
+    episode does not succeed within `budget` frames or an abandoned one succeeds."""
+    op = Operator(env, policy)
+    if op.togo[0] is None:
+        return None
+    at = np.sort(rng.uniform(0.05, 0.85, len(mistakes) + (give_up is not None)))  # progress at which each starts
+    plan = list(zip(at, [str(m) for m in rng.permutation(list(mistakes))] + ([give_up] if give_up else [])))
+    done, ro = [], op.ro
+    while ro.t < budget:
+        s = next((t for t, ok in enumerate(ro.success) if ok), None)
+        if s is not None:
+            if ro.t >= s + tail:
+                break
+        elif plan and op.progress(tail)[-1] >= plan[0][0]:
+            what = plan.pop(0)[1]
+            start = ro.t
+            getattr(op, what.replace("hold", "pause").replace("jitter", "pause"))(
+                int(rng.integers(MISTAKE_FRAMES[what][0], MISTAKE_FRAMES[what][1] + 1)), rng,
+                **({"jitter": True} if what == "jitter" else {}))
+            done.append((what, start, ro.t))
+            if what in GIVE_UPS:
+                break
+            continue
+        op.step()
+    succeeded = any(ro.success)
+    if give_up is not None:
+        return None if succeeded or not done or done[-1][0] != give_up else (op, done)
+    s = next((t for t, ok in enumerate(ro.success) if ok), None)
+    return (op, done) if s is not None and ro.t == s + tail else None
+
+
+
+def policy_episode(task, seed, kind, size=128, cameras=("corner",), tail=5, base_seed=0, budget=400):
+    """One episode of the policy-training data for an env seed: kind `expert` (clean), `operator` (1-3 mistakes, then
+    finished) or `failure` (up to one mistake, then abandoned), as the episode dicts of `generate` with the oracle
+    progress [T] under "progress" and the mistakes [(name, first frame, last frame)] in meta; None when ATTEMPTS
+    draws all failed. cameras=() renders nothing."""
+    if kind not in ("expert", "operator", "failure"):
+        raise ValueError(f"sim.py: unknown policy-data kind {kind!r}: expert, operator or failure")
+    env, policy = make_env(task, seed), make_policy(task)
+    rng = np.random.default_rng([base_seed, task_seed(task), seed, 5])
+    cams = []
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the scripted policies warn whenever they saturate an action
+            for _ in range(ATTEMPTS):
+                n = {"expert": 0, "operator": int(rng.integers(1, 4)), "failure": int(rng.integers(0, 2))}[kind]
+                mistakes = tuple(str(m) for m in rng.choice(MISTAKES, n))
+                give_up = str(rng.choice(GIVE_UPS)) if kind == "failure" else None
+                r = operator_episode(env, policy, rng, mistakes, give_up, tail, budget)
+                if r is not None:
+                    break
+            else:
+                return None
+            op, done = r
+            cams = [Camera(env, size, c) for c in cameras]
+            frames = op.ro.render(cams) if cams else {}
+    finally:
+        for c in cams:
+            c.close()
+        env.close()
+    ep = op.ro.episode(frames, INSTRUCTIONS[task], kind=kind, mistakes=[list(d) for d in done], T=op.ro.t + 1,
+                       embodiment=EMBODIMENT, task=task, instruction=INSTRUCTIONS[task], seed=seed)
+    ep["progress"] = op.progress(tail)
+    return ep
+
+
+def eval_init(task, seed):
+    """The initial condition of Meta-World's env seeded with `seed` (object and goal positions): set it as an env's
+    `_last_rand_vec` and reset, and that env starts as the seeded one does, without building a new one."""
+    env = make_env(task, seed)
+    vec = env._last_rand_vec.copy()
+    env.close()
+    return vec
+
+
+
+def _policy_job(job):
+    task, seed, kind, opts = job
+    return task, kind, policy_episode(task, seed, kind, **opts)
+
+
+def write_policy_split(root, jobs, opts, codec, workers=1):
+    """Generate `jobs` [(task, seed, kind)] into a LeRobot v3.0 dataset at `root` with its annotations.jsonl and the
+    oracle progress in root/oracle/values.parquet (episode_index, frame_index, progress: the layout `eval.py --score`
+    writes), one part per task as in `write_split` (resumable). Returns the counts of kept and discarded episodes."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    root = Path(root)
+    settings = json.loads(json.dumps({**opts, "codec": codec, "jobs": [list(j) for j in jobs]}))
+    done = root / "meta" / "sim.json"
+    if (root / "oracle" / "values.parquet").exists() and done.exists():
+        old = json.loads(done.read_text())
+        if old["settings"] != settings:
+            raise SystemExit(f"{root}: written with other settings; delete it or choose another --out")
+        print(f"{root}: done already, kept")
+        return old["counts"]
+    parts_dir = root.with_name(root.name + ".parts")
+    parts_dir.mkdir(parents=True, exist_ok=True)
+    marker = parts_dir / "settings.json"
+    if marker.exists() and json.loads(marker.read_text()) != settings:
+        raise SystemExit(f"{parts_dir}: parts of a run with other settings; delete it or choose another --out")
+    marker.write_text(json.dumps(settings))
+    tasks = list(dict.fromkeys(t for t, _, _ in jobs))
+    pending = [(t, s, k, opts) for t, s, k in jobs if not (parts_dir / t / "part.json").exists()]
+    remaining = {t: sum(1 for j in pending if j[0] == t) for t in tasks}
+    results = {t: [] for t in tasks}
+    pool = multiprocessing.get_context("spawn").Pool(workers, _worker_init) if workers > 1 and pending else None
+    try:
+        for task, kind, ep in tqdm(pool.imap(_policy_job, pending) if pool else map(_policy_job, pending),
+                                   total=len(pending), desc=root.name, unit="episode"):
+            if ep is not None:
+                ep["meta"]["progress"] = ep.pop("progress").tolist()
+            results[task].append(([ep] if ep else [], {f"{kind}_{'ok' if ep else 'discarded'}": 1}))
+            remaining[task] -= 1
+            if remaining[task] == 0:
+                _write_part(parts_dir / task, results.pop(task), opts.get("fps", 10), codec)
+    finally:
+        if pool:
+            pool.terminate()
+
+    counts, annotations, progress, parts = {}, [], [], []
+    for t in tasks:
+        part = json.loads((parts_dir / t / "part.json").read_text())
+        for k, v in part["counts"].items():
+            counts[k] = counts.get(k, 0) + v
+        if part["annotations"]:
+            parts.append((parts_dir / t, part["annotations"]))
+    if not parts:
+        raise SystemExit(f"{root}: no episode could be generated ({counts})")
+    tmp = root.with_name(f"{root.name}.partial-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    for (_, anns), offset in zip(parts, merge_lerobot([p for p, _ in parts], tmp)):
+        for a in anns:
+            a = dict(a, episode_index=offset + a["episode_index"])
+            progress.append((a["episode_index"], a.pop("progress")))
+            annotations.append(a)
+    with open(tmp / "annotations.jsonl", "w") as f:
+        f.writelines(json.dumps(a) + "\n" for a in annotations)
+    (tmp / "oracle").mkdir()
+    pq.write_table(pa.table({"episode_index": np.concatenate([np.full(len(p), e) for e, p in progress]),
+                             "frame_index": np.concatenate([np.arange(len(p)) for _, p in progress]),
+                             "progress": np.concatenate([p for _, p in progress])}), tmp / "oracle" / "values.parquet")
+    (tmp / "meta" / "sim.json").write_text(json.dumps({"settings": settings, "counts": counts}, indent=1))
+    if root.exists():
+        shutil.rmtree(root)
+    tmp.rename(root)
+    shutil.rmtree(parts_dir)
+    return counts
+
+
+def policy_main(argv):
+    """python sim.py policy: the policy-training data (section comment) under --out: operator/ (the suboptimal
+    episodes), expert/ (as many clean ones) and eval_inits.json (held-out initial conditions per task)."""
+    p = argparse.ArgumentParser(prog="sim.py policy", description=policy_main.__doc__)
+    p.add_argument("--out", default="data/policy")
+    p.add_argument("--tasks", nargs="+", default=list(POLICY_TASKS))
+    p.add_argument("--episodes", type=int, default=OPERATOR_EPISODES, help="operator (and expert) episodes per task")
+    p.add_argument("--eval-episodes", type=int, default=EVAL_EPISODES, help="held-out initial conditions per task")
+    p.add_argument("--size", type=int, default=128, help="square frame size of the corner camera's video")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--codec", default="libx264")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    args = p.parse_args(argv)
+    for t in args.tasks:
+        if t not in INSTRUCTIONS:
+            p.error(f"unknown task {t!r}; known: {', '.join(INSTRUCTIONS)}")
+    if args.size % 2 or args.episodes < 1:
+        p.error("--size must be even (yuv420p video) and --episodes at least 1")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    seeds = lambda kind, n: [args.seed * 100_000 + POLICY_SEEDS[kind] + i for i in range(n)]  # noqa: E731
+    failed = round(FAILED_SHARE * args.episodes)
+    opts = dict(size=args.size, cameras=("corner",), base_seed=args.seed)
+    jobs = {"operator": [(t, s, "failure" if i < failed else "operator") for t in args.tasks
+                         for i, s in enumerate(seeds("operator", args.episodes))],
+            "expert": [(t, s, "expert") for t in args.tasks for s in seeds("expert", args.episodes)]}
+    counts = {k: write_policy_split(out / k, j, opts, args.codec, args.workers) for k, j in jobs.items()}
+    inits = out / "eval_inits.json"
+    want = {t: seeds("eval", args.eval_episodes) for t in args.tasks}
+    if not inits.exists() or {t: v["seeds"] for t, v in json.loads(inits.read_text()).items()} != want:
+        table = {t: {"seeds": s, "rand_vec": [eval_init(t, x).tolist() for x in tqdm(s, desc=f"eval inits {t}")]}
+                 for t, s in want.items()}
+        inits.write_text(json.dumps(table))
+    for name, c in counts.items():
+        print(f"{out / name}: " + ", ".join(f"{k} {v}" for k, v in sorted(c.items())))
+
+
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    policy_main(sys.argv[2:]) if sys.argv[1:2] == ["policy"] else main(sys.argv[1:])

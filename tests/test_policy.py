@@ -1,0 +1,205 @@
+"""policy.py: the weighted loss, Filtered BC and AWR weights against hand-computed values, the values.parquet join,
+a Meta-World evaluation; sim.py's policy-training data: the oracle progress, the operator's mistakes, the split."""
+import json
+import math
+from importlib.util import find_spec
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+import policy
+
+needs_sim = pytest.mark.skipif(not (find_spec("mujoco") and find_spec("metaworld")),
+                               reason="sim.py needs mujoco and metaworld: pip install -r requirements-sim.txt")
+
+
+def test_weighted_loss_hand_computed():
+    """Σ w ℓ / (Σ w + 1e-6), ℓ the mean squared error over a chunk's unmasked steps and the 4 action dims."""
+    target = torch.zeros(2, 3, 4)
+    pred = torch.zeros(2, 3, 4)
+    pred[0, 0] = 1.0     # sample 0, step 0: squared error 1 per dim
+    pred[0, 2] = 3.0     # sample 0, step 2: masked out below
+    pred[1, :, 0] = 2.0  # sample 1: 4 on one dim of every step -> 1 per step
+    mask = torch.tensor([[True, True, False], [True, True, True]])
+    w = torch.tensor([2.0, 0.5])
+    ell = np.array([(1 + 0) / 2, 1.0])  # sample 0: steps 0 and 1 count, errors 1 and 0
+    want = (2.0 * ell[0] + 0.5 * ell[1]) / (2.5 + 1e-6)
+    assert policy.weighted_loss(pred, target, mask, w).item() == pytest.approx(want, rel=1e-6)
+    # weights only matter relative to each other within the batch
+    assert policy.weighted_loss(pred, target, mask, 10 * w).item() == pytest.approx(want, rel=1e-6)
+
+
+def test_chunk_delta_and_targets_at_the_episode_end():
+    V = np.array([0.0, 0.1, 0.3, 0.2, 0.6])
+    np.testing.assert_allclose(policy.chunk_delta(V, 3), [0.3, 0.1, 0.3, 0.4, 0.0])  # V(min(t + 2, 4)) - V(t)
+    ep = {"task": "a", "obs": np.zeros((12, 39), np.float32), "action": np.arange(48, dtype=np.float32).reshape(12, 4)}
+    obs, task, act, mask = policy.chunks([ep], {"a": 0})
+    assert act.shape == (12, policy.H, 4) and task.tolist() == [0] * 12
+    np.testing.assert_array_equal(act[3, :, 0], [12, 16, 20, 24, 28, 32, 36, 40, 44, 44])  # actions 3..11, then padded
+    assert mask[3].tolist() == [True] * 9 + [False] and mask[11].sum() == 1 and mask[0].all()
+
+
+def test_filtered_bc_keeps_exactly_the_chunks_above_kappa():
+    """κ = 0 keeps Δ > 0 (ties at 0 dropped, the module's choice); top 70% keeps each task's chunks above its 30th
+    percentile."""
+    d = np.array([-0.2, 0.0, 1e-9, 0.3, -1e-9])
+    np.testing.assert_array_equal(policy.sample_weights("filtered", d, ["a"] * 5), [0, 0, 1, 1, 0])
+    np.testing.assert_array_equal(policy.sample_weights("filtered", d, ["a"] * 5, kappa=0.1), [0, 0, 0, 1, 0])
+    # task a: Δ = 0..9 (30th percentile 2.7: keeps 3..9); task b: Δ = 10 x (0..9) / 10 shuffled (keeps 0.3..0.9)
+    rng = np.random.default_rng(0)
+    b = rng.permutation(10) / 10
+    w = policy.sample_weights("filtered_top", np.concatenate([np.arange(10.0), b]), ["a"] * 10 + ["b"] * 10)
+    np.testing.assert_array_equal(w[:10], [0, 0, 0, 1, 1, 1, 1, 1, 1, 1])
+    np.testing.assert_array_equal(w[10:], (b > 0.25).astype(float))
+    assert w.sum() == 14
+    np.testing.assert_array_equal(policy.sample_weights("bc", d, ["a"] * 5), np.ones(5))
+
+
+def test_filtered_bc_trains_on_the_kept_chunks_only():
+    """Dropped chunks never reach a batch: Filtered BC equals BC on the kept chunks alone, parameter for parameter."""
+    rng = np.random.default_rng(0)
+    eps = [{"task": "a", "obs": rng.normal(size=(15, 39)).astype(np.float32),
+            "action": rng.uniform(-1, 1, (15, 4)).astype(np.float32)} for _ in range(2)]
+    data = policy.chunks(eps, {"a": 0})
+    keep = np.zeros(30)
+    keep[[1, 4, 5, 9, 17, 20, 28]] = 1
+    a = policy.train_policy(*data, keep, ["a"], steps=3, batch=8)
+    b = policy.train_policy(*[x[torch.as_tensor(keep) > 0] for x in data], np.ones(7), ["a"], steps=3, batch=8)
+    for p, q in zip(a.state_dict().values(), b.state_dict().values()):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="weight 0"):
+        policy.train_policy(*data, np.zeros(30), ["a"], steps=1)
+
+
+def test_awr_weights_are_capped():
+    d = np.array([-1.0, 0.0, 0.05, 0.069, 0.1, 1.0])
+    w = policy.sample_weights("awr", d, ["a"] * 6)
+    np.testing.assert_allclose(w, [math.exp(-10), 1.0, math.exp(0.5), math.exp(0.69), 2.0, 2.0])
+    assert policy.sample_weights("awr", d, ["a"] * 6, delta_max=3.0)[4] == pytest.approx(math.exp(1.0))
+    with pytest.raises(ValueError, match="unknown weighting"):
+        policy.sample_weights("rwr", d, ["a"] * 6)
+
+
+def write_values(path, rows):
+    ep, frame, v = zip(*rows)
+    pq.write_table(pa.table({"episode_index": np.array(ep), "frame_index": np.array(frame),
+                             "progress": np.array(v, dtype=np.float64), "delta": np.zeros(len(rows))}), path)
+
+
+def test_values_join_every_sample_and_refuse_gaps(tmp_path):
+    """Rows (in any order, other columns ignored) join on (episode_index, frame_index); a missing frame or episode
+    names the file and the episode, never a default."""
+    eps = [{"episode_index": 3, "obs": np.zeros((3, 39))}, {"episode_index": 7, "obs": np.zeros((4, 39))}]
+    rows = [(7, 3, 0.9), (3, 0, 0.0), (7, 0, 0.1), (3, 2, 0.5), (7, 1, 0.4), (3, 1, 0.2), (7, 2, 0.6), (9, 0, 1.0)]
+    path = tmp_path / "values.parquet"
+    write_values(path, rows)
+    V = policy.read_progress(path, eps)
+    np.testing.assert_allclose(V[0], [0.0, 0.2, 0.5])
+    np.testing.assert_allclose(V[1], [0.1, 0.4, 0.6, 0.9])
+    write_values(path, [r for r in rows if r[:2] != (7, 2)])
+    with pytest.raises(ValueError, match=r"values.parquet: episode 7 \(4 frames\): no progress for frames \[2\]"):
+        policy.read_progress(path, eps)
+    write_values(path, [r for r in rows if r[0] != 3])
+    with pytest.raises(ValueError, match=r"values.parquet: episode 3 \(3 frames\): no rows"):
+        policy.read_progress(path, eps)
+    pq.write_table(pa.table({"episode_index": [3], "frame_index": [0]}), path)
+    with pytest.raises(ValueError, match="values.parquet: cannot read"):
+        policy.read_progress(path, eps)
+
+
+class Scripted:
+    """Stands in for a Policy in `evaluate`: Meta-World's scripted expert (or zeros), its action repeated H times."""
+
+    def __init__(self, task, zero=False):
+        import sim
+
+        self.tasks, self.expert, self.zero = [task], sim.make_policy(task), zero
+
+    def __call__(self, obs, task):
+        a = np.zeros(4) if self.zero else self.expert.get_action(obs[0].numpy().astype(np.float64))
+        return torch.as_tensor(np.tile(a, (1, policy.H, 1)), dtype=torch.float32)
+
+
+@needs_sim
+def test_two_rollouts_on_one_task():
+    """From two held-out initial conditions: the scripted expert (re-planned every step) succeeds, a still arm does not;
+    an initial condition set on a reused env starts exactly as the env built with that seed."""
+    import sim
+
+    task, seeds = "drawer-open-v3", [92_000, 92_001]
+    inits = [sim.eval_init(task, s) for s in seeds]
+    assert policy.evaluate(Scripted(task), task, inits, execute=1) == [True, True]
+    assert policy.evaluate(Scripted(task, zero=True), task, inits, budget=20) == [False, False]
+    env = policy._ENVS[task]  # the env evaluate() reused
+    for s, vec in zip(seeds, inits):
+        env._last_rand_vec = vec
+        fresh = sim.make_env(task, s)
+        np.testing.assert_array_equal(sim.Rollout(env).obs[0], sim.Rollout(fresh).obs[0])
+        fresh.close()
+
+
+@needs_sim
+def test_oracle_progress_of_an_expert_and_of_mistakes():
+    """On the clean expert the oracle is t / (T - 1) and the lookaheads leave the rollout bit-identical to a plain
+    expert's; it is flat through a hold, falls while work is undone, and an abandoned episode never succeeds."""
+    import warnings
+
+    import sim
+
+    warnings.simplefilter("ignore")
+    task = "drawer-open-v3"
+    env, expert = sim.make_env(task, 90_003), sim.make_policy(task)
+    op, done = sim.operator_episode(env, expert, np.random.default_rng(0), ())
+    T = op.ro.t + 1
+    np.testing.assert_allclose(op.progress(5), np.arange(T) / (T - 1), rtol=0, atol=1e-12)
+    plain = sim.Rollout(env)
+    assert sim.finish(plain, expert, 5, 400) == T - 6 and done == []
+    np.testing.assert_array_equal(np.array(plain.states), np.array(op.ro.states))
+
+    op, done = sim.operator_episode(env, expert, np.random.default_rng(1), ("hold", "undo"))
+    p, obs = op.progress(5), np.array(op.ro.obs)
+    (_, a, b), (_, c, d) = done
+    assert np.ptp(p[a:b]) == 0 and np.abs(obs[a + 1:b + 1, :3] - obs[a + 1, :3]).max() < 1e-3  # still, flat
+    assert p[d] < p[c] - 0.03 and np.all(np.diff(p[c:d + 1]) <= 0)  # undoing: progress falls
+    assert op.ro.success[-1] and p[-1] == 1.0
+
+    op, done = sim.operator_episode(env, expert, np.random.default_rng(2), (), give_up="give_up")
+    p = op.progress(5)
+    assert not any(op.ro.success) and done[-1][0] == "give_up" and p[-1] < p.max() - 0.2
+    env.close()
+
+
+@needs_sim
+def test_policy_data_split_and_the_experiment(tmp_path, monkeypatch):
+    """sim.py policy on one task: LeRobot splits whose oracle values join to every frame (experts: t / (T - 1)), the
+    held-out initial conditions; then every row of the experiment, once: a second run only reads the row files."""
+    import sim
+
+    data = tmp_path / "policy"
+    sim.policy_main(["--out", str(data), "--tasks", "drawer-open-v3", "--episodes", "2", "--eval-episodes", "1",
+                     "--size", "32", "--workers", "1"])
+    for split, kinds in (("operator", {"operator", "failure"}), ("expert", {"expert"})):
+        eps = policy.load_episodes(data / split)
+        assert len(eps) == 2 and {e["kind"] for e in eps} == kinds and {e["task"] for e in eps} == {"drawer-open-v3"}
+        info = json.loads((data / split / "meta" / "info.json").read_text())
+        assert info["codebase_version"] == "v3.0" and "observation.images.corner" in info["features"]
+        V = policy.read_progress(data / split / "oracle" / "values.parquet", eps)
+        assert all(0 <= v.min() and v.max() <= 1 for v in V)
+        if split == "expert":
+            for e, v in zip(eps, V):
+                np.testing.assert_allclose(v, np.arange(len(e["obs"])) / (len(e["obs"]) - 1))
+    inits = json.loads((data / "eval_inits.json").read_text())
+    assert inits["drawer-open-v3"]["seeds"] == [92_000] and len(inits["drawer-open-v3"]["rand_vec"][0]) > 0
+
+    out = tmp_path / "runs"
+    args = ["--data", str(data), "--out", str(out), "--seeds", "0", "--rollouts", "1", "--steps", "2", "--budget", "5",
+            "--values", f"copy={data / 'operator' / 'oracle' / 'values.parquet'}"]
+    policy.main(args)
+    assert len(list((out / "rows").glob("*.json"))) == 2 + 3 * 3  # experts, vanilla, 3 methods x (copy, oracle, time)
+    table = (out / "table.md").read_text()
+    assert "| Filtered BC (top 70%), copy |" in table and "copy vs oracle: Pearson r = 1.00" in table
+    monkeypatch.setattr(policy, "run_row", lambda *a, **k: pytest.fail("a finished row was run again"))
+    policy.main(args)
