@@ -1043,19 +1043,9 @@ def write_split(root, jobs, opts, settings, codec, workers=1, desc=None):
     part. A split already written with the same settings is kept; other settings are an error."""
     root, desc = Path(root), desc or Path(root).name
     settings = json.loads(json.dumps({**settings, "jobs": [list(j) for j in jobs]}))  # tuples -> lists, as read back
-    done = root / "meta" / "sim.json"
-    if (root / "annotations.jsonl").exists() and done.exists():
-        old = json.loads(done.read_text())
-        if old["settings"] != settings:
-            raise SystemExit(f"{root}: written with other settings; delete it or choose another --out")
-        print(f"{root}: done already, kept")
-        return old["counts"]
-    parts_dir = root.with_name(root.name + ".parts")
-    parts_dir.mkdir(parents=True, exist_ok=True)
-    marker = parts_dir / "settings.json"
-    if marker.exists() and json.loads(marker.read_text()) != settings:
-        raise SystemExit(f"{parts_dir}: parts of a run with other settings; delete it or choose another --out")
-    marker.write_text(json.dumps(settings))
+    finished, parts_dir = _open_parts(root, settings, root / "annotations.jsonl")
+    if finished is not None:
+        return finished
     tasks = list(dict.fromkeys(t for t, _, _ in jobs))
     todo = [t for t in tasks if not (parts_dir / t / "part.json").exists()]
     pending = [(t, s, k, opts) for t, s, k in jobs if t in todo]
@@ -1075,8 +1065,36 @@ def write_split(root, jobs, opts, settings, codec, workers=1, desc=None):
             pool.terminate()
         bar.close()
 
-    counts, annotations = {}, []
-    parts = []
+    tmp, counts, parts = _merge_parts(root, tasks, parts_dir, "succeeded")
+    annotations = [{"episode_index": offset + a["episode_index"], **{k: a[k] for k in ANNOTATION_KEYS if k in a}}
+                   for anns, offset in parts for a in anns]
+    _finish_split(tmp, root, parts_dir, settings, counts, annotations)
+    return counts
+
+
+def _open_parts(root, settings, ready):
+    """-> (the counts of a split already written with these settings, None), or (None, the folder of its per-task
+    parts, made or resumed). ready: the file whose presence says the split was written."""
+    done = root / "meta" / "sim.json"
+    if ready.exists() and done.exists():
+        old = json.loads(done.read_text())
+        if old["settings"] != settings:
+            raise SystemExit(f"{root}: written with other settings; delete it or choose another --out")
+        print(f"{root}: done already, kept")
+        return old["counts"], None
+    parts_dir = root.with_name(root.name + ".parts")
+    parts_dir.mkdir(parents=True, exist_ok=True)
+    marker = parts_dir / "settings.json"
+    if marker.exists() and json.loads(marker.read_text()) != settings:
+        raise SystemExit(f"{parts_dir}: parts of a run with other settings; delete it or choose another --out")
+    marker.write_text(json.dumps(settings))
+    return None, parts_dir
+
+
+def _merge_parts(root, tasks, parts_dir, what):
+    """Merge the tasks' parts into a new folder beside `root` -> (that folder, summed counts, [(the part's
+    annotations, its episode offset)])."""
+    counts, parts = {}, []
     for t in tasks:
         part = json.loads((parts_dir / t / "part.json").read_text())
         for k, v in part["counts"].items():
@@ -1084,13 +1102,15 @@ def write_split(root, jobs, opts, settings, codec, workers=1, desc=None):
         if part["annotations"]:
             parts.append((parts_dir / t, part["annotations"]))
     if not parts:
-        raise SystemExit(f"{root}: no episode succeeded ({counts})")
+        raise SystemExit(f"{root}: no episode {what} ({counts})")
     tmp = root.with_name(f"{root.name}.partial-{os.getpid()}")  # per process: two runs on one --out don't clash
     shutil.rmtree(tmp, ignore_errors=True)
     offsets = merge_lerobot([p for p, _ in parts], tmp)
-    for (_, anns), offset in zip(parts, offsets):
-        annotations += [{"episode_index": offset + a["episode_index"], **{k: a[k] for k in ANNOTATION_KEYS if k in a}}
-                        for a in anns]
+    return tmp, counts, [(anns, offset) for (_, anns), offset in zip(parts, offsets)]
+
+
+def _finish_split(tmp, root, parts_dir, settings, counts, annotations):
+    """The annotations and the settings record into the merged folder, which then replaces `root`."""
     with open(tmp / "annotations.jsonl", "w") as f:
         f.writelines(json.dumps(a) + "\n" for a in annotations)
     (tmp / "meta" / "sim.json").write_text(json.dumps({"settings": settings, "counts": counts}, indent=1))
@@ -1098,7 +1118,6 @@ def write_split(root, jobs, opts, settings, codec, workers=1, desc=None):
         shutil.rmtree(root)  # a half-written split of an older run
     tmp.rename(root)
     shutil.rmtree(parts_dir)
-    return counts
 
 
 def _write_part(path, results, fps, codec):
@@ -1467,19 +1486,9 @@ def write_policy_split(root, jobs, opts, codec, workers=1):
 
     root = Path(root)
     settings = json.loads(json.dumps({**opts, "codec": codec, "jobs": [list(j) for j in jobs]}))
-    done = root / "meta" / "sim.json"
-    if (root / "oracle" / "values.parquet").exists() and done.exists():
-        old = json.loads(done.read_text())
-        if old["settings"] != settings:
-            raise SystemExit(f"{root}: written with other settings; delete it or choose another --out")
-        print(f"{root}: done already, kept")
-        return old["counts"]
-    parts_dir = root.with_name(root.name + ".parts")
-    parts_dir.mkdir(parents=True, exist_ok=True)
-    marker = parts_dir / "settings.json"
-    if marker.exists() and json.loads(marker.read_text()) != settings:
-        raise SystemExit(f"{parts_dir}: parts of a run with other settings; delete it or choose another --out")
-    marker.write_text(json.dumps(settings))
+    finished, parts_dir = _open_parts(root, settings, root / "oracle" / "values.parquet")
+    if finished is not None:
+        return finished
     tasks = list(dict.fromkeys(t for t, _, _ in jobs))
     pending = [(t, s, k, opts) for t, s, k in jobs if not (parts_dir / t / "part.json").exists()]
     remaining = {t: sum(1 for j in pending if j[0] == t) for t in tasks}
@@ -1498,33 +1507,18 @@ def write_policy_split(root, jobs, opts, codec, workers=1):
         if pool:
             pool.terminate()
 
-    counts, annotations, progress, parts = {}, [], [], []
-    for t in tasks:
-        part = json.loads((parts_dir / t / "part.json").read_text())
-        for k, v in part["counts"].items():
-            counts[k] = counts.get(k, 0) + v
-        if part["annotations"]:
-            parts.append((parts_dir / t, part["annotations"]))
-    if not parts:
-        raise SystemExit(f"{root}: no episode could be generated ({counts})")
-    tmp = root.with_name(f"{root.name}.partial-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    for (_, anns), offset in zip(parts, merge_lerobot([p for p, _ in parts], tmp)):
+    tmp, counts, parts = _merge_parts(root, tasks, parts_dir, "could be generated")
+    annotations, progress = [], []
+    for anns, offset in parts:
         for a in anns:
             a = dict(a, episode_index=offset + a["episode_index"])
             progress.append((a["episode_index"], a.pop("progress")))
             annotations.append(a)
-    with open(tmp / "annotations.jsonl", "w") as f:
-        f.writelines(json.dumps(a) + "\n" for a in annotations)
     (tmp / "oracle").mkdir()
     pq.write_table(pa.table({"episode_index": np.concatenate([np.full(len(p), e) for e, p in progress]),
                              "frame_index": np.concatenate([np.arange(len(p)) for _, p in progress]),
                              "progress": np.concatenate([p for _, p in progress])}), tmp / "oracle" / "values.parquet")
-    (tmp / "meta" / "sim.json").write_text(json.dumps({"settings": settings, "counts": counts}, indent=1))
-    if root.exists():
-        shutil.rmtree(root)
-    tmp.rename(root)
-    shutil.rmtree(parts_dir)
+    _finish_split(tmp, root, parts_dir, settings, counts, annotations)
     return counts
 
 
