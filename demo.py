@@ -2,8 +2,8 @@
 world-model prior), train WVM on experts, and score both benchmarks on held-out seeds of the training
 tasks and on tasks never trained on.
 
-    python demo.py                  # the default run: small corpus and model, about 20 minutes on 2 cores
-    python demo.py --long           # the longer recipe: full corpus, bigger model, about 2 hours
+    python demo.py                  # the default run: small corpus and model, 21-23 minutes on 2 cores
+    python demo.py --long           # the longer recipe: full corpus, bigger model, more than 2 hours (not yet run end to end)
     python demo.py --compare        # the README's comparison table (prior / scratch / lambda = 0 / full mask)
     python demo.py --seeds 0 1      # the same for several training seeds (mean and spread in the table)
 
