@@ -50,6 +50,8 @@ VARIANTS = {
 
 
 def sh(*cmd):
+    """Run a command in the repository, printed first and timed (arguments may be paths)."""
+    cmd = [str(c) for c in cmd]
     print("\n$ " + " ".join(cmd), flush=True)
     start = time.time()
     subprocess.run(cmd, cwd=ROOT, check=True)

@@ -11,8 +11,8 @@ rolled out in Meta-World from held-out initial conditions.
 Weighting (Appendix E). With V the progress of an episode's T frames, the chunk of actions t .. t + H - 1 has the
 advantage Δ(t) = V(min(t + H - 1, T - 1)) - V(t), and
   bc        every chunk, weight 1 (vanilla BC);
-  filtered  Filtered BC: only the chunks with Δ > κ, where κ = 0, or (top 70%) κ is the 30th percentile of Δ over
-            the chunks of the same task, so that each task keeps its 70% best chunks;
+  filtered  Filtered BC: only the chunks with Δ > κ, κ = 0; or (top 70%) those with Δ at or above the 30th
+            percentile of Δ over the chunks of the same task, so that each task keeps its 70% best chunks;
   awr       advantage-weighted regression: weight min(exp(τΔ), δ), τ = 10 and δ = 2 for H = 10.
 Each batch's loss is Σ w ℓ / (Σ w + 1e-6), ℓ a chunk's mean squared action error (steps past the episode's end
 masked). Filtered BC keeps Δ strictly above κ, as the paper's text says (positive advantages); its formula's ≥
@@ -31,7 +31,6 @@ Each (row, seed) is trained and rolled out once into <out>/rows/, so an interrup
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 import warnings
@@ -43,6 +42,7 @@ import torch
 import torch.nn as nn
 
 import sim
+from demo import sh
 from eval import awr_weight, chunk_delta, filtered_bc_keep
 
 H = 10  # action chunk (Appendix E: H = 10 in simulation)
@@ -57,7 +57,6 @@ METHODS = {"bc": "vanilla BC", "filtered": "Filtered BC (κ = 0)", "filtered_top
 
 def load_episodes(root):
     """A LeRobot v3.0 dataset of `sim.py policy` -> [{episode_index, task, kind, obs [T, 39], action [T, 4]}]."""
-
     root = Path(root)
     ann_file = root / "annotations.jsonl"
     if not ann_file.exists():
@@ -86,7 +85,6 @@ def load_episodes(root):
 def read_progress(path, episodes):
     """Per-frame progress of every episode from a values.parquet (episode_index, frame_index, progress) -> [V [T]].
     Every frame of every episode must have its row: a missing one is an error, never a default weight."""
-
     try:
         t = pq.read_table(path, columns=["episode_index", "frame_index", "progress"])
     except Exception as e:
@@ -289,11 +287,6 @@ def delta_plot(data, values, path):
     fig.savefig(path, dpi=80)
     plt.close(fig)
     return corr
-
-
-def sh(*cmd):
-    print("\n$ " + " ".join(map(str, cmd)), flush=True)
-    subprocess.run([str(c) for c in cmd], cwd=Path(__file__).parent, check=True)
 
 
 def score(data, run, out, vae=None, text_cache=None):

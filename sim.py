@@ -1228,7 +1228,6 @@ def main(argv):
     print(f"done in {time.time() - t0:.0f} s")
 
 
-
 # ----------------------------------------------------------------------------------------------
 # policy-training data: an operator's suboptimal demonstrations (paper §5.2, Appendix E, Fig. 6)
 #
@@ -1426,7 +1425,6 @@ def operator_episode(env, policy, rng, mistakes, give_up=None, tail=5, budget=40
     return (op, done) if s is not None and ro.t == s + tail else None
 
 
-
 def policy_episode(task, seed, kind, size=128, cameras=("corner",), tail=5, base_seed=0, budget=400):
     """One episode of the policy-training data for an env seed: kind `expert` (clean), `operator` (1-3 mistakes, then
     finished) or `failure` (up to one mistake, then abandoned), as the episode dicts of `generate` with the oracle
@@ -1469,7 +1467,6 @@ def eval_init(task, seed):
     vec = env._last_rand_vec.copy()
     env.close()
     return vec
-
 
 
 def _policy_job(job):
