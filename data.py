@@ -621,11 +621,13 @@ class ClipDataset(torch.utils.data.Dataset):
 
 def collate(samples):
     """List of ClipDataset samples -> batch: values [B, 5], lists for strings; frames [B', 3, 9, S, S] of the B'
-    samples whose latents were not cached (None if all were), latents: list of cached latents or None."""
+    samples whose latents were not cached (None if all were), latents: list of cached latents or None, or one
+    stacked tensor when every sample's was cached (a worker then hands one tensor to the trainer, not B)."""
     frames = [s["frames"] for s in samples if s["frames"] is not None]
+    cached = [s["latents"] for s in samples]
     return {
         "frames": torch.stack(frames) if frames else None,
-        "latents": [s["latents"] for s in samples],
+        "latents": torch.stack(cached) if not frames else cached,
         "values": torch.stack([s["values"] for s in samples]),
         "text": [s["text"] for s in samples],
         "mode": [s["mode"] for s in samples],

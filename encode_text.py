@@ -16,6 +16,7 @@ Training reads the cache (`TextCache`).
 google/umt5-xxl/ tokenizer), whose Wan-format keys are mapped onto transformers' UMT5EncoderModel.
 """
 import argparse
+import functools
 import hashlib
 import html
 import json
@@ -46,6 +47,7 @@ def clean_text(text):
     return re.sub(r"\s+", " ", text).strip()
 
 
+@functools.lru_cache(maxsize=4096)  # called per training sample; cleaning the text is not free
 def text_key(text):
     return hashlib.sha256(clean_text(text).encode("utf-8")).hexdigest()
 

@@ -577,7 +577,8 @@ def train(cfg, world, rank, device):
         run["source_fps"] = source_fps
     model = parallelize(build_model(cfg, device), cfg, device, world, dtype)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
-                            weight_decay=cfg.weight_decay, fused=device.type == "cuda")
+                            weight_decay=cfg.weight_decay, fused=device.type == "cuda",
+                            foreach=device.type != "cuda")  # CPU: one op per step for all tensors, not a Python loop
     start = load_checkpoint(model, opt, cfg, rank, world, device, run) if cfg.resume else 0
     if master:
         write_json(os.path.join(cfg.out_dir, "config.json"), run_config(cfg, world, accum))
