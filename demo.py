@@ -30,8 +30,8 @@ SPLITS = ("heldout_seen", "heldout_unseen")
 RECIPES = {
     "demo": dict(data="data/metaworld", sim=["--demo"], common=dict(
         size="small", resolution=64, fps=2.0, lr=1e-3, warmup=100, camera="all", num_workers=1, ckpt_every=500),
-        prior=dict(max_steps=400, batch_size=32, micro_batch=32, rewind=0.0),
-        value=dict(max_steps=1800, batch_size=32, micro_batch=32,
+        prior=dict(max_steps=500, batch_size=32, micro_batch=32, rewind=0.0),
+        value=dict(max_steps=2000, batch_size=32, micro_batch=32,
                    value_shift=5.0,  # one Euler step from s = 1 is all inference asks of the flow: train mostly near it
                    plateau=0.3)),  # the paper's 0.1 leaves values creeping up through pauses at this scale (README)
     "long": dict(data="data/metaworld_full", sim=[], common=dict(

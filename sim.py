@@ -152,13 +152,12 @@ CAMERAS = ("corner", "corner2", "corner3", "corner4")  # Meta-World's views of t
 DEMO_SEEN = ["basketball-v3", "bin-picking-v3", "box-close-v3", "button-press-topdown-v3", "coffee-pull-v3",
              "drawer-open-v3", "hammer-v3", "handle-press-v3", "lever-pull-v3", "pick-place-v3"]
 DEMO = dict(train_tasks=list(TRAIN_TASKS), unseen_tasks=list(UNSEEN_TASKS), seen_tasks=DEMO_SEEN, seeds_train=2,
-            seeds_play=1, seeds_heldout=2, cameras=["corner"],
-            size=64)  # what the default run trains and scores at: rendering a quarter of the pixels saves a quarter of the time
+            seeds_play=1, seeds_heldout=2, cameras=["corner"])
 # the longer recipe's held-out seen tasks: ten more training tasks of other families
 SEEN = DEMO_SEEN + ["button-press-v3", "dial-turn-v3", "door-close-v3", "drawer-close-v3", "faucet-open-v3",
                     "pick-place-wall-v3", "plate-slide-v3", "push-back-v3", "stick-push-v3", "window-open-v3"]
 DEFAULT = dict(train_tasks=list(TRAIN_TASKS), unseen_tasks=list(UNSEEN_TASKS), seen_tasks=SEEN, seeds_train=5,
-               seeds_play=2, seeds_heldout=3, cameras=["corner", "corner2"], size=128)
+               seeds_play=2, seeds_heldout=3, cameras=["corner", "corner2"])
 
 KINDS = ("expert", "hesitation", "retry", "failure")
 PAUSES = ("hold", "jitter", "coast")
@@ -1156,7 +1155,7 @@ def parse_args(argv):
     p.add_argument("--demo", action="store_true", help=f"the default run's small corpus: {DEMO['seeds_train']} expert "
                    f"seeds per training task in {len(DEMO['cameras'])} views, {DEMO['seeds_heldout']} held-out seed per "
                    "task (flags given explicitly still win)")
-    p.add_argument("--size", type=int, help="square frame size (default 128; --demo: 64)")
+    p.add_argument("--size", type=int, default=128, help="square frame size")
     p.add_argument("--cameras", nargs="+", help=f"views of train and play episodes (default: {' '.join(CAMERAS)})")
     p.add_argument("--heldout-camera", default="corner", help="the held-out splits' view")
     p.add_argument("--fps", type=float, default=10.0, help="video fps (one frame per 12.5 ms control step)")
