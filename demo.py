@@ -4,7 +4,7 @@ tasks and on tasks never trained on.
 
     python demo.py                  # the default run: small corpus and model, 21-23 minutes on 2 cores
     python demo.py --long           # the longer recipe: full corpus, bigger model, more than 2 hours (not yet run end to end)
-    python demo.py --compare        # the README's comparison table (prior / scratch / lambda = 0 / full mask)
+    python demo.py --compare        # the README's comparison table (prior / scratch / lambda = 0 / full mask / prefix p 0.1)
     python demo.py --seeds 0 1      # the same for several training seeds (mean and spread in the table)
 
 No weights can be downloaded, so the video stream starts from random weights and is pretrained here
