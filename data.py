@@ -595,16 +595,24 @@ class ClipDataset(torch.utils.data.Dataset):
                 "prefix_randomized": randomized, "values": np.array([prefix, *values[1:h + 1]], dtype=np.float32),
                 "seed": sample_seed}
 
+    def clip_key(self, ep, frame_index):
+        """The exact clip: episode, size, native frames, and the video file by its real path (so that a relative
+        and an absolute path meet the same latents), size and modification time (so that a corpus written again in
+        place never meets the latents of the old one)."""
+        st = os.stat(ep.video)
+        return (f"{ep.id}:{self.size}:{','.join(map(str, frame_index))}|{os.path.realpath(ep.video)}@{ep.start:g}/"
+                f"{ep.fps:g}#{st.st_size}:{st.st_mtime_ns}")
+
     def __getitem__(self, i):
         for attempt in range(self.max_tries):
             p = self.plan(i, attempt)
             ep = p["episode"]
             if ep.id in self.bad:
                 continue
-            key = f"{ep.id}:{self.size}:{','.join(map(str, p['frame_index']))}|{ep.video}@{ep.start:g}/{ep.fps:g}"
-            # a clip encoded before needs no decoding (train.py sets latent_cache with --latent_cache)
-            latents = self.latent_cache.load(key) if self.latent_cache else None
             try:
+                key = self.clip_key(ep, p["frame_index"])
+                # a clip encoded before needs no decoding (train.py sets latent_cache with --latent_cache)
+                latents = self.latent_cache.load(key) if self.latent_cache else None
                 frames = decode_frames(ep, p["frame_index"], self.size) if latents is None else None
             except (VideoError, av.FFmpegError, OSError) as e:
                 self.bad.add(ep.id)

@@ -6,6 +6,8 @@ which frames a clip really holds against hand-computed indices.
 """
 import json
 import logging
+import os
+import shutil
 import zlib
 
 import numpy as np
@@ -268,6 +270,20 @@ def test_clip_ratios_and_value_shapes(lerobot):
         if not p["prefix_randomized"]:
             assert p["values"][0] == pytest.approx(v[0])
         assert p["values"][1:].tolist() == pytest.approx(v[1:5])
+
+
+def test_clip_key_follows_the_video_file(lerobot, tmp_path, monkeypatch):
+    """Latents are cached under the clip key: the same file read through a relative or an absolute path meets the same
+    latents, and a video written again in place (a regenerated corpus) never meets the old ones."""
+    shutil.copytree(lerobot / "v30", tmp_path / "v30")
+    ds = data.ClipDataset(data.read_lerobot(tmp_path / "v30"), size=32, seed=3)
+    key, video = ds[0]["clip_key"], ds.plan(0)["episode"].video
+    assert os.path.isabs(video) and f"|{os.path.realpath(video)}@" in key
+    monkeypatch.chdir(tmp_path)
+    assert data.ClipDataset(data.read_lerobot("v30"), size=32, seed=3)[0]["clip_key"] == key
+    st = os.stat(video)
+    os.utime(video, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert ds[0]["clip_key"] != key
 
 
 def test_determinism_collate_and_mixture(lerobot):
