@@ -22,7 +22,6 @@ import math
 import os
 import re
 import tempfile
-import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -484,32 +483,21 @@ def _to_rgb(frame, size):
 # ----------------------------------------------------------------------------- training clips
 
 
-def rewind(t, h, T, ratio, plateau, u, turn=0):
+def rewind(t, h, T, ratio, plateau, u):
     """Video rewinding (after ReWiND): the resampled frame indices [2h + 1] of the clip around the window ending at t
     of a T-frame trajectory, clamped to [0, T - 1], and the clip's mode, chosen by two uniform draws u:
       rising     (1 - ratio):               as recorded.
       descending (ratio * (1 - plateau)):   the whole clip played backwards, every frame keeping its own value, so
                  the values fall: prefix = frame t+h, current = t+h-1 .. t, future = t-1 .. t-h.
       plateau    (ratio * plateau):         all 2h + 1 frames are frame t, all values its label.
-    The paper's ratios: rewind 0.5, plateau 0.1 (Table A.1).
-
-    turn (0 .. 2h; ours): where a rewound clip changes course, so that the windows around the start and the end of
-    undone work or of a pause are trained too, not only their middles (ReWiND rewinds whole trajectories: forward to
-    a frame, then back, and a 9-frame window of such a video can hold the turn). 0: the modes above; s in 1 .. h:
-    the clip runs forward for its first s steps, then backwards (descending) or stands still (plateau); s in
-    h+1 .. 2h: backwards or still for its first s - h steps, then forward. Frame t stays at the last current
-    position in every case."""
+    The paper's ratios: rewind 0.5, plateau 0.1 (Table A.1)."""
     mode = ("plateau" if u[1] < plateau else "descending") if u[0] < ratio else "rising"
-    if mode == "rising":
-        return np.clip(np.arange(t - h, t + h + 1), 0, T - 1), mode
-    rest = -1 if mode == "descending" else 0  # the rewound velocity, in frames per step
-    step = np.full(2 * h, rest)  # step i goes from clip position i to i + 1
-    if 1 <= turn <= h:
-        step[:turn] = 1
-    elif turn > h:
-        step[turn - h:] = 1
-    k = t + np.concatenate([-np.cumsum(step[:h][::-1])[::-1], [0], np.cumsum(step[h:])])
-    return np.clip(k, 0, T - 1), mode
+    k = np.clip(np.arange(t - h, t + h + 1), 0, T - 1)
+    if mode == "descending":
+        return k[::-1].copy(), mode
+    if mode == "plateau":
+        return np.full(2 * h + 1, t), mode
+    return k, mode
 
 
 def randomize_prefix(value, p, u):
@@ -538,8 +526,7 @@ class ClipDataset(torch.utils.data.Dataset):
     (T' frames, label of frame k = k / (T' - 1)), pick the window end t uniformly in [h-1, T'-1] (the
     windows that whole-trajectory inference scores) and take resampled frames k = t-h .. t+h: prefix
     t-h, current t-h+1..t, future t+1..t+h, clamped to [0, T'-1] (before the start frame 0 with value 0,
-    past the end the last frame with value 1), rewound or not (`rewind`; in a share `turns` of the windows the
-    rewound clip turns inside, `turn`), with the prefix value
+    past the end the last frame with value 1), rewound or not (`rewind`), with the prefix value
     randomized or not (`randomize_prefix`).
 
     Returns {"frames": float32 [3, 9, S, S] in [-1, 1], "values": float32 [5] = [prefix value, the h = 4
@@ -554,14 +541,13 @@ class ClipDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, sources, fps=2.0, size=256, h=4, length=None, seed=0, rewind=0.5, plateau=0.1,
-                 prefix=0.5, min_frames=None, max_tries=16, turns=0.0):
+                 prefix=0.5, min_frames=None, max_tries=16):
         if size is not None and size % 32:
             raise ValueError(f"ClipDataset: size {size} must be a multiple of 32 (VAE stride 16 x patch 2)")
         if sources and isinstance(sources[0], Episode):
             sources = [Source(list(sources))]
         self.fps, self.size, self.h, self.seed = fps, size, h, seed
         self.rewind, self.plateau, self.prefix, self.max_tries = rewind, plateau, prefix, max_tries
-        self.turns = turns
         min_frames = min_frames or h + 1
         self.sources = []
         for n, src in enumerate(sources):
@@ -602,19 +588,12 @@ class ClipDataset(torch.utils.data.Dataset):
         Tr = len(native)
         lo = min(h - 1, Tr - 1)
         t = lo + int(u[2] * (Tr - lo))
-        k, mode = rewind(t, h, Tr, self.rewind, self.plateau, u[3:5], self.turn(ep, t))
+        k, mode = rewind(t, h, Tr, self.rewind, self.plateau, u[3:5])
         values = k / (Tr - 1)
         prefix, randomized = randomize_prefix(values[0], self.prefix, u[5:7])
         return {"episode": ep, "t": t, "k": k, "frame_index": native[k], "values9": values, "mode": mode,
                 "prefix_randomized": randomized, "values": np.array([prefix, *values[1:h + 1]], dtype=np.float32),
                 "seed": sample_seed}
-
-    def turn(self, ep, t):
-        """Where a rewound clip of window t turns (`rewind`), 0 for none: in a share `turns` of the windows. A function
-        of the episode and t, not of the sample, so that a window has one rewound clip per mode and a latent cache
-        holds as many clips as without turns."""
-        x = zlib.crc32(f"{ep.id}:{t}".encode())
-        return 1 + (x >> 10) % (2 * self.h) if (x % 1024) < self.turns * 1024 else 0
 
     def clip_key(self, ep, frame_index):
         """The exact clip: episode, size, native frames, and the video file by its real path (so that a relative

@@ -51,7 +51,6 @@ class TrainConfig:
     resolution: int = 256              # frame side in pixels (square crops)
     rewind: float = 0.5
     plateau: float = 0.1
-    turns: float = 0.0                  # share of windows whose rewound clip turns inside (data.rewind; ours)
     prefix_p: float = 0.5
     latent_cache: str = ""              # folder for VAE latents of clips (the VAE is frozen)
     num_workers: int = 2
@@ -148,7 +147,7 @@ def check_config(cfg):
         need(getattr(cfg, k) >= 1, k, "must be at least 1")
     for k in ("warmup", "num_workers", "seed"):
         need(getattr(cfg, k) >= 0, k, "must not be negative")
-    for k in ("rewind", "plateau", "turns", "prefix_p", "min_lr_ratio"):
+    for k in ("rewind", "plateau", "prefix_p", "min_lr_ratio"):
         need(0 <= getattr(cfg, k) <= 1, k, "a probability or ratio: must lie in [0, 1]")
     for k in ("beta1", "beta2"):
         need(0 <= getattr(cfg, k) < 1, k, "must lie in [0, 1)")
@@ -193,7 +192,7 @@ def open_sources(cfg, h):
     """The training mixture's ClipDataset, clips of 2h + 1 frames (h: the model's value chunk)."""
     sources = [Source(read_dataset(path, camera=cfg.camera or None), weight, fps) for path, weight, fps in data_specs(cfg)]
     return ClipDataset(sources, fps=cfg.fps, size=cfg.resolution, h=h, seed=cfg.seed, rewind=cfg.rewind,
-                       plateau=cfg.plateau, prefix=cfg.prefix_p, length=cfg.max_steps * cfg.batch_size, turns=cfg.turns)
+                       plateau=cfg.plateau, prefix=cfg.prefix_p, length=cfg.max_steps * cfg.batch_size)
 
 
 class StepBatches(torch.utils.data.Sampler):

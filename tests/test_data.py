@@ -247,41 +247,6 @@ def test_clip_hand_computed():
     assert seen == set(cases)
 
 
-def test_turning_clips_hand_computed():
-    # t = 5 of 9 resampled frames; h = 4, so frame t sits at clip position 4 in every shape
-    cases = {("descending", 2): [5, 6, 7, 6, 5, 4, 3, 2, 1],   # forward for 2 steps, then back: undoing starts
-             ("descending", 7): [7, 6, 5, 4, 5, 6, 7, 8, 8],   # back for 3 steps, then forward (clamped at the end)
-             ("plateau", 3): [2, 3, 4, 5, 5, 5, 5, 5, 5],      # forward for 3 steps, then still: a pause starts
-             ("plateau", 6): [3, 3, 3, 4, 5, 6, 7, 8, 8],      # still for 2 steps, then forward: it ends
-             ("descending", 0): [8, 8, 7, 6, 5, 4, 3, 2, 1],   # no turn: the whole clip backwards
-             ("plateau", 0): [5] * 9}
-    for (mode, turn), want in cases.items():
-        u = (0.0, 0.0 if mode == "plateau" else 0.99)
-        k, got_mode = data.rewind(5, 4, 9, 0.5, 0.1, u, turn)
-        assert got_mode == mode and k.tolist() == want, (mode, turn)
-    assert data.rewind(5, 4, 9, 0.5, 0.1, (0.9, 0.0), 3)[0].tolist() == [1, 2, 3, 4, 5, 6, 7, 8, 8]  # rising: no turn
-
-
-def test_turning_share_and_one_clip_per_window():
-    eps = [data.Episode(f"x/{j}", "unused.mp4", 0.0, 4.0, FPS, 40, "t", j) for j in range(60)]
-    ds = data.ClipDataset(eps, fps=2.0, prefix=0.0, rewind=1.0, plateau=0.5, turns=0.5, length=10**6)
-    clips, turned = {}, []
-    for i in range(6000):
-        p = ds.plan(i)
-        key = (p["episode"].id, p["t"], p["mode"])
-        assert clips.setdefault(key, p["frame_index"].tolist()) == p["frame_index"].tolist()  # one clip per window
-        assert p["values9"].tolist() == pytest.approx((p["k"] / 8).tolist())  # every frame keeps its own label
-        assert p["k"][4] == p["t"]
-        turned.append(ds.turn(p["episode"], p["t"]) > 0)
-    windows = {(e, t) for e, t, _ in clips}
-    share = np.mean([ds.turn(eps[int(e.split("/")[1])], t) > 0 for e, t in windows])
-    assert len(windows) == 60 * 6 and abs(share - 0.5) < 0.07  # t in [3, 8]
-    assert 0.4 < np.mean(turned) < 0.6
-    assert ds.turn(eps[0], 5) == ds.turn(eps[0], 5) and {ds.turn(e, t) for e in eps for t in range(3, 9)} == set(range(9))
-    plain = data.ClipDataset(eps, fps=2.0, prefix=0.0, rewind=1.0, plateau=0.5, length=10**6)
-    assert all(plain.turn(e, t) == 0 for e in eps for t in range(3, 9))
-
-
 def test_clip_ratios_and_value_shapes(lerobot):
     eps = data.read_lerobot(lerobot / "v30")
     ds = data.ClipDataset(eps, fps=2.0, size=32, length=10**6)
