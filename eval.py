@@ -210,13 +210,15 @@ def window_ends(T, h, stride):
 
 class WVMScorer:
     """Slides windows of h frames with stride s over each trajectory, chaining each window's prefix value
-    from the windows already scored (0 before the start), and averages every frame over the windows
-    covering it (DESIGN.md). Windows are batched across trajectories: round k scores window k of
-    every trajectory in the batch, so the chain of one trajectory runs in order."""
+    from the windows already scored (0 before the start). combine: how a frame's value comes from the windows
+    covering it: "mean" over them (DESIGN.md), or "first": the first slot of the window that starts at the frame
+    (stride 1), the one that has seen the most frames after it, so the chain moves one frame at a time (the last
+    h - 1 frames, where no window starts, keep the mean). Windows are batched across trajectories: round k scores
+    window k of every trajectory in the batch, so the chain of one trajectory runs in order."""
     name = "wvm"
 
     def __init__(self, model, vae, text_cache, size, stride=1, samples=1, steps=1, batch=16, device="cpu", seed=0,
-                 trained=None):
+                 trained=None, combine="mean"):
         """The noise of a trajectory is drawn from its own generator, seeded by (seed, episode id), so its
         values do not depend on which trajectories share its batch. trained: the run's record of its training
         (resolution, fps, source_fps, ...; load_scorer)."""
@@ -225,6 +227,9 @@ class WVMScorer:
         self.device, self.seed, self.h, self.trained = torch.device(device), seed, model.chunk, trained or {}
         if not 1 <= stride <= self.h:
             raise ValueError(f"stride {stride}: must be in [1, h = {self.h}] so every prefix frame is scored first")
+        if combine not in ("mean", "first") or (combine == "first" and stride != 1):
+            raise ValueError(f"combine {combine!r} with stride {stride}: expected mean, or first with stride 1")
+        self.combine = combine
 
     @torch.no_grad()
     def score(self, trajs, progress=True):
@@ -251,7 +256,9 @@ class WVMScorer:
         gens = [torch.Generator(device=self.device).manual_seed(zlib.crc32(f"{self.seed}:{t.episode.id}".encode()))
                 for t in group]
         ends = [window_ends(len(t.index), self.h, self.stride) for t in group]
-        sums, spread, counts = ([np.zeros(len(t.index)) for t in group] for _ in range(3))
+        sums, spread, counts, first, first_spread = ([np.zeros(len(t.index)) for t in group] for _ in range(5))
+        has_first = [np.zeros(len(t.index), bool) for t in group]
+        value = lambda i, f: first[i][f] if has_first[i][f] else sums[i][f] / counts[i][f]  # noqa: E731
         for k in range(max((len(e) for e in ends), default=0)):
             live = [i for i in range(len(group)) if k < len(ends[i])]
             clips, prefix = [], []
@@ -259,18 +266,22 @@ class WVMScorer:
                 t = ends[i][k]
                 p = t - self.h  # prefix frame; -1 (before the start) is frame 0 with value 0
                 clips.append(frames[i][:, [max(p, 0)] + list(range(t - self.h + 1, t + 1))])
-                prefix.append(0.0 if p < 0 else float(np.clip(sums[i][p] / counts[i][p], 0, 1)))
+                prefix.append(0.0 if p < 0 else float(np.clip(value(i, p), 0, 1)))
             lat = clip_latents(self.vae, torch.stack(clips).to(self.device), self.h)  # the current latent
             context = pad_text([ctx[i] for i in live])
             vals = self.model.predict_values(lat.float(), context.to(self.device), torch.tensor(prefix), steps=self.steps,
                                              samples=self.samples, generator=[gens[i] for i in live]).cpu().numpy()
             for j, i in enumerate(live):
-                sl = slice(ends[i][k] - self.h + 1, ends[i][k] + 1)
-                sums[i][sl] += np.clip(vals[j], 0, 1).mean(0)
-                spread[i][sl] += vals[j].std(0)
-                counts[i][sl] += 1
+                f = ends[i][k] - self.h + 1
+                v, sd = np.clip(vals[j], 0, 1).mean(0), vals[j].std(0)
+                sums[i][f:f + self.h] += v
+                spread[i][f:f + self.h] += sd
+                counts[i][f:f + self.h] += 1
+                if self.combine == "first":
+                    first[i][f], first_spread[i][f], has_first[i][f] = v[0], sd[0], True
             bar.update(len(live))
-        return [(s / c, sp / c) for s, sp, c in zip(sums, spread, counts)]
+        return [(np.where(hf, fv, s / c), np.where(hf, fs, sp / c))
+                for s, sp, c, fv, fs, hf in zip(sums, spread, counts, first, first_spread, has_first)]
 
 
 def load_scorer(args):
@@ -311,7 +322,7 @@ def load_scorer(args):
         raise SystemExit(f"{text_path}: made by {describe(text.encoder)}, not the text encoder the model was trained "
                          f"with (id {trained['text_encoder']})")
     return WVMScorer(model, vae, text, size, stride=args.stride, samples=args.samples, steps=args.steps,
-                     batch=args.batch, device=args.device, seed=args.seed, trained=trained)
+                     batch=args.batch, device=args.device, seed=args.seed, trained=trained, combine=args.combine)
 
 
 def dataset_fps(trained, path):
@@ -694,6 +705,8 @@ def parse_args(argv):
                    "dataset's source at, else the run's, else 2.0)")
     p.add_argument("--resolution", type=int, help="frame size (default: the run's; another one is refused)")
     p.add_argument("--stride", type=int, default=1)
+    p.add_argument("--combine", default="mean", choices=["mean", "first"], help="a frame's value: the mean over the "
+                   "windows covering it, or the first slot of the window starting at it (stride 1; README)")
     p.add_argument("--samples", type=int, default=1, help="noise samples per window (spread)")
     p.add_argument("--steps", type=int, default=1, help="Euler steps")
     p.add_argument("--batch", type=int, default=16, help="trajectories scored together")
@@ -711,6 +724,8 @@ def parse_args(argv):
     a = p.parse_args(argv)
     bad = [f"--{k} {getattr(a, k)}: must be at least 1" for k in ("samples", "steps", "batch", "stride", "chunk")
            if getattr(a, k) < 1]
+    if a.combine == "first" and a.stride != 1:
+        bad.append(f"--combine first needs --stride 1 (got {a.stride})")
     checks = [(a.overlay >= 0, "--overlay: must not be negative"),
               (a.fps is None or 0 < a.fps < math.inf, f"--fps {a.fps}: must be positive"),
               (a.resolution is None or (a.resolution > 0 and a.resolution % 32 == 0),

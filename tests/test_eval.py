@@ -374,6 +374,7 @@ def test_bad_runs_and_datasets_give_one_line(bench_setup, tmp_path):
     (["--steps", "0"], "--steps 0: must be at least 1"),
     (["--batch", "0"], "--batch 0: must be at least 1"),
     (["--stride", "0"], "--stride 0: must be at least 1"),
+    (["--combine", "first", "--stride", "2"], "--combine first needs --stride 1 (got 2)"),
     (["--keep_top", "1.5"], "--keep_top 1.5: a fraction in (0, 1]"),
     (["--resolution", "48"], "--resolution 48: must be a positive multiple of 32"),
     (["--overlay", "2"], "--overlay goes with --score"),
@@ -480,3 +481,43 @@ def test_overlay_draws_the_curve_under_the_frames(bench_setup, tmp_path):
     assert np.corrcoef(x, np.arange(ep.T))[0, 1] > 0.999  # the cursor walks left to right
     assert np.corrcoef(y, progress)[0, 1] < -0.99  # higher progress, higher dot
     assert np.ptp(y) > 0.8 * 0.8 * (max(64, W // 3) - 28)  # the curve spans most of the panel
+
+
+class _IndexModel(torch.nn.Module):
+    """A stand-in WVM whose value chunk for the window ending at e (read from the fake latent) with prefix value v is
+    0.5 v + 0.01 (e + j) at slot j, and a stand-in for clip_latents that hands over the window's last frame index."""
+    chunk = 4
+
+    def predict_values(self, lat, context, prefix, steps=1, samples=1, generator=None):
+        e = lat.double()[:, None]
+        return (0.5 * prefix.double()[:, None] + 0.01 * (e + torch.arange(self.chunk)))[:, None].repeat(1, samples, 1)
+
+
+@pytest.mark.parametrize("combine", ["mean", "first"])
+def test_window_chain_and_combine_by_hand(combine, monkeypatch):
+    import eval as ev
+    monkeypatch.setattr(ev, "clip_latents", lambda vae, clips, h: clips[:, 0, -1, 0, 0])
+    text = type("T", (), {"get": lambda self, s: torch.zeros(2, 3)})()
+    scorer = ev.WVMScorer(_IndexModel(), torch.nn.Identity(), text, 8, combine=combine)
+    T, h = 11, 4
+    ep = type("E", (), {"instruction": "x", "id": "d/0"})()
+    frames = torch.arange(T).float()[None, :, None, None].expand(3, T, 2, 2)
+    bar = type("Bar", (), {"update": lambda self, n: None})()
+    got = scorer.score_decoded([Trajectory(ep, np.arange(T))], [frames], bar)[0][0]
+    # the same chain written out: windows in order, each frame's contributions [(window end, value)]
+    contrib = {f: [] for f in range(T)}
+    def value(f):  # "first": the window starting at f (ending at f + h - 1) where there is one
+        starting = [v for e, v in contrib[f] if e == f + h - 1]
+        return starting[0] if combine == "first" and starting else np.mean([v for _, v in contrib[f]])
+
+    for e in range(h - 1, T):
+        prefix = 0.0 if e - h < 0 else value(e - h)
+        for j in range(h):
+            contrib[e - h + 1 + j].append((e, 0.5 * prefix + 0.01 * (e + j)))
+    want = [value(f) for f in range(T)]
+    np.testing.assert_allclose(got, want, atol=1e-12)
+    if combine == "first":  # by hand: V(0) = 0.03, V(1) = 0.5 V(0) + 0.04, ...; frame T - 1 only in the last window
+        assert got[0] == pytest.approx(0.03) and got[1] == pytest.approx(0.055) and got[2] == pytest.approx(0.0775)
+        assert got[-1] == pytest.approx(0.5 * want[T - 1 - h] + 0.01 * (T - 1 + 3))
+    with pytest.raises(ValueError, match="first with stride 1"):
+        ev.WVMScorer(_IndexModel(), torch.nn.Identity(), text, 8, stride=2, combine="first")
