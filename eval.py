@@ -211,14 +211,16 @@ def window_ends(T, h, stride):
 class WVMScorer:
     """Slides windows of h frames with stride s over each trajectory, chaining each window's prefix value
     from the windows already scored (0 before the start). combine: how a frame's value comes from the windows
-    covering it: "mean" over them (DESIGN.md), or "first": the first slot of the window that starts at the frame
-    (stride 1), the one that has seen the most frames after it, so the chain moves one frame at a time (the last
-    h - 1 frames, where no window starts, keep the mean). Windows are batched across trajectories: round k scores
-    window k of every trajectory in the batch, so the chain of one trajectory runs in order."""
+    covering it: "first" (the default with stride 1): the first slot of the window that starts at the frame, the
+    one that has seen the most frames after it, so the chain moves one frame at a time (the last h - 1 frames,
+    where no window starts, take the mean); "mean" over them (the default with a larger stride). The mean lags
+    undone work by a frame or two and averages it away (README, "Reading a frame's value from the windows").
+    Windows are batched across trajectories: round k scores window k of every trajectory in the batch, so the
+    chain of one trajectory runs in order."""
     name = "wvm"
 
     def __init__(self, model, vae, text_cache, size, stride=1, samples=1, steps=1, batch=16, device="cpu", seed=0,
-                 trained=None, combine="mean"):
+                 trained=None, combine=None):
         """The noise of a trajectory is drawn from its own generator, seeded by (seed, episode id), so its
         values do not depend on which trajectories share its batch. trained: the run's record of its training
         (resolution, fps, source_fps, ...; load_scorer)."""
@@ -227,6 +229,7 @@ class WVMScorer:
         self.device, self.seed, self.h, self.trained = torch.device(device), seed, model.chunk, trained or {}
         if not 1 <= stride <= self.h:
             raise ValueError(f"stride {stride}: must be in [1, h = {self.h}] so every prefix frame is scored first")
+        combine = combine or ("first" if stride == 1 else "mean")
         if combine not in ("mean", "first") or (combine == "first" and stride != 1):
             raise ValueError(f"combine {combine!r} with stride {stride}: expected mean, or first with stride 1")
         self.combine = combine
@@ -705,8 +708,9 @@ def parse_args(argv):
                    "dataset's source at, else the run's, else 2.0)")
     p.add_argument("--resolution", type=int, help="frame size (default: the run's; another one is refused)")
     p.add_argument("--stride", type=int, default=1)
-    p.add_argument("--combine", default="mean", choices=["mean", "first"], help="a frame's value: the mean over the "
-                   "windows covering it, or the first slot of the window starting at it (stride 1; README)")
+    p.add_argument("--combine", choices=["first", "mean"], help="a frame's value: the first slot of the window starting "
+                   "at it (the default with --stride 1), or the mean over the windows covering it (the default "
+                   "otherwise; README)")
     p.add_argument("--samples", type=int, default=1, help="noise samples per window (spread)")
     p.add_argument("--steps", type=int, default=1, help="Euler steps")
     p.add_argument("--batch", type=int, default=16, help="trajectories scored together")
@@ -725,7 +729,7 @@ def parse_args(argv):
     bad = [f"--{k} {getattr(a, k)}: must be at least 1" for k in ("samples", "steps", "batch", "stride", "chunk")
            if getattr(a, k) < 1]
     if a.combine == "first" and a.stride != 1:
-        bad.append(f"--combine first needs --stride 1 (got {a.stride})")
+        bad.append(f"--combine first needs --stride 1 (got {a.stride}); pass --combine mean")
     checks = [(a.overlay >= 0, "--overlay: must not be negative"),
               (a.fps is None or 0 < a.fps < math.inf, f"--fps {a.fps}: must be positive"),
               (a.resolution is None or (a.resolution > 0 and a.resolution % 32 == 0),

@@ -374,7 +374,7 @@ def test_bad_runs_and_datasets_give_one_line(bench_setup, tmp_path):
     (["--steps", "0"], "--steps 0: must be at least 1"),
     (["--batch", "0"], "--batch 0: must be at least 1"),
     (["--stride", "0"], "--stride 0: must be at least 1"),
-    (["--combine", "first", "--stride", "2"], "--combine first needs --stride 1 (got 2)"),
+    (["--combine", "first", "--stride", "2"], "--combine first needs --stride 1 (got 2); pass --combine mean"),
     (["--keep_top", "1.5"], "--keep_top 1.5: a fraction in (0, 1]"),
     (["--resolution", "48"], "--resolution 48: must be a positive multiple of 32"),
     (["--overlay", "2"], "--overlay goes with --score"),
@@ -521,3 +521,5 @@ def test_window_chain_and_combine_by_hand(combine, monkeypatch):
         assert got[-1] == pytest.approx(0.5 * want[T - 1 - h] + 0.01 * (T - 1 + 3))
     with pytest.raises(ValueError, match="first with stride 1"):
         ev.WVMScorer(_IndexModel(), torch.nn.Identity(), text, 8, stride=2, combine="first")
+    default = [ev.WVMScorer(_IndexModel(), torch.nn.Identity(), text, 8, stride=s).combine for s in (1, 2)]
+    assert default == ["first", "mean"]
