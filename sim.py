@@ -545,8 +545,8 @@ def failure(env, policy, task, expert, s, rng, hold_range, count, mechanism):
                 count("failure_drop_not_applicable")
                 return None
             f = int(rng.choice(lifted))
-        else:
-            f = int(rng.integers(2 if first is None else first, s))  # after it has made some progress
+        else:  # after it has made some progress (dial-turn succeeds before its dial has moved that much: any frame)
+            f = int(rng.integers(first if first is not None and first < s else 2, s))
         ro = replay(env, expert, f)
         ro.stop()
         home = expert.hand[0] + ro.rest

@@ -121,6 +121,16 @@ def test_failures_fail(variants):
             assert obs[-1, 6] < E[f, 6] - 0.01
 
 
+def test_dial_turn_failure_success_before_progress():
+    """dial-turn succeeds before its dial has turned by PROGRESS_START (the progress measure starts after
+    success), which once crashed the generator; its stalls and give-ups go wrong at some frame before success."""
+    v = Variants("dial-turn-v3", 60000, [("failure", m) for m in ("stall", "give_up")])
+    assert sim.started(v.task, v.expert) >= v.s
+    for mechanism in ("stall", "give_up"):
+        ro, f = v.out[mechanism]
+        assert 2 <= f < v.s and not any(ro.success)
+
+
 def test_generate_episodes_and_determinism():
     """generate() on one seed: one episode per kind, annotations that eval.py accepts, the expert's frames reused
     for the shared prefix, Meta-World's success on the last frame, the same result twice."""
