@@ -3,7 +3,7 @@ world-model prior), train WVM on experts, and score both benchmarks on held-out 
 tasks and on tasks never trained on.
 
     python demo.py                  # the default run: small corpus and model, 21-23 minutes on 2 cores
-    python demo.py --long           # the longer recipe: full corpus, bigger model, more than 2 hours (not yet run end to end)
+    python demo.py --long           # the longer recipe: full corpus, twice the steps (README: its time and table)
     python demo.py --compare        # the README's comparison table (prior / scratch / lambda = 0 / full mask / prefix p 0.1)
     python demo.py --seeds 0 1      # the same for several training seeds (mean and spread in the table)
 
@@ -22,22 +22,25 @@ import time
 
 import numpy as np
 
+from eval import bench_rows
+
 ROOT = os.path.dirname(os.path.abspath(__file__))
 SPLITS = ("heldout_seen", "heldout_unseen")
 
 # The two recipes: the paper's optimizer and augmentations (Table A.1), shrunk to a CPU budget. Flags
 # common to both stages first; `prior` and `value` are the stage-specific ones.
+COMMON = dict(size="small", resolution=64, fps=2.0, lr=1e-3, warmup=100, camera="all", num_workers=1, ckpt_every=500)
 RECIPES = {
-    "demo": dict(data="data/metaworld", sim=["--demo"], common=dict(
-        size="small", resolution=64, fps=2.0, lr=1e-3, warmup=100, camera="all", num_workers=1, ckpt_every=500),
-        prior=dict(max_steps=500, batch_size=32, micro_batch=32, rewind=0.0),
-        value=dict(max_steps=2000, batch_size=32, micro_batch=32,
-                   value_shift=5.0,  # one Euler step from s = 1 is all inference asks of the flow: train mostly near it
-                   plateau=0.3)),  # the paper's 0.1 leaves values creeping up through pauses at this scale (README)
-    "long": dict(data="data/metaworld_full", sim=[], common=dict(
-        size="base", resolution=64, fps=2.0, lr=5e-4, warmup=200, camera="all", num_workers=1, ckpt_every=500),
-        prior=dict(max_steps=2000, batch_size=32, micro_batch=32, rewind=0.0),
-        value=dict(max_steps=6000, batch_size=32, micro_batch=32, value_shift=5.0, plateau=0.3)),
+    "demo": dict(data="data/metaworld", sim=["--demo"], common=COMMON,
+                 prior=dict(max_steps=500, batch_size=32, micro_batch=32, rewind=0.0),
+                 # value_shift 5: one Euler step from s = 1 is all inference asks of the flow, so train mostly near
+                 # it; plateau 0.3: the paper's 0.1 leaves values creeping up through pauses at this scale (README)
+                 value=dict(max_steps=2000, batch_size=32, micro_batch=32, value_shift=5.0, plateau=0.3)),
+    # 2.5x the expert episodes, in two views, and twice the steps of each stage; the same model, since `base` (7x the
+    # parameters) trains 8x slower here (1.5 s a step) and would need over 3 hours for 6000 steps (README)
+    "long": dict(data="data/metaworld_full", sim=[], common=COMMON,
+                 prior=dict(max_steps=1000, batch_size=32, micro_batch=32, rewind=0.0),
+                 value=dict(max_steps=4000, batch_size=32, micro_batch=32, value_shift=5.0, plateau=0.3)),
 }
 
 # The README's comparison, same budget and seed: what the world-model prior buys, and two fidelity checks.
@@ -67,7 +70,8 @@ def train(run_dir, flags):
 
 
 def evaluate(run_dir, data):
-    """Every bench on both held-out splits, one scoring pass each -> {(split, bench): {(method, group): row}}.
+    """Every bench on both held-out splits, one scoring pass each -> {(split, bench): {(method, group): row}}, the
+    groups being "average" and each task, and {(split, "tasks"): [task, ...]}.
 
     The splits are scored at the same time, one thread each: a model this small leaves a second thread mostly idle
     (on 2 cores: 57 s for both instead of 85 s one after the other). Each pass writes its log to <split>.log."""
@@ -91,8 +95,11 @@ def evaluate(run_dir, data):
         print(f"[{time.time() - start:.0f} s]", flush=True)
     for split in SPLITS:
         with open(os.path.join(run_dir, f"{split}.json")) as f:
-            for bench, rows in json.load(f)["tables"].items():
-                results[split, bench] = {(r["method"], r["embodiment"]): r for r in rows}
+            saved = json.load(f)
+        for bench, rows in saved["tables"].items():  # the averages, and a row per task from the saved trajectories
+            results[split, bench] = {(r["method"], r["embodiment"]): r for r in rows} | {
+                (r["method"], r["task"]): r for r in bench_rows(bench, saved["trajectories"], "task")}
+        results[split, "tasks"] = sorted({r["task"] for r in saved["trajectories"]})
     return results
 
 
@@ -132,20 +139,21 @@ METRICS = (("suboptimal", "hesitation_rmse"), ("suboptimal", "retry_voc"), ("exp
 HEADER = "Hes-RMSE ↓ | Retry-VOC ↑ | Expert-VOC ↑ | AUROC ↑ | τ_a ↑ | failure final ↓"
 
 
-def summary(results, split, method="wvm"):
-    """The split's averages over its trajectories, in the order of METRICS."""
-    return np.array([results[split, bench][method, "average"][k] for bench, k in METRICS])
+def summary(results, split, method="wvm", group="average"):
+    """The split's averages over its trajectories (or a task's), in the order of METRICS (NaN where none)."""
+    return np.array([results[split, bench].get((method, group), {}).get(k, np.nan) for bench, k in METRICS])
 
 
-def cell(values):
-    """mean, or mean ± std over seeds."""
-    values = np.asarray(values)
-    return f"{values.mean():.3f}" if len(values) == 1 else f"{values.mean():.3f} ± {values.std():.3f}"
+def line(labels, rows):
+    """A table row: the labels, then each metric as mean, or mean ± std over the seeds (rows [seeds, METRICS])."""
+    cells = [f"{c.mean():.3f}" if len(c) == 1 else f"{c.mean():.3f} ± {c.std():.3f}" for c in np.asarray(rows).T]
+    return "| " + " | ".join([*labels, *cells]) + " |"
 
 
 def main(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--long", action="store_true", help="the longer recipe (full corpus, bigger model)")
+    p.add_argument("--long", action="store_true", help="the longer recipe (full corpus, twice the steps; "
+                   "adds a table per task)")
     p.add_argument("--compare", action="store_true", help="also train and evaluate every variant in VARIANTS")
     p.add_argument("--runs", default="runs")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
@@ -164,15 +172,20 @@ def main(argv):
     print(f"| split | method | {HEADER} |\n|---|---|" + "---|" * len(METRICS))
     for split in SPLITS:
         for method in ("wvm", "time", "constant"):
-            rows = np.stack([summary(res, split, method) for res in table["prior"]])
-            print(f"| {split} | {method} | " + " | ".join(cell(rows[:, i]) for i in range(len(METRICS))) + " |")
+            print(line([split, method], [summary(res, split, method) for res in table["prior"]]))
+    if args.long:  # per task, the longer recipe's table
+        print(f"\nPer task ({recipe} recipe, seeds {seeds}):")
+        print(f"| split | task | method | {HEADER} |\n|---|---|---|" + "---|" * len(METRICS))
+        for split in SPLITS:
+            for task in table["prior"][0][split, "tasks"]:
+                for method in ("wvm", "time", "constant"):
+                    print(line([split, task, method], [summary(res, split, method, task) for res in table["prior"]]))
     if args.compare:
         print(f"\nVariants ({recipe} recipe, same budget, seeds {seeds}):")
         print(f"| variant | split | {HEADER} |\n|---|---|" + "---|" * len(METRICS))
         for name in variants:
             for split in SPLITS:
-                rows = np.stack([summary(res, split) for res in table[name]])
-                print(f"| {name} | {split} | " + " | ".join(cell(rows[:, i]) for i in range(len(METRICS))) + " |")
+                print(line([name, split], [summary(res, split) for res in table[name]]))
     if args.policy:  # the default run's values, and the longer recipe's once it is trained
         wvm = {r: os.path.join(args.runs, f"{r}-prior-s{args.seeds[0]}") for r in RECIPES}
         sh(sys.executable, "policy.py", "--wvm", *(f"{r}={d}" for r, d in wvm.items()

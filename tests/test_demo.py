@@ -1,0 +1,53 @@
+"""demo.py's results tables: the averages and the per-task rows (the longer recipe's table) read back from the
+trajectories eval.py saved, against values worked out by hand."""
+import json
+
+import numpy as np
+
+import demo
+from eval import bench_rows
+
+# per task, one trajectory of each kind: (kind, metric of its kind, final value, achieved fraction)
+TASKS = {"a-v3": [("expert", 0.8, 0.9, 1.0), ("hesitation", 0.1, 0.8, 1.0), ("retry", 0.2, 0.7, 1.0),
+                  ("failure", None, 0.4, 0.2)],
+         "b-v3": [("expert", 0.6, 0.5, 1.0), ("hesitation", 0.3, 0.6, 1.0), ("retry", -0.2, 0.9, 1.0),
+                  ("failure", None, 0.55, 0.5)]}
+KEY = {"expert": "voc", "hesitation": "hesitation_rmse", "retry": "retry_voc"}
+# Hes-RMSE, Retry-VOC, Expert-VOC, AUROC, tau_a, failure final. a: every success ends above the failure (AUROC
+# 1), 3 concordant pairs of 6 (the successes tie on achieved): tau_a 0.5. b: 0.5 ends below the failure's 0.55.
+EXPECTED = {"a-v3": [0.1, 0.2, 0.8, 1.0, 0.5, 0.4], "b-v3": [0.3, -0.2, 0.6, 2 / 3, 1 / 6, 0.55],
+            "average": [0.2, 0.0, 0.7, 5 / 6, 1 / 3, 0.475]}
+
+
+def trajectories(shift):
+    out = []
+    for task, rows in TASKS.items():
+        for i, (kind, metric, final, achieved) in enumerate(rows):
+            r = {"method": "wvm", "episode": f"{task}/{i}", "kind": kind, "task": task, "embodiment": "sawyer",
+                 "final": final + shift, "achieved": achieved, "voc": 0.0}
+            if metric is not None:
+                r[KEY[kind]] = metric + shift
+            out.append(r)
+    return out
+
+
+def test_tables_per_task_and_average(tmp_path):
+    results = []
+    for seed, shift in enumerate((0.0, 0.01)):
+        run = tmp_path / f"run{seed}"
+        run.mkdir()
+        trajs = trajectories(shift)
+        for split in demo.SPLITS:  # saved as eval.py saves them: tables grouped by embodiment, and the trajectories
+            tables = {b: bench_rows(b, trajs) for b in ("suboptimal", "expert", "ranking")}
+            (run / f"{split}.json").write_text(json.dumps({"tables": tables, "trajectories": trajs}))
+        results.append(demo.evaluate(str(run), "unused: the splits are scored already"))
+    assert results[0]["heldout_unseen", "tasks"] == ["a-v3", "b-v3"]
+    for group, want in EXPECTED.items():
+        np.testing.assert_allclose(demo.summary(results[0], "heldout_seen", "wvm", group), want, atol=1e-12)
+        # the second seed's metrics are 0.01 higher except the ranking ones, which the shift leaves alone
+        np.testing.assert_allclose(demo.summary(results[1], "heldout_seen", "wvm", group),
+                                   np.add(want, [0.01, 0.01, 0.01, 0, 0, 0.01]), atol=1e-12)
+    assert np.isnan(demo.summary(results[0], "heldout_seen", "time", "a-v3")).all()  # no such method: NaN, not a crash
+    rows = [demo.summary(r, "heldout_seen", "wvm", "b-v3") for r in results]
+    assert demo.line(["heldout_seen", "b-v3"], rows).startswith("| heldout_seen | b-v3 | 0.305 ± 0.005 | -0.195 ± 0.005 |")
+    assert demo.line(["x"], rows[:1]) == "| x | 0.300 | -0.200 | 0.600 | 0.667 | 0.167 | 0.550 |"
