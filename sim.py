@@ -1164,6 +1164,8 @@ def parse_args(argv):
     p.add_argument("--seen-tasks", nargs="+", help="training tasks with held-out seeds (default: all of them)")
     p.add_argument("--seeds-train", type=int, help=f"expert episodes per training task (default {DEFAULT['seeds_train']})")
     p.add_argument("--seeds-play", type=int, help=f"play episodes per training task (default {DEFAULT['seeds_play']})")
+    p.add_argument("--seeds-play-unseen", type=int, default=0, help="play episodes per unseen task, in a split of its "
+                   "own (play_unseen: unlabeled video of the unseen tasks' scenes for a video prior; default none)")
     p.add_argument("--seeds-heldout", type=int, help="new seeds per task in the held-out splits, one episode per kind "
                                                      f"each (default {DEFAULT['seeds_heldout']})")
     p.add_argument("--seed", type=int, default=0, help="derives every env seed and random draw")
@@ -1193,7 +1195,7 @@ def parse_args(argv):
         p.error("--size must be even (yuv420p video)")
     if not all(1 <= lo * args.fps <= hi * args.fps for lo, hi in (args.pause, args.undo)):
         p.error("--pause and --undo need 1 frame <= MIN <= MAX")
-    if max(args.seeds_train, args.seeds_heldout, args.seeds_play) > 30_000 or args.workers < 1:
+    if max(args.seeds_train, args.seeds_heldout, args.seeds_play, args.seeds_play_unseen) > 30_000 or args.workers < 1:
         p.error("at most 30000 seeds per split, at least one worker")
     return args
 
@@ -1211,6 +1213,8 @@ def main(argv):
     splits = {
         "train": ([(t, s, ("expert",)) for t in args.train_tasks for s in seeds(0, args.seeds_train)], train_opts),
         "play": ([(t, s, ("play",)) for t in args.train_tasks for s in seeds(30_000, args.seeds_play)], train_opts),
+        "play_unseen": ([(t, s, ("play",)) for t in args.unseen_tasks for s in seeds(30_000, args.seeds_play_unseen)],
+                        train_opts),
         "heldout_seen": ([(t, s, KINDS) for t in args.seen_tasks for s in seeds(60_000, args.seeds_heldout)],
                          heldout_opts),
         "heldout_unseen": ([(t, s, KINDS) for t in args.unseen_tasks for s in seeds(60_000, args.seeds_heldout)],

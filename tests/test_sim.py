@@ -205,7 +205,8 @@ def test_camera_upright_and_jitter():
 
 
 ARGS = ["--train-tasks", TASK, "drawer-open-v3", "--unseen-tasks", "reach-v3", "--seeds-train", "2", "--seeds-play",
-        "2", "--seeds-heldout", "1", "--size", "32", "--codec", "libx264", "--cameras", "corner", "corner2"]
+        "2", "--seeds-play-unseen", "1", "--seeds-heldout", "1", "--size", "32", "--codec", "libx264", "--cameras",
+        "corner", "corner2"]
 
 
 @pytest.fixture(scope="module")
@@ -216,34 +217,34 @@ def corpus(tmp_path_factory):
 
 
 def test_corpus(corpus):
-    """main() on two training tasks, two seeds, two cameras: four LeRobot v3.0 splits with annotations that
+    """main() on two training tasks, two seeds, two cameras: five LeRobot v3.0 splits with annotations that
     eval.py reads back, experts that succeed, no task shared between training and unseen, unlabeled play."""
     import eval as wvm_eval
     from data import read_lerobot
 
     tasks = {}
-    for split, kinds in (("train", {"expert"}), ("play", {"play"}), ("heldout_seen", set(sim.KINDS)),
-                         ("heldout_unseen", set(sim.KINDS))):
+    for split, kinds in (("train", {"expert"}), ("play", {"play"}), ("play_unseen", {"play"}),
+                         ("heldout_seen", set(sim.KINDS)), ("heldout_unseen", set(sim.KINDS))):
         root = corpus / split
         info = json.loads((root / "meta" / "info.json").read_text())
         assert info["codebase_version"] == "v3.0" and info["fps"] == FPS
         videos = sorted(k for k, f in info["features"].items() if f["dtype"] == "video")
-        assert videos == (["observation.images.corner", "observation.images.corner2"] if split in ("train", "play")
-                          else ["observation.images.corner"])
+        views = ["corner", "corner2"] if split.startswith(("train", "play")) else ["corner"]
+        assert videos == [f"observation.images.{v}" for v in views]
         ann = [json.loads(line) for line in (root / "annotations.jsonl").read_text().splitlines()]
         assert {a["kind"] for a in ann} == kinds and [a["episode_index"] for a in ann] == list(range(len(ann)))
         assert all(a["instruction"] == sim.INSTRUCTIONS[a["task"]] and a["embodiment"] == "sawyer" for a in ann)
         eps = read_lerobot(str(root), camera="all")
         assert len(eps) == len(ann) * len(videos)
         assert [e.T for e in eps] == [a["T"] for a in ann] * len(videos)
-        if split == "play":
+        if split.startswith("play"):
             assert all("m" not in a and "n" not in a and a["mechanism"] in sim.PLAYS for a in ann)
         if split.startswith("heldout"):
             items, problems = wvm_eval.load_annotated(str(root), fps=2)
             assert not problems and len(items) == len(ann)
         tasks[split] = {a["task"] for a in ann}
     assert tasks["train"] == tasks["play"] == tasks["heldout_seen"] == {TASK, "drawer-open-v3"}
-    assert tasks["heldout_unseen"] == {"reach-v3"}
+    assert tasks["heldout_unseen"] == tasks["play_unseen"] == {"reach-v3"}  # the unseen tasks' only unlabeled video
     # experts succeed: Meta-World's own test on each training episode's last frame
     import pyarrow.parquet as pq
     table = pq.read_table(corpus / "train" / "data")
@@ -284,8 +285,9 @@ def test_resume_and_encoder_failure(corpus, tmp_path, monkeypatch):
     assert (out / "train.parts" / TASK / "part.json").exists() and not (out / "train").exists()
     calls["jobs"] = 100
     sim.main(["--out", str(out), "--workers", "1", *ARGS])
-    assert calls["jobs"] == 100 + 2 + 4 + 2 + 1  # train: drawer-open's 2 jobs only; play 2 x 2; seen 2; unseen 1
-    for split in ("train", "play", "heldout_seen", "heldout_unseen"):
+    # train: drawer-open's 2 jobs only; play 2 x 2; unseen play 1; seen 2; unseen 1
+    assert calls["jobs"] == 100 + 2 + 4 + 1 + 2 + 1
+    for split in ("train", "play", "play_unseen", "heldout_seen", "heldout_unseen"):
         a, b = corpus / split, out / split
         assert (a / "annotations.jsonl").read_text() == (b / "annotations.jsonl").read_text()
         assert not (out / f"{split}.parts").exists()
