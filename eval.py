@@ -261,7 +261,11 @@ class WVMScorer:
         ends = [window_ends(len(t.index), self.h, self.stride) for t in group]
         sums, spread, counts, first, first_spread = ([np.zeros(len(t.index)) for t in group] for _ in range(5))
         has_first = [np.zeros(len(t.index), bool) for t in group]
-        value = lambda i, f: first[i][f] if has_first[i][f] else sums[i][f] / counts[i][f]  # noqa: E731
+
+        def read(i, f):  # frames f of trajectory i as `combine` reads them: (values, spread)
+            return (np.where(has_first[i][f], first[i][f], sums[i][f] / counts[i][f]),
+                    np.where(has_first[i][f], first_spread[i][f], spread[i][f] / counts[i][f]))
+
         for k in range(max((len(e) for e in ends), default=0)):
             live = [i for i in range(len(group)) if k < len(ends[i])]
             clips, prefix = [], []
@@ -269,7 +273,7 @@ class WVMScorer:
                 t = ends[i][k]
                 p = t - self.h  # prefix frame; -1 (before the start) is frame 0 with value 0
                 clips.append(frames[i][:, [max(p, 0)] + list(range(t - self.h + 1, t + 1))])
-                prefix.append(0.0 if p < 0 else float(np.clip(value(i, p), 0, 1)))
+                prefix.append(0.0 if p < 0 else float(np.clip(read(i, p)[0], 0, 1)))
             lat = clip_latents(self.vae, torch.stack(clips).to(self.device), self.h)  # the current latent
             context = pad_text([ctx[i] for i in live])
             vals = self.model.predict_values(lat.float(), context.to(self.device), torch.tensor(prefix), steps=self.steps,
@@ -283,8 +287,7 @@ class WVMScorer:
                 if self.combine == "first":
                     first[i][f], first_spread[i][f], has_first[i][f] = v[0], sd[0], True
             bar.update(len(live))
-        return [(np.where(hf, fv, s / c), np.where(hf, fs, sp / c))
-                for s, sp, c, fv, fs, hf in zip(sums, spread, counts, first, first_spread, has_first)]
+        return [read(i, slice(None)) for i in range(len(group))]
 
 
 def load_scorer(args):
