@@ -527,13 +527,14 @@ class ClipDataset(torch.utils.data.Dataset):
     windows that whole-trajectory inference scores) and take resampled frames k = t-h .. t+h: prefix
     t-h, current t-h+1..t, future t+1..t+h, clamped to [0, T'-1] (before the start frame 0 with value 0,
     past the end the last frame with value 1), rewound or not (`rewind`), with the prefix value
-    randomized or not (`randomize_prefix`).
+    randomized or not (`randomize_prefix`), and with its instruction dropped or not (`text_dropout`: the
+    trainer then gives it the empty, all-zero text context).
 
     Returns {"frames": float32 [3, 9, S, S] in [-1, 1], "values": float32 [5] = [prefix value, the h = 4
-    chunk (current-frame) targets], "text": str, "mode": str, "prefix_randomized": bool, "seed": int (for
-    the trainer's noise), "episode": "source/episode_index", "frame_index": int64 [9] native indices,
-    "retries": int (bad episodes hit before this sample), "clip_key": str naming the exact frames (the key of
-    a latent cache: episode, size, frame indices, video file, start and fps)}.
+    chunk (current-frame) targets], "text": str, "text_dropped": bool, "mode": str, "prefix_randomized": bool,
+    "seed": int (for the trainer's noise), "episode": "source/episode_index", "frame_index": int64 [9] native
+    indices, "retries": int (bad episodes hit before this sample), "clip_key": str naming the exact frames (the key
+    of a latent cache: episode, size, frame indices, video file, start and fps)}.
 
     Episodes shorter than min_frames resampled frames (default h + 1: a prefix and one chunk) are
     skipped at construction. A decoding failure marks the episode bad (one warning), and the sample is
@@ -541,13 +542,14 @@ class ClipDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, sources, fps=2.0, size=256, h=4, length=None, seed=0, rewind=0.5, plateau=0.1,
-                 prefix=0.5, min_frames=None, max_tries=16):
+                 prefix=0.5, text_dropout=0.0, min_frames=None, max_tries=16):
         if size is not None and size % 32:
             raise ValueError(f"ClipDataset: size {size} must be a multiple of 32 (VAE stride 16 x patch 2)")
         if sources and isinstance(sources[0], Episode):
             sources = [Source(list(sources))]
         self.fps, self.size, self.h, self.seed = fps, size, h, seed
         self.rewind, self.plateau, self.prefix, self.max_tries = rewind, plateau, prefix, max_tries
+        self.text_dropout = text_dropout
         min_frames = min_frames or h + 1
         self.sources = []
         for n, src in enumerate(sources):
@@ -582,6 +584,7 @@ class ClipDataset(torch.utils.data.Dataset):
         rng = np.random.default_rng([self.seed, i, attempt])
         u = rng.random(7)  # fixed number of draws so every choice is reproducible on its own
         sample_seed = int(rng.integers(2**31 - 1))
+        text_dropped = bool(rng.random() < self.text_dropout)  # drawn last: the draws above do not depend on it
         src = self.sources[min(int(np.searchsorted(self.cum, u[0], side="right")), len(self.sources) - 1)]
         ep = src.episodes[int(u[1] * len(src.episodes))]
         native = resample(ep.T, ep.fps, src.fps)
@@ -593,7 +596,7 @@ class ClipDataset(torch.utils.data.Dataset):
         prefix, randomized = randomize_prefix(values[0], self.prefix, u[5:7])
         return {"episode": ep, "t": t, "k": k, "frame_index": native[k], "values9": values, "mode": mode,
                 "prefix_randomized": randomized, "values": np.array([prefix, *values[1:h + 1]], dtype=np.float32),
-                "seed": sample_seed}
+                "seed": sample_seed, "text_dropped": text_dropped}
 
     def clip_key(self, ep, frame_index):
         """The exact clip: episode, size, native frames, and the video file by its real path (so that a relative
@@ -620,9 +623,9 @@ class ClipDataset(torch.utils.data.Dataset):
                 log.warning("skipping episode %s (%s): %s; sampling another episode", ep.id, ep.video, e)
                 continue
             return {"frames": frames, "latents": latents, "values": torch.from_numpy(p["values"]),
-                    "text": ep.instruction, "mode": p["mode"], "prefix_randomized": p["prefix_randomized"],
-                    "seed": p["seed"], "episode": ep.id, "frame_index": torch.from_numpy(p["frame_index"]),
-                    "retries": attempt, "clip_key": key}
+                    "text": ep.instruction, "text_dropped": p["text_dropped"], "mode": p["mode"],
+                    "prefix_randomized": p["prefix_randomized"], "seed": p["seed"], "episode": ep.id,
+                    "frame_index": torch.from_numpy(p["frame_index"]), "retries": attempt, "clip_key": key}
         raise RuntimeError(f"ClipDataset: sample {i}: {self.max_tries} episodes in a row failed to decode; "
                            f"bad episodes so far: {sorted(self.bad)[:10]}")
 
@@ -638,6 +641,7 @@ def collate(samples):
         "latents": torch.stack(cached) if not frames else cached,
         "values": torch.stack([s["values"] for s in samples]),
         "text": [s["text"] for s in samples],
+        "text_dropped": [s["text_dropped"] for s in samples],
         "mode": [s["mode"] for s in samples],
         "prefix_randomized": torch.tensor([s["prefix_randomized"] for s in samples]),
         "seed": torch.tensor([s["seed"] for s in samples], dtype=torch.int64),

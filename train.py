@@ -52,6 +52,7 @@ class TrainConfig:
     rewind: float = 0.5
     plateau: float = 0.1
     prefix_p: float = 0.5
+    text_dropout: float = 0.0           # share of clips trained with the empty instruction (all-zero text context)
     latent_cache: str = ""              # folder for VAE latents of clips (the VAE is frozen)
     num_workers: int = 2
     # model
@@ -147,7 +148,7 @@ def check_config(cfg):
         need(getattr(cfg, k) >= 1, k, "must be at least 1")
     for k in ("warmup", "num_workers", "seed"):
         need(getattr(cfg, k) >= 0, k, "must not be negative")
-    for k in ("rewind", "plateau", "prefix_p", "min_lr_ratio"):
+    for k in ("rewind", "plateau", "prefix_p", "text_dropout", "min_lr_ratio"):
         need(0 <= getattr(cfg, k) <= 1, k, "a probability or ratio: must lie in [0, 1]")
     for k in ("beta1", "beta2"):
         need(0 <= getattr(cfg, k) < 1, k, "must lie in [0, 1)")
@@ -192,7 +193,8 @@ def open_sources(cfg, h):
     """The training mixture's ClipDataset, clips of 2h + 1 frames (h: the model's value chunk)."""
     sources = [Source(read_dataset(path, camera=cfg.camera or None), weight, fps) for path, weight, fps in data_specs(cfg)]
     return ClipDataset(sources, fps=cfg.fps, size=cfg.resolution, h=h, seed=cfg.seed, rewind=cfg.rewind,
-                       plateau=cfg.plateau, prefix=cfg.prefix_p, length=cfg.max_steps * cfg.batch_size)
+                       plateau=cfg.plateau, prefix=cfg.prefix_p, text_dropout=cfg.text_dropout,
+                       length=cfg.max_steps * cfg.batch_size)
 
 
 class StepBatches(torch.utils.data.Sampler):
@@ -225,7 +227,9 @@ def model_inputs(batch, wvm, vae, text_cache, device, latent_cache=None):
             if latent_cache is not None:
                 latent_cache.put(keys[i], z[j])
     lat = torch.stack([z.to(device) for z in lat]).float()  # [B, C, 2, h, w]: current, future
-    context = pad_text([text_cache.get(t) for t in batch["text"]])
+    # a dropped instruction is the empty context: all zeros, as Wan pads every context to text_len
+    features = [text_cache.get(t) for t in batch["text"]]
+    context = pad_text([torch.zeros_like(f) if dropped else f for f, dropped in zip(features, batch["text_dropped"])])
     noise = wvm.flow_noise(batch["seed"], lat.shape[1:])
     return {"latents": lat, "context": context.to(device), "values": batch["values"].to(device),
             **{k: v.to(device) for k, v in noise.items()}}

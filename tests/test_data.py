@@ -272,6 +272,19 @@ def test_clip_ratios_and_value_shapes(lerobot):
         assert p["values"][1:].tolist() == pytest.approx(v[1:5])
 
 
+def test_text_dropout_changes_nothing_else():
+    # text dropout is drawn after every other choice: the clips, values and noise seeds stay those of p = 0, and
+    # the share of dropped instructions is p (binomial, 4000 draws: std 0.007)
+    ep = data.Episode("x", "unused.mp4", 0.0, 4.0, FPS, 40, "t", 0)
+    plans = {p: [data.ClipDataset([ep], fps=2.0, text_dropout=p, length=10**6).plan(i) for i in range(4000)]
+             for p in (0.0, 0.3, 1.0)}
+    for p, ps in plans.items():
+        assert abs(np.mean([q["text_dropped"] for q in ps]) - p) < 0.025
+        for a, b in zip(plans[0.0], ps):
+            assert a["frame_index"].tolist() == b["frame_index"].tolist() and a["seed"] == b["seed"]
+            assert a["values"].tolist() == b["values"].tolist() and a["mode"] == b["mode"]
+
+
 def test_clip_key_follows_the_video_file(lerobot, tmp_path, monkeypatch):
     """Latents are cached under the clip key: the same file read through a relative or an absolute path meets the same
     latents, and a video written again in place (a regenerated corpus) never meets the old ones."""

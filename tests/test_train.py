@@ -149,6 +149,23 @@ def test_sigterm_then_resume_repeats_the_uninterrupted_run(dataset, tmp_path):
     assert [a[s] for s in sorted(a)] == [b[s] for s in sorted(b)]  # exactly, not approximately
 
 
+def test_dropped_instructions_get_the_empty_context():
+    class Cache:  # features [len(text), 3] filled with len(text)
+        def get(self, text):
+            return torch.full((len(text), 3), float(len(text)))
+
+    class Model:
+        def flow_noise(self, seeds, shape):
+            return {}
+
+    batch = {"clip_key": ["a", "b", "c"], "latents": torch.zeros(3, 48, 2, 1, 1), "values": torch.zeros(3, 5),
+             "seed": torch.arange(3), "text": ["ab", "abcd", "abc"], "text_dropped": [False, True, False]}
+    context = train.model_inputs(batch, Model(), None, Cache(), "cpu")["context"]
+    expected = torch.zeros(3, 4, 3)
+    expected[0, :2], expected[2, :3] = 2.0, 3.0  # kept: its features, zero-padded; dropped: zeros throughout
+    assert torch.equal(context, expected)
+
+
 def test_flops_count_matches_hand_count():
     from wvm import WVM, wvm_configs
     with torch.device("meta"):
@@ -232,6 +249,7 @@ def test_fsdp_sigterm_then_resume_repeats_the_uninterrupted_run(dataset, tmp_pat
     (["--rewind=1.5"], "rewind=1.5: a probability"),
     (["--prefix_p=-0.1"], "prefix_p=-0.1: a probability"),
     (["--plateau=2"], "plateau=2.0: a probability"),
+    (["--text_dropout=1.5"], "text_dropout=1.5: a probability"),
     (["--resolution=48"], "resolution=48: must be a positive multiple of 32"),
     (["--data=a:heavy"], "data source 'a:heavy'"),
     (["--resume", "--overwrite"], "overwrite=True: contradicts resume=True"),
