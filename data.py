@@ -353,6 +353,21 @@ def read_dataset(path, camera=None, name=None, skipped=None):
                      f"or an EgoDex root (<part>/<task>/N.mp4 + N.hdf5)")
 
 
+def read_paraphrases(path):
+    """{instruction: [other wordings]} from a JSON file (`sim.py` writes one beside its splits; for a real dataset,
+    e.g. an LLM's rewordings of its task strings), checked, with errors naming the file."""
+    try:
+        with open(path) as f:
+            d = json.load(f)
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: cannot read paraphrases: {e}") from None
+    if not isinstance(d, dict) or not all(isinstance(k, str) and isinstance(v, list) and v
+                                          and all(isinstance(w, str) and w.strip() for w in v) for k, v in d.items()):
+        raise DataError(f"{path}: paraphrases must be a JSON object mapping each instruction to a non-empty list of "
+                        f"non-empty strings, e.g. {{\"open the drawer\": [\"pull the drawer open\"]}}")
+    return d
+
+
 # ----------------------------------------------------------------------------- frames
 
 
@@ -527,7 +542,8 @@ class ClipDataset(torch.utils.data.Dataset):
     windows that whole-trajectory inference scores) and take resampled frames k = t-h .. t+h: prefix
     t-h, current t-h+1..t, future t+1..t+h, clamped to [0, T'-1] (before the start frame 0 with value 0,
     past the end the last frame with value 1), rewound or not (`rewind`), with the prefix value
-    randomized or not (`randomize_prefix`), and with its instruction dropped or not (`text_dropout`: the
+    randomized or not (`randomize_prefix`), read in one of its wordings (`paraphrases`: {instruction: [other
+    wordings]}, one of the 1 + n drawn uniformly) and with its instruction dropped or not (`text_dropout`: the
     trainer then gives it the empty, all-zero text context).
 
     Returns {"frames": float32 [3, 9, S, S] in [-1, 1], "values": float32 [5] = [prefix value, the h = 4
@@ -542,14 +558,14 @@ class ClipDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, sources, fps=2.0, size=256, h=4, length=None, seed=0, rewind=0.5, plateau=0.1,
-                 prefix=0.5, text_dropout=0.0, min_frames=None, max_tries=16):
+                 prefix=0.5, text_dropout=0.0, paraphrases=None, min_frames=None, max_tries=16):
         if size is not None and size % 32:
             raise ValueError(f"ClipDataset: size {size} must be a multiple of 32 (VAE stride 16 x patch 2)")
         if sources and isinstance(sources[0], Episode):
             sources = [Source(list(sources))]
         self.fps, self.size, self.h, self.seed = fps, size, h, seed
         self.rewind, self.plateau, self.prefix, self.max_tries = rewind, plateau, prefix, max_tries
-        self.text_dropout = text_dropout
+        self.text_dropout, self.paraphrases = text_dropout, paraphrases or {}
         min_frames = min_frames or h + 1
         self.sources = []
         for n, src in enumerate(sources):
@@ -584,7 +600,9 @@ class ClipDataset(torch.utils.data.Dataset):
         rng = np.random.default_rng([self.seed, i, attempt])
         u = rng.random(7)  # fixed number of draws so every choice is reproducible on its own
         sample_seed = int(rng.integers(2**31 - 1))
-        text_dropped = bool(rng.random() < self.text_dropout)  # drawn last: the draws above do not depend on it
+        # the text's draws come last, so the clips and their values are those of a run without them
+        text_dropped = bool(rng.random() < self.text_dropout)
+        u_text = rng.random()
         src = self.sources[min(int(np.searchsorted(self.cum, u[0], side="right")), len(self.sources) - 1)]
         ep = src.episodes[int(u[1] * len(src.episodes))]
         native = resample(ep.T, ep.fps, src.fps)
@@ -594,9 +612,10 @@ class ClipDataset(torch.utils.data.Dataset):
         k, mode = rewind(t, h, Tr, self.rewind, self.plateau, u[3:5])
         values = k / (Tr - 1)
         prefix, randomized = randomize_prefix(values[0], self.prefix, u[5:7])
+        wordings = [ep.instruction, *self.paraphrases.get(ep.instruction, ())]
         return {"episode": ep, "t": t, "k": k, "frame_index": native[k], "values9": values, "mode": mode,
                 "prefix_randomized": randomized, "values": np.array([prefix, *values[1:h + 1]], dtype=np.float32),
-                "seed": sample_seed, "text_dropped": text_dropped}
+                "seed": sample_seed, "text": wordings[int(u_text * len(wordings))], "text_dropped": text_dropped}
 
     def clip_key(self, ep, frame_index):
         """The exact clip: episode, size, native frames, and the video file by its real path (so that a relative
@@ -623,7 +642,7 @@ class ClipDataset(torch.utils.data.Dataset):
                 log.warning("skipping episode %s (%s): %s; sampling another episode", ep.id, ep.video, e)
                 continue
             return {"frames": frames, "latents": latents, "values": torch.from_numpy(p["values"]),
-                    "text": ep.instruction, "text_dropped": p["text_dropped"], "mode": p["mode"],
+                    "text": p["text"], "text_dropped": p["text_dropped"], "mode": p["mode"],
                     "prefix_randomized": p["prefix_randomized"], "seed": p["seed"], "episode": ep.id,
                     "frame_index": torch.from_numpy(p["frame_index"]), "retries": attempt, "clip_key": key}
         raise RuntimeError(f"ClipDataset: sample {i}: {self.max_tries} episodes in a row failed to decode; "

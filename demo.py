@@ -110,7 +110,9 @@ def run(recipe, runs, name, overrides, seed):
     use_prior = overrides.pop("prior", True)
     paths = dict(text_cache=os.path.join(data, "text_cache"), vae=os.path.join(data, "vae.safetensors"),
                  latent_cache=os.path.join(data, "latents"), seed=seed)
-    flags = {**r["common"], **r["value"], **overrides, **paths, "data": os.path.join(data, "train")}
+    # the value stage reads each clip's instruction in one of its wordings (sim.py's paraphrases; README)
+    flags = {**r["common"], **r["value"], "paraphrases": os.path.join(data, "paraphrases.json"), **overrides, **paths,
+             "data": os.path.join(data, "train")}
     if use_prior:
         prior_dir = os.path.join(runs, f"{recipe}-video-s{seed}")  # the video stage, shared by every variant
         train(prior_dir, {**r["common"], **r["prior"], **paths, "stage": "video",
@@ -124,14 +126,16 @@ def run(recipe, runs, name, overrides, seed):
 def prepare(recipe):
     """The corpus and its text cache, each made once (sim.py resumes an interrupted generation)."""
     data = RECIPES[recipe]["data"]
-    if not all(os.path.exists(os.path.join(data, s, "annotations.jsonl")) for s in ("train", "play", *SPLITS)):
+    if not (all(os.path.exists(os.path.join(data, s, "annotations.jsonl")) for s in ("train", "play", *SPLITS))
+            and os.path.exists(os.path.join(data, "paraphrases.json"))):
         sh(sys.executable, "sim.py", *RECIPES[recipe]["sim"], "--out", data)
     if not os.path.exists(os.path.join(data, "vae.safetensors")):  # one frozen VAE: every run shares its latents
         sh(sys.executable, "wan_vae.py", "--random", "tiny", "--calibrate", os.path.join(data, "train"), "--resolution",
            str(RECIPES[recipe]["common"]["resolution"]), "--out", os.path.join(data, "vae.safetensors"))
-    if not os.path.isdir(os.path.join(data, "text_cache")):
-        sh(sys.executable, "encode_text.py", "--tiny_random", "32", "--text_len", "16", "--dtype", "float32",
-           "--out", os.path.join(data, "text_cache"), "--lerobot", *[os.path.join(data, s) for s in ("train", *SPLITS)])
+    # every instruction and paraphrase (an existing cache gets only what it lacks)
+    sh(sys.executable, "encode_text.py", "--tiny_random", "32", "--text_len", "16", "--dtype", "float32",
+       "--out", os.path.join(data, "text_cache"), "--lerobot", *[os.path.join(data, s) for s in ("train", *SPLITS)],
+       "--paraphrases", os.path.join(data, "paraphrases.json"))
 
 
 METRICS = (("suboptimal", "hesitation_rmse"), ("suboptimal", "retry_voc"), ("expert", "voc"), ("ranking", "auroc"),

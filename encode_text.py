@@ -123,7 +123,8 @@ def add_command(cache, datasets):
     flags = cache.encoder["flags"] if cache.encoder else "--model UMT5_FOLDER (or --tiny_random DIM) --text_len N"
     kinds = []
     for d in datasets:
-        kind = "--manifest" if str(d).endswith(".jsonl") else "--lerobot" if (Path(d) / "meta").is_dir() else "--egodex"
+        kind = ("--manifest" if str(d).endswith(".jsonl") else "--paraphrases" if str(d).endswith(".json")
+                else "--lerobot" if (Path(d) / "meta").is_dir() else "--egodex")
         kinds.append(f"{kind} {d}")
     return f"python encode_text.py {flags} --out {cache.path} " + " ".join(kinds)
 
@@ -195,14 +196,17 @@ def tiny_random_encoder(texts, d_model, seed=0):
     """(tokenizer, UMT5EncoderModel) for demos and tests where no umT5 weights exist: a word-level tokenizer
     for the words of `texts` and a small encoder with seeded random weights. A word's token is a hash of the
     word alone (3 + crc32 mod TINY_VOCAB), so an instruction gets the same features whichever other texts
-    are encoded with it, and a cache can grow. The features carry no language knowledge, only which words
-    an instruction has."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    are encoded with it, and a cache can grow. Case and punctuation are dropped first ("Open a drawer." reads as
+    "open a drawer"), as a trained encoder nearly ignores them. Beyond that the features carry no language
+    knowledge, only which words an instruction has."""
+    from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
 
-    words = {w for t in texts for w in clean_text(t).split()}
+    norm = normalizers.Sequence([normalizers.Replace(Regex(r"[^\w\s]"), " "), normalizers.Lowercase()])
+    words = {w for t in texts for w in norm.normalize_str(clean_text(t)).split()}
     vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{w: 3 + zlib.crc32(w.encode()) % TINY_VOCAB for w in words}}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.normalizer = norm
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
@@ -236,8 +240,9 @@ def build_cache(texts, tokenizer, model, out, batch_size=8, shard_size=2000, dty
     if any(out.glob("*.safetensors")):
         cache = TextCache(out)
         if encoder_id(cache.encoder) != encoder_id(encoder):
-            raise TextCacheError(f"{out}: made by {describe(cache.encoder)}, not {describe(encoder)}; "
-                                 f"mixing them would give instructions incomparable features: use another --out")
+            raise TextCacheError(f"{out}: made by {describe(cache.encoder)} (encoder {encoder_id(cache.encoder)}), not "
+                                 f"{describe(encoder)} (encoder {encoder_id(encoder)}); mixing them would give "
+                                 f"instructions incomparable features: use another --out, or delete {out} to rebuild it")
         have = set(cache.where)
     todo = {}
     for t in texts:
@@ -270,7 +275,8 @@ def encoder_record(a, model):
     """The id and flags build_cache records: the tiny encoder is fixed by its width, seed and hashing; a umT5
     by a digest of its config and embedding table. Dtype and text_len change the features too."""
     if a.tiny_random:
-        ident, flags = f"tiny_random-crc32-{TINY_VOCAB}:{a.tiny_random}:seed0", f"--tiny_random {a.tiny_random}"
+        # "-lower": case and punctuation dropped (older caches kept them: their features differ for such texts)
+        ident, flags = f"tiny_random-crc32-{TINY_VOCAB}-lower:{a.tiny_random}:seed0", f"--tiny_random {a.tiny_random}"
     else:
         h = hashlib.sha1(model.config.to_json_string().encode())
         h.update(model.get_input_embeddings().weight[:64].float().cpu().numpy().tobytes())
@@ -289,6 +295,8 @@ def main():
     p.add_argument("--egodex", nargs="*", default=[], help="EgoDex roots")
     p.add_argument("--manifest", nargs="*", default=[], help="JSONL manifests")
     p.add_argument("--texts", nargs="*", default=[], help="text files, one instruction per line")
+    p.add_argument("--paraphrases", nargs="*", default=[],
+                   help="JSON files {instruction: [other wordings]} (train.py --paraphrases): every wording")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
     p.add_argument("--batch-size", type=int, default=8)
@@ -298,6 +306,7 @@ def main():
         p.error("give --model (a local umT5 folder) or --tiny_random DIM")
     try:
         texts = [line for f in a.texts for line in Path(f).read_text().splitlines()]
+        texts += [w for f in a.paraphrases for k, v in data.read_paraphrases(f).items() for w in (k, *v)]
         for root in a.lerobot:
             texts += [t for e in data.read_lerobot(root, probe=False) for t in e.extra.get("tasks", [e.instruction])]
         texts += [e.instruction for r in a.egodex for e in data.read_egodex(r)]

@@ -14,7 +14,8 @@ Splits (each a LeRobot v3.0 dataset with an `annotations.jsonl` at its root, one
   heldout_seen    new seeds of the training tasks: expert, hesitation and retry, corner camera
   heldout_unseen  the same for the tasks never used for training (UNSEEN_TASKS)
 The annotation of an episode: {"episode_index", "kind", "mechanism", "m", "n", "T", "embodiment", "task",
-"instruction", "seed"} (m, n for hesitation and retry only), what `eval.py --bench` reads. Training
+"instruction", "seed"} (m, n for hesitation and retry only), what `eval.py --bench` reads. `paraphrases.json`
+beside the splits holds other wordings of the training tasks' instructions (`train.py --paraphrases`). Training
 uses only `train` (experts; the value model's rewinding makes its failures) and, for the video prior,
 `play`: value training never sees a hesitation or a retry, as in the paper.
 
@@ -138,6 +139,77 @@ INSTRUCTIONS = {
     "sweep-v3": "sweep the block off the table",
     "window-close-v3": "slide the window closed",
     "window-open-v3": "slide the window open",
+}
+
+# Other wordings of the training tasks' instructions (instruction augmentation, as ReWiND does with an LLM's
+# paraphrases): `train.py --paraphrases` gives each clip one wording of its instruction, drawn uniformly, so the
+# model cannot tie a task to one exact sentence. Written independently of Meta-World's own task descriptions,
+# which stay an unseen wording for evaluation. The unseen tasks have none: value training never sees them.
+PARAPHRASES = {
+    "basketball-v3": ["drop the ball through the hoop", "grab the ball and score it in the basket",
+                      "shoot the basketball into the hoop"],
+    "bin-picking-v3": ["pick the block out of one bin and drop it in the other", "transfer the cube to the other bin",
+                       "grab the block and move it to the second bin"],
+    "box-close-v3": ["close the box with its lid", "grab the lid and set it on top of the box", "cover the box"],
+    "button-press-v3": ["push the button in", "press the button on the front of the box", "hit the button"],
+    "button-press-topdown-v3": ["push the button down from the top", "press down on the button from above it",
+                                "hit the button from above"],
+    "button-press-topdown-wall-v3": ["press the button from above behind the wall",
+                                     "go over the wall and push the button down",
+                                     "push down the button on the other side of the wall"],
+    "coffee-button-v3": ["push the button of the coffee machine", "press the button to start the coffee machine",
+                         "hit the button of the coffee maker"],
+    "coffee-pull-v3": ["slide the mug out from under the coffee machine", "pull the cup away from the coffee machine",
+                       "take the mug out of the coffee maker"],
+    "dial-turn-v3": ["rotate the dial", "spin the knob around", "turn the knob on the dial"],
+    "door-close-v3": ["shut the door", "push the door closed", "swing the door shut"],
+    "door-lock-v3": ["lock the door", "rotate the door lock down", "turn the lock on the door to the locked position"],
+    "door-unlock-v3": ["unlock the door", "rotate the door lock up",
+                       "turn the lock on the door to the unlocked position"],
+    "drawer-close-v3": ["shut the drawer", "push the drawer closed", "slide the drawer in"],
+    "drawer-open-v3": ["pull the drawer open", "slide the drawer out", "pull out the drawer"],
+    "faucet-close-v3": ["turn off the faucet", "rotate the faucet handle closed", "shut off the tap"],
+    "faucet-open-v3": ["turn on the faucet", "rotate the faucet handle open", "open the tap"],
+    "hammer-v3": ["drive the nail into the wall with the hammer", "use the hammer to knock the nail in",
+                  "pick up the hammer and hit the nail"],
+    "hand-insert-v3": ["move the gripper down into the hole", "insert the hand into the hole", "reach into the hole"],
+    "handle-press-side-v3": ["push the handle down from the side", "press down on the handle from its side",
+                             "lower the handle from the side"],
+    "handle-press-v3": ["push the handle down", "press down on the handle", "lower the handle"],
+    "handle-pull-side-v3": ["lift the handle up from the side", "pull up on the handle from its side",
+                            "raise the handle from the side"],
+    "handle-pull-v3": ["lift the handle", "pull up on the handle", "raise the handle"],
+    "lever-pull-v3": ["raise the lever", "lift the lever up", "pull up on the lever"],
+    "peg-unplug-side-v3": ["unplug the peg from the side", "pull the peg sideways out of its hole",
+                           "remove the peg from the hole"],
+    "pick-out-of-hole-v3": ["lift the peg out of the hole", "pull the peg up from the hole",
+                            "take the peg out of the hole"],
+    "pick-place-v3": ["grab the puck and put it on the goal", "move the puck to the target",
+                      "pick the puck up and set it down at the target"],
+    "pick-place-wall-v3": ["lift the puck over the wall and put it at the goal",
+                           "move the puck past the wall to the target",
+                           "pick the puck up and place it on the other side of the wall"],
+    "plate-slide-back-side-v3": ["pull the plate sideways out of the cabinet",
+                                 "slide the plate out of the cabinet sideways", "drag the plate out from the side"],
+    "plate-slide-back-v3": ["pull the plate out of the cabinet", "slide the plate back out",
+                            "drag the plate out of the cabinet"],
+    "plate-slide-side-v3": ["push the plate sideways into the cabinet", "slide the plate into the cabinet sideways",
+                            "move the plate into the cabinet from the side"],
+    "plate-slide-v3": ["push the plate into the cabinet", "slide the plate in", "move the plate into the cabinet"],
+    "push-back-v3": ["push the puck backwards to the goal", "slide the puck back to the target",
+                     "move the puck back to the target"],
+    "push-wall-v3": ["push the puck past the wall to the goal", "slide the puck around the wall to the target",
+                     "move the puck around the wall"],
+    "reach-wall-v3": ["reach over the wall to the goal", "move the hand past the wall to the target",
+                      "bring the gripper over the wall to the target"],
+    "soccer-v3": ["push the ball into the goal", "score the ball in the net", "kick the soccer ball into the net"],
+    "stick-pull-v3": ["grab the stick and pull the thermos to the goal with it",
+                      "pull the thermos to the target using the stick", "use the stick to drag the thermos to the target"],
+    "stick-push-v3": ["grab the stick and push the thermos to the goal with it",
+                      "push the thermos to the target using the stick", "use the stick to shove the thermos to the target"],
+    "sweep-v3": ["sweep the block off the edge of the table", "push the block off the table",
+                 "brush the block off the table"],
+    "window-open-v3": ["open the window", "push the window open", "slide the window to open it"],
 }
 
 # The fixed task split. Value training and video pretraining never see the unseen tasks; they are the
@@ -1200,10 +1272,17 @@ def parse_args(argv):
     return args
 
 
+def write_paraphrases(path, tasks):
+    """{instruction: [other wordings]} of `tasks` as JSON (what `train.py --paraphrases` reads)."""
+    Path(path).write_text(json.dumps({INSTRUCTIONS[t]: PARAPHRASES[t] for t in tasks if t in PARAPHRASES}, indent=1))
+
+
 def main(argv):
     args = parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    # the training tasks' other wordings, for train.py --paraphrases and encode_text.py --paraphrases
+    write_paraphrases(out / "paraphrases.json", args.train_tasks)
     # env seeds of the splits never overlap for a given --seed
     seeds = lambda offset, n: [args.seed * 100_000 + offset + i for i in range(n)]  # noqa: E731
     common = dict(size=args.size, fps=args.fps, tail=args.tail, pause=tuple(args.pause), undo=tuple(args.undo),

@@ -34,7 +34,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from checkpoint import CheckpointError
-from data import ClipDataset, DataError, LatentCache, Source, collate, read_dataset
+from data import ClipDataset, DataError, LatentCache, Source, collate, read_dataset, read_paraphrases
 from encode_text import TextCache, TextCacheError, encoder_id, pad_text
 from model import save_wan_dit
 from wan_vae import load_wan_vae, random_vae, save_wan_vae, vae_fingerprint
@@ -53,6 +53,8 @@ class TrainConfig:
     plateau: float = 0.1
     prefix_p: float = 0.5
     text_dropout: float = 0.0           # share of clips trained with the empty instruction (all-zero text context)
+    paraphrases: str = ""               # JSON {instruction: [other wordings]}: each clip reads one wording, drawn
+                                        # uniformly (instruction augmentation; sim.py writes one for its corpus)
     latent_cache: str = ""              # folder for VAE latents of clips (the VAE is frozen)
     num_workers: int = 2
     # model
@@ -192,9 +194,14 @@ def data_specs(cfg):
 def open_sources(cfg, h):
     """The training mixture's ClipDataset, clips of 2h + 1 frames (h: the model's value chunk)."""
     sources = [Source(read_dataset(path, camera=cfg.camera or None), weight, fps) for path, weight, fps in data_specs(cfg)]
+    paraphrases = read_paraphrases(cfg.paraphrases) if cfg.paraphrases else None
+    used = sorted({ep.instruction for s in sources for ep in s.episodes})
+    if paraphrases is not None and used and not set(used) & paraphrases.keys():  # wrong file: say so, do not ignore it
+        raise DataError(f"{cfg.paraphrases}: none of the {len(used)} instructions of the training data has "
+                        f"paraphrases here (data: {used[0]!r}, ...; file: {next(iter(paraphrases), None)!r}, ...)")
     return ClipDataset(sources, fps=cfg.fps, size=cfg.resolution, h=h, seed=cfg.seed, rewind=cfg.rewind,
                        plateau=cfg.plateau, prefix=cfg.prefix_p, text_dropout=cfg.text_dropout,
-                       length=cfg.max_steps * cfg.batch_size)
+                       paraphrases=paraphrases, length=cfg.max_steps * cfg.batch_size)
 
 
 class StepBatches(torch.utils.data.Sampler):
@@ -567,8 +574,9 @@ def train(cfg, world, rank, device):
     h = wvm_configs(cfg.size)[1].chunk  # one h for the clips, the value chunk and (clip_latents checks) the VAE
     dataset = open_sources(cfg, h)
     text_cache = TextCache(cfg.text_cache)
-    text_cache.require({ep.instruction for src in dataset.sources for ep in src.episodes},
-                       [path for path, _, _ in data_specs(cfg)])
+    text_cache.require({w for src in dataset.sources for ep in src.episodes
+                        for w in (ep.instruction, *dataset.paraphrases.get(ep.instruction, ()))},
+                       [path for path, _, _ in data_specs(cfg)] + ([cfg.paraphrases] if cfg.paraphrases else []))
     vae = build_vae(cfg, device, dataset)
     # what scoring must reproduce to feed the model the inputs it was trained on (eval.py checks it)
     run = {"resolution": cfg.resolution, "fps": cfg.fps, "vae": vae_fingerprint(vae),
@@ -664,7 +672,7 @@ def run_config(cfg, world, accum):
     c = asdict(cfg)
     c["data"] = ",".join(os.path.abspath(path) + colon + rest  # path[:weight[:fps]]
                          for path, colon, rest in (spec.partition(":") for spec in cfg.data.split(",")))
-    for k in ("text_cache", "vae", "wan", "latent_cache", "out_dir"):
+    for k in ("text_cache", "paraphrases", "vae", "wan", "latent_cache", "out_dir"):
         c[k] = os.path.abspath(c[k]) if c[k] else c[k]
     return {**c, "world": world, "accum": accum}
 

@@ -245,6 +245,12 @@ def test_corpus(corpus):
         tasks[split] = {a["task"] for a in ann}
     assert tasks["train"] == tasks["play"] == tasks["heldout_seen"] == {TASK, "drawer-open-v3"}
     assert tasks["heldout_unseen"] == tasks["play_unseen"] == {"reach-v3"}  # the unseen tasks' only unlabeled video
+    # the training tasks' paraphrases, and only theirs: never an unseen task's, never the instruction itself
+    from data import read_paraphrases
+    para = read_paraphrases(corpus / "paraphrases.json")
+    assert para == {sim.INSTRUCTIONS[t]: sim.PARAPHRASES[t] for t in (TASK, "drawer-open-v3")}
+    assert set(sim.PARAPHRASES) == set(sim.TRAIN_TASKS) and not set(sim.PARAPHRASES) & set(sim.UNSEEN_TASKS)
+    assert all(len(set(w)) == 3 and sim.INSTRUCTIONS[t] not in w for t, w in sim.PARAPHRASES.items())
     # experts succeed: Meta-World's own test on each training episode's last frame
     import pyarrow.parquet as pq
     table = pq.read_table(corpus / "train" / "data")

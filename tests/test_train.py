@@ -412,6 +412,30 @@ def test_missing_instructions_are_named_up_front_with_the_command_that_adds_them
     train_here(dataset, tmp_path / "run", text_cache=str(cache), max_steps=1)
 
 
+def test_paraphrases_need_their_text_and_a_file_that_fits_the_data(dataset, tmp_path):
+    import encode_text
+    cache = tmp_path / "text"
+    made = run([sys.executable, "encode_text.py", "--tiny_random", "32", "--text_len", "16", "--dtype", "float32",
+                "--out", str(cache), "--lerobot", str(dataset / "ds")])
+    assert made.returncode == 0, made.stderr[-3000:]
+    para = tmp_path / "para.json"
+    para.write_text(json.dumps({"slide the block": ["move the block to the right"]}))
+    with pytest.raises(encode_text.TextCacheError) as e:  # the new wording is not encoded yet: named up front
+        train_here(dataset, tmp_path / "run", text_cache=str(cache), paraphrases=str(para))
+    command = (f"python encode_text.py --tiny_random 32 --text_len 16 --dtype float32 --out {cache} --lerobot {dataset / 'ds'} "
+               f"--paraphrases {para}")
+    assert str(e.value) == (f"{cache}: no embedding for 1 instruction(s): 'move the block to the right'; add them "
+                            f"with: {command}")
+    added = run([sys.executable, *command.split()[1:]])
+    assert added.returncode == 0, added.stderr[-3000:]
+    train_here(dataset, tmp_path / "run", text_cache=str(cache), paraphrases=str(para), max_steps=1)
+    other = tmp_path / "other.json"  # a file for another dataset is an error, not a silent no-op
+    other.write_text(json.dumps({"open the drawer": ["pull the drawer open"]}))
+    with pytest.raises(train.DataError, match=rf"{other}: none of the 2 instructions of the training data has "
+                                              r"paraphrases here \(data: 'push the block right', ...; file: 'open"):
+        train_here(dataset, tmp_path / "run2", text_cache=str(cache), paraphrases=str(other))
+
+
 def test_run_folder_is_usable_from_any_directory(dataset, tmp_path, monkeypatch):
     import eval as wvm_eval
     (tmp_path / "here").mkdir()
