@@ -35,9 +35,13 @@ RECIPES = {
                  prior=dict(max_steps=500, batch_size=32, micro_batch=32, rewind=0.0),
                  # value_shift 5: one Euler step from s = 1 is all inference asks of the flow, so train mostly near
                  # it; plateau 0.3: the paper's 0.1 leaves values creeping up through pauses at this scale (README)
-                 value=dict(max_steps=2000, batch_size=32, micro_batch=32, value_shift=5.0, plateau=0.3)),
+                 # paraphrases: each clip's instruction in one of four wordings, so that a rewording (Meta-World's own
+                 # task descriptions, say) does not undo what the 78 experts taught (README)
+                 value=dict(max_steps=2000, batch_size=32, micro_batch=32, value_shift=5.0, plateau=0.3,
+                            paraphrases="data/metaworld/paraphrases.json")),
     # 2.5x the expert episodes, in two views, and twice the steps of each stage; the same model, since `base` (7x the
-    # parameters) trains 8x slower here (1.5 s a step) and would need over 3 hours for 6000 steps (README)
+    # parameters) trains 8x slower here (1.5 s a step) and would need over 3 hours for 6000 steps (README). No
+    # paraphrases: with this much data a rewording costs less, and they cost more in the training wording (README)
     "long": dict(data="data/metaworld_full", sim=[], common=COMMON,
                  prior=dict(max_steps=1000, batch_size=32, micro_batch=32, rewind=0.0),
                  value=dict(max_steps=4000, batch_size=32, micro_batch=32, value_shift=5.0, plateau=0.3)),
@@ -110,9 +114,7 @@ def run(recipe, runs, name, overrides, seed):
     use_prior = overrides.pop("prior", True)
     paths = dict(text_cache=os.path.join(data, "text_cache"), vae=os.path.join(data, "vae.safetensors"),
                  latent_cache=os.path.join(data, "latents"), seed=seed)
-    # the value stage reads each clip's instruction in one of its wordings (sim.py's paraphrases; README)
-    flags = {**r["common"], **r["value"], "paraphrases": os.path.join(data, "paraphrases.json"), **overrides, **paths,
-             "data": os.path.join(data, "train")}
+    flags = {**r["common"], **r["value"], **overrides, **paths, "data": os.path.join(data, "train")}
     if use_prior:
         prior_dir = os.path.join(runs, f"{recipe}-video-s{seed}")  # the video stage, shared by every variant
         train(prior_dir, {**r["common"], **r["prior"], **paths, "stage": "video",
