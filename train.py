@@ -195,10 +195,11 @@ def open_sources(cfg, h):
     """The training mixture's ClipDataset, clips of 2h + 1 frames (h: the model's value chunk)."""
     sources = [Source(read_dataset(path, camera=cfg.camera or None), weight, fps) for path, weight, fps in data_specs(cfg)]
     paraphrases = read_paraphrases(cfg.paraphrases) if cfg.paraphrases else None
-    used = sorted({ep.instruction for s in sources for ep in s.episodes})
-    if paraphrases is not None and used and not set(used) & paraphrases.keys():  # wrong file: say so, do not ignore it
-        raise DataError(f"{cfg.paraphrases}: none of the {len(used)} instructions of the training data has "
-                        f"paraphrases here (data: {used[0]!r}, ...; file: {next(iter(paraphrases), None)!r}, ...)")
+    if paraphrases is not None:  # a file for other data is an error, not a silent no-op
+        used = sorted({ep.instruction for s in sources for ep in s.episodes})
+        if used and not set(used) & paraphrases.keys():
+            raise DataError(f"{cfg.paraphrases}: none of the {len(used)} instructions of the training data has "
+                            f"paraphrases here (data: {used[0]!r}, ...; file: {next(iter(paraphrases), None)!r}, ...)")
     return ClipDataset(sources, fps=cfg.fps, size=cfg.resolution, h=h, seed=cfg.seed, rewind=cfg.rewind,
                        plateau=cfg.plateau, prefix=cfg.prefix_p, text_dropout=cfg.text_dropout,
                        paraphrases=paraphrases, length=cfg.max_steps * cfg.batch_size)
