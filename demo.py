@@ -62,7 +62,10 @@ def sh(*cmd):
     cmd = [str(c) for c in cmd]
     print("\n$ " + " ".join(cmd), flush=True)
     start = time.time()
-    subprocess.run(cmd, cwd=ROOT, check=True)
+    code = subprocess.run(cmd, cwd=ROOT).returncode
+    if code:  # the step printed its own error above; a traceback of this script would only bury it
+        raise SystemExit(f"demo.py: this step failed (exit {code}): {' '.join(cmd)}\n"
+                         "Fix what it reported and run demo.py again: finished steps are not repeated.")
     print(f"[{time.time() - start:.0f} s]", flush=True)
 
 

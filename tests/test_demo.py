@@ -51,3 +51,17 @@ def test_tables_per_task_and_average(tmp_path):
     rows = [demo.summary(r, "heldout_seen", "wvm", "b-v3") for r in results]
     assert demo.line(["seen", "b-v3"], rows).startswith("| seen | b-v3 | 0.305 ± 0.005 | -0.195 ± 0.005 | 0.605 ±")
     assert demo.line(["x"], rows[:1]) == "| x | 0.300 | -0.200 | 0.600 | 0.667 | 0.167 | 0.550 |"
+
+
+def test_failed_step_ends_with_a_message(capfd):
+    """A step that fails ends the demo with one message naming the command, not a traceback of demo.py."""
+    import sys
+    try:
+        demo.sh(sys.executable, "-c", "import sys; sys.exit(3)")
+    except SystemExit as e:
+        msg = str(e.code)
+    else:
+        raise AssertionError("a failing step did not stop the demo")
+    assert msg.startswith("demo.py: this step failed (exit 3): ") and "sys.exit(3)" in msg
+    demo.sh(sys.executable, "-c", "print(6 * 7)")  # a step that works runs, prints and returns
+    assert "\n42\n" in capfd.readouterr().out
