@@ -9,7 +9,8 @@ alone, then groups of 4 frames; decode takes one latent frame at a time. Every t
 the last input frames of the previous chunk in a CausalCache, so activation memory depends on the
 chunk, not on the video length, and a video can be streamed through several calls.
 
-Inference only: WVM never trains the VAE, so encode/decode run without autograd and use in-place ops.
+WVM never trains the VAE (it is frozen), so encode/decode run without autograd. `train_vae` fits a small one
+to a corpus's video where no pretrained weights can be had (the CPU demo), through the same encoder and decoder.
 """
 import argparse
 import hashlib
@@ -23,6 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
+from tqdm import tqdm
 
 from checkpoint import CheckpointError, TensorFile, checkpoint_files, load_into, read_metadata, save_safetensors
 from data import ClipDataset, DataError, read_dataset
@@ -360,6 +362,10 @@ class WanVAE(nn.Module):
         of a prefix of the video do not depend on what follows. To stream a video, pass the same
         CausalCache to every call: 1 + 4k frames the first time, 4k frames afterwards.
         """
+        return self.encode_with_grad(video, cache)
+
+    def encode_with_grad(self, video, cache=None):
+        """encode, differentiable (train_vae)."""
         cache = _start(cache, "encode")
         _check_video(video, cache.first, self.cfg)
         z, n = self.cfg.z_dim, self.cfg.frames_per_latent
@@ -593,24 +599,87 @@ def random_vae(clips, name="tiny", seed=0):
     return calibrate_latents(WanVAE(VAE_CONFIGS[name]).eval(), clips)
 
 
+def reconstruct(vae, video, noise=0.0):
+    """video [B, 3, 1 + 4k, H, W] -> (reconstruction, un-normalized latent means), differentiable: encode, then
+    decode with Gaussian noise of std `noise` added to the latents (the bottleneck of a VAE at a fixed variance),
+    unclamped. The latent statistics must be the identity (mean 0, std 1), as while training."""
+    z = vae.encode_with_grad(video)
+    zn = z + noise * torch.randn_like(z) if noise else z
+    cache = _start(None, "decode")
+    frames = []
+    for t in range(zn.shape[2]):
+        frames.append(unpatchify(vae.decoder(vae.conv2(zn[:, :, t:t + 1].to(vae.dtype)), cache)))
+        cache.first = False
+    return torch.cat(frames, 2).float(), z
+
+
+def train_vae(name, dataset, steps, batch=16, lr=1e-3, noise=0.1, l2=1e-3, seed=0):
+    """A VAE_CONFIGS[name] VAE fitted to reconstruct 5-frame clips (o_{t-4} .. o_t, what scoring encodes) of a
+    ClipDataset's video, half of them mirrored; then its latent statistics measured on 256 clips.
+
+    The stand-in for Wan2.2's pretrained VAE where no weights can be downloaded: a VAE that has learnt to keep what
+    the corpus's frames show gives latents that carry more of a task's progress than random features do, and
+    transfer better to held-out episodes and tasks (README). Mean squared error in [-1, 1], with latent noise
+    (`noise`) and a small L2 pull on the latents (`l2`) in place of the KL term; AdamW, constant lr.
+    """
+    torch.manual_seed(seed)
+    cfg = replace(VAE_CONFIGS[name], latents_mean=(0.0,) * VAE_CONFIGS[name].z_dim,
+                  latents_std=(1.0,) * VAE_CONFIGS[name].z_dim)
+    vae = WanVAE(cfg).train()
+    opt = torch.optim.AdamW(vae.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
+    gen = torch.Generator().manual_seed(seed)
+    n = len(dataset)
+    bar = tqdm(range(steps), desc="vae", dynamic_ncols=True)
+    for _ in bar:
+        idx = torch.randint(n, (batch,), generator=gen).tolist()
+        video = torch.stack([dataset[i]["frames"][:, :5] for i in idx])
+        flip = torch.rand(batch, generator=gen) < 0.5
+        video[flip] = video[flip].flip(-1)
+        rec, z = reconstruct(vae, video, noise)
+        mse = F.mse_loss(rec, video)
+        loss = mse + l2 * z.pow(2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        bar.set_postfix(mse=f"{mse.item():.4f}")
+    vae.eval()
+    clips = torch.stack([dataset[i]["frames"][:, :5] for i in torch.randint(n, (256,), generator=gen).tolist()])
+    return calibrate_latents(vae, clips)
+
+
 def main(argv):
-    """python wan_vae.py --random tiny --calibrate DATASET --resolution 64 --out vae.safetensors"""
-    p = argparse.ArgumentParser(description="Make a fixed random Wan2.2 VAE for runs without weights (the CPU demo): "
-                                            "every run that shares it (--vae) shares its latents (--latent_cache).")
-    p.add_argument("--random", choices=sorted(VAE_CONFIGS), required=True, help="size (tiny for the CPU demo)")
-    p.add_argument("--calibrate", required=True, help="dataset whose clips set the latent statistics")
+    """python wan_vae.py --random tiny --data DATASET --resolution 64 --out vae.safetensors
+    python wan_vae.py --train tiny --data DATASET[,DATASET ...] --steps 200 --resolution 64 --out vae.safetensors"""
+    p = argparse.ArgumentParser(description="Make the frozen VAE for runs without Wan2.2's weights (the CPU demo): a "
+                                            "fixed random one, or one trained on a corpus's video. Every run that "
+                                            "shares it (--vae) shares its latents (--latent_cache).")
+    kind = p.add_mutually_exclusive_group(required=True)
+    kind.add_argument("--random", choices=sorted(VAE_CONFIGS), help="a random VAE of this size (tiny for the CPU demo)")
+    kind.add_argument("--train", choices=sorted(VAE_CONFIGS), help="a VAE of this size trained on --data's video")
+    p.add_argument("--data", "--calibrate", required=True,
+                   help="comma-separated datasets: their clips set the latent statistics (and train the VAE)")
     p.add_argument("--resolution", type=int, default=64, help="frame size of the clips, as train.py --resolution")
-    p.add_argument("--clips", type=int, default=64)
+    p.add_argument("--fps", type=float, default=2.0, help="frame rate of the clips, as train.py --fps")
+    p.add_argument("--clips", type=int, default=64, help="clips that set a random VAE's latent statistics")
+    p.add_argument("--steps", type=int, default=200, help="--train: steps of --batch clips")
+    p.add_argument("--batch", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
     try:
-        dataset = ClipDataset(read_dataset(args.calibrate), size=args.resolution, seed=args.seed)
+        episodes = [ep for path in args.data.split(",") for ep in read_dataset(path)]
+        # training reads plain clips; a random VAE keeps the clips (rewinds and all) that always calibrated it
+        plain = dict(rewind=0.0, plateau=0.0) if args.train else {}
+        dataset = ClipDataset(episodes, fps=args.fps, size=args.resolution, seed=args.seed, **plain)
     except (DataError, ValueError) as e:
         raise SystemExit(str(e)) from None
-    clips = torch.stack([dataset[i]["frames"] for i in range(args.clips)])
-    save_wan_vae(random_vae(clips, args.random, args.seed), args.out)
-    print(f"{args.out}: random {args.random} VAE, latent statistics from {args.clips} clips of {args.calibrate}")
+    if args.random:
+        clips = torch.stack([dataset[i]["frames"] for i in range(args.clips)])
+        save_wan_vae(random_vae(clips, args.random, args.seed), args.out)
+        print(f"{args.out}: random {args.random} VAE, latent statistics from {args.clips} clips of {args.data}")
+    else:
+        save_wan_vae(train_vae(args.train, dataset, args.steps, args.batch, seed=args.seed), args.out)
+        print(f"{args.out}: {args.train} VAE trained for {args.steps} steps of {args.batch} clips of {args.data}")
 
 
 if __name__ == "__main__":
