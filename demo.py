@@ -135,7 +135,7 @@ def prepare(recipe):
             and os.path.exists(os.path.join(data, "paraphrases.json"))):
         sh(sys.executable, "sim.py", *RECIPES[recipe]["sim"], "--out", data)
     if not os.path.exists(os.path.join(data, "vae.safetensors")):  # one frozen VAE: every run shares its latents
-        sh(sys.executable, "wan_vae.py", "--random", "tiny", "--calibrate", os.path.join(data, "train"), "--resolution",
+        sh(sys.executable, "wan_vae.py", "--random", "tiny", "--data", os.path.join(data, "train"), "--resolution",
            str(RECIPES[recipe]["common"]["resolution"]), "--out", os.path.join(data, "vae.safetensors"))
     # every instruction and paraphrase (an existing cache gets only what it lacks)
     sh(sys.executable, "encode_text.py", "--tiny_random", "32", "--text_len", "16", "--dtype", "float32",
