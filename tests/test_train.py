@@ -535,3 +535,20 @@ def test_video_stage_writes_a_wan_checkpoint_that_wvm_training_starts_from(datas
     model = train.build_model(cfg, torch.device("cpu"))
     assert all(torch.equal(v, model.video.state_dict()[k]) for k, v in video.state_dict().items())
     assert train.train(cfg, 1, 0, torch.device("cpu")) is not None  # and WVM training runs from it
+
+
+def test_a_vae_trained_on_the_data_is_the_runs_frozen_vae(dataset, tmp_path):
+    """wan_vae.py --train fits a tiny VAE to a dataset's clips; train.py --vae=<it> trains WVM on its latents (the run
+    records its fingerprint) and a missing dataset ends with one message naming it."""
+    import wan_vae
+
+    out = tmp_path / "vae.safetensors"
+    wan_vae.main(["--train", "tiny", "--data", str(dataset / "ds"), "--steps", "2", "--batch", "2", "--resolution", "32",
+                  "--out", str(out)])
+    vae = wan_vae.load_wan_vae(str(out))
+    assert vae.cfg.latents_std != wan_vae.VAE_CONFIGS["tiny"].latents_std  # measured on the data, not Wan2.2's
+    train_here(dataset, tmp_path / "run", vae=str(out), max_steps=1)
+    with open(tmp_path / "run" / "ckpt" / "state.json") as f:
+        assert json.load(f)["run"]["vae"] == wan_vae.vae_fingerprint(vae)
+    with pytest.raises(SystemExit, match=f"{tmp_path / 'none'}: not a dataset"):
+        wan_vae.main(["--train", "tiny", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "x.safetensors")])
