@@ -228,8 +228,19 @@ def model_inputs(batch, wvm, vae, text_cache, device, latent_cache=None):
     """A collated ClipDataset batch -> the dict WVM.forward takes (latents, text features, seeded flow noise)."""
     keys, lat = batch["clip_key"], list(batch["latents"])  # latents the loader found cached, else None
     miss = [i for i, z in enumerate(lat) if z is None]
-    if miss:  # encode the clips not cached yet in one batch (frames holds exactly those, in order)
-        z = clip_latents(vae, batch["frames"].to(device), wvm.chunk)
+    frames = batch["frames"]  # exactly the misses', in order
+    if miss and latent_cache is not None:
+        # The loader runs batches ahead: a clip it found uncached may have been encoded by a step since. Read it back
+        # instead of encoding it again, since an encode rounds differently with the number of clips in it (~1e-5): each
+        # clip then has one latent, and training is the same whatever the loader's timing and whether the cache was
+        # cold or warm.
+        again = [latent_cache.load(keys[i]) for i in miss]
+        frames = frames[[j for j, z in enumerate(again) if z is None]] if any(z is not None for z in again) else frames
+        for i, z in zip(miss, again):
+            lat[i] = z
+        miss = [i for i in miss if lat[i] is None]
+    if miss:  # encode the clips not cached yet in one batch
+        z = clip_latents(vae, frames.to(device), wvm.chunk)
         for j, i in enumerate(miss):
             lat[i] = z[j]
             if latent_cache is not None:

@@ -200,6 +200,30 @@ def test_latent_cache_gives_the_same_training(dataset, tmp_path):
     assert all(ds[i]["frames"] is None and ds[i]["latents"].shape == (48, 2, 2, 2) for i in range(12))
 
 
+def test_a_clip_cached_since_the_loader_looked_is_read_not_encoded_again(dataset, tmp_path):
+    """The loader checks the cache batches ahead of training; a clip it found missing but that a step has encoded
+    since is read back, so the clip keeps the one latent it was stored with (an encode rounds differently with the
+    number of clips in it) and only the clips still missing are encoded, together."""
+    from encode_text import TextCache
+    from wan_vae import VAE_CONFIGS, WanVAE
+    from wvm import WVM, clip_latents, wvm_configs
+
+    torch.manual_seed(0)
+    vae, wvm = WanVAE(VAE_CONFIGS["tiny"]).eval(), WVM(*wvm_configs("tiny"))
+    cache = train.LatentCache(str(tmp_path / "lat"), "vae")
+    frames = torch.rand(2, 3, 9, 32, 32) * 2 - 1  # the loader's frames of its two misses, "a" and "b"
+    stored_a, cached_c = torch.full((48, 2, 2, 2), 7.0), torch.full((48, 2, 2, 2), -3.0)
+    cache.put("a", stored_a)  # encoded by a step after the loader looked
+    batch = {"clip_key": ["a", "b", "c"], "latents": [None, None, cached_c], "frames": frames,
+             "text": ["push the block right"] * 3, "text_dropped": [False] * 3, "values": torch.zeros(3, 5),
+             "seed": torch.tensor([1, 2, 3])}
+    lat = train.model_inputs(batch, wvm, vae, TextCache(str(dataset / "text")), torch.device("cpu"), cache)["latents"]
+    assert torch.equal(lat[0], stored_a) and torch.equal(lat[2], cached_c)
+    alone = clip_latents(vae, frames[1:], 4)[0]  # b, encoded by itself
+    assert torch.equal(lat[1], alone) and torch.equal(cache.load("b"), alone)
+    assert torch.equal(cache.load("a"), stored_a)  # never overwritten
+
+
 def test_fsdp_sigterm_then_resume_repeats_the_uninterrupted_run(dataset, tmp_path):
     """FSDP2 over 2 processes: each saves and reloads its own shards (no pickles), and the resumed run
     repeats the uninterrupted one exactly."""
