@@ -228,7 +228,7 @@ def model_inputs(batch, wvm, vae, text_cache, device, latent_cache=None):
     """A collated ClipDataset batch -> the dict WVM.forward takes (latents, text features, seeded flow noise)."""
     keys, lat = batch["clip_key"], list(batch["latents"])  # latents the loader found cached, else None
     miss = [i for i, z in enumerate(lat) if z is None]
-    frames = batch["frames"]  # exactly the misses', in order
+    frames = batch.get("frames")  # exactly the misses', in order (None when every clip was cached)
     if miss and latent_cache is not None:
         # The loader runs batches ahead: a clip it found uncached may have been encoded by a step since. Read it back
         # instead of encoding it again, since an encode rounds differently with the number of clips in it (~1e-5): each
