@@ -235,7 +235,7 @@ def model_inputs(batch, wvm, vae, text_cache, device, latent_cache=None):
         # clip then has one latent, and training is the same whatever the loader's timing and whether the cache was
         # cold or warm.
         again = [latent_cache.load(keys[i]) for i in miss]
-        frames = frames[[j for j, z in enumerate(again) if z is None]] if any(z is not None for z in again) else frames
+        frames = frames[[j for j, z in enumerate(again) if z is None]]
         for i, z in zip(miss, again):
             lat[i] = z
         miss = [i for i in miss if lat[i] is None]
