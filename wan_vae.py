@@ -388,6 +388,10 @@ class WanVAE(nn.Module):
         One latent frame at a time; pass the same CausalCache to stream (later calls give 4 frames per
         latent frame).
         """
+        return self.decode_with_grad(z, cache).clamp_(-1, 1)
+
+    def decode_with_grad(self, z, cache=None):
+        """decode, differentiable and unclamped (train_vae)."""
         cache = _start(cache, "decode")
         _check_latents(z, self.cfg)
         B, _, T, h, w = z.shape
@@ -400,7 +404,7 @@ class WanVAE(nn.Module):
         for t in range(T):
             x = unpatchify(self.decoder(self.conv2(z[:, :, t:t + 1]), cache))
             cache.first = False
-            out[:, :, i:i + x.shape[2]] = x.clamp_(-1, 1)
+            out[:, :, i:i + x.shape[2]] = x
             i += x.shape[2]
         return out
 
@@ -600,17 +604,10 @@ def random_vae(clips, name="tiny", seed=0):
 
 
 def reconstruct(vae, video, noise=0.0):
-    """video [B, 3, 1 + 4k, H, W] -> (reconstruction, un-normalized latent means), differentiable: encode, then
-    decode with Gaussian noise of std `noise` added to the latents (the bottleneck of a VAE at a fixed variance),
-    unclamped. The latent statistics must be the identity (mean 0, std 1), as while training."""
+    """video [B, 3, 1 + 4k, H, W] -> (reconstruction, latent means), differentiable: encode, then decode with
+    Gaussian noise of std `noise` added to the latents (the bottleneck of a VAE at a fixed variance), unclamped."""
     z = vae.encode_with_grad(video)
-    zn = z + noise * torch.randn_like(z) if noise else z
-    cache = _start(None, "decode")
-    frames = []
-    for t in range(zn.shape[2]):
-        frames.append(unpatchify(vae.decoder(vae.conv2(zn[:, :, t:t + 1].to(vae.dtype)), cache)))
-        cache.first = False
-    return torch.cat(frames, 2).float(), z
+    return vae.decode_with_grad(z + noise * torch.randn_like(z) if noise else z), z
 
 
 def train_vae(name, dataset, steps, batch=16, lr=1e-3, noise=0.1, l2=1e-3, seed=0):
