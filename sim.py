@@ -66,6 +66,7 @@ interrupted run continues at the first missing part. Rendering needs no display:
 here) with Mesa's EGL (Debian/Ubuntu: libegl1 libegl-mesa0 libgl1-mesa-dri libopengl0).
 """
 import argparse
+import atexit
 import json
 import multiprocessing
 import os
@@ -232,6 +233,7 @@ DEFAULT = dict(train_tasks=list(TRAIN_TASKS), unseen_tasks=list(UNSEEN_TASKS), s
                seeds_play=2, seeds_heldout=3, cameras=["corner", "corner2"])
 
 KINDS = ("expert", "hesitation", "retry", "failure")
+SPLITS = ("train", "play", "play_unseen", "heldout_seen", "heldout_unseen")  # a corpus's datasets, in the order written
 PAUSES = ("hold", "jitter", "coast")
 UNDOS = ("retrace", "carry", "regrasp", "push")
 PLAYS = ("noisy", "reach", "other")
@@ -274,23 +276,39 @@ def make_policy(task):
     return getattr(policies, name)()
 
 
+_GL = None  # this process's one GL context: making one costs ~0.35 s (llvmpipe compiles its shaders for each)
+
+
 class Camera:
-    """Fast offscreen renderer of one env camera: frames uint8 [size, size, 3], upright."""
+    """Fast offscreen renderer of one env camera: frames uint8 [size, size, 3], upright. What mujoco.Renderer
+    does, less its GL context per renderer: every camera of a process draws in the same one."""
 
     def __init__(self, env, size, name="corner"):
+        global _GL
         import mujoco
+        from mujoco import gl_context
 
         self.mujoco, self.env, self.name = mujoco, env, name
-        env.model.vis.quality.offsamples = 0  # no multisampling (read when the GL context is made)
-        env.model.vis.global_.offwidth = max(env.model.vis.global_.offwidth, size)
-        env.model.vis.global_.offheight = max(env.model.vis.global_.offheight, size)
+        model = env.model
+        model.vis.quality.offsamples = 0  # no multisampling (read when the GL context is made)
+        model.vis.global_.offwidth = max(model.vis.global_.offwidth, size)
+        model.vis.global_.offheight = max(model.vis.global_.offheight, size)
         try:
-            self.r = mujoco.Renderer(env.model, size, size)
+            if _GL is None:
+                _GL = gl_context.GLContext(size, size)
+                atexit.register(_GL.free)  # before EGL itself is shut down at exit (registered first, runs last)
+            _GL.make_current()
+            self.ctx = mujoco.MjrContext(model, mujoco.mjtFontScale.mjFONTSCALE_150)
         except Exception as e:
             raise RuntimeError(
                 f"sim.py: no offscreen rendering (MUJOCO_GL={os.environ.get('MUJOCO_GL')!r}): {e}. Set MUJOCO_GL=egl "
                 "before mujoco is first imported, with Mesa's EGL installed (Debian/Ubuntu: libegl1 libegl-mesa0 "
                 "libgl1-mesa-dri libopengl0)") from e
+        mujoco.mjr_setBuffer(mujoco.mjtFramebuffer.mjFB_OFFSCREEN, self.ctx)
+        self.scene, self.option = mujoco.MjvScene(model, maxgeom=10000), mujoco.MjvOption()
+        self.cam = mujoco.MjvCamera()
+        self.cam.type, self.cam.fixedcamid = mujoco.mjtCamera.mjCAMERA_FIXED, model.camera(name).id
+        self.rect, self.img = mujoco.MjrRect(0, 0, size, size), np.empty((size, size, 3), np.uint8)
         self.upside_down = name.startswith("corner")
 
     def jitter(self, rng, pos, degrees):
@@ -305,16 +323,21 @@ class Camera:
         model.cam_quat[c] = q
 
     def __call__(self):
-        self.r.update_scene(self.env.data, camera=self.name)
-        flags = self.r.scene.flags
-        flags[self.mujoco.mjtRndFlag.mjRND_SHADOW] = 0  # shadows and reflections cost ~10x in llvmpipe
-        flags[self.mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
-        img = self.r.render()
-        # corner cameras look at the table upside down: rotate by 180 degrees (a flip would mirror it)
-        return np.ascontiguousarray(img[::-1, ::-1] if self.upside_down else img)
+        mj = self.mujoco
+        mj.mjv_updateScene(self.env.model, self.env.data, self.option, None, self.cam, mj.mjtCatBit.mjCAT_ALL,
+                           self.scene)
+        self.scene.flags[mj.mjtRndFlag.mjRND_SHADOW] = 0  # shadows and reflections cost ~10x in llvmpipe
+        self.scene.flags[mj.mjtRndFlag.mjRND_REFLECTION] = 0
+        _GL.make_current()
+        mj.mjr_setBuffer(mj.mjtFramebuffer.mjFB_OFFSCREEN, self.ctx)
+        mj.mjr_render(self.rect, self.scene, self.ctx)
+        mj.mjr_readPixels(self.img, None, self.rect, self.ctx)
+        # OpenGL's rows run bottom-up; corner cameras also look at the table upside down: then turn by 180 degrees
+        # (a flip would mirror it)
+        return np.ascontiguousarray(self.img[:, ::-1] if self.upside_down else self.img[::-1])
 
     def close(self):
-        self.r.close()
+        self.ctx.free()
 
 
 def progress_distance(task, obs):
@@ -1250,6 +1273,8 @@ def parse_args(argv):
                    help="libx264 (H.264), or libsvtav1 (AV1, LeRobot's own default; the SVT-AV1 in PyAV's wheels "
                         "now and then fails or deadlocks mid-file on a 2-core machine)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="simulation processes")
+    p.add_argument("--splits", nargs="+", choices=SPLITS, default=list(SPLITS), help="write only these splits (e.g. "
+                   "the training splits first and the held-out benches later; default: all)")
     args = p.parse_args(argv)
     own_train = args.train_tasks is not None  # the recipe's held-out seen tasks are among its own training tasks only
     for k, v in (DEMO if args.demo else DEFAULT).items():
@@ -1301,12 +1326,14 @@ def main(argv):
     }
     t0 = time.time()
     report = {"args": vars(args), "splits": {}}
+    if (out / "generation.json").exists():  # a corpus written a few splits at a time keeps every split's counts
+        report["splits"] = json.loads((out / "generation.json").read_text()).get("splits", {})
     for name, (jobs, opts) in splits.items():
-        if jobs:
+        if jobs and name in args.splits:
             report["splits"][name] = write_split(out / name, jobs, opts, dict(opts, codec=args.codec), args.codec,
                                                  args.workers)
     (out / "generation.json").write_text(json.dumps(report, indent=1))
-    for name, counts in report["splits"].items():
+    for name, counts in ((n, report["splits"][n]) for n in args.splits if n in report["splits"]):
         print(f"{out / name}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
     print(f"done in {time.time() - t0:.0f} s")
 

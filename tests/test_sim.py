@@ -267,7 +267,8 @@ def test_corpus(corpus):
 
 def test_resume_and_encoder_failure(corpus, tmp_path, monkeypatch):
     """An interrupted run continues at the first missing part and a mux error mid-part (SVT-AV1 does this now
-    and then) encodes that part again: the result equals an uninterrupted run's."""
+    and then) encodes that part again, and a corpus written a few splits at a time (--splits): the result equals
+    an uninterrupted run's."""
     calls = {"jobs": 0, "writes": 0}
     job, write = sim._generate_job, sim.Mp4Writer.write
 
@@ -290,9 +291,12 @@ def test_resume_and_encoder_failure(corpus, tmp_path, monkeypatch):
         sim.main(["--out", str(out), "--workers", "1", *ARGS])
     assert (out / "train.parts" / TASK / "part.json").exists() and not (out / "train").exists()
     calls["jobs"] = 100
+    sim.main(["--out", str(out), "--workers", "1", *ARGS, "--splits", "train", "play"])  # as demo.py does
+    assert not any((out / s).exists() for s in ("play_unseen", "heldout_seen", "heldout_unseen"))
     sim.main(["--out", str(out), "--workers", "1", *ARGS])
     # train: drawer-open's 2 jobs only; play 2 x 2; unseen play 1; seen 2; unseen 1
     assert calls["jobs"] == 100 + 2 + 4 + 1 + 2 + 1
+    assert set(json.loads((out / "generation.json").read_text())["splits"]) == set(sim.SPLITS)  # both calls' counts
     for split in ("train", "play", "play_unseen", "heldout_seen", "heldout_unseen"):
         a, b = corpus / split, out / split
         assert (a / "annotations.jsonl").read_text() == (b / "annotations.jsonl").read_text()
