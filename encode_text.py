@@ -192,28 +192,35 @@ def load_encoder(path, dtype=torch.bfloat16, device="cpu", config=None):
 TINY_VOCAB = 2 ** 15  # hashed word ids of the tiny random encoder
 
 
-def tiny_random_encoder(texts, d_model, seed=0):
-    """(tokenizer, UMT5EncoderModel) for demos and tests where no umT5 weights exist: a word-level tokenizer
-    for the words of `texts` and a small encoder with seeded random weights. A word's token is a hash of the
-    word alone (3 + crc32 mod TINY_VOCAB), so an instruction gets the same features whichever other texts
-    are encoded with it, and a cache can grow. Case and punctuation are dropped first ("Open a drawer." reads as
-    "open a drawer"), as a trained encoder nearly ignores them. Beyond that the features carry no language
-    knowledge, only which words an instruction has."""
-    from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
+class HashTokenizer:
+    """The tiny encoder's word-level tokenizer: case and punctuation dropped, then each word's id is a hash of the
+    word alone (3 + crc32 mod TINY_VOCAB; 0 pads, 1 ends). Two words may share an id; a tokenizer with a vocabulary
+    (tokenizers' WordLevel) keeps one of them and reads the other as unknown, which one depending on the other texts
+    and on the process's string hashing ("puck" and "start" collide)."""
 
-    norm = normalizers.Sequence([normalizers.Replace(Regex(r"[^\w\s]"), " "), normalizers.Lowercase()])
-    words = {w for t in texts for w in norm.normalize_str(clean_text(t)).split()}
-    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{w: 3 + zlib.crc32(w.encode()) % TINY_VOCAB for w in words}}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.normalizer = norm
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+    def __call__(self, texts, max_length, **_):  # as HF's with padding="max_length", truncation, return_tensors="pt"
+        ids = [[3 + zlib.crc32(w.encode()) % TINY_VOCAB for w in re.sub(r"[^\w\s]", " ", t).lower().split()]
+               [:max_length - 1] + [1] for t in texts]
+        out = {"input_ids": torch.zeros(len(texts), max_length, dtype=torch.long),
+               "attention_mask": torch.zeros(len(texts), max_length, dtype=torch.long)}
+        for i, row in enumerate(ids):
+            out["input_ids"][i, :len(row)] = torch.tensor(row)
+            out["attention_mask"][i, :len(row)] = 1
+        return out
+
+
+def tiny_random_encoder(d_model, seed=0):
+    """(tokenizer, UMT5EncoderModel) for demos and tests where no umT5 weights exist: HashTokenizer and a small
+    encoder with seeded random weights, so an instruction gets the same features whichever other texts are encoded
+    with it, and a cache can grow. Case and punctuation are dropped first ("Open a drawer." reads as "open a
+    drawer"), as a trained encoder nearly ignores them. Beyond that the features carry no language knowledge, only
+    which words an instruction has."""
+    from transformers import UMT5Config, UMT5EncoderModel
+
     torch.manual_seed(seed)
     cfg = UMT5Config(vocab_size=3 + TINY_VOCAB, d_model=d_model, d_kv=max(4, d_model // 4), d_ff=2 * d_model, num_layers=2,
                      num_heads=4, feed_forward_proj="gated-gelu", dropout_rate=0.0)
-    return tokenizer, UMT5EncoderModel(cfg).eval()
+    return HashTokenizer(), UMT5EncoderModel(cfg).eval()
 
 
 @torch.no_grad()
@@ -275,8 +282,9 @@ def encoder_record(a, model):
     """The id and flags build_cache records: the tiny encoder is fixed by its width, seed and hashing; a umT5
     by a digest of its config and embedding table. Dtype and text_len change the features too."""
     if a.tiny_random:
-        # "-lower": case and punctuation dropped (older caches kept them: their features differ for such texts)
-        ident, flags = f"tiny_random-crc32-{TINY_VOCAB}-lower:{a.tiny_random}:seed0", f"--tiny_random {a.tiny_random}"
+        # "-lower": case and punctuation dropped (older caches kept them: their features differ for such texts);
+        # "-ids": HashTokenizer (older caches read one of two colliding words as unknown, by the process's hashing)
+        ident, flags = f"tiny_random-crc32-{TINY_VOCAB}-lower-ids:{a.tiny_random}:seed0", f"--tiny_random {a.tiny_random}"
     else:
         h = hashlib.sha1(model.config.to_json_string().encode())
         h.update(model.get_input_embeddings().weight[:64].float().cpu().numpy().tobytes())
@@ -313,7 +321,7 @@ def main():
         texts += [e.instruction for m in a.manifest for e in data.read_manifest(m)]
         dtype = getattr(torch, a.dtype)
         if a.tiny_random:
-            tokenizer, model = tiny_random_encoder(texts, a.tiny_random)
+            tokenizer, model = tiny_random_encoder(a.tiny_random)
         else:
             tokenizer, model = load_encoder(a.model, dtype=dtype, device=a.device)
         n = build_cache(texts, tokenizer, model, a.out, a.batch_size, a.shard_size, dtype, a.text_len,

@@ -45,7 +45,7 @@ def main():
     for name in ("tiny", "mid"):
         vc, uc = wvm_configs(name)
         model = WVM(vc, uc)
-        tok, enc = encode_text.tiny_random_encoder(["do the task"], d_model=vc.text_dim)
+        tok, enc = encode_text.tiny_random_encoder(vc.text_dim)
         encode_text.build_cache(["do the task"], tok, enc, os.path.join(tmp, f"text-{name}"), dtype=torch.float32,
                                 text_len=vc.text_len)
         text = encode_text.TextCache(os.path.join(tmp, f"text-{name}"))

@@ -180,7 +180,7 @@ def bench_setup(tmp_path_factory):
             {"episode": 4, "kind": "hesitation", "m": 30, "n": 20, "T": 48, "embodiment": "toy", "task": "push"}]  # bad
     with open(root / "ds" / "annotations.jsonl", "w") as f:
         f.write("\n".join(json.dumps(a) for a in anns) + "\n")
-    tok, enc = encode_text.tiny_random_encoder(texts, d_model=32)
+    tok, enc = encode_text.tiny_random_encoder(32)
     encode_text.build_cache(texts, tok, enc, root / "text", dtype=torch.float32, text_len=16)
     run = root / "run"
     run.mkdir()
@@ -394,7 +394,7 @@ def test_missing_instruction_is_named_before_scoring(bench_setup, tmp_path):
     import encode_text
     run = tmp_path / "run"
     shutil.copytree(bench_setup / "run", run)
-    tok, enc = encode_text.tiny_random_encoder(["push the block"], d_model=32)
+    tok, enc = encode_text.tiny_random_encoder(32)
     encode_text.build_cache(["push the block"], tok, enc, tmp_path / "text", dtype=torch.float32, text_len=16)
     with pytest.raises(SystemExit, match=r": no embedding for 1 instruction\(s\): 'lift the block'; add them with: "
                                          r"python encode_text.py .* --lerobot "):

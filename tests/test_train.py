@@ -36,7 +36,7 @@ def dataset(tmp_path_factory):
             yield {"frames": frames, "task": ["push the block right", "slide the block"][e % 2]}
 
     write_lerobot(root / "ds", episodes(), fps=8, codec="libx264")
-    tok, enc = encode_text.tiny_random_encoder(["push the block right", "slide the block"], d_model=32)
+    tok, enc = encode_text.tiny_random_encoder(32)
     encode_text.build_cache(["push the block right", "slide the block"], tok, enc, root / "text", dtype=torch.float32,
                             text_len=16, encoder={"id": "tiny:32", "flags": "--tiny_random 32 --text_len 16"})
     return root
@@ -493,7 +493,7 @@ def test_bare_model_file_carries_what_scoring_needs(trained, dataset, tmp_path):
     save_wan_vae(WanVAE(VAE_CONFIGS["tiny"]), str(tmp_path / "other_vae.safetensors"))
     with pytest.raises(SystemExit, match="is not the VAE the model was trained with"):
         wvm_eval.load_scorer(wvm_eval.parse_args(argv + ["--vae", str(tmp_path / "other_vae.safetensors")]))
-    tok, enc = tiny_random_encoder(["push the block right"], d_model=32, seed=1)
+    tok, enc = tiny_random_encoder(32, seed=1)
     build_cache(["push the block right"], tok, enc, tmp_path / "text", dtype=torch.float32, text_len=16,
                 encoder={"id": "tiny_random:seed1", "flags": "--tiny_random 32"})
     with pytest.raises(SystemExit, match="not the text encoder the model was trained with"):
