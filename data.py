@@ -543,8 +543,9 @@ class ClipDataset(torch.utils.data.Dataset):
     t-h, current t-h+1..t, future t+1..t+h, clamped to [0, T'-1] (before the start frame 0 with value 0,
     past the end the last frame with value 1), rewound or not (`rewind`), with the prefix value
     randomized or not (`randomize_prefix`), read in one of its wordings (`paraphrases`: {instruction: [other
-    wordings]}, one of the 1 + n drawn uniformly) and with its instruction dropped or not (`text_dropout`: the
-    trainer then gives it the empty, all-zero text context).
+    wordings]}, one of the 1 + n drawn uniformly), with its instruction dropped or not (`text_dropout`: the
+    trainer then gives it the empty, all-zero text context) and mirrored left-right or not (`mirror`, the share of
+    clips; not in the paper).
 
     Returns {"frames": float32 [3, 9, S, S] in [-1, 1], "values": float32 [5] = [prefix value, the h = 4
     chunk (current-frame) targets], "text": str, "text_dropped": bool, "mode": str, "prefix_randomized": bool,
@@ -558,14 +559,14 @@ class ClipDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, sources, fps=2.0, size=256, h=4, length=None, seed=0, rewind=0.5, plateau=0.1,
-                 prefix=0.5, text_dropout=0.0, paraphrases=None, min_frames=None, max_tries=16):
+                 prefix=0.5, text_dropout=0.0, paraphrases=None, mirror=0.0, min_frames=None, max_tries=16):
         if size is not None and size % 32:
             raise ValueError(f"ClipDataset: size {size} must be a multiple of 32 (VAE stride 16 x patch 2)")
         if sources and isinstance(sources[0], Episode):
             sources = [Source(list(sources))]
         self.fps, self.size, self.h, self.seed = fps, size, h, seed
         self.rewind, self.plateau, self.prefix, self.max_tries = rewind, plateau, prefix, max_tries
-        self.text_dropout, self.paraphrases = text_dropout, paraphrases or {}
+        self.text_dropout, self.paraphrases, self.mirror = text_dropout, paraphrases or {}, mirror
         min_frames = min_frames or h + 1
         self.sources = []
         for n, src in enumerate(sources):
@@ -603,6 +604,7 @@ class ClipDataset(torch.utils.data.Dataset):
         # the text's draws come last, so the clips and their values are those of a run without them
         text_dropped = bool(rng.random() < self.text_dropout)
         u_text = rng.random()
+        mirrored = bool(rng.random() < self.mirror)  # drawn last: the rest is that of a run without mirroring
         src = self.sources[min(int(np.searchsorted(self.cum, u[0], side="right")), len(self.sources) - 1)]
         ep = src.episodes[int(u[1] * len(src.episodes))]
         native = resample(ep.T, ep.fps, src.fps)
@@ -615,7 +617,8 @@ class ClipDataset(torch.utils.data.Dataset):
         wordings = [ep.instruction, *self.paraphrases.get(ep.instruction, ())]
         return {"episode": ep, "t": t, "k": k, "frame_index": native[k], "values9": values, "mode": mode,
                 "prefix_randomized": randomized, "values": np.array([prefix, *values[1:h + 1]], dtype=np.float32),
-                "seed": sample_seed, "text": wordings[int(u_text * len(wordings))], "text_dropped": text_dropped}
+                "seed": sample_seed, "text": wordings[int(u_text * len(wordings))], "text_dropped": text_dropped,
+                "mirrored": mirrored}
 
     def clip_key(self, ep, frame_index):
         """The exact clip: episode, size, native frames, and the video file by its real path (so that a relative
@@ -632,10 +635,12 @@ class ClipDataset(torch.utils.data.Dataset):
             if ep.id in self.bad:
                 continue
             try:
-                key = self.clip_key(ep, p["frame_index"])
+                key = self.clip_key(ep, p["frame_index"]) + ("|mirrored" if p["mirrored"] else "")
                 # a clip encoded before needs no decoding (train.py sets latent_cache with --latent_cache)
                 latents = self.latent_cache.load(key) if self.latent_cache else None
                 frames = decode_frames(ep, p["frame_index"], self.size) if latents is None else None
+                if frames is not None and p["mirrored"]:  # left-right: the same progress in a mirrored scene
+                    frames = frames.flip(-1)
             except (VideoError, av.FFmpegError, OSError) as e:
                 self.bad.add(ep.id)
                 self.failures += 1

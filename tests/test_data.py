@@ -319,6 +319,29 @@ def test_paraphrase_file_errors_name_the_file(tmp_path):
         data.read_paraphrases(tmp_path / "missing.json")
 
 
+def test_mirror_flips_the_frames_and_changes_nothing_else(tmp_path):
+    # a mirrored clip is the same clip flipped left-right, cached under its own key; the draw comes after every
+    # other one, so clips, values, seeds and wordings stay those without it; the share mirrored is p (std 0.008)
+    T = 30
+    frames = np.full((T, 64, 64, 3), 30, np.uint8)
+    frames[:, :, :32] = 200  # the left half bright
+    sim.write_lerobot(tmp_path / "m", [{"frames": frames, "task": "t", "observation.state": np.zeros((T, 3)),
+                                        "action": np.zeros((T, 2))}], FPS, codec="libx264")
+    eps = data.read_lerobot(tmp_path / "m")
+    plain, mirrored = (data.ClipDataset(eps, fps=2.0, size=32, mirror=p, length=10**6) for p in (0.0, 1.0))
+    a, b = plain[0], mirrored[0]
+    assert a["frames"][..., :16].mean() > 0.3 and a["frames"][..., 16:].mean() < -0.3
+    torch.testing.assert_close(b["frames"], a["frames"].flip(-1), rtol=0, atol=0)
+    assert b["clip_key"] == a["clip_key"] + "|mirrored" and not a["clip_key"].endswith("|mirrored")
+    half = data.ClipDataset(eps, fps=2.0, size=32, mirror=0.5, length=10**6)
+    plans = [(plain.plan(i), half.plan(i)) for i in range(4000)]
+    assert abs(np.mean([q["mirrored"] for _, q in plans]) - 0.5) < 0.03
+    assert not any(p["mirrored"] for p, _ in plans)
+    for p, q in plans:
+        assert p["frame_index"].tolist() == q["frame_index"].tolist() and p["seed"] == q["seed"]
+        assert p["values"].tolist() == q["values"].tolist() and p["text"] == q["text"]
+
+
 def test_clip_key_follows_the_video_file(lerobot, tmp_path, monkeypatch):
     """Latents are cached under the clip key: the same file read through a relative or an absolute path meets the same
     latents, and a video written again in place (a regenerated corpus) never meets the old ones."""
