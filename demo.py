@@ -73,7 +73,7 @@ def sh(*cmd, threads=None):
 def train(run_dir, flags):
     """train.py into run_dir; a run saved there resumes (a finished one says so and returns at once). One thread:
     a second buys these small models 5% (36.5 s instead of 38.3 s for 150 value steps on 2 cores) and is better
-    spent on the held-out benches' generation meanwhile; a fixed count also makes a run's numbers the same on
+    spent on the held-out benches' generation meanwhile; a fixed count also keeps a run's rounding the same on
     machines with more cores."""
     resume = os.path.exists(os.path.join(run_dir, "ckpt", "state.json"))
     sh(sys.executable, "train.py", *[f"--{k}={v}" for k, v in flags.items()], f"--out_dir={run_dir}",
