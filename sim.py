@@ -304,7 +304,6 @@ class Camera:
                 f"sim.py: no offscreen rendering (MUJOCO_GL={os.environ.get('MUJOCO_GL')!r}): {e}. Set MUJOCO_GL=egl "
                 "before mujoco is first imported, with Mesa's EGL installed (Debian/Ubuntu: libegl1 libegl-mesa0 "
                 "libgl1-mesa-dri libopengl0)") from e
-        mujoco.mjr_setBuffer(mujoco.mjtFramebuffer.mjFB_OFFSCREEN, self.ctx)
         self.scene, self.option = mujoco.MjvScene(model, maxgeom=10000), mujoco.MjvOption()
         self.cam = mujoco.MjvCamera()
         self.cam.type, self.cam.fixedcamid = mujoco.mjtCamera.mjCAMERA_FIXED, model.camera(name).id
@@ -328,7 +327,7 @@ class Camera:
                            self.scene)
         self.scene.flags[mj.mjtRndFlag.mjRND_SHADOW] = 0  # shadows and reflections cost ~10x in llvmpipe
         self.scene.flags[mj.mjtRndFlag.mjRND_REFLECTION] = 0
-        _GL.make_current()
+        _GL.make_current()  # and this camera's own offscreen buffer: several may share the context
         mj.mjr_setBuffer(mj.mjtFramebuffer.mjFB_OFFSCREEN, self.ctx)
         mj.mjr_render(self.rect, self.scene, self.ctx)
         mj.mjr_readPixels(self.img, None, self.rect, self.ctx)
