@@ -544,11 +544,15 @@ class ClipDataset(torch.utils.data.Dataset):
     past the end the last frame with value 1), rewound or not (`rewind`), with the prefix value
     randomized or not (`randomize_prefix`), read in one of its wordings (`paraphrases`: {instruction: [other
     wordings]}, one of the 1 + n drawn uniformly), with its instruction dropped or not (`text_dropout`: the
-    trainer then gives it the empty, all-zero text context) and mirrored left-right or not (`mirror`, the share of
-    clips; not in the paper).
+    trainer then gives it the empty, all-zero text context), mirrored left-right or not (`mirror`, the share of
+    clips; not in the paper) and paired with another episode's instruction or not (`mismatch`, the share of clips
+    whose instruction is not dropped: an instruction of the mixture other than the episode's, in one of its
+    wordings, and every value 0, since the video does nothing for that task; ReWiND's mismatched video-language
+    pairs, not in the paper).
 
     Returns {"frames": float32 [3, 9, S, S] in [-1, 1], "values": float32 [5] = [prefix value, the h = 4
-    chunk (current-frame) targets], "text": str, "text_dropped": bool, "mode": str, "prefix_randomized": bool,
+    chunk (current-frame) targets], "text": str, "text_dropped": bool, "mismatched": bool, "mode": str,
+    "prefix_randomized": bool,
     "seed": int (for the trainer's noise), "episode": "source/episode_index", "frame_index": int64 [9] native
     indices, "retries": int (bad episodes hit before this sample), "clip_key": str naming the exact frames (the key
     of a latent cache: episode, size, frame indices, video file, start and fps)}.
@@ -559,7 +563,8 @@ class ClipDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, sources, fps=2.0, size=256, h=4, length=None, seed=0, rewind=0.5, plateau=0.1,
-                 prefix=0.5, text_dropout=0.0, paraphrases=None, mirror=0.0, min_frames=None, max_tries=16):
+                 prefix=0.5, text_dropout=0.0, paraphrases=None, mirror=0.0, mismatch=0.0, min_frames=None,
+                 max_tries=16):
         if size is not None and size % 32:
             raise ValueError(f"ClipDataset: size {size} must be a multiple of 32 (VAE stride 16 x patch 2)")
         if sources and isinstance(sources[0], Episode):
@@ -567,6 +572,7 @@ class ClipDataset(torch.utils.data.Dataset):
         self.fps, self.size, self.h, self.seed = fps, size, h, seed
         self.rewind, self.plateau, self.prefix, self.max_tries = rewind, plateau, prefix, max_tries
         self.text_dropout, self.paraphrases, self.mirror = text_dropout, paraphrases or {}, mirror
+        self.mismatch = mismatch
         min_frames = min_frames or h + 1
         self.sources = []
         for n, src in enumerate(sources):
@@ -585,6 +591,10 @@ class ClipDataset(torch.utils.data.Dataset):
                 self.sources.append(Source(keep, src.weight, tfps, name))
         if not self.sources:
             raise DataError("ClipDataset: no usable episodes in any source (see the skipped episodes above)")
+        self.instructions = sorted({ep.instruction for src in self.sources for ep in src.episodes})
+        if mismatch and len(self.instructions) < 2:
+            raise DataError(f"ClipDataset: mismatch={mismatch} needs episodes of at least two instructions; all "
+                            f"read {self.instructions[0]!r}")
         w = np.array([s.weight for s in self.sources], dtype=np.float64)
         self.cum = np.cumsum(w / w.sum())
         self.length = length or sum(len(s.episodes) for s in self.sources)
@@ -605,6 +615,7 @@ class ClipDataset(torch.utils.data.Dataset):
         text_dropped = bool(rng.random() < self.text_dropout)
         u_text = rng.random()
         mirrored = bool(rng.random() < self.mirror)  # drawn last: the rest is that of a run without mirroring
+        u_mismatch = rng.random(3)  # and then these, so that a run without mismatched pairs is a run with none
         src = self.sources[min(int(np.searchsorted(self.cum, u[0], side="right")), len(self.sources) - 1)]
         ep = src.episodes[int(u[1] * len(src.episodes))]
         native = resample(ep.T, ep.fps, src.fps)
@@ -614,11 +625,19 @@ class ClipDataset(torch.utils.data.Dataset):
         k, mode = rewind(t, h, Tr, self.rewind, self.plateau, u[3:5])
         values = k / (Tr - 1)
         prefix, randomized = randomize_prefix(values[0], self.prefix, u[5:7])
-        wordings = [ep.instruction, *self.paraphrases.get(ep.instruction, ())]
+        instruction = ep.instruction
+        mismatched = not text_dropped and bool(u_mismatch[0] < self.mismatch)
+        if mismatched:  # another task's instruction: this video makes no progress on it
+            others = [x for x in self.instructions if x != ep.instruction]
+            instruction = others[int(u_mismatch[1] * len(others))]
+            values = np.zeros_like(values)
+            prefix, randomized = randomize_prefix(0.0, self.prefix, u[5:7])
+        wordings = [instruction, *self.paraphrases.get(instruction, ())]
+        u_word = u_mismatch[2] if mismatched else u_text
         return {"episode": ep, "t": t, "k": k, "frame_index": native[k], "values9": values, "mode": mode,
                 "prefix_randomized": randomized, "values": np.array([prefix, *values[1:h + 1]], dtype=np.float32),
-                "seed": sample_seed, "text": wordings[int(u_text * len(wordings))], "text_dropped": text_dropped,
-                "mirrored": mirrored}
+                "seed": sample_seed, "text": wordings[int(u_word * len(wordings))], "text_dropped": text_dropped,
+                "mirrored": mirrored, "mismatched": mismatched}
 
     def clip_key(self, ep, frame_index):
         """The exact clip: episode, size, native frames, and the video file by its real path (so that a relative
@@ -647,8 +666,8 @@ class ClipDataset(torch.utils.data.Dataset):
                 log.warning("skipping episode %s (%s): %s; sampling another episode", ep.id, ep.video, e)
                 continue
             return {"frames": frames, "latents": latents, "values": torch.from_numpy(p["values"]),
-                    "text": p["text"], "text_dropped": p["text_dropped"], "mode": p["mode"],
-                    "prefix_randomized": p["prefix_randomized"], "seed": p["seed"], "episode": ep.id,
+                    "text": p["text"], "text_dropped": p["text_dropped"], "mismatched": p["mismatched"],
+                    "mode": p["mode"], "prefix_randomized": p["prefix_randomized"], "seed": p["seed"], "episode": ep.id,
                     "frame_index": torch.from_numpy(p["frame_index"]), "retries": attempt, "clip_key": key}
         raise RuntimeError(f"ClipDataset: sample {i}: {self.max_tries} episodes in a row failed to decode; "
                            f"bad episodes so far: {sorted(self.bad)[:10]}")

@@ -54,6 +54,7 @@ class TrainConfig:
     prefix_p: float = 0.5
     text_dropout: float = 0.0           # share of clips trained with the empty instruction (all-zero text context)
     mirror: float = 0.0                 # share of clips mirrored left-right (not in the paper)
+    mismatch: float = 0.0               # share of clips read with another task's instruction, values 0 (not in the paper)
     paraphrases: str = ""               # JSON {instruction: [other wordings]}: each clip reads one wording, drawn
                                         # uniformly (instruction augmentation; sim.py writes one for its corpus)
     latent_cache: str = ""              # folder for VAE latents of clips (the VAE is frozen)
@@ -151,7 +152,7 @@ def check_config(cfg):
         need(getattr(cfg, k) >= 1, k, "must be at least 1")
     for k in ("warmup", "num_workers", "seed"):
         need(getattr(cfg, k) >= 0, k, "must not be negative")
-    for k in ("rewind", "plateau", "prefix_p", "text_dropout", "mirror", "min_lr_ratio"):
+    for k in ("rewind", "plateau", "prefix_p", "text_dropout", "mirror", "mismatch", "min_lr_ratio"):
         need(0 <= getattr(cfg, k) <= 1, k, "a probability or ratio: must lie in [0, 1]")
     for k in ("beta1", "beta2"):
         need(0 <= getattr(cfg, k) < 1, k, "must lie in [0, 1)")
@@ -203,7 +204,8 @@ def open_sources(cfg, h):
                             f"paraphrases here (data: {used[0]!r}, ...; file: {next(iter(paraphrases), None)!r}, ...)")
     return ClipDataset(sources, fps=cfg.fps, size=cfg.resolution, h=h, seed=cfg.seed, rewind=cfg.rewind,
                        plateau=cfg.plateau, prefix=cfg.prefix_p, text_dropout=cfg.text_dropout,
-                       paraphrases=paraphrases, mirror=cfg.mirror, length=cfg.max_steps * cfg.batch_size)
+                       paraphrases=paraphrases, mirror=cfg.mirror, mismatch=cfg.mismatch,
+                       length=cfg.max_steps * cfg.batch_size)
 
 
 class StepBatches(torch.utils.data.Sampler):

@@ -306,6 +306,46 @@ def test_paraphrases_draw_a_wording_and_change_nothing_else():
     assert all(abs(n / sum(drawer.values()) - 0.25) < 0.035 for n in drawer.values())
 
 
+def test_mismatch_pairs_another_instruction_with_zero_values():
+    # a mismatched clip reads another episode's instruction (in one of its wordings) with every value 0, the prefix
+    # randomized as usual; a dropped instruction is never mismatched; the draws come last, so clips, seeds, modes
+    # and the unmatched clips' values and wordings stay those without it; the share is p of the kept instructions
+    eps = [data.Episode("x", "unused.mp4", 0.0, 4.0, FPS, 40, "open the drawer", 0),
+           data.Episode("y", "unused.mp4", 0.0, 4.0, FPS, 40, "close the door", 1),
+           data.Episode("z", "unused.mp4", 0.0, 4.0, FPS, 40, "press the button", 2)]
+    para = {"close the door": ["shut the door"]}
+    kw = dict(fps=2.0, text_dropout=0.2, paraphrases=para, length=10**6)
+    plain = [data.ClipDataset(eps, **kw).plan(i) for i in range(4000)]
+    mixed = [data.ClipDataset(eps, mismatch=0.4, **kw).plan(i) for i in range(4000)]
+    wordings = {"open the drawer": {"open the drawer"}, "press the button": {"press the button"},
+                "close the door": {"close the door", "shut the door"}}
+    hits = []
+    for a, b in zip(plain, mixed):
+        assert a["frame_index"].tolist() == b["frame_index"].tolist() and a["seed"] == b["seed"]
+        assert a["mode"] == b["mode"] and a["text_dropped"] == b["text_dropped"] and not a["mismatched"]
+        assert a["prefix_randomized"] == b["prefix_randomized"]
+        if b["text_dropped"]:
+            assert not b["mismatched"]
+        if not b["mismatched"]:
+            assert a["values"].tolist() == b["values"].tolist() and a["text"] == b["text"]
+            continue
+        own = b["episode"].instruction
+        other = next(k for k, w in wordings.items() if b["text"] in w)
+        assert other != own
+        hits.append(other)
+        assert b["values"][1:].tolist() == [0.0] * 4 and b["values9"].tolist() == [0.0] * 9
+        assert b["values"][0] == (a["values"][0] if a["prefix_randomized"] else 0.0)
+    kept = sum(not b["text_dropped"] for b in mixed)
+    assert abs(len(hits) / kept - 0.4) < 0.03
+    # each of an episode's two other instructions about half the time, "shut the door" half of "close the door"'s
+    counts = Counter(hits)
+    assert all(abs(n / len(hits) - 1 / 3) < 0.04 for n in counts.values())
+    door = [b["text"] for b in mixed if b["mismatched"] and b["text"] in wordings["close the door"]]
+    assert abs(door.count("shut the door") / len(door) - 0.5) < 0.06
+    with pytest.raises(data.DataError, match="at least two instructions"):
+        data.ClipDataset(eps[:1], fps=2.0, mismatch=0.5)
+
+
 def test_paraphrase_file_errors_name_the_file(tmp_path):
     good = tmp_path / "good.json"
     good.write_text(json.dumps({"open the drawer": ["pull the drawer open"]}))
