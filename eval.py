@@ -5,13 +5,16 @@ whole-trajectory scoring, plots, and the per-frame values / weights export for p
     python eval.py --bench all --data data/metaworld/heldout_unseen --ckpt runs/demo-prior-s0 --by task
     python eval.py --bench expert --data data/metaworld/heldout_seen --ckpt runs/demo --json out.json --plots plots/
     python eval.py --score /data/my_lerobot_dataset --out scores/ --ckpt runs/demo --chunk 10
+    python eval.py --bench expert --data data/metaworld/heldout_seen --ckpt runs/demo --instructions swap.json
 
 --ckpt is a train.py run folder (wvm.safetensors + config.json naming the VAE and text cache) or a
 wvm.safetensors file (with --vae and --text_cache where no config.json lies beside it). The model file
 records the resolution and fps it was trained at (and the fps of each source trained at its own) and the ids
 of its VAE and text encoder: scoring uses them, scores a training source at its own fps, and refuses a VAE or
 text cache other than the training one. Every table has the `time`
-(t / (T - 1)) and `constant` (0.5) baselines as reference rows.
+(t / (T - 1)) and `constant` (0.5) baselines as reference rows. --instructions FILE (JSON {instruction:
+replacement}) scores the episodes with another instruction: a rewording, or another task's, which shows how much
+the values read it.
 
 --score writes values.parquet (per-frame progress, Δ, Filtered-BC keep flag, AWR weight),
 sarm_progress.parquet (the progress file LeRobot's RA-BC weighting reads: point its rabc_progress_path
@@ -26,6 +29,7 @@ import math
 import os
 import sys
 import zlib
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -431,6 +435,24 @@ def read_annotations(path):
     return out
 
 
+def reword(items, path):
+    """--instructions: each trajectory whose instruction the JSON file {instruction: replacement} names is scored
+    with the replacement; its annotation (task, kind) stays. A file that names none of them is an error."""
+    try:
+        with open(path) as f:
+            table = json.load(f)
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: cannot read instructions: {e}") from None
+    if not isinstance(table, dict) or not all(isinstance(v, str) and v.strip() for v in table.values()):
+        raise DataError(f"{path}: instructions must be a JSON object mapping an instruction to another (a string)")
+    used = sorted({t.episode.instruction for t, _ in items})
+    if used and not set(used) & table.keys():
+        raise DataError(f"{path}: names none of the {len(used)} instructions of the data ({used[0]!r}, ...)")
+    return [(Trajectory(dataclasses.replace(t.episode, instruction=table.get(t.episode.instruction,
+                                                                              t.episode.instruction)), t.index),
+             {**a, "task": a.get("task", t.episode.instruction)}) for t, a in items]
+
+
 BENCHES = {"suboptimal": ("hesitation", "retry"), "expert": ("expert",),
            "ranking": ("expert", "hesitation", "retry", "failure")}
 SUCCEEDS = ("expert", "hesitation", "retry")  # every kind of trajectory but a failure ends with the task done
@@ -449,7 +471,8 @@ def score_items(items, scorers):
             v, spread = pred
             T = traj.episode.T
             r = {"method": scorer.name, "episode": traj.episode.id, "kind": a["kind"], "mechanism": a.get("mechanism"),
-                 "task": a.get("task", traj.episode.instruction), "embodiment": a.get("embodiment", traj.episode.source),
+                 "task": a.get("task", traj.episode.instruction), "instruction": traj.episode.instruction,
+                 "embodiment": a.get("embodiment", traj.episode.source),
                  "T": T, "index": traj.index.tolist(), "values": v.tolist(), "spread": spread.tolist(),
                  "m": a.get("m"), "n": a.get("n"), "final": float(v[-1]), "voc": voc(v),
                  "achieved": 1.0 if a["kind"] in SUCCEEDS else float(a.get("achieved", "nan"))}
@@ -719,6 +742,8 @@ def parse_args(argv):
     p.add_argument("--batch", type=int, default=16, help="trajectories scored together")
     p.add_argument("--by", default="embodiment", choices=["embodiment", "task", "mechanism", "kind"],
                    help="a row per group of trajectories")
+    p.add_argument("--instructions", metavar="FILE", help="with --bench: JSON {instruction: replacement}, the "
+                   "episodes scored with another instruction (a rewording, another task's)")
     p.add_argument("--json")
     p.add_argument("--plots")
     p.add_argument("--chunk", type=int, default=10, help="action chunk length H for the weights")
@@ -745,7 +770,8 @@ def parse_args(argv):
               (not (a.bench and a.score), "give --bench or --score, not both"),
               (a.bench or a.score, "give --bench suboptimal|expert|ranking|all (with --data) or --score DATASET"),
               (not a.score or a.ckpt, "--score needs --ckpt"),
-              (not a.overlay or a.score, "--overlay goes with --score")]
+              (not a.overlay or a.score, "--overlay goes with --score"),
+              (not a.instructions or a.bench, "--instructions goes with --bench")]
     bad += [msg for ok, msg in checks if not ok]
     if bad:
         p.error("; ".join(bad))
@@ -782,6 +808,8 @@ def evaluate(args):
     benches = list(BENCHES) if args.bench == "all" else [args.bench]
     wanted = {k for b in benches for k in BENCHES[b]}
     items = [(t, a) for t, a in items if a["kind"] in wanted]
+    if args.instructions:
+        items = reword(items, args.instructions)
     for msg in problems:
         print(f"skipped: {msg}", file=sys.stderr)
     if not items:
@@ -802,8 +830,8 @@ def evaluate(args):
         print(format_table(rows))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"data": args.data, "fps": fps, "skipped": problems, "tables": tables, "trajectories": results},
-                      f, indent=1)
+            json.dump({"data": args.data, "fps": fps, "instructions": args.instructions, "skipped": problems,
+                       "tables": tables, "trajectories": results}, f, indent=1)
     if args.plots:
         plot_results(results, items, args.plots)
 

@@ -259,6 +259,47 @@ def test_expert_bench_and_weights_export(bench_setup, tmp_path, monkeypatch):
                                                                                  "episode_000001.mp4"]
 
 
+def test_instructions_file_scores_episodes_with_another_instruction(bench_setup, tmp_path):
+    import dataclasses
+    import json
+
+    import eval as wvm_eval
+
+    # the push episodes read as "lift the block": their values are those of the same frames scored with that
+    # instruction directly, not those with their own (the model reads it), their task stays "push"; the lift
+    # episodes are untouched
+    swap = tmp_path / "swap.json"
+    swap.write_text(json.dumps({"push the block": "lift the block", "not in the data": "x"}))
+    runs = {}
+    for name, extra in (("own", []), ("swapped", ["--instructions", str(swap)])):
+        wvm_eval.main(["--bench", "all", "--data", str(bench_setup / "ds"), "--ckpt", str(bench_setup / "run"),
+                       "--json", str(tmp_path / f"{name}.json"), *extra])
+        res = json.load(open(tmp_path / f"{name}.json"))
+        runs[name] = {r["episode"]: r for r in res["trajectories"] if r["method"] == "wvm"}
+    assert res["instructions"] == str(swap)
+    from data import read_dataset, resample
+    eps = {ep.id: ep for ep in read_dataset(bench_setup / "ds")}
+    scorer = scorer_for(bench_setup)
+    for e, r in runs["swapped"].items():
+        own = runs["own"][e]
+        if eps[e].instruction == "push the block":
+            assert r["instruction"] == "lift the block" and r["task"] == own["task"] == "push"
+            ep = dataclasses.replace(eps[e], instruction="lift the block")
+            direct = scorer.score([Trajectory(ep, resample(ep.T, ep.fps, 2.0))], progress=False)[0][0]
+            np.testing.assert_allclose(r["values"], direct, atol=1e-6)
+            assert np.abs(np.array(r["values"]) - own["values"]).max() > 1e-4  # 100x the agreement above
+        else:
+            assert r["instruction"] == own["instruction"] == "lift the block" and r["values"] == own["values"]
+    for name, text, msg in (("list.json", '["push the block"]', "instructions must be a JSON object"),
+                            ("num.json", '{"push the block": 3}', "instructions must be a JSON object"),
+                            ("none.json", '{"open the door": "lift the block"}', "names none of the 2 instructions"),
+                            ("bad.json", "{nope", "cannot read instructions")):
+        (tmp_path / name).write_text(text)
+        with pytest.raises(SystemExit, match=f"^{tmp_path / name}: {msg}"):
+            wvm_eval.main(["--bench", "all", "--data", str(bench_setup / "ds"), "--ckpt", str(bench_setup / "run"),
+                           "--instructions", str(tmp_path / name)])
+
+
 # ----------------------------------------------------------------------------------------------
 # no silent wrong answers, no tracebacks for bad input
 
