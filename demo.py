@@ -14,6 +14,7 @@ value stream), the frozen VAE is a fixed random tiny Wan2.2 VAE shared by every 
 before it runs; an interrupted run continues where it stopped.
 """
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -23,6 +24,7 @@ import time
 import numpy as np
 
 from eval import bench_rows
+from train import TrainConfig
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 SPLITS = ("heldout_seen", "heldout_unseen")
@@ -75,9 +77,29 @@ def train(run_dir, flags):
     a second buys these small models 5% (36.5 s instead of 38.3 s for 150 value steps on 2 cores) and is better
     spent on the held-out benches' generation meanwhile; a fixed count also keeps a run's rounding the same on
     machines with more cores."""
+    check_recipe(run_dir, flags)
     resume = os.path.exists(os.path.join(run_dir, "ckpt", "state.json"))
     sh(sys.executable, "train.py", *[f"--{k}={v}" for k, v in flags.items()], f"--out_dir={run_dir}",
        *(["--resume"] if resume else []), threads=1)
+
+
+PATHS = ("data", "text_cache", "paraphrases", "vae", "wan", "latent_cache", "out_dir")
+
+
+def check_recipe(run_dir, flags):
+    """A run folder left by an earlier version of a recipe is not resumed as if it were this one (its results would
+    be printed under this recipe's name): a setting that differs from its config.json stops the demo, naming it."""
+    path = os.path.join(run_dir, "config.json")
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        saved = json.load(f)
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}  # settings older runs did not record
+    changed = [f"{k} {saved.get(k, defaults.get(k))!r} (now {v!r})" for k, v in flags.items()
+               if k not in PATHS and saved.get(k, defaults.get(k)) != v]
+    if changed:
+        raise SystemExit(f"demo.py: {run_dir} holds a run of other settings than this recipe's: {', '.join(changed)}. "
+                         f"Move or delete it (or pass --runs DIR) to train this recipe.")
 
 
 def evaluate(run_dir, data):

@@ -65,3 +65,29 @@ def test_failed_step_ends_with_a_message(capfd):
     assert msg.startswith("demo.py: this step failed (exit 3): ") and "sys.exit(3)" in msg
     demo.sh(sys.executable, "-c", "print(6 * 7)")  # a step that works runs, prints and returns
     assert "\n42\n" in capfd.readouterr().out
+
+
+def test_a_run_of_other_settings_is_not_resumed_as_this_recipe(tmp_path, monkeypatch):
+    # a run folder whose config.json differs from the recipe in a setting stops the demo before train.py runs,
+    # naming the setting; paths may differ (config.json holds them absolute); a setting the old config lacks
+    # counts at train.py's default; a folder without config.json, or with the same settings, is trained (resumed)
+    calls = []
+    monkeypatch.setattr(demo, "sh", lambda *cmd, threads=None: calls.append(cmd))
+    flags = {"lr": 0.001, "mismatch": 0.05, "data": "data/metaworld/train", "seed": 0}
+    run = tmp_path / "run"
+    run.mkdir()
+    demo.train(str(run), flags)  # nothing saved yet
+    (run / "config.json").write_text(json.dumps({"lr": 1e-3, "mismatch": 0.05, "data": "/abs/data/metaworld/train",
+                                                 "seed": 0}))
+    demo.train(str(run), flags)
+    assert len(calls) == 2
+    for saved, msg in (({"lr": 1e-3, "seed": 0}, "mismatch 0.0 (now 0.05)"),
+                       ({"lr": 1e-4, "mismatch": 0.05, "seed": 0}, "lr 0.0001 (now 0.001)")):
+        (run / "config.json").write_text(json.dumps(saved))
+        try:
+            demo.train(str(run), flags)
+        except SystemExit as e:
+            assert str(e.code).startswith(f"demo.py: {run} holds a run of other settings than this recipe's: {msg}")
+        else:
+            raise AssertionError("a run of other settings was resumed")
+    assert len(calls) == 2
