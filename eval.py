@@ -29,8 +29,7 @@ import math
 import os
 import sys
 import zlib
-import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pyarrow as pa
@@ -448,9 +447,8 @@ def reword(items, path):
     used = sorted({t.episode.instruction for t, _ in items})
     if used and not set(used) & table.keys():
         raise DataError(f"{path}: names none of the {len(used)} instructions of the data ({used[0]!r}, ...)")
-    return [(Trajectory(dataclasses.replace(t.episode, instruction=table.get(t.episode.instruction,
-                                                                              t.episode.instruction)), t.index),
-             {**a, "task": a.get("task", t.episode.instruction)}) for t, a in items]
+    return [(Trajectory(replace(t.episode, instruction=table.get(t.episode.instruction, t.episode.instruction)),
+                        t.index), {**a, "task": a.get("task", t.episode.instruction)}) for t, a in items]
 
 
 BENCHES = {"suboptimal": ("hesitation", "retry"), "expert": ("expert",),
