@@ -624,14 +624,13 @@ class ClipDataset(torch.utils.data.Dataset):
         t = lo + int(u[2] * (Tr - lo))
         k, mode = rewind(t, h, Tr, self.rewind, self.plateau, u[3:5])
         values = k / (Tr - 1)
-        prefix, randomized = randomize_prefix(values[0], self.prefix, u[5:7])
         instruction = ep.instruction
         mismatched = not text_dropped and bool(u_mismatch[0] < self.mismatch)
         if mismatched:  # another task's instruction: this video makes no progress on it
             others = [x for x in self.instructions if x != ep.instruction]
             instruction = others[int(u_mismatch[1] * len(others))]
             values = np.zeros_like(values)
-            prefix, randomized = randomize_prefix(0.0, self.prefix, u[5:7])
+        prefix, randomized = randomize_prefix(values[0], self.prefix, u[5:7])
         wordings = [instruction, *self.paraphrases.get(instruction, ())]
         u_word = u_mismatch[2] if mismatched else u_text
         return {"episode": ep, "t": t, "k": k, "frame_index": native[k], "values9": values, "mode": mode,
