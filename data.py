@@ -368,6 +368,15 @@ def read_paraphrases(path):
     return d
 
 
+def check_names_some(path, table, instructions, what):
+    """A file keyed by instruction (paraphrases, replacements) that names none of the data's instructions was written
+    for other data: an error naming both, never a silent no-op."""
+    used = sorted(set(instructions))
+    if used and not set(used) & table.keys():
+        raise DataError(f"{path}: none of the {len(used)} instructions of the data has {what} here (data: "
+                        f"{used[0]!r}, ...; file: {next(iter(table), None)!r}, ...)")
+
+
 # ----------------------------------------------------------------------------- frames
 
 

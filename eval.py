@@ -38,7 +38,7 @@ import torch
 from tqdm import tqdm
 
 from checkpoint import CheckpointError
-from data import DataError, VideoError, decode_frames, read_dataset, resample
+from data import DataError, VideoError, check_names_some, decode_frames, read_dataset, resample
 from encode_text import TextCache, TextCacheError, describe, encoder_id, pad_text
 from sim import Mp4Writer
 from wan_vae import load_wan_vae, vae_fingerprint
@@ -444,9 +444,7 @@ def reword(items, path):
         raise DataError(f"{path}: cannot read instructions: {e}") from None
     if not isinstance(table, dict) or not all(isinstance(v, str) and v.strip() for v in table.values()):
         raise DataError(f"{path}: instructions must be a JSON object mapping an instruction to another (a string)")
-    used = sorted({t.episode.instruction for t, _ in items})
-    if used and not set(used) & table.keys():
-        raise DataError(f"{path}: names none of the {len(used)} instructions of the data ({used[0]!r}, ...)")
+    check_names_some(path, table, [t.episode.instruction for t, _ in items], "a replacement")
     return [(Trajectory(replace(t.episode, instruction=table.get(t.episode.instruction, t.episode.instruction)),
                         t.index), {**a, "task": a.get("task", t.episode.instruction)}) for t, a in items]
 

@@ -34,7 +34,8 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from checkpoint import CheckpointError
-from data import ClipDataset, DataError, LatentCache, Source, collate, read_dataset, read_paraphrases
+from data import (ClipDataset, DataError, LatentCache, Source, check_names_some, collate, read_dataset,
+                  read_paraphrases)
 from encode_text import TextCache, TextCacheError, encoder_id, pad_text
 from model import save_wan_dit
 from wan_vae import load_wan_vae, random_vae, save_wan_vae, vae_fingerprint
@@ -197,11 +198,9 @@ def open_sources(cfg, h):
     """The training mixture's ClipDataset, clips of 2h + 1 frames (h: the model's value chunk)."""
     sources = [Source(read_dataset(path, camera=cfg.camera or None), weight, fps) for path, weight, fps in data_specs(cfg)]
     paraphrases = read_paraphrases(cfg.paraphrases) if cfg.paraphrases else None
-    if paraphrases is not None:  # a file for other data is an error, not a silent no-op
-        used = sorted({ep.instruction for s in sources for ep in s.episodes})
-        if used and not set(used) & paraphrases.keys():
-            raise DataError(f"{cfg.paraphrases}: none of the {len(used)} instructions of the training data has "
-                            f"paraphrases here (data: {used[0]!r}, ...; file: {next(iter(paraphrases), None)!r}, ...)")
+    if paraphrases is not None:
+        check_names_some(cfg.paraphrases, paraphrases, [ep.instruction for s in sources for ep in s.episodes],
+                         "paraphrases")
     return ClipDataset(sources, fps=cfg.fps, size=cfg.resolution, h=h, seed=cfg.seed, rewind=cfg.rewind,
                        plateau=cfg.plateau, prefix=cfg.prefix_p, text_dropout=cfg.text_dropout,
                        paraphrases=paraphrases, mirror=cfg.mirror, mismatch=cfg.mismatch,

@@ -466,7 +466,7 @@ def test_paraphrases_need_their_text_and_a_file_that_fits_the_data(dataset, tmp_
     train_here(dataset, tmp_path / "run", text_cache=str(cache), paraphrases=str(para), max_steps=1)
     other = tmp_path / "other.json"  # a file for another dataset is an error, not a silent no-op
     other.write_text(json.dumps({"open the drawer": ["pull the drawer open"]}))
-    with pytest.raises(train.DataError, match=rf"{other}: none of the 2 instructions of the training data has "
+    with pytest.raises(train.DataError, match=rf"{other}: none of the 2 instructions of the data has "
                                               r"paraphrases here \(data: 'push the block right', ...; file: 'open"):
         train_here(dataset, tmp_path / "run2", text_cache=str(cache), paraphrases=str(other))
 
