@@ -190,7 +190,7 @@ def test_latent_cache_gives_the_same_training(dataset, tmp_path):
     stored, seen, fresh = [], set(), []
     ds = train.open_sources(train.configure(args(dataset, tmp_path / "x", max_steps=3)), h=4)
     for step in range(3):  # 4 samples a step
-        keys = [ds[i]["clip_key"] for i in range(4 * step, 4 * step + 4)]
+        keys = [ds.clip_key(p["episode"], p["frame_index"]) for p in map(ds.plan, range(4 * step, 4 * step + 4))]
         fresh.append(len(set(keys)) == 4 and not set(keys) & seen)  # within a step too: 2 micro-batches of 2
         seen |= set(keys)
     for name in ("fill", "read"):
