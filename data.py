@@ -557,13 +557,13 @@ class ClipDataset(torch.utils.data.Dataset):
     clips; not in the paper) and paired with another episode's instruction or not (`mismatch`, the share of clips
     whose instruction is not dropped: an instruction of the mixture other than the episode's, in one of its
     wordings, and every value 0, since the video does nothing for that task; ReWiND's mismatched video-language
-    pairs, not in the paper).
+    pairs, not in the paper). With `first_frame` (not in the paper) each clip is led by the episode's first frame o_0,
+    the start the model then compares the window with: 2h + 2 frames, nothing else changed.
 
-    Returns {"frames": float32 [3, 9, S, S] in [-1, 1], "values": float32 [5] = [prefix value, the h = 4
-    chunk (current-frame) targets], "text": str, "text_dropped": bool, "mismatched": bool, "mode": str,
-    "prefix_randomized": bool,
-    "seed": int (for the trainer's noise), "episode": "source/episode_index", "frame_index": int64 [9] native
-    indices, "retries": int (bad episodes hit before this sample), "clip_key": str naming the exact frames (the key
+    Returns {"frames": float32 [3, 9, S, S] in [-1, 1] ([3, 10, S, S] led by o_0), "values": float32 [5] = [prefix
+    value, the h = 4 chunk (current-frame) targets], "text": str, "text_dropped": bool, "mismatched": bool, "mode": str,
+    "prefix_randomized": bool, "seed": int (for the trainer's noise), "episode": "source/episode_index",
+    "frame_index": int64 [9] (or [10]) native indices, "retries": int (bad episodes hit before this sample), "clip_key": str naming the exact frames (the key
     of a latent cache: episode, size, frame indices, video file, start and fps)}.
 
     Episodes shorter than min_frames resampled frames (default h + 1: a prefix and one chunk) are
@@ -572,8 +572,8 @@ class ClipDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, sources, fps=2.0, size=256, h=4, length=None, seed=0, rewind=0.5, plateau=0.1,
-                 prefix=0.5, text_dropout=0.0, paraphrases=None, mirror=0.0, mismatch=0.0, min_frames=None,
-                 max_tries=16):
+                 prefix=0.5, text_dropout=0.0, paraphrases=None, mirror=0.0, mismatch=0.0, first_frame=False,
+                 min_frames=None, max_tries=16):
         if size is not None and size % 32:
             raise ValueError(f"ClipDataset: size {size} must be a multiple of 32 (VAE stride 16 x patch 2)")
         if sources and isinstance(sources[0], Episode):
@@ -581,7 +581,7 @@ class ClipDataset(torch.utils.data.Dataset):
         self.fps, self.size, self.h, self.seed = fps, size, h, seed
         self.rewind, self.plateau, self.prefix, self.max_tries = rewind, plateau, prefix, max_tries
         self.text_dropout, self.paraphrases, self.mirror = text_dropout, paraphrases or {}, mirror
-        self.mismatch = mismatch
+        self.mismatch, self.first_frame = mismatch, first_frame
         min_frames = min_frames or h + 1
         self.sources = []
         for n, src in enumerate(sources):
@@ -642,7 +642,8 @@ class ClipDataset(torch.utils.data.Dataset):
         prefix, randomized = randomize_prefix(values[0], self.prefix, u[5:7])
         wordings = [instruction, *self.paraphrases.get(instruction, ())]
         u_word = u_mismatch[2] if mismatched else u_text
-        return {"episode": ep, "t": t, "k": k, "frame_index": native[k], "values9": values, "mode": mode,
+        frames = np.concatenate([native[:1], native[k]]) if self.first_frame else native[k]
+        return {"episode": ep, "t": t, "k": k, "frame_index": frames, "values9": values, "mode": mode,
                 "prefix_randomized": randomized, "values": np.array([prefix, *values[1:h + 1]], dtype=np.float32),
                 "seed": sample_seed, "text": wordings[int(u_word * len(wordings))], "text_dropped": text_dropped,
                 "mirrored": mirrored, "mismatched": mismatched}
@@ -708,8 +709,8 @@ def collate(samples):
 
 class LatentCache:
     """The latents of training clips on disk, each clip encoded once: root/clips-<vae id>/<clip key>.safetensors holds
-    the clip's [current | future] latents [C, 2, h, w] (wvm.clip_latents), for the VAE whose id (wan_vae.vae_fingerprint)
-    names the folder.
+    the clip's [current | future] latents [C, 2, h, w] (wvm.clip_latents; [C, 3, h, w] led by o_0's), for the VAE
+    whose id (wan_vae.vae_fingerprint) names the folder.
 
     The VAE is frozen, so a stored latent is exactly what encoding again would give, and a different VAE (weights,
     dtype or config) gets its own folder. The key (ClipDataset's clip_key) names the clip's episode, its exact native

@@ -275,7 +275,8 @@ class WVMScorer:
             for i in live:
                 t = ends[i][k]
                 p = t - self.h  # prefix frame; -1 (before the start) is frame 0 with value 0
-                clips.append(frames[i][:, [max(p, 0)] + list(range(t - self.h + 1, t + 1))])
+                lead = [0] if self.trained.get("first_frame") else []  # o_0, for a model trained with it
+                clips.append(frames[i][:, lead + [max(p, 0)] + list(range(t - self.h + 1, t + 1))])
                 prefix.append(0.0 if p < 0 else float(np.clip(read(i, p)[0], 0, 1)))
             lat = clip_latents(self.vae, torch.stack(clips).to(self.device), self.h)  # the current latent
             context = pad_text([ctx[i] for i in live])

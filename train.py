@@ -55,6 +55,7 @@ class TrainConfig:
     prefix_p: float = 0.5
     text_dropout: float = 0.0           # share of clips trained with the empty instruction (all-zero text context)
     mirror: float = 0.0                 # share of clips mirrored left-right (not in the paper)
+    first_frame: bool = False           # lead each clip with the episode's first frame o_0 (not in the paper)
     mismatch: float = 0.0               # share of clips read with another task's instruction, values 0 (not in the paper)
     paraphrases: str = ""               # JSON {instruction: [other wordings]}: each clip reads one wording, drawn
                                         # uniformly (instruction augmentation; sim.py writes one for its corpus)
@@ -203,7 +204,7 @@ def open_sources(cfg, h):
                          "paraphrases")
     return ClipDataset(sources, fps=cfg.fps, size=cfg.resolution, h=h, seed=cfg.seed, rewind=cfg.rewind,
                        plateau=cfg.plateau, prefix=cfg.prefix_p, text_dropout=cfg.text_dropout,
-                       paraphrases=paraphrases, mirror=cfg.mirror, mismatch=cfg.mismatch,
+                       paraphrases=paraphrases, mirror=cfg.mirror, mismatch=cfg.mismatch, first_frame=cfg.first_frame,
                        length=cfg.max_steps * cfg.batch_size)
 
 
@@ -282,7 +283,8 @@ def build_vae(cfg, device, dataset):
     elif os.path.exists(own):  # open_run deleted it unless this run resumes
         vae = load_wan_vae(own)
     else:  # no weights can be downloaded for the demo: a fixed random tiny VAE (saved with the run)
-        vae = random_vae(torch.stack([dataset[i]["frames"] for i in range(64)]), "tiny", cfg.seed + 1)
+        clips = [dataset[i]["frames"][:, -(2 * dataset.h + 1):] for i in range(64)]  # without a leading o_0
+        vae = random_vae(torch.stack(clips), "tiny", cfg.seed + 1)
     return vae.to(device).eval().requires_grad_(False)
 
 
@@ -595,6 +597,8 @@ def train(cfg, world, rank, device):
     # what scoring must reproduce to feed the model the inputs it was trained on (eval.py checks it)
     run = {"resolution": cfg.resolution, "fps": cfg.fps, "vae": vae_fingerprint(vae),
            "text_encoder": encoder_id(text_cache.encoder), "stage": cfg.stage}
+    if cfg.first_frame:  # recorded only when on, so that runs saved before the option resume as they were
+        run["first_frame"] = True
     # sources trained at their own fps are scored at it (eval.dataset_fps); a resumed run may read other sources,
     # and its record keeps those of earlier launches
     source_fps = saved.get("run", {}).get("source_fps", {}) | {

@@ -33,12 +33,18 @@ def clip_latents(vae, clips, h):
     The causal VAE encodes the first frame alone, then groups of h = 4 frames into one latent frame each, so the clip
     becomes [prefix | current | future]. The prefix frame is there so that the h current frames make a group of
     their own; its latent is dropped (the prefix value v_{t-h} reaches the model as the value stream's prefix token).
+
+    Clips led by one more frame, the episode's first o_0 (F = 2h + 2 or h + 2; train.py --first_frame, not in the
+    paper), get its latent first, encoded alone as an image: [o_0 | current (| future)].
     """
     if vae.cfg.frames_per_latent != h:
         raise ValueError(f"the VAE makes one latent frame of {vae.cfg.frames_per_latent} frames, but the value chunk "
                          f"has h = {h} values: the current latent must cover exactly the chunk's frames")
-    if clips.shape[2] not in (h + 1, 2 * h + 1):
-        raise ValueError(f"clips {tuple(clips.shape)}: expected 1 + h = {h + 1} or 1 + 2h = {2 * h + 1} frames")
+    if clips.shape[2] not in (h + 1, 2 * h + 1, h + 2, 2 * h + 2):
+        raise ValueError(f"clips {tuple(clips.shape)}: expected 1 + h = {h + 1} or 1 + 2h = {2 * h + 1} frames, "
+                         f"or one more led by the episode's first frame")
+    if clips.shape[2] in (h + 2, 2 * h + 2):
+        return torch.cat([vae.encode(clips[:, :, :1]), clip_latents(vae, clips[:, :, 1:], h)], 2)
     return vae.encode(clips)[:, :, 1:]
 
 
@@ -82,14 +88,14 @@ class WVM(nn.Module):
 
     def joint(self, x_in, t_vid, v_in, t_val, context):
         """Both streams through all layers: video latents [B, C, F, H, W] at per-frame times t_vid [B, F]
-        (F = 2: current, future) and value tokens v_in [B, 1+h] at times t_val [B, 1+h]
+        (F = 2: current, future; 3: o_0, current, future) and value tokens v_in [B, 1+h] at times t_val [B, 1+h]
         -> final video tokens, video time embedding e, final value tokens, value time embedding.
         """
         with low_precision_autocast(self.video, x_in.device.type):
             x, e, e0, ctx, rope = self.video.embed(x_in, t_vid, context)
             z, eu, e0u, ctxu = self.value.embed(v_in, t_val, context, self.video.cfg.text_len)
-            n_cur = x.shape[1] // x_in.shape[2]
-            n_fut = x.shape[1] - n_cur
+            n_fut = x.shape[1] // x_in.shape[2]  # the last latent frame is the future one
+            n_cur = x.shape[1] - n_fut
             for vb, ub in zip(self.video.blocks, self.value.blocks):
                 args = (vb, ub, x, z, (e0, ctx, rope), (e0u, ctxu), n_cur, n_fut)
                 if self.checkpointing and torch.is_grad_enabled():
@@ -114,7 +120,7 @@ class WVM(nn.Module):
 
     def forward(self, batch):
         """The training losses. batch:
-            latents [B, C, 2, H, W]   clean current and future latent (clip_latents)
+            latents [B, C, 2, H, W]   clean current and future latent (clip_latents; [B, C, 3, H, W] led by o_0's)
             context [B, L, text_dim]  umT5 features of the instruction
             values [B, 1+h]           the prefix value v_{t-h} (randomized with probability p) and the h chunk targets
             sigma_video [B], noise_video [B, C, 1, H, W], sigma_value [B], noise_value [B, h]   (flow_noise)
@@ -124,15 +130,16 @@ class WVM(nn.Module):
         """
         lat, values = batch["latents"].float(), batch["values"].float()
         B, C, F_, H, W = lat.shape
-        if F_ != 2:
-            raise ValueError(f"latents {tuple(lat.shape)}: expected the current and the future latent frame")
-        cur, fut = lat[:, :, :1], lat[:, :, 1:]                                # [B, C, 1, H, W] each
+        if F_ not in (2, 3):
+            raise ValueError(f"latents {tuple(lat.shape)}: expected the current and the future latent frame (led by "
+                             f"the first frame's or not)")
+        cur, fut = lat[:, :, :-1], lat[:, :, -1:]                              # [B, C, F-1 | 1, H, W]
         s_vid, eps_vid = batch["sigma_video"].float(), batch["noise_video"].float()
-        # the current latent is clean context at time 0 (as TI2V's first frame); the future one is noised at s_vid
-        x_in = torch.cat([cur, flow.add_noise(fut, eps_vid, s_vid)], 2)       # [B, C, 2, H, W]
-        t_vid = torch.stack([torch.zeros_like(s_vid), 1000 * s_vid], 1)       # [B, 2]
+        # the current latent (and o_0's) is clean context at time 0 (as TI2V's first frame); the future one is noised
+        x_in = torch.cat([cur, flow.add_noise(fut, eps_vid, s_vid)], 2)       # [B, C, F, H, W]
+        t_vid = torch.cat([torch.zeros_like(s_vid)[:, None].expand(-1, F_ - 1), 1000 * s_vid[:, None]], 1)  # [B, F]
         if self.video_only:  # Wan's flow loss on the future latent given the clean current one, under the same mask
-            v_fut = self.video(x_in, t_vid, batch["context"], future=1 if self.mask == "causal" else 0)[:, :, 1:]
+            v_fut = self.video(x_in, t_vid, batch["context"], future=1 if self.mask == "causal" else 0)[:, :, -1:]
             loss_video = F.mse_loss(v_fut, flow.velocity(fut, eps_vid))
             return {"loss": loss_video, "loss_value": torch.zeros((), device=lat.device), "loss_video": loss_video}
 
@@ -146,16 +153,16 @@ class WVM(nn.Module):
         loss_value = self.value.chunk_loss(out, y, eps_val)                    # the chunk tokens only, never the prefix
         loss_video = torch.zeros((), device=lat.device)
         if self.video_loss_weight:
-            n_cur = x.shape[1] // 2
-            v_fut = self.video.unpatchify(self.video.head(x[:, n_cur:], e[:, 1:]), 1, H, W)  # [B, C, 1, H, W]
+            n_cur = x.shape[1] - x.shape[1] // F_
+            v_fut = self.video.unpatchify(self.video.head(x[:, n_cur:], e[:, -1:]), 1, H, W)  # [B, C, 1, H, W]
             loss_video = F.mse_loss(v_fut, flow.velocity(fut, eps_vid))
         return {"loss": loss_value + self.video_loss_weight * loss_video, "loss_value": loss_value,
                 "loss_video": loss_video, "value_out": out.detach()}
 
     @torch.no_grad()
     def prefill(self, current, context, generator=None):
-        """Per-layer K/V [B, n_cur, heads, head_dim] of the current video tokens (current [B, C, 1, H, W]), computed
-        once for every value query against them.
+        """Per-layer K/V [B, n_cur, heads, head_dim] of the current video tokens (current [B, C, 1, H, W], or
+        [B, C, 2, H, W] led by o_0's latent), computed once for every value query against them.
 
         Under the causal mask the current tokens see only themselves, so the future latent is not needed. Under the
         full mask they see it, and scoring has none: it is fed as pure noise (time 1000). Training under the full mask
@@ -163,13 +170,13 @@ class WVM(nn.Module):
         noise, s < 0.5, in one sample of six), so its current tokens meet pure noise at scoring time only.
         """
         B = current.shape[0]
-        t = torch.zeros(B, 1, device=current.device)
+        t = torch.zeros(B, current.shape[2], device=current.device)
         x_in = current
         if self.mask == "full":
-            x_in = torch.cat([current, randn_rows(current.shape, generator, current.device)], 2)
-            t = torch.cat([t, torch.full_like(t, 1000.0)], 1)
+            x_in = torch.cat([current, randn_rows(current[:, :, :1].shape, generator, current.device)], 2)
+            t = torch.cat([t, torch.full_like(t[:, :1], 1000.0)], 1)
         x, _, e0, ctx, rope = self.video.embed(x_in.float(), t, context)
-        n_cur = x.shape[1] // x_in.shape[2]
+        n_cur = x.shape[1] - (x.shape[1] // x_in.shape[2] if self.mask == "full" else 0)
         cache = []
         for i, vb in enumerate(self.video.blocks):
             q, k, v = vb.qkv(x, e0, rope)
@@ -180,7 +187,8 @@ class WVM(nn.Module):
 
     @torch.no_grad()
     def predict_values(self, current_latents, context, prefix_value, steps=1, samples=1, generator=None):
-        """Value chunk [B, samples, h] for clean current latents [B, C, 1, H, W] and prefix values [B].
+        """Value chunk [B, samples, h] for clean current latents [B, C, 1, H, W] (led by o_0's: [B, C, 2, H, W]) and
+        prefix values [B].
 
         The video stream runs once (prefill); each Euler step and each noise sample runs only the
         value stream against the cached video K/V. generator: one for the batch, or a list of B (one per

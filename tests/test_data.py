@@ -382,6 +382,24 @@ def test_mirror_flips_the_frames_and_changes_nothing_else(tmp_path):
         assert p["values"].tolist() == q["values"].tolist() and p["text"] == q["text"]
 
 
+def test_first_frame_leads_each_clip_and_changes_nothing_else(lerobot):
+    # with first_frame every clip is led by its episode's frame 0 (read back from the gray levels), cached under its
+    # own key; the frames after it, the values, seeds, modes and wordings are those of the same sample without it
+    eps = data.read_lerobot(lerobot / "v21")
+    plain, led = (data.ClipDataset(eps, fps=2.0, size=32, first_frame=f, length=200) for f in (False, True))
+    for i in range(0, 200, 7):
+        p, q = plain.plan(i), led.plan(i)
+        assert q["frame_index"].tolist() == [0, *p["frame_index"].tolist()]
+        assert (q["values"].tolist(), q["seed"], q["mode"], q["text"]) == (p["values"].tolist(), p["seed"], p["mode"],
+                                                                           p["text"])
+    for i in range(0, 200, 29):
+        a, b = plain[i], led[i]
+        assert b["frames"].shape == (3, 10, 32, 32) and codes(b["frames"][:, :1])[0] == [0]
+        assert codes(b["frames"][:, :1])[1] == codes(a["frames"])[1][:1]  # the same episode's
+        torch.testing.assert_close(b["frames"][:, 1:], a["frames"], rtol=0, atol=0)
+        assert b["clip_key"] != a["clip_key"]
+
+
 def test_clip_key_follows_the_video_file(lerobot, tmp_path, monkeypatch):
     """Latents are cached under the clip key: the same file read through a relative or an absolute path meets the same
     latents, and a video written again in place (a regenerated corpus) never meets the old ones."""

@@ -424,6 +424,8 @@ def test_resume_refuses_other_model_inputs(dataset, trained, tmp_path):
     # a video-stage run is not continued as a WVM run (that would silently mix the two stages' schedules)
     with pytest.raises(SystemExit, match=r"stage 'value' -> 'video'"):
         train_here(dataset, out, max_steps=3, resume=True, fps=4.0, stage="video")
+    with pytest.raises(SystemExit, match=r"first_frame None -> True"):  # the clips would change under the model
+        train_here(dataset, out, max_steps=3, resume=True, fps=4.0, first_frame=True)
 
 
 def test_missing_instructions_are_named_up_front_with_the_command_that_adds_them(dataset, tmp_path):
@@ -534,6 +536,37 @@ def test_a_source_trained_at_its_own_fps_is_scored_at_it(dataset, tmp_path):
     train_here(dataset, tmp_path / "run", max_steps=2, resume=True, data=f"{tmp_path / 'other'}:1:3")
     run = load_wvm(str(tmp_path / "run" / "wvm.safetensors")).run
     assert run["source_fps"] == {os.path.realpath(dataset / "ds"): 4.0, os.path.realpath(tmp_path / "other"): 3.0}
+
+
+def test_a_run_trained_with_the_first_frame_is_scored_with_it(dataset, tmp_path, monkeypatch):
+    """--first_frame: training encodes o_0 ahead of each clip (3 latent frames, cached together), the model file
+    records it, and scoring leads every window with the trajectory's o_0: the latent the model gets first is o_0's
+    encoded alone, the next the window's as a run without it gets it."""
+    import eval as wvm_eval
+    from data import decode_frames, read_dataset, resample
+    from wvm import clip_latents
+    train_here(dataset, tmp_path / "run", max_steps=1, first_frame=True, latent_cache=str(tmp_path / "lat"))
+    from safetensors.torch import load_file
+    cached = [load_file(f)["latents"].shape for f in (tmp_path / "lat").rglob("*.safetensors")]
+    assert len(cached) >= 2 and set(cached) == {(48, 3, 2, 2)}  # o_0, current, future
+    scorer = wvm_eval.load_scorer(wvm_eval.parse_args(["--bench", "expert", "--data", "x", "--ckpt",
+                                                       str(tmp_path / "run")]))
+    assert scorer.trained["first_frame"] is True
+    ep = read_dataset(dataset / "ds")[1]
+    traj = wvm_eval.Trajectory(ep, resample(ep.T, ep.fps, 2.0))
+    seen = []
+    predict = scorer.model.predict_values
+    monkeypatch.setattr(scorer.model, "predict_values", lambda lat, *a, **k: (seen.append(lat), predict(lat, *a, **k))[1])
+    scorer.score([traj], progress=False)
+    frames = decode_frames(ep, traj.index, 32)[None]
+    first = scorer.vae.encode(frames[:, :, :1])
+    ends = wvm_eval.window_ends(len(traj.index), 4, 1)
+    assert len(seen) == len(ends)
+    for lat, t in zip(seen, ends):
+        assert lat.shape == (1, 48, 2, 2, 2)
+        torch.testing.assert_close(lat[:, :, :1], first, rtol=1e-5, atol=1e-6)
+        window = clip_latents(scorer.vae, frames[:, :, [max(t - 4, 0), *range(t - 3, t + 1)]], 4)
+        torch.testing.assert_close(lat[:, :, 1:], window, rtol=1e-5, atol=1e-6)
 
 
 def test_bad_inputs_end_with_their_message_only(dataset, tmp_path):

@@ -278,6 +278,17 @@ def test_clip_latents_checks_h_against_the_vae(tiny):
         clip_latents(tiny, video(13), 4)
 
 
+def test_clip_latents_led_by_the_first_frame_encode_it_as_an_image(tiny, reference):
+    """train.py --first_frame: a clip led by the episode's o_0 gets o_0's latent first, as diffusers encodes o_0
+    alone (an image), then the latents the clip after it gets without o_0."""
+    clip = video(10, B=2, seed=3)
+    z = clip_latents(tiny, clip, 4)
+    assert z.shape == (2, 48, 3, 2, 3)
+    close(z[:, :, :1], ref_encode(reference[0], clip[:, :, :1]))
+    close(z[:, :, 1:], ref_encode(reference[0], clip[:, :, 1:])[:, :, 1:])
+    torch.testing.assert_close(clip_latents(tiny, clip[:, :, :6], 4), z[:, :, :2], rtol=1e-5, atol=1e-5)  # scoring
+
+
 def test_calibrated_random_vae_has_unit_latents_and_round_trips(tmp_path):
     """A random VAE's latents, normalized with constants measured on the same clips, have per-channel mean 0 and
     std 1; save_wan_vae keeps those constants, so the reloaded VAE encodes identically."""

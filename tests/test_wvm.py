@@ -20,10 +20,11 @@ def tiny(mask="causal", head="flow", seed=0):
     return m.eval()
 
 
-def inputs(seed=1):
+def inputs(seed=1, frames=2):
+    """frames 2: current, future latent; 3: led by the first frame's (train.py --first_frame), clean like the current."""
     g = torch.Generator().manual_seed(seed)
-    x_in = torch.randn(B, C, 2, H, W, generator=g)
-    t_vid = torch.tensor([[0.0, 400.0], [0.0, 900.0]])
+    x_in = torch.randn(B, C, frames, H, W, generator=g)
+    t_vid = torch.tensor([[0.0] * (frames - 1) + [400.0], [0.0] * (frames - 1) + [900.0]])
     v_in = torch.rand(B, 5, generator=g)
     t_val = torch.tensor([[0.0] + [700.0] * 4, [0.0] + [150.0] * 4])
     ctx = torch.randn(B, 7, TXT, generator=g)
@@ -39,12 +40,13 @@ def test_value_stream_size_matches_paper():
     assert 0.6e9 < n < 0.8e9
 
 
+@pytest.mark.parametrize("frames", [2, 3])
 @pytest.mark.parametrize("mask", ["causal", "full"])
-def test_video_only_loss_is_the_joint_video_loss(mask):
+def test_video_only_loss_is_the_joint_video_loss(mask, frames):
     """The world-model prior (video_only) trains exactly the video stream WVM runs: its loss equals the joint
     forward's video loss, and its gradients reach only the video stream."""
     m = tiny(mask)
-    x_in, _, v_in, _, ctx = inputs()
+    x_in, _, v_in, _, ctx = inputs(frames=frames)
     batch = {"latents": x_in, "context": ctx, "values": v_in, "sigma_video": torch.tensor([0.3, 0.8]),
              "noise_video": torch.randn(B, C, 1, H, W), "sigma_value": torch.tensor([0.5, 0.2]),
              "noise_value": torch.randn(B, 4)}
@@ -100,27 +102,30 @@ def test_video_stream_ignores_value_tokens():
         assert torch.equal(m(batch)["loss_video"], m(batch2)["loss_video"])
 
 
+@pytest.mark.parametrize("frames", [2, 3])
 @pytest.mark.parametrize("mask", ["causal", "full"])
-def test_wvm_video_stream_is_the_wan_dit(mask):
-    """Full mask: the video stream computes exactly WanDiT on both frames. Causal mask: the current frame is
-    computed as if it were alone."""
+def test_wvm_video_stream_is_the_wan_dit(mask, frames):
+    """Full mask: the video stream computes exactly WanDiT on every frame. Causal mask: the current frame (with the
+    first frame's, when it leads) is computed as if it were alone."""
     m = tiny(mask)
-    x_in, t_vid, v_in, t_val, ctx = inputs()
+    x_in, t_vid, v_in, t_val, ctx = inputs(frames=frames)
     with torch.no_grad():
         x, e, _, _ = m.joint(x_in, t_vid, v_in, t_val, ctx)
-        ours = m.video.unpatchify(m.video.head(x, e), 2, H, W)
+        ours = m.video.unpatchify(m.video.head(x, e), frames, H, W)
         if mask == "full":
             torch.testing.assert_close(ours, m.video(x_in, t_vid, ctx), rtol=1e-5, atol=1e-5)
         else:
-            torch.testing.assert_close(ours[:, :, :1], m.video(x_in[:, :, :1], t_vid[:, :1], ctx), rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(ours[:, :, :-1], m.video(x_in[:, :, :-1], t_vid[:, :-1], ctx), rtol=1e-5,
+                                       atol=1e-5)
 
 
+@pytest.mark.parametrize("frames", [2, 3])
 @pytest.mark.parametrize("mask", ["causal", "full"])
-def test_future_latent_reaches_values_only_under_full_mask(mask):
+def test_future_latent_reaches_values_only_under_full_mask(mask, frames):
     m = tiny(mask)
-    x_in, t_vid, v_in, t_val, ctx = inputs()
+    x_in, t_vid, v_in, t_val, ctx = inputs(frames=frames)
     x_alt = x_in.clone()
-    x_alt[:, :, 1] = torch.randn_like(x_alt[:, :, 1])
+    x_alt[:, :, -1] = torch.randn_like(x_alt[:, :, -1])
     with torch.no_grad():
         z1 = m.value.chunk_out(*m.joint(x_in, t_vid, v_in, t_val, ctx)[2:])
         z2 = m.value.chunk_out(*m.joint(x_alt, t_vid, v_in, t_val, ctx)[2:])
@@ -143,10 +148,11 @@ def dense_reference_attention(q, k, v, n_cur, n_fut, causal=True):
     return o.transpose(1, 2)
 
 
+@pytest.mark.parametrize("frames", [2, 3])
 @pytest.mark.parametrize("mask", ["causal", "full"])
-def test_mot_forward_equals_dense_masked_reference(mask, monkeypatch):
+def test_mot_forward_equals_dense_masked_reference(mask, frames, monkeypatch):
     m = tiny(mask)
-    x_in, t_vid, v_in, t_val, ctx = inputs()
+    x_in, t_vid, v_in, t_val, ctx = inputs(frames=frames)
     with torch.no_grad():
         ours = m.joint(x_in, t_vid, v_in, t_val, ctx)
         monkeypatch.setattr(wvm_module, "mot_attention", dense_reference_attention)
@@ -155,20 +161,21 @@ def test_mot_forward_equals_dense_masked_reference(mask, monkeypatch):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("frames", [2, 3])
 @pytest.mark.parametrize("mask", ["causal", "full"])
-def test_predict_values_equals_joint_forward(mask):
+def test_predict_values_equals_joint_forward(mask, frames):
     m = tiny(mask)
-    x_in, _, v_in, _, ctx = inputs()
+    x_in, _, v_in, _, ctx = inputs(frames=frames)
     prefix, S, steps, h = v_in[:, 0], 3, 2, 4
     g = torch.Generator().manual_seed(5)
-    pred = m.predict_values(x_in[:, :, :1], ctx, prefix, steps=steps, samples=S, generator=g)
+    pred = m.predict_values(x_in[:, :, :-1], ctx, prefix, steps=steps, samples=S, generator=g)
     # the same computation through the joint forward, one full pass per Euler step and sample
     g = torch.Generator().manual_seed(5)
     future = torch.randn(B, C, 1, H, W, generator=g) if mask == "full" else torch.randn(B, C, 1, H, W)
     eps = torch.randn(B * S, h, generator=g)
     rep = lambda t: t.repeat_interleave(S, 0)  # noqa: E731
-    x_full = rep(torch.cat([x_in[:, :, :1], future], 2))
-    t_vid = torch.tensor([[0.0, 1000.0]]).expand(B * S, 2)
+    x_full = rep(torch.cat([x_in[:, :, :-1], future], 2))
+    t_vid = torch.tensor([[0.0] * (frames - 1) + [1000.0]]).expand(B * S, frames)
     y = eps
     with torch.no_grad():
         for s, s_next in ((1.0, 0.5), (0.5, 0.0)):
