@@ -563,8 +563,9 @@ class ClipDataset(torch.utils.data.Dataset):
     Returns {"frames": float32 [3, 9, S, S] in [-1, 1] ([3, 10, S, S] led by o_0), "values": float32 [5] = [prefix
     value, the h = 4 chunk (current-frame) targets], "text": str, "text_dropped": bool, "mismatched": bool, "mode": str,
     "prefix_randomized": bool, "seed": int (for the trainer's noise), "episode": "source/episode_index",
-    "frame_index": int64 [9] (or [10]) native indices, "retries": int (bad episodes hit before this sample), "clip_key": str naming the exact frames (the key
-    of a latent cache: episode, size, frame indices, video file, start and fps)}.
+    "frame_index": int64 [9] (or [10]) native indices, "retries": int (bad episodes hit before this sample),
+    "clip_key": str naming the exact frames (the key of a latent cache: episode, size, frame indices, video file,
+    start and fps)}.
 
     Episodes shorter than min_frames resampled frames (default h + 1: a prefix and one chunk) are
     skipped at construction. A decoding failure marks the episode bad (one warning), and the sample is

@@ -292,7 +292,8 @@ def test_instructions_file_scores_episodes_with_another_instruction(bench_setup,
             assert r["instruction"] == own["instruction"] == "lift the block" and r["values"] == own["values"]
     for name, text, msg in (("list.json", '["push the block"]', "instructions must be a JSON object"),
                             ("num.json", '{"push the block": 3}', "instructions must be a JSON object"),
-                            ("none.json", '{"open the door": "lift the block"}', "none of the 2 instructions of the data has a replacement here"),
+                            ("none.json", '{"open the door": "lift the block"}',
+                             "none of the 2 instructions of the data has a replacement here"),
                             ("bad.json", "{nope", "cannot read instructions")):
         (tmp_path / name).write_text(text)
         with pytest.raises(SystemExit, match=f"^{tmp_path / name}: {msg}"):

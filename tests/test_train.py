@@ -543,10 +543,10 @@ def test_a_run_trained_with_the_first_frame_is_scored_with_it(dataset, tmp_path,
     records it, and scoring leads every window with the trajectory's o_0: the latent the model gets first is o_0's
     encoded alone, the next the window's as a run without it gets it."""
     import eval as wvm_eval
+    from safetensors.torch import load_file
     from data import decode_frames, read_dataset, resample
     from wvm import clip_latents
     train_here(dataset, tmp_path / "run", max_steps=1, first_frame=True, latent_cache=str(tmp_path / "lat"))
-    from safetensors.torch import load_file
     cached = [load_file(f)["latents"].shape for f in (tmp_path / "lat").rglob("*.safetensors")]
     assert len(cached) >= 2 and set(cached) == {(48, 3, 2, 2)}  # o_0, current, future
     scorer = wvm_eval.load_scorer(wvm_eval.parse_args(["--bench", "expert", "--data", "x", "--ckpt",
@@ -556,7 +556,8 @@ def test_a_run_trained_with_the_first_frame_is_scored_with_it(dataset, tmp_path,
     traj = wvm_eval.Trajectory(ep, resample(ep.T, ep.fps, 2.0))
     seen = []
     predict = scorer.model.predict_values
-    monkeypatch.setattr(scorer.model, "predict_values", lambda lat, *a, **k: (seen.append(lat), predict(lat, *a, **k))[1])
+    monkeypatch.setattr(scorer.model, "predict_values",
+                        lambda lat, *a, **k: (seen.append(lat), predict(lat, *a, **k))[1])
     scorer.score([traj], progress=False)
     frames = decode_frames(ep, traj.index, 32)[None]
     first = scorer.vae.encode(frames[:, :, :1])

@@ -21,7 +21,7 @@ def tiny(mask="causal", head="flow", seed=0):
 
 
 def inputs(seed=1, frames=2):
-    """frames 2: current, future latent; 3: led by the first frame's (train.py --first_frame), clean like the current."""
+    """frames 2: current, future latent; 3: led by the first frame's (train.py --first_frame), clean as the current."""
     g = torch.Generator().manual_seed(seed)
     x_in = torch.randn(B, C, frames, H, W, generator=g)
     t_vid = torch.tensor([[0.0] * (frames - 1) + [400.0], [0.0] * (frames - 1) + [900.0]])
