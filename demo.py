@@ -108,11 +108,14 @@ def evaluate(run_dir, data):
     groups being "average" and each task, and {(split, "tasks"): [task, ...]}.
 
     The splits are scored at the same time, one thread each: a model this small leaves a second thread mostly idle
-    (on 2 cores: 57 s for both instead of 85 s one after the other). Each pass writes its log to <split>.log."""
+    (on 2 cores: 57 s for both instead of 85 s one after the other). Each pass writes its log to <split>.log. Scores
+    saved before the model was (a run trained further or over, e.g. with train.py --overwrite, which leaves them) are
+    scored again, never reported as the new model's."""
     results, todo = {}, []
+    model = os.path.join(run_dir, "wvm.safetensors")
     for split in SPLITS:
         out = os.path.join(run_dir, f"{split}.json")
-        if not os.path.exists(out):
+        if not os.path.exists(out) or (os.path.exists(model) and os.path.getmtime(out) < os.path.getmtime(model)):
             cmd = [sys.executable, "eval.py", "--bench", "all", "--data", os.path.join(data, split), "--ckpt", run_dir,
                    "--json", out, "--plots", os.path.join(run_dir, "plots", split)]
             print("\n$ " + " ".join(cmd) + f"  > {os.path.join(run_dir, split)}.log", flush=True)

@@ -825,10 +825,11 @@ def evaluate(args):
         print(f"\n{bench} bench on {args.data}: {n} trajectories at {fps:g} fps"
               + (f", {len(problems)} skipped or reported (see above)" if problems else ""))
         print(format_table(rows))
-    if args.json:
-        with open(args.json, "w") as f:
+    if args.json:  # whole or not at all: demo.py takes a results file it finds for finished scores
+        with open(args.json + ".tmp", "w") as f:
             json.dump({"data": args.data, "fps": fps, "instructions": args.instructions, "skipped": problems,
                        "tables": tables, "trajectories": results}, f, indent=1)
+        os.replace(args.json + ".tmp", args.json)
     if args.plots:
         plot_results(results, items, args.plots)
 

@@ -53,6 +53,39 @@ def test_tables_per_task_and_average(tmp_path):
     assert demo.line(["x"], rows[:1]) == "| x | 0.300 | -0.200 | 0.600 | 0.667 | 0.167 | 0.550 |"
 
 
+def test_scores_older_than_the_model_are_scored_again(tmp_path, monkeypatch):
+    """A run trained again after it was scored (train.py --overwrite leaves the scores) is scored again; scores newer
+    than the model are read back without running eval.py."""
+    import os
+    run = tmp_path / "run"
+    run.mkdir()
+    trajs = trajectories(0.0)
+    saved = json.dumps({"tables": {b: bench_rows(b, trajs) for b in ("suboptimal", "expert", "ranking")},
+                        "trajectories": trajs})
+    for split in demo.SPLITS:
+        (run / f"{split}.json").write_text(saved)
+        os.utime(run / f"{split}.json", (1000, 1000))
+    (run / "wvm.safetensors").write_bytes(b"a model saved after the scores")
+    started = []
+
+    class Eval:  # eval.py, as demo.evaluate starts it: writes the --json file
+        def __init__(self, cmd, **kw):
+            started.append(cmd)
+            self.args, self.returncode = cmd, 0
+            with open(cmd[cmd.index("--json") + 1], "w") as f:
+                f.write(saved)
+
+        def wait(self):
+            return 0
+
+    monkeypatch.setattr(demo.subprocess, "Popen", Eval)
+    demo.evaluate(str(run), "data/metaworld")
+    assert sorted(c[c.index("--data") + 1] for c in started) == [f"data/metaworld/{s}" for s in sorted(demo.SPLITS)]
+    started.clear()
+    demo.evaluate(str(run), "data/metaworld")  # now newer than the model: read back
+    assert started == []
+
+
 def test_failed_step_ends_with_a_message(capfd):
     """A step that fails ends the demo with one message naming the command, not a traceback of demo.py."""
     import sys

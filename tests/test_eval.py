@@ -194,7 +194,7 @@ def bench_setup(tmp_path_factory):
     return root
 
 
-def test_suboptimal_bench_end_to_end(bench_setup, tmp_path, capsys):
+def test_suboptimal_bench_end_to_end(bench_setup, tmp_path, capsys, monkeypatch):
     import json
 
     import eval as wvm_eval
@@ -217,6 +217,16 @@ def test_suboptimal_bench_end_to_end(bench_setup, tmp_path, capsys):
     assert len(wv["values"]) == len(wv["index"]) == 9 and max(wv["spread"]) > 0  # 32 frames at 8 fps -> 9 at 2 fps
     assert all(0 <= v <= 1 for v in wv["values"])
     assert {p.name for p in (tmp_path / "plots").iterdir()} == {"ds_0.png", "ds_1.png", "ds_2.png", "summary.png"}
+    before = out.read_bytes()
+
+    def killed(obj, f, **kw):  # the process dies while the results are being written
+        f.write('{"data": ')
+        raise KeyboardInterrupt
+    monkeypatch.setattr(json, "dump", killed)
+    with pytest.raises(KeyboardInterrupt):
+        wvm_eval.main(["--bench", "suboptimal", "--data", str(bench_setup / "ds"), "--ckpt",
+                       str(bench_setup / "run"), "--json", str(out)])
+    assert out.read_bytes() == before  # the previous results, whole
 
 
 def test_expert_bench_and_weights_export(bench_setup, tmp_path, monkeypatch):
