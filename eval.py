@@ -543,7 +543,7 @@ def format_table(rows):
 
 
 def plot_results(results, items, plots_dir, size=64):
-    """One PNG per trajectory (frame strip, predictions with spread band, ground truth) + a summary figure."""
+    """One PNG per trajectory (frame strip, predictions with spread band, ground truth) and summary.png."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -576,15 +576,44 @@ def plot_results(results, items, plots_dir, size=64):
         fig.tight_layout()
         fig.savefig(os.path.join(plots_dir, ep_id.replace("/", "_") + ".png"), dpi=80)
         plt.close(fig)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    methods = sorted({r["method"] for r in results})
-    for key in ("hesitation_rmse", "retry_voc", "voc"):
-        vals = [[r[key] for r in results if r["method"] == m and key in r and not math.isnan(r[key])] for m in methods]
-        if any(vals):
-            ax.bar([f"{m}\n{NAMES[key].split()[0]}" for m in methods], [np.mean(v) if v else 0 for v in vals])
-    ax.set_title("per-method averages")
+    plot_summary(results, os.path.join(plots_dir, "summary.png"))
+
+
+def plot_summary(results, path):
+    """Every WVM curve by kind on its trajectory's own time axis (a failure: what it achieved, as a marker at its
+    end) and the bench metrics per method, from score_items' results (or a --json file's "trajectories")."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    kinds = [k for k in BENCHES["ranking"] if any(r["kind"] == k for r in results)]
+    fig, axes = plt.subplots(1, len(kinds) + 1, figsize=(3.2 * (len(kinds) + 1), 3.2), squeeze=False)
+    for ax, kind in zip(axes[0], kinds):
+        rs = [r for r in results if r["method"] == "wvm" and r["kind"] == kind]
+        for r in rs:
+            ax.plot(np.asarray(r["index"]) / max(r["T"] - 1, 1), r["values"], color="C0", alpha=0.35, lw=1)
+            if kind == "failure":
+                ax.plot([1.0], [r["achieved"]], "k*", markersize=5, alpha=0.5)
+        ax.plot([0, 1], [0, 1], "k--", lw=1, label="time" if kind == "expert" else None)
+        plural = kind[:-1] + "ies" if kind.endswith("y") else kind + "s"
+        ax.set(title=f"wvm: {len(rs)} {kind if len(rs) == 1 else plural}", xlabel="t / (T - 1)", ylim=(-0.05, 1.05))
+        if kind == "failure":
+            ax.plot([], [], "k*", label="achieved at the end")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, loc="upper left")
+    axes[0][0].set_ylabel("predicted progress")
+    ax, methods = axes[0][-1], sorted({r["method"] for r in results})
+    keys = [k for k in ("hesitation_rmse", "retry_voc", "voc") if any(k in r for r in results)]
+    for j, m in enumerate(methods):  # grouped bars: a group per metric, a bar per method
+        vals = [[r[k] for r in results if r["method"] == m and k in r and not math.isnan(r[k])] for k in keys]
+        ax.bar(np.arange(len(keys)) + (j - (len(methods) - 1) / 2) * 0.8 / len(methods),
+               [np.mean(v) if v else 0.0 for v in vals], 0.8 / len(methods), label=m)
+    ax.set_xticks(np.arange(len(keys)), [NAMES[k].split()[0] for k in keys], fontsize=8)
+    ax.axhline(0, color="k", lw=0.5)
+    ax.set_title("averages over trajectories")
+    ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(os.path.join(plots_dir, "summary.png"), dpi=80)
+    fig.savefig(path, dpi=80)
     plt.close(fig)
 
 
