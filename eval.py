@@ -230,6 +230,7 @@ class WVMScorer:
         self.model, self.vae, self.text_cache = model.eval(), vae.eval(), text_cache
         self.size, self.stride, self.samples, self.steps, self.batch = size, stride, samples, steps, batch
         self.device, self.seed, self.h, self.trained = torch.device(device), seed, model.chunk, trained or {}
+        self.lead = [0] if self.trained.get("first_frame") else []  # o_0 leads every window of a model trained so
         if not 1 <= stride <= self.h:
             raise ValueError(f"stride {stride}: must be in [1, h = {self.h}] so every prefix frame is scored first")
         combine = combine or ("first" if stride == 1 else "mean")
@@ -275,8 +276,7 @@ class WVMScorer:
             for i in live:
                 t = ends[i][k]
                 p = t - self.h  # prefix frame; -1 (before the start) is frame 0 with value 0
-                lead = [0] if self.trained.get("first_frame") else []  # o_0, for a model trained with it
-                clips.append(frames[i][:, lead + [max(p, 0)] + list(range(t - self.h + 1, t + 1))])
+                clips.append(frames[i][:, self.lead + [max(p, 0)] + list(range(t - self.h + 1, t + 1))])
                 prefix.append(0.0 if p < 0 else float(np.clip(read(i, p)[0], 0, 1)))
             lat = clip_latents(self.vae, torch.stack(clips).to(self.device), self.h)  # the current latent
             context = pad_text([ctx[i] for i in live])
