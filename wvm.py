@@ -153,7 +153,7 @@ class WVM(nn.Module):
         loss_value = self.value.chunk_loss(out, y, eps_val)                    # the chunk tokens only, never the prefix
         loss_video = torch.zeros((), device=lat.device)
         if self.video_loss_weight:
-            n_cur = x.shape[1] - x.shape[1] // F_
+            n_cur = x.shape[1] * (F_ - 1) // F_
             v_fut = self.video.unpatchify(self.video.head(x[:, n_cur:], e[:, -1:]), 1, H, W)  # [B, C, 1, H, W]
             loss_video = F.mse_loss(v_fut, flow.velocity(fut, eps_vid))
         return {"loss": loss_value + self.video_loss_weight * loss_video, "loss_value": loss_value,
@@ -176,7 +176,7 @@ class WVM(nn.Module):
             x_in = torch.cat([current, randn_rows(current[:, :, :1].shape, generator, current.device)], 2)
             t = torch.cat([t, torch.full_like(t[:, :1], 1000.0)], 1)
         x, _, e0, ctx, rope = self.video.embed(x_in.float(), t, context)
-        n_cur = x.shape[1] - (x.shape[1] // x_in.shape[2] if self.mask == "full" else 0)
+        n_cur = x.shape[1] * current.shape[2] // x_in.shape[2]  # the tokens of the current latent frames
         cache = []
         for i, vb in enumerate(self.video.blocks):
             q, k, v = vb.qkv(x, e0, rope)
