@@ -496,7 +496,9 @@ def bench_rows(bench, results, group_key="embodiment"):
             sel = [r for r in mine if g == "average" or r[group_key] == g]
             row = {"method": method, group_key: g}
             if bench == "ranking":
-                per_task = [ranking_metrics([r for r in sel if r["task"] == t]) for t in sorted({r["task"] for r in sel})]
+                per_task = [ranking_metrics([r for r in sel if r["task"] == t],
+                                            [r for r in mine if r["task"] == t and r["kind"] in SUCCEEDS])
+                            for t in sorted({r["task"] for r in sel})]
                 for k in RANKING:
                     vals = [m[k] for m in per_task if not math.isnan(m[k])]
                     row[k], row[f"n_{k}"] = (float(np.mean(vals)) if vals else float("nan")), len(vals)
@@ -511,14 +513,17 @@ def bench_rows(bench, results, group_key="embodiment"):
 RANKING = ("auroc", "gap", "tau_a", "voc_expert", "voc_hesitation", "voc_retry", "voc_failure", "final_failure")
 
 
-def ranking_metrics(sel):
-    """The ranking bench's metrics over the trajectories of one task."""
-    final = np.array([r["final"] for r in sel])
-    success = np.array([r["kind"] in SUCCEEDS for r in sel])
+def ranking_metrics(sel, successes=()):
+    """The ranking bench's metrics over the trajectories of one task. A group with failures and no successes (one
+    failure mechanism under --by mechanism, the failures under --by kind) is ranked against `successes`, the task's;
+    the per-kind VOC and the failures' final value stay the group's own."""
+    ranked = sel if any(r["kind"] in SUCCEEDS for r in sel) else [*sel, *successes]
+    final = np.array([r["final"] for r in ranked])
+    success = np.array([r["kind"] in SUCCEEDS for r in ranked])
     out = {"auroc": auroc(final, success),
            "gap": float(final[success].mean() - final[~success].mean()) if success.any() and (~success).any()
            else float("nan"),
-           "tau_a": kendall_tau_a(final, [r["achieved"] for r in sel]) if len(sel) > 1 else float("nan"),
+           "tau_a": kendall_tau_a(final, [r["achieved"] for r in ranked]) if len(ranked) > 1 else float("nan"),
            "final_failure": float(final[~success].mean()) if (~success).any() else float("nan")}
     for kind in ("expert", "hesitation", "retry", "failure"):
         vocs = [r["voc"] for r in sel if r["kind"] == kind]
@@ -767,7 +772,8 @@ def parse_args(argv):
     p.add_argument("--steps", type=int, default=1, help="Euler steps")
     p.add_argument("--batch", type=int, default=16, help="trajectories scored together")
     p.add_argument("--by", default="embodiment", choices=["embodiment", "task", "mechanism", "kind"],
-                   help="a row per group of trajectories")
+                   help="a row per group of trajectories (ranking: a group of failures alone, e.g. one failure mechanism, "
+                        "is ranked against its tasks' successes)")
     p.add_argument("--instructions", metavar="FILE", help="with --bench: JSON {instruction: replacement}, the "
                    "episodes scored with another instruction (a rewording, another task's)")
     p.add_argument("--json")

@@ -149,6 +149,32 @@ def test_ranking_bench_by_hand():
     assert avg["final_failure"] == pytest.approx((0.55 + 0.4) / 2)
 
 
+def test_ranking_by_mechanism_against_the_tasks_successes():
+    """--by mechanism: a failure mechanism's failures are ranked against every success of their task (a group of
+    failures alone has no AUROC), while its failure final and VOC stay its own; success groups have no AUROC."""
+    from eval import bench_rows
+
+    def r(task, kind, mechanism, final, achieved, voc=0.0):
+        return {"method": "m", "task": task, "embodiment": "e", "kind": kind, "mechanism": mechanism,
+                "final": final, "achieved": achieved, "voc": voc}
+    res = [r("a", "expert", None, 0.8, 1.0, 1.0), r("a", "hesitation", "hold", 0.6, 1.0),
+           r("a", "failure", "drop", 0.1, 0.2, -1.0), r("a", "failure", "stall", 0.7, 0.4, 0.5),
+           r("b", "expert", None, 0.5, 1.0), r("b", "failure", "drop", 0.6, 0.0, 0.25)]
+    rows = {x["mechanism"]: x for x in bench_rows("ranking", res, "mechanism")}
+    drop, stall = rows["drop"], rows["stall"]
+    # drop: task a, 0.1 below both successes (1.0); task b, 0.6 above the 0.5 expert (0.0) -> mean 0.5
+    assert drop["auroc"] == pytest.approx(0.5) and drop["n_auroc"] == 2
+    assert drop["gap"] == pytest.approx(((0.7 - 0.1) + (0.5 - 0.6)) / 2)
+    # stall, task a: between the successes: 0.8 > 0.7 > 0.6 -> AUROC 1/2; tau_a over (0.8,1) (0.6,1) (0.7,.4):
+    # (e,h) tie in achieved, (e,s) concordant, (h,s) discordant -> 0
+    assert stall["auroc"] == pytest.approx(0.5) and stall["tau_a"] == pytest.approx(0.0)
+    assert drop["final_failure"] == pytest.approx((0.1 + 0.6) / 2) and stall["final_failure"] == pytest.approx(0.7)
+    assert drop["voc_failure"] == pytest.approx((-1.0 + 0.25) / 2) and np.isnan(drop["voc_expert"])
+    assert np.isnan(rows["hold"]["auroc"]) and np.isnan(rows[None]["auroc"])
+    # the average row ranks every trajectory of a task together, as without --by
+    assert rows["average"]["auroc"] == pytest.approx((3 / 4 + 0.0) / 2)
+
+
 # end to end: a tiny random WVM run folder scores a tiny annotated dataset
 
 @pytest.fixture(scope="module")
