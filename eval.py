@@ -523,7 +523,8 @@ def ranking_metrics(sel, successes=()):
     out = {"auroc": auroc(final, success),
            "gap": float(final[success].mean() - final[~success].mean()) if success.any() and (~success).any()
            else float("nan"),
-           "tau_a": kendall_tau_a(final, [r["achieved"] for r in ranked]) if len(ranked) > 1 else float("nan"),
+           # without failures every trajectory achieved 1: no order to agree with
+           "tau_a": kendall_tau_a(final, [r["achieved"] for r in ranked]) if (~success).any() else float("nan"),
            "final_failure": float(final[~success].mean()) if (~success).any() else float("nan")}
     for kind in ("expert", "hesitation", "retry", "failure"):
         vocs = [r["voc"] for r in sel if r["kind"] == kind]

@@ -170,7 +170,7 @@ def test_ranking_by_mechanism_against_the_tasks_successes():
     assert stall["auroc"] == pytest.approx(0.5) and stall["tau_a"] == pytest.approx(0.0)
     assert drop["final_failure"] == pytest.approx((0.1 + 0.6) / 2) and stall["final_failure"] == pytest.approx(0.7)
     assert drop["voc_failure"] == pytest.approx((-1.0 + 0.25) / 2) and np.isnan(drop["voc_expert"])
-    assert np.isnan(rows["hold"]["auroc"]) and np.isnan(rows[None]["auroc"])
+    assert np.isnan(rows["hold"]["auroc"]) and np.isnan(rows[None]["auroc"]) and np.isnan(rows["hold"]["tau_a"])
     # the average row ranks every trajectory of a task together, as without --by
     assert rows["average"]["auroc"] == pytest.approx((3 / 4 + 0.0) / 2)
 
