@@ -77,6 +77,7 @@ class TrainConfig:
     batch_size: int = 1024              # global, reached by gradient accumulation
     micro_batch: int = 8                # per process and forward
     lr: float = 1e-4
+    video_lr: float = 1.0               # the video stream's learning rate, as a share of lr (not in the paper)
     min_lr_ratio: float = 0.1
     warmup: int = 500
     beta1: float = 0.9
@@ -159,7 +160,7 @@ def check_config(cfg):
     for k in ("beta1", "beta2"):
         need(0 <= getattr(cfg, k) < 1, k, "must lie in [0, 1)")
     need(0 < cfg.lr <= 1, "lr", "must lie in (0, 1]")
-    for k in ("fps", "grad_clip", "video_shift", "value_shift"):
+    for k in ("fps", "grad_clip", "video_shift", "value_shift", "video_lr"):
         need(0 < getattr(cfg, k) < math.inf, k, "must be positive")
     for k in ("video_loss_weight", "weight_decay"):
         need(0 <= getattr(cfg, k) < math.inf, k, "must not be negative")
@@ -534,8 +535,9 @@ def load_checkpoint(model, opt, cfg, rank, world, device, run):
                     t = t.to(params[name].device)
                 opt.state[params[name]][key] = t
             local(t).copy_(saved[k])
-    for group, saved_group in zip(opt.param_groups, state["param_groups"]):
-        group.update({k: tuple(v) if isinstance(group.get(k), tuple) else v for k, v in saved_group.items()})
+    for group, saved_group in zip(opt.param_groups, state["param_groups"]):  # this launch's --video_lr holds
+        group.update({k: tuple(v) if isinstance(group.get(k), tuple) else v for k, v in saved_group.items()
+                      if k != "lr_scale"})
     torch.set_rng_state(saved["rng/torch"])
     if "rng/cuda" in saved and device.type == "cuda":
         torch.cuda.set_rng_state(saved["rng/cuda"], device)
@@ -606,7 +608,11 @@ def train(cfg, world, rank, device):
     if source_fps:
         run["source_fps"] = source_fps
     model = parallelize(build_model(cfg, device), cfg, device, world, dtype)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+    # one group unless the video stream learns at its own rate (a run saved with one group resumes as it was)
+    bare = unwrap(model)
+    groups = model.parameters() if cfg.video_lr == 1 else [
+        {"params": list(bare.value.parameters())}, {"params": list(bare.video.parameters()), "lr_scale": cfg.video_lr}]
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
                             weight_decay=cfg.weight_decay, fused=device.type == "cuda",
                             foreach=device.type != "cuda")  # CPU: one op per step for all tensors, not a Python loop
     start = load_checkpoint(model, opt, cfg, rank, world, device, run) if cfg.resume else 0
@@ -636,7 +642,7 @@ def train(cfg, world, rank, device):
     while step < cfg.max_steps:
         lr = lr_at(step, cfg)
         for group in opt.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         sums = torch.zeros(3, device=device)
         for m in range(accum):
             inputs = model_inputs(next(batches), unwrap(model), vae, text_cache, device, latent_cache)

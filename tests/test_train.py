@@ -107,14 +107,16 @@ if dist.is_initialized():
 """
 
 
-@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
-def test_two_processes_match_one(dataset, tmp_path, parallel):
+@pytest.mark.parametrize("parallel,video_lr", [("ddp", 1.0), ("fsdp", 0.5)])  # FSDP2 with two parameter groups
+def test_two_processes_match_one(dataset, tmp_path, parallel, video_lr):
     script = tmp_path / "dump.py"
     script.write_text(PARAMS_DUMP)
-    single = run([sys.executable, str(script), str(tmp_path / "p1.pt"), *args(dataset, tmp_path / "one", max_steps=3)])
+    single = run([sys.executable, str(script), str(tmp_path / "p1.pt"),
+                  *args(dataset, tmp_path / "one", max_steps=3, video_lr=video_lr)])
     assert single.returncode == 0, single.stderr[-3000:]
     multi = run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
-                 str(tmp_path / "p2.pt"), *args(dataset, tmp_path / "two", max_steps=3, parallel=parallel)])
+                 str(tmp_path / "p2.pt"), *args(dataset, tmp_path / "two", max_steps=3, parallel=parallel,
+                                                  video_lr=video_lr)])
     assert multi.returncode == 0, multi.stderr[-3000:]
     a, b = losses(tmp_path / "one"), losses(tmp_path / "two")
     assert sorted(a) == [1, 2, 3] and sorted(b) == [1, 2, 3]
@@ -621,3 +623,33 @@ def test_a_vae_trained_on_the_data_is_the_runs_frozen_vae(dataset, tmp_path):
         assert json.load(f)["run"]["vae"] == wan_vae.vae_fingerprint(vae)
     with pytest.raises(SystemExit, match=f"{tmp_path / 'none'}: not a dataset"):
         wan_vae.main(["--train", "tiny", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "x.safetensors")])
+
+
+def test_video_lr_scales_the_video_streams_steps_only(dataset, tmp_path, monkeypatch):
+    """--video_lr=0.25: AdamW's step is linear in the learning rate, so from the same start and data the video
+    stream moves exactly a quarter as far as with --video_lr=1 and the value stream just as far; a run resumed with
+    another --video_lr trains at the launch's, not the saved one."""
+    cfg = train.configure(args(dataset, tmp_path / "x", max_steps=1, warmup=0))
+    start = train.build_model(cfg, torch.device("cpu")).state_dict()
+    moved = {}
+    for scale in (1.0, 0.25):
+        model = train.unwrap(train_here(dataset, tmp_path / f"s{scale}", max_steps=1, warmup=0, video_lr=scale))
+        moved[scale] = {k: v - start[k] for k, v in model.state_dict().items()}
+    video = [k for k in start if k.startswith("video.") and moved[1.0][k].abs().max() > 0]
+    value = [k for k in start if k.startswith("value.") and moved[1.0][k].abs().max() > 0]
+    assert video and value
+    for k in video:
+        torch.testing.assert_close(moved[0.25][k], 0.25 * moved[1.0][k], rtol=1e-4, atol=1e-7)
+    for k in value:
+        torch.testing.assert_close(moved[0.25][k], moved[1.0][k], rtol=1e-5, atol=1e-8)
+    out = tmp_path / "resumed"  # saved at step 2 with 0.25, resumed to step 4 with 0.5
+    train_here(dataset, out, max_steps=2, video_lr=0.25)
+    cfg = train.configure(args(dataset, out, max_steps=4, video_lr=0.5, resume=True))
+    scales, adamw_step = [], torch.optim.AdamW.step
+
+    def step(self, *a, **kw):
+        scales.append([g["lr"] / train.lr_at(2 + len(scales), cfg) for g in self.param_groups])
+        return adamw_step(self, *a, **kw)
+    monkeypatch.setattr(torch.optim.AdamW, "step", step)
+    train.train(cfg, 1, 0, torch.device("cpu"))
+    assert scales == [pytest.approx([1.0, 0.5])] * 2
