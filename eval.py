@@ -492,12 +492,15 @@ def bench_rows(bench, results, group_key="embodiment"):
     rows = []
     for method in dict.fromkeys(r["method"] for r in results):
         mine = [r for r in results if r["method"] == method and r["kind"] in BENCHES[bench]]
+        successes = {}  # per task, for the groups that have none of their own
+        for r in mine:
+            if r["kind"] in SUCCEEDS:
+                successes.setdefault(r["task"], []).append(r)
         for g in sorted({r[group_key] for r in mine}, key=str) + ["average"]:
             sel = [r for r in mine if g == "average" or r[group_key] == g]
             row = {"method": method, group_key: g}
             if bench == "ranking":
-                per_task = [ranking_metrics([r for r in sel if r["task"] == t],
-                                            [r for r in mine if r["task"] == t and r["kind"] in SUCCEEDS])
+                per_task = [ranking_metrics([r for r in sel if r["task"] == t], successes.get(t, ()))
                             for t in sorted({r["task"] for r in sel})]
                 for k in RANKING:
                     vals = [m[k] for m in per_task if not math.isnan(m[k])]
