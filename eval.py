@@ -486,7 +486,8 @@ def bench_rows(bench, results, group_key="embodiment"):
 
     suboptimal: Hesitation-RMSE and Retry-VOC (Appendix B.3); expert: Expert-VOC; each a mean over trajectories.
     ranking, over all trajectories of a task: AUROC of the final value, successes vs failures, and the gap of their
-    mean final values; Kendall tau_a of the final value with the fraction achieved (1 for a success); VOC per kind,
+    mean final values; Kendall tau_a of the final value with the fraction achieved (1 for a success), and the tau_a
+    a perfect score gets (below 1 wherever two trajectories achieved the same: every pair of successes); VOC per kind,
     so a curve that rises through a failure shows; the mean final value of failures. Ranking metrics are computed
     per task, then averaged over the tasks of a group."""
     rows = []
@@ -513,7 +514,8 @@ def bench_rows(bench, results, group_key="embodiment"):
     return rows
 
 
-RANKING = ("auroc", "gap", "tau_a", "voc_expert", "voc_hesitation", "voc_retry", "voc_failure", "final_failure")
+RANKING = ("auroc", "gap", "tau_a", "tau_a_max", "voc_expert", "voc_hesitation", "voc_retry", "voc_failure",
+           "final_failure")
 
 
 def ranking_metrics(sel, successes=()):
@@ -523,11 +525,14 @@ def ranking_metrics(sel, successes=()):
     ranked = sel if any(r["kind"] in SUCCEEDS for r in sel) else [*sel, *successes]
     final = np.array([r["final"] for r in ranked])
     success = np.array([r["kind"] in SUCCEEDS for r in ranked])
+    achieved = [r["achieved"] for r in ranked]
     out = {"auroc": auroc(final, success),
            "gap": float(final[success].mean() - final[~success].mean()) if success.any() and (~success).any()
            else float("nan"),
            # without failures every trajectory achieved 1: no order to agree with
-           "tau_a": kendall_tau_a(final, [r["achieved"] for r in ranked]) if (~success).any() else float("nan"),
+           "tau_a": kendall_tau_a(final, achieved) if (~success).any() else float("nan"),
+           # what a perfect score gets: pairs that achieved the same (two successes) count as neither
+           "tau_a_max": kendall_tau_a(achieved, achieved) if (~success).any() else float("nan"),
            "final_failure": float(final[~success].mean()) if (~success).any() else float("nan")}
     for kind in ("expert", "hesitation", "retry", "failure"):
         vocs = [r["voc"] for r in sel if r["kind"] == kind]
@@ -536,9 +541,9 @@ def ranking_metrics(sel, successes=()):
 
 
 NAMES = {"hesitation_rmse": "Hesitation-RMSE ↓", "retry_voc": "Retry-VOC ↑", "voc": "Expert-VOC ↑",
-         "auroc": "success AUROC ↑", "gap": "success - failure ↑", "tau_a": "τ_a ↑", "voc_expert": "VOC expert",
-         "voc_hesitation": "VOC hesitation", "voc_retry": "VOC retry", "voc_failure": "VOC failure ↓",
-         "final_failure": "failure final ↓"}
+         "auroc": "success AUROC ↑", "gap": "success - failure ↑", "tau_a": "τ_a ↑", "tau_a_max": "τ_a at best",
+         "voc_expert": "VOC expert", "voc_hesitation": "VOC hesitation", "voc_retry": "VOC retry",
+         "voc_failure": "VOC failure ↓", "final_failure": "failure final ↓"}
 
 
 def format_table(rows):

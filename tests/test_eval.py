@@ -144,6 +144,8 @@ def test_ranking_bench_by_hand():
     # task a, final vs achieved: (1.0,1) (0.8,1) (0.9,.5) (0.2,.1): pairs c/d = (e,r) tie, (e,f1) c, (e,f2) c,
     # (r,f1) d, (r,f2) c, (f1,f2) c -> (4 - 1) / 6
     assert a["tau_a"] == pytest.approx(3 / 6) and b["tau_a"] == 1.0
+    # a perfect score ties the two successes of task a as their achievement does: 5 of 6 pairs
+    assert a["tau_a_max"] == pytest.approx(5 / 6) and b["tau_a_max"] == 1.0
     assert a["voc_failure"] == 0.0 and b["voc_failure"] == -1.0 and np.isnan(a["voc_hesitation"])
     assert avg["auroc"] == pytest.approx((3 / 4 + 1) / 2) and avg["n_auroc"] == 2
     assert avg["final_failure"] == pytest.approx((0.55 + 0.4) / 2)
@@ -168,6 +170,7 @@ def test_ranking_by_mechanism_against_the_tasks_successes():
     # stall, task a: between the successes: 0.8 > 0.7 > 0.6 -> AUROC 1/2; tau_a over (0.8,1) (0.6,1) (0.7,.4):
     # (e,h) tie in achieved, (e,s) concordant, (h,s) discordant -> 0
     assert stall["auroc"] == pytest.approx(0.5) and stall["tau_a"] == pytest.approx(0.0)
+    assert stall["tau_a_max"] == pytest.approx(2 / 3)  # (e,h) tie in achieved
     assert drop["final_failure"] == pytest.approx((0.1 + 0.6) / 2) and stall["final_failure"] == pytest.approx(0.7)
     assert drop["voc_failure"] == pytest.approx((-1.0 + 0.25) / 2) and np.isnan(drop["voc_expert"])
     assert np.isnan(rows["hold"]["auroc"]) and np.isnan(rows[None]["auroc"]) and np.isnan(rows["hold"]["tau_a"])
