@@ -605,3 +605,41 @@ def test_window_chain_and_combine_by_hand(combine, monkeypatch):
         ev.WVMScorer(_IndexModel(), torch.nn.Identity(), text, 8, stride=2, combine="first")
     default = [ev.WVMScorer(_IndexModel(), torch.nn.Identity(), text, 8, stride=s).combine for s in (1, 2)]
     assert default == ["first", "mean"]
+
+
+def test_state_oracle_reads_each_frames_state(tmp_path):
+    """bench/state_oracle.py on a corpus whose states carry progress in one coordinate (the object's x moved from
+    where it started): the fit transfers to a new task, so every frame's value is its ground truth, which holds
+    only if each scored frame reads its own state (a shifted or resampled index would not)."""
+    import importlib.util
+    import json
+    from sim import write_lerobot
+    spec = importlib.util.spec_from_file_location("state_oracle", "bench/state_oracle.py")
+    oracle = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(oracle)
+
+    def write(split, episodes):  # (task, annotation, progress of each frame)
+        def rows():
+            for task, a, p in episodes:
+                obs = np.zeros((len(p), 39), np.float32)
+                obs[:, 4] = p
+                yield {"frames": np.zeros((len(p), 16, 16, 3), np.uint8), "task": f"do {task}",
+                       "observation.state": obs, "action": np.zeros((len(p), 4), np.float32)}
+        write_lerobot(tmp_path / split, rows(), fps=10, codec="libx264")
+        (tmp_path / split / "annotations.jsonl").write_text("".join(
+            json.dumps({"episode_index": i, "task": t, "T": len(p), **a}) + "\n" for i, (t, a, p) in enumerate(episodes)))
+
+    def bench(task):
+        return [(task, {"kind": "expert"}, gt_curve("expert", T=41)),
+                (task, {"kind": "hesitation", "m": 10, "n": 25}, gt_curve("hesitation", 10, 25, 51)),
+                (task, {"kind": "failure", "achieved": 0.4}, np.linspace(0, 0.4, 41))]
+    write("train", [(t, {"kind": "expert"}, gt_curve("expert", T=T)) for t in ("a", "b") for T in (31, 41, 51, 61)])
+    write("heldout_seen", bench("a"))
+    write("heldout_unseen", bench("c"))
+    out = oracle.evaluate(str(tmp_path), tasks=2, seeds=[0], steps=500)
+    for split in oracle.SPLITS:
+        state, time = out[split, "state"], out[split, "time"]
+        assert state["hesitation_rmse"][0] < 0.03 and time["hesitation_rmse"][0] > 0.1
+        assert state["voc"][0] > 0.99 and state["auroc"][0] == 1.0
+        # per task: 2 successes tied, the failure below both: tau_a 2/3, its ceiling
+        assert state["tau_a"][0] == pytest.approx(2 / 3)

@@ -1,0 +1,134 @@
+"""What the labels can teach apart from the pixels: an upper reference for the value benches.
+
+An MLP maps the simulator's exact state to progress: Meta-World's 39-d observation (hand, gripper, object poses,
+goal) at frame t, at the episode's frame 0, and their difference. It is fit on the training experts with the
+labels WVM trains on (t / (T - 1); no rewinding, no prefix) and scored on the held-out benches like WVM, with
+eval.py's metrics at 2 fps. It reads what no camera gives exactly (positions to the millimetre, the goal), so what
+it misses on the unseen tasks is what the labels and the training tasks cannot teach however good the features.
+
+    python bench/state_oracle.py --data data/metaworld [--tasks 39] [--seeds 0 1 2 3 4] [--json FILE]
+
+--tasks N fits on N training tasks drawn at random for each seed (the seen bench keeps those N): how the unseen
+figures move with the number of training tasks. --hide_goal zeroes the goal position (the observation's last 3
+dims), which the frames show only as a dot of 1-2 pixels at 128x128 where a task marks it with a site (reach, push,
+pick-place ...) and not at all at the 64x64 WVM reads. Each seed takes about a minute on 2 cores.
+"""
+import argparse
+import json
+import math
+import os
+import sys
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from eval import BENCHES, ConstantScorer, TimeScorer, bench_rows, load_annotated, score_items  # noqa: E402
+from policy import load_episodes  # noqa: E402
+
+SPLITS = ("heldout_seen", "heldout_unseen")
+METRICS = {"suboptimal": ("hesitation_rmse", "retry_voc"), "expert": ("voc",), "ranking": ("auroc", "tau_a")}
+
+
+def features(obs):
+    """[T, 39] states -> [T, 117]: s_t, s_0 and s_t - s_0 (where the episode started tells how far it has come)."""
+    s0 = np.broadcast_to(obs[:1], obs.shape)
+    return np.concatenate([obs, s0, obs - s0], 1)
+
+
+def fit(episodes, seed, steps=3000, batch=256):
+    """An MLP (2 x 256, GELU) from features to t / (T - 1), squared error, AdamW; returns obs [T, 39] -> [T]."""
+    torch.manual_seed(seed)
+    x = np.concatenate([features(e["obs"]) for e in episodes])
+    y = np.concatenate([np.arange(len(e["obs"])) / (len(e["obs"]) - 1) for e in episodes])
+    mu, sd = x.mean(0), x.std(0) + 1e-3
+    net = torch.nn.Sequential(torch.nn.Linear(x.shape[1], 256), torch.nn.GELU(), torch.nn.Linear(256, 256),
+                              torch.nn.GELU(), torch.nn.Linear(256, 1))
+    opt = torch.optim.AdamW(net.parameters(), 1e-3, weight_decay=1e-2)
+    x, y = torch.tensor((x - mu) / sd, dtype=torch.float32), torch.tensor(y, dtype=torch.float32)
+    for _ in range(steps):
+        b = torch.randint(0, len(x), (batch,))
+        loss = ((net(x[b])[:, 0] - y[b]) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    @torch.no_grad()
+    def progress(obs):
+        return net(torch.tensor((features(obs) - mu) / sd, dtype=torch.float32))[:, 0].clamp(0, 1).numpy()
+    return progress
+
+
+class StateScorer:
+    """eval.py's scorer interface over the states of one dataset: each trajectory's frames read from its state."""
+    name = "state"
+
+    def __init__(self, progress, obs):
+        self.progress, self.obs = progress, obs
+
+    def score(self, trajs):
+        return [(self.progress(self.obs[t.episode.episode_index])[t.index], np.zeros(len(t.index))) for t in trajs]
+
+
+def states(root, hide_goal):
+    episodes = load_episodes(root)
+    for e in episodes if hide_goal else ():
+        e["obs"][:, 36:39] = 0.0
+    return episodes
+
+
+def evaluate(data, tasks, seeds, hide_goal=False, steps=3000):
+    train = [e for e in states(os.path.join(data, "train"), hide_goal) if e["kind"] == "expert"]
+    names = sorted({e["task"] for e in train})
+    if not 1 <= tasks <= len(names):
+        raise SystemExit(f"--tasks {tasks}: {data}/train has {len(names)} tasks")
+    benches = {}
+    for split in SPLITS:
+        items, problems = load_annotated(os.path.join(data, split), fps=2.0)
+        for p in problems:
+            print(f"{split}: {p}", file=sys.stderr)
+        benches[split] = (items, {e["episode_index"]: e["obs"] for e in states(os.path.join(data, split), hide_goal)})
+    out = {}  # (split, method) -> {metric: [per seed]}
+    for seed in seeds:
+        keep = set(np.random.default_rng(seed).choice(names, tasks, replace=False)) if tasks < len(names) else set(names)
+        progress = fit([e for e in train if e["task"] in keep], seed, steps)
+        for split, (items, obs) in benches.items():
+            if split == "heldout_seen":
+                items = [(t, a) for t, a in items if a["task"] in keep]
+            scorers = [StateScorer(progress, obs)] + ([TimeScorer(), ConstantScorer()] if seed == seeds[0] else [])
+            results, _ = score_items(items, scorers)
+            for bench, keys in METRICS.items():
+                for row in bench_rows(bench, [r for r in results if r["kind"] in BENCHES[bench]]):
+                    if row["embodiment"] == "average":
+                        for k in keys:
+                            out.setdefault((split, row["method"]), {}).setdefault(k, []).append(row[k])
+            for row in bench_rows("ranking", results, "mechanism"):
+                if row["method"] == "state" and row["mechanism"] not in ("average", None):
+                    out.setdefault((split, "state"), {}).setdefault(f"auroc {row['mechanism']}", []).append(row["auroc"])
+        print(f"seed {seed}: fit on {len(keep)} tasks", file=sys.stderr)
+    return out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", default="data/metaworld", help="a sim.py corpus: train/, heldout_seen/, heldout_unseen/")
+    p.add_argument("--tasks", type=int, default=39, help="training tasks to fit on (drawn per seed)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    p.add_argument("--hide_goal", action="store_true", help="zero the goal position in every state")
+    p.add_argument("--json", help="write the per-seed figures here")
+    args = p.parse_args(argv)
+    out = evaluate(args.data, args.tasks, args.seeds, args.hide_goal)
+    for (split, method), metrics in out.items():
+        cells = []
+        for k, v in metrics.items():
+            v = [x for x in v if not math.isnan(x)]
+            if v:
+                cells.append(f"{k} {np.mean(v):.3f}" + (f" ± {np.std(v):.3f}" if len(v) > 1 else ""))
+        print(f"{split:15s} {method:9s} " + ", ".join(cells))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({f"{s} {m}": v for (s, m), v in out.items()}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
