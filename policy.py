@@ -62,8 +62,14 @@ def load_episodes(root):
     if not ann_file.exists():
         raise ValueError(f"{ann_file}: missing (a dataset written by `python sim.py policy`?)")
     ann = {a["episode_index"]: a for a in map(json.loads, ann_file.read_text().splitlines())}
-    table = pq.read_table(sorted((root / "data").rglob("*.parquet")),
-                          columns=["episode_index", "frame_index", "observation.state", "action"])
+    files, columns = sorted((root / "data").rglob("*.parquet")), ["episode_index", "frame_index", "observation.state",
+                                                                   "action"]
+    if not files:
+        raise ValueError(f"{root / 'data'}: no parquet files")
+    missing = [c for c in columns if c not in pq.read_schema(files[0]).names]
+    if missing:
+        raise ValueError(f"{files[0]}: lacks the columns {', '.join(missing)} (the simulator's state and actions)")
+    table = pq.read_table(files, columns=columns)
     ep = table["episode_index"].to_numpy()
     frame = table["frame_index"].to_numpy()
     obs = np.array(table["observation.state"].to_pylist(), dtype=np.float32)

@@ -78,6 +78,11 @@ def states(root, hide_goal):
 
 
 def evaluate(data, tasks, seeds, hide_goal=False, steps=3000):
+    for split in ("train", *SPLITS):
+        for f in ("meta/info.json", "annotations.jsonl"):
+            if not os.path.exists(os.path.join(data, split, f)):
+                raise SystemExit(f"state_oracle.py: {os.path.join(data, split, f)} not found; --data wants a sim.py "
+                                 f"corpus ({', '.join(('train', *SPLITS))}: LeRobot datasets with annotations)")
     train = [e for e in states(os.path.join(data, "train"), hide_goal) if e["kind"] == "expert"]
     names = sorted({e["task"] for e in train})
     if not 1 <= tasks <= len(names):
@@ -117,7 +122,10 @@ def main(argv=None):
     p.add_argument("--hide_goal", action="store_true", help="zero the goal position in every state")
     p.add_argument("--json", help="write the per-seed figures here")
     args = p.parse_args(argv)
-    out = evaluate(args.data, args.tasks, args.seeds, args.hide_goal)
+    try:
+        out = evaluate(args.data, args.tasks, args.seeds, args.hide_goal)
+    except (ValueError, OSError) as e:  # e.g. a dataset without observation.state (pyarrow names the column)
+        raise SystemExit(f"state_oracle.py: {e}") from None
     for (split, method), metrics in out.items():
         cells = []
         for k, v in metrics.items():
