@@ -9,9 +9,10 @@ it misses on the unseen tasks is what the labels and the training tasks cannot t
     python bench/state_oracle.py --data data/metaworld [--tasks 39] [--seeds 0 1 2 3 4] [--json FILE]
 
 --tasks N fits on N training tasks drawn at random for each seed (the seen bench keeps those N): how the unseen
-figures move with the number of training tasks. --hide_goal zeroes the goal position (the observation's last 3
-dims), which the frames show only as a dot of 1-2 pixels at 128x128 where a task marks it with a site (reach, push,
-pick-place ...) and not at all at the 64x64 WVM reads. Each seed takes about a minute on 2 cores.
+figures move with the number of training tasks. --hide zeroes parts of the state: `goal` (the last 3 dims), which
+the frames show only as a dot of 1-2 pixels at 128x128 where a task marks it with a site (reach, push, pick-place
+...) and at most a pixel at the 64x64 WVM reads; `objects` (the objects' poses, now and a step before), leaving with
+`goal` the hand and gripper alone: what a robot's own sensors give. Each seed takes about a minute on 2 cores.
 """
 import argparse
 import json
@@ -70,20 +71,27 @@ class StateScorer:
         return [(self.progress(self.obs[t.episode.episode_index])[t.index], np.zeros(len(t.index))) for t in trajs]
 
 
-def states(root, hide_goal):
+# Meta-World's observation: hand xyz, gripper, two objects' xyz + quaternion (4:18); the same 18 a step before
+# (18:36); the goal (36:39)
+HIDE = {"goal": [slice(36, 39)], "objects": [slice(4, 18), slice(22, 36)]}
+
+
+def states(root, hide=()):
     episodes = load_episodes(root)
-    for e in episodes if hide_goal else ():
-        e["obs"][:, 36:39] = 0.0
+    for e in episodes:
+        for part in hide:
+            for dims in HIDE[part]:
+                e["obs"][:, dims] = 0.0
     return episodes
 
 
-def evaluate(data, tasks, seeds, hide_goal=False, steps=3000):
+def evaluate(data, tasks, seeds, hide=(), steps=3000):
     for split in ("train", *SPLITS):
         for f in ("meta/info.json", "annotations.jsonl"):
             if not os.path.exists(os.path.join(data, split, f)):
                 raise SystemExit(f"state_oracle.py: {os.path.join(data, split, f)} not found; --data wants a sim.py "
                                  f"corpus ({', '.join(('train', *SPLITS))}: LeRobot datasets with annotations)")
-    train = [e for e in states(os.path.join(data, "train"), hide_goal) if e["kind"] == "expert"]
+    train = [e for e in states(os.path.join(data, "train"), hide) if e["kind"] == "expert"]
     names = sorted({e["task"] for e in train})
     if not 1 <= tasks <= len(names):
         raise SystemExit(f"--tasks {tasks}: {data}/train has {len(names)} tasks")
@@ -92,7 +100,7 @@ def evaluate(data, tasks, seeds, hide_goal=False, steps=3000):
         items, problems = load_annotated(os.path.join(data, split), fps=2.0)
         for p in problems:
             print(f"{split}: {p}", file=sys.stderr)
-        benches[split] = (items, {e["episode_index"]: e["obs"] for e in states(os.path.join(data, split), hide_goal)})
+        benches[split] = (items, {e["episode_index"]: e["obs"] for e in states(os.path.join(data, split), hide)})
     out = {}  # (split, method) -> {metric: [per seed]}
     for seed in seeds:
         keep = set(np.random.default_rng(seed).choice(names, tasks, replace=False)) if tasks < len(names) else set(names)
@@ -119,11 +127,11 @@ def main(argv=None):
     p.add_argument("--data", default="data/metaworld", help="a sim.py corpus: train/, heldout_seen/, heldout_unseen/")
     p.add_argument("--tasks", type=int, default=39, help="training tasks to fit on (drawn per seed)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    p.add_argument("--hide_goal", action="store_true", help="zero the goal position in every state")
+    p.add_argument("--hide", nargs="+", default=[], choices=sorted(HIDE), help="zero these parts of every state")
     p.add_argument("--json", help="write the per-seed figures here")
     args = p.parse_args(argv)
     try:
-        out = evaluate(args.data, args.tasks, args.seeds, args.hide_goal)
+        out = evaluate(args.data, args.tasks, args.seeds, args.hide)
     except (ValueError, OSError) as e:  # e.g. a dataset without observation.state (pyarrow names the column)
         raise SystemExit(f"state_oracle.py: {e}") from None
     for (split, method), metrics in out.items():
