@@ -12,7 +12,8 @@ it misses on the unseen tasks is what the labels and the training tasks cannot t
 figures move with the number of training tasks. --hide zeroes parts of the state: `goal` (the last 3 dims), which
 the frames show only as a dot of 1-2 pixels at 128x128 where a task marks it with a site (reach, push, pick-place
 ...) and at most a pixel at the 64x64 WVM reads; `objects` (the objects' poses, now and a step before), leaving with
-`goal` the hand and gripper alone: what a robot's own sensors give. Each seed takes about a minute on 2 cores.
+`goal` the hand and gripper alone: what a robot's own sensors give. --now reads s_t alone, without the episode's
+start (what a window of video shows). Each seed takes about a minute on 2 cores.
 """
 import argparse
 import json
@@ -31,16 +32,19 @@ SPLITS = ("heldout_seen", "heldout_unseen")
 METRICS = {"suboptimal": ("hesitation_rmse", "retry_voc"), "expert": ("voc",), "ranking": ("auroc", "tau_a")}
 
 
-def features(obs):
-    """[T, 39] states -> [T, 117]: s_t, s_0 and s_t - s_0 (where the episode started tells how far it has come)."""
+def features(obs, now=False):
+    """[T, 39] states -> [T, 117]: s_t, s_0 and s_t - s_0 (where the episode started tells how far it has come), or
+    s_t alone."""
+    if now:
+        return obs
     s0 = np.broadcast_to(obs[:1], obs.shape)
     return np.concatenate([obs, s0, obs - s0], 1)
 
 
-def fit(episodes, seed, steps=3000, batch=256):
+def fit(episodes, seed, steps=3000, batch=256, now=False):
     """An MLP (2 x 256, GELU) from features to t / (T - 1), squared error, AdamW; returns obs [T, 39] -> [T]."""
     torch.manual_seed(seed)
-    x = np.concatenate([features(e["obs"]) for e in episodes])
+    x = np.concatenate([features(e["obs"], now) for e in episodes])
     y = np.concatenate([np.arange(len(e["obs"])) / (len(e["obs"]) - 1) for e in episodes])
     mu, sd = x.mean(0), x.std(0) + 1e-3
     net = torch.nn.Sequential(torch.nn.Linear(x.shape[1], 256), torch.nn.GELU(), torch.nn.Linear(256, 256),
@@ -56,7 +60,7 @@ def fit(episodes, seed, steps=3000, batch=256):
 
     @torch.no_grad()
     def progress(obs):
-        return net(torch.tensor((features(obs) - mu) / sd, dtype=torch.float32))[:, 0].clamp(0, 1).numpy()
+        return net(torch.tensor((features(obs, now) - mu) / sd, dtype=torch.float32))[:, 0].clamp(0, 1).numpy()
     return progress
 
 
@@ -85,7 +89,7 @@ def states(root, hide=()):
     return episodes
 
 
-def evaluate(data, tasks, seeds, hide=(), steps=3000):
+def evaluate(data, tasks, seeds, hide=(), steps=3000, now=False):
     for split in ("train", *SPLITS):
         for f in ("meta/info.json", "annotations.jsonl"):
             if not os.path.exists(os.path.join(data, split, f)):
@@ -104,7 +108,7 @@ def evaluate(data, tasks, seeds, hide=(), steps=3000):
     out = {}  # (split, method) -> {metric: [per seed]}
     for seed in seeds:
         keep = set(np.random.default_rng(seed).choice(names, tasks, replace=False)) if tasks < len(names) else set(names)
-        progress = fit([e for e in train if e["task"] in keep], seed, steps)
+        progress = fit([e for e in train if e["task"] in keep], seed, steps, now=now)
         for split, (items, obs) in benches.items():
             if split == "heldout_seen":
                 items = [(t, a) for t, a in items if a["task"] in keep]
@@ -128,10 +132,11 @@ def main(argv=None):
     p.add_argument("--tasks", type=int, default=39, help="training tasks to fit on (drawn per seed)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     p.add_argument("--hide", nargs="+", default=[], choices=sorted(HIDE), help="zero these parts of every state")
+    p.add_argument("--now", action="store_true", help="the state at t alone, without the episode's start")
     p.add_argument("--json", help="write the per-seed figures here")
     args = p.parse_args(argv)
     try:
-        out = evaluate(args.data, args.tasks, args.seeds, args.hide)
+        out = evaluate(args.data, args.tasks, args.seeds, args.hide, now=args.now)
     except (ValueError, OSError) as e:  # e.g. a dataset without observation.state (pyarrow names the column)
         raise SystemExit(f"state_oracle.py: {e}") from None
     for (split, method), metrics in out.items():
