@@ -62,8 +62,8 @@ def load_episodes(root):
     if not ann_file.exists():
         raise ValueError(f"{ann_file}: missing (a dataset written by `python sim.py policy`?)")
     ann = {a["episode_index"]: a for a in map(json.loads, ann_file.read_text().splitlines())}
-    files, columns = sorted((root / "data").rglob("*.parquet")), ["episode_index", "frame_index", "observation.state",
-                                                                   "action"]
+    files = sorted((root / "data").rglob("*.parquet"))
+    columns = ["episode_index", "frame_index", "observation.state", "action"]
     if not files:
         raise ValueError(f"{root / 'data'}: no parquet files")
     missing = [c for c in columns if c not in pq.read_schema(files[0]).names]
