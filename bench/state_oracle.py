@@ -114,14 +114,14 @@ def evaluate(data, tasks, seeds, hide=(), steps=3000, now=False):
                 items = [(t, a) for t, a in items if a["task"] in keep]
             scorers = [StateScorer(progress, obs)] + ([TimeScorer(), ConstantScorer()] if seed == seeds[0] else [])
             results, _ = score_items(items, scorers)
-            for bench, keys in METRICS.items():
-                for row in bench_rows(bench, [r for r in results if r["kind"] in BENCHES[bench]]):
-                    if row["embodiment"] == "average":
+            for bench, keys in METRICS.items():  # by mechanism: its average row is every trajectory's
+                for row in bench_rows(bench, [r for r in results if r["kind"] in BENCHES[bench]], "mechanism"):
+                    got = out.setdefault((split, row["method"]), {})
+                    if row["mechanism"] == "average":
                         for k in keys:
-                            out.setdefault((split, row["method"]), {}).setdefault(k, []).append(row[k])
-            for row in bench_rows("ranking", results, "mechanism"):
-                if row["method"] == "state" and row["mechanism"] not in ("average", None):
-                    out.setdefault((split, "state"), {}).setdefault(f"auroc {row['mechanism']}", []).append(row["auroc"])
+                            got.setdefault(k, []).append(row[k])
+                    elif bench == "ranking" and row["method"] == "state" and row["mechanism"] is not None:
+                        got.setdefault(f"auroc {row['mechanism']}", []).append(row["auroc"])
         print(f"seed {seed}: fit on {len(keep)} tasks", file=sys.stderr)
     return out
 
