@@ -554,7 +554,8 @@ class ClipDataset(torch.utils.data.Dataset):
     randomized or not (`randomize_prefix`), read in one of its wordings (`paraphrases`: {instruction: [other
     wordings]}, one of the 1 + n drawn uniformly), with its instruction dropped or not (`text_dropout`: the
     trainer then gives it the empty, all-zero text context), mirrored left-right or not (`mirror`, the share of
-    clips; not in the paper) and paired with another episode's instruction or not (`mismatch`, the share of clips
+    clips; not in the paper), turned by 180 degrees or not (`rotate`, the share of clips; not in the paper: Meta-World
+    renders its corner views upside down, and a camera may be mounted either way up) and paired with another episode's instruction or not (`mismatch`, the share of clips
     whose instruction is not dropped: an instruction of the mixture other than the episode's, in one of its
     wordings, and every value 0, since the video does nothing for that task; ReWiND's mismatched video-language
     pairs, not in the paper). With `first_frame` (not in the paper) each clip is led by the episode's first frame o_0,
@@ -573,8 +574,8 @@ class ClipDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, sources, fps=2.0, size=256, h=4, length=None, seed=0, rewind=0.5, plateau=0.1,
-                 prefix=0.5, text_dropout=0.0, paraphrases=None, mirror=0.0, mismatch=0.0, first_frame=False,
-                 min_frames=None, max_tries=16):
+                 prefix=0.5, text_dropout=0.0, paraphrases=None, mirror=0.0, rotate=0.0, mismatch=0.0,
+                 first_frame=False, min_frames=None, max_tries=16):
         if size is not None and size % 32:
             raise ValueError(f"ClipDataset: size {size} must be a multiple of 32 (VAE stride 16 x patch 2)")
         if sources and isinstance(sources[0], Episode):
@@ -582,7 +583,7 @@ class ClipDataset(torch.utils.data.Dataset):
         self.fps, self.size, self.h, self.seed = fps, size, h, seed
         self.rewind, self.plateau, self.prefix, self.max_tries = rewind, plateau, prefix, max_tries
         self.text_dropout, self.paraphrases, self.mirror = text_dropout, paraphrases or {}, mirror
-        self.mismatch, self.first_frame = mismatch, first_frame
+        self.rotate, self.mismatch, self.first_frame = rotate, mismatch, first_frame
         min_frames = min_frames or h + 1
         self.sources = []
         for n, src in enumerate(sources):
@@ -626,6 +627,7 @@ class ClipDataset(torch.utils.data.Dataset):
         u_text = rng.random()
         mirrored = bool(rng.random() < self.mirror)  # drawn last: the rest is that of a run without mirroring
         u_mismatch = rng.random(3)  # and then these, so that a run without mismatched pairs is a run with none
+        rotated = bool(rng.random() < self.rotate)  # last of all, for the same reason
         src = self.sources[min(int(np.searchsorted(self.cum, u[0], side="right")), len(self.sources) - 1)]
         ep = src.episodes[int(u[1] * len(src.episodes))]
         native = resample(ep.T, ep.fps, src.fps)
@@ -647,7 +649,7 @@ class ClipDataset(torch.utils.data.Dataset):
         return {"episode": ep, "t": t, "k": k, "frame_index": frames, "values9": values, "mode": mode,
                 "prefix_randomized": randomized, "values": np.array([prefix, *values[1:h + 1]], dtype=np.float32),
                 "seed": sample_seed, "text": wordings[int(u_word * len(wordings))], "text_dropped": text_dropped,
-                "mirrored": mirrored, "mismatched": mismatched}
+                "mirrored": mirrored, "rotated": rotated, "mismatched": mismatched}
 
     def clip_key(self, ep, frame_index):
         """The exact clip: episode, size, native frames, and the video file by its real path (so that a relative
@@ -664,12 +666,15 @@ class ClipDataset(torch.utils.data.Dataset):
             if ep.id in self.bad:
                 continue
             try:
-                key = self.clip_key(ep, p["frame_index"]) + ("|mirrored" if p["mirrored"] else "")
+                key = (self.clip_key(ep, p["frame_index"]) + ("|mirrored" if p["mirrored"] else "")
+                       + ("|rotated" if p["rotated"] else ""))
                 # a clip encoded before needs no decoding (train.py sets latent_cache with --latent_cache)
                 latents = self.latent_cache.load(key) if self.latent_cache else None
                 frames = decode_frames(ep, p["frame_index"], self.size) if latents is None else None
                 if frames is not None and p["mirrored"]:  # left-right: the same progress in a mirrored scene
                     frames = frames.flip(-1)
+                if frames is not None and p["rotated"]:  # upside down: the same progress, the camera turned
+                    frames = frames.flip(-2, -1)
             except (VideoError, av.FFmpegError, OSError) as e:
                 self.bad.add(ep.id)
                 self.failures += 1

@@ -223,10 +223,11 @@ class WVMScorer:
     name = "wvm"
 
     def __init__(self, model, vae, text_cache, size, stride=1, samples=1, steps=1, batch=16, device="cpu", seed=0,
-                 trained=None, combine=None):
+                 trained=None, combine=None, rotate=False):
         """The noise of a trajectory is drawn from its own generator, seeded by (seed, episode id), so its
         values do not depend on which trajectories share its batch. trained: the run's record of its training
-        (resolution, fps, source_fps, ...; load_scorer)."""
+        (resolution, fps, source_fps, ...; load_scorer). rotate: turn every frame by 180 degrees first (a camera
+        mounted the other way up)."""
         self.model, self.vae, self.text_cache = model.eval(), vae.eval(), text_cache
         self.size, self.stride, self.samples, self.steps, self.batch = size, stride, samples, steps, batch
         self.device, self.seed, self.h, self.trained = torch.device(device), seed, model.chunk, trained or {}
@@ -236,7 +237,7 @@ class WVMScorer:
         combine = combine or ("first" if stride == 1 else "mean")
         if combine not in ("mean", "first") or (combine == "first" and stride != 1):
             raise ValueError(f"combine {combine!r} with stride {stride}: expected mean, or first with stride 1")
-        self.combine = combine
+        self.combine, self.rotate = combine, rotate
 
     @torch.no_grad()
     def score(self, trajs, progress=True):
@@ -248,7 +249,8 @@ class WVMScorer:
             group, frames = [], []
             for t in trajs[b0:b0 + self.batch]:
                 try:
-                    frames.append(decode_frames(t.episode, t.index, self.size))  # [3, T', S, S]
+                    x = decode_frames(t.episode, t.index, self.size)  # [3, T', S, S]
+                    frames.append(x.flip(-2, -1) if self.rotate else x)
                     group.append(t)
                 except VideoError as e:
                     print(f"skipped: episode {t.episode.id}: {e}", file=sys.stderr)
@@ -332,7 +334,8 @@ def load_scorer(args):
         raise SystemExit(f"{text_path}: made by {describe(text.encoder)}, not the text encoder the model was trained "
                          f"with (id {trained['text_encoder']})")
     return WVMScorer(model, vae, text, size, stride=args.stride, samples=args.samples, steps=args.steps,
-                     batch=args.batch, device=args.device, seed=args.seed, trained=trained, combine=args.combine)
+                     batch=args.batch, device=args.device, seed=args.seed, trained=trained, combine=args.combine,
+                     rotate=args.rotate)
 
 
 def dataset_fps(trained, path):
@@ -777,6 +780,8 @@ def parse_args(argv):
     p.add_argument("--combine", choices=["first", "mean"], help="a frame's value: the first slot of the window starting "
                    "at it (the default with --stride 1), or the mean over the windows covering it (the default "
                    "otherwise; README)")
+    p.add_argument("--rotate", action="store_true", help="turn every frame by 180 degrees before the model reads "
+                   "it: a camera mounted the other way up (Meta-World renders its corner views so)")
     p.add_argument("--samples", type=int, default=1, help="noise samples per window (spread)")
     p.add_argument("--steps", type=int, default=1, help="Euler steps")
     p.add_argument("--batch", type=int, default=16, help="trajectories scored together")

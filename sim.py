@@ -24,7 +24,8 @@ Simulation. Meta-World v3 (MuJoCo) and its scripted policies; goal-observable en
 --fps 10: 8x slow motion, so the hand's top speed (1 cm per step) reads as 10 cm/s, a real arm's pace,
 and an expert lasts 5-12 s. Episodes are simulated headless, recording the full physics state per
 frame, and rendered only once kept (no multisampling, shadows or reflections: ~10x faster in Mesa's
-llvmpipe). The corner cameras look at the table upside down; frames are turned by 180 degrees.
+llvmpipe). The corner cameras look at the table upside down; frames are turned by 180 degrees (Meta-World's own
+env.render(), and data recorded through it, delivers them unturned: train.py --rotate, eval.py --rotate).
 observation.state is Meta-World's 39-d observation; action is the mocap's move / action_scale and the
 gripper command.
 

@@ -55,6 +55,7 @@ class TrainConfig:
     prefix_p: float = 0.5
     text_dropout: float = 0.0           # share of clips trained with the empty instruction (all-zero text context)
     mirror: float = 0.0                 # share of clips mirrored left-right (not in the paper)
+    rotate: float = 0.0                 # share of clips turned by 180 degrees (not in the paper)
     first_frame: bool = False           # lead each clip with the episode's first frame o_0 (not in the paper)
     mismatch: float = 0.0               # share of clips read with another task's instruction, values 0 (not in the paper)
     paraphrases: str = ""               # JSON {instruction: [other wordings]}: each clip reads one wording, drawn
@@ -155,7 +156,8 @@ def check_config(cfg):
         need(getattr(cfg, k) >= 1, k, "must be at least 1")
     for k in ("warmup", "num_workers", "seed"):
         need(getattr(cfg, k) >= 0, k, "must not be negative")
-    for k in ("rewind", "plateau", "prefix_p", "text_dropout", "mirror", "mismatch", "min_lr_ratio"):
+    for k in ("rewind", "plateau", "prefix_p", "text_dropout", "mirror", "rotate", "mismatch",
+              "min_lr_ratio"):
         need(0 <= getattr(cfg, k) <= 1, k, "a probability or ratio: must lie in [0, 1]")
     for k in ("beta1", "beta2"):
         need(0 <= getattr(cfg, k) < 1, k, "must lie in [0, 1)")
@@ -205,8 +207,8 @@ def open_sources(cfg, h):
                          "paraphrases")
     return ClipDataset(sources, fps=cfg.fps, size=cfg.resolution, h=h, seed=cfg.seed, rewind=cfg.rewind,
                        plateau=cfg.plateau, prefix=cfg.prefix_p, text_dropout=cfg.text_dropout,
-                       paraphrases=paraphrases, mirror=cfg.mirror, mismatch=cfg.mismatch, first_frame=cfg.first_frame,
-                       length=cfg.max_steps * cfg.batch_size)
+                       paraphrases=paraphrases, mirror=cfg.mirror, rotate=cfg.rotate, mismatch=cfg.mismatch,
+                       first_frame=cfg.first_frame, length=cfg.max_steps * cfg.batch_size)
 
 
 class StepBatches(torch.utils.data.Sampler):

@@ -359,24 +359,29 @@ def test_paraphrase_file_errors_name_the_file(tmp_path):
         data.read_paraphrases(tmp_path / "missing.json")
 
 
-def test_mirror_flips_the_frames_and_changes_nothing_else(tmp_path):
-    # a mirrored clip is the same clip flipped left-right, cached under its own key; the draw comes after every
-    # other one, so clips, values, seeds and wordings stay those without it; the share mirrored is p (std 0.008)
+@pytest.mark.parametrize("option,flag,bright", [("mirror", "mirrored", (0, 1)), ("rotate", "rotated", (1, 1))])
+def test_mirror_and_rotate_flip_the_frames_and_change_nothing_else(tmp_path, option, flag, bright):
+    # a mirrored (rotated) clip is the same clip flipped left-right (turned by 180 degrees: the bright top-left
+    # quarter ends bottom-right), cached under its own key; the draw comes after every other one, so clips, values,
+    # seeds and wordings stay those without it; the share flipped is p (std 0.008)
     T = 30
     frames = np.full((T, 64, 64, 3), 30, np.uint8)
-    frames[:, :, :32] = 200  # the left half bright
+    frames[:, :32, :32] = 200  # the top-left quarter bright
     sim.write_lerobot(tmp_path / "m", [{"frames": frames, "task": "t", "observation.state": np.zeros((T, 3)),
                                         "action": np.zeros((T, 2))}], FPS, codec="libx264")
     eps = data.read_lerobot(tmp_path / "m")
-    plain, mirrored = (data.ClipDataset(eps, fps=2.0, size=32, mirror=p, length=10**6) for p in (0.0, 1.0))
-    a, b = plain[0], mirrored[0]
-    assert a["frames"][..., :16].mean() > 0.3 and a["frames"][..., 16:].mean() < -0.3
-    torch.testing.assert_close(b["frames"], a["frames"].flip(-1), rtol=0, atol=0)
-    assert b["clip_key"] == a["clip_key"] + "|mirrored" and not a["clip_key"].endswith("|mirrored")
-    half = data.ClipDataset(eps, fps=2.0, size=32, mirror=0.5, length=10**6)
+    plain, flipped = (data.ClipDataset(eps, fps=2.0, size=32, **{option: p}, length=10**6) for p in (0.0, 1.0))
+    a, b = plain[0], flipped[0]
+    quarter = lambda x, r, c: x[..., 16 * r:16 * r + 16, 16 * c:16 * c + 16].mean()
+    assert quarter(a["frames"], 0, 0) > 0.4 and quarter(a["frames"], *bright) < -0.4
+    assert quarter(b["frames"], *bright) > 0.4 and quarter(b["frames"], 0, 0) < -0.4
+    torch.testing.assert_close(b["frames"], a["frames"].flip(-1) if option == "mirror" else a["frames"].flip(-2, -1),
+                               rtol=0, atol=0)
+    assert b["clip_key"] == a["clip_key"] + f"|{flag}" and not a["clip_key"].endswith(f"|{flag}")
+    half = data.ClipDataset(eps, fps=2.0, size=32, **{option: 0.5}, length=10**6)
     plans = [(plain.plan(i), half.plan(i)) for i in range(4000)]
-    assert abs(np.mean([q["mirrored"] for _, q in plans]) - 0.5) < 0.03
-    assert not any(p["mirrored"] for p, _ in plans)
+    assert abs(np.mean([q[flag] for _, q in plans]) - 0.5) < 0.03
+    assert not any(p[flag] for p, _ in plans)
     for p, q in plans:
         assert p["frame_index"].tolist() == q["frame_index"].tolist() and p["seed"] == q["seed"]
         assert p["values"].tolist() == q["values"].tolist() and p["text"] == q["text"]

@@ -359,6 +359,31 @@ def test_a_trajectorys_values_do_not_depend_on_its_batch(bench_setup):
     np.testing.assert_allclose(company[1], alone[1], atol=1e-5)
 
 
+def test_rotate_scores_the_frames_turned_upside_down(bench_setup):
+    # --rotate: the model reads each frame turned by 180 degrees: the block that runs along rows 8-19 of the video
+    # runs along rows 12-23 of what is scored, and from right to left
+    from data import decode_frames, read_dataset, resample
+    ep = read_dataset(bench_setup / "ds")[3]
+    traj = Trajectory(ep, resample(ep.T, ep.fps, 2.0))
+    seen = []
+
+    def keep(group, frames, bar):  # what the model would read
+        seen.append(frames[0])
+        return [None]
+
+    for argv in ((), ("--rotate",)):
+        scorer = scorer_for(bench_setup, *argv)
+        scorer.score_decoded = keep
+        scorer.score([traj], progress=False)
+    plain, turned = seen
+    torch.testing.assert_close(plain, decode_frames(ep, traj.index, 32), rtol=0, atol=0)
+    torch.testing.assert_close(turned, plain.flip(-2, -1), rtol=0, atol=0)
+    rows = lambda x, lo, hi: x[:, :, lo:hi].mean()
+    assert rows(plain, 8, 20) > rows(plain, 20, 32) + 0.2 and rows(turned, 12, 24) > rows(turned, 0, 12) + 0.2
+    col = lambda x, k: x[:, k].mean((0, 1)).argmax()  # the block's brightest column in frame k
+    assert col(plain, 0) < col(plain, -1) and col(turned, 0) > col(turned, -1)
+
+
 @pytest.fixture
 def damaged(bench_setup, tmp_path):
     """The bench dataset with episode 1 claiming 20 frames more than its span in the shared video file, episode

@@ -204,6 +204,25 @@ def test_camera_upright_and_jitter():
         env.close()
 
 
+def test_metaworlds_own_renderer_delivers_the_corner_view_upside_down():
+    """What Meta-World's env.render() and MuJoCo's Renderer deliver for a corner camera is this corpus's frame turned by
+    180 degrees (data recorded through them is what train.py --rotate and eval.py --rotate are for)."""
+    import mujoco
+    env = sim.make_env(TASK, SEED)
+    cam = sim.Camera(env, 128, "corner")
+    renderer = mujoco.Renderer(env.model, 128, 128)
+    try:
+        ours = cam().astype(int)
+        renderer.update_scene(env.data, camera="corner")
+        theirs = renderer.render().astype(int)
+        assert np.abs(theirs - ours[::-1, ::-1]).mean() < 6  # the same picture (no multisampling in ours)
+        assert np.abs(theirs - ours).mean() > 30 and np.abs(theirs - ours[::-1]).mean() > 20
+    finally:
+        renderer.close()
+        cam.close()
+        env.close()
+
+
 ARGS = ["--train-tasks", TASK, "drawer-open-v3", "--unseen-tasks", "reach-v3", "--seeds-train", "2", "--seeds-play",
         "2", "--seeds-play-unseen", "1", "--seeds-heldout", "1", "--size", "32", "--codec", "libx264", "--cameras",
         "corner", "corner2"]
