@@ -39,9 +39,10 @@ RECIPES = {
                  # it; plateau 0.3: the paper's 0.1 leaves values creeping up through pauses at this scale (README)
                  # paraphrases: each clip's instruction in one of four wordings, so that a rewording (Meta-World's own
                  # task descriptions, say) does not undo what the 78 experts taught; mismatch 0.05: one clip in 20
-                 # read with another task's instruction and values 0, so that the values depend on it (README)
+                 # read with another task's instruction and values 0, so that the values depend on it; rotate 0.25: one
+                 # clip in 4 turned upside down, as Meta-World's own renderer delivers the corner view (README)
                  value=dict(max_steps=2000, batch_size=32, micro_batch=32, value_shift=5.0, plateau=0.3,
-                            paraphrases="data/metaworld/paraphrases.json", mismatch=0.05)),
+                            paraphrases="data/metaworld/paraphrases.json", mismatch=0.05, rotate=0.25)),
     # 2.5x the expert episodes, in two views, and twice the steps of each stage; the same model, since `base` (7x the
     # parameters) trains 8x slower here (1.5 s a step) and would need over 3 hours for 6000 steps (README). No
     # paraphrases: with this much data a rewording costs less, and they cost more in the training wording (README)
