@@ -554,12 +554,13 @@ class ClipDataset(torch.utils.data.Dataset):
     randomized or not (`randomize_prefix`), read in one of its wordings (`paraphrases`: {instruction: [other
     wordings]}, one of the 1 + n drawn uniformly), with its instruction dropped or not (`text_dropout`: the
     trainer then gives it the empty, all-zero text context), mirrored left-right or not (`mirror`, the share of
-    clips; not in the paper), turned by 180 degrees or not (`rotate`, the share of clips; not in the paper: Meta-World
-    renders its corner views upside down, and a camera may be mounted either way up) and paired with another episode's instruction or not (`mismatch`, the share of clips
-    whose instruction is not dropped: an instruction of the mixture other than the episode's, in one of its
-    wordings, and every value 0, since the video does nothing for that task; ReWiND's mismatched video-language
-    pairs, not in the paper). With `first_frame` (not in the paper) each clip is led by the episode's first frame o_0,
-    the start the model then compares the window with: 2h + 2 frames, nothing else changed.
+    clips; not in the paper), turned by 180 degrees or not (`rotate`, the share of clips; not in the paper:
+    Meta-World renders its corner views upside down, and a camera may be mounted either way up) and paired with
+    another episode's instruction or not (`mismatch`, the share of clips whose instruction is not dropped: an
+    instruction of the mixture other than the episode's, in one of its wordings, and every value 0, since the video
+    does nothing for that task; ReWiND's mismatched video-language pairs, not in the paper). With `first_frame` (not
+    in the paper) each clip is led by the episode's first frame o_0, the start the model then compares the window
+    with: 2h + 2 frames, nothing else changed.
 
     Returns {"frames": float32 [3, 9, S, S] in [-1, 1] ([3, 10, S, S] led by o_0), "values": float32 [5] = [prefix
     value, the h = 4 chunk (current-frame) targets], "text": str, "text_dropped": bool, "mismatched": bool, "mode": str,
