@@ -215,7 +215,7 @@ def test_metaworlds_own_renderer_delivers_the_corner_view_upside_down():
         ours = cam().astype(int)
         renderer.update_scene(env.data, camera="corner")
         theirs = renderer.render().astype(int)
-        assert np.abs(theirs - ours[::-1, ::-1]).mean() < 6  # the same picture, less our shadows, reflections, multisampling
+        assert np.abs(theirs - ours[::-1, ::-1]).mean() < 6  # the same picture but for lighting (sim.py: none)
         assert np.abs(theirs - ours).mean() > 30 and np.abs(theirs - ours[::-1]).mean() > 20
     finally:
         renderer.close()
