@@ -368,6 +368,19 @@ def read_paraphrases(path):
     return d
 
 
+def read_instruction_map(path):
+    """{instruction: another instruction} from a JSON file (eval.py --instructions: what to score each instruction's
+    episodes with instead), checked, with errors naming the file."""
+    try:
+        with open(path) as f:
+            d = json.load(f)
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: cannot read instructions: {e}") from None
+    if not isinstance(d, dict) or not all(isinstance(v, str) and v.strip() for v in d.values()):
+        raise DataError(f"{path}: instructions must be a JSON object mapping an instruction to another (a string)")
+    return d
+
+
 def check_names_some(path, table, instructions, what):
     """A file keyed by instruction (paraphrases, replacements) that names none of the data's instructions was written
     for other data: an error naming both, never a silent no-op."""

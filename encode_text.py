@@ -118,6 +118,18 @@ def pad_text(features):
     return torch.stack([F.pad(c, (0, 0, 0, L - c.shape[0])) for c in features])
 
 
+def read_json_texts(path):
+    """{instruction: [other texts]} of a paraphrases file, or of a file mapping each instruction to one other."""
+    try:
+        with open(path) as f:
+            d = json.load(f)
+    except (OSError, ValueError):
+        d = None  # the reader below names the file and the problem
+    if isinstance(d, dict) and d and all(isinstance(v, str) for v in d.values()):
+        return {k: [v] for k, v in data.read_instruction_map(path).items()}
+    return data.read_paraphrases(path)
+
+
 def add_command(cache, datasets):
     """The encode_text.py command that adds the instructions of `datasets` to `cache` with its own encoder."""
     flags = cache.encoder["flags"] if cache.encoder else "--model UMT5_FOLDER (or --tiny_random DIM) --text_len N"
@@ -304,7 +316,8 @@ def main():
     p.add_argument("--manifest", nargs="*", default=[], help="JSONL manifests")
     p.add_argument("--texts", nargs="*", default=[], help="text files, one instruction per line")
     p.add_argument("--paraphrases", nargs="*", default=[],
-                   help="JSON files {instruction: [other wordings]} (train.py --paraphrases): every wording")
+                   help="JSON files {instruction: [other wordings]} (train.py --paraphrases) or {instruction: another} "
+                        "(eval.py --instructions): every text in them")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
     p.add_argument("--batch-size", type=int, default=8)
@@ -314,7 +327,7 @@ def main():
         p.error("give --model (a local umT5 folder) or --tiny_random DIM")
     try:
         texts = [line for f in a.texts for line in Path(f).read_text().splitlines()]
-        texts += [w for f in a.paraphrases for k, v in data.read_paraphrases(f).items() for w in (k, *v)]
+        texts += [w for f in a.paraphrases for k, v in read_json_texts(f).items() for w in (k, *v)]
         for root in a.lerobot:
             texts += [t for e in data.read_lerobot(root, probe=False) for t in e.extra.get("tasks", [e.instruction])]
         texts += [e.instruction for r in a.egodex for e in data.read_egodex(r)]

@@ -38,7 +38,8 @@ import torch
 from tqdm import tqdm
 
 from checkpoint import CheckpointError
-from data import DataError, VideoError, check_names_some, decode_frames, read_dataset, resample
+from data import (DataError, VideoError, check_names_some, decode_frames, read_dataset, read_instruction_map,
+                  resample)
 from encode_text import TextCache, TextCacheError, describe, encoder_id, pad_text
 from sim import Mp4Writer
 from wan_vae import load_wan_vae, vae_fingerprint
@@ -441,13 +442,7 @@ def read_annotations(path):
 def reword(items, path):
     """--instructions: each trajectory whose instruction the JSON file {instruction: replacement} names is scored
     with the replacement; its annotation (task, kind) stays. A file that names none of them is an error."""
-    try:
-        with open(path) as f:
-            table = json.load(f)
-    except (OSError, ValueError) as e:
-        raise DataError(f"{path}: cannot read instructions: {e}") from None
-    if not isinstance(table, dict) or not all(isinstance(v, str) and v.strip() for v in table.values()):
-        raise DataError(f"{path}: instructions must be a JSON object mapping an instruction to another (a string)")
+    table = read_instruction_map(path)
     check_names_some(path, table, [t.episode.instruction for t, _ in items], "a replacement")
     return [(Trajectory(replace(t.episode, instruction=table.get(t.episode.instruction, t.episode.instruction)),
                         t.index), {**a, "task": a.get("task", t.episode.instruction)}) for t, a in items]
@@ -861,7 +856,8 @@ def evaluate(args):
     if not items:
         raise SystemExit(f"{args.data}: no usable {'/'.join(sorted(wanted))} trajectories ({len(problems)} skipped)")
     if args.ckpt:
-        scorers[0].text_cache.require([t.episode.instruction for t, _ in items], [args.data])
+        scorers[0].text_cache.require([t.episode.instruction for t, _ in items],
+                                      [args.data, *([args.instructions] if args.instructions else [])])
     results, unreadable = score_items(items, scorers)
     problems += [f"episode {e}: video could not be decoded" for e in unreadable]
     tables = {}

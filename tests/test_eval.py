@@ -340,6 +340,38 @@ def test_instructions_file_scores_episodes_with_another_instruction(bench_setup,
                            "--instructions", str(tmp_path / name)])
 
 
+def test_instructions_file_whose_text_is_not_cached_names_the_command_that_adds_it(bench_setup, tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import eval as wvm_eval
+
+    # a replacement the text cache lacks stops the scoring with the command that encodes it: the same file, which
+    # encode_text.py --paraphrases reads as {instruction: another}; run, it makes the scoring work
+    def encode(*args):
+        r = subprocess.run([sys.executable, "encode_text.py", *map(str, args)], capture_output=True, text=True,
+                           cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        assert r.returncode == 0, r.stderr[-3000:]
+
+    text = tmp_path / "text"
+    encode("--tiny_random", 32, "--text_len", 16, "--dtype", "float32", "--out", text, "--lerobot", bench_setup / "ds")
+    swap = tmp_path / "swap.json"
+    swap.write_text(json.dumps({"push the block": "shove the block"}))
+    argv = ["--bench", "all", "--data", str(bench_setup / "ds"), "--ckpt", str(bench_setup / "run"),
+            "--text_cache", str(text), "--instructions", str(swap)]
+    with pytest.raises(SystemExit) as e:
+        wvm_eval.main(argv)
+    command = (f"python encode_text.py --tiny_random 32 --text_len 16 --dtype float32 --out {text} --lerobot "
+               f"{bench_setup / 'ds'} --paraphrases {swap}")
+    assert str(e.value) == f"{text}: no embedding for 1 instruction(s): 'shove the block'; add them with: {command}"
+    encode(*command.split()[2:])
+    wvm_eval.main(argv + ["--json", str(tmp_path / "out.json")])
+    scored = {r["instruction"] for r in json.load(open(tmp_path / "out.json"))["trajectories"]}
+    assert scored == {"lift the block", "shove the block"}
+
+
 # ----------------------------------------------------------------------------------------------
 # no silent wrong answers, no tracebacks for bad input
 
