@@ -353,14 +353,22 @@ def read_dataset(path, camera=None, name=None, skipped=None):
                      f"or an EgoDex root (<part>/<task>/N.mp4 + N.hdf5)")
 
 
+def load_json(path, what):
+    """A JSON file's content; a missing or malformed file is a DataError naming it and `what` it should hold."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: cannot read {what}: {e}") from None
+
+
 def read_paraphrases(path):
     """{instruction: [other wordings]} from a JSON file (`sim.py` writes one beside its splits; for a real dataset,
     e.g. an LLM's rewordings of its task strings), checked, with errors naming the file."""
-    try:
-        with open(path) as f:
-            d = json.load(f)
-    except (OSError, ValueError) as e:
-        raise DataError(f"{path}: cannot read paraphrases: {e}") from None
+    return check_paraphrases(load_json(path, "paraphrases"), path)
+
+
+def check_paraphrases(d, path):
     if not isinstance(d, dict) or not all(isinstance(k, str) and isinstance(v, list) and v
                                           and all(isinstance(w, str) and w.strip() for w in v) for k, v in d.items()):
         raise DataError(f"{path}: paraphrases must be a JSON object mapping each instruction to a non-empty list of "
@@ -371,11 +379,10 @@ def read_paraphrases(path):
 def read_instruction_map(path):
     """{instruction: another instruction} from a JSON file (eval.py --instructions: what to score each instruction's
     episodes with instead), checked, with errors naming the file."""
-    try:
-        with open(path) as f:
-            d = json.load(f)
-    except (OSError, ValueError) as e:
-        raise DataError(f"{path}: cannot read instructions: {e}") from None
+    return check_instruction_map(load_json(path, "instructions"), path)
+
+
+def check_instruction_map(d, path):
     if not isinstance(d, dict) or not all(isinstance(v, str) and v.strip() for v in d.values()):
         raise DataError(f"{path}: instructions must be a JSON object mapping an instruction to another (a string)")
     return d

@@ -120,14 +120,10 @@ def pad_text(features):
 
 def read_json_texts(path):
     """{instruction: [other texts]} of a paraphrases file, or of a file mapping each instruction to one other."""
-    try:
-        with open(path) as f:
-            d = json.load(f)
-    except (OSError, ValueError):
-        d = None  # the reader below names the file and the problem
+    d = data.load_json(path, "paraphrases")
     if isinstance(d, dict) and d and all(isinstance(v, str) for v in d.values()):
-        return {k: [v] for k, v in data.read_instruction_map(path).items()}
-    return data.read_paraphrases(path)
+        return {k: [v] for k, v in data.check_instruction_map(d, path).items()}
+    return data.check_paraphrases(d, path)
 
 
 def add_command(cache, datasets):
