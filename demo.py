@@ -46,7 +46,7 @@ RECIPES = {
     # 2.5x the expert episodes, in two views, and twice the steps of each stage; the same model, since `base` (7x the
     # parameters) trains 8x slower here (1.5 s a step) and would need over 3 hours for 6000 steps (README). No
     # paraphrases: with this much data a rewording costs less, and they cost more in the training wording; no
-    # mismatched pairs: level on unseen tasks here; turned clips as in the default run (README)
+    # mismatched pairs: level on unseen tasks here; turned clips as in the default run (docs/experiments.md)
     "long": dict(data="data/metaworld_full", sim=[], common=COMMON,
                  prior=dict(max_steps=1000, batch_size=32, micro_batch=32, rewind=0.0),
                  value=dict(max_steps=4000, batch_size=32, micro_batch=32, value_shift=5.0, plateau=0.3, rotate=0.25)),

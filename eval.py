@@ -218,7 +218,7 @@ class WVMScorer:
     covering it: "first" (the default with stride 1): the first slot of the window that starts at the frame, the
     one that has seen the most frames after it, so the chain moves one frame at a time (the last h - 1 frames,
     where no window starts, take the mean); "mean" over them (the default with a larger stride). The mean lags
-    undone work by a frame or two and averages it away (README, "Reading a frame's value from the windows").
+    undone work by a frame or two and averages it away (docs/experiments.md, "Reading a frame's value from the windows").
     Windows are batched across trajectories: round k scores window k of every trajectory in the batch, so the
     chain of one trajectory runs in order."""
     name = "wvm"
@@ -774,7 +774,7 @@ def parse_args(argv):
     p.add_argument("--stride", type=int, default=1)
     p.add_argument("--combine", choices=["first", "mean"], help="a frame's value: the first slot of the window starting "
                    "at it (the default with --stride 1), or the mean over the windows covering it (the default "
-                   "otherwise; README)")
+                   "otherwise; docs/experiments.md)")
     p.add_argument("--rotate", action="store_true", help="turn every frame by 180 degrees before the model reads "
                    "it: a camera mounted the other way up (Meta-World renders its corner views so)")
     p.add_argument("--samples", type=int, default=1, help="noise samples per window (spread)")
