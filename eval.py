@@ -218,7 +218,8 @@ class WVMScorer:
     covering it: "first" (the default with stride 1): the first slot of the window that starts at the frame, the
     one that has seen the most frames after it, so the chain moves one frame at a time (the last h - 1 frames,
     where no window starts, take the mean); "mean" over them (the default with a larger stride). The mean lags
-    undone work by a frame or two and averages it away (docs/experiments.md, "Reading a frame's value from the windows").
+    undone work by a frame or two and averages it away (docs/experiments.md, "Reading a frame's value from the
+    windows").
     Windows are batched across trajectories: round k scores window k of every trajectory in the batch, so the
     chain of one trajectory runs in order."""
     name = "wvm"
