@@ -357,6 +357,15 @@ def test_paraphrase_file_errors_name_the_file(tmp_path):
             data.read_paraphrases(tmp_path / name)
     with pytest.raises(data.DataError, match="missing.json: cannot read paraphrases"):
         data.read_paraphrases(tmp_path / "missing.json")
+    # encode_text.py --paraphrases also reads an instruction map ({instruction: another}); its errors say which
+    assert encode_text.read_json_texts(tmp_path / "str.json") == {"open the drawer": ["pull the drawer open"]}
+    assert encode_text.read_json_texts(good) == {"open the drawer": ["pull the drawer open"]}
+    for text, msg in (('{"a": "b", "c": ["d"]}', "a list of other wordings .paraphrases. or to one other instruction"),
+                      ('{"a": "b", "c": ""}', "instructions must be a JSON object"),
+                      ('{"a": []}', "paraphrases must be a JSON object")):
+        (tmp_path / "x.json").write_text(text)
+        with pytest.raises(data.DataError, match=rf"^{tmp_path / 'x.json'}: .*{msg}"):
+            encode_text.read_json_texts(tmp_path / "x.json")
 
 
 @pytest.mark.parametrize("option,flag,bright", [("mirror", "mirrored", (0, 1)), ("rotate", "rotated", (1, 1))])
