@@ -823,6 +823,9 @@ class Mp4Writer:
         if crf is not None or codec in ("libsvtav1", "libx264"):
             opts["crf"] = str(crf if crf is not None else 30 if codec == "libsvtav1" else 23)
         self.s.options = opts
+        if codec == "libx264":  # x264 cuts a frame into a slice per thread, a thread per core unless told, so the
+            # same corpus would decode to other pixels on another machine; 2 is what it chose on the 2-core ones
+            self.s.codec_context.thread_type, self.s.codec_context.thread_count = "SLICE", 2
         self.n = 0
 
     def write(self, frames):
