@@ -179,7 +179,8 @@ def test_h264_files_do_not_depend_on_the_number_of_cores(tmp_path):
     frames = np.random.default_rng(0).integers(0, 256, (12, 128, 128, 3), dtype=np.uint8)  # the corpus size
     np.save(tmp_path / "frames.npy", frames)
     write = ("import os, sys, numpy as np; os.sched_setaffinity(0, map(int, sys.argv[3].split(','))); import sim; "
-             "w = sim.Mp4Writer(sys.argv[1], 10, 'libx264', 128, 128, None, 2); w.write(np.load(sys.argv[2])); w.close()")
+             "w = sim.Mp4Writer(sys.argv[1], 10, 'libx264', 128, 128, None, 2); w.write(np.load(sys.argv[2])); "
+             "w.close()")
     for name, affinity in (("one.mp4", cpus[:1]), ("two.mp4", cpus[:2])):
         subprocess.run([sys.executable, "-c", write, str(tmp_path / name), str(tmp_path / "frames.npy"),
                         ",".join(map(str, affinity))],
