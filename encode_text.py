@@ -123,11 +123,11 @@ def read_json_texts(path):
     d = data.load_json(path, "paraphrases or instructions")
     if isinstance(d, dict) and d and all(isinstance(v, str) for v in d.values()):
         return {k: [v] for k, v in data.check_instruction_map(d, path).items()}
-    if isinstance(d, dict) and any(isinstance(v, str) for v in d.values()):  # neither form: say both
-        raise data.DataError(f"{path}: expected a JSON object mapping each instruction to a list of other wordings "
-                             f"(paraphrases) or to one other instruction (a string, as eval.py --instructions reads), "
-                             f"not a mix of the two or other values")
-    return data.check_paraphrases(d, path)
+    if isinstance(d, dict) and all(isinstance(v, list) for v in d.values()):
+        return data.check_paraphrases(d, path)
+    raise data.DataError(f"{path}: expected a JSON object mapping each instruction to a list of other wordings "
+                         f"(paraphrases) or to one other instruction (a string, as eval.py --instructions reads), "
+                         f"not a mix of the two or other values")
 
 
 def add_command(cache, datasets):

@@ -360,7 +360,8 @@ def test_paraphrase_file_errors_name_the_file(tmp_path):
     # encode_text.py --paraphrases also reads an instruction map ({instruction: another}); its errors say which
     assert encode_text.read_json_texts(tmp_path / "str.json") == {"open the drawer": ["pull the drawer open"]}
     assert encode_text.read_json_texts(good) == {"open the drawer": ["pull the drawer open"]}
-    for text, msg in (('{"a": "b", "c": ["d"]}', "a list of other wordings .paraphrases. or to one other instruction"),
+    both = "a list of other wordings .paraphrases. or to one other instruction"
+    for text, msg in (('{"a": "b", "c": ["d"]}', both), ('{"a": 3}', both), ('["a"]', both),
                       ('{"a": "b", "c": ""}', "instructions must be a JSON object"),
                       ('{"a": []}', "paraphrases must be a JSON object")):
         (tmp_path / "x.json").write_text(text)
