@@ -63,7 +63,7 @@ def load_episodes(root):
         raise ValueError(f"{ann_file}: missing (a dataset written by `python sim.py policy`?)")
     ann = {a["episode_index"]: a for a in map(json.loads, ann_file.read_text().splitlines())}
     files = sorted((root / "data").rglob("*.parquet"))
-    columns = ["episode_index", "frame_index", "observation.state", "action"]
+    columns = ["episode_index", "frame_index", "observation.environment_state", "action"]
     if not files:
         raise ValueError(f"{root / 'data'}: no parquet files")
     missing = [c for c in columns if c not in pq.read_schema(files[0]).names]
@@ -72,7 +72,7 @@ def load_episodes(root):
     table = pq.read_table(files, columns=columns)
     ep = table["episode_index"].to_numpy()
     frame = table["frame_index"].to_numpy()
-    obs = np.array(table["observation.state"].to_pylist(), dtype=np.float32)
+    obs = np.array(table["observation.environment_state"].to_pylist(), dtype=np.float32)
     action = np.array(table["action"].to_pylist(), dtype=np.float32)
     episodes = []
     for e in np.unique(ep):

@@ -26,8 +26,10 @@ and an expert lasts 5-12 s. Episodes are simulated headless, recording the full 
 frame, and rendered only once kept (no multisampling, shadows or reflections: ~10x faster in Mesa's
 llvmpipe). The corner cameras look at the table upside down; frames are turned by 180 degrees (Meta-World's own
 env.render(), and data recorded through it, delivers them unturned: train.py --rotate, eval.py --rotate).
-observation.state is Meta-World's 39-d observation; action is the mocap's move / action_scale and the
-gripper command.
+observation.state is the robot's own state as LeRobot's Meta-World env reports it (`agent_pos`: hand xyz and
+gripper opening, the first 4 dims of Meta-World's observation); observation.environment_state is the whole 39-d
+observation (hand, gripper, object poses, goal: privileged, for policy.py and bench/state_oracle.py); action is the
+mocap's move / action_scale and the gripper command.
 
 Frame t is the state after t actions. The expert E runs until its first success s plus --tail frames:
 T_E = s + 1 + tail, progress t / (T_E - 1). Its arm is a mocap-welded, heavily damped 7-joint arm whose
@@ -450,8 +452,9 @@ class Rollout:
     def episode(self, frames, text, **meta):
         grip = self.actions[-1][3] if self.actions else -1.0
         actions = np.array(self.actions + [np.array([0.0, 0.0, 0.0, grip])], dtype=np.float32)
-        return {"frames": frames, "observation.state": np.array(self.obs, dtype=np.float32), "action": actions,
-                "task": text, "meta": meta}
+        obs = np.array(self.obs, dtype=np.float32)
+        return {"frames": frames, "observation.state": obs[:, :4], "observation.environment_state": obs,
+                "action": actions, "task": text, "meta": meta}
 
 
 def act(ro, policy):
@@ -722,7 +725,7 @@ def task_seed(task):
 def generate(task, seed, kinds=KINDS, size=128, cameras=("corner",), fps=10, tail=5, pause=(0.5, 4.0),
              undo=(0.5, 3.0), base_seed=0, max_steps=400, jitter=False, stats=None):
     """The episodes of one task and env seed: a list of dicts with frames {camera: uint8 [T, H, W, 3]},
-    observation.state [T, 39], action [T, 4], task (the instruction) and meta (the annotation without its
+    observation.state [T, 4], observation.environment_state [T, 39], action [T, 4], task (the instruction) and meta (the annotation without its
     episode index). kinds: expert, hesitation, retry, play. Failed and discarded episodes are counted in
     `stats` (a dict) if given. pause, undo: ranges of the pause and of the undone stretch (retrace and
     carry), in seconds of video. jitter: move the cameras and scale the lights a little (training views)."""
@@ -807,6 +810,7 @@ def generate(task, seed, kinds=KINDS, size=128, cameras=("corner",), fps=10, tai
 # (Mp4Writer; eval.py's overlay videos too)
 
 CHUNKS_SIZE = 1000  # files per chunk directory, as in LeRobot
+FLOAT_FEATURES = ("observation.state", "observation.environment_state", "action")  # per-frame float vectors
 CODEC_NAMES = {"libsvtav1": "av1", "libaom-av1": "av1", "libdav1d": "av1", "libx264": "h264", "libx265": "hevc"}
 
 
@@ -889,10 +893,9 @@ def write_lerobot(root, episodes, fps, version="v3.0", codec="libsvtav1", video_
 
     episodes: any iterable (consumed once, one episode in memory at a time) of dicts with "frames" uint8
     [T, H, W, 3] (stored under video_key) or {video key: frames} for several cameras, "task" str, and
-    optional float arrays "observation.state" [T, d] and "action" [T, d]. v3.0 packs files_max_episodes
-    episodes per data parquet and per mp4; v2.1 writes one of each per episode. codec: a PyAV encoder
-    (libsvtav1 = AV1 as LeRobot records, libx264 = H.264); gop=2 and crf=30 (AV1) follow LeRobot's
-    recording defaults.
+    optional float arrays [T, d] of FLOAT_FEATURES. v3.0 packs files_max_episodes episodes per data parquet and
+    per mp4; v2.1 writes one of each per episode. codec: a PyAV encoder (libsvtav1 = AV1 as LeRobot records,
+    libx264 = H.264); gop=2 and crf=30 (AV1) follow LeRobot's recording defaults.
     """
     root = Path(root)
     if version not in ("v3.0", "v2.1"):
@@ -911,7 +914,7 @@ def write_lerobot(root, episodes, fps, version="v3.0", codec="libsvtav1", video_
                 raise ValueError(f"write_lerobot: episode {e}: {key} frames must be uint8 [T>0, H, W, 3], got "
                                  f"{frames.dtype} {list(frames.shape)}")
         T = len(next(iter(views.values())))
-        extra = {k: np.asarray(ep[k], dtype=np.float32) for k in ("observation.state", "action") if k in ep}
+        extra = {k: np.asarray(ep[k], dtype=np.float32) for k in FLOAT_FEATURES if k in ep}
         shapes = {**{k: f.shape[1:3] for k, f in views.items()}, **{k: v.shape[1:] for k, v in extra.items()}}
         if feats is None:
             if any(h % 2 or w % 2 for h, w in (f.shape[1:3] for f in views.values())):
@@ -982,7 +985,7 @@ def _write_meta(root, version, fps, codec, robot_type, feats, rows, tasks, stats
     n = len(rows)
     features = {}
     for k, shape in feats.items():
-        if k in ("observation.state", "action"):
+        if k in FLOAT_FEATURES:
             d = int(shape[0])
             features[k] = {"dtype": "float32", "shape": [d], "names": [f"{k.split('.')[-1]}_{i}" for i in range(d)]}
         else:
@@ -1082,7 +1085,7 @@ def merge_lerobot(parts, root):
     if info0 is None:
         raise ValueError("merge_lerobot: no parts given")
     feats = {k: (f["shape"][:2] if f["dtype"] == "video" else f["shape"]) for k, f in info0["features"].items()
-             if f["dtype"] == "video" or k in ("observation.state", "action")}
+             if f["dtype"] == "video" or k in FLOAT_FEATURES}
     codec = next(f["info"]["video.codec"] for f in info0["features"].values() if f["dtype"] == "video")
     codec = {v: k for k, v in CODEC_NAMES.items() if k in ("libsvtav1", "libx264", "libx265")}.get(codec, codec)
     _write_meta(root, "v3.0", info0["fps"], codec, info0.get("robot_type"), feats, rows, tasks, stats, total)

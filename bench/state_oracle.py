@@ -137,7 +137,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     try:
         out = evaluate(args.data, args.tasks, args.seeds, args.hide, now=args.now)
-    except (ValueError, OSError) as e:  # e.g. a dataset without observation.state: its file and columns named
+    except (ValueError, OSError) as e:  # e.g. a dataset without observation.environment_state: its file and columns named
         raise SystemExit(f"state_oracle.py: {e}") from None
     for (split, method), metrics in out.items():
         cells = []

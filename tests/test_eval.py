@@ -681,7 +681,7 @@ def test_state_oracle_reads_each_frames_state(tmp_path):
                 obs = np.zeros((len(p), 39), np.float32)
                 obs[:, 4] = p
                 yield {"frames": np.zeros((len(p), 16, 16, 3), np.uint8), "task": f"do {task}",
-                       "observation.state": obs, "action": np.zeros((len(p), 4), np.float32)}
+                       "observation.environment_state": obs, "action": np.zeros((len(p), 4), np.float32)}
         write_lerobot(tmp_path / split, rows(), fps=10, codec="libx264")
         (tmp_path / split / "annotations.jsonl").write_text("".join(
             json.dumps({"episode_index": i, "task": t, "T": len(p), **a}) + "\n" for i, (t, a, p) in enumerate(episodes)))

@@ -111,13 +111,13 @@ def test_values_join_every_sample_and_refuse_gaps(tmp_path):
 
 
 def test_a_dataset_without_the_state_is_named(tmp_path):
-    """load_episodes on a LeRobot dataset without observation.state and action (a camera-only recording) names the
+    """load_episodes on a LeRobot dataset without observation.environment_state and action (a camera-only recording) names the
     file and the columns, not a pyarrow field reference."""
     from sim import write_lerobot
     write_lerobot(tmp_path / "ds", [{"frames": np.zeros((4, 16, 16, 3), np.uint8), "task": "do it"}], fps=10,
                   codec="libx264")
     (tmp_path / "ds" / "annotations.jsonl").write_text('{"episode_index": 0, "kind": "expert", "task": "a"}\n')
-    with pytest.raises(ValueError, match=r"file-000.parquet: lacks the columns observation.state, action"):
+    with pytest.raises(ValueError, match=r"file-000.parquet: lacks the columns observation.environment_state, action"):
         policy.load_episodes(tmp_path / "ds")
 
 

@@ -142,7 +142,9 @@ def test_generate_episodes_and_determinism():
     sim.Rollout(env)  # reset: sets the goal the env judges success against
     expert = eps[0]
     for ep in eps:
-        a, T = ep["meta"], len(ep["observation.state"])
+        a, T = ep["meta"], len(ep["observation.environment_state"])
+        # the robot's own state as LeRobot's Meta-World env reports it: hand xyz and gripper, the observation's first 4
+        np.testing.assert_array_equal(ep["observation.state"], ep["observation.environment_state"][:, :4])
         assert set(ep["frames"]) == {"corner", "corner2"}
         assert all(f.shape == (T, SIZE, SIZE, 3) and f.dtype == np.uint8 for f in ep["frames"].values())
         assert a["T"] == T == len(ep["action"]) and ep["task"] == sim.INSTRUCTIONS[TASK]
@@ -152,7 +154,7 @@ def test_generate_episodes_and_determinism():
             shared = a["f"] if a["kind"] == "failure" else a["m"]
             for c in ("corner", "corner2"):
                 np.testing.assert_array_equal(ep["frames"][c][:shared + 1], expert["frames"][c][:shared + 1])
-        obs = ep["observation.state"].astype(np.float64)
+        obs = ep["observation.environment_state"].astype(np.float64)
         success = [env.evaluate_state(o, act)[1]["success"] for o, act in zip(obs, ep["action"])]
         if a["kind"] == "failure":  # never succeeds; achieved: the covered share of the object-to-goal distance
             assert not any(success)
@@ -295,7 +297,7 @@ def test_corpus(corpus):
     import pyarrow.parquet as pq
     table = pq.read_table(corpus / "train" / "data")
     index = table["episode_index"].to_numpy()
-    state, action = (np.array(table[k].to_pylist(), dtype=np.float64) for k in ("observation.state", "action"))
+    state, action = (np.array(table[k].to_pylist(), dtype=np.float64) for k in ("observation.environment_state", "action"))
     for line in (corpus / "train" / "annotations.jsonl").read_text().splitlines():
         a = json.loads(line)
         last = np.nonzero(index == a["episode_index"])[0][-1]
