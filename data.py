@@ -116,12 +116,14 @@ def _indexing(items, name):
     return tqdm(items, desc=f"{name}: indexing", unit="episode", leave=False, mininterval=1.0, disable=len(items) < 100)
 
 
-def read_lerobot(root, camera=None, name=None, probe=True, skipped=None):
+def read_lerobot(root, camera=None, name=None, probe=True, skipped=None, state=None):
     """LeRobot dataset, v3.0 or v2.1 (from meta/info.json `codebase_version`) -> list[Episode].
 
     camera: video feature key (default: the first video key in info.json), or "all": one Episode per view.
     probe: open each video file's header once to check it exists, opens and covers its episodes.
     skipped: a list that receives (episode id, reason) of every episode left out.
+    state: a per-frame float column of the data parquet files (e.g. observation.state, the robot's proprioception)
+    read into Episode.extra["state"], float32 [T, d]; an episode whose rows are incomplete or not finite is skipped.
     Episode.extra["index_from"] is the dataset-wide `index` of the episode's frame 0 (LeRobot's global frame
     index, which progress files for LeRobot's trainers are keyed by).
     """
@@ -142,9 +144,10 @@ def read_lerobot(root, camera=None, name=None, probe=True, skipped=None):
         raise DataError(f"{info_path}: codebase_version {version!r} is not supported (v2.x, v3.x)")
     if not keys:
         raise DataError(f"{info_path}: the dataset has no video features")
+    dim = state_dim(info, info_path, state) if state else None
     if camera == "all":  # every view is an episode of its own (source name + [camera]): free training data
         return [e for k in keys for e in read_lerobot(root, k, name if len(keys) == 1 else f"{name}[{k}]", probe,
-                                                      skipped)]
+                                                      skipped, state)]
     camera = camera or keys[0]
     if camera not in keys:
         raise DataError(f"{info_path}: no video feature {camera!r}; available: {', '.join(keys)}")
@@ -194,10 +197,67 @@ def read_lerobot(root, camera=None, name=None, probe=True, skipped=None):
             video = root / video_path.format(episode_chunk=ep // chunks, video_key=camera, episode_index=ep)
             _add(eps, skip, probed, probe, name, video, ep, r.get("length", 0), r.get("tasks"), fps, 0.0, None, index)
             index += r.get("length") or 0
+    if state:
+        eps = _attach_state(root, state, dim, eps, skip)
     skip.summary(len(eps))
     if skipped is not None:
         skipped += skip.items
     return eps
+
+
+def state_dim(info, info_path, column):
+    """The width d of a LeRobot dataset's per-frame float feature `column` (its info.json entry: shape [d])."""
+    ft = info["features"].get(column)
+    if ft is None:
+        others = [k for k, f in info["features"].items() if f.get("dtype") in ("float32", "float64")
+                  and len(f.get("shape") or ()) == 1 and f["shape"][0] > 1]
+        raise DataError(f"{info_path}: no feature {column!r} (the robot's state); its vector features: "
+                        f"{', '.join(others) or 'none'}")
+    shape = ft.get("shape") or ()
+    if ft.get("dtype") not in ("float32", "float64") or len(shape) != 1 or not shape[0] >= 1:
+        raise DataError(f"{info_path}: feature {column!r} is {ft.get('dtype')} {list(shape)}, not a float vector [d]")
+    return int(shape[0])
+
+
+def _attach_state(root, column, dim, eps, skip):
+    """Read `column` [d] of every frame from the data parquet files into each episode's extra["state"]; an episode
+    whose rows do not number its frames 0..T-1 exactly, or hold a value that is not finite, is skipped."""
+    files = sorted((root / "data").rglob("*.parquet"))
+    if not files:
+        raise DataError(f"{root / 'data'}: no parquet files to read {column!r} from")
+    ep_idx, frame, values = [], [], []
+    for f in files:
+        try:
+            if column not in pq.read_schema(f).names:
+                raise DataError(f"{f}: no column {column!r}")
+            t = pq.read_table(f, columns=["episode_index", "frame_index", column])
+            col = t[column].combine_chunks()
+            flat = (col.flatten() if pa.types.is_list(col.type) or pa.types.is_fixed_size_list(col.type) else col
+                    ).to_numpy(zero_copy_only=False)
+        except (pa.ArrowException, OSError) as e:
+            raise DataError(f"{f}: unreadable column {column!r} ({e})") from None
+        if flat.size != len(t) * dim:
+            raise DataError(f"{f}: column {column!r} holds {flat.size} values for {len(t)} frames of width {dim} "
+                            f"(meta/info.json)")
+        ep_idx.append(t["episode_index"].to_numpy())
+        frame.append(t["frame_index"].to_numpy())
+        values.append(flat.reshape(len(t), dim).astype(np.float32))
+    ep_idx, frame, values = np.concatenate(ep_idx), np.concatenate(frame), np.concatenate(values)
+    order = np.lexsort((frame, ep_idx))
+    ep_idx, frame, values = ep_idx[order], frame[order], values[order]
+    lo = np.searchsorted(ep_idx, [ep.episode_index for ep in eps], "left")
+    hi = np.searchsorted(ep_idx, [ep.episode_index for ep in eps], "right")
+    kept = []
+    for ep, a, b in zip(eps, lo, hi):
+        what = f"episode {ep.episode_index} ({ep.video})"
+        if not np.array_equal(frame[a:b], np.arange(ep.T)):
+            skip(what, f"{column} incomplete", f"{b - a} rows for {ep.T} frames", id=ep.id)
+        elif not np.isfinite(values[a:b]).all():
+            skip(what, f"{column} not finite", id=ep.id)
+        else:
+            ep.extra["state"] = values[a:b]
+            kept.append(ep)
+    return kept
 
 
 def _probe_once(probed, video):
@@ -338,15 +398,17 @@ def read_manifest(path, name=None, skipped=None):
     return eps
 
 
-def read_dataset(path, camera=None, name=None, skipped=None):
+def read_dataset(path, camera=None, name=None, skipped=None, state=None):
     """Any supported source by its layout: a .jsonl manifest, a LeRobot root (meta/info.json), or an
     EgoDex root (mp4 + hdf5 pairs) -> list[Episode]. skipped: a list that receives (id, reason) of every
-    episode left out while indexing."""
+    episode left out while indexing. state: a LeRobot column to read as each frame's state (read_lerobot)."""
     path = Path(path)
+    if (path / "meta" / "info.json").exists():
+        return read_lerobot(path, camera, name, skipped=skipped, state=state)
+    if state:
+        raise DataError(f"{path}: the state {state!r} is a column of a LeRobot dataset, and this is none")
     if path.is_file() and path.suffix == ".jsonl":
         return read_manifest(path, name, skipped)
-    if (path / "meta" / "info.json").exists():
-        return read_lerobot(path, camera, name, skipped=skipped)
     if path.is_dir() and next(path.rglob("*.hdf5"), None) is not None:
         return read_egodex(path, name, skipped)
     raise DataError(f"{path}: not a dataset: expected a .jsonl manifest, a LeRobot root (meta/info.json) "
@@ -580,14 +642,17 @@ class ClipDataset(torch.utils.data.Dataset):
     instruction of the mixture other than the episode's, in one of its wordings, and every value 0, since the video
     does nothing for that task; ReWiND's mismatched video-language pairs, not in the paper). With `first_frame` (not
     in the paper) each clip is led by the episode's first frame o_0, the start the model then compares the window
-    with: 2h + 2 frames, nothing else changed.
+    with: 2h + 2 frames, nothing else changed. With `state` (not in the paper; every episode then carries
+    extra["state"], read_lerobot's state=) each sample also holds the robot's state at the frames of its 1 + h value
+    tokens and at the episode's first frame, left out (`state_dropped`) in the share `state_dropout` of the clips.
 
     Returns {"frames": float32 [3, 9, S, S] in [-1, 1] ([3, 10, S, S] led by o_0), "values": float32 [5] = [prefix
     value, the h = 4 chunk (current-frame) targets], "text": str, "text_dropped": bool, "mismatched": bool, "mode": str,
     "prefix_randomized": bool, "seed": int (for the trainer's noise), "episode": "source/episode_index",
     "frame_index": int64 [9] (or [10]) native indices, "retries": int (bad episodes hit before this sample),
     "clip_key": str naming the exact frames (the key of a latent cache: episode, size, frame indices, video file,
-    start and fps)}.
+    start and fps)}; with `state` also "state": float32 [1 + h, d] (the prefix frame's and the current frames'),
+    "start_state": float32 [d] (frame 0's) and "state_dropped": bool.
 
     Episodes shorter than min_frames resampled frames (default h + 1: a prefix and one chunk) are
     skipped at construction. A decoding failure marks the episode bad (one warning), and the sample is
@@ -596,7 +661,7 @@ class ClipDataset(torch.utils.data.Dataset):
 
     def __init__(self, sources, fps=2.0, size=256, h=4, length=None, seed=0, rewind=0.5, plateau=0.1,
                  prefix=0.5, text_dropout=0.0, paraphrases=None, mirror=0.0, rotate=0.0, mismatch=0.0,
-                 first_frame=False, min_frames=None, max_tries=16):
+                 first_frame=False, state=False, state_dropout=0.0, min_frames=None, max_tries=16):
         if size is not None and size % 32:
             raise ValueError(f"ClipDataset: size {size} must be a multiple of 32 (VAE stride 16 x patch 2)")
         if sources and isinstance(sources[0], Episode):
@@ -605,6 +670,7 @@ class ClipDataset(torch.utils.data.Dataset):
         self.rewind, self.plateau, self.prefix, self.max_tries = rewind, plateau, prefix, max_tries
         self.text_dropout, self.paraphrases, self.mirror = text_dropout, paraphrases or {}, mirror
         self.rotate, self.mismatch, self.first_frame = rotate, mismatch, first_frame
+        self.state, self.state_dropout = state, state_dropout
         min_frames = min_frames or h + 1
         self.sources = []
         for n, src in enumerate(sources):
@@ -612,6 +678,9 @@ class ClipDataset(torch.utils.data.Dataset):
             tfps = src.fps or fps
             skip, keep = _Skips(f"{name} @ {tfps:g} fps"), []
             for ep in src.episodes:
+                if state and "state" not in ep.extra:
+                    raise DataError(f"ClipDataset: episode {ep.id} ({ep.video}) has no state; read its dataset with "
+                                    f"state=<column> (train.py --state)")
                 Tr = len(resample(ep.T, ep.fps, tfps))
                 if Tr < min_frames:
                     skip(f"episode {ep.id} ({ep.video})", "too short", f"{Tr} frames at {tfps:g} fps < {min_frames}")
@@ -648,7 +717,8 @@ class ClipDataset(torch.utils.data.Dataset):
         u_text = rng.random()
         mirrored = bool(rng.random() < self.mirror)  # drawn last: the rest is that of a run without mirroring
         u_mismatch = rng.random(3)  # and then these, so that a run without mismatched pairs is a run with none
-        rotated = bool(rng.random() < self.rotate)  # last of all, for the same reason
+        rotated = bool(rng.random() < self.rotate)  # then this, for the same reason
+        state_dropped = bool(rng.random() < self.state_dropout)  # last of all, for the same reason
         src = self.sources[min(int(np.searchsorted(self.cum, u[0], side="right")), len(self.sources) - 1)]
         ep = src.episodes[int(u[1] * len(src.episodes))]
         native = resample(ep.T, ep.fps, src.fps)
@@ -670,7 +740,7 @@ class ClipDataset(torch.utils.data.Dataset):
         return {"episode": ep, "t": t, "k": k, "frame_index": frames, "values9": values, "mode": mode,
                 "prefix_randomized": randomized, "values": np.array([prefix, *values[1:h + 1]], dtype=np.float32),
                 "seed": sample_seed, "text": wordings[int(u_word * len(wordings))], "text_dropped": text_dropped,
-                "mirrored": mirrored, "rotated": rotated, "mismatched": mismatched}
+                "mirrored": mirrored, "rotated": rotated, "mismatched": mismatched, "state_dropped": state_dropped}
 
     def clip_key(self, ep, frame_index):
         """The exact clip: episode, size, native frames, and the video file by its real path (so that a relative
@@ -701,10 +771,15 @@ class ClipDataset(torch.utils.data.Dataset):
                 self.failures += 1
                 log.warning("skipping episode %s (%s): %s; sampling another episode", ep.id, ep.video, e)
                 continue
-            return {"frames": frames, "latents": latents, "values": torch.from_numpy(p["values"]),
-                    "text": p["text"], "text_dropped": p["text_dropped"], "mismatched": p["mismatched"],
-                    "mode": p["mode"], "prefix_randomized": p["prefix_randomized"], "seed": p["seed"], "episode": ep.id,
-                    "frame_index": torch.from_numpy(p["frame_index"]), "retries": attempt, "clip_key": key}
+            out = {"frames": frames, "latents": latents, "values": torch.from_numpy(p["values"]),
+                   "text": p["text"], "text_dropped": p["text_dropped"], "mismatched": p["mismatched"],
+                   "mode": p["mode"], "prefix_randomized": p["prefix_randomized"], "seed": p["seed"], "episode": ep.id,
+                   "frame_index": torch.from_numpy(p["frame_index"]), "retries": attempt, "clip_key": key}
+            if self.state:  # the frames of the value tokens: the prefix and the current ones (after o_0, if it leads)
+                lead = 1 if self.first_frame else 0
+                out |= {"state": torch.from_numpy(ep.extra["state"][p["frame_index"][lead:lead + self.h + 1]]),
+                        "start_state": torch.from_numpy(ep.extra["state"][0]), "state_dropped": p["state_dropped"]}
+            return out
         raise RuntimeError(f"ClipDataset: sample {i}: {self.max_tries} episodes in a row failed to decode; "
                            f"bad episodes so far: {sorted(self.bad)[:10]}")
 
@@ -728,7 +803,9 @@ def collate(samples):
         "frame_index": torch.stack([s["frame_index"] for s in samples]),
         "retries": torch.tensor([s["retries"] for s in samples]),
         "clip_key": [s["clip_key"] for s in samples],
-    }
+    } | ({"state": torch.stack([s["state"] for s in samples]),
+          "start_state": torch.stack([s["start_state"] for s in samples]),
+          "state_dropped": torch.tensor([s["state_dropped"] for s in samples])} if "state" in samples[0] else {})
 
 
 # ----------------------------------------------------------------------------- latents of clips, cached

@@ -274,18 +274,26 @@ class WVMScorer:
             return (np.where(has_first[i][f], first[i][f], sums[i][f] / counts[i][f]),
                     np.where(has_first[i][f], first_spread[i][f], spread[i][f] / counts[i][f]))
 
+        # the robot's state, for a model that reads it, where the dataset was read with it (state_column)
+        states = [t.episode.extra.get("state") for t in group] if self.trained.get("state") else []
+        use_state = bool(states) and all(s is not None for s in states)
         for k in range(max((len(e) for e in ends), default=0)):
             live = [i for i in range(len(group)) if k < len(ends[i])]
-            clips, prefix = [], []
+            clips, prefix, state = [], [], []
             for i in live:
                 t = ends[i][k]
                 p = t - self.h  # prefix frame; -1 (before the start) is frame 0 with value 0
-                clips.append(frames[i][:, self.lead + [max(p, 0)] + list(range(t - self.h + 1, t + 1))])
+                window = [max(p, 0)] + list(range(t - self.h + 1, t + 1))  # the value tokens' frames
+                clips.append(frames[i][:, self.lead + window])
                 prefix.append(0.0 if p < 0 else float(np.clip(read(i, p)[0], 0, 1)))
+                if use_state:
+                    state.append(torch.from_numpy(states[i][np.asarray(group[i].index)[window]]))
             lat = clip_latents(self.vae, torch.stack(clips).to(self.device), self.h)  # the current latent
             context = pad_text([ctx[i] for i in live])
+            st = dict(state=torch.stack(state), start_state=torch.from_numpy(np.stack([states[i][0] for i in live]))) \
+                if use_state else {}
             vals = self.model.predict_values(lat.float(), context.to(self.device), torch.tensor(prefix), steps=self.steps,
-                                             samples=self.samples, generator=[gens[i] for i in live]).cpu().numpy()
+                                             samples=self.samples, generator=[gens[i] for i in live], **st).cpu().numpy()
             for j, i in enumerate(live):
                 f = ends[i][k] - self.h + 1
                 v, sd = np.clip(vals[j], 0, 1).mean(0), vals[j].std(0)
@@ -340,6 +348,32 @@ def load_scorer(args):
                      rotate=args.rotate)
 
 
+def state_column(scorer, path):
+    """The column of the robot's state to read from the dataset at `path` for this scorer's model: the one it trained
+    on (train.py --state), or None for a model that reads no state. A dataset without it (or of another width) is
+    scored from the video and language alone if training left the state out of some clips (state_dropout), with a
+    warning; otherwise it is an error."""
+    trained = getattr(scorer, "trained", None) or {}  # (a scorer without a model reads no state)
+    column, dim = trained.get("state"), trained.get("state_dim")
+    if not column:
+        return None
+    info = os.path.join(path, "meta", "info.json")
+    try:
+        with open(info) as f:
+            width = json.load(f)["features"][column]["shape"]
+    except (OSError, ValueError, KeyError, TypeError):
+        width = None
+    if width == [dim]:
+        return column
+    what = f"{path}: no {column} [{dim}]" + (f" (its {column} is {width})" if width else "")
+    if not trained.get("state_dropout"):
+        raise SystemExit(f"{what}, the robot's state the model reads beside the video, and it never trained "
+                         f"without it")
+    print(f"{what}: scored from the video and language alone, as the model was trained on "
+          f"{trained['state_dropout']:.0%} of its clips", file=sys.stderr)
+    return None
+
+
 def dataset_fps(trained, path):
     """The fps at which a run's model scores the dataset at `path`: that of its training source when the run trained
     on that path at an fps of its own (train.py --data=path:weight:fps), else the run's. trained: the run's record."""
@@ -371,15 +405,16 @@ def in_run(run_dir, p):
 # ----------------------------------------------------------------------------------------------
 # benchmarks
 
-def load_annotated(path, fps, camera=None, min_frames=4):
+def load_annotated(path, fps, camera=None, min_frames=4, state=None):
     """Episodes of a LeRobot dataset (+ its annotations.jsonl) or a manifest, with their annotation.
 
     Returns (items, problems): items are (Trajectory, annotation dict); problems are messages for every
     episode left out (while indexing, unannotated where an annotations file exists, unusable annotation)
     and every annotation of an episode the dataset lacks: reported and counted, never silently dropped.
-    Without an annotations file (and without a manifest's `kind`), every episode is an expert."""
+    Without an annotations file (and without a manifest's `kind`), every episode is an expert. state: the column of
+    the robot's state to read with each episode (state_column)."""
     skipped = []
-    episodes = read_dataset(path, camera=camera, skipped=skipped)
+    episodes = read_dataset(path, camera=camera, skipped=skipped, state=state)
     problems = [f"episode {id}: {reason}" for id, reason in skipped]
     ann_file = os.path.join(path, "annotations.jsonl") if os.path.isdir(path) else None
     annotations = read_annotations(ann_file) if ann_file and os.path.exists(ann_file) else None
@@ -643,7 +678,7 @@ def export_scores(path, scorer, out_dir, fps, H=10, kappa=0.0, keep_top=None, ta
     The tables are written under temporary names, then renamed, values.json (which records each table's
     sha256) last: an interrupted export leaves the previous files whole, never a truncated one."""
     found = []
-    episodes = read_dataset(path, camera=camera, skipped=found)
+    episodes = read_dataset(path, camera=camera, skipped=found, state=state_column(scorer, path))
     skipped = [f"{id}: {reason}" for id, reason in found]
     trajs = [Trajectory(ep, resample(ep.T, ep.fps, fps)) for ep in episodes]
     skipped += [f"{t.episode.id}: {len(t.index)} frames at {fps:g} fps, fewer than one window of {scorer.h}"
@@ -846,7 +881,8 @@ def evaluate(args):
                              args.delta_max, args.camera, args.overlay)
         print(json.dumps(meta, indent=1))
         return
-    items, problems = load_annotated(args.data, fps, args.camera)
+    items, problems = load_annotated(args.data, fps, args.camera,
+                                     state=state_column(scorers[0], args.data) if args.ckpt else None)
     benches = list(BENCHES) if args.bench == "all" else [args.bench]
     wanted = {k for b in benches for k in BENCHES[b]}
     items = [(t, a) for t, a in items if a["kind"] in wanted]

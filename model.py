@@ -226,7 +226,7 @@ def time_mlps(freq_dim, dim):
 # the video DiT
 
 # kept in fp32 when the rest is cast to bf16: the reference computes these in fp32 (and so does the value input)
-FP32_PARAMS = re.compile(r"(^|\.)(time_embedding|time_projection|head|value_embedding)\.|(slot_embedding|modulation)$|norm3\.|norm_[qk]\.")
+FP32_PARAMS = re.compile(r"(^|\.)(time_embedding|time_projection|head|value_embedding|state_embedding)\.|(slot_embedding|modulation|state_mean|state_std)$|norm3\.|norm_[qk]\.")
 
 
 class WanDiT(nn.Module):

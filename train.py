@@ -27,8 +27,9 @@ import signal
 import socket
 import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
@@ -60,6 +61,9 @@ class TrainConfig:
     mismatch: float = 0.0               # share of clips read with another task's instruction, values 0 (not in the paper)
     paraphrases: str = ""               # JSON {instruction: [other wordings]}: each clip reads one wording, drawn
                                         # uniformly (instruction augmentation; sim.py writes one for its corpus)
+    state: str = ""                     # LeRobot column of the robot's state (e.g. observation.state) that the value
+                                        # tokens read beside the video (not in the paper; value_dit.py)
+    state_dropout: float = 0.0          # share of clips trained without it, so that data lacking it can be scored
     latent_cache: str = ""              # folder for VAE latents of clips (the VAE is frozen)
     num_workers: int = 2
     # model
@@ -156,7 +160,7 @@ def check_config(cfg):
         need(getattr(cfg, k) >= 1, k, "must be at least 1")
     for k in ("warmup", "num_workers", "seed"):
         need(getattr(cfg, k) >= 0, k, "must not be negative")
-    for k in ("rewind", "plateau", "prefix_p", "text_dropout", "mirror", "rotate", "mismatch",
+    for k in ("rewind", "plateau", "prefix_p", "text_dropout", "mirror", "rotate", "mismatch", "state_dropout",
               "min_lr_ratio"):
         need(0 <= getattr(cfg, k) <= 1, k, "a probability or ratio: must lie in [0, 1]")
     for k in ("beta1", "beta2"):
@@ -171,6 +175,8 @@ def check_config(cfg):
     for k in ("data", "text_cache", "out_dir"):
         need(bool(getattr(cfg, k)), k, "must be given")
     need(not (cfg.resume and cfg.overwrite), "overwrite", "contradicts resume=True: choose one")
+    need(not cfg.state_dropout or cfg.state, "state_dropout", "needs state=<column>")
+    need(not cfg.state or cfg.stage == "value", "state", "the value stream reads it; stage=video trains none")
     try:
         data_specs(cfg)
     except ValueError as e:
@@ -200,7 +206,8 @@ def data_specs(cfg):
 
 def open_sources(cfg, h):
     """The training mixture's ClipDataset, clips of 2h + 1 frames (h: the model's value chunk)."""
-    sources = [Source(read_dataset(path, camera=cfg.camera or None), weight, fps) for path, weight, fps in data_specs(cfg)]
+    sources = [Source(read_dataset(path, camera=cfg.camera or None, state=cfg.state or None), weight, fps)
+               for path, weight, fps in data_specs(cfg)]
     paraphrases = read_paraphrases(cfg.paraphrases) if cfg.paraphrases else None
     if paraphrases is not None:
         check_names_some(cfg.paraphrases, paraphrases, [ep.instruction for s in sources for ep in s.episodes],
@@ -208,7 +215,8 @@ def open_sources(cfg, h):
     return ClipDataset(sources, fps=cfg.fps, size=cfg.resolution, h=h, seed=cfg.seed, rewind=cfg.rewind,
                        plateau=cfg.plateau, prefix=cfg.prefix_p, text_dropout=cfg.text_dropout,
                        paraphrases=paraphrases, mirror=cfg.mirror, rotate=cfg.rotate, mismatch=cfg.mismatch,
-                       first_frame=cfg.first_frame, length=cfg.max_steps * cfg.batch_size)
+                       first_frame=cfg.first_frame, state=bool(cfg.state), state_dropout=cfg.state_dropout,
+                       length=cfg.max_steps * cfg.batch_size)
 
 
 class StepBatches(torch.utils.data.Sampler):
@@ -256,15 +264,31 @@ def model_inputs(batch, wvm, vae, text_cache, device, latent_cache=None):
     features = [text_cache.get(t) for t in batch["text"]]
     context = pad_text([torch.zeros_like(f) if dropped else f for f, dropped in zip(features, batch["text_dropped"])])
     noise = wvm.flow_noise(batch["seed"], lat.shape[1:])
+    state = {"state": batch["state"], "start_state": batch["start_state"], "state_keep": ~batch["state_dropped"]} \
+        if "state" in batch else {}
     return {"latents": lat, "context": context.to(device), "values": batch["values"].to(device),
-            **{k: v.to(device) for k, v in noise.items()}}
+            **{k: v.to(device) for k, v in (noise | state).items()}}
 
 
 # ----------------------------------------------------------------------------------------------
 # model, parallelism, schedule, MFU
 
-def build_model(cfg, device):
+def state_stats(dataset):
+    """Per-dim mean and std of the robot's state over every frame of the training episodes: the standardization the
+    model keeps (ValueDiT.state_mean / state_std); 1e-3 keeps a constant dim finite."""
+    widths = {src.name: src.episodes[0].extra["state"].shape[1] for src in dataset.sources}
+    if len(set(widths.values())) > 1:
+        raise DataError(f"the sources' states differ in width ({', '.join(f'{n}: {d}' for n, d in widths.items())}); "
+                        f"one model reads one state")
+    s = np.concatenate([ep.extra["state"] for src in dataset.sources for ep in src.episodes]).astype(np.float64)
+    return torch.tensor(s.mean(0), dtype=torch.float32), torch.tensor(s.std(0) + 1e-3, dtype=torch.float32)
+
+
+def build_model(cfg, device, state=None):
+    """The model before parallelism; state: (mean, std) of the robot's state for a value stream that reads it."""
     video_cfg, value_cfg = wvm_configs(cfg.size, head=cfg.value_head)
+    if state is not None:
+        value_cfg = replace(value_cfg, state_dim=len(state[0]))
     opts = dict(mask=cfg.mask, video_loss_weight=cfg.video_loss_weight, video_shift=cfg.video_shift,
                 value_shift=cfg.value_shift)
     torch.manual_seed(cfg.seed)  # the same fresh weights on every process
@@ -274,6 +298,10 @@ def build_model(cfg, device):
         model = WVM(video_cfg, value_cfg, **opts)
     model.checkpointing = cfg.checkpointing
     model.video_only = cfg.stage == "video"
+    if state is not None:  # a resumed run reads its own back from the checkpoint
+        with torch.no_grad():
+            model.value.state_mean.copy_(state[0])
+            model.value.state_std.copy_(state[1])
     return model
 
 
@@ -603,13 +631,16 @@ def train(cfg, world, rank, device):
            "text_encoder": encoder_id(text_cache.encoder), "stage": cfg.stage}
     if cfg.first_frame:  # recorded only when on, so that runs saved before the option resume as they were
         run["first_frame"] = True
+    stats = state_stats(dataset) if cfg.state else None
+    if cfg.state:  # so is the state: its column and width, and how often training went without it
+        run |= {"state": cfg.state, "state_dim": len(stats[0]), "state_dropout": cfg.state_dropout}
     # sources trained at their own fps are scored at it (eval.dataset_fps); a resumed run may read other sources,
     # and its record keeps those of earlier launches
     source_fps = saved.get("run", {}).get("source_fps", {}) | {
         os.path.realpath(path): fps for path, _, fps in data_specs(cfg) if fps is not None}
     if source_fps:
         run["source_fps"] = source_fps
-    model = parallelize(build_model(cfg, device), cfg, device, world, dtype)
+    model = parallelize(build_model(cfg, device, stats), cfg, device, world, dtype)
     # one group unless the video stream learns at its own rate (a run saved with one group resumes as it was)
     bare = unwrap(model)
     groups = model.parameters() if cfg.video_lr == 1 else [

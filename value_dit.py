@@ -9,6 +9,11 @@ Tokens per sample: 1 + h. Slot 0 is the prefix, carrying the clean value v_{t-h}
 the chunk v_{t-h+1..t}: noisy values at flow time s for the flow head, nothing (zeros at time 0)
 for the regression and HL-Gauss heads. Each token embeds its scalar with a linear layer plus a
 learned per-slot embedding; value tokens get no RoPE.
+
+Beyond the paper, a value stream with state_dim d > 0 also reads the robot's state (its proprioception, e.g. a
+LeRobot dataset's observation.state): each token adds a linear map of the standardized state s at its frame, of
+s_0 at the episode's first frame and of s - s_0 (where the episode started tells how far it has come). The map
+starts at zero, so such a model begins as the video-only one, and a clip given no state is read by the video alone.
 """
 from dataclasses import dataclass
 
@@ -34,6 +39,7 @@ class ValueConfig:
     eps: float = 1e-6
     head: str = "flow"          # flow | regression | hlgauss
     bins: int = 51              # HL-Gauss bins over [0, 1]
+    state_dim: int = 0          # d of the robot's state read beside the video (0: none, as in the paper)
 
 
 VALUE_CONFIGS = {
@@ -57,15 +63,36 @@ class ValueDiT(nn.Module):
         self.time_embedding, self.time_projection = time_mlps(c.freq_dim, c.dim)
         self.blocks = nn.ModuleList(Block(c.dim, c.ffn_dim, c.num_heads, c.head_dim, c.cross_heads, c.eps)
                                     for _ in range(c.num_layers))
+        if c.state_dim:  # the training set's per-dim mean and std (train.py sets them), saved with the model
+            self.state_embedding = nn.Linear(3 * c.state_dim, c.dim, bias=False)
+            nn.init.zeros_(self.state_embedding.weight)
+            self.register_buffer("state_mean", torch.zeros(c.state_dim))
+            self.register_buffer("state_std", torch.ones(c.state_dim))
         self.head = Head(c.dim, c.bins if c.head == "hlgauss" else 1, c.eps)
         nn.init.zeros_(self.head.head.weight)  # as DiT: a fresh value stream predicts zero
         nn.init.zeros_(self.head.head.bias)
 
-    def embed(self, values, t, context, text_len):
-        """values [B, 1+h], t [B, 1+h] on 0..1000, context [B, L, text_dim] -> tokens (fp32), e, e0, projected text."""
+    def state_input(self, state, start, keep=None):
+        """The state features of the value tokens: state [B, 1+h, d] at their frames, start [B, d] at frame 0, keep [B]
+        (False: this clip's state is left out, its features zero) -> [B, 1+h, 3d]: s, s_0 and s - s_0, standardized."""
+        if not self.cfg.state_dim:
+            raise ValueError("this value stream reads no state (state_dim 0)")
+        if state.shape[-1] != self.cfg.state_dim or start.shape[-1] != self.cfg.state_dim:
+            raise ValueError(f"state of width {state.shape[-1]} (start {start.shape[-1]}): the model reads "
+                             f"{self.cfg.state_dim}")
+        mean, std = self.state_mean.float(), self.state_std.float()
+        s, s0 = (state.float() - mean) / std, ((start.float() - mean) / std)[:, None].expand_as(state)
+        x = torch.cat([s, s0, s - s0], -1)
+        return x if keep is None else x * keep.to(x)[:, None, None]
+
+    def embed(self, values, t, context, text_len, state=None):
+        """values [B, 1+h], t [B, 1+h] on 0..1000, context [B, L, text_dim], state features [B, 1+h, 3d] (state_input)
+        or None -> tokens (fp32), e, e0, projected text."""
         with torch.autocast(values.device.type, enabled=False):  # bf16 would round the progress input to ~3 digits
             w = self.value_embedding
             tokens = F.linear(values.float()[..., None], w.weight.float(), w.bias.float()) + self.slot_embedding.float()
+            if state is not None:
+                tokens = tokens + F.linear(state.float(), self.state_embedding.weight.float())
         e, e0 = time_embed(self, t.float())
         return tokens, e, e0, embed_text(self, context, text_len)
 

@@ -86,14 +86,15 @@ class WVM(nn.Module):
         L = x.shape[1]
         return vb.finish(x, o[:, :L], vid[0], vid[1]), ub.finish(z, o[:, L:], val[0], val[1])
 
-    def joint(self, x_in, t_vid, v_in, t_val, context):
+    def joint(self, x_in, t_vid, v_in, t_val, context, state=None):
         """Both streams through all layers: video latents [B, C, F, H, W] at per-frame times t_vid [B, F]
         (F = 2: current, future; 3: o_0, current, future) and value tokens v_in [B, 1+h] at times t_val [B, 1+h]
-        -> final video tokens, video time embedding e, final value tokens, value time embedding.
+        (with their state features [B, 1+h, 3d], ValueDiT.state_input, or None) -> final video tokens, video time
+        embedding e, final value tokens, value time embedding.
         """
         with low_precision_autocast(self.video, x_in.device.type):
             x, e, e0, ctx, rope = self.video.embed(x_in, t_vid, context)
-            z, eu, e0u, ctxu = self.value.embed(v_in, t_val, context, self.video.cfg.text_len)
+            z, eu, e0u, ctxu = self.value.embed(v_in, t_val, context, self.video.cfg.text_len, state)
             n_fut = x.shape[1] // x_in.shape[2]  # the last latent frame is the future one
             n_cur = x.shape[1] - n_fut
             for vb, ub in zip(self.video.blocks, self.value.blocks):
@@ -124,6 +125,7 @@ class WVM(nn.Module):
             context [B, L, text_dim]  umT5 features of the instruction
             values [B, 1+h]           the prefix value v_{t-h} (randomized with probability p) and the h chunk targets
             sigma_video [B], noise_video [B, C, 1, H, W], sigma_value [B], noise_value [B, h]   (flow_noise)
+            state [B, 1+h, d], start_state [B, d], state_keep [B]   optional: the robot's state (state_dim d > 0)
         -> {"loss", "loss_value", "loss_video", "value_out"}: the paper's joint objective
         loss = loss_value + λ·loss_video with λ = video_loss_weight (1 in Table A.1), both flow-matching MSEs on
         the velocity (flow.py's convention) for the flow head.
@@ -148,7 +150,9 @@ class WVM(nn.Module):
         chunk_in, t_chunk = self.value.chunk_input(y, batch["sigma_value"].float(), eps_val)
         v_in = torch.cat([values[:, :1], chunk_in], 1)                         # [B, 1+h]
         t_val = torch.cat([torch.zeros_like(t_chunk[:, :1]), t_chunk], 1)      # the prefix token is clean
-        x, e, z, eu = self.joint(x_in, t_vid, v_in, t_val, batch["context"])
+        state = (self.value.state_input(batch["state"], batch["start_state"], batch.get("state_keep"))
+                 if batch.get("state") is not None else None)
+        x, e, z, eu = self.joint(x_in, t_vid, v_in, t_val, batch["context"], state)
         out = self.value.chunk_out(z, eu)                                      # [B, h] (HL-Gauss: [B, h, bins])
         loss_value = self.value.chunk_loss(out, y, eps_val)                    # the chunk tokens only, never the prefix
         loss_video = torch.zeros((), device=lat.device)
@@ -186,9 +190,11 @@ class WVM(nn.Module):
         return cache
 
     @torch.no_grad()
-    def predict_values(self, current_latents, context, prefix_value, steps=1, samples=1, generator=None):
+    def predict_values(self, current_latents, context, prefix_value, steps=1, samples=1, generator=None, state=None,
+                       start_state=None):
         """Value chunk [B, samples, h] for clean current latents [B, C, 1, H, W] (led by o_0's: [B, C, 2, H, W]) and
-        prefix values [B].
+        prefix values [B]; with the robot's state [B, 1+h, d] at the prefix and current frames and start_state [B, d]
+        at frame 0 for a model that reads it (None: the video alone).
 
         The video stream runs once (prefill); each Euler step and each noise sample runs only the
         value stream against the cached video K/V. generator: one for the batch, or a list of B (one per
@@ -199,10 +205,11 @@ class WVM(nn.Module):
             cache = self.prefill(current_latents, context, generator)
             ctx = context.repeat_interleave(S, 0)
             prefix = prefix_value.float().to(dev).repeat_interleave(S, 0)[:, None]
+            st = None if state is None else self.value.state_input(state.to(dev), start_state.to(dev)).repeat_interleave(S, 0)
 
             def run(chunk_in, s):  # the value stream alone, its chunk tokens at flow time s
                 z, e, e0, ctxu = self.value.embed(torch.cat([prefix, chunk_in], 1), torch.cat(
-                    [torch.zeros_like(prefix), torch.full_like(chunk_in, 1000.0 * s)], 1), ctx, self.video.cfg.text_len)
+                    [torch.zeros_like(prefix), torch.full_like(chunk_in, 1000.0 * s)], 1), ctx, self.video.cfg.text_len, st)
                 for ub, (k, v) in zip(self.value.blocks, cache):
                     z = ub.finish(z, attend_cached(*ub.qkv(z, e0, None), k, v), e0, ctxu)
                 return self.value.chunk_out(z, e)

@@ -611,3 +611,84 @@ def test_wan_t5_checkpoint_layout(tmp_path):
     a = encode_text.encode(["open the drawer"], tok2, loaded, text_len=16)[0]
     b = encode_text.encode(["open the drawer"], tokenizer, model, text_len=16)[0]
     torch.testing.assert_close(a, b)
+
+
+# ----------------------------------------------------------------------------- the robot's state
+
+
+@pytest.mark.parametrize("version", ["v30", "v21"])
+def test_the_robots_state_is_read_per_episode_in_frame_order(lerobot, version):
+    """read_lerobot(state=column): each episode gets its rows of the column from the data parquet files (v3.0 packs
+    several episodes in one), in frame order, as float32 [T, d]; any per-frame float column will do."""
+    t = pq.read_table(lerobot / version / "data")
+    for column, d in (("observation.state", 3), ("action", 2)):
+        eps = data.read_lerobot(lerobot / version, state=column)
+        assert [e.episode_index for e in eps] == [0, 1, 2]
+        for ep in eps:
+            rows = [i for i, e in enumerate(t["episode_index"].to_pylist()) if e == ep.episode_index]
+            rows.sort(key=lambda i: t["frame_index"][i].as_py())
+            want = np.array([t[column][i].as_py() for i in rows], np.float32)
+            assert ep.extra["state"].dtype == np.float32 and ep.extra["state"].shape == (ep.T, d)
+            np.testing.assert_array_equal(ep.extra["state"], want)
+    assert all("state" not in e.extra for e in data.read_lerobot(lerobot / version))  # only when asked
+
+
+def test_a_missing_or_broken_state_is_named(lerobot, tmp_path, caplog):
+    """A column the dataset lacks, or one that is not a float vector, stops with info.json named; an episode whose
+    rows are incomplete or not finite is skipped with its reason; a dataset that is not LeRobot has no columns."""
+    with pytest.raises(data.DataError, match=r"info.json: no feature 'observation.velocity' \(the robot's state\); "
+                                             r"its vector features: observation.state, action"):
+        data.read_lerobot(lerobot / "v30", state="observation.velocity")
+    with pytest.raises(data.DataError, match=r"info.json: feature 'episode_index' is int64 \[1\], not a float vector"):
+        data.read_lerobot(lerobot / "v30", state="episode_index")
+    root = tmp_path / "ds"
+    shutil.copytree(lerobot / "v30", root)
+    f = root / "data/chunk-000/file-000.parquet"  # episodes 0 and 1
+    t = pq.read_table(f)
+    keep = [not (e == 0 and i == 5) for e, i in zip(t["episode_index"].to_pylist(), t["frame_index"].to_pylist())]
+    t = t.filter(keep)
+    state = t["observation.state"].to_pylist()
+    state[-1] = [0.0, float("nan"), 0.0]  # episode 1's last frame
+    import pyarrow as pa
+    t = t.set_column(t.schema.get_field_index("observation.state"), "observation.state",
+                     pa.array(state, type=t.schema.field("observation.state").type))
+    pq.write_table(t, f)
+    with caplog.at_level(logging.WARNING, logger="wvm.data"):
+        eps = data.read_lerobot(root, state="observation.state")
+    assert [e.episode_index for e in eps] == [2]
+    lines = [r.getMessage() for r in caplog.records]
+    assert any("episode 0 (" in m and "observation.state incomplete" in m and "39 rows for 40 frames" in m
+               for m in lines)
+    assert any("episode 1 (" in m and "observation.state not finite" in m for m in lines)
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(json.dumps({"video": "x.mp4", "instruction": "t"}) + "\n")
+    with pytest.raises(data.DataError, match=r"m.jsonl: the state 'observation.state' is a column of a LeRobot"):
+        data.read_dataset(manifest, state="observation.state")
+
+
+def test_a_clips_state_is_that_of_its_value_frames_and_changes_nothing_else(lerobot):
+    """ClipDataset(state=True): a sample holds the state at its prefix and current frames (after o_0 when o_0 leads)
+    and at frame 0; state_dropout leaves it out of that share of clips, drawn after everything else, so the clips,
+    values, seeds and wordings are those of a run without the state."""
+    eps = data.read_lerobot(lerobot / "v30", state="observation.state")
+    by_id = {e.id: e for e in eps}
+    plain = data.ClipDataset(eps, fps=2.0, size=32, length=300)
+    for first in (False, True):
+        ds = data.ClipDataset(eps, fps=2.0, size=32, length=300, state=True, state_dropout=0.3, first_frame=first)
+        plans = [ds.plan(i) for i in range(300)]
+        for i in range(0, 300, 7):
+            p = plain.plan(i)
+            assert (plans[i]["frame_index"][int(first):].tolist(), plans[i]["values"].tolist(), plans[i]["seed"],
+                    plans[i]["text"]) == (p["frame_index"].tolist(), p["values"].tolist(), p["seed"], p["text"])
+        assert 0.22 < np.mean([q["state_dropped"] for q in plans]) < 0.38
+        samples = [ds[i] for i in range(0, 300, 37)]
+        for s in samples:
+            st = by_id[s["episode"]].extra["state"]
+            np.testing.assert_array_equal(s["state"].numpy(), st[s["frame_index"].numpy()[int(first):int(first) + 5]])
+            np.testing.assert_array_equal(s["start_state"].numpy(), st[0])
+        batch = data.collate(samples)
+        assert batch["state"].shape == (len(samples), 5, 3) and batch["start_state"].shape == (len(samples), 3)
+        assert batch["state_dropped"].tolist() == [s["state_dropped"] for s in samples]
+    assert "state" not in plain[0] and "state" not in data.collate([plain[0]])
+    with pytest.raises(data.DataError, match=r"episode v21/0 \(.*\) has no state; read its dataset with state="):
+        data.ClipDataset(data.read_lerobot(lerobot / "v21"), fps=2.0, size=32, state=True)

@@ -33,7 +33,8 @@ def dataset(tmp_path_factory):
             for t in range(T):
                 x = int(2 + 22 * t / (T - 1))
                 frames[t, 10:22, x:x + 6] = (250, 120, 10)
-            yield {"frames": frames, "task": ["push the block right", "slide the block"][e % 2]}
+            state = np.stack([np.linspace(0, 1, T), np.full(T, e), np.sin(np.arange(T)), np.ones(T)], 1)  # the robot's
+            yield {"frames": frames, "task": ["push the block right", "slide the block"][e % 2], "observation.state": state}
 
     write_lerobot(root / "ds", episodes(), fps=8, codec="libx264")
     tok, enc = encode_text.tiny_random_encoder(32)
@@ -290,6 +291,8 @@ def test_fsdp_sigterm_then_resume_repeats_the_uninterrupted_run(dataset, tmp_pat
     (["--resolution=48"], "resolution=48: must be a positive multiple of 32"),
     (["--data=a:heavy"], "data source 'a:heavy'"),
     (["--resume", "--overwrite"], "overwrite=True: contradicts resume=True"),
+    (["--state_dropout=0.2"], "state_dropout=0.2: needs state=<column>"),
+    (["--state=observation.state", "--stage=video"], "state='observation.state': the value stream reads it"),
 ])
 def test_every_setting_is_checked_at_start(argv, msg):
     with pytest.raises(SystemExit) as e:
@@ -428,6 +431,8 @@ def test_resume_refuses_other_model_inputs(dataset, trained, tmp_path):
         train_here(dataset, out, max_steps=3, resume=True, fps=4.0, stage="video")
     with pytest.raises(SystemExit, match=r"first_frame None -> True"):  # the clips would change under the model
         train_here(dataset, out, max_steps=3, resume=True, fps=4.0, first_frame=True)
+    with pytest.raises(SystemExit, match=r"state None -> 'observation.state'"):  # nor the model's inputs
+        train_here(dataset, out, max_steps=3, resume=True, fps=4.0, state="observation.state")
 
 
 def test_missing_instructions_are_named_up_front_with_the_command_that_adds_them(dataset, tmp_path):
@@ -653,3 +658,50 @@ def test_video_lr_scales_the_video_streams_steps_only(dataset, tmp_path, monkeyp
     monkeypatch.setattr(torch.optim.AdamW, "step", step)
     train.train(cfg, 1, 0, torch.device("cpu"))
     assert scales == [pytest.approx([1.0, 0.5])] * 2
+
+
+def test_a_run_given_the_robots_state_trains_and_scores_with_it(dataset, tmp_path, monkeypatch, capsys):
+    """--state (beyond the paper): the model keeps the training frames' mean and std of the column, the run records
+    the column, the value stream learns to read it, and scoring feeds it the state at each window's value frames and
+    at frame 0, read from the dataset being scored. A dataset without the column is scored from the video alone by a
+    model trained without the state in some clips, and refused by one that never was."""
+    import eval as wvm_eval
+    from data import read_dataset, resample
+    from wvm import load_wvm
+    out = tmp_path / "run"
+    train_here(dataset, out, max_steps=2, state="observation.state", state_dropout=0.5)
+    model = load_wvm(str(out / "wvm.safetensors"))
+    states = np.concatenate([ep.extra["state"] for ep in read_dataset(dataset / "ds", state="observation.state")])
+    assert states.shape == (4 * 24 + 4 * 6, 4) and model.value.cfg.state_dim == 4
+    np.testing.assert_allclose(model.value.state_mean.numpy(), states.mean(0), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(model.value.state_std.numpy(), states.std(0) + 1e-3, rtol=1e-6, atol=1e-6)
+    assert model.value.state_embedding.weight.abs().sum() > 0  # trained from zero
+    assert (model.run["state"], model.run["state_dim"], model.run["state_dropout"]) == ("observation.state", 4, 0.5)
+
+    scorer = wvm_eval.load_scorer(wvm_eval.parse_args(["--bench", "expert", "--data", "x", "--ckpt", str(out)]))
+    assert wvm_eval.state_column(scorer, str(dataset / "ds")) == "observation.state"
+    ep = read_dataset(dataset / "ds", state="observation.state")[1]
+    traj = wvm_eval.Trajectory(ep, resample(ep.T, ep.fps, 2.0))
+    seen = []
+    predict = scorer.model.predict_values
+    monkeypatch.setattr(scorer.model, "predict_values", lambda *a, **k: (seen.append(k), predict(*a, **k))[1])
+    with_state = scorer.score([traj], progress=False)[0][0]
+    ends = wvm_eval.window_ends(len(traj.index), 4, 1)
+    assert len(seen) == len(ends)
+    for k, t in zip(seen, ends):
+        window = np.asarray(traj.index)[[max(t - 4, 0), *range(t - 3, t + 1)]]
+        np.testing.assert_array_equal(k["state"][0].numpy(), ep.extra["state"][window])
+        np.testing.assert_array_equal(k["start_state"][0].numpy(), ep.extra["state"][0])
+    del ep.extra["state"]  # the same trajectory without its state: the video alone
+    assert not np.allclose(scorer.score([traj], progress=False)[0][0], with_state, rtol=0, atol=1e-6)
+
+    bare = tmp_path / "bare"  # the same videos, no state column
+    write_lerobot(bare, ({"frames": np.zeros((8, 32, 32, 3), np.uint8), "task": "slide the block"} for _ in range(2)),
+                  fps=8, codec="libx264")
+    assert wvm_eval.state_column(scorer, str(bare)) is None
+    assert "no observation.state [4]: scored from the video and language alone, as the model was trained on 50% of " \
+           "its clips" in capsys.readouterr().err
+    scorer.trained["state_dropout"] = 0.0
+    with pytest.raises(SystemExit, match=r"bare: no observation.state \[4\], the robot's state the model reads beside "
+                                         r"the video, and it never trained without it"):
+        wvm_eval.state_column(scorer, str(bare))

@@ -286,3 +286,50 @@ def test_activation_checkpointing_gives_same_gradients():
         grads.append([p.grad.clone() for p in m.parameters()])
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b)
+
+
+def test_the_robots_state_enters_every_value_token_standardized_and_from_zero(tmp_path):
+    """state_dim d > 0 (beyond the paper): each value token adds W [s, s_0, s - s_0] of the state standardized with
+    the training statistics the model keeps; W starts at zero, so a fresh model is the video-only one, and a clip
+    whose state is left out (keep False) is read by the video alone. Prefill inference reads it as training does,
+    and the checkpoint keeps it in fp32."""
+    from dataclasses import replace
+    video_cfg, value_cfg = wvm_configs("tiny")
+    torch.manual_seed(0)
+    m = WVM(video_cfg, replace(value_cfg, state_dim=3)).eval()
+    with torch.no_grad():
+        m.value.head.head.weight.normal_(0, 0.5)
+        m.value.state_mean.copy_(torch.tensor([1.0, -2.0, 0.5]))
+        m.value.state_std.copy_(torch.tensor([2.0, 0.5, 1.0]))
+    g = torch.Generator().manual_seed(3)
+    state, start = torch.randn(B, 5, 3, generator=g), torch.randn(B, 3, generator=g)
+    feats = m.value.state_input(state, start, torch.tensor([True, False]))
+    s = (state[0] - torch.tensor([1.0, -2.0, 0.5])) / torch.tensor([2.0, 0.5, 1.0])
+    s0 = (start[0] - torch.tensor([1.0, -2.0, 0.5])) / torch.tensor([2.0, 0.5, 1.0])
+    torch.testing.assert_close(feats[0], torch.cat([s, s0.expand(5, 3), s - s0], -1))
+    assert torch.equal(feats[1], torch.zeros(5, 9))
+    x_in, t_vid, v_in, t_val, ctx = inputs()
+    with torch.no_grad():
+        plain = m.joint(x_in, t_vid, v_in, t_val, ctx)[2]
+        assert torch.equal(m.joint(x_in, t_vid, v_in, t_val, ctx, m.value.state_input(state, start))[2], plain)
+        m.value.state_embedding.weight.normal_(0, 0.5)
+        read = m.joint(x_in, t_vid, v_in, t_val, ctx, m.value.state_input(state, start))[2]
+        assert (read - plain).abs().amin(-1).min() > 1e-4  # every token of every clip reads it
+        left_out = m.joint(x_in, t_vid, v_in, t_val, ctx, feats)[2]
+        torch.testing.assert_close(left_out[1], plain[1], rtol=0, atol=0)
+        assert not torch.allclose(left_out[0], plain[0])
+    # prefill inference: the regression head's one pass, with and without the state, equals the joint forward's
+    m.value.cfg.head = "regression"
+    for st in (None, m.value.state_input(state, start)):
+        pred = m.predict_values(x_in[:, :, :1], ctx, v_in[:, 0],
+                                **({} if st is None else {"state": state, "start_state": start}))
+        with torch.no_grad():
+            ref = m.value.chunk_out(*m.joint(x_in, torch.zeros(B, 2), torch.cat([v_in[:, :1], torch.zeros(B, 4)], 1),
+                                             torch.zeros(B, 5), ctx, st)[2:])
+        torch.testing.assert_close(pred[:, 0], ref, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="state of width 4.*reads 3"):
+        m.value.state_input(torch.zeros(B, 5, 4), torch.zeros(B, 4))
+    save_wvm(m, str(tmp_path / "wvm.safetensors"))
+    bf = load_wvm(str(tmp_path / "wvm.safetensors"), dtype=torch.bfloat16)
+    assert bf.value.cfg.state_dim == 3 and torch.equal(bf.value.state_std, m.value.state_std)
+    assert bf.value.state_embedding.weight.dtype == bf.value.state_mean.dtype == torch.float32
