@@ -4,14 +4,15 @@ tasks and on tasks never trained on.
 
     python demo.py                  # the default run: small corpus and model, about 20 minutes on 2 cores with the set-up
     python demo.py --long           # the longer recipe: full corpus, twice the steps, about an hour on 2 cores
-    python demo.py --compare        # the README's comparison table (prior / scratch / lambda = 0 / full mask / prefix p 0.1)
+    python demo.py --compare        # the README's comparison (prior / scratch / lambda = 0 / full mask / prefix p 0.1 / no state)
     python demo.py --seeds 0 1      # the same for several training seeds (mean and spread in the table)
 
 No weights can be downloaded, so the video stream starts from random weights and is pretrained here
 (train.py --stage=video: the Wan flow loss on clips of the training tasks' expert and play video, no
 value stream), the frozen VAE is a fixed random tiny Wan2.2 VAE shared by every run (wan_vae.py
---random) and the text features come from a random tiny umT5 (encode_text.py --tiny_random). Every step is a plain command of this repository, printed
-before it runs; an interrupted run continues where it stopped.
+--random) and the text features come from a random tiny umT5 (encode_text.py --tiny_random). Beyond the paper, WVM
+also reads the robot's hand and gripper (the corpus's observation.state) beside the video. Every step is a plain
+command of this repository, printed before it runs; an interrupted run continues where it stopped.
 """
 import argparse
 import dataclasses
@@ -31,6 +32,7 @@ SPLITS = ("heldout_seen", "heldout_unseen")
 
 # The two recipes: the paper's optimizer and augmentations (Table A.1), shrunk to a CPU budget. Flags
 # common to both stages first; `prior` and `value` are the stage-specific ones.
+STATE = dict(state="observation.state", state_dropout=0.25)  # not in the paper (README, "The robot's state")
 COMMON = dict(size="small", resolution=64, fps=2.0, lr=1e-3, warmup=100, camera="all", num_workers=1, ckpt_every=500)
 RECIPES = {
     "demo": dict(data="data/metaworld", sim=["--demo"], common=COMMON,
@@ -40,25 +42,29 @@ RECIPES = {
                  # paraphrases: each clip's instruction in one of four wordings, so that a rewording (Meta-World's own
                  # task descriptions, say) does not undo what the 78 experts taught; mismatch 0.05: one clip in 20
                  # read with another task's instruction and values 0, so that the values depend on it; rotate 0.25: one
-                 # clip in 4 turned upside down, as Meta-World's own renderer delivers the corner view (README)
+                 # clip in 4 turned upside down, as Meta-World's own renderer delivers the corner view; state: the robot's
+                 # hand and gripper beside the video, left out of one clip in 4 so that data without them still scores
                  value=dict(max_steps=2000, batch_size=32, micro_batch=32, value_shift=5.0, plateau=0.3,
-                            paraphrases="data/metaworld/paraphrases.json", mismatch=0.05, rotate=0.25)),
+                            paraphrases="data/metaworld/paraphrases.json", mismatch=0.05, rotate=0.25, **STATE)),
     # 2.5x the expert episodes, in two views, and twice the steps of each stage; the same model, since `base` (7x the
     # parameters) trains 8x slower here (1.5 s a step) and would need over 3 hours for 6000 steps (README). No
     # paraphrases: with this much data a rewording costs less, and they cost more in the training wording; no
-    # mismatched pairs: level on unseen tasks here; turned clips as in the default run (docs/experiments.md)
+    # mismatched pairs: level on unseen tasks here; turned clips and the state as in the default run (docs/experiments.md)
     "long": dict(data="data/metaworld_full", sim=[], common=COMMON,
                  prior=dict(max_steps=1000, batch_size=32, micro_batch=32, rewind=0.0),
-                 value=dict(max_steps=4000, batch_size=32, micro_batch=32, value_shift=5.0, plateau=0.3, rotate=0.25)),
+                 value=dict(max_steps=4000, batch_size=32, micro_batch=32, value_shift=5.0, plateau=0.3, rotate=0.25,
+                            **STATE)),
 }
 
-# The README's comparison, same budget and seed: what the world-model prior buys, and two fidelity checks.
+# The README's comparison, same budget and seed: what the world-model prior buys, two fidelity checks, and the
+# paper's inputs alone (video and language, no state).
 VARIANTS = {
     "prior": {},
     "scratch": {"prior": False},
     "no video loss": {"video_loss_weight": 0.0},
     "full mask": {"mask": "full"},
     "prefix p 0.1": {"prefix_p": 0.1},  # lean on the chained prefix: randomized in 10% of clips, not the paper's 50%
+    "no state": {"state": "", "state_dropout": 0.0},
 }
 
 
@@ -170,11 +176,25 @@ def written(data, splits):
     return all(os.path.exists(os.path.join(data, s, "annotations.jsonl")) for s in splits)
 
 
+def check_corpus(data):
+    """A corpus written by an older sim.py, whose observation.state was the whole 39-d observation (object poses and
+    goal included), would be read as the robot's state: it stops the demo, naming the split."""
+    for split in ("train", "play", *SPLITS):
+        info = os.path.join(data, split, "meta", "info.json")
+        if os.path.exists(info):
+            with open(info) as f:
+                shape = json.load(f)["features"].get("observation.state", {}).get("shape")
+            if shape != [4]:
+                raise SystemExit(f"demo.py: {info}: observation.state is {shape}, not the hand and gripper [4]: the "
+                                 f"corpus was written by an older sim.py. Move or delete {data} and run demo.py again.")
+
+
 def prepare(recipe):
     """The corpus's training splits, the VAE and the text cache, each made once (sim.py resumes an interrupted
     generation); returns the held-out benches' generation, started in the background (None if they exist): they
     are needed only to score, so they are made on the core that training leaves idle (its log: <data>/heldout.log)."""
     data = RECIPES[recipe]["data"]
+    check_corpus(data)
     if not (written(data, ("train", "play")) and os.path.exists(os.path.join(data, "paraphrases.json"))):
         sh(sys.executable, "sim.py", *RECIPES[recipe]["sim"], "--out", data, "--splits", "train", "play")
     if not os.path.exists(os.path.join(data, "vae.safetensors")):  # one frozen VAE: every run shares its latents

@@ -1,8 +1,9 @@
-"""demo.py's results tables: the averages and the per-task rows (the longer recipe's table) read back from the
-trajectories eval.py saved, against values worked out by hand."""
+"""demo.py: a corpus of an older generator refused, and its results tables: the averages and the per-task rows (the
+longer recipe's table) read back from the trajectories eval.py saved, against values worked out by hand."""
 import json
 
 import numpy as np
+import pytest
 
 import demo
 from eval import bench_rows
@@ -126,3 +127,19 @@ def test_a_run_of_other_settings_is_not_resumed_as_this_recipe(tmp_path, monkeyp
         else:
             raise AssertionError("a run of other settings was resumed")
     assert len(calls) == 2
+
+
+def test_a_corpus_of_an_older_generator_is_not_read_as_the_robots_state(tmp_path):
+    """A split whose observation.state is not the hand and gripper (an older sim.py wrote the whole 39-d observation
+    there) stops the demo with the file named; the splits sim.py writes now pass."""
+    import sim
+    frames = np.zeros((4, 16, 16, 3), np.uint8)
+    sim.write_lerobot(tmp_path / "new" / "train", [{"frames": frames, "task": "t", "observation.state": np.zeros((4, 4)),
+                                                    "observation.environment_state": np.zeros((4, 39))}], 10,
+                      codec="libx264")
+    demo.check_corpus(str(tmp_path / "new"))
+    sim.write_lerobot(tmp_path / "old" / "play", [{"frames": frames, "task": "t", "observation.state": np.zeros((4, 39))}],
+                      10, codec="libx264")
+    with pytest.raises(SystemExit, match=r"old/play/meta/info.json: observation.state is \[39\], not the hand and "
+                                         r"gripper \[4\]: the corpus was written by an older sim.py"):
+        demo.check_corpus(str(tmp_path / "old"))
