@@ -245,8 +245,8 @@ def _attach_state(root, column, dim, eps, skip):
     ep_idx, frame, values = np.concatenate(ep_idx), np.concatenate(frame), np.concatenate(values)
     order = np.lexsort((frame, ep_idx))
     ep_idx, frame, values = ep_idx[order], frame[order], values[order]
-    lo = np.searchsorted(ep_idx, [ep.episode_index for ep in eps], "left")
-    hi = np.searchsorted(ep_idx, [ep.episode_index for ep in eps], "right")
+    ids = [ep.episode_index for ep in eps]
+    lo, hi = np.searchsorted(ep_idx, ids, "left"), np.searchsorted(ep_idx, ids, "right")
     kept = []
     for ep, a, b in zip(eps, lo, hi):
         what = f"episode {ep.episode_index} ({ep.video})"
