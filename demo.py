@@ -40,16 +40,18 @@ RECIPES = {
                  # value_shift 5: one Euler step from s = 1 is all inference asks of the flow, so train mostly near
                  # it; plateau 0.3: the paper's 0.1 leaves values creeping up through pauses at this scale (README)
                  # paraphrases: each clip's instruction in one of four wordings, so that a rewording (Meta-World's own
-                 # task descriptions, say) does not undo what the 78 experts taught; mismatch 0.05: one clip in 20
-                 # read with another task's instruction and values 0, so that the values depend on it; rotate 0.25: one
-                 # clip in 4 turned upside down, as Meta-World's own renderer delivers the corner view; state: the robot's
-                 # hand and gripper beside the video, left out of one clip in 4 so that data without them still scores
+                 # task descriptions, say) does not undo what the 78 experts (each in four views) taught; mismatch
+                 # 0.05: one clip in 20 read with another task's instruction and values 0, so that the values depend on
+                 # it; rotate 0.25: one clip in 4 turned upside down, as Meta-World's own renderer delivers the corner
+                 # view; state: the robot's hand and gripper beside the video, left out of one clip in 4 so that data
+                 # without them still scores
                  value=dict(max_steps=2000, batch_size=32, micro_batch=32, value_shift=5.0, plateau=0.3,
                             paraphrases="data/metaworld/paraphrases.json", mismatch=0.05, rotate=0.25, **STATE)),
-    # 2.5x the expert episodes, in two views, and twice the steps of each stage; the same model, since `base` (7x the
-    # parameters) trains 8x slower here (1.5 s a step) and would need over 3 hours for 6000 steps (README). No
-    # paraphrases: with this much data a rewording costs less, and they cost more in the training wording; no
-    # mismatched pairs: level on unseen tasks here; turned clips and the state as in the default run (docs/experiments.md)
+    # 2.5x the expert episodes (in two views; the default run's corpus has all four) and twice the steps of each
+    # stage; the same model, since `base` (7x the parameters) trains 8x slower here (1.5 s a step) and would need over
+    # 3 hours for 6000 steps (README). No paraphrases: with this much data a rewording costs less, and they cost more
+    # in the training wording; no mismatched pairs: level on unseen tasks here; turned clips and the state as in the
+    # default run (docs/experiments.md)
     "long": dict(data="data/metaworld_full", sim=[], common=COMMON,
                  prior=dict(max_steps=1000, batch_size=32, micro_batch=32, rewind=0.0),
                  value=dict(max_steps=4000, batch_size=32, micro_batch=32, value_shift=5.0, plateau=0.3, rotate=0.25,

@@ -11,7 +11,7 @@ Splits (each a LeRobot v3.0 dataset with an `annotations.jsonl` at its root, one
                   key per camera, `observation.images.<camera>`), cameras and lights slightly jittered
   play            unlabeled play of the training tasks (the video world-model prior): the scripted policy
                   under heavy action noise, random reaching, another task's policy; no progress labels
-  heldout_seen    new seeds of the training tasks: expert, hesitation and retry, corner camera
+  heldout_seen    new seeds of the training tasks: expert, hesitation, retry and failure, one camera (--heldout-camera)
   heldout_unseen  the same for the tasks never used for training (UNSEEN_TASKS)
 The annotation of an episode: {"episode_index", "kind", "mechanism", "m", "n", "T", "embodiment", "task",
 "instruction", "seed"} (m, n for hesitation and retry only), what `eval.py --bench` reads. `paraphrases.json`
@@ -26,6 +26,8 @@ and an expert lasts 5-12 s. Episodes are simulated headless, recording the full 
 frame, and rendered only once kept (no multisampling, shadows or reflections: ~10x faster in Mesa's
 llvmpipe). The corner cameras look at the table upside down; frames are turned by 180 degrees (Meta-World's own
 env.render(), and data recorded through it, delivers them unturned: train.py --rotate, eval.py --rotate).
+LeRobot's Meta-World env (and the datasets recorded with it) moves `corner2` to where `corner4` is and turns its
+frames the same way: its view is this corpus's `corner4`.
 observation.state is the robot's own state as LeRobot's Meta-World env reports it (`agent_pos`: hand xyz and
 gripper opening, the first 4 dims of Meta-World's observation); observation.environment_state is the whole 39-d
 observation (hand, gripper, object poses, goal: privileged, for policy.py and bench/state_oracle.py); action is the
@@ -227,8 +229,9 @@ CAMERAS = ("corner", "corner2", "corner3", "corner4")  # Meta-World's views of t
 # the default run's held-out seen tasks: ten training tasks of different families whose retries generate reliably
 DEMO_SEEN = ["basketball-v3", "bin-picking-v3", "box-close-v3", "button-press-topdown-v3", "coffee-pull-v3",
              "drawer-open-v3", "hammer-v3", "handle-press-v3", "lever-pull-v3", "pick-place-v3"]
+# every view: a model of one view reads another, LeRobot's Meta-World env's `corner4`, far worse (README)
 DEMO = dict(train_tasks=list(TRAIN_TASKS), unseen_tasks=list(UNSEEN_TASKS), seen_tasks=DEMO_SEEN, seeds_train=2,
-            seeds_play=1, seeds_heldout=2, cameras=["corner"])
+            seeds_play=1, seeds_heldout=2, cameras=list(CAMERAS))
 # the longer recipe's held-out seen tasks: ten more training tasks of other families
 SEEN = DEMO_SEEN + ["button-press-v3", "dial-turn-v3", "door-close-v3", "drawer-close-v3", "faucet-open-v3",
                     "pick-place-wall-v3", "plate-slide-v3", "push-back-v3", "stick-push-v3", "window-open-v3"]

@@ -246,6 +246,33 @@ def test_metaworlds_own_renderer_delivers_the_corner_view_upside_down():
         env.close()
 
 
+def test_lerobots_metaworld_view_is_corner4_upright():
+    """LeRobot's Meta-World env (lerobot.envs.metaworld, the one its Meta-World datasets were recorded with) renders
+    `corner2` moved to (0.75, 0.075, 0.7) and flips it on both axes: that is this corpus's `corner4` frame, upright."""
+    import mujoco
+    env = sim.make_env(TASK, SEED)
+    cam = sim.Camera(env, 128, "corner4")
+    renderer = mujoco.Renderer(env.model, 128, 128)
+    try:
+        ours = cam().astype(int)
+        env.model.cam_pos[env.model.camera("corner2").id] = [0.75, 0.075, 0.7]  # what LeRobot's env sets (then resets)
+        mujoco.mj_forward(env.model, env.data)
+        renderer.update_scene(env.data, camera="corner2")
+        theirs = np.flip(renderer.render(), (0, 1)).astype(int)
+        assert 3 < np.abs(theirs - ours).mean() < 12  # the same picture but for the shadows and reflections
+        for flag in (mujoco.mjtRndFlag.mjRND_SHADOW, mujoco.mjtRndFlag.mjRND_REFLECTION):
+            renderer.scene.flags[flag] = 0  # as sim.py draws by default
+        theirs = np.flip(renderer.render(), (0, 1)).astype(int)
+        assert np.abs(theirs - ours).mean() < 0.2 and (np.abs(theirs - ours) > 2).mean() < 0.01
+        corner = sim.Camera(env, 128, "corner")
+        assert np.abs(theirs - corner().astype(int)).mean() > 20  # another view than `corner`
+        corner.close()
+    finally:
+        renderer.close()
+        cam.close()
+        env.close()
+
+
 ARGS = ["--train-tasks", TASK, "drawer-open-v3", "--unseen-tasks", "reach-v3", "--seeds-train", "2", "--seeds-play",
         "2", "--seeds-play-unseen", "1", "--seeds-heldout", "1", "--size", "32", "--codec", "libx264", "--cameras",
         "corner", "corner2"]
