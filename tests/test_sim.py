@@ -261,7 +261,7 @@ def test_lerobots_metaworld_view_is_corner4_upright():
         theirs = np.flip(renderer.render(), (0, 1)).astype(int)
         assert 3 < np.abs(theirs - ours).mean() < 12  # the same picture but for the shadows and reflections
         for flag in (mujoco.mjtRndFlag.mjRND_SHADOW, mujoco.mjtRndFlag.mjRND_REFLECTION):
-            renderer.scene.flags[flag] = 0  # as sim.py draws by default
+            renderer.scene.flags[flag] = 0  # as sim.py draws
         theirs = np.flip(renderer.render(), (0, 1)).astype(int)
         assert np.abs(theirs - ours).mean() < 0.2 and (np.abs(theirs - ours) > 2).mean() < 0.01
         corner = sim.Camera(env, 128, "corner")
