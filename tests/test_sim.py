@@ -1,6 +1,7 @@
 """The Meta-World generator (sim.py): annotations, stillness of every kind of pause, regression of every
 kind of retry, success, determinism, camera orientation and jitter, play video, and the resumable,
 parallel writing of the splits that eval.py and train.py read."""
+import contextlib
 import json
 from importlib.util import find_spec
 
@@ -227,33 +228,38 @@ def test_camera_upright_and_jitter():
         env.close()
 
 
+@contextlib.contextmanager
+def beside_mujoco(*views):
+    """The test task's env, sim.py's Camera for each view and MuJoCo's own Renderer at 128x128, all closed after."""
+    import mujoco
+    env = sim.make_env(TASK, SEED)
+    cams, renderer = [], None
+    try:
+        cams = [sim.Camera(env, 128, v) for v in views]
+        renderer = mujoco.Renderer(env.model, 128, 128)
+        yield env, cams, renderer
+    finally:
+        for c in [renderer, *cams, env]:
+            if c is not None:
+                c.close()
+
+
 def test_metaworlds_own_renderer_delivers_the_corner_view_upside_down():
     """What Meta-World's env.render() and MuJoCo's Renderer deliver for a corner camera is this corpus's frame turned by
     180 degrees (data recorded through them is what train.py --rotate and eval.py --rotate are for)."""
-    import mujoco
-    env = sim.make_env(TASK, SEED)
-    cam = sim.Camera(env, 128, "corner")
-    renderer = mujoco.Renderer(env.model, 128, 128)
-    try:
+    with beside_mujoco("corner") as (env, (cam,), renderer):
         ours = cam().astype(int)
         renderer.update_scene(env.data, camera="corner")
         theirs = renderer.render().astype(int)
         assert np.abs(theirs - ours[::-1, ::-1]).mean() < 6  # the same picture but for lighting (sim.py: none)
         assert np.abs(theirs - ours).mean() > 30 and np.abs(theirs - ours[::-1]).mean() > 20
-    finally:
-        renderer.close()
-        cam.close()
-        env.close()
 
 
 def test_lerobots_metaworld_view_is_corner4_upright():
     """LeRobot's Meta-World env (lerobot.envs.metaworld, the one its Meta-World datasets were recorded with) renders
     `corner2` moved to (0.75, 0.075, 0.7) and flips it on both axes: that is this corpus's `corner4` frame, upright."""
     import mujoco
-    env = sim.make_env(TASK, SEED)
-    cam = sim.Camera(env, 128, "corner4")
-    renderer = mujoco.Renderer(env.model, 128, 128)
-    try:
+    with beside_mujoco("corner4", "corner") as (env, (cam, corner), renderer):
         ours = cam().astype(int)
         env.model.cam_pos[env.model.camera("corner2").id] = [0.75, 0.075, 0.7]  # what LeRobot's env sets (then resets)
         mujoco.mj_forward(env.model, env.data)
@@ -264,13 +270,7 @@ def test_lerobots_metaworld_view_is_corner4_upright():
             renderer.scene.flags[flag] = 0  # as sim.py draws
         theirs = np.flip(renderer.render(), (0, 1)).astype(int)
         assert np.abs(theirs - ours).mean() < 0.2 and (np.abs(theirs - ours) > 2).mean() < 0.01
-        corner = sim.Camera(env, 128, "corner")
         assert np.abs(theirs - corner().astype(int)).mean() > 20  # another view than `corner`
-        corner.close()
-    finally:
-        renderer.close()
-        cam.close()
-        env.close()
 
 
 ARGS = ["--train-tasks", TASK, "drawer-open-v3", "--unseen-tasks", "reach-v3", "--seeds-train", "2", "--seeds-play",
