@@ -40,14 +40,14 @@ RECIPES = {
                  # value_shift 5: one Euler step from s = 1 is all inference asks of the flow, so train mostly near
                  # it; plateau 0.3: the paper's 0.1 leaves values creeping up through pauses at this scale (README)
                  # paraphrases: each clip's instruction in one of four wordings, so that a rewording (Meta-World's own
-                 # task descriptions, say) does not undo what the 78 experts (each in four views) taught; mismatch
+                 # task descriptions, say) does not undo what the 78 experts (each in two views) taught; mismatch
                  # 0.05: one clip in 20 read with another task's instruction and values 0, so that the values depend on
                  # it; rotate 0.25: one clip in 4 turned upside down, as Meta-World's own renderer delivers the corner
                  # view; state: the robot's hand and gripper beside the video, left out of one clip in 4 so that data
                  # without them still scores
                  value=dict(max_steps=2000, batch_size=32, micro_batch=32, value_shift=5.0, plateau=0.3,
                             paraphrases="data/metaworld/paraphrases.json", mismatch=0.05, rotate=0.25, **STATE)),
-    # 2.5x the expert episodes (in two views; the default run's corpus has all four) and twice the steps of each
+    # 2.5x the expert episodes (in `corner` and `corner2`; the default run's in `corner` and `corner4`) and twice the steps of each
     # stage; the same model, since `base` (7x the parameters) trains 8x slower here (1.5 s a step) and would need over
     # 3 hours for 6000 steps (README). No paraphrases: with this much data a rewording costs less, and they cost more
     # in the training wording; no mismatched pairs: level on unseen tasks here; turned clips and the state as in the
@@ -178,25 +178,35 @@ def written(data, splits):
     return all(os.path.exists(os.path.join(data, s, "annotations.jsonl")) for s in splits)
 
 
-def check_corpus(data):
-    """A corpus written by an older sim.py, whose observation.state was the whole 39-d observation (object poses and
-    goal included), would be read as the robot's state: it stops the demo, naming the split."""
+def check_corpus(data, views):
+    """A corpus written by an older sim.py stops the demo, naming the split: one whose observation.state was the whole
+    39-d observation (object poses and goal included) would be read as the robot's state, and one whose training
+    video has other views than the recipe's would train another recipe under this one's name."""
     for split in ("train", "play", *SPLITS):
         info = os.path.join(data, split, "meta", "info.json")
-        if os.path.exists(info):
-            with open(info) as f:
-                shape = json.load(f)["features"].get("observation.state", {}).get("shape")
-            if shape != [4]:
-                raise SystemExit(f"demo.py: {info}: observation.state is {shape}, not the hand and gripper [4]: the "
-                                 f"corpus was written by an older sim.py. Move or delete {data} and run demo.py again.")
+        if not os.path.exists(info):
+            continue
+        with open(info) as f:
+            features = json.load(f)["features"]
+        problem = None
+        if features.get("observation.state", {}).get("shape") != [4]:
+            problem = f"observation.state is {features.get('observation.state', {}).get('shape')}, not the hand and " \
+                      "gripper [4]"
+        have = sorted(k.removeprefix("observation.images.") for k, f in features.items() if f["dtype"] == "video")
+        if split in ("train", "play") and have != sorted(views):
+            problem = f"its views are {', '.join(have)}, not this recipe's {', '.join(views)}"
+        if problem:
+            raise SystemExit(f"demo.py: {info}: {problem}: the corpus was written by an older sim.py. Move or delete "
+                             f"{data} and run demo.py again.")
 
 
 def prepare(recipe):
     """The corpus's training splits, the VAE and the text cache, each made once (sim.py resumes an interrupted
     generation); returns the held-out benches' generation, started in the background (None if they exist): they
     are needed only to score, so they are made on the core that training leaves idle (its log: <data>/heldout.log)."""
+    import sim  # light: MuJoCo is imported only to render
     data = RECIPES[recipe]["data"]
-    check_corpus(data)
+    check_corpus(data, (sim.DEMO if "--demo" in RECIPES[recipe]["sim"] else sim.DEFAULT)["cameras"])
     if not (written(data, ("train", "play")) and os.path.exists(os.path.join(data, "paraphrases.json"))):
         sh(sys.executable, "sim.py", *RECIPES[recipe]["sim"], "--out", data, "--splits", "train", "play")
     if not os.path.exists(os.path.join(data, "vae.safetensors")):  # one frozen VAE: every run shares its latents

@@ -129,17 +129,22 @@ def test_a_run_of_other_settings_is_not_resumed_as_this_recipe(tmp_path, monkeyp
     assert len(calls) == 2
 
 
-def test_a_corpus_of_an_older_generator_is_not_read_as_the_robots_state(tmp_path):
+def test_a_corpus_of_an_older_generator_is_not_read_as_this_recipes(tmp_path):
     """A split whose observation.state is not the hand and gripper (an older sim.py wrote the whole 39-d observation
-    there) stops the demo with the file named; the splits sim.py writes now pass."""
+    there), or whose training video has other views than the recipe's, stops the demo with the file named; the splits
+    sim.py writes now pass."""
     import sim
     frames = np.zeros((4, 16, 16, 3), np.uint8)
-    sim.write_lerobot(tmp_path / "new" / "train", [{"frames": frames, "task": "t", "observation.state": np.zeros((4, 4)),
+    views = {f"observation.images.{v}": frames for v in ("corner", "corner4")}
+    sim.write_lerobot(tmp_path / "new" / "train", [{"frames": views, "task": "t", "observation.state": np.zeros((4, 4)),
                                                     "observation.environment_state": np.zeros((4, 39))}], 10,
                       codec="libx264")
-    demo.check_corpus(str(tmp_path / "new"))
+    demo.check_corpus(str(tmp_path / "new"), ["corner4", "corner"])
+    with pytest.raises(SystemExit, match=r"new/train/meta/info.json: its views are corner, corner4, not this recipe's "
+                                         r"corner, corner2, corner3, corner4: the corpus was written by an older"):
+        demo.check_corpus(str(tmp_path / "new"), sim.CAMERAS)
     sim.write_lerobot(tmp_path / "old" / "play", [{"frames": frames, "task": "t", "observation.state": np.zeros((4, 39))}],
-                      10, codec="libx264")
+                      10, codec="libx264", video_key="observation.images.corner")
     with pytest.raises(SystemExit, match=r"old/play/meta/info.json: observation.state is \[39\], not the hand and "
                                          r"gripper \[4\]: the corpus was written by an older sim.py"):
-        demo.check_corpus(str(tmp_path / "old"))
+        demo.check_corpus(str(tmp_path / "old"), ["corner"])
