@@ -84,16 +84,16 @@ def sh(*cmd, threads=None):
     print(f"[{time.time() - start:.0f} s]", flush=True)
 
 
-def train(run_dir, flags, threads):
-    """train.py into run_dir; a run saved there resumes (a finished one says so and returns at once). A fixed thread
-    count keeps a run's rounding the same on any machine. The prior takes one: the held-out benches are generated on
-    the other core meanwhile, and a second thread buys a warm run 5% (36.5 s instead of 38.3 s for 150 value steps on 2
-    cores). The value stage takes two: by then the benches are written, and most of its first half is spent encoding
-    new clips into the latent cache, which a second thread speeds up 1.6x (32 clips in 0.65 s instead of 1.04)."""
+def train(run_dir, flags):
+    """train.py into run_dir; a run saved there resumes (a finished one says so and returns at once). One thread:
+    a second buys these small models 5% when their clips are cached (36.5 s instead of 38.3 s for 150 value steps on
+    2 cores) and costs the default run's value stage 9% while it fills the cache (767 s instead of 702: its loader
+    worker decodes video on the other core), and the held-out benches are generated on the other core meanwhile; a
+    fixed count also keeps a run's rounding the same on machines with more cores."""
     check_recipe(run_dir, flags)
     resume = os.path.exists(os.path.join(run_dir, "ckpt", "state.json"))
     sh(sys.executable, "train.py", *[f"--{k}={v}" for k, v in flags.items()], f"--out_dir={run_dir}",
-       *(["--resume"] if resume else []), threads=threads)
+       *(["--resume"] if resume else []), threads=1)
 
 
 PATHS = ("data", "text_cache", "paraphrases", "vae", "wan", "latent_cache", "out_dir")
@@ -163,10 +163,10 @@ def run(recipe, runs, name, overrides, seed):
     if use_prior:
         prior_dir = os.path.join(runs, f"{recipe}-video-s{seed}")  # the video stage, shared by every variant
         train(prior_dir, {**r["common"], **r["prior"], **paths, "stage": "video",
-                          "data": os.path.join(data, "train") + "," + os.path.join(data, "play")}, threads=1)
+                          "data": os.path.join(data, "train") + "," + os.path.join(data, "play")})
         flags["wan"] = os.path.join(prior_dir, "wan")
     run_dir = os.path.join(runs, f"{recipe}-{name}-s{seed}")
-    train(run_dir, flags, threads=2)
+    train(run_dir, flags)
     return run_dir
 
 

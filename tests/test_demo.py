@@ -112,16 +112,16 @@ def test_a_run_of_other_settings_is_not_resumed_as_this_recipe(tmp_path, monkeyp
     flags = {"lr": 0.001, "mismatch": 0.05, "data": "data/metaworld/train", "seed": 0}
     run = tmp_path / "run"
     run.mkdir()
-    demo.train(str(run), flags, threads=1)  # nothing saved yet
+    demo.train(str(run), flags)  # nothing saved yet
     (run / "config.json").write_text(json.dumps({"lr": 1e-3, "mismatch": 0.05, "data": "/abs/data/metaworld/train",
                                                  "seed": 0}))
-    demo.train(str(run), flags, threads=1)
+    demo.train(str(run), flags)
     assert len(calls) == 2
     for saved, msg in (({"lr": 1e-3, "seed": 0}, "mismatch 0.0 (now 0.05)"),
                        ({"lr": 1e-4, "mismatch": 0.05, "seed": 0}, "lr 0.0001 (now 0.001)")):
         (run / "config.json").write_text(json.dumps(saved))
         try:
-            demo.train(str(run), flags, threads=1)
+            demo.train(str(run), flags)
         except SystemExit as e:
             assert str(e.code).startswith(f"demo.py: {run} holds a run of other settings than this recipe's: {msg}")
         else:
