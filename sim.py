@@ -230,7 +230,7 @@ CAMERAS = ("corner", "corner2", "corner3", "corner4")  # Meta-World's views of t
 DEMO_SEEN = ["basketball-v3", "bin-picking-v3", "box-close-v3", "button-press-topdown-v3", "coffee-pull-v3",
              "drawer-open-v3", "hammer-v3", "handle-press-v3", "lever-pull-v3", "pick-place-v3"]
 # two views, the benches' and the one LeRobot's Meta-World env records (`corner4`): a model of one view reads another
-# far worse, and all four cost twice the time for about the same figures (README)
+# far worse, and all four score about the same with twice the video to render (README)
 DEMO = dict(train_tasks=list(TRAIN_TASKS), unseen_tasks=list(UNSEEN_TASKS), seen_tasks=DEMO_SEEN, seeds_train=2,
             seeds_play=1, seeds_heldout=2, cameras=["corner", "corner4"])
 # the longer recipe's held-out seen tasks: ten more training tasks of other families
