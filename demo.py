@@ -48,11 +48,11 @@ RECIPES = {
                  # without them still scores
                  value=dict(max_steps=2000, batch_size=32, micro_batch=32, value_shift=5.0, plateau=0.3,
                             paraphrases="data/metaworld/paraphrases.json", mismatch=0.05, rotate=0.25, **STATE)),
-    # 2.5x the expert episodes (in `corner` and `corner2`; the default run's in `corner` and `corner4`) and twice the steps of each
-    # stage; the same model, since `base` (7x the parameters) trains 8x slower here (1.5 s a step) and would need over
-    # 3 hours for 6000 steps (README). No paraphrases: with this much data a rewording costs less, and they cost more
-    # in the training wording; no mismatched pairs: level on unseen tasks here; turned clips and the state as in the
-    # default run (docs/experiments.md)
+    # 2.5x the expert episodes (in `corner` and `corner2`; the default run's in `corner` and `corner4`) and twice
+    # the steps of each stage; the same model, since `base` (7x the parameters) trains 8x slower here (1.5 s a step)
+    # and would need over 3 hours for 6000 steps (README). No paraphrases: with this much data a rewording costs
+    # less, and they cost more in the training wording; no mismatched pairs: level on unseen tasks here; turned
+    # clips and the state as in the default run (docs/experiments.md)
     "long": dict(data="data/metaworld_full", sim=[], common=COMMON,
                  prior=dict(max_steps=1000, batch_size=32, micro_batch=32, rewind=0.0),
                  value=dict(max_steps=4000, batch_size=32, micro_batch=32, value_shift=5.0, plateau=0.3, rotate=0.25,
@@ -190,13 +190,11 @@ def check_corpus(data, views):
             continue
         with open(info) as f:
             features = json.load(f)["features"]
-        problem = None
-        if features.get("observation.state", {}).get("shape") != [4]:
-            problem = f"observation.state is {features.get('observation.state', {}).get('shape')}, not the hand and " \
-                      "gripper [4]"
+        state = features.get("observation.state", {}).get("shape")
         have = sorted(k.removeprefix("observation.images.") for k, f in features.items() if f["dtype"] == "video")
-        if split in ("train", "play") and have != sorted(views):
-            problem = f"its views are {', '.join(have)}, not this recipe's {', '.join(views)}"
+        problem = (f"observation.state is {state}, not the hand and gripper [4]" if state != [4] else
+                   f"its views are {', '.join(have)}, not this recipe's {', '.join(views)}"
+                   if split in ("train", "play") and have != sorted(views) else None)
         if problem:
             raise SystemExit(f"demo.py: {info}: {problem}: the corpus was written by an older sim.py. Move or delete "
                              f"{data} and run demo.py again.")
