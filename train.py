@@ -19,6 +19,7 @@ repeats the uninterrupted one exactly.
 """
 import ast
 import contextlib
+import functools
 import json
 import math
 import os
@@ -66,6 +67,8 @@ class TrainConfig:
     state_dropout: float = 0.0          # share of clips trained without it, so that data lacking it can be scored
     latent_cache: str = ""              # folder for VAE latents of clips (the VAE is frozen)
     num_workers: int = 2
+    encode_in_loader: bool = False      # CPU: the loader workers encode the clips on the other cores while the
+                                        # main process trains (in groups of LOADER_GROUP, see encode_grouped)
     # model
     stage: str = "value"                # value: WVM; video: the video stream alone (the world-model prior), saved
                                         # as an official Wan2.2 DiT folder out_dir/wan that --wan loads
@@ -175,6 +178,7 @@ def check_config(cfg):
     for k in ("data", "text_cache", "out_dir"):
         need(bool(getattr(cfg, k)), k, "must be given")
     need(not (cfg.resume and cfg.overwrite), "overwrite", "contradicts resume=True: choose one")
+    need(not cfg.encode_in_loader or cfg.num_workers > 0, "encode_in_loader", "needs loader workers (num_workers)")
     need(not cfg.state_dropout or cfg.state, "state_dropout", "needs state=<column>")
     need(not cfg.state or cfg.stage == "value", "state", "the value stream reads it; stage=video trains none")
     try:
@@ -238,8 +242,9 @@ class StepBatches(torch.utils.data.Sampler):
         return (self.max_steps - self.start) * self.accum
 
 
-def model_inputs(batch, wvm, vae, text_cache, device, latent_cache=None):
-    """A collated ClipDataset batch -> the dict WVM.forward takes (latents, text features, seeded flow noise)."""
+def fill_latents(batch, encode, latent_cache=None):
+    """The batch's latents, a list: those the loader found cached, the rest encoded (encode: clips -> latents) in
+    one call and stored in the cache."""
     keys, lat = batch["clip_key"], list(batch["latents"])  # latents the loader found cached, else None
     miss = [i for i, z in enumerate(lat) if z is None]
     frames = batch.get("frames")  # exactly the misses', in order (None when every clip was cached)
@@ -254,11 +259,39 @@ def model_inputs(batch, wvm, vae, text_cache, device, latent_cache=None):
             lat[i] = z
         miss = [i for i in miss if lat[i] is None]
     if miss:  # encode the clips not cached yet in one batch
-        z = clip_latents(vae, frames.to(device), wvm.chunk)
+        z = encode(frames)
         for j, i in enumerate(miss):
             lat[i] = z[j]
             if latent_cache is not None:
                 latent_cache.put(keys[i], z[j])
+    return lat
+
+
+LOADER_GROUP = 8  # clips per VAE call in the loader workers: on a CPU 8 encode as fast per clip as 16 or 32
+
+
+def encode_grouped(vae, frames, h, n=LOADER_GROUP):
+    """clip_latents in calls of exactly n clips, the last call padded with copies of a clip. A call rounds differently
+    with the number of clips in it (~1e-5), never (on a CPU; tests/test_train.py checks it) with which clips they are
+    or in what order: each clip then gets the same latents whichever worker encodes it, and in whatever batch, so
+    training does not depend on the workers' timing."""
+    pad = -len(frames) % n
+    x = torch.cat([frames, frames[:1].expand(pad, *frames.shape[1:])]) if pad else frames
+    return torch.cat([clip_latents(vae, c, h) for c in x.split(n)])[:len(frames)]
+
+
+def encoded_batch(samples, vae, h, latent_cache):
+    """collate, then the latents of the clips not cached yet (--encode_in_loader: in a loader worker)."""
+    batch = collate(samples)
+    if batch["frames"] is not None:
+        batch["latents"] = torch.stack(fill_latents(batch, lambda f: encode_grouped(vae, f, h), latent_cache))
+        batch["frames"] = None
+    return batch
+
+
+def model_inputs(batch, wvm, vae, text_cache, device, latent_cache=None):
+    """A collated ClipDataset batch -> the dict WVM.forward takes (latents, text features, seeded flow noise)."""
+    lat = fill_latents(batch, lambda f: clip_latents(vae, f.to(device), wvm.chunk), latent_cache)
     lat = torch.stack([z.to(device) for z in lat]).float()  # [B, C, 2, h, w]: current, future
     # a dropped instruction is the empty context: all zeros, as Wan pads every context to text_len
     features = [text_cache.get(t) for t in batch["text"]]
@@ -603,6 +636,9 @@ def train(cfg, world, rank, device):
     """Run (or resume) training; returns the (wrapped) model, or None for a run that had already finished."""
     dtype = {"auto": torch.bfloat16 if device.type == "cuda" else torch.float32, "bf16": torch.bfloat16,
              "fp32": torch.float32}[cfg.dtype]
+    if cfg.encode_in_loader and device.type != "cpu":
+        raise SystemExit(f"encode_in_loader=True: the loader worker encodes on the CPU, not on the {device.type}, "
+                         f"where the main process encodes faster; leave it off")
     accum, rem = divmod(cfg.batch_size, cfg.micro_batch * world)
     if rem or accum == 0:
         raise SystemExit(f"batch_size {cfg.batch_size} is not a multiple of micro_batch {cfg.micro_batch} x "
@@ -656,12 +692,15 @@ def train(cfg, world, rank, device):
             save_wan_vae(vae, own)
     latent_cache = None
     if cfg.latent_cache:
-        latent_cache = dataset.latent_cache = LatentCache(cfg.latent_cache, vae_fingerprint(vae))
+        # latents encoded in the loader's groups (encode_grouped) round otherwise than the main process's: own folder
+        vae_id = vae_fingerprint(vae) + (f"-by{LOADER_GROUP}" if cfg.encode_in_loader else "")
+        latent_cache = dataset.latent_cache = LatentCache(cfg.latent_cache, vae_id)
 
     loader = torch.utils.data.DataLoader(
         dataset, batch_sampler=StepBatches(start, cfg.max_steps, accum, cfg.micro_batch, rank, world),
-        num_workers=cfg.num_workers, collate_fn=collate, persistent_workers=cfg.num_workers > 0,
-        prefetch_factor=4 if cfg.num_workers > 0 else None)
+        num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0,
+        prefetch_factor=4 if cfg.num_workers > 0 else None, collate_fn=collate if not cfg.encode_in_loader else
+        functools.partial(encoded_batch, vae=vae, h=h, latent_cache=latent_cache))
     batches = iter(loader)
     stop = {"now": False}
     on_sigterm = signal.signal(signal.SIGTERM, lambda *_: stop.__setitem__("now", True))

@@ -238,6 +238,36 @@ def test_a_clip_cached_since_the_loader_looked_is_read_not_encoded_again(dataset
     assert torch.equal(cache.load("a"), stored_a)  # never overwritten
 
 
+def test_clips_encoded_in_the_loader_do_not_depend_on_their_batch(dataset, tmp_path):
+    """--encode_in_loader: the workers encode in calls of exactly LOADER_GROUP clips, so a clip's latents are the
+    same bits whichever clips share its call and in whatever order (close to an encode of its own), and training with
+    two workers, whose timing decides who encodes what, repeats training with one, loss for loss; its latents get
+    their own folder in the cache, apart from the main process's."""
+    from wan_vae import VAE_CONFIGS, WanVAE
+    from wvm import clip_latents
+
+    torch.manual_seed(0)
+    vae = WanVAE(VAE_CONFIGS["tiny"]).eval().requires_grad_(False)
+    clips = torch.rand(11, 3, 9, 32, 32) * 2 - 1
+    z = train.encode_grouped(vae, clips, 4)  # a call of 8, then one of 3 padded to 8
+    assert z.shape == (11, 48, 2, 2, 2)
+    order = [10, 3, 7, 0, 5, 9, 1, 8, 2, 6, 4]
+    assert torch.equal(train.encode_grouped(vae, clips[order], 4), z[order])
+    for i in (0, 4, 10):
+        assert torch.equal(train.encode_grouped(vae, clips[i:i + 1], 4)[0], z[i])
+        torch.testing.assert_close(z[i], clip_latents(vae, clips[i:i + 1], 4)[0], rtol=1e-4, atol=1e-5)
+    cache = tmp_path / "lat"
+    for name, workers in (("one", 1), ("two", 2)):
+        r = run([sys.executable, "train.py", *args(dataset, tmp_path / name, max_steps=3, latent_cache=str(cache / name),
+                                                   encode_in_loader=True, num_workers=workers)])
+        assert r.returncode == 0, r.stderr[-3000:]
+    assert losses(tmp_path / "two") == losses(tmp_path / "one")
+    main = run([sys.executable, "train.py", *args(dataset, tmp_path / "main", max_steps=3, latent_cache=str(cache / "one"))])
+    assert main.returncode == 0, main.stderr[-3000:]
+    assert losses(tmp_path / "main") == pytest.approx(losses(tmp_path / "one"), rel=1e-4)
+    assert sorted(p.name.endswith(f"-by{train.LOADER_GROUP}") for p in (cache / "one").iterdir()) == [False, True]
+
+
 def test_fsdp_sigterm_then_resume_repeats_the_uninterrupted_run(dataset, tmp_path):
     """FSDP2 over 2 processes: each saves and reloads its own shards (no pickles), and the resumed run
     repeats the uninterrupted one exactly."""
