@@ -34,7 +34,9 @@ SPLITS = ("heldout_seen", "heldout_unseen")
 # The two recipes: the paper's optimizer and augmentations (Table A.1), shrunk to a CPU budget. Flags
 # common to both stages first; `prior` and `value` are the stage-specific ones.
 STATE = dict(state="observation.state", state_dropout=0.25)  # not in the paper (README, "The robot's state")
-COMMON = dict(size="small", resolution=64, fps=2.0, lr=1e-3, warmup=100, camera="all", num_workers=1, ckpt_every=500)
+# encode_in_loader: the two loader workers decode and encode the clips while the main process trains, so both cores work
+COMMON = dict(size="small", resolution=64, fps=2.0, lr=1e-3, warmup=100, camera="all", num_workers=2,
+              encode_in_loader=True, ckpt_every=500)
 RECIPES = {
     "demo": dict(data="data/metaworld", sim=["--demo"], common=COMMON,
                  prior=dict(max_steps=500, batch_size=32, micro_batch=32, rewind=0.0),
