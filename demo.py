@@ -2,7 +2,7 @@
 world-model prior), train WVM on experts, and score both benchmarks on held-out seeds of the training
 tasks and on tasks never trained on.
 
-    python demo.py                  # the default run: small corpus and model, 22 minutes on 2 cores with the set-up
+    python demo.py                  # the default run: small corpus and model, 19 minutes on 2 cores with the set-up
     python demo.py --long           # the longer recipe: full corpus, twice the steps, about an hour on 2 cores
     python demo.py --compare        # the README's comparison (prior / scratch / lambda = 0 / full mask / prefix p 0.1 / no state)
     python demo.py --seeds 0 1      # the same for several training seeds (mean and spread in the table)
@@ -34,7 +34,6 @@ SPLITS = ("heldout_seen", "heldout_unseen")
 # The two recipes: the paper's optimizer and augmentations (Table A.1), shrunk to a CPU budget. Flags
 # common to both stages first; `prior` and `value` are the stage-specific ones.
 STATE = dict(state="observation.state", state_dropout=0.25)  # not in the paper (README, "The robot's state")
-# encode_in_loader: the two loader workers decode and encode the clips while the main process trains, so both cores work
 COMMON = dict(size="small", resolution=64, fps=2.0, lr=1e-3, warmup=100, camera="all", num_workers=2,
               encode_in_loader=True, ckpt_every=500)
 RECIPES = {
@@ -87,11 +86,11 @@ def sh(*cmd, threads=None):
 
 
 def train(run_dir, flags):
-    """train.py into run_dir; a run saved there resumes (a finished one says so and returns at once). One thread:
-    a second buys these small models 5% when their clips are cached (36.5 s instead of 38.3 s for 150 value steps on
-    2 cores) and costs the default run's value stage 9% while it fills the cache (767 s instead of 702: its loader
-    worker decodes video on the other core), and the held-out benches are generated on the other core meanwhile; a
-    fixed count also keeps a run's rounding the same on machines with more cores."""
+    """train.py into run_dir; a run saved there resumes (a finished one says so and returns at once). The main
+    process trains on one thread while its two loader workers decode and encode the clips (--encode_in_loader; on
+    2 cores the first 500 value steps with a cold cache take 243 s instead of 325 with the main process encoding, 292
+    with it encoding on two threads), and the held-out benches are generated meanwhile at a lower priority; a fixed
+    thread count also keeps a run's rounding the same on machines with more cores."""
     check_recipe(run_dir, flags)
     resume = os.path.exists(os.path.join(run_dir, "ckpt", "state.json"))
     sh(sys.executable, "train.py", *[f"--{k}={v}" for k, v in flags.items()], f"--out_dir={run_dir}",

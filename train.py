@@ -243,8 +243,8 @@ class StepBatches(torch.utils.data.Sampler):
 
 
 def fill_latents(batch, encode, latent_cache=None):
-    """The batch's latents, a list: those the loader found cached, the rest encoded (encode: clips -> latents) in
-    one call and stored in the cache."""
+    """The batch's latents, a list: those the loader found cached, the rest encoded together (encode: clips ->
+    latents) and stored in the cache."""
     keys, lat = batch["clip_key"], list(batch["latents"])  # latents the loader found cached, else None
     miss = [i for i, z in enumerate(lat) if z is None]
     frames = batch.get("frames")  # exactly the misses', in order (None when every clip was cached)
