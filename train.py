@@ -267,14 +267,14 @@ def fill_latents(batch, encode, latent_cache=None):
     return lat
 
 
-LOADER_GROUP = 8  # clips per VAE call in the loader workers: on a CPU 8 encode as fast per clip as 16 or 32
+LOADER_GROUP = 8  # clips per VAE call in the loader workers: on a CPU about as fast per clip as 16 or 32
 
 
 def encode_grouped(vae, frames, h, n=LOADER_GROUP):
     """clip_latents in calls of exactly n clips, the last call padded with copies of a clip. A call rounds differently
-    with the number of clips in it (~1e-5), never (on a CPU; tests/test_train.py checks it) with which clips they are
-    or in what order: each clip then gets the same latents whichever worker encodes it, and in whatever batch, so
-    training does not depend on the workers' timing."""
+    with the number of clips in it (~1e-5) but, on the CPUs measured (tests/test_train.py checks the one it runs on),
+    not with which clips they are or in what order: each clip then gets the same latents whichever worker encodes it,
+    and in whatever batch, so training does not depend on the workers' timing."""
     pad = -len(frames) % n
     x = torch.cat([frames, frames[:1].expand(pad, *frames.shape[1:])]) if pad else frames
     return torch.cat([clip_latents(vae, c, h) for c in x.split(n)])[:len(frames)]
