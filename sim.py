@@ -237,7 +237,7 @@ DEMO = dict(train_tasks=list(TRAIN_TASKS), unseen_tasks=list(UNSEEN_TASKS), seen
 SEEN = DEMO_SEEN + ["button-press-v3", "dial-turn-v3", "door-close-v3", "drawer-close-v3", "faucet-open-v3",
                     "pick-place-wall-v3", "plate-slide-v3", "push-back-v3", "stick-push-v3", "window-open-v3"]
 DEFAULT = dict(train_tasks=list(TRAIN_TASKS), unseen_tasks=list(UNSEEN_TASKS), seen_tasks=SEEN, seeds_train=5,
-               seeds_play=2, seeds_heldout=3, cameras=["corner", "corner2"])
+               seeds_play=2, seeds_heldout=3, cameras=["corner", "corner4"])
 
 KINDS = ("expert", "hesitation", "retry", "failure")
 SPLITS = ("train", "play", "play_unseen", "heldout_seen", "heldout_unseen")  # a corpus's datasets, in the order written
