@@ -198,7 +198,8 @@ def check_corpus(data, views):
                    if split in ("train", "play") and have != sorted(views) else None)
         if problem:
             raise SystemExit(f"demo.py: {info}: {problem}: the corpus was written by an older sim.py. Move or delete "
-                             f"{data} and run demo.py again.")
+                             f"{data}, and the runs trained on it (a finished run is not trained again), and run "
+                             "demo.py again.")
 
 
 def prepare(recipe):
