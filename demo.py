@@ -49,7 +49,7 @@ RECIPES = {
                  # without them still scores
                  value=dict(max_steps=2000, batch_size=32, micro_batch=32, value_shift=5.0, plateau=0.3,
                             paraphrases="data/metaworld/paraphrases.json", mismatch=0.05, rotate=0.25, **STATE)),
-    # 2.5x the expert episodes (in the default run's two views, `corner` and `corner4`) and twice
+    # 2.5x the expert episodes (in `corner` and `corner2`; the default run's in `corner` and `corner4`) and twice
     # the steps of each stage; the same model, since `base` (7x the parameters) trains 8x slower here (1.5 s a step)
     # and would need over 3 hours for 6000 steps (README). No paraphrases: with this much data a rewording costs
     # less, and they cost more in the training wording; no mismatched pairs: level on unseen tasks here; turned
