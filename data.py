@@ -415,6 +415,20 @@ def read_dataset(path, camera=None, name=None, skipped=None, state=None):
                      f"or an EgoDex root (<part>/<task>/N.mp4 + N.hdf5)")
 
 
+def fingerprint(episodes):
+    """A short hash of what the episodes hold, not where they lie: names, lengths, frame rates, instructions, the
+    sizes of their video files and their states. A run records it (train.py) so that a dataset regenerated or
+    edited at the same path is not taken for the one its model was trained on; a moved copy keeps it."""
+    sizes = {v: os.path.getsize(v) for v in {ep.video for ep in episodes}}
+    h = hashlib.sha256()
+    for ep in sorted(episodes, key=lambda ep: (ep.source, ep.episode_index)):
+        h.update(json.dumps([ep.source, ep.episode_index, ep.T, round(ep.fps, 6), round(ep.start, 6),
+                             ep.instruction, sizes[ep.video]]).encode())
+        if "state" in ep.extra:
+            h.update(np.ascontiguousarray(ep.extra["state"], dtype=np.float32).tobytes())
+    return h.hexdigest()[:16]
+
+
 def load_json(path, what):
     """A JSON file's content; a missing or malformed file is a DataError naming it and `what` it should hold."""
     try:

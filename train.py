@@ -9,7 +9,9 @@ and augmentation defaults are the paper's recipe (Table A.1); the model defaults
 weights at 256 x 256 runs on a CPU, and the paper's model is --size=full --wan=<Wan2.2-TI2V-5B folder>. The run folder (out_dir) gets config.json, log.jsonl (one line per step), ckpt/ (the
 exact training state, for --resume), vae.safetensors (the demo's random VAE) and wvm.safetensors (the
 model, for eval.py). A folder that holds a saved run is never trained over without --resume (continue)
-or --overwrite (start again), and one process at a time writes a run folder.
+or --overwrite (start again), and one process at a time writes a run folder. config.json records a fingerprint of
+the data (data.fingerprint): a finished run resumed on data regenerated at the same path stops rather than pass for a
+model of them.
 
 Parallelism: DDP for small models, FSDP2 (`--parallel=fsdp`) for the 5.7B one, with activation
 checkpointing per MoT layer; bf16 autocast with fp32 master weights on GPU, fp32 on CPU (gloo).
@@ -36,8 +38,8 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from checkpoint import CheckpointError
-from data import (ClipDataset, DataError, LatentCache, Source, check_names_some, collate, read_dataset,
-                  read_paraphrases)
+from data import (ClipDataset, DataError, LatentCache, Source, check_names_some, collate, fingerprint,
+                  read_dataset, read_paraphrases)
 from encode_text import TextCache, TextCacheError, encoder_id, pad_text
 from model import save_wan_dit
 from wan_vae import load_wan_vae, random_vae, save_wan_vae, vae_fingerprint
@@ -648,15 +650,20 @@ def train(cfg, world, rank, device):
     barrier()
     saved = read_state(cfg, world) if cfg.resume else {"step": 0}
     done = saved["step"]
+    h = wvm_configs(cfg.size)[1].chunk  # one h for the clips, the value chunk and (clip_latents checks) the VAE
+    recorded = read_config(cfg.out_dir).get("data_fingerprint") if cfg.resume else None
     if done >= cfg.max_steps:
         if master:
+            if recorded:  # a finished model is reported as trained on --data: it must have been
+                check_data(cfg, open_sources(cfg, h), recorded, finished=True)
             print(f"{cfg.out_dir}: the run is finished (step {done} of max_steps {cfg.max_steps}); raise --max_steps "
                   f"to train it further")
             lock.close()
         return None
 
-    h = wvm_configs(cfg.size)[1].chunk  # one h for the clips, the value chunk and (clip_latents checks) the VAE
     dataset = open_sources(cfg, h)
+    if recorded and master:
+        check_data(cfg, dataset, recorded, finished=False)
     text_cache = TextCache(cfg.text_cache)
     text_cache.require({w for src in dataset.sources for ep in src.episodes
                         for w in (ep.instruction, *dataset.paraphrases.get(ep.instruction, ()))},
@@ -686,7 +693,8 @@ def train(cfg, world, rank, device):
                             foreach=device.type != "cuda")  # CPU: one op per step for all tensors, not a Python loop
     start = load_checkpoint(model, opt, cfg, rank, world, device, run) if cfg.resume else 0
     if master:
-        write_json(os.path.join(cfg.out_dir, "config.json"), run_config(cfg, world, accum))
+        write_json(os.path.join(cfg.out_dir, "config.json"), run_config(cfg, world, accum) | {
+            "data_fingerprint": fingerprint(episodes(dataset))})
         own = os.path.join(cfg.out_dir, "vae.safetensors")
         if not cfg.vae and not os.path.exists(own):  # written once, when the run starts
             save_wan_vae(vae, own)
@@ -761,6 +769,33 @@ def train(cfg, world, rank, device):
         log_file.close()
         lock.close()
     return model
+
+
+def episodes(dataset):
+    return [ep for src in dataset.sources for ep in src.episodes]
+
+
+def read_config(out_dir):
+    path = os.path.join(out_dir, "config.json")
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
+def check_data(cfg, dataset, recorded, finished):
+    """A run resumed on data that differ from those it recorded (a dataset regenerated or edited at the same path):
+    a finished run stops, since its model would be taken for one trained on this data; an unfinished one is told
+    and goes on (a run may be continued on other data), recording the new data's fingerprint."""
+    now = fingerprint(episodes(dataset))
+    if now == recorded:
+        return
+    what = (f"{cfg.out_dir}: the data in --data={cfg.data} ({len(episodes(dataset))} episodes, fingerprint {now}) "
+            f"are not those the run recorded (fingerprint {recorded}): regenerated or edited since")
+    if finished:
+        raise SystemExit(f"{what}, so its model was not trained on them. Train a new run on them (another --out_dir, "
+                         f"or --overwrite), or point --data at the data it was trained on.")
+    print(f"note: {what}; the rest of the run trains on them.", flush=True)
 
 
 def run_config(cfg, world, accum):

@@ -735,3 +735,47 @@ def test_a_run_given_the_robots_state_trains_and_scores_with_it(dataset, tmp_pat
     with pytest.raises(SystemExit, match=r"bare: no observation.state \[4\], the robot's state the model reads beside "
                                          r"the video, and it never trained without it"):
         wvm_eval.state_column(scorer, str(bare))
+
+
+def block_episodes(n, shift=0):
+    """n episodes of the fixture's kind (a block sliding right), the block starting `shift` pixels further right."""
+    for e in range(n):
+        T = 24 + 4 * e
+        frames = np.full((T, 32, 32, 3), 40, np.uint8)
+        for t in range(T):
+            x = int(2 + shift + (22 - shift) * t / (T - 1))
+            frames[t, 10:22, x:x + 6] = (250, 120, 10)
+        state = np.stack([np.linspace(0, 1, T), np.full(T, e), np.sin(np.arange(T)), np.ones(T)], 1)
+        yield {"frames": frames, "task": ["push the block right", "slide the block"][e % 2], "observation.state": state}
+
+
+def test_a_run_knows_its_data_from_a_regenerated_dataset_at_the_same_path(dataset, tmp_path, capsys):
+    from data import fingerprint
+    ds = tmp_path / "a" / "ds"
+    write_lerobot(ds, block_episodes(4), fps=8, codec="libx264")
+    shutil.copytree(ds, tmp_path / "b" / "ds")  # a moved copy is the same data
+    read = lambda path, state=None: train.read_dataset(path, state=state)
+    assert fingerprint(read(ds)) == fingerprint(read(tmp_path / "b" / "ds")) == fingerprint(read(ds)[::-1])
+    assert fingerprint(read(ds)) != fingerprint(read(ds)[:3])
+    assert fingerprint(read(ds)) != fingerprint(read(ds, "observation.state"))  # the state is part of the data
+
+    out = tmp_path / "run"
+    train_here(dataset, out, data=str(ds), max_steps=2, fps=4.0)
+    recorded = json.loads((out / "config.json").read_text())["data_fingerprint"]
+    assert recorded == fingerprint(read(ds))
+    train_here(dataset, out, data=str(tmp_path / "b" / "ds"), max_steps=2, fps=4.0, resume=True)  # finished, same data
+    assert "the run is finished" in capsys.readouterr().out
+
+    shutil.rmtree(ds)
+    write_lerobot(ds, block_episodes(4, shift=3), fps=8, codec="libx264")  # regenerated: other video, same layout
+    assert fingerprint(read(ds)) != recorded
+    with pytest.raises(SystemExit, match=rf"{out}: the data in --data={ds} \(4 episodes, fingerprint "
+                                         rf"{fingerprint(read(ds))}\) are not those the run recorded \(fingerprint "
+                                         rf"{recorded}\).*its model was not trained on them"):
+        train_here(dataset, out, data=str(ds), max_steps=2, fps=4.0, resume=True)
+    # an unfinished run goes on with the new data, told so, and records them
+    train_here(dataset, out, data=str(ds), max_steps=3, fps=4.0, resume=True)
+    assert f"(fingerprint {recorded}): regenerated or edited since; the rest of the run trains on them" \
+        in capsys.readouterr().out
+    assert json.loads((out / "config.json").read_text())["data_fingerprint"] == fingerprint(read(ds))
+    assert max(losses(out)) == 3
