@@ -37,7 +37,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from checkpoint import CheckpointError
+from checkpoint import CheckpointError, read_json
 from data import (ClipDataset, DataError, LatentCache, Source, check_names_some, collate, fingerprint,
                   read_dataset, read_paraphrases)
 from encode_text import TextCache, TextCacheError, encoder_id, pad_text
@@ -651,7 +651,7 @@ def train(cfg, world, rank, device):
     saved = read_state(cfg, world) if cfg.resume else {"step": 0}
     done = saved["step"]
     h = wvm_configs(cfg.size)[1].chunk  # one h for the clips, the value chunk and (clip_latents checks) the VAE
-    recorded = read_config(cfg.out_dir).get("data_fingerprint") if cfg.resume else None
+    recorded = (read_json(os.path.join(cfg.out_dir, "config.json")) or {}).get("data_fingerprint") if cfg.resume else None
     if done >= cfg.max_steps:
         if master:
             if recorded:  # a finished model is reported as trained on --data: it must have been
@@ -662,8 +662,7 @@ def train(cfg, world, rank, device):
         return None
 
     dataset = open_sources(cfg, h)
-    if recorded and master:
-        check_data(cfg, dataset, recorded, finished=False)
+    data_id = check_data(cfg, dataset, recorded, finished=False) if master else None
     text_cache = TextCache(cfg.text_cache)
     text_cache.require({w for src in dataset.sources for ep in src.episodes
                         for w in (ep.instruction, *dataset.paraphrases.get(ep.instruction, ()))},
@@ -694,7 +693,7 @@ def train(cfg, world, rank, device):
     start = load_checkpoint(model, opt, cfg, rank, world, device, run) if cfg.resume else 0
     if master:
         write_json(os.path.join(cfg.out_dir, "config.json"), run_config(cfg, world, accum) | {
-            "data_fingerprint": fingerprint(episodes(dataset))})
+            "data_fingerprint": data_id})
         own = os.path.join(cfg.out_dir, "vae.safetensors")
         if not cfg.vae and not os.path.exists(own):  # written once, when the run starts
             save_wan_vae(vae, own)
@@ -771,31 +770,22 @@ def train(cfg, world, rank, device):
     return model
 
 
-def episodes(dataset):
-    return [ep for src in dataset.sources for ep in src.episodes]
-
-
-def read_config(out_dir):
-    path = os.path.join(out_dir, "config.json")
-    if not os.path.exists(path):
-        return {}
-    with open(path) as f:
-        return json.load(f)
-
-
 def check_data(cfg, dataset, recorded, finished):
-    """A run resumed on data that differ from those it recorded (a dataset regenerated or edited at the same path):
-    a finished run stops, since its model would be taken for one trained on this data; an unfinished one is told
-    and goes on (a run may be continued on other data), recording the new data's fingerprint."""
-    now = fingerprint(episodes(dataset))
-    if now == recorded:
-        return
-    what = (f"{cfg.out_dir}: the data in --data={cfg.data} ({len(episodes(dataset))} episodes, fingerprint {now}) "
+    """The data's fingerprint, checked against the one the run recorded (None: a new run, or one saved before runs
+    recorded it). On data that differ (a dataset regenerated or edited at the same path) a finished run stops, since
+    its model would be taken for one trained on them; an unfinished one is told and goes on (a run may be continued
+    on other data), and records the new fingerprint."""
+    eps = [ep for src in dataset.sources for ep in src.episodes]
+    now = fingerprint(eps)
+    if recorded is None or now == recorded:
+        return now
+    what = (f"{cfg.out_dir}: the data in --data={cfg.data} ({len(eps)} episodes, fingerprint {now}) "
             f"are not those the run recorded (fingerprint {recorded}): regenerated or edited since")
     if finished:
         raise SystemExit(f"{what}, so its model was not trained on them. Train a new run on them (another --out_dir, "
                          f"or --overwrite), or point --data at the data it was trained on.")
     print(f"note: {what}; the rest of the run trains on them.", flush=True)
+    return now
 
 
 def run_config(cfg, world, accum):

@@ -19,6 +19,18 @@ from sim import write_lerobot
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def block_episodes(n, shift=0):
+    """n episodes of a block sliding right (starting `shift` pixels further right), with the robot's state."""
+    for e in range(n):
+        T = 24 + 4 * e
+        frames = np.full((T, 32, 32, 3), 40, np.uint8)
+        for t in range(T):
+            x = int(2 + shift + (22 - shift) * t / (T - 1))
+            frames[t, 10:22, x:x + 6] = (250, 120, 10)
+        state = np.stack([np.linspace(0, 1, T), np.full(T, e), np.sin(np.arange(T)), np.ones(T)], 1)  # the robot's
+        yield {"frames": frames, "task": ["push the block right", "slide the block"][e % 2], "observation.state": state}
+
+
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     """A tiny LeRobot v3.0 dataset (a block sliding right) and its text cache."""
@@ -26,17 +38,7 @@ def dataset(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("train")
 
-    def episodes():
-        for e in range(4):
-            T = 24 + 4 * e
-            frames = np.full((T, 32, 32, 3), 40, np.uint8)
-            for t in range(T):
-                x = int(2 + 22 * t / (T - 1))
-                frames[t, 10:22, x:x + 6] = (250, 120, 10)
-            state = np.stack([np.linspace(0, 1, T), np.full(T, e), np.sin(np.arange(T)), np.ones(T)], 1)  # the robot's
-            yield {"frames": frames, "task": ["push the block right", "slide the block"][e % 2], "observation.state": state}
-
-    write_lerobot(root / "ds", episodes(), fps=8, codec="libx264")
+    write_lerobot(root / "ds", block_episodes(4), fps=8, codec="libx264")
     tok, enc = encode_text.tiny_random_encoder(32)
     encode_text.build_cache(["push the block right", "slide the block"], tok, enc, root / "text", dtype=torch.float32,
                             text_len=16, encoder={"id": "tiny:32", "flags": "--tiny_random 32 --text_len 16"})
@@ -735,18 +737,6 @@ def test_a_run_given_the_robots_state_trains_and_scores_with_it(dataset, tmp_pat
     with pytest.raises(SystemExit, match=r"bare: no observation.state \[4\], the robot's state the model reads beside "
                                          r"the video, and it never trained without it"):
         wvm_eval.state_column(scorer, str(bare))
-
-
-def block_episodes(n, shift=0):
-    """n episodes of the fixture's kind (a block sliding right), the block starting `shift` pixels further right."""
-    for e in range(n):
-        T = 24 + 4 * e
-        frames = np.full((T, 32, 32, 3), 40, np.uint8)
-        for t in range(T):
-            x = int(2 + shift + (22 - shift) * t / (T - 1))
-            frames[t, 10:22, x:x + 6] = (250, 120, 10)
-        state = np.stack([np.linspace(0, 1, T), np.full(T, e), np.sin(np.arange(T)), np.ones(T)], 1)
-        yield {"frames": frames, "task": ["push the block right", "slide the block"][e % 2], "observation.state": state}
 
 
 def test_a_run_knows_its_data_from_a_regenerated_dataset_at_the_same_path(dataset, tmp_path, capsys):
