@@ -440,15 +440,20 @@ def load_json(path, what):
 
 def read_paraphrases(path):
     """{instruction: [other wordings]} from a JSON file (`sim.py` writes one beside its splits; for a real dataset,
-    e.g. an LLM's rewordings of its task strings), checked, with errors naming the file."""
-    return check_paraphrases(load_json(path, "paraphrases"), path)
+    e.g. an LLM's rewordings of its task strings), checked, with errors naming the file. A file mapping each
+    instruction to one other (a string, as eval.py --instructions reads) gives each instruction that one wording."""
+    d = load_json(path, "paraphrases")
+    if isinstance(d, dict) and d and all(isinstance(v, str) for v in d.values()):
+        return {k: [v] for k, v in check_instruction_map(d, path).items()}
+    return check_paraphrases(d, path)
 
 
 def check_paraphrases(d, path):
     if not isinstance(d, dict) or not all(isinstance(k, str) and isinstance(v, list) and v
                                           and all(isinstance(w, str) and w.strip() for w in v) for k, v in d.items()):
         raise DataError(f"{path}: paraphrases must be a JSON object mapping each instruction to a non-empty list of "
-                        f"non-empty strings, e.g. {{\"open the drawer\": [\"pull the drawer open\"]}}")
+                        f"non-empty strings, e.g. {{\"open the drawer\": [\"pull the drawer open\"]}}, or each to "
+                        f"one other (a string, as eval.py --instructions reads), not a mix of the two")
     return d
 
 

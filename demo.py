@@ -41,19 +41,18 @@ RECIPES = {
                  prior=dict(max_steps=500, batch_size=32, micro_batch=32, rewind=0.0),
                  # value_shift 5: one Euler step from s = 1 is all inference asks of the flow, so train mostly near
                  # it; plateau 0.3: the paper's 0.1 leaves values creeping up through pauses at this scale (README)
-                 # paraphrases: each clip's instruction in one of four wordings, so that a rewording (Meta-World's own
-                 # task descriptions, say) does not undo what the 78 experts (each in two views) taught; mismatch
-                 # 0.05: one clip in 20 read with another task's instruction and values 0, so that the values depend on
-                 # it; rotate 0.25: one clip in 4 turned upside down, as Meta-World's own renderer delivers the corner
-                 # view; state: the robot's hand and gripper beside the video, left out of one clip in 4 so that data
-                 # without them still scores
+                 # paraphrases: each clip's instruction in sim.py's wording or in Meta-World's own (the task strings
+                 # of LeRobot's Meta-World datasets), so that data in either reads as the 78 experts (each in two
+                 # views) taught; rotate 0.25: one clip in 4 turned upside down, as Meta-World's own renderer
+                 # delivers the corner view; state: the robot's hand and gripper beside the video, left out of one
+                 # clip in 4 so that data without them still scores
                  value=dict(max_steps=2000, batch_size=32, micro_batch=32, value_shift=5.0, plateau=0.3,
-                            paraphrases="data/metaworld/paraphrases.json", mismatch=0.05, rotate=0.25, **STATE)),
+                            paraphrases="data/metaworld/metaworld_wording.json", rotate=0.25, **STATE)),
     # 2.5x the expert episodes (in `corner` and `corner2`; the default run's in `corner` and `corner4`) and twice
     # the steps of each stage; the same model, since `base` (7x the parameters) trains 8x slower here (1.5 s a step)
-    # and would need over 3 hours for 6000 steps (README). No paraphrases: with this much data a rewording costs
-    # less, and they cost more in the training wording; no mismatched pairs: level on unseen tasks here; turned
-    # clips and the state as in the default run (docs/experiments.md)
+    # and would need over 3 hours for 6000 steps (README). One wording, sim.py's (the default run's second,
+    # Meta-World's, came after this recipe's runs); no mismatched pairs; turned clips and the state as in the default
+    # run (docs/experiments.md)
     "long": dict(data="data/metaworld_full", sim=[], common=COMMON,
                  prior=dict(max_steps=1000, batch_size=32, micro_batch=32, rewind=0.0),
                  value=dict(max_steps=4000, batch_size=32, micro_batch=32, value_shift=5.0, plateau=0.3, rotate=0.25,
@@ -208,12 +207,13 @@ def prepare(recipe):
     are needed only to score, so they are made on the core that training leaves idle (its log: <data>/heldout.log)."""
     data = RECIPES[recipe]["data"]
     check_corpus(data, (sim.DEMO if "--demo" in RECIPES[recipe]["sim"] else sim.DEFAULT)["cameras"])
-    if not (written(data, ("train", "play")) and os.path.exists(os.path.join(data, "paraphrases.json"))):
+    wordings = [os.path.join(data, f) for f in ("paraphrases.json", "metaworld_wording.json")]
+    if not (written(data, ("train", "play")) and all(map(os.path.exists, wordings))):
         sh(sys.executable, "sim.py", *RECIPES[recipe]["sim"], "--out", data, "--splits", "train", "play")
     if not os.path.exists(os.path.join(data, "vae.safetensors")):  # one frozen VAE: every run shares its latents
         sh(sys.executable, "wan_vae.py", "--random", "tiny", "--data", os.path.join(data, "train"), "--resolution",
            str(RECIPES[recipe]["common"]["resolution"]), "--out", os.path.join(data, "vae.safetensors"))
-    encode_text(data, ("train",), "--paraphrases", os.path.join(data, "paraphrases.json"))
+    encode_text(data, ("train",), "--paraphrases", *wordings)
     if written(data, SPLITS):
         return None
     cmd = [sys.executable, "sim.py", *RECIPES[recipe]["sim"], "--out", data, "--splits", *SPLITS, "--workers", "1"]

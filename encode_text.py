@@ -118,18 +118,6 @@ def pad_text(features):
     return torch.stack([F.pad(c, (0, 0, 0, L - c.shape[0])) for c in features])
 
 
-def read_json_texts(path):
-    """{instruction: [other texts]} of a paraphrases file, or of a file mapping each instruction to one other."""
-    d = data.load_json(path, "paraphrases or instructions")
-    if isinstance(d, dict) and d and all(isinstance(v, str) for v in d.values()):
-        return {k: [v] for k, v in data.check_instruction_map(d, path).items()}
-    if isinstance(d, dict) and all(isinstance(v, list) for v in d.values()):
-        return data.check_paraphrases(d, path)
-    raise data.DataError(f"{path}: expected a JSON object mapping each instruction to a list of other wordings "
-                         f"(paraphrases) or to one other instruction (a string, as eval.py --instructions reads), "
-                         f"not a mix of the two or other values")
-
-
 def add_command(cache, datasets):
     """The encode_text.py command that adds the instructions of `datasets` to `cache` with its own encoder."""
     flags = cache.encoder["flags"] if cache.encoder else "--model UMT5_FOLDER (or --tiny_random DIM) --text_len N"
@@ -327,7 +315,7 @@ def main():
         p.error("give --model (a local umT5 folder) or --tiny_random DIM")
     try:
         texts = [line for f in a.texts for line in Path(f).read_text().splitlines()]
-        texts += [w for f in a.paraphrases for k, v in read_json_texts(f).items() for w in (k, *v)]
+        texts += [w for f in a.paraphrases for k, v in data.read_paraphrases(f).items() for w in (k, *v)]
         for root in a.lerobot:
             texts += [t for e in data.read_lerobot(root, probe=False) for t in e.extra.get("tasks", [e.instruction])]
         texts += [e.instruction for r in a.egodex for e in data.read_egodex(r)]

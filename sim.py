@@ -149,8 +149,8 @@ INSTRUCTIONS = {
 
 # Other wordings of the training tasks' instructions (instruction augmentation, as ReWiND does with an LLM's
 # paraphrases): `train.py --paraphrases` gives each clip one wording of its instruction, drawn uniformly, so the
-# model cannot tie a task to one exact sentence. Written independently of Meta-World's own task descriptions,
-# which stay an unseen wording for evaluation. The unseen tasks have none: value training never sees them.
+# model cannot tie a task to one exact sentence. Written independently of Meta-World's own task descriptions
+# (METAWORLD_WORDING, below). The unseen tasks have none: value training never sees them.
 PARAPHRASES = {
     "basketball-v3": ["drop the ball through the hoop", "grab the ball and score it in the basket",
                       "shoot the basketball into the hoop"],
@@ -216,6 +216,44 @@ PARAPHRASES = {
     "sweep-v3": ["sweep the block off the edge of the table", "push the block off the table",
                  "brush the block off the table"],
     "window-open-v3": ["open the window", "push the window open", "slide the window to open it"],
+}
+
+# Meta-World's own task descriptions: the task strings of LeRobot's Meta-World environment and of the datasets
+# recorded with it (push-v3 and push-back-v3 share one). sim.py writes them as metaworld_wording.json beside the
+# splits, {instruction: description}: the default run reads its training tasks' clips in either wording
+# (train.py --paraphrases), and eval.py --instructions scores the held-out episodes in this wording.
+METAWORLD_WORDING = {
+    "assembly-v3": "Pick up a nut and place it onto a peg", "basketball-v3": "Dunk the basketball into the basket",
+    "bin-picking-v3": "Grasp the puck from one bin and place it into another bin",
+    "box-close-v3": "Grasp the cover and close the box with it",
+    "button-press-topdown-v3": "Press a button from the top",
+    "button-press-topdown-wall-v3": "Bypass a wall and press a button from the top",
+    "button-press-v3": "Press a button", "button-press-wall-v3": "Bypass a wall and press a button",
+    "coffee-button-v3": "Push a button on the coffee machine", "coffee-pull-v3": "Pull a mug from a coffee machine",
+    "coffee-push-v3": "Push a mug under a coffee machine", "dial-turn-v3": "Rotate a dial 180 degrees",
+    "disassemble-v3": "Pick a nut out of a peg", "door-close-v3": "Close a door with a revolving joint",
+    "door-lock-v3": "Lock the door by rotating the lock clockwise",
+    "door-open-v3": "Open a door with a revolving joint",
+    "door-unlock-v3": "Unlock the door by rotating the lock counter-clockwise",
+    "drawer-close-v3": "Push and close a drawer", "drawer-open-v3": "Open a drawer",
+    "faucet-close-v3": "Rotate the faucet clockwise", "faucet-open-v3": "Rotate the faucet counter-clockwise",
+    "hammer-v3": "Hammer a screw on the wall", "hand-insert-v3": "Insert the gripper into a hole",
+    "handle-press-side-v3": "Press a handle down sideways", "handle-press-v3": "Press a handle down",
+    "handle-pull-side-v3": "Pull a handle up sideways", "handle-pull-v3": "Pull a handle up",
+    "lever-pull-v3": "Pull a lever down 90 degrees", "peg-insert-side-v3": "Insert a peg sideways",
+    "peg-unplug-side-v3": "Unplug a peg sideways", "pick-out-of-hole-v3": "Pick up a puck from a hole",
+    "pick-place-v3": "Pick and place a puck to a goal",
+    "pick-place-wall-v3": "Pick a puck, bypass a wall and place the puck",
+    "plate-slide-back-side-v3": "Get a plate from the cabinet sideways",
+    "plate-slide-back-v3": "Get a plate from the cabinet",
+    "plate-slide-side-v3": "Slide a plate into a cabinet sideways", "plate-slide-v3": "Slide a plate into a cabinet",
+    "push-back-v3": "Push the puck to a goal", "push-v3": "Push the puck to a goal",
+    "push-wall-v3": "Bypass a wall and push a puck to a goal", "reach-v3": "Reach a goal position",
+    "reach-wall-v3": "Bypass a wall and reach a goal", "shelf-place-v3": "Pick and place a puck onto a shelf",
+    "soccer-v3": "Kick a soccer into the goal", "stick-pull-v3": "Grasp a stick and pull a box with the stick",
+    "stick-push-v3": "Grasp a stick and push a box using the stick", "sweep-into-v3": "Sweep a puck into a hole",
+    "sweep-v3": "Sweep a puck off the table", "window-close-v3": "Push and close a window",
+    "window-open-v3": "Push and open a window",
 }
 
 # The fixed task split. Value training and video pretraining never see the unseen tasks; they are the
@@ -1310,17 +1348,21 @@ def parse_args(argv):
     return args
 
 
-def write_paraphrases(path, tasks):
-    """{instruction: [other wordings]} of `tasks` as JSON (what `train.py --paraphrases` reads)."""
-    Path(path).write_text(json.dumps({INSTRUCTIONS[t]: PARAPHRASES[t] for t in tasks if t in PARAPHRASES}, indent=1))
+def write_paraphrases(out, tasks):
+    """paraphrases.json: {instruction: [other wordings]} of the training `tasks` (what `train.py --paraphrases`
+    reads), and metaworld_wording.json: {instruction: Meta-World's description} of every task."""
+    Path(out, "paraphrases.json").write_text(json.dumps({INSTRUCTIONS[t]: PARAPHRASES[t] for t in tasks
+                                                         if t in PARAPHRASES}, indent=1))
+    Path(out, "metaworld_wording.json").write_text(json.dumps({INSTRUCTIONS[t]: METAWORLD_WORDING[t]
+                                                               for t in INSTRUCTIONS}, indent=1))
 
 
 def main(argv):
     args = parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    # the training tasks' other wordings, for train.py --paraphrases and encode_text.py --paraphrases
-    write_paraphrases(out / "paraphrases.json", args.train_tasks)
+    # other wordings of the instructions, for train.py --paraphrases, eval.py --instructions, encode_text.py --paraphrases
+    write_paraphrases(out, args.train_tasks)
     # env seeds of the splits never overlap for a given --seed
     seeds = lambda offset, n: [args.seed * 100_000 + offset + i for i in range(n)]  # noqa: E731
     common = dict(size=args.size, fps=args.fps, tail=args.tail, pause=tuple(args.pause), undo=tuple(args.undo),

@@ -350,23 +350,20 @@ def test_paraphrase_file_errors_name_the_file(tmp_path):
     good = tmp_path / "good.json"
     good.write_text(json.dumps({"open the drawer": ["pull the drawer open"]}))
     assert data.read_paraphrases(good) == {"open the drawer": ["pull the drawer open"]}
-    for name, text in (("list.json", '["open the drawer"]'), ("empty.json", '{"open the drawer": []}'),
-                       ("str.json", '{"open the drawer": "pull the drawer open"}'), ("bad.json", "{not json")):
+    # an instruction map ({instruction: another}, as eval.py --instructions reads) is one other wording each
+    (tmp_path / "str.json").write_text('{"open the drawer": "pull the drawer open", "close it": "shut it"}')
+    assert data.read_paraphrases(tmp_path / "str.json") == {"open the drawer": ["pull the drawer open"],
+                                                            "close it": ["shut it"]}
+    both = "or each to one other .a string"
+    for name, text, msg in (("list.json", '["open the drawer"]', both), ("empty.json", '{"open the drawer": []}', both),
+                            ("mixed.json", '{"a": "b", "c": ["d"]}', both), ("num.json", '{"a": 3}', both),
+                            ("blank.json", '{"a": "b", "c": ""}', "instructions must be a JSON object"),
+                            ("bad.json", "{not json", "cannot read paraphrases")):
         (tmp_path / name).write_text(text)
-        with pytest.raises(data.DataError, match=rf"^{tmp_path / name}: "):
+        with pytest.raises(data.DataError, match=rf"^{tmp_path / name}: .*{msg}"):
             data.read_paraphrases(tmp_path / name)
     with pytest.raises(data.DataError, match="missing.json: cannot read paraphrases"):
         data.read_paraphrases(tmp_path / "missing.json")
-    # encode_text.py --paraphrases also reads an instruction map ({instruction: another}); its errors say which
-    assert encode_text.read_json_texts(tmp_path / "str.json") == {"open the drawer": ["pull the drawer open"]}
-    assert encode_text.read_json_texts(good) == {"open the drawer": ["pull the drawer open"]}
-    both = "a list of other wordings .paraphrases. or to one other instruction"
-    for text, msg in (('{"a": "b", "c": ["d"]}', both), ('{"a": 3}', both), ('["a"]', both),
-                      ('{"a": "b", "c": ""}', "instructions must be a JSON object"),
-                      ('{"a": []}', "paraphrases must be a JSON object")):
-        (tmp_path / "x.json").write_text(text)
-        with pytest.raises(data.DataError, match=rf"^{tmp_path / 'x.json'}: .*{msg}"):
-            encode_text.read_json_texts(tmp_path / "x.json")
 
 
 @pytest.mark.parametrize("option,flag,bright", [("mirror", "mirrored", (0, 1)), ("rotate", "rotated", (1, 1))])

@@ -315,11 +315,17 @@ def test_corpus(corpus):
     assert tasks["train"] == tasks["play"] == tasks["heldout_seen"] == {TASK, "drawer-open-v3"}
     assert tasks["heldout_unseen"] == tasks["play_unseen"] == {"reach-v3"}  # the unseen tasks' only unlabeled video
     # the training tasks' paraphrases, and only theirs: never an unseen task's, never the instruction itself
-    from data import read_paraphrases
+    from data import read_instruction_map, read_paraphrases
     para = read_paraphrases(corpus / "paraphrases.json")
     assert para == {sim.INSTRUCTIONS[t]: sim.PARAPHRASES[t] for t in (TASK, "drawer-open-v3")}
     assert set(sim.PARAPHRASES) == set(sim.TRAIN_TASKS) and not set(sim.PARAPHRASES) & set(sim.UNSEEN_TASKS)
     assert all(len(set(w)) == 3 and sim.INSTRUCTIONS[t] not in w for t, w in sim.PARAPHRASES.items())
+    # Meta-World's own wording of every task (LeRobot's task strings), an instruction map eval.py --instructions reads
+    wording = read_instruction_map(corpus / "metaworld_wording.json")
+    assert wording == {sim.INSTRUCTIONS[t]: sim.METAWORLD_WORDING[t] for t in sim.INSTRUCTIONS}
+    assert wording[sim.INSTRUCTIONS["pick-place-v3"]] == "Pick and place a puck to a goal"
+    assert read_paraphrases(corpus / "metaworld_wording.json")[sim.INSTRUCTIONS["door-open-v3"]] == [
+        "Open a door with a revolving joint"]
     # experts succeed: Meta-World's own test on each training episode's last frame
     import pyarrow.parquet as pq
     table = pq.read_table(corpus / "train" / "data")
