@@ -15,7 +15,9 @@ Splits (each a LeRobot v3.0 dataset with an `annotations.jsonl` at its root, one
   heldout_unseen  the same for the tasks never used for training (UNSEEN_TASKS)
 The annotation of an episode: {"episode_index", "kind", "mechanism", "m", "n", "T", "embodiment", "task",
 "instruction", "seed"} (m, n for hesitation and retry only), what `eval.py --bench` reads. `paraphrases.json`
-beside the splits holds other wordings of the training tasks' instructions (`train.py --paraphrases`). Training
+beside the splits holds other wordings of the training tasks' instructions (`train.py --paraphrases`), and
+`metaworld_wording.json` every task's instruction in Meta-World's own wording (`train.py --paraphrases`, `eval.py
+--instructions`). Training
 uses only `train` (experts; the value model's rewinding makes its failures) and, for the video prior,
 `play`: value training never sees a hesitation or a retry, as in the paper.
 
