@@ -627,6 +627,14 @@ def plot_results(results, items, plots_dir, size=64):
     plot_summary(results, os.path.join(plots_dir, "summary.png"))
 
 
+def summary_bars(results):
+    """{method: {metric: the benches' average}} of the summary plot's bars (0 where a metric has no trajectory):
+    Hesitation-RMSE of the hesitations, Retry-VOC of the retries, Expert-VOC of the experts, as the tables read them."""
+    rows = [r for b in ("suboptimal", "expert") for r in bench_rows(b, results) if r["embodiment"] == "average"]
+    return {m: {k: 0.0 if math.isnan(r[k]) else r[k] for r in rows if r["method"] == m for k in NAMES if k in r}
+            for m in {r["method"] for r in rows}}
+
+
 def plot_summary(results, path):
     """Every WVM curve by kind on its trajectory's own time axis (a failure: what it achieved, as a marker at its
     end) and the bench metrics per method, from score_items' results (or a --json file's "trajectories")."""
@@ -652,10 +660,10 @@ def plot_summary(results, path):
     axes[0][0].set_ylabel("predicted progress")
     ax, methods = axes[0][-1], sorted({r["method"] for r in results})
     keys = [k for k in ("hesitation_rmse", "retry_voc", "voc") if any(k in r for r in results)]
+    bars = summary_bars(results)
     for j, m in enumerate(methods):  # grouped bars: a group per metric, a bar per method
-        vals = [[r[k] for r in results if r["method"] == m and k in r and not math.isnan(r[k])] for k in keys]
         ax.bar(np.arange(len(keys)) + (j - (len(methods) - 1) / 2) * 0.8 / len(methods),
-               [np.mean(v) if v else 0.0 for v in vals], 0.8 / len(methods), label=m)
+               [bars[m][k] for k in keys], 0.8 / len(methods), label=m)
     ax.set_xticks(np.arange(len(keys)), [NAMES[k].split()[0] for k in keys], fontsize=8)
     ax.axhline(0, color="k", lw=0.5)
     ax.set_title("averages over trajectories")

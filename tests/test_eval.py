@@ -151,6 +151,24 @@ def test_ranking_bench_by_hand():
     assert avg["final_failure"] == pytest.approx((0.55 + 0.4) / 2)
 
 
+def test_summary_bars_are_the_benches_averages(tmp_path):
+    """The summary plot's Expert-VOC bar averages the experts only (every trajectory carries a VOC), its Hesitation-
+    RMSE the hesitations and its Retry-VOC the retries, as the tables; a method with none of a kind gets 0."""
+    from eval import plot_summary, summary_bars
+
+    def r(method, kind, values, **metrics):
+        return {"method": method, "task": "a", "embodiment": "e", "kind": kind, "index": list(range(len(values))),
+                "T": len(values), "values": values, "final": values[-1], "achieved": 1.0, "voc": voc(values), **metrics}
+    res = [r("wvm", "expert", [0, 0.5, 1]), r("wvm", "expert", [0, 1, 0.5]), r("wvm", "failure", [1, 0.5, 0]),
+           r("wvm", "hesitation", [0, 0.2, 0.4], hesitation_rmse=0.1), r("wvm", "hesitation", [0, 0, 1],
+           hesitation_rmse=0.3), r("wvm", "retry", [0, 1, 0], retry_voc=-0.5), r("time", "expert", [0, 0.5, 1])]
+    bars = summary_bars(res)
+    assert bars["wvm"] == pytest.approx({"voc": (1 + 0.5) / 2, "hesitation_rmse": 0.2, "retry_voc": -0.5})
+    assert bars["time"] == {"voc": 1.0, "hesitation_rmse": 0.0, "retry_voc": 0.0}
+    plot_summary(res, tmp_path / "summary.png")
+    assert (tmp_path / "summary.png").stat().st_size > 0
+
+
 def test_ranking_by_mechanism_against_the_tasks_successes():
     """--by mechanism: a failure mechanism's failures are ranked against every success of their task (a group of
     failures alone has no AUROC), while its failure final and VOC stay its own; success groups have no AUROC."""
