@@ -180,21 +180,23 @@ def written(data, splits):
     return all(os.path.exists(os.path.join(data, s, "annotations.jsonl")) for s in splits)
 
 
-def check_corpus(data, views):
+def check_corpus(data, views, fps):
     """A corpus written by an older sim.py stops the demo, naming the split: one whose observation.state was the whole
     39-d observation (object poses and goal included) would be read as the robot's state, and one whose training
-    video has other views than the recipe's would train another recipe under this one's name."""
+    video has other views or another frame rate than the recipe's would train another recipe under this one's name."""
     for split in ("train", "play", *SPLITS):
         info = os.path.join(data, split, "meta", "info.json")
         if not os.path.exists(info):
             continue
         with open(info) as f:
-            features = json.load(f)["features"]
-        state = features.get("observation.state", {}).get("shape")
-        have = sorted(k.removeprefix("observation.images.") for k, f in features.items() if f["dtype"] == "video")
+            meta = json.load(f)
+        state = meta["features"].get("observation.state", {}).get("shape")
+        have = sorted(k.removeprefix("observation.images.") for k, f in meta["features"].items() if f["dtype"] == "video")
+        train = split in ("train", "play")
         problem = (f"observation.state is {state}, not the hand and gripper [4]" if state != [4] else
                    f"its views are {', '.join(have)}, not this recipe's {', '.join(views)}"
-                   if split in ("train", "play") and have != sorted(views) else None)
+                   if train and have != sorted(views) else
+                   f"its fps is {meta['fps']:g}, not this recipe's {fps:g}" if train and meta["fps"] != fps else None)
         if problem:
             raise SystemExit(f"demo.py: {info}: {problem}: the corpus was written by an older sim.py. Move or delete "
                              f"{data}, and the runs trained on it (a finished run is not trained again), and run "
@@ -206,7 +208,8 @@ def prepare(recipe):
     generation); returns the held-out benches' generation, started in the background (None if they exist): they
     are needed only to score, so they are made on the core that training leaves idle (its log: <data>/heldout.log)."""
     data = RECIPES[recipe]["data"]
-    check_corpus(data, (sim.DEMO if "--demo" in RECIPES[recipe]["sim"] else sim.DEFAULT)["cameras"])
+    corpus = sim.parse_args([*RECIPES[recipe]["sim"], "--out", data])  # the recipe's settings of sim.py
+    check_corpus(data, corpus.cameras, corpus.train_fps)
     wordings = [os.path.join(data, f) for f in ("paraphrases.json", "metaworld_wording.json")]
     if not (written(data, ("train", "play")) and all(map(os.path.exists, wordings))):
         sh(sys.executable, "sim.py", *RECIPES[recipe]["sim"], "--out", data, "--splits", "train", "play")

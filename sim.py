@@ -272,7 +272,7 @@ DEMO_SEEN = ["basketball-v3", "bin-picking-v3", "box-close-v3", "button-press-to
 # two views, the benches' and the one LeRobot's Meta-World env records (`corner4`): a model of one view reads another
 # far worse, and all four score about the same with twice the video to render (README)
 DEMO = dict(train_tasks=list(TRAIN_TASKS), unseen_tasks=list(UNSEEN_TASKS), seen_tasks=DEMO_SEEN, seeds_train=2,
-            seeds_play=1, seeds_heldout=2, cameras=["corner", "corner4"])
+            seeds_play=1, seeds_heldout=2, cameras=["corner", "corner4"], train_fps=2.0)
 # the longer recipe's held-out seen tasks: ten more training tasks of other families
 SEEN = DEMO_SEEN + ["button-press-v3", "dial-turn-v3", "door-close-v3", "drawer-close-v3", "faucet-open-v3",
                     "pick-place-wall-v3", "plate-slide-v3", "push-back-v3", "stick-push-v3", "window-open-v3"]
@@ -481,26 +481,30 @@ class Rollout:
     def t(self):
         return len(self.obs) - 1
 
-    def render(self, cameras, reuse=None):
-        """{camera name: frames uint8 [T, H, W, 3]}; the first frames of each are taken from `reuse` (the
-        same dict for a shared prefix) where given."""
+    def render(self, cameras, reuse=None, keep=None):
+        """{camera name: frames uint8 [T, H, W, 3]} of the frames `keep` (default: every frame); the first frames
+        of each are taken from `reuse` (the same dict for a shared prefix) where given."""
         model, data = self.env.model, self.env.data
-        out = {c.name: list((reuse or {}).get(c.name, ())[:len(self.states)]) for c in cameras}
+        keep = range(len(self.states)) if keep is None else keep
+        out = {c.name: list((reuse or {}).get(c.name, ())[:len(keep)]) for c in cameras}
         start = min(len(f) for f in out.values())
-        for t, state in enumerate(self.states[start:], start):
-            self.mujoco.mj_setState(model, data, state, self.mujoco.mjtState.mjSTATE_FULLPHYSICS)
+        for i, t in enumerate(keep[start:], start):
+            self.mujoco.mj_setState(model, data, self.states[t], self.mujoco.mjtState.mjSTATE_FULLPHYSICS)
             self.mujoco.mj_forward(model, data)
             for c in cameras:
-                if t >= len(out[c.name]):
+                if i >= len(out[c.name]):
                     out[c.name].append(c())
         return {k: np.stack(v) for k, v in out.items()}
 
-    def episode(self, frames, text, **meta):
+    def episode(self, frames, text, keep=None, **meta):
+        """The episode's columns, of the frames `keep` (default: every frame; T in `meta` is their number)."""
         grip = self.actions[-1][3] if self.actions else -1.0
         actions = np.array(self.actions + [np.array([0.0, 0.0, 0.0, grip])], dtype=np.float32)
         obs = np.array(self.obs, dtype=np.float32)
+        if keep is not None:
+            actions, obs = actions[keep], obs[keep]
         return {"frames": frames, "observation.state": obs[:, :4], "observation.environment_state": obs,
-                "action": actions, "task": text, "meta": meta}
+                "action": actions, "task": text, "meta": {**meta, "T": len(obs)}}
 
 
 def act(ro, policy):
@@ -769,13 +773,22 @@ def task_seed(task):
 
 
 def generate(task, seed, kinds=KINDS, size=128, cameras=("corner",), fps=10, tail=5, pause=(0.5, 4.0),
-             undo=(0.5, 3.0), base_seed=0, max_steps=400, jitter=False, stats=None):
+             undo=(0.5, 3.0), base_seed=0, max_steps=400, jitter=False, out_fps=None, stats=None):
     """The episodes of one task and env seed: a list of dicts with frames {camera: uint8 [T, H, W, 3]},
     observation.state [T, 4], observation.environment_state [T, 39], action [T, 4], task (the instruction) and meta (the annotation without its
     episode index). kinds: expert, hesitation, retry, play. Failed and discarded episodes are counted in
     `stats` (a dict) if given. pause, undo: ranges of the pause and of the undone stretch (retrace and
-    carry), in seconds of video. jitter: move the cameras and scale the lights a little (training views)."""
+    carry), in seconds of video. jitter: move the cameras and scale the lights a little (training views). out_fps
+    (expert and play only): keep, and render, only the frames of a video at out_fps, those that training at
+    that rate reads of one at fps (data.resample: the first and the last frame, the rest within half a frame of
+    the new rate's); the frames of the steps between are simulated, never rendered."""
     instruction = INSTRUCTIONS.get(task)
+    if out_fps is not None and not set(kinds) <= {"expert", "play"}:
+        raise ValueError(f"sim.py: out_fps is for experts and play only: the annotations of {kinds} count frames "
+                         f"at fps {fps}")
+    if out_fps is not None:
+        from data import resample  # torch, only where needed: sim.py stays light to import
+    resampled = (lambda T: None) if out_fps is None else (lambda T: resample(T, fps, out_fps))  # noqa: E731
     if instruction is None:
         raise ValueError(f"sim.py: no instruction for task {task!r}; known: {', '.join(INSTRUCTIONS)}")
     stats = {} if stats is None else stats
@@ -798,7 +811,8 @@ def generate(task, seed, kinds=KINDS, size=128, cameras=("corner",), fps=10, tai
                 rng = rng_for(3)
                 mechanism = PLAYS[seed % len(PLAYS)]
                 ro = play(env, task, rng, int(rng.integers(6 * fps, 12 * fps)), mechanism)
-                out.append(ro.episode(ro.render(cams), instruction, kind="play", mechanism=mechanism, T=ro.t + 1, **base))
+                keep = resampled(ro.t + 1)
+                out.append(ro.episode(ro.render(cams, keep=keep), instruction, keep, kind="play", mechanism=mechanism, **base))
                 count("play_ok")
                 return out
             policy = make_policy(task)
@@ -807,10 +821,11 @@ def generate(task, seed, kinds=KINDS, size=128, cameras=("corner",), fps=10, tai
             if s is None:
                 count("expert_failed")
                 return out
-            expert_frames = expert.render(cams)
+            keep = resampled(expert.t + 1)
+            expert_frames = expert.render(cams, keep=keep)
             for kind in kinds:
                 if kind == "expert":
-                    out.append(expert.episode(expert_frames, instruction, kind="expert", T=expert.t + 1, **base))
+                    out.append(expert.episode(expert_frames, instruction, keep, kind="expert", **base))
                 elif kind in ("hesitation", "retry"):
                     rng = rng_for(1 if kind == "hesitation" else 2)
                     fn, mechanisms, x_range = ((hesitation, PAUSES, frames_range(pause)) if kind == "hesitation"
@@ -825,7 +840,7 @@ def generate(task, seed, kinds=KINDS, size=128, cameras=("corner",), fps=10, tai
                         continue
                     ro, m, n = r
                     out.append(ro.episode(ro.render(cams, {k: v[:m + 1] for k, v in expert_frames.items()}), instruction,
-                                          kind=kind, mechanism=str(mechanism), m=m, n=n, T=ro.t + 1, **base,
+                                          kind=kind, mechanism=str(mechanism), m=m, n=n, **base,
                                           expert_T=expert.t + 1))
                 elif kind == "failure":
                     rng = rng_for(4)
@@ -839,7 +854,7 @@ def generate(task, seed, kinds=KINDS, size=128, cameras=("corner",), fps=10, tai
                         continue
                     ro, f = r
                     out.append(ro.episode(ro.render(cams, {k: v[:f + 1] for k, v in expert_frames.items()}), instruction,
-                                          kind="failure", mechanism=str(mechanism), f=f, T=ro.t + 1,
+                                          kind="failure", mechanism=str(mechanism), f=f,
                                           achieved=achieved(task, ro.obs), **base, expert_T=expert.t + 1))
                 else:
                     raise ValueError(f"sim.py: unknown kind {kind!r}")
@@ -1206,7 +1221,7 @@ def write_split(root, jobs, opts, settings, codec, workers=1, desc=None):
             remaining[task] -= 1
             bar.update(1)
             if remaining[task] == 0:
-                _write_part(parts_dir / task, results.pop(task), opts["fps"], codec)
+                _write_part(parts_dir / task, results.pop(task), opts.get("out_fps", opts["fps"]), codec)
     finally:
         if pool:
             pool.terminate()
@@ -1306,6 +1321,8 @@ def parse_args(argv):
     p.add_argument("--cameras", nargs="+", help=f"views of train and play episodes (default "
                    f"{' '.join(DEFAULT['cameras'])}; --demo: {' '.join(DEMO['cameras'])})")
     p.add_argument("--heldout-camera", default="corner", help="the held-out splits' view")
+    p.add_argument("--train-fps", type=float, help="the train and play splits' fps: only the frames that training at "
+                   "this rate reads are rendered and written (default: --fps; --demo: 2, the rate it trains at)")
     p.add_argument("--fps", type=float, default=10.0, help="video fps (one frame per 12.5 ms control step)")
     p.add_argument("--train-tasks", nargs="+", help=f"default: all {len(TRAIN_TASKS)} training tasks")
     p.add_argument("--unseen-tasks", nargs="+", help=f"default: {' '.join(UNSEEN_TASKS)}")
@@ -1341,6 +1358,9 @@ def parse_args(argv):
         p.error("a task cannot be both a training and an unseen task")
     if not set(args.seen_tasks) <= set(args.train_tasks):
         p.error("--seen-tasks must be training tasks")
+    args.train_fps = args.fps if args.train_fps is None else args.train_fps
+    if not 0 < args.train_fps <= args.fps:
+        p.error("--train-fps must be in (0, --fps]")
     if args.size % 2:
         p.error("--size must be even (yuv420p video)")
     if not all(1 <= lo * args.fps <= hi * args.fps for lo, hi in (args.pause, args.undo)):
@@ -1369,7 +1389,8 @@ def main(argv):
     seeds = lambda offset, n: [args.seed * 100_000 + offset + i for i in range(n)]  # noqa: E731
     common = dict(size=args.size, fps=args.fps, tail=args.tail, pause=tuple(args.pause), undo=tuple(args.undo),
                   base_seed=args.seed)
-    train_opts = dict(common, cameras=tuple(args.cameras), jitter=True)
+    train_opts = dict(common, cameras=tuple(args.cameras), jitter=True,
+                      **({"out_fps": args.train_fps} if args.train_fps < args.fps else {}))  # as before, if not
     heldout_opts = dict(common, cameras=(args.heldout_camera,), jitter=False)
     splits = {
         "train": ([(t, s, ("expert",)) for t in args.train_tasks for s in seeds(0, args.seeds_train)], train_opts),

@@ -131,20 +131,24 @@ def test_a_run_of_other_settings_is_not_resumed_as_this_recipe(tmp_path, monkeyp
 
 def test_a_corpus_of_an_older_generator_is_not_read_as_this_recipes(tmp_path):
     """A split whose observation.state is not the hand and gripper (an older sim.py wrote the whole 39-d observation
-    there), or whose training video has other views than the recipe's, stops the demo with the file named; the splits
-    sim.py writes now pass."""
+    there), or whose training video has other views or another frame rate than the recipe's, stops the demo with the
+    file named; the splits sim.py writes now pass. The default recipe's corpus is written at the rate it trains at."""
     import sim
     frames = np.zeros((4, 16, 16, 3), np.uint8)
     views = {f"observation.images.{v}": frames for v in ("corner", "corner4")}
     sim.write_lerobot(tmp_path / "new" / "train", [{"frames": views, "task": "t", "observation.state": np.zeros((4, 4)),
-                                                    "observation.environment_state": np.zeros((4, 39))}], 10,
+                                                    "observation.environment_state": np.zeros((4, 39))}], 2,
                       codec="libx264")
-    demo.check_corpus(str(tmp_path / "new"), ["corner4", "corner"])
+    demo.check_corpus(str(tmp_path / "new"), ["corner4", "corner"], 2.0)
+    with pytest.raises(SystemExit, match=r"new/train/meta/info.json: its fps is 2, not this recipe's 10: the corpus"):
+        demo.check_corpus(str(tmp_path / "new"), ["corner4", "corner"], 10.0)
     with pytest.raises(SystemExit, match=r"new/train/meta/info.json: its views are corner, corner4, not this recipe's "
                                          r"corner, corner2, corner3, corner4: the corpus was written by an older"):
-        demo.check_corpus(str(tmp_path / "new"), sim.CAMERAS)
+        demo.check_corpus(str(tmp_path / "new"), sim.CAMERAS, 2.0)
     sim.write_lerobot(tmp_path / "old" / "play", [{"frames": frames, "task": "t", "observation.state": np.zeros((4, 39))}],
                       10, codec="libx264", video_key="observation.images.corner")
     with pytest.raises(SystemExit, match=r"old/play/meta/info.json: observation.state is \[39\], not the hand and "
                                          r"gripper \[4\]: the corpus was written by an older sim.py"):
-        demo.check_corpus(str(tmp_path / "old"), ["corner"])
+        demo.check_corpus(str(tmp_path / "old"), ["corner"], 10.0)
+    corpus = sim.parse_args([*demo.RECIPES["demo"]["sim"], "--out", str(tmp_path)])
+    assert corpus.train_fps == demo.COMMON["fps"] == 2 and corpus.fps == 10

@@ -168,6 +168,17 @@ def test_generate_episodes_and_determinism():
     assert len(again) == 1
     np.testing.assert_array_equal(again[0]["frames"]["corner2"], eps[2]["frames"]["corner2"])
     assert again[0]["meta"] == eps[2]["meta"]
+    # out_fps: the frames, state and actions of a video at 2 fps, those that training at 2 fps reads of the 10 fps one
+    from data import resample
+    slow = sim.generate(TASK, SEED, kinds=("expert",), size=SIZE, fps=FPS, cameras=("corner", "corner2"), out_fps=2)[0]
+    keep = resample(expert["meta"]["T"], FPS, 2)
+    assert slow["meta"] == {**expert["meta"], "T": len(keep)} and keep[-1] == expert["meta"]["T"] - 1
+    for c in ("corner", "corner2"):
+        np.testing.assert_array_equal(slow["frames"][c], expert["frames"][c][keep])
+    for k in ("observation.state", "observation.environment_state", "action"):
+        np.testing.assert_array_equal(slow[k], expert[k][keep])
+    with pytest.raises(ValueError, match="experts and play only"):  # the others' annotations count frames at fps
+        sim.generate(TASK, SEED, kinds=("expert", "retry"), out_fps=2)
 
 
 def test_h264_files_do_not_depend_on_the_number_of_cores(tmp_path):
@@ -274,8 +285,8 @@ def test_lerobots_metaworld_view_is_corner4_upright():
 
 
 ARGS = ["--train-tasks", TASK, "drawer-open-v3", "--unseen-tasks", "reach-v3", "--seeds-train", "2", "--seeds-play",
-        "2", "--seeds-play-unseen", "1", "--seeds-heldout", "1", "--size", "32", "--codec", "libx264", "--cameras",
-        "corner", "corner2"]
+        "2", "--seeds-play-unseen", "1", "--seeds-heldout", "1", "--size", "32", "--codec", "libx264", "--train-fps", "2",
+        "--cameras", "corner", "corner2"]
 
 
 @pytest.fixture(scope="module")
@@ -296,7 +307,8 @@ def test_corpus(corpus):
                          ("heldout_seen", set(sim.KINDS)), ("heldout_unseen", set(sim.KINDS))):
         root = corpus / split
         info = json.loads((root / "meta" / "info.json").read_text())
-        assert info["codebase_version"] == "v3.0" and info["fps"] == FPS
+        # the training splits at --train-fps: only the frames that training at 2 fps reads
+        assert info["codebase_version"] == "v3.0" and info["fps"] == (2 if split.startswith(("train", "play")) else FPS)
         videos = sorted(k for k, f in info["features"].items() if f["dtype"] == "video")
         views = ["corner", "corner2"] if split.startswith(("train", "play")) else ["corner"]
         assert videos == [f"observation.images.{v}" for v in views]
