@@ -11,6 +11,8 @@ Splits (each a LeRobot v3.0 dataset with an `annotations.jsonl` at its root, one
                   key per camera, `observation.images.<camera>`), cameras and lights slightly jittered
   play            unlabeled play of the training tasks (the video world-model prior): the scripted policy
                   under heavy action noise, random reaching, another task's policy; no progress labels
+                  (train and play at --train-fps: only the frames that training at that rate reads of a
+                  video at --fps are rendered and written; --demo: 2 fps, the rate the default run trains at)
   heldout_seen    new seeds of the training tasks: expert, hesitation, retry and failure, one camera (--heldout-camera)
   heldout_unseen  the same for the tasks never used for training (UNSEEN_TASKS)
 The annotation of an episode: {"episode_index", "kind", "mechanism", "m", "n", "T", "embodiment", "task",
