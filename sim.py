@@ -95,6 +95,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from data import resample
+
 EMBODIMENT = "sawyer"
 
 # one natural instruction per task, shared by every kind of trajectory of that task
@@ -788,8 +790,6 @@ def generate(task, seed, kinds=KINDS, size=128, cameras=("corner",), fps=10, tai
     if out_fps is not None and not set(kinds) <= {"expert", "play"}:
         raise ValueError(f"sim.py: out_fps is for experts and play only: the annotations of {kinds} count frames "
                          f"at fps {fps}")
-    if out_fps is not None:
-        from data import resample  # torch, only where needed: sim.py stays light to import
     resampled = (lambda T: None) if out_fps is None else (lambda T: resample(T, fps, out_fps))  # noqa: E731
     if instruction is None:
         raise ValueError(f"sim.py: no instruction for task {task!r}; known: {', '.join(INSTRUCTIONS)}")
