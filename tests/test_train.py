@@ -274,7 +274,8 @@ def test_fsdp_sigterm_then_resume_repeats_the_uninterrupted_run(dataset, tmp_pat
     """FSDP2 over 2 processes: each saves and reloads its own shards (no pickles), and the resumed run
     repeats the uninterrupted one exactly."""
     launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py"]
-    opts = dict(max_steps=5, ckpt_every=100, parallel="fsdp")
+    # 20 short steps: the notice must land before the last one, on a busy machine too (5 once did not)
+    opts = dict(max_steps=20, ckpt_every=100, parallel="fsdp")
     full = run([*launch, *args(dataset, tmp_path / "full", **opts)])
     assert full.returncode == 0, full.stderr[-3000:]
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -283,7 +284,7 @@ def test_fsdp_sigterm_then_resume_repeats_the_uninterrupted_run(dataset, tmp_pat
     log = tmp_path / "cut" / "log.jsonl"
     deadline = time.time() + 300
     while time.time() < deadline and not (log.exists() and log.read_text().count("\n") >= 2):
-        time.sleep(0.05)
+        time.sleep(0.01)
     workers = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
     assert len(workers) == 2
     for pid in workers:  # the workers, as a cluster's preemption notice reaches them
@@ -293,11 +294,11 @@ def test_fsdp_sigterm_then_resume_repeats_the_uninterrupted_run(dataset, tmp_pat
     assert sorted(p.name for p in (tmp_path / "cut" / "ckpt").iterdir()) == [
         "rank00000.safetensors", "rank00001.safetensors", "state.json"]
     stopped = max(losses(tmp_path / "cut"))
-    assert 2 <= stopped < 5
+    assert 2 <= stopped < 20
     resumed = run([*launch, *args(dataset, tmp_path / "cut", resume=True, **opts)])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     a, b = losses(tmp_path / "full"), losses(tmp_path / "cut")
-    assert sorted(b) == list(range(1, 6))
+    assert sorted(b) == list(range(1, 21))
     assert [a[s] for s in sorted(a)] == [b[s] for s in sorted(b)]
 
 
