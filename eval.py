@@ -598,10 +598,14 @@ def plot_results(results, items, plots_dir, size=64):
 
     os.makedirs(plots_dir, exist_ok=True)
     by_ep = {t.episode.id: t for t, _ in items}
+    # one figure redrawn for every trajectory: making a figure and placing it costs more than drawing into it
+    fig, (ax0, ax1) = plt.subplots(2, 1, figsize=(10, 5), gridspec_kw={"height_ratios": [1, 2]})
+    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.1, top=0.93, hspace=0.15)
     for ep_id in sorted({r["episode"] for r in results}):
         rs = [r for r in results if r["episode"] == ep_id]
         traj, r0 = by_ep[ep_id], rs[0]
-        fig, (ax0, ax1) = plt.subplots(2, 1, figsize=(10, 5), gridspec_kw={"height_ratios": [1, 2]})
+        for ax in (ax0, ax1):
+            ax.clear()
         strip_idx = np.linspace(0, len(traj.index) - 1, min(8, len(traj.index))).round().astype(int)
         strip = decode_frames(traj.episode, traj.index[strip_idx], size)
         ax0.imshow(((strip.permute(2, 1, 3, 0).reshape(size, -1, 3) + 1) * 127.5).clamp(0, 255).byte().numpy())
@@ -621,9 +625,8 @@ def plot_results(results, items, plots_dir, size=64):
         ax1.set(xlabel="native frame", ylabel="progress", ylim=(-0.05, 1.05),
                 title=f"{ep_id}: {r0['task']} ({r0['kind']})")
         ax1.legend(fontsize=7)
-        fig.tight_layout()
         fig.savefig(os.path.join(plots_dir, ep_id.replace("/", "_") + ".png"), dpi=80)
-        plt.close(fig)
+    plt.close(fig)
     plot_summary(results, os.path.join(plots_dir, "summary.png"))
 
 
