@@ -432,7 +432,8 @@ def test_a_saved_run_is_never_trained_over(dataset, trained, tmp_path, capsys):
 def test_second_process_on_a_run_folder_is_refused(dataset, tmp_path):
     out = tmp_path / "run"
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    first = subprocess.Popen([sys.executable, "train.py", *args(dataset, out, max_steps=200, ckpt_every=1000)],
+    # far more steps than run before the SIGTERM below: the first must still hold the folder on a fast machine
+    first = subprocess.Popen([sys.executable, "train.py", *args(dataset, out, max_steps=10000, ckpt_every=100000)],
                              cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
     while time.time() < deadline and not (out / "log.jsonl").exists():
