@@ -120,9 +120,9 @@ def evaluate(run_dir, data):
     groups being "average" and each task, and {(split, "tasks"): [task, ...]}.
 
     The splits are scored at the same time, one thread each: a model this small leaves a second thread mostly idle
-    (on 2 cores: 57 s for both instead of 85 s one after the other). Each pass writes its log to <split>.log. Scores
-    saved before the model was (a run trained further or over, e.g. with train.py --overwrite, which leaves them) are
-    scored again, never reported as the new model's."""
+    (on 2 cores: 64 s for both instead of 120 s one after the other, plots included). Each pass writes its log to
+    <split>.log. Scores saved before the model was (a run trained further or over, e.g. with train.py --overwrite,
+    which leaves them) are scored again, never reported as the new model's."""
     results, todo = {}, []
     model = os.path.join(run_dir, "wvm.safetensors")
     for split in SPLITS:
