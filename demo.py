@@ -40,7 +40,8 @@ RECIPES = {
     "demo": dict(data="data/metaworld", sim=["--demo"], common=COMMON,
                  prior=dict(max_steps=500, batch_size=32, micro_batch=32, rewind=0.0),
                  # value_shift 5: one Euler step from s = 1 is all inference asks of the flow, so train mostly near
-                 # it; plateau 0.3: the paper's 0.1 leaves values creeping up through pauses at this scale (README)
+                 # it (uniform times, shift 1, follow the unseen tasks worse: docs/experiments.md); plateau 0.3: the
+                 # paper's 0.1 leaves values creeping up through pauses at this scale (README)
                  # paraphrases: each clip's instruction in sim.py's wording or in Meta-World's own (the task strings
                  # of LeRobot's Meta-World datasets), so that data in either reads as the 78 experts (each in two
                  # views) taught; rotate 0.25: one clip in 4 turned upside down, as Meta-World's own renderer
