@@ -52,6 +52,13 @@ def args(dataset, out, **kw):
     return [f"--{k}={v}" for k, v in base.items()]
 
 
+def wait_for_log(out, lines, timeout=300):
+    """Until the run in `out` has logged this many steps (0: until its log exists), polling every 10 ms."""
+    log, deadline = out / "log.jsonl", time.time() + timeout
+    while time.time() < deadline and not (log.exists() and log.read_text().count("\n") >= lines):
+        time.sleep(0.01)
+
+
 def losses(out):
     with open(os.path.join(out, "log.jsonl")) as f:
         recs = [json.loads(line) for line in f]
@@ -138,10 +145,7 @@ def test_sigterm_then_resume_repeats_the_uninterrupted_run(dataset, tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = [sys.executable, "train.py", *args(dataset, tmp_path / "cut", max_steps=20, ckpt_every=100)]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    log = tmp_path / "cut" / "log.jsonl"
-    deadline = time.time() + 300
-    while time.time() < deadline and not (log.exists() and log.read_text().count("\n") >= 2):
-        time.sleep(0.01)
+    wait_for_log(tmp_path / "cut", 2)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-3000:]
@@ -282,10 +286,7 @@ def test_fsdp_sigterm_then_resume_repeats_the_uninterrupted_run(dataset, tmp_pat
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.Popen([*launch, *args(dataset, tmp_path / "cut", **opts)], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    log = tmp_path / "cut" / "log.jsonl"
-    deadline = time.time() + 300
-    while time.time() < deadline and not (log.exists() and log.read_text().count("\n") >= 2):
-        time.sleep(0.01)
+    wait_for_log(tmp_path / "cut", 2)
     workers = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
     assert len(workers) == 2
     for pid in workers:  # the workers, as a cluster's preemption notice reaches them
@@ -435,9 +436,7 @@ def test_second_process_on_a_run_folder_is_refused(dataset, tmp_path):
     # far more steps than run before the SIGTERM below: the first must still hold the folder on a fast machine
     first = subprocess.Popen([sys.executable, "train.py", *args(dataset, out, max_steps=10000, ckpt_every=100000)],
                              cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 300
-    while time.time() < deadline and not (out / "log.jsonl").exists():
-        time.sleep(0.05)
+    wait_for_log(out, 0)
     second = run([sys.executable, "train.py", *args(dataset, out, max_steps=2, overwrite=True)])
     first.send_signal(signal.SIGTERM)
     first.communicate(timeout=300)
