@@ -334,9 +334,10 @@ _GL = None  # this process's one GL context: making one costs ~0.35 s (llvmpipe 
 
 class Camera:
     """Fast offscreen renderer of one env camera: frames uint8 [size, size, 3], upright. What mujoco.Renderer
-    does, less its GL context per renderer: every camera of a process draws in the same one."""
+    does, less its GL context per renderer: every camera of a process draws in the same one. `ctx`: another camera's
+    of the same env (its model's meshes and textures on the GL side), which `open_cameras` shares."""
 
-    def __init__(self, env, size, name="corner"):
+    def __init__(self, env, size, name="corner", ctx=None):
         global _GL
         import mujoco
         from mujoco import gl_context
@@ -351,7 +352,8 @@ class Camera:
                 _GL = gl_context.GLContext(size, size)
                 atexit.register(_GL.free)  # before EGL itself is shut down at exit (registered first, runs last)
             _GL.make_current()
-            self.ctx = mujoco.MjrContext(model, mujoco.mjtFontScale.mjFONTSCALE_150)
+            self.owner = ctx is None
+            self.ctx = mujoco.MjrContext(model, mujoco.mjtFontScale.mjFONTSCALE_150) if ctx is None else ctx
         except Exception as e:
             raise RuntimeError(
                 f"sim.py: no offscreen rendering (MUJOCO_GL={os.environ.get('MUJOCO_GL')!r}): {e}. Set MUJOCO_GL=egl "
@@ -389,7 +391,17 @@ class Camera:
         return np.ascontiguousarray(self.img[:, ::-1] if self.upside_down else self.img[::-1])
 
     def close(self):
-        self.ctx.free()
+        if self.owner:
+            self.ctx.free()
+
+
+def open_cameras(env, size, names):
+    """A Camera of env for each name, all drawing with one MjrContext (making one takes ~0.15 s, as long as rendering
+    ~15 frames: llvmpipe uploads the meshes and textures)."""
+    cams = []
+    for name in names:
+        cams.append(Camera(env, size, name, cams[0].ctx if cams else None))
+    return cams
 
 
 def progress_distance(task, obs):
@@ -803,7 +815,7 @@ def generate(task, seed, kinds=KINDS, size=128, cameras=("corner",), fps=10, tai
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the scripted policies warn whenever they saturate an action
-            cams = [Camera(env, size, c) for c in cameras]
+            cams = open_cameras(env, size, cameras)
             if jitter:
                 rng = rng_for(0)
                 for c in cams:
@@ -919,14 +931,18 @@ class Mp4Writer:
 
 def _stats(x, image=False):
     """LeRobot per-episode stats of x [T, ...]: images per channel in [0, 1] with shape [3, 1, 1]."""
-    if image:
-        x = x[:: max(1, len(x) // 100)].astype(np.float32) / 255.0  # a sample of frames suffices
-        axes, shape = (0, 1, 2), (3, 1, 1)
-    else:
-        x = x.astype(np.float64).reshape(len(x), -1)
-        axes, shape = (0,), (-1,)
-    return {"min": x.min(axes).reshape(shape), "max": x.max(axes).reshape(shape),
-            "mean": x.mean(axes).reshape(shape), "std": x.std(axes).reshape(shape), "count": np.array([len(x)])}
+    if image:  # from each channel's histogram of bytes: exact, and ~10x faster than reducing a float copy
+        x = x[:: max(1, len(x) // 100)]  # a sample of frames suffices
+        hist = np.stack([np.bincount(x[..., c].ravel(), minlength=256) for c in range(3)]).astype(np.float64)
+        v, n = np.arange(256) / 255.0, hist.sum(1)
+        mean = hist @ v / n
+        std = np.sqrt((hist * (v - mean[:, None]) ** 2).sum(1) / n)
+        seen = hist > 0
+        lo, hi = v[seen.argmax(1)], v[255 - seen[:, ::-1].argmax(1)]
+        return {k: a.reshape(3, 1, 1) for k, a in dict(min=lo, max=hi, mean=mean, std=std).items()} | {
+            "count": np.array([len(x)])}
+    x = x.astype(np.float64).reshape(len(x), -1)
+    return {"min": x.min(0), "max": x.max(0), "mean": x.mean(0), "std": x.std(0), "count": np.array([len(x)])}
 
 
 def _aggregate(stats):
@@ -1638,7 +1654,7 @@ def policy_episode(task, seed, kind, size=128, cameras=("corner",), tail=5, base
             else:
                 return None
             op, done = r
-            cams = [Camera(env, size, c) for c in cameras]
+            cams = open_cameras(env, size, cameras)
             frames = op.ro.render(cams) if cams else {}
     finally:
         for c in cams:

@@ -114,6 +114,18 @@ def test_write_lerobot_v21_layout(lerobot):
     assert (root / "videos/chunk-000/observation.images.main/episode_000002.mp4").exists()
 
 
+def test_write_lerobot_image_stats_are_exact(lerobot):
+    # per channel in [0, 1] over every pixel of the episode (<= 100 frames are all taken), against float64 numpy
+    for e, line in enumerate((lerobot / "v21/meta/episodes_stats.jsonl").read_text().splitlines()):
+        got = json.loads(line)["stats"]["observation.images.main"]
+        x = make_frames(e, LENGTHS[e]).astype(np.float64).reshape(-1, 3) / 255
+        want = {"min": x.min(0), "max": x.max(0), "mean": x.mean(0), "std": x.std(0)}
+        for k, w in want.items():
+            np.testing.assert_allclose(np.array(got[k]).reshape(3), w, rtol=1e-12, err_msg=k)
+        assert got["count"] == [LENGTHS[e]]
+    assert json.loads(line)["stats"]["observation.images.main"]["max"] == [[[(16 + 5 * 32) / 255]]] * 3
+
+
 # ----------------------------------------------------------------------------- readers
 
 

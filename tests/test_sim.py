@@ -246,13 +246,29 @@ def beside_mujoco(*views):
     env = sim.make_env(TASK, SEED)
     cams, renderer = [], None
     try:
-        cams = [sim.Camera(env, 128, v) for v in views]
+        cams = sim.open_cameras(env, 128, views)  # one MjrContext, as the generator draws
         renderer = mujoco.Renderer(env.model, 128, 128)
         yield env, cams, renderer
     finally:
         for c in [renderer, *cams, env]:
             if c is not None:
                 c.close()
+
+
+def test_cameras_sharing_a_context_draw_what_their_own_would():
+    env = sim.make_env(TASK, SEED)
+    sim.Rollout(env)
+    shared, own = sim.open_cameras(env, 64, ["corner", "corner4"]), []
+    try:
+        own = [sim.Camera(env, 64, v) for v in ("corner", "corner4")]
+        assert shared[1].ctx is shared[0].ctx and own[1].ctx is not own[0].ctx
+        frames = [c() for c in shared]
+        assert np.abs(frames[0].astype(int) - frames[1]).mean() > 20  # two views, drawn with one context
+        for c, f in zip(own, frames):
+            assert np.array_equal(c(), f)
+    finally:
+        for c in [*shared, *own, env]:
+            c.close()
 
 
 def test_metaworlds_own_renderer_delivers_the_corner_view_upside_down():
