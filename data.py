@@ -769,6 +769,11 @@ class ClipDataset(torch.utils.data.Dataset):
         return (f"{ep.id}:{self.size}:{','.join(map(str, frame_index))}|{os.path.realpath(ep.video)}@{ep.start:g}/"
                 f"{ep.fps:g}#{st.st_size}:{st.st_mtime_ns}")
 
+    def sample_key(self, p):
+        """The latent cache's key of a planned sample's clip: clip_key, and how its frames are turned."""
+        return (self.clip_key(p["episode"], p["frame_index"]) + ("|mirrored" if p["mirrored"] else "")
+                + ("|rotated" if p["rotated"] else ""))
+
     def __getitem__(self, i):
         for attempt in range(self.max_tries):
             p = self.plan(i, attempt)
@@ -776,8 +781,7 @@ class ClipDataset(torch.utils.data.Dataset):
             if ep.id in self.bad:
                 continue
             try:
-                key = (self.clip_key(ep, p["frame_index"]) + ("|mirrored" if p["mirrored"] else "")
-                       + ("|rotated" if p["rotated"] else ""))
+                key = self.sample_key(p)
                 # a clip encoded before needs no decoding (train.py sets latent_cache with --latent_cache)
                 latents = self.latent_cache.load(key) if self.latent_cache else None
                 frames = decode_frames(ep, p["frame_index"], self.size) if latents is None else None
@@ -793,7 +797,7 @@ class ClipDataset(torch.utils.data.Dataset):
             out = {"frames": frames, "latents": latents, "values": torch.from_numpy(p["values"]),
                    "text": p["text"], "text_dropped": p["text_dropped"], "mismatched": p["mismatched"],
                    "mode": p["mode"], "prefix_randomized": p["prefix_randomized"], "seed": p["seed"], "episode": ep.id,
-                   "frame_index": torch.from_numpy(p["frame_index"]), "retries": attempt, "clip_key": key}
+                   "frame_index": torch.from_numpy(p["frame_index"]), "retries": attempt, "clip_key": key, "index": i}
             if self.state:  # the frames of the value tokens: the prefix and the current ones (after o_0, if it leads)
                 lead = 1 if self.first_frame else 0
                 out |= {"state": torch.from_numpy(ep.extra["state"][p["frame_index"][lead:lead + self.h + 1]]),

@@ -22,6 +22,7 @@ repeats the uninterrupted one exactly.
 import ast
 import contextlib
 import functools
+import itertools
 import json
 import math
 import os
@@ -272,21 +273,50 @@ def fill_latents(batch, encode, latent_cache=None):
 LOADER_GROUP = 8  # clips per VAE call in the loader workers: on a CPU about as fast per clip as 16 or 32
 
 
-def encode_grouped(vae, frames, h, n=LOADER_GROUP):
-    """clip_latents in calls of exactly n clips, the last call padded with copies of a clip. A call rounds differently
-    with the number of clips in it (~1e-5) but, on the CPUs measured (tests/test_train.py checks the one it runs on),
-    not with which clips they are or in what order: each clip then gets the same latents whichever worker encodes it,
-    and in whatever batch, so training does not depend on the workers' timing."""
-    pad = -len(frames) % n
-    x = torch.cat([frames, frames[:1].expand(pad, *frames.shape[1:])]) if pad else frames
-    return torch.cat([clip_latents(vae, c, h) for c in x.split(n)])[:len(frames)]
+def encode_grouped(vae, frames, h, n=LOADER_GROUP, spares=(), latent_cache=None):
+    """clip_latents in calls of exactly n clips. A call rounds differently with the number of clips in it (~1e-5)
+    but, on the CPUs measured (tests/test_train.py checks the one it runs on), not with which clips they are or in
+    what order: each clip then gets the same latents whichever worker encodes it, and in whatever batch, so training
+    does not depend on the workers' timing. The last call's empty places take clips to come (spares: (key, frames),
+    stored in latent_cache), and copies of a clip where there are none: in the default demo run, copies were 45% of
+    all the clips encoded."""
+    extra = list(itertools.islice(spares, -len(frames) % n))
+    x = torch.cat([frames, *(f[None] for _, f in extra)])
+    pad = -len(x) % n
+    x = torch.cat([x, x[:1].expand(pad, *x.shape[1:])]) if pad else x
+    z = torch.cat([clip_latents(vae, c, h) for c in x.split(n)])
+    for (key, _), zi in zip(extra, z[len(frames):]):
+        latent_cache.put(key, zi)
+    return z[:len(frames)]
+
+
+def upcoming(samples, latent_cache, ahead=8):
+    """(key, frames) of the clips not cached yet in this loader worker's next `ahead` batches (a DataLoader deals
+    its batches to the workers in turn, here of consecutive samples), each once and none of this batch's."""
+    info = torch.utils.data.get_worker_info()
+    if info is None:
+        return
+    ds, B, seen = info.dataset, len(samples), {s["clip_key"] for s in samples}
+    for k in range(1, ahead + 1):
+        first = samples[0]["index"] + k * info.num_workers * B
+        for j in range(first, min(first + B, len(ds))):
+            key = ds.sample_key(ds.plan(j))
+            if key in seen or os.path.exists(latent_cache.path(key)):
+                continue
+            s = ds[j]  # decoded (another attempt's clip if the episode turned out bad)
+            if s["frames"] is not None and s["clip_key"] not in seen:
+                seen.add(s["clip_key"])
+                yield s["clip_key"], s["frames"]
 
 
 def encoded_batch(samples, vae, h, latent_cache):
-    """collate, then the latents of the clips not cached yet (--encode_in_loader: in a loader worker)."""
+    """collate, then the latents of the clips not cached yet (--encode_in_loader: in a loader worker), encoded in
+    groups filled with clips of the worker's next batches."""
     batch = collate(samples)
     if batch["frames"] is not None:
-        batch["latents"] = torch.stack(fill_latents(batch, lambda f: encode_grouped(vae, f, h), latent_cache))
+        spares = upcoming(samples, latent_cache) if latent_cache is not None else ()
+        batch["latents"] = torch.stack(fill_latents(
+            batch, lambda f: encode_grouped(vae, f, h, spares=spares, latent_cache=latent_cache), latent_cache))
         batch["frames"] = None
     return batch
 

@@ -263,16 +263,49 @@ def test_clips_encoded_in_the_loader_do_not_depend_on_their_batch(dataset, tmp_p
     for i in (0, 4, 10):
         assert torch.equal(train.encode_grouped(vae, clips[i:i + 1], 4)[0], z[i])
         torch.testing.assert_close(z[i], clip_latents(vae, clips[i:i + 1], 4)[0], rtol=1e-4, atol=1e-5)
+    # a call's empty places take clips to come, which are stored; what is left over stays for the next call
+    stored = train.LatentCache(str(tmp_path / "spares"), "vae")
+    spares = iter([("nine", clips[9]), ("ten", clips[10]), ("zero", clips[0])])
+    assert torch.equal(train.encode_grouped(vae, clips[:6], 4, spares=spares, latent_cache=stored), z[:6])
+    assert torch.equal(stored.load("nine"), z[9]) and torch.equal(stored.load("ten"), z[10])
+    assert next(spares)[0] == "zero" and stored.load("zero") is None
     cache = tmp_path / "lat"
     for name, workers in (("one", 1), ("two", 2)):
         r = run([sys.executable, "train.py", *args(dataset, tmp_path / name, max_steps=3, latent_cache=str(cache / name),
                                                    encode_in_loader=True, num_workers=workers)])
         assert r.returncode == 0, r.stderr[-3000:]
     assert losses(tmp_path / "two") == losses(tmp_path / "one")
+    # the workers fill their calls with their next batches' clips, never with clips the run does not read
+    ds = train.open_sources(train.configure(args(dataset, tmp_path / "x", max_steps=3)), h=4)
+    distinct = {ds.sample_key(ds.plan(i)) for i in range(12)}
+    for name in ("one", "two"):
+        (folder,) = (cache / name).iterdir()
+        assert len(list(folder.iterdir())) == len(distinct)
     main = run([sys.executable, "train.py", *args(dataset, tmp_path / "main", max_steps=3, latent_cache=str(cache / "one"))])
     assert main.returncode == 0, main.stderr[-3000:]
     assert losses(tmp_path / "main") == pytest.approx(losses(tmp_path / "one"), rel=1e-4)
     assert sorted(p.name.endswith(f"-by{train.LOADER_GROUP}") for p in (cache / "one").iterdir()) == [False, True]
+
+
+def test_a_loader_worker_fills_its_calls_with_its_next_batches_clips(dataset, tmp_path, monkeypatch):
+    """upcoming: the clips not cached yet of the worker's next batches (with 2 workers and batches of 2 samples,
+    samples 4-5, 8-9, ... after samples 0-1), each once, none of the current batch's, decoded as the loader does."""
+    ds = train.open_sources(train.configure(args(dataset, tmp_path / "x", max_steps=20)), h=4)
+    ds.latent_cache = cache = train.LatentCache(str(tmp_path / "lat"), "vae")
+    worker = type("Info", (), {"dataset": ds, "num_workers": 2})
+    monkeypatch.setattr(torch.utils.data, "get_worker_info", lambda: worker)
+    batch = [ds[0], ds[1]]
+    cache.put(ds[4]["clip_key"], torch.zeros(1))  # cached: passed over
+    want, seen = [], {s["clip_key"] for s in batch}
+    for i in [4, 5, 8, 9, 12, 13, 16, 17, 20, 21]:
+        s = ds[i]
+        if s["clip_key"] not in seen and cache.load(s["clip_key"]) is None:
+            seen.add(s["clip_key"])
+            want.append(s)
+    got = list(train.upcoming(batch, cache, ahead=5))
+    assert [k for k, _ in got] == [s["clip_key"] for s in want] and len(got) >= 6
+    assert all(torch.equal(f, s["frames"]) for (_, f), s in zip(got, want))
+    assert list(train.upcoming(batch, cache, ahead=0)) == []
 
 
 def test_fsdp_sigterm_then_resume_repeats_the_uninterrupted_run(dataset, tmp_path):
