@@ -290,15 +290,16 @@ def encode_grouped(vae, frames, h, n=LOADER_GROUP, spares=(), latent_cache=None)
     return z[:len(frames)]
 
 
-def upcoming(samples, latent_cache, ahead=8):
-    """(key, frames) of the clips not cached yet in this loader worker's next `ahead` batches (a DataLoader deals
-    its batches to the workers in turn, here of consecutive samples), each once and none of this batch's."""
+def upcoming(samples, latent_cache, world=1, ahead=8):
+    """(key, frames) of the clips not cached yet in this loader worker's next `ahead` batches, each once and none of
+    this batch's. A DataLoader deals its batches to the workers in turn, and StepBatches gives each of the `world`
+    processes every world-th run of B consecutive samples."""
     info = torch.utils.data.get_worker_info()
     if info is None:
         return
     ds, B, seen = info.dataset, len(samples), {s["clip_key"] for s in samples}
     for k in range(1, ahead + 1):
-        first = samples[0]["index"] + k * info.num_workers * B
+        first = samples[0]["index"] + k * info.num_workers * world * B
         for j in range(first, min(first + B, len(ds))):
             key = ds.sample_key(ds.plan(j))
             if key in seen or os.path.exists(latent_cache.path(key)):
@@ -309,12 +310,12 @@ def upcoming(samples, latent_cache, ahead=8):
                 yield s["clip_key"], s["frames"]
 
 
-def encoded_batch(samples, vae, h, latent_cache):
+def encoded_batch(samples, vae, h, latent_cache, world=1):
     """collate, then the latents of the clips not cached yet (--encode_in_loader: in a loader worker), encoded in
     groups filled with clips of the worker's next batches."""
     batch = collate(samples)
     if batch["frames"] is not None:
-        spares = upcoming(samples, latent_cache) if latent_cache is not None else ()
+        spares = upcoming(samples, latent_cache, world) if latent_cache is not None else ()
         batch["latents"] = torch.stack(fill_latents(
             batch, lambda f: encode_grouped(vae, f, h, spares=spares, latent_cache=latent_cache), latent_cache))
         batch["frames"] = None
@@ -737,7 +738,7 @@ def train(cfg, world, rank, device):
         dataset, batch_sampler=StepBatches(start, cfg.max_steps, accum, cfg.micro_batch, rank, world),
         num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0,
         prefetch_factor=4 if cfg.num_workers > 0 else None, collate_fn=collate if not cfg.encode_in_loader else
-        functools.partial(encoded_batch, vae=vae, h=h, latent_cache=latent_cache))
+        functools.partial(encoded_batch, vae=vae, h=h, latent_cache=latent_cache, world=world))
     batches = iter(loader)
     stop = {"now": False}
     on_sigterm = signal.signal(signal.SIGTERM, lambda *_: stop.__setitem__("now", True))

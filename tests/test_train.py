@@ -287,25 +287,27 @@ def test_clips_encoded_in_the_loader_do_not_depend_on_their_batch(dataset, tmp_p
     assert sorted(p.name.endswith(f"-by{train.LOADER_GROUP}") for p in (cache / "one").iterdir()) == [False, True]
 
 
-def test_a_loader_worker_fills_its_calls_with_its_next_batches_clips(dataset, tmp_path, monkeypatch):
+@pytest.mark.parametrize("world", [1, 2])
+def test_a_loader_worker_fills_its_calls_with_its_next_batches_clips(dataset, tmp_path, monkeypatch, world):
     """upcoming: the clips not cached yet of the worker's next batches (with 2 workers and batches of 2 samples,
-    samples 4-5, 8-9, ... after samples 0-1), each once, none of the current batch's, decoded as the loader does."""
+    after samples 0-1: samples 4-5, 8-9, ... in one process, 8-9, 16-17, ... in each of two), each once, none of the
+    current batch's, decoded as the loader does."""
     ds = train.open_sources(train.configure(args(dataset, tmp_path / "x", max_steps=20)), h=4)
     ds.latent_cache = cache = train.LatentCache(str(tmp_path / "lat"), "vae")
     worker = type("Info", (), {"dataset": ds, "num_workers": 2})
     monkeypatch.setattr(torch.utils.data, "get_worker_info", lambda: worker)
     batch = [ds[0], ds[1]]
-    cache.put(ds[4]["clip_key"], torch.zeros(1))  # cached: passed over
+    cache.put(ds[4 * world]["clip_key"], torch.zeros(1))  # cached: passed over
     want, seen = [], {s["clip_key"] for s in batch}
-    for i in [4, 5, 8, 9, 12, 13, 16, 17, 20, 21]:
+    for i in [4 * world * k + j for k in range(1, 6) for j in (0, 1)]:
         s = ds[i]
         if s["clip_key"] not in seen and cache.load(s["clip_key"]) is None:
             seen.add(s["clip_key"])
             want.append(s)
-    got = list(train.upcoming(batch, cache, ahead=5))
+    got = list(train.upcoming(batch, cache, world, ahead=5))
     assert [k for k, _ in got] == [s["clip_key"] for s in want] and len(got) >= 6
     assert all(torch.equal(f, s["frames"]) for (_, f), s in zip(got, want))
-    assert list(train.upcoming(batch, cache, ahead=0)) == []
+    assert list(train.upcoming(batch, cache, world, ahead=0)) == []
 
 
 def test_fsdp_sigterm_then_resume_repeats_the_uninterrupted_run(dataset, tmp_path):
