@@ -301,8 +301,12 @@ def upcoming(samples, latent_cache, world=1, ahead=8):
     for k in range(1, ahead + 1):
         first = samples[0]["index"] + k * info.num_workers * world * B
         for j in range(first, min(first + B, len(ds))):
-            key = ds.sample_key(ds.plan(j))
-            if key in seen or os.path.exists(latent_cache.path(key)):
+            p = ds.plan(j)
+            try:
+                key = ds.sample_key(p)
+            except OSError:  # its video is gone: left to the batch that reads it, which says so
+                continue
+            if p["episode"].id in ds.bad or key in seen or os.path.exists(latent_cache.path(key)):
                 continue
             s = ds[j]  # decoded (another attempt's clip if the episode turned out bad)
             if s["frames"] is not None and s["clip_key"] not in seen:
