@@ -28,6 +28,7 @@ import json
 import math
 import os
 import sys
+import textwrap
 import zlib
 from dataclasses import dataclass, replace
 
@@ -623,11 +624,18 @@ def plot_results(results, items, plots_dir, size=64):
         if r0["kind"] in ("hesitation", "retry"):
             ax1.axvspan(r0["m"], r0["n"], color="orange", alpha=0.15, label=f"{r0['kind']} ({r0['mechanism']})")
         ax1.set(xlabel="native frame", ylabel="progress", ylim=(-0.05, 1.05),
-                title=f"{ep_id}: {r0['task']} ({r0['kind']})")
+                title=plot_title(ep_id, r0["task"], r0["kind"]))
         ax1.legend(fontsize=7)
         fig.savefig(os.path.join(plots_dir, ep_id.replace("/", "_") + ".png"), dpi=80)
     plt.close(fig)
     plot_summary(results, os.path.join(plots_dir, "summary.png"))
+
+
+def plot_title(ep_id, task, kind, width=95):
+    """A trajectory plot's title, on one line of the figure: a long instruction is cut short, never the episode or
+    its kind."""
+    rest = f"{ep_id}:  ({kind})"
+    return f"{ep_id}: {textwrap.shorten(task, max(width - len(rest), 12), placeholder=' ...')} ({kind})"
 
 
 def summary_bars(results):

@@ -5,7 +5,7 @@ import torch
 from scipy import stats
 
 from eval import (TimeScorer, Trajectory, awr_weight, chunk_delta, filtered_bc_keep, gt_curve, hesitation_rmse,
-                  retry_voc, spearman, voc, window_ends)
+                  plot_title, retry_voc, spearman, voc, window_ends)
 
 
 def test_voc_matches_scipy_with_ties_and_constants():
@@ -718,3 +718,10 @@ def test_state_oracle_reads_each_frames_state(tmp_path):
         assert state["voc"][0] > 0.99 and state["auroc"][0] == 1.0
         # per task: 2 successes tied, the failure below both: tau_a 2/3, its ceiling
         assert state["tau_a"][0] == pytest.approx(2 / 3)
+
+
+def test_plot_titles_keep_the_episode_and_kind_and_cut_a_long_instruction():
+    assert plot_title("mw/12", "pick up the puck", "retry") == "mw/12: pick up the puck (retry)"
+    long = "pick up the red cube on the left and place it carefully into the blue bowl " * 3
+    title = plot_title("ds/3", long, "hesitation")
+    assert len(title) <= 95 and title.startswith("ds/3: pick up the red cube") and title.endswith("... (hesitation)")
