@@ -2,7 +2,7 @@
 world-model prior), train WVM on experts, and score both benchmarks on held-out seeds of the training
 tasks and on tasks never trained on.
 
-    python demo.py                  # the default run: small corpus and model, 18 minutes on 2 cores with the set-up
+    python demo.py                  # the default run: small corpus and model, about 19 minutes on 2 cores with the set-up
     python demo.py --long           # the longer recipe: full corpus, twice the steps, about an hour on 2 cores
     python demo.py --compare        # the README's comparison (prior / scratch / lambda = 0 / full mask / prefix p 0.1 / no state)
     python demo.py --seeds 0 1      # the same for several training seeds (mean and spread in the table)
@@ -47,7 +47,7 @@ RECIPES = {
                  # views) taught; rotate 0.25: one clip in 4 turned upside down, as Meta-World's own renderer
                  # delivers the corner view; state: the robot's hand and gripper beside the video, left out of one
                  # clip in 4 so that data without them still scores
-                 value=dict(max_steps=2000, batch_size=32, micro_batch=32, value_shift=5.0, plateau=0.3,
+                 value=dict(max_steps=2500, batch_size=32, micro_batch=32, value_shift=5.0, plateau=0.3,
                             paraphrases="data/metaworld/metaworld_wording.json", rotate=0.25, **STATE)),
     # 2.5x the expert episodes (in `corner` and `corner2`; the default run's in `corner` and `corner4`) and twice
     # the steps of each stage; the same model, since `base` (7x the parameters) trains 8x slower here (1.5 s a step)
