@@ -3,7 +3,7 @@ world-model prior), train WVM on experts, and score both benchmarks on held-out 
 tasks and on tasks never trained on.
 
     python demo.py                  # the default run: small corpus and model, about 19 minutes on 2 cores with the set-up
-    python demo.py --long           # the longer recipe: full corpus, twice the steps, about an hour on 2 cores
+    python demo.py --long           # the longer recipe: full corpus, 4000 value steps, about an hour on 2 cores
     python demo.py --compare        # the README's comparison (prior / scratch / lambda = 0 / full mask / prefix p 0.1 / no state)
     python demo.py --seeds 0 1      # the same for several training seeds (mean and spread in the table)
 
@@ -49,11 +49,11 @@ RECIPES = {
                  # clip in 4 so that data without them still scores
                  value=dict(max_steps=2500, batch_size=32, micro_batch=32, value_shift=5.0, plateau=0.3,
                             paraphrases="data/metaworld/metaworld_wording.json", rotate=0.25, **STATE)),
-    # 2.5x the expert episodes (in `corner` and `corner2`; the default run's in `corner` and `corner4`) and twice
-    # the steps of each stage; the same model, since `base` (7x the parameters) trains 8x slower here (1.5 s a step)
-    # and would need over 3 hours for 6000 steps (README). One wording, sim.py's (the default run's second,
-    # Meta-World's, came after this recipe's runs); no mismatched pairs; turned clips and the state as in the default
-    # run (docs/experiments.md)
+    # 2.5x the expert episodes (in `corner` and `corner2`; the default run's in `corner` and `corner4`), twice the
+    # prior's steps and 1.6x the value steps; the same model, since `base` (7x the parameters) trains 8x slower here
+    # (1.5 s a step) and would need over 3 hours for 6000 steps (README). One wording, sim.py's (the default run's
+    # second, Meta-World's, came after this recipe's runs); no mismatched pairs; turned clips and the state as in
+    # the default run (docs/experiments.md)
     "long": dict(data="data/metaworld_full", sim=[], common=COMMON,
                  prior=dict(max_steps=1000, batch_size=32, micro_batch=32, rewind=0.0),
                  value=dict(max_steps=4000, batch_size=32, micro_batch=32, value_shift=5.0, plateau=0.3, rotate=0.25,
@@ -261,7 +261,7 @@ def line(labels, rows):
 
 def main(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--long", action="store_true", help="the longer recipe (full corpus, twice the steps; "
+    p.add_argument("--long", action="store_true", help="the longer recipe (full corpus, 4000 value steps; "
                    "adds a table per task)")
     p.add_argument("--compare", action="store_true", help="also train and evaluate every variant in VARIANTS")
     p.add_argument("--runs", default="runs")
