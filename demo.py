@@ -6,6 +6,7 @@ tasks and on tasks never trained on.
     python demo.py --long           # the longer recipe: full corpus, 4000 value steps, about an hour on 2 cores
     python demo.py --compare        # the README's comparison (prior / scratch / lambda = 0 / full mask / prefix p 0.1 / no state)
     python demo.py --seeds 0 1      # the same for several training seeds (mean and spread in the table)
+    python demo.py --test           # then score the runs once on the test splits, which no setting was chosen on
 
 No weights can be downloaded, so the video stream starts from random weights and is pretrained here
 (train.py --stage=video: the Wan flow loss on clips of the training tasks' expert and play video, no
@@ -117,9 +118,9 @@ def check_recipe(run_dir, flags):
                          f"Move or delete it (or pass --runs DIR) to train this recipe.")
 
 
-def evaluate(run_dir, data):
-    """Every bench on both held-out splits, one scoring pass each -> {(split, bench): {(method, group): row}}, the
-    groups being "average" and each task, and {(split, "tasks"): [task, ...]}.
+def evaluate(run_dir, data, splits=SPLITS):
+    """Every bench on the held-out splits (or others), one scoring pass each -> {(split, bench): {(method, group):
+    row}}, the groups being "average" and each task, and {(split, "tasks"): [task, ...]}.
 
     The splits are scored at the same time, one thread each: a model this small leaves a second thread mostly idle
     (on 2 cores: 64 s for both instead of 120 s one after the other, plots included). Each pass writes its log to
@@ -127,7 +128,7 @@ def evaluate(run_dir, data):
     which leaves them) are scored again, never reported as the new model's."""
     results, todo = {}, []
     model = os.path.join(run_dir, "wvm.safetensors")
-    for split in SPLITS:
+    for split in splits:
         out = os.path.join(run_dir, f"{split}.json")
         if not os.path.exists(out) or (os.path.exists(model) and os.path.getmtime(out) < os.path.getmtime(model)):
             cmd = [sys.executable, "eval.py", "--bench", "all", "--data", os.path.join(data, split), "--ckpt", run_dir,
@@ -144,7 +145,7 @@ def evaluate(run_dir, data):
             raise SystemExit(f"{' '.join(proc.args)} failed (exit {proc.returncode}); see {log.name}")
     if todo:
         print(f"[{time.time() - start:.0f} s]", flush=True)
-    for split in SPLITS:
+    for split in splits:
         with open(os.path.join(run_dir, f"{split}.json")) as f:
             saved = json.load(f)
         for bench, rows in saved["tables"].items():  # the averages, and a row per task from the saved trajectories
@@ -259,6 +260,21 @@ def line(labels, rows):
     return "| " + " | ".join([*labels, *cells]) + " |"
 
 
+def test_table(recipe, run_dirs, seeds):
+    """The test splits, written once (both workers: nothing else runs now), their instructions encoded, each run scored
+    on them, and the table: a second check of what the held-out benches say, on data no setting was chosen on."""
+    data = RECIPES[recipe]["data"]
+    if not written(data, sim.TEST_SPLITS):
+        sh(sys.executable, "sim.py", *RECIPES[recipe]["sim"], "--out", data, "--splits", *sim.TEST_SPLITS)
+    encode_text(data, sim.TEST_SPLITS)
+    results = [evaluate(d, data, sim.TEST_SPLITS) for d in run_dirs]
+    print(f"\nTest splits ({recipe} recipe, seeds {seeds}):")
+    print(f"| split | method | {HEADER} |\n|---|---|" + "---|" * len(METRICS))
+    for split in sim.TEST_SPLITS:
+        for method in ("wvm", "time", "constant"):
+            print(line([split, method], [summary(res, split, method) for res in results]))
+
+
 def main(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--long", action="store_true", help="the longer recipe (full corpus, 4000 value steps; "
@@ -266,6 +282,9 @@ def main(argv):
     p.add_argument("--compare", action="store_true", help="also train and evaluate every variant in VARIANTS")
     p.add_argument("--runs", default="runs")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--test", action="store_true", help="then score the runs once on the test splits (sim.py "
+                   "test_seen, test_unseen: new seeds, tasks and mechanisms of no other split, LeRobot's view and "
+                   "task strings; written here if missing); never used to choose a setting")
     p.add_argument("--policy", action="store_true", help="then BC on suboptimal data weighted by this run's values "
                    "(policy.py: data, scores, every row, the table)")
     args = p.parse_args(argv)
@@ -300,6 +319,8 @@ def main(argv):
             for task in table["prior"][0][split, "tasks"]:
                 for method in ("wvm", "time", "constant"):
                     print(line([split, task, method], [summary(res, split, method, task) for res in table["prior"]]))
+    if args.test:
+        test_table(recipe, dirs["prior"], seeds)
     if args.compare:
         print(f"\nVariants ({recipe} recipe, same budget, seeds {seeds}):")
         print(f"| variant | split | {HEADER} |\n|---|---|" + "---|" * len(METRICS))

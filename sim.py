@@ -15,6 +15,10 @@ Splits (each a LeRobot v3.0 dataset with an `annotations.jsonl` at its root, one
                   video at --fps are rendered and written; --demo: 2 fps, the rate the default run trains at)
   heldout_seen    new seeds of the training tasks: expert, hesitation, retry and failure, one camera (--heldout-camera)
   heldout_unseen  the same for the tasks never used for training (UNSEEN_TASKS)
+  test_seen       written only when --splits names it (demo.py --test): new seeds of the training tasks that have no
+                  held-out seeds, in LeRobot's view (--test-camera corner4) and Meta-World's wording (LeRobot's task
+                  strings), pauses and retries of mechanisms no other split has (TEST_PAUSES, TEST_UNDOS) tried first
+  test_unseen     the same for the unseen tasks and a task of no other split (--test-extra-tasks)
 The annotation of an episode: {"episode_index", "kind", "mechanism", "m", "n", "T", "embodiment", "task",
 "instruction", "seed"} (m, n for hesitation and retry only), what `eval.py --bench` reads. `paraphrases.json`
 beside the splits holds other wordings of the training tasks' instructions (`train.py --paraphrases`), and
@@ -48,7 +52,9 @@ of frame m and the expert policy takes over, so frame n + k shows E's frame m + 
 progress is flat at m / (T - 1 - x) over [m, n] (Appendix B.3). Mechanisms:
   hold     a dead stop, arm and fingers braked;
   jitter   fingers braked, the free arm's hand wiggling by up to 3 mm per axis around where it stopped;
-  coast    the arm slows down over 2-5 frames (its last command, fading) before it holds.
+  coast    the arm slows down over 2-5 frames (its last command, fading) before it holds;
+  hover    (test splits only) the hand rises by 2-5 cm (less in a short pause) and comes back down, fingers
+           braked; the arm's lag leaves it within 1 cm of where it stopped.
 Retry, [m, n], x = n - m, after the object has come 2 cm closer to the goal: progress falls from
 m / (T - 2x) to (m - x) / (T - 2x) over [m, n] and the expert re-does the work, T = T_E + 2x. Mechanisms:
   retrace  the hand runs back along E's recorded path (the mocap mirrors E's lead), opening the fingers
@@ -56,12 +62,13 @@ m / (T - 2x) to (m - x) / (T - 2x) over [m, n] and the expert re-does the work, 
   carry    the hand heads straight back to where E's was at frame m - x, the gripper as it was at m;
   regrasp  the gripper opens over a lifted object and lets it drop; the policy goes back for it;
   push     the hand lifts, moves to the goal side of an object lying on the table and pushes it back
-           towards where it started; the policy then pushes it again.
-retrace and carry end exactly at E's frame m - x. After regrasp and push the policy recovers, and [m, n]
-spans the undoing and the way back to the object: n is the last frame before the object gets closer to
-the goal again (within 5 mm of its furthest). Their length need not be T_E + 2x, so the curve after n is
-approximate; inside [m, n], all that Retry-VOC reads (a rank correlation with a falling line), progress
-does fall. Every draw is redrawn (up to ATTEMPTS times, then another
+           towards where it started; the policy then pushes it again;
+  slow_retrace  (test splits only) retrace at half the pace: x = 2u frames undo u frames of E's, T = T_E + 3u.
+retrace and carry end exactly at E's frame m - x (slow_retrace at m - u: its curve outside [m, n] is approximate).
+After regrasp and push the policy recovers, and [m, n] spans the undoing and the way back to the object: n is
+the last frame before the object gets closer to the goal again (within 5 mm of its furthest). Their length need
+not be T_E + 2x, so the curve after n is approximate; inside [m, n], all that Retry-VOC reads (a rank correlation
+with a falling line), progress does fall. Every draw is redrawn (up to ATTEMPTS times, then another
 mechanism, then the episode is discarded) when the task succeeds inside [m, n], a pause moves the object
 (more than 5 mm of progress, 1.5 cm when coasting), a retry does not take the object 1 cm further from
 the goal or (retrace, carry) ends more than 2 cm from E's state, or the resumed expert fails or its
@@ -276,19 +283,24 @@ DEMO_SEEN = ["basketball-v3", "bin-picking-v3", "box-close-v3", "button-press-to
 # two views, the benches' and the one LeRobot's Meta-World env records (`corner4`): a model of one view reads another
 # far worse, and all four score about the same with twice the video to render (README)
 DEMO = dict(train_tasks=list(TRAIN_TASKS), unseen_tasks=list(UNSEEN_TASKS), seen_tasks=DEMO_SEEN, seeds_train=2,
-            seeds_play=1, seeds_heldout=2, cameras=["corner", "corner4"], train_fps=2.0)
+            seeds_play=1, seeds_heldout=2, seeds_test=2, cameras=["corner", "corner4"], train_fps=2.0)
 # the longer recipe's held-out seen tasks: ten more training tasks of other families
 SEEN = DEMO_SEEN + ["button-press-v3", "dial-turn-v3", "door-close-v3", "drawer-close-v3", "faucet-open-v3",
                     "pick-place-wall-v3", "plate-slide-v3", "push-back-v3", "stick-push-v3", "window-open-v3"]
 # the longer recipe's views: `corner2` rather than LeRobot's `corner4`, which it reads as well without training on it;
 # trained on `corner4` instead it ranked the unseen tasks' episodes worse, in both views (README)
 DEFAULT = dict(train_tasks=list(TRAIN_TASKS), unseen_tasks=list(UNSEEN_TASKS), seen_tasks=SEEN, seeds_train=5,
-               seeds_play=2, seeds_heldout=3, cameras=["corner", "corner2"])
+               seeds_play=2, seeds_heldout=3, seeds_test=2, cameras=["corner", "corner2"])
 
 KINDS = ("expert", "hesitation", "retry", "failure")
 SPLITS = ("train", "play", "play_unseen", "heldout_seen", "heldout_unseen")  # a corpus's datasets, in the order written
 PAUSES = ("hold", "jitter", "coast")
 UNDOS = ("retrace", "carry", "regrasp", "push")
+# the test splits' own mechanisms, tried before the others there and never drawn elsewhere: no setting of this
+# repository was chosen on a bench that had them (README, "A test no setting was chosen on")
+TEST_PAUSES = ("hover",)
+TEST_UNDOS = ("slow_retrace",)
+TEST_SPLITS = ("test_seen", "test_unseen")
 PLAYS = ("noisy", "reach", "other")
 FAILURES = ("stall", "give_up", "drop", "wrong_place", "wrong_target")
 HOLD_PROGRESS_TOL = 0.005  # m: during a pause the object-to-goal distance may change this much
@@ -556,18 +568,23 @@ def hesitation(env, policy, task, expert, s, rng, x_range, tail, count, mechanis
         x = int(rng.integers(x_range[0], x_range[1] + 1))
         period, phase = rng.uniform(6, 15, size=3), rng.uniform(0, 2 * np.pi, size=3)
         coast = min(int(rng.integers(2, 6)), x - 1) if mechanism == "coast" else 0
+        # hover: up by 2-5 cm and back down (smoothly, at most ~0.8 cm a step), then still for the last 2 frames
+        if mechanism == "hover" and x < 4:  # too short to go up and come down
+            continue
+        rise = min(rng.uniform(0.02, 0.05), 0.008 * (x - 2) / np.pi) if mechanism == "hover" else 0.0
         ro = replay(env, expert, m)
         grip = expert.commands[m - 1][3]
         for j in range(1, coast + 1):  # the last command, fading out
             ro.step(np.append(expert.commands[m - 1][:3] * (1 - j / (coast + 1)), grip))
         ro.stop()
         anchor = env.data.mocap_pos[0].copy()
-        ro.brake(arm=mechanism != "jitter", fingers=True)
+        ro.brake(arm=mechanism not in ("jitter", "hover"), fingers=True)
         try:
             for k in range(coast + 1, x + 1):
                 # jitter: a wiggle of period 6-15 frames under a sine envelope that is zero again at k = x
+                # hover: straight up and down again by k = x - 2 (a sine squared: no jerk at either end)
                 offset = JITTER * np.sin(np.pi * k / x) * np.sin(2 * np.pi * k / period + phase) \
-                    if mechanism == "jitter" else 0.0
+                    if mechanism == "jitter" else np.array([0, 0, rise * np.sin(np.pi * min(k / (x - 2), 1)) ** 2])
                 ro.move_to(anchor + offset, grip)
         finally:
             ro.brake()
@@ -607,7 +624,7 @@ def retry(env, policy, task, expert, s, rng, x_range, tail, count, mechanism):
               and np.linalg.norm(expert.obs[t][4:7] - expert.obs[t][:3]) < 0.05]
     on_table = [t for t in range(max(first, 2), s) if expert.obs[t][6] < obj0[2] + 0.01]
     for _ in range(ATTEMPTS):
-        if mechanism in ("retrace", "carry"):
+        if mechanism in ("retrace", "carry", "slow_retrace"):
             lo = max(first + 2, x_range[0] + 1)  # x >= x_min must fit before m
             if lo > s - 1:
                 count("retry_no_progress_to_undo")
@@ -633,6 +650,14 @@ def retry(env, policy, task, expert, s, rng, x_range, tail, count, mechanism):
                 if expert.obs[j - 1][3] > ro.obs[-1][3] + 0.02:
                     grip = -1.0
                 ro.move_to(target, grip)
+        elif mechanism == "slow_retrace":  # the same path back at half the pace: two steps per expert frame
+            for j in range(m, m - x, -1):
+                lead = M[j] - ro.rest - h[j - 1]  # the expert's mocap lead on its step to frame j, halved and reversed
+                for half in (0.0, 0.5):
+                    grip = expert.commands[j - 2][3] if j >= 2 else -1.0
+                    if expert.obs[j - 1][3] > ro.obs[-1][3] + 0.02:
+                        grip = -1.0
+                    ro.move_to(ro.rest + h[j] + half * (h[j - 1] - h[j]) - lead / 2, grip)
         elif mechanism == "carry":
             for _ in range(x):  # straight back to where the hand was at m - x (at most 1 cm per axis and step)
                 ro.move_to(h[m - x] + ro.rest, expert.commands[m - 1][3])
@@ -642,7 +667,7 @@ def retry(env, policy, task, expert, s, rng, x_range, tail, count, mechanism):
                 ro.move_to(anchor, -1.0)
         else:
             push_back(ro, expert, rng)
-        if mechanism in ("retrace", "carry"):
+        if mechanism in ("retrace", "carry", "slow_retrace"):
             ro.stop(lead=M[m - x] - h[m - x])  # turn round at once, at the expert's pace of frame m - x
             end, ref = ro.obs[-1], expert.obs[m - x]
             if max(np.linalg.norm(end[4:7] - ref[4:7]), np.linalg.norm(end[:3] - ref[:3])) > RETRY_STATE_TOL:
@@ -664,11 +689,12 @@ def retry(env, policy, task, expert, s, rng, x_range, tail, count, mechanism):
             if not 2 <= x <= 2 * x_range[1] or n >= ro.t - 1 or ro.t + 1 - 2 * x <= 0:  # at most twice an undo
                 count("retry_redrawn_timing")
                 continue
+        undone, x = x, (2 * x if mechanism == "slow_retrace" else x)  # frames of work undone; the undoing's length
         n = m + x
         if progress_distance(task, ro.obs[n]) < d[m] + RETRY_MIN_REGRESS or any(ro.success[m:n + 1]):
             count("retry_redrawn_no_regress")
             continue
-        if mechanism in ("retrace", "carry") and abs(ro.t - expert.t - 2 * x) > DT_TOL:
+        if mechanism in ("retrace", "carry", "slow_retrace") and abs(ro.t - expert.t - x - undone) > DT_TOL:
             count("retry_redrawn_timing")
             continue
         return ro, m, n
@@ -789,7 +815,7 @@ def task_seed(task):
 
 
 def generate(task, seed, kinds=KINDS, size=128, cameras=("corner",), fps=10, tail=5, pause=(0.5, 4.0),
-             undo=(0.5, 3.0), base_seed=0, max_steps=400, jitter=False, out_fps=None, stats=None):
+             undo=(0.5, 3.0), base_seed=0, max_steps=400, jitter=False, out_fps=None, stats=None, test=False):
     """The episodes of one task and env seed: a list of dicts with frames {camera: uint8 [T, H, W, 3]},
     observation.state [T, 4], observation.environment_state [T, 39], action [T, 4], task (the instruction) and meta (the annotation without its
     episode index). kinds: expert, hesitation, retry, play. Failed and discarded episodes are counted in
@@ -797,8 +823,9 @@ def generate(task, seed, kinds=KINDS, size=128, cameras=("corner",), fps=10, tai
     carry), in seconds of video. jitter: move the cameras and scale the lights a little (training views). out_fps
     (expert and play only): keep, and render, only the frames of a video at out_fps, those that training at
     that rate reads of one at fps (data.resample: the first and the last frame, the rest within half a frame of
-    the new rate's); the frames of the steps between are simulated, never rendered."""
-    instruction = INSTRUCTIONS.get(task)
+    the new rate's); the frames of the steps between are simulated, never rendered. test: the test splits' episodes:
+    the instruction in Meta-World's wording (LeRobot's task strings) and TEST_PAUSES, TEST_UNDOS tried first."""
+    instruction = (METAWORLD_WORDING if test else INSTRUCTIONS).get(task)
     if out_fps is not None and not set(kinds) <= {"expert", "play"}:
         raise ValueError(f"sim.py: out_fps is for experts and play only: the annotations of {kinds} count frames "
                          f"at fps {fps}")
@@ -842,10 +869,11 @@ def generate(task, seed, kinds=KINDS, size=128, cameras=("corner",), fps=10, tai
                     out.append(expert.episode(expert_frames, instruction, keep, kind="expert", **base))
                 elif kind in ("hesitation", "retry"):
                     rng = rng_for(1 if kind == "hesitation" else 2)
-                    fn, mechanisms, x_range = ((hesitation, PAUSES, frames_range(pause)) if kind == "hesitation"
-                                               else (retry, UNDOS, frames_range(undo)))
+                    fn, mechanisms, first, x_range = (
+                        (hesitation, PAUSES, TEST_PAUSES, frames_range(pause)) if kind == "hesitation"
+                        else (retry, UNDOS, TEST_UNDOS, frames_range(undo)))
                     r = None
-                    for mechanism in rng.permutation(mechanisms):
+                    for mechanism in [*(rng.permutation(first) if test else ()), *rng.permutation(mechanisms)]:
                         r = fn(env, policy, task, expert, s, rng, x_range, tail, count, str(mechanism))
                         if r is not None:
                             break
@@ -1351,6 +1379,13 @@ def parse_args(argv):
                    "own (play_unseen: unlabeled video of the unseen tasks' scenes for a video prior; default none)")
     p.add_argument("--seeds-heldout", type=int, help="new seeds per task in the held-out splits, one episode per kind "
                                                      f"each (default {DEFAULT['seeds_heldout']})")
+    p.add_argument("--seeds-test", type=int, help="new seeds per task in the test splits (test_seen: the training tasks "
+                   "without held-out seeds; test_unseen: the unseen tasks and --test-extra-tasks), one episode per kind "
+                   f"each (default {DEFAULT['seeds_test']}); written only when --splits names them")
+    p.add_argument("--test-camera", default="corner4", help="the test splits' view (default: the one LeRobot's Meta-World "
+                   "env records)")
+    p.add_argument("--test-extra-tasks", nargs="*", default=list(UNRELIABLE), help="tasks of no other split in "
+                   "test_unseen (default: those whose expert is unreliable; their failed seeds are left out)")
     p.add_argument("--seed", type=int, default=0, help="derives every env seed and random draw")
     p.add_argument("--tail", type=int, default=5, help="frames recorded after the first success")
     p.add_argument("--pause", type=float, nargs=2, default=(0.5, 4.0), metavar=("MIN", "MAX"),
@@ -1361,19 +1396,22 @@ def parse_args(argv):
                    help="libx264 (H.264), or libsvtav1 (AV1, LeRobot's own default; the SVT-AV1 in PyAV's wheels "
                         "now and then fails or deadlocks mid-file on a 2-core machine)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="simulation processes")
-    p.add_argument("--splits", nargs="+", choices=SPLITS, default=list(SPLITS), help="write only these splits (e.g. "
-                   "the training splits first and the held-out benches later; default: all)")
+    p.add_argument("--splits", nargs="+", choices=SPLITS + TEST_SPLITS, default=list(SPLITS), help="write only these "
+                   "splits (e.g. the training splits first and the held-out benches later; default: all but the test "
+                   "splits)")
     args = p.parse_args(argv)
     own_train = args.train_tasks is not None  # the recipe's held-out seen tasks are among its own training tasks only
     for k, v in (DEMO if args.demo else DEFAULT).items():
         if getattr(args, k) is None and not (k == "seen_tasks" and own_train):
             setattr(args, k, v)
     args.seen_tasks = args.seen_tasks or args.train_tasks
-    for t in args.train_tasks + args.unseen_tasks + args.seen_tasks:
+    for t in args.train_tasks + args.unseen_tasks + args.seen_tasks + args.test_extra_tasks:
         if t not in INSTRUCTIONS:
             p.error(f"unknown task {t!r}; known: {', '.join(INSTRUCTIONS)}")
     if set(args.train_tasks) & set(args.unseen_tasks):
         p.error("a task cannot be both a training and an unseen task")
+    if set(args.test_extra_tasks) & set(args.train_tasks + args.unseen_tasks):
+        p.error("--test-extra-tasks must be tasks of no other split")
     if not set(args.seen_tasks) <= set(args.train_tasks):
         p.error("--seen-tasks must be training tasks")
     args.train_fps = args.fps if args.train_fps is None else args.train_fps
@@ -1385,6 +1423,8 @@ def parse_args(argv):
         p.error("--pause and --undo need 1 frame <= MIN <= MAX")
     if max(args.seeds_train, args.seeds_heldout, args.seeds_play, args.seeds_play_unseen) > 30_000 or args.workers < 1:
         p.error("at most 30000 seeds per split, at least one worker")
+    if args.seeds_test > 10_000:
+        p.error("at most 10000 test seeds per task")
     return args
 
 
@@ -1410,6 +1450,8 @@ def main(argv):
     train_opts = dict(common, cameras=tuple(args.cameras), jitter=True,
                       **({"out_fps": args.train_fps} if args.train_fps < args.fps else {}))  # as before, if not
     heldout_opts = dict(common, cameras=(args.heldout_camera,), jitter=False)
+    test_opts = dict(common, cameras=(args.test_camera,), jitter=False, test=True)
+    test_seen = [t for t in args.train_tasks if t not in args.seen_tasks]
     splits = {
         "train": ([(t, s, ("expert",)) for t in args.train_tasks for s in seeds(0, args.seeds_train)], train_opts),
         "play": ([(t, s, ("play",)) for t in args.train_tasks for s in seeds(30_000, args.seeds_play)], train_opts),
@@ -1419,6 +1461,9 @@ def main(argv):
                          heldout_opts),
         "heldout_unseen": ([(t, s, KINDS) for t in args.unseen_tasks for s in seeds(60_000, args.seeds_heldout)],
                            heldout_opts),
+        "test_seen": ([(t, s, KINDS) for t in test_seen for s in seeds(80_000, args.seeds_test)], test_opts),
+        "test_unseen": ([(t, s, KINDS) for t in args.unseen_tasks + args.test_extra_tasks
+                         for s in seeds(80_000, args.seeds_test)], test_opts),
     }
     t0 = time.time()
     report = {"args": vars(args), "splits": {}}

@@ -52,14 +52,15 @@ class Variants:
 @pytest.fixture(scope="module")
 def variants():
     return {"pick": Variants(TASK, SEED, [("hesitation", m) for m in sim.PAUSES] + [
-                ("retry", m) for m in ("retrace", "regrasp")] + [("failure", m) for m in sim.FAILURES]),
+                ("retry", m) for m in ("retrace", "regrasp")] + [("failure", m) for m in sim.FAILURES] + [
+                ("hesitation", "hover"), ("retry", "slow_retrace")]),  # the test splits' own, last: the rest as before
             "push": Variants("push-v3", SEED, [("retry", m) for m in ("carry", "push")])}
 
 
 def test_pauses_are_still_and_timed(variants):
     v = variants["pick"]
     E = np.array(v.expert.obs)
-    for mechanism in sim.PAUSES:
+    for mechanism in sim.PAUSES + sim.TEST_PAUSES:
         assert v.out[mechanism] is not None, mechanism
         ro, m, n = v.out[mechanism]
         obs, x = np.array(ro.obs), n - m
@@ -67,7 +68,12 @@ def test_pauses_are_still_and_timed(variants):
         assert abs(ro.t - v.expert.t - x) <= sim.DT_TOL  # the ground truth's assumption: the pause adds x frames
         coast = 6 if mechanism == "coast" else 0  # the arm slows down over at most 5 frames first
         hand = np.linalg.norm(obs[m + coast:n + 1, :3] - obs[m + coast, :3], axis=1).max()
-        assert hand < {"hold": 0.001, "jitter": 0.01, "coast": 0.001}[mechanism], (mechanism, hand)
+        if mechanism == "hover":  # the hand rises, straight up, and is back down by n (within the damped arm's lag)
+            rise = obs[m:n + 1, 2] - obs[m, 2]
+            assert rise.max() > 0.003 and np.abs(obs[m:n + 1, :2] - obs[m, :2]).max() < 0.01, rise.max()
+            assert np.linalg.norm(obs[n, :3] - obs[m, :3]) < 0.01
+        else:
+            assert hand < {"hold": 0.001, "jitter": 0.01, "coast": 0.001}[mechanism], (mechanism, hand)
         if mechanism == "coast":  # ... and it does move before it holds
             assert np.linalg.norm(obs[m + 1, :3] - obs[m, :3]) > 0.002
         d = goal_distance(obs[m:n + 1])
@@ -77,7 +83,7 @@ def test_pauses_are_still_and_timed(variants):
 
 
 def test_retries_move_away_from_goal(variants):
-    for key, mechanisms in (("pick", ("retrace", "regrasp")), ("push", ("carry", "push"))):
+    for key, mechanisms in (("pick", ("retrace", "regrasp", "slow_retrace")), ("push", ("carry", "push"))):
         v = variants[key]
         E = np.array(v.expert.obs)
         for mechanism in mechanisms:
@@ -96,6 +102,12 @@ def test_retries_move_away_from_goal(variants):
             if mechanism == "retrace":  # frame m + k is the expert's frame m - k, played back physically
                 back = E[m - x:m + 1][::-1]
                 assert np.linalg.norm(obs[m:n + 1, :3] - back[:, :3], axis=1).max() < 0.03
+            if mechanism == "slow_retrace":  # ... at half the pace: frame m + 2k is the expert's frame m - k
+                u = x // 2
+                assert x == 2 * u and abs(ro.t - v.expert.t - x - u) <= sim.DT_TOL
+                back = E[m - u:m + 1][::-1]
+                assert np.linalg.norm(obs[m:n + 1:2, :3] - back[:, :3], axis=1).max() < 0.03
+                assert np.linalg.norm(obs[n, 4:7] - E[m - u, 4:7]) < sim.RETRY_STATE_TOL
             if mechanism == "regrasp":  # the object fell out of the gripper and was picked up again
                 assert obs[m + 1:n + 1, 6].min() < E[m, 6] - 0.01 and obs[n:, 6].max() > obs[n, 6] + 0.01
             if mechanism in ("regrasp", "push"):  # n: the object starts getting closer to the goal again
@@ -366,6 +378,30 @@ def test_corpus(corpus):
         sim.Rollout(env)
         assert env.evaluate_state(state[last], action[last])[1]["success"]
         env.close()
+
+
+def test_test_splits(tmp_path):
+    """The test splits: new seeds of training tasks without held-out seeds and of unseen tasks, in LeRobot's view and
+    Meta-World's wording, their own pause and retry mechanisms tried first; not written unless asked for."""
+    import eval as wvm_eval
+
+    out = tmp_path / "mw"
+    sim.main(["--out", str(out), "--workers", "1", "--splits", *sim.TEST_SPLITS, "--train-tasks", TASK,
+              "drawer-open-v3", "--seen-tasks", TASK, "--unseen-tasks", "reach-v3", "--test-extra-tasks",
+              "--seeds-test", "1", "--size", "32"])
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == sorted(sim.TEST_SPLITS)
+    mechanisms = set()
+    for split, task in (("test_seen", "drawer-open-v3"), ("test_unseen", "reach-v3")):
+        root = out / split
+        info = json.loads((root / "meta" / "info.json").read_text())
+        assert [k for k, f in info["features"].items() if f["dtype"] == "video"] == ["observation.images.corner4"]
+        ann = [json.loads(line) for line in (root / "annotations.jsonl").read_text().splitlines()]
+        assert {a["kind"] for a in ann} == set(sim.KINDS) and {a["task"] for a in ann} == {task}
+        assert all(a["instruction"] == sim.METAWORLD_WORDING[task] and a["seed"] == 80_000 for a in ann)
+        items, problems = wvm_eval.load_annotated(str(root), fps=2)
+        assert not problems and len(items) == len(ann)
+        mechanisms |= {a["mechanism"] for a in ann if a["kind"] in ("hesitation", "retry")}
+    assert mechanisms & set(sim.TEST_PAUSES) and mechanisms & set(sim.TEST_UNDOS), mechanisms
 
 
 def test_resume_and_encoder_failure(corpus, tmp_path, monkeypatch):
