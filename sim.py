@@ -568,7 +568,7 @@ def hesitation(env, policy, task, expert, s, rng, x_range, tail, count, mechanis
         x = int(rng.integers(x_range[0], x_range[1] + 1))
         period, phase = rng.uniform(6, 15, size=3), rng.uniform(0, 2 * np.pi, size=3)
         coast = min(int(rng.integers(2, 6)), x - 1) if mechanism == "coast" else 0
-        # hover: up by 2-5 cm and back down (smoothly, at most ~0.8 cm a step), then still for the last 2 frames
+        # hover: up by 2-5 cm and back down, at most ~0.8 cm a step, then still for the last 2 frames
         if mechanism == "hover" and x < 4:  # too short to go up and come down
             continue
         rise = min(rng.uniform(0.02, 0.05), 0.008 * (x - 2) / np.pi) if mechanism == "hover" else 0.0
@@ -644,20 +644,12 @@ def retry(env, policy, task, expert, s, rng, x_range, tail, count, mechanism):
                 # the arm is damping-dominated, its hand velocity follows the mocap's lead: mirror the
                 # expert's lead, so the hand runs back along its recorded path at the recorded pace
                 target = 2 * ro.rest + h[j] + h[j - 1] - M[j]
-                # the fingers lag their commands by several frames, so reversed commands would let go too
-                # late: open whenever the expert's fingers were more open at the frame being retraced
-                grip = expert.commands[j - 2][3] if j >= 2 else -1.0
-                if expert.obs[j - 1][3] > ro.obs[-1][3] + 0.02:
-                    grip = -1.0
-                ro.move_to(target, grip)
+                ro.move_to(target, retrace_grip(expert, ro, j))
         elif mechanism == "slow_retrace":  # the same path back at half the pace: two steps per expert frame
             for j in range(m, m - x, -1):
                 lead = M[j] - ro.rest - h[j - 1]  # the expert's mocap lead on its step to frame j, halved and reversed
                 for half in (0.0, 0.5):
-                    grip = expert.commands[j - 2][3] if j >= 2 else -1.0
-                    if expert.obs[j - 1][3] > ro.obs[-1][3] + 0.02:
-                        grip = -1.0
-                    ro.move_to(ro.rest + h[j] + half * (h[j - 1] - h[j]) - lead / 2, grip)
+                    ro.move_to(ro.rest + h[j] + half * (h[j - 1] - h[j]) - lead / 2, retrace_grip(expert, ro, j))
         elif mechanism == "carry":
             for _ in range(x):  # straight back to where the hand was at m - x (at most 1 cm per axis and step)
                 ro.move_to(h[m - x] + ro.rest, expert.commands[m - 1][3])
@@ -699,6 +691,14 @@ def retry(env, policy, task, expert, s, rng, x_range, tail, count, mechanism):
             continue
         return ro, m, n
     return None
+
+
+def retrace_grip(expert, ro, j):
+    """The gripper command while retracing the expert's frame j - 1: its command there, but open whenever its fingers
+    were more open than they are now (fingers lag their commands by several frames, so reversed commands alone would
+    let go too late)."""
+    grip = expert.commands[j - 2][3] if j >= 2 else -1.0
+    return -1.0 if expert.obs[j - 1][3] > ro.obs[-1][3] + 0.02 else grip
 
 
 def push_back(ro, expert, rng):
