@@ -52,13 +52,12 @@ RECIPES = {
                             paraphrases="data/metaworld/metaworld_wording.json", rotate=0.25, **STATE)),
     # 2.5x the expert episodes (in `corner` and `corner2`; the default run's in `corner` and `corner4`), twice the
     # prior's steps and 1.6x the value steps; the same model, since `base` (7x the parameters) trains 8x slower here
-    # (1.5 s a step) and would need over 3 hours for 6000 steps (README). One wording, sim.py's (the default run's
-    # second, Meta-World's, came after this recipe's runs); no mismatched pairs; turned clips and the state as in
-    # the default run (docs/experiments.md)
+    # (1.5 s a step) and would need over 3 hours for 6000 steps (README). Both wordings, turned clips and the state
+    # as in the default run (docs/experiments.md)
     "long": dict(data="data/metaworld_full", sim=[], common=COMMON,
                  prior=dict(max_steps=1000, batch_size=32, micro_batch=32, rewind=0.0),
                  value=dict(max_steps=4000, batch_size=32, micro_batch=32, value_shift=5.0, plateau=0.3, rotate=0.25,
-                            **STATE)),
+                            paraphrases="data/metaworld_full/metaworld_wording.json", **STATE)),
 }
 
 # The README's comparison, same budget and seed: what the world-model prior buys, two fidelity checks, and the
@@ -111,8 +110,9 @@ def check_recipe(run_dir, flags):
     with open(path) as f:
         saved = json.load(f)
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}  # settings older runs did not record
+    # a path may differ between machines, but whether it is given (a prior, a second wording) is a setting
     changed = [f"{k} {saved.get(k, defaults.get(k))!r} (now {v!r})" for k, v in flags.items()
-               if k not in PATHS and saved.get(k, defaults.get(k)) != v]
+               if (bool(saved.get(k, defaults.get(k))) != bool(v) if k in PATHS else saved.get(k, defaults.get(k)) != v)]
     if changed:
         raise SystemExit(f"demo.py: {run_dir} holds a run of other settings than this recipe's: {', '.join(changed)}. "
                          f"Move or delete it (or pass --runs DIR) to train this recipe.")

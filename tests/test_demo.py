@@ -105,20 +105,23 @@ def test_failed_step_ends_with_a_message(capfd):
 
 def test_a_run_of_other_settings_is_not_resumed_as_this_recipe(tmp_path, monkeypatch):
     # a run folder whose config.json differs from the recipe in a setting stops the demo before train.py runs,
-    # naming the setting; paths may differ (config.json holds them absolute); a setting the old config lacks
-    # counts at train.py's default; a folder without config.json, or with the same settings, is trained (resumed)
+    # naming the setting; paths may differ (config.json holds them absolute), but not whether one is given (a run
+    # trained in one wording is not the recipe's run in two); a setting the old config lacks counts at train.py's
+    # default; a folder without config.json, or with the same settings, is trained (resumed)
     calls = []
     monkeypatch.setattr(demo, "sh", lambda *cmd, threads=None: calls.append(cmd))
-    flags = {"lr": 0.001, "mismatch": 0.05, "data": "data/metaworld/train", "seed": 0}
+    flags = {"lr": 0.001, "mismatch": 0.05, "data": "data/metaworld/train", "paraphrases": "data/w.json", "seed": 0}
     run = tmp_path / "run"
     run.mkdir()
     demo.train(str(run), flags)  # nothing saved yet
     (run / "config.json").write_text(json.dumps({"lr": 1e-3, "mismatch": 0.05, "data": "/abs/data/metaworld/train",
-                                                 "seed": 0}))
+                                                 "paraphrases": "/abs/data/w.json", "seed": 0}))
     demo.train(str(run), flags)
     assert len(calls) == 2
-    for saved, msg in (({"lr": 1e-3, "seed": 0}, "mismatch 0.0 (now 0.05)"),
-                       ({"lr": 1e-4, "mismatch": 0.05, "seed": 0}, "lr 0.0001 (now 0.001)")):
+    for saved, msg in (({"lr": 1e-3, "paraphrases": "w.json", "seed": 0}, "mismatch 0.0 (now 0.05)"),
+                       ({"lr": 1e-4, "mismatch": 0.05, "paraphrases": "w.json", "seed": 0}, "lr 0.0001 (now 0.001)"),
+                       ({"lr": 1e-3, "mismatch": 0.05, "paraphrases": "", "seed": 0},
+                        "paraphrases '' (now 'data/w.json')")):
         (run / "config.json").write_text(json.dumps(saved))
         try:
             demo.train(str(run), flags)
