@@ -110,9 +110,10 @@ def check_recipe(run_dir, flags):
     with open(path) as f:
         saved = json.load(f)
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}  # settings older runs did not record
+    was = {k: saved.get(k, defaults.get(k)) for k in flags}
     # a path may differ between machines, but whether it is given (a prior, a second wording) is a setting
-    changed = [f"{k} {saved.get(k, defaults.get(k))!r} (now {v!r})" for k, v in flags.items()
-               if (bool(saved.get(k, defaults.get(k))) != bool(v) if k in PATHS else saved.get(k, defaults.get(k)) != v)]
+    changed = [f"{k} {was[k]!r} (now {v!r})" for k, v in flags.items()
+               if (bool(was[k]) != bool(v) if k in PATHS else was[k] != v)]
     if changed:
         raise SystemExit(f"demo.py: {run_dir} holds a run of other settings than this recipe's: {', '.join(changed)}. "
                          f"Move or delete it (or pass --runs DIR) to train this recipe.")
