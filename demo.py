@@ -261,6 +261,14 @@ def line(labels, rows):
     return "| " + " | ".join([*labels, *cells]) + " |"
 
 
+def averages(title, results, splits):
+    """The table of each split's averages, WVM beside `time` and `constant` (results: one per seed)."""
+    print(f"\n{title}:\n| split | method | {HEADER} |\n|---|---|" + "---|" * len(METRICS))
+    for split in splits:
+        for method in ("wvm", "time", "constant"):
+            print(line([split, method], [summary(res, split, method) for res in results]))
+
+
 def test_table(recipe, run_dirs, seeds):
     """The test splits, written once (both workers: nothing else runs now), their instructions encoded, each run scored
     on them, and the table: a second check of what the held-out benches say, on data no setting was chosen on."""
@@ -268,12 +276,8 @@ def test_table(recipe, run_dirs, seeds):
     if not written(data, sim.TEST_SPLITS):
         sh(sys.executable, "sim.py", *RECIPES[recipe]["sim"], "--out", data, "--splits", *sim.TEST_SPLITS)
     encode_text(data, sim.TEST_SPLITS)
-    results = [evaluate(d, data, sim.TEST_SPLITS) for d in run_dirs]
-    print(f"\nTest splits ({recipe} recipe, seeds {seeds}):")
-    print(f"| split | method | {HEADER} |\n|---|---|" + "---|" * len(METRICS))
-    for split in sim.TEST_SPLITS:
-        for method in ("wvm", "time", "constant"):
-            print(line([split, method], [summary(res, split, method) for res in results]))
+    averages(f"Test splits ({recipe} recipe, seeds {seeds})", [evaluate(d, data, sim.TEST_SPLITS) for d in run_dirs],
+             sim.TEST_SPLITS)
 
 
 def main(argv):
@@ -304,11 +308,7 @@ def main(argv):
     table = {name: [evaluate(d, data) for d in ds] for name, ds in dirs.items()}
 
     seeds = ", ".join(map(str, args.seeds))
-    print(f"\nHeld-out results ({recipe} recipe, seeds {seeds}):")
-    print(f"| split | method | {HEADER} |\n|---|---|" + "---|" * len(METRICS))
-    for split in SPLITS:
-        for method in ("wvm", "time", "constant"):
-            print(line([split, method], [summary(res, split, method) for res in table["prior"]]))
+    averages(f"Held-out results ({recipe} recipe, seeds {seeds})", table["prior"], SPLITS)
     best = {s: table["prior"][0][s, "ranking"].get(("wvm", "average"), {}).get("tau_a_max", np.nan) for s in SPLITS}
     if not any(np.isnan(list(best.values()))):  # scores saved before eval.py reported it lack it
         print("τ_a of a perfect score (the successes of a task tie on what they achieved): "
