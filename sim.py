@@ -300,6 +300,7 @@ UNDOS = ("retrace", "carry", "regrasp", "push")
 # repository was chosen on a bench that had them (README, "A test no setting was chosen on")
 TEST_PAUSES = ("hover",)
 TEST_UNDOS = ("slow_retrace",)
+ON_PATH = ("retrace", "carry", "slow_retrace")  # the retries that end on E's path, at E's frame m - x (m - u)
 TEST_SPLITS = ("test_seen", "test_unseen")
 PLAYS = ("noisy", "reach", "other")
 FAILURES = ("stall", "give_up", "drop", "wrong_place", "wrong_target")
@@ -624,7 +625,7 @@ def retry(env, policy, task, expert, s, rng, x_range, tail, count, mechanism):
               and np.linalg.norm(expert.obs[t][4:7] - expert.obs[t][:3]) < 0.05]
     on_table = [t for t in range(max(first, 2), s) if expert.obs[t][6] < obj0[2] + 0.01]
     for _ in range(ATTEMPTS):
-        if mechanism in ("retrace", "carry", "slow_retrace"):
+        if mechanism in ON_PATH:
             lo = max(first + 2, x_range[0] + 1)  # x >= x_min must fit before m
             if lo > s - 1:
                 count("retry_no_progress_to_undo")
@@ -659,7 +660,7 @@ def retry(env, policy, task, expert, s, rng, x_range, tail, count, mechanism):
                 ro.move_to(anchor, -1.0)
         else:
             push_back(ro, expert, rng)
-        if mechanism in ("retrace", "carry", "slow_retrace"):
+        if mechanism in ON_PATH:
             ro.stop(lead=M[m - x] - h[m - x])  # turn round at once, at the expert's pace of frame m - x
             end, ref = ro.obs[-1], expert.obs[m - x]
             if max(np.linalg.norm(end[4:7] - ref[4:7]), np.linalg.norm(end[:3] - ref[:3])) > RETRY_STATE_TOL:
@@ -686,7 +687,7 @@ def retry(env, policy, task, expert, s, rng, x_range, tail, count, mechanism):
         if progress_distance(task, ro.obs[n]) < d[m] + RETRY_MIN_REGRESS or any(ro.success[m:n + 1]):
             count("retry_redrawn_no_regress")
             continue
-        if mechanism in ("retrace", "carry", "slow_retrace") and abs(ro.t - expert.t - x - undone) > DT_TOL:
+        if mechanism in ON_PATH and abs(ro.t - expert.t - x - undone) > DT_TOL:
             count("retry_redrawn_timing")
             continue
         return ro, m, n
