@@ -4,7 +4,7 @@ tasks and on tasks never trained on.
 
     python demo.py                  # the default run: small corpus and model, about 19 minutes on 2 cores with the set-up
     python demo.py --long           # the longer recipe: full corpus, 4000 value steps, about an hour on 2 cores
-    python demo.py --compare        # the README's comparison (prior / scratch / lambda = 0 / full mask / prefix p 0.1 / no state)
+    python demo.py --compare        # the comparison of docs/results.md (prior / scratch / lambda = 0 / full mask / prefix p 0.1 / no state)
     python demo.py --seeds 0 1      # the same for several training seeds (mean and spread in the table)
     python demo.py --test           # then score the runs once on the test splits, which no setting was chosen on
 
@@ -34,7 +34,7 @@ SPLITS = ("heldout_seen", "heldout_unseen")
 
 # The two recipes: the paper's optimizer and augmentations (Table A.1), shrunk to a CPU budget. Flags
 # common to both stages first; `prior` and `value` are the stage-specific ones.
-STATE = dict(state="observation.state", state_dropout=0.25)  # not in the paper (README, "The robot's state")
+STATE = dict(state="observation.state", state_dropout=0.25)  # not in the paper (docs/results.md, "The robot's state")
 COMMON = dict(size="small", resolution=64, fps=2.0, lr=1e-3, warmup=100, camera="all", num_workers=2,
               encode_in_loader=True, ckpt_every=500)
 RECIPES = {
@@ -42,7 +42,7 @@ RECIPES = {
                  prior=dict(max_steps=500, batch_size=32, micro_batch=32, rewind=0.0),
                  # value_shift 5: one Euler step from s = 1 is all inference asks of the flow, so train mostly near
                  # it (uniform times, shift 1, follow the unseen tasks worse: docs/experiments.md); plateau 0.3: the
-                 # paper's 0.1 leaves values creeping up through pauses at this scale (README)
+                 # paper's 0.1 leaves values creeping up through pauses at this scale (README, "Differences")
                  # paraphrases: each clip's instruction in sim.py's wording or in Meta-World's own (the task strings
                  # of LeRobot's Meta-World datasets), so that data in either reads as the 78 experts (each in two
                  # views) taught; rotate 0.25: one clip in 4 turned upside down, as Meta-World's own renderer
@@ -52,15 +52,15 @@ RECIPES = {
                             paraphrases="data/metaworld/metaworld_wording.json", rotate=0.25, **STATE)),
     # 2.5x the expert episodes (in `corner` and `corner2`; the default run's in `corner` and `corner4`), twice the
     # prior's steps and 1.6x the value steps; the same model, since `base` (7x the parameters) trains 8x slower here
-    # (1.5 s a step) and would need over 3 hours for 6000 steps (README). Both wordings, turned clips and the state
-    # as in the default run (docs/experiments.md)
+    # (1.5 s a step) and 8000 steps of it would take over 3 hours (docs/results.md). Both wordings, turned clips and
+    # the state as in the default run (docs/experiments.md)
     "long": dict(data="data/metaworld_full", sim=[], common=COMMON,
                  prior=dict(max_steps=1000, batch_size=32, micro_batch=32, rewind=0.0),
                  value=dict(max_steps=4000, batch_size=32, micro_batch=32, value_shift=5.0, plateau=0.3, rotate=0.25,
                             paraphrases="data/metaworld_full/metaworld_wording.json", **STATE)),
 }
 
-# The README's comparison, same budget and seed: what the world-model prior buys, two fidelity checks, and the
+# The comparison of docs/results.md, same budget and seed: what the world-model prior buys, two fidelity checks, and the
 # paper's inputs alone (video and language, no state).
 VARIANTS = {
     "prior": {},

@@ -281,14 +281,14 @@ CAMERAS = ("corner", "corner2", "corner3", "corner4")  # Meta-World's views of t
 DEMO_SEEN = ["basketball-v3", "bin-picking-v3", "box-close-v3", "button-press-topdown-v3", "coffee-pull-v3",
              "drawer-open-v3", "hammer-v3", "handle-press-v3", "lever-pull-v3", "pick-place-v3"]
 # two views, the benches' and the one LeRobot's Meta-World env records (`corner4`): a model of one view reads another
-# far worse, and all four score about the same with twice the video to render (README)
+# far worse, and all four score about the same with twice the video to render (docs/results.md)
 DEMO = dict(train_tasks=list(TRAIN_TASKS), unseen_tasks=list(UNSEEN_TASKS), seen_tasks=DEMO_SEEN, seeds_train=2,
             seeds_play=1, seeds_heldout=2, seeds_test=2, cameras=["corner", "corner4"], train_fps=2.0)
 # the longer recipe's held-out seen tasks: ten more training tasks of other families
 SEEN = DEMO_SEEN + ["button-press-v3", "dial-turn-v3", "door-close-v3", "drawer-close-v3", "faucet-open-v3",
                     "pick-place-wall-v3", "plate-slide-v3", "push-back-v3", "stick-push-v3", "window-open-v3"]
 # the longer recipe's views: `corner2` rather than LeRobot's `corner4`, which it reads as well without training on it;
-# trained on `corner4` instead it ranked the unseen tasks' episodes worse, in both views (README)
+# trained on `corner4` instead it ranked the unseen tasks' episodes worse, in both views (docs/results.md)
 DEFAULT = dict(train_tasks=list(TRAIN_TASKS), unseen_tasks=list(UNSEEN_TASKS), seen_tasks=SEEN, seeds_train=5,
                seeds_play=2, seeds_heldout=3, seeds_test=2, cameras=["corner", "corner2"])
 
@@ -297,7 +297,7 @@ SPLITS = ("train", "play", "play_unseen", "heldout_seen", "heldout_unseen")  # a
 PAUSES = ("hold", "jitter", "coast")
 UNDOS = ("retrace", "carry", "regrasp", "push")
 # the test splits' own mechanisms, tried before the others there and never drawn elsewhere: no setting of this
-# repository was chosen on a bench that had them (README, "A test no setting was chosen on")
+# repository was chosen on a bench that had them (docs/results.md, "A test no setting was chosen on")
 TEST_PAUSES = ("hover",)
 TEST_UNDOS = ("slow_retrace",)
 ON_PATH = ("retrace", "carry", "slow_retrace")  # the retries that end on E's path, at E's frame m - x (m - u)

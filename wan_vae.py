@@ -617,7 +617,7 @@ def train_vae(name, dataset, steps, batch=16, lr=1e-3, noise=0.1, l2=1e-3, seed=
     A stand-in for Wan2.2's pretrained VAE where no weights can be downloaded, trained in minutes on a CPU: mean
     squared error in [-1, 1], with latent noise (`noise`) and a small L2 pull on the latents (`l2`) in place of the
     KL term; AdamW, constant lr. At the demo's scale (50 steps) a linear probe of progress transfers better from its
-    latents than from a random VAE's, and WVM does worse on them (README).
+    latents than from a random VAE's, and WVM does worse on them (docs/results.md).
     """
     torch.manual_seed(seed)
     cfg = replace(VAE_CONFIGS[name], latents_mean=(0.0,) * VAE_CONFIGS[name].z_dim,
