@@ -175,7 +175,8 @@ def load_encoder(path, dtype=torch.bfloat16, device="cpu", config=None):
         tok_dir = path / "google" / "umt5-xxl"
         if not pths or not tok_dir.exists():
             raise FileNotFoundError(f"{path}: no text encoder found: expected text_encoder/ + tokenizer/ (diffusers), "
-                                    f"config.json (transformers) or models_t5_umt5-xxl-enc-bf16.pth + google/umt5-xxl/ (Wan2.2)")
+                                    f"config.json (transformers) or models_t5_umt5-xxl-enc-bf16.pth + "
+                                    f"google/umt5-xxl/ (Wan2.2)")
     tokenizer = AutoTokenizer.from_pretrained(tok_dir, local_files_only=True)
     if model_dir is not None:
         model = UMT5EncoderModel.from_pretrained(model_dir, dtype=dtype, local_files_only=True)

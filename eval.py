@@ -818,7 +818,8 @@ def parse_args(argv):
                    f"nor --ckpt: {DEMO_DATA} and {DEMO_RUN}, if demo.py made them)")
     p.add_argument("--score", metavar="DATASET", help="write per-frame values and weights for a dataset")
     p.add_argument("--out", default="scores", help="output folder of --score")
-    p.add_argument("--overlay", type=int, default=0, metavar="N", help="with --score: progress videos of the first N episodes")
+    p.add_argument("--overlay", type=int, default=0, metavar="N",
+                   help="with --score: progress videos of the first N episodes")
     p.add_argument("--ckpt", help="train.py run folder or wvm.safetensors (omit: baselines only)")
     p.add_argument("--vae")
     p.add_argument("--text_cache")

@@ -209,7 +209,8 @@ def embed_text(stream, context, text_len):
     """Zero-pad umT5 features [B, L, text_dim] to text_len rows (as Wan does) and project them."""
     B, L, C = context.shape
     if L > text_len or C != stream.text_embedding[0].in_features:
-        raise ValueError(f"context {tuple(context.shape)}: expected [B, <= {text_len}, {stream.text_embedding[0].in_features}]")
+        raise ValueError(f"context {tuple(context.shape)}: expected [B, <= {text_len}, "
+                         f"{stream.text_embedding[0].in_features}]")
     return stream.text_embedding(F.pad(context, (0, 0, 0, text_len - L)))
 
 
@@ -226,7 +227,8 @@ def time_mlps(freq_dim, dim):
 # the video DiT
 
 # kept in fp32 when the rest is cast to bf16: the reference computes these in fp32 (and so does the value input)
-FP32_PARAMS = re.compile(r"(^|\.)(time_embedding|time_projection|head|value_embedding|state_embedding)\.|(slot_embedding|modulation|state_mean|state_std)$|norm3\.|norm_[qk]\.")
+FP32_PARAMS = re.compile(r"(^|\.)(time_embedding|time_projection|head|value_embedding|state_embedding)\."
+                         r"|(slot_embedding|modulation|state_mean|state_std)$|norm3\.|norm_[qk]\.")
 
 
 class WanDiT(nn.Module):
@@ -318,7 +320,8 @@ def wan_config_from(shapes, config, path=""):
     c = {}
     if config:
         if "num_attention_heads" in config:  # diffusers
-            c = dict(dim=config["num_attention_heads"] * config["attention_head_dim"], num_heads=config["num_attention_heads"],
+            c = dict(dim=config["num_attention_heads"] * config["attention_head_dim"],
+                     num_heads=config["num_attention_heads"],
                      in_dim=config.get("in_channels"), out_dim=config.get("out_channels"), text_dim=config.get("text_dim"),
                      ffn_dim=config.get("ffn_dim"), num_layers=config.get("num_layers"), freq_dim=config.get("freq_dim"),
                      eps=config.get("eps"), patch_size=tuple(config["patch_size"]) if "patch_size" in config else None)

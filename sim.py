@@ -818,9 +818,9 @@ def task_seed(task):
 def generate(task, seed, kinds=KINDS, size=128, cameras=("corner",), fps=10, tail=5, pause=(0.5, 4.0),
              undo=(0.5, 3.0), base_seed=0, max_steps=400, jitter=False, out_fps=None, stats=None, test=False):
     """The episodes of one task and env seed: a list of dicts with frames {camera: uint8 [T, H, W, 3]},
-    observation.state [T, 4], observation.environment_state [T, 39], action [T, 4], task (the instruction) and meta (the annotation without its
-    episode index). kinds: expert, hesitation, retry, play. Failed and discarded episodes are counted in
-    `stats` (a dict) if given. pause, undo: ranges of the pause and of the undone stretch (retrace and
+    observation.state [T, 4], observation.environment_state [T, 39], action [T, 4], task (the instruction) and meta
+    (the annotation without its episode index). kinds: expert, hesitation, retry, play. Failed and discarded
+    episodes are counted in `stats` (a dict) if given. pause, undo: ranges of the pause and of the undone stretch (retrace and
     carry), in seconds of video. jitter: move the cameras and scale the lights a little (training views). out_fps
     (expert and play only): keep, and render, only the frames of a video at out_fps, those that training at
     that rate reads of one at fps (data.resample: the first and the last frame, the rest within half a frame of
@@ -854,7 +854,8 @@ def generate(task, seed, kinds=KINDS, size=128, cameras=("corner",), fps=10, tai
                 mechanism = PLAYS[seed % len(PLAYS)]
                 ro = play(env, task, rng, int(rng.integers(6 * fps, 12 * fps)), mechanism)
                 keep = resampled(ro.t + 1)
-                out.append(ro.episode(ro.render(cams, keep=keep), instruction, keep, kind="play", mechanism=mechanism, **base))
+                out.append(ro.episode(ro.render(cams, keep=keep), instruction, keep, kind="play", mechanism=mechanism,
+                                      **base))
                 count("play_ok")
                 return out
             policy = make_policy(task)

@@ -3,15 +3,15 @@
     python train.py --data=data/metaworld/train --text_cache=runs/text --out_dir=runs/tiny      # one process
     torchrun --nproc_per_node=8 train.py config.py --wan=/ckpt/Wan2.2-TI2V-5B --vae=/ckpt/Wan2.2-TI2V-5B/Wan2.2_VAE.pth
 
-Configuration, nanoGPT style: the TrainConfig defaults below, then any python files given as arguments
-(plain assignments), then --key=value flags; every setting is checked before anything runs. The optimization
-and augmentation defaults are the paper's recipe (Table A.1); the model defaults are not: size=tiny from random
-weights at 256 x 256 runs on a CPU, and the paper's model is --size=full --wan=<Wan2.2-TI2V-5B folder>. The run folder (out_dir) gets config.json, log.jsonl (one line per step), ckpt/ (the
-exact training state, for --resume), vae.safetensors (the demo's random VAE) and wvm.safetensors (the
-model, for eval.py). A folder that holds a saved run is never trained over without --resume (continue)
-or --overwrite (start again), and one process at a time writes a run folder. config.json records a fingerprint of
-the data (data.fingerprint): a finished run resumed on data regenerated at the same path stops rather than pass for a
-model of them.
+Configuration, nanoGPT style: the TrainConfig defaults below, then any python files given as arguments (plain
+assignments), then --key=value flags; every setting is checked before anything runs. The optimization and
+augmentation defaults are the paper's recipe (Table A.1); the model defaults are not: size=tiny from random weights
+at 256 x 256 runs on a CPU, and the paper's model is --size=full --wan=<Wan2.2-TI2V-5B folder>. The run folder
+(out_dir) gets config.json, log.jsonl (one line per step), ckpt/ (the exact training state, for --resume),
+vae.safetensors (the demo's random VAE) and wvm.safetensors (the model, for eval.py). A folder that holds a saved
+run is never trained over without --resume (continue) or --overwrite (start again), and one process at a time writes
+a run folder. config.json records a fingerprint of the data (data.fingerprint): a finished run resumed on data
+regenerated at the same path stops rather than pass for a model of them.
 
 Parallelism: DDP for small models, FSDP2 (`--parallel=fsdp`) for the 5.7B one, with activation
 checkpointing per MoT layer; bf16 autocast with fp32 master weights on GPU, fp32 on CPU (gloo).
@@ -107,8 +107,9 @@ class TrainConfig:
     seed: int = 0
 
 
-CHOICES = {"stage": ("value", "video"), "size": ("tiny", "small", "base", "mid", "full"), "value_head": ("flow", "regression", "hlgauss"),
-           "mask": ("causal", "full"), "parallel": ("ddp", "fsdp"), "dtype": ("auto", "bf16", "fp32")}
+CHOICES = {"stage": ("value", "video"), "size": ("tiny", "small", "base", "mid", "full"),
+           "value_head": ("flow", "regression", "hlgauss"), "mask": ("causal", "full"), "parallel": ("ddp", "fsdp"),
+           "dtype": ("auto", "bf16", "fp32")}
 
 
 def configure(argv):
@@ -560,7 +561,8 @@ def save_checkpoint(model, opt, step, cfg, rank, world, device, run):
             full[n] = t.detach().cpu()
     barrier()
     if rank == 0:
-        groups = [{k: list(v) if isinstance(v, tuple) else v for k, v in g.items() if k != "params"} for g in opt.param_groups]
+        groups = [{k: list(v) if isinstance(v, tuple) else v for k, v in g.items() if k != "params"}
+                  for g in opt.param_groups]
         write_json(os.path.join(tmp, "state.json"), {"step": step, "world": world, "parallel": cfg.parallel,
                                                      "run": run, "param_groups": groups})
         if os.path.exists(old):  # left by a crash after the swap: os.replace cannot overwrite a folder
@@ -613,7 +615,8 @@ def load_checkpoint(model, opt, cfg, rank, world, device, run):
     try:
         saved = load_file(path)
     except Exception as e:
-        raise SystemExit(f"{path}: unreadable checkpoint ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise SystemExit(f"{path}: unreadable checkpoint ({type(e).__name__}: {first})") from None
     m = unwrap(model)
     params = dict(m.named_parameters())
     own = {"model/" + n: t for n, t in m.state_dict().items()}

@@ -45,8 +45,10 @@ class ValueConfig:
 VALUE_CONFIGS = {
     "paper": ValueConfig(),
     "tiny": ValueConfig(dim=32, ffn_dim=64, num_layers=2, num_heads=2, head_dim=32, cross_heads=2, text_dim=32, freq_dim=32),
-    "small": ValueConfig(dim=64, ffn_dim=128, num_layers=4, num_heads=4, head_dim=32, cross_heads=2, text_dim=32, freq_dim=64),
-    "base": ValueConfig(dim=128, ffn_dim=512, num_layers=6, num_heads=4, head_dim=64, cross_heads=2, text_dim=32, freq_dim=64),
+    "small": ValueConfig(dim=64, ffn_dim=128, num_layers=4, num_heads=4, head_dim=32, cross_heads=2, text_dim=32,
+                         freq_dim=64),
+    "base": ValueConfig(dim=128, ffn_dim=512, num_layers=6, num_heads=4, head_dim=64, cross_heads=2, text_dim=32,
+                        freq_dim=64),
     "mid": ValueConfig(dim=128, ffn_dim=512, num_layers=6, num_heads=6, head_dim=128, cross_heads=2, text_dim=256),
 }
 

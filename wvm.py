@@ -205,7 +205,8 @@ class WVM(nn.Module):
             cache = self.prefill(current_latents, context, generator)
             ctx = context.repeat_interleave(S, 0)
             prefix = prefix_value.float().to(dev).repeat_interleave(S, 0)[:, None]
-            st = None if state is None else self.value.state_input(state.to(dev), start_state.to(dev)).repeat_interleave(S, 0)
+            st = (None if state is None else
+                  self.value.state_input(state.to(dev), start_state.to(dev)).repeat_interleave(S, 0))
 
             def run(chunk_in, s):  # the value stream alone, its chunk tokens at flow time s
                 z, e, e0, ctxu = self.value.embed(torch.cat([prefix, chunk_in], 1), torch.cat(

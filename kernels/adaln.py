@@ -139,7 +139,8 @@ class AdaLNModulate(torch.autograd.Function):
 def adaln_modulate(x, shift, scale, eps=1e-6, out_dtype=None):
     B, L, D = x.shape
     if shift.shape != scale.shape or shift.shape[0] != B or shift.shape[2] != D or L % shift.shape[1]:
-        raise ValueError(f"adaln_modulate: x {tuple(x.shape)} does not fit shift {tuple(shift.shape)} / scale {tuple(scale.shape)}")
+        raise ValueError(f"adaln_modulate: x {tuple(x.shape)} does not fit shift {tuple(shift.shape)} / scale "
+                         f"{tuple(scale.shape)}")
     if use_triton(x):
         return AdaLNModulate.apply(x, shift, scale, eps, out_dtype or x.dtype)
     return adaln_modulate_torch(x, shift, scale, eps, out_dtype)

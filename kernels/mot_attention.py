@@ -366,7 +366,8 @@ class MoTAttention(torch.autograd.Function):
         # delta_i = sum_d dO_id O_id = sum_j P_ij dP_ij, the row term of the softmax backward
         delta = (do.float() * o.float()).sum(-1).transpose(1, 2).contiguous()
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-        common = dict(HEAD_DIM=max(16, triton.next_power_of_2(D)), D=D, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+        common = dict(HEAD_DIM=max(16, triton.next_power_of_2(D)), D=D, num_warps=cfg["num_warps"],
+                      num_stages=cfg["num_stages"])
         ints, n_blocks = _key_layout(L, ctx.n_cur, ctx.n_fut, ctx.causal, cfg["BLOCK_N_BWD"], cfg["BLOCK_MV"])
         _mot_bwd_dkdv_kernel[(n_blocks, B * H)](q, k, v, do, dk, dv, lse, delta, H, L, *ints,
                                                 sm_scale, sm_scale * _LOG2E,
