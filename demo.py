@@ -3,7 +3,7 @@ world-model prior), train WVM on experts, and score both benchmarks on held-out 
 tasks and on tasks never trained on.
 
     python demo.py                  # the default run: small corpus and model, about 19 minutes on 2 cores with the set-up
-    python demo.py --long           # the longer recipe: full corpus, 4000 value steps, about an hour on 2 cores
+    python demo.py --long           # the longer recipe: full corpus, 4000 value steps, 18-37 minutes on 2 cores
     python demo.py --compare        # docs/results.md's comparison (prior / scratch / lambda = 0 / full mask /
                                     #   prefix p 0.1 / no state)
     python demo.py --seeds 0 1      # the same for several training seeds (mean and spread in the table)

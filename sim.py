@@ -820,8 +820,8 @@ def generate(task, seed, kinds=KINDS, size=128, cameras=("corner",), fps=10, tai
     """The episodes of one task and env seed: a list of dicts with frames {camera: uint8 [T, H, W, 3]},
     observation.state [T, 4], observation.environment_state [T, 39], action [T, 4], task (the instruction) and meta
     (the annotation without its episode index). kinds: expert, hesitation, retry, play. Failed and discarded
-    episodes are counted in `stats` (a dict) if given. pause, undo: ranges of the pause and of the undone stretch (retrace and
-    carry), in seconds of video. jitter: move the cameras and scale the lights a little (training views). out_fps
+    episodes are counted in `stats` (a dict) if given. pause, undo: ranges of the pause and of the undone stretch
+    (retrace and carry), in seconds of video. jitter: move the cameras and scale the lights a little (training views). out_fps
     (expert and play only): keep, and render, only the frames of a video at out_fps, those that training at
     that rate reads of one at fps (data.resample: the first and the last frame, the rest within half a frame of
     the new rate's); the frames of the steps between are simulated, never rendered. test: the test splits' episodes:

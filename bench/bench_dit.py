@@ -109,7 +109,8 @@ def memory():
             "base = hwm(); m = model.load_wan_dit({path!r}); sum(p.sum().item() for p in m.parameters()); "
             "print(base, hwm())")  # summing touches every page: mmap-backed tensors count only once read
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    out = subprocess.run([sys.executable, "-c", code.format(root=root, path=path)], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", code.format(root=root, path=path)],
+                         capture_output=True, text=True, check=True)
     base, peak = (int(v) * 1024 for v in out.stdout.split())
     print(f"\nload_wan_dit on a {size / 2**30:.2f} GiB sharded checkpoint: peak RSS {peak / 2**30:.2f} GiB = "
           f"{peak / size:.2f}x the checkpoint ({(peak - base) / size:.2f}x above the {base / 2**20:.0f} MiB of an idle "

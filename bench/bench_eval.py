@@ -32,8 +32,8 @@ def main():
     args = p.parse_args()
     tmp = tempfile.mkdtemp()
     rng = np.random.default_rng(0)
-    write_lerobot(os.path.join(tmp, "ds"), ({"frames": rng.integers(0, 255, (args.frames, args.resolution, args.resolution, 3),
-                                                                     dtype=np.uint8), "task": "do the task"}
+    shape = (args.frames, args.resolution, args.resolution, 3)
+    write_lerobot(os.path.join(tmp, "ds"), ({"frames": rng.integers(0, 255, shape, dtype=np.uint8), "task": "do the task"}
                                             for _ in range(args.episodes)), fps=10, codec="libx264")
     trajs = [Trajectory(ep, resample(ep.T, ep.fps, 2.0)) for ep in read_dataset(os.path.join(tmp, "ds"))]
     frames = sum(len(t.index) for t in trajs)

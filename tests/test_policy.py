@@ -111,8 +111,8 @@ def test_values_join_every_sample_and_refuse_gaps(tmp_path):
 
 
 def test_a_dataset_without_the_state_is_named(tmp_path):
-    """load_episodes on a LeRobot dataset without observation.environment_state and action (a camera-only recording) names the
-    file and the columns, not a pyarrow field reference."""
+    """load_episodes on a LeRobot dataset without observation.environment_state and action (a camera-only recording)
+    names the file and the columns, not a pyarrow field reference."""
     from sim import write_lerobot
     write_lerobot(tmp_path / "ds", [{"frames": np.zeros((4, 16, 16, 3), np.uint8), "task": "do it"}], fps=10,
                   codec="libx264")

@@ -520,7 +520,8 @@ def test_missing_instructions_are_named_up_front_with_the_command_that_adds_them
         train_here(dataset, tmp_path / "run", text_cache=str(cache))
     assert not (tmp_path / "run" / "log.jsonl").exists()  # nothing trained before the check
     msg = str(e.value)
-    command = f"python encode_text.py --tiny_random 32 --text_len 16 --dtype float32 --out {cache} --lerobot {dataset / 'ds'}"
+    command = (f"python encode_text.py --tiny_random 32 --text_len 16 --dtype float32 --out {cache} "
+               f"--lerobot {dataset / 'ds'}")
     assert msg == f"{cache}: no embedding for 1 instruction(s): 'slide the block'; add them with: {command}"
     added = run([sys.executable, *command.split()[1:]])
     assert added.returncode == 0, added.stderr[-3000:]
@@ -538,8 +539,8 @@ def test_paraphrases_need_their_text_and_a_file_that_fits_the_data(dataset, tmp_
     para.write_text(json.dumps({"slide the block": ["move the block to the right"]}))
     with pytest.raises(encode_text.TextCacheError) as e:  # the new wording is not encoded yet: named up front
         train_here(dataset, tmp_path / "run", text_cache=str(cache), paraphrases=str(para))
-    command = (f"python encode_text.py --tiny_random 32 --text_len 16 --dtype float32 --out {cache} --lerobot {dataset / 'ds'} "
-               f"--paraphrases {para}")
+    command = (f"python encode_text.py --tiny_random 32 --text_len 16 --dtype float32 --out {cache} "
+               f"--lerobot {dataset / 'ds'} --paraphrases {para}")
     assert str(e.value) == (f"{cache}: no embedding for 1 instruction(s): 'move the block to the right'; add them "
                             f"with: {command}")
     added = run([sys.executable, *command.split()[1:]])
@@ -562,7 +563,8 @@ def test_run_folder_is_usable_from_any_directory(dataset, tmp_path, monkeypatch)
     cfg = json.loads((tmp_path / "run" / "config.json").read_text())
     assert cfg["data"] == str(dataset / "ds") and cfg["text_cache"] == str(dataset / "text")
     monkeypatch.chdir(dataset)  # elsewhere
-    scorer = wvm_eval.load_scorer(wvm_eval.parse_args(["--bench", "expert", "--data", "x", "--ckpt", os.path.relpath(tmp_path / "run", dataset)]))
+    ckpt = os.path.relpath(tmp_path / "run", dataset)
+    scorer = wvm_eval.load_scorer(wvm_eval.parse_args(["--bench", "expert", "--data", "x", "--ckpt", ckpt]))
     assert scorer.size == 32 and scorer.text_cache.path == dataset / "text"
 
 
@@ -675,7 +677,8 @@ def test_video_stage_writes_a_wan_checkpoint_that_wvm_training_starts_from(datas
     assert all(torch.equal(v, trained_sd[k]) for k, v in video.state_dict().items())
     torch.manual_seed(0)
     fresh = train.WVM(*wvm_configs("tiny"))
-    assert not torch.equal(trained_sd["blocks.0.self_attn.q.weight"], fresh.video.state_dict()["blocks.0.self_attn.q.weight"])
+    q = "blocks.0.self_attn.q.weight"
+    assert not torch.equal(trained_sd[q], fresh.video.state_dict()[q])
     # the value stream got no gradient: it is still the seed's fresh one (the video stage builds with the same seed)
     assert all(torch.equal(a, b) for a, b in zip(train.unwrap(prior).value.state_dict().values(),
                                                   fresh.value.state_dict().values()))
