@@ -1292,6 +1292,10 @@ def _open_parts(root, settings, ready):
             raise SystemExit(f"{root}: written with other settings; delete it or choose another --out")
         print(f"{root}: done already, kept")
         return old["counts"], None
+    if root.exists() and not (root.is_dir() and (done.exists() or not any(root.iterdir()))):
+        # the finished split replaces `root`: never what sim.py did not write (a user's dataset under --out)
+        raise SystemExit(f"{root}: exists and was not written by sim.py (no meta/sim.json); delete it or choose "
+                         "another --out")
     parts_dir = root.with_name(root.name + ".parts")
     parts_dir.mkdir(parents=True, exist_ok=True)
     marker = parts_dir / "settings.json"
@@ -1325,7 +1329,7 @@ def _finish_split(tmp, root, parts_dir, settings, counts, annotations):
         f.writelines(json.dumps(a) + "\n" for a in annotations)
     (tmp / "meta" / "sim.json").write_text(json.dumps({"settings": settings, "counts": counts}, indent=1))
     if root.exists():
-        shutil.rmtree(root)  # a half-written split of an older run
+        shutil.rmtree(root)  # empty, or a split sim.py wrote with a result file missing (_open_parts)
     tmp.rename(root)
     shutil.rmtree(parts_dir)
 

@@ -15,7 +15,6 @@ to the new episode indices. The frames pass a second lossy encoding, so the scor
 import argparse
 import json
 import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -33,9 +32,15 @@ def main():
     p.add_argument("--camera", default=None, help="video key of src (default: its first)")
     p.add_argument("--instructions", default=None, help="JSON {instruction: wording} for the tasks")
     args = p.parse_args()
-    from lerobot.datasets.lerobot_dataset import LeRobotDataset  # here, so that --help works without lerobot
-
     src, out = Path(args.src), Path(args.out)
+    if out.exists():  # never delete what is there: it may be the source, or anything else
+        raise SystemExit(f"{out}: already exists; give a new directory")
+    if not (src / "annotations.jsonl").is_file():
+        raise SystemExit(f"{src / 'annotations.jsonl'}: not found; the copy keeps each episode's annotation")
+    try:  # here, so that --help and the checks above work without lerobot
+        from lerobot.datasets.lerobot_dataset import LeRobotDataset
+    except ImportError:
+        raise SystemExit("bench/lerobot_copy.py needs the lerobot library: pip install lerobot (in a venv of its own)")
     wording = json.loads(Path(args.instructions).read_text()) if args.instructions else {}
     episodes = read_lerobot(src, camera=args.camera, state="observation.state")
     actions = {}
@@ -47,10 +52,11 @@ def main():
         if line.strip():
             a = json.loads(line)
             annotations[a["episode_index"]] = a
+    missing = [ep.episode_index for ep in episodes if ep.episode_index not in annotations]
+    if missing:
+        raise SystemExit(f"{src / 'annotations.jsonl'}: no annotation for episode(s) {missing[:10]}")
     side = int(decode_frames(episodes[0], [0]).shape[-1])
     fps = int(round(episodes[0].fps))
-    if out.exists():
-        shutil.rmtree(out)
     widths = {"observation.state": episodes[0].extra["state"].shape[1], "action": len(next(iter(actions.values())))}
     features = {"observation.image": {"dtype": "video", "shape": (side, side, 3), "names": ["height", "width", "channel"]},
                 **{k: {"dtype": "float32", "shape": (d,), "names": None} for k, d in widths.items()}}

@@ -380,6 +380,21 @@ def test_corpus(corpus):
         env.close()
 
 
+def test_a_folder_sim_did_not_write_is_never_replaced(tmp_path):
+    """A split's folder that holds something sim.py did not write (a user's dataset under --out) stops the run
+    before any work, and is left as it was; the split would otherwise replace it when done."""
+    root = tmp_path / "train"
+    (root / "meta").mkdir(parents=True)
+    (root / "meta" / "info.json").write_text("mine")
+    with pytest.raises(SystemExit, match=r"train: exists and was not written by sim.py"):
+        sim.write_split(root, [(TASK, 0, ("expert",))], {"fps": FPS}, {}, "libx264")
+    assert (root / "meta" / "info.json").read_text() == "mine" and not (tmp_path / "train.parts").exists()
+    (tmp_path / "file").write_text("mine")
+    with pytest.raises(SystemExit, match="was not written by sim.py"):
+        sim.write_split(tmp_path / "file", [(TASK, 0, ("expert",))], {"fps": FPS}, {}, "libx264")
+    assert (tmp_path / "file").read_text() == "mine"
+
+
 def test_test_splits(tmp_path):
     """The test splits: new seeds of training tasks without held-out seeds and of unseen tasks, in LeRobot's view and
     Meta-World's wording, their own pause and retry mechanisms tried first; not written unless asked for."""
