@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from data import decode_frames, read_lerobot  # noqa: E402
+from eval import read_annotations  # noqa: E402
 
 
 def main():
@@ -47,11 +48,7 @@ def main():
     for f in sorted((src / "data").rglob("*.parquet")):
         t = pq.read_table(f, columns=["episode_index", "frame_index", "action"]).to_pydict()
         actions |= {(e, i): a for e, i, a in zip(t["episode_index"], t["frame_index"], t["action"])}
-    annotations = {}
-    for line in (src / "annotations.jsonl").read_text().splitlines():
-        if line.strip():
-            a = json.loads(line)
-            annotations[a["episode_index"]] = a
+    annotations = {e: a for e, (_, a) in read_annotations(src / "annotations.jsonl").items()}
     missing = [ep.episode_index for ep in episodes if ep.episode_index not in annotations]
     if missing:
         raise SystemExit(f"{src / 'annotations.jsonl'}: no annotation for episode(s) {missing[:10]}")
