@@ -2,7 +2,7 @@
 world-model prior), train WVM on experts, and score both benchmarks on held-out seeds of the training
 tasks and on tasks never trained on.
 
-    python demo.py                  # the default run: small corpus and model, 9-20 minutes on 2 cores with the set-up
+    python demo.py                  # the default run: small corpus and model, 9-21 minutes on 2 cores with the set-up
     python demo.py --long           # the longer recipe: full corpus, 4000 value steps, 18-37 minutes on 2 cores
     python demo.py --compare        # docs/results.md's comparison (prior / scratch / lambda = 0 / full mask /
                                     #   prefix p 0.1 / no state)
