@@ -509,13 +509,17 @@ def decode_frames(episode, indices, size=None):
     keyframe every 2 frames) gaps between needed frames are skipped by seeking.
     Raises VideoError when the video cannot be read or lacks a requested frame.
     """
+    x = torch.from_numpy(decode_uint8(episode, indices, size)).permute(3, 0, 1, 2)  # [n, H, W, 3] -> [3, n, H, W]
+    return x.float().div_(127.5).sub_(1.0).contiguous()
+
+
+def decode_uint8(episode, indices, size=None):
+    """decode_frames' frames as the video holds them: uint8 [n, S, S, 3] (for writing them out again)."""
     idx = np.asarray(indices, dtype=np.int64).reshape(-1)
     if idx.size == 0 or idx.min() < 0 or idx.max() >= episode.T:
         raise IndexError(f"{episode.video}: frame indices {idx.tolist()} outside [0, {episode.T}) of episode {episode.id}")
     uniq, inv = np.unique(idx, return_inverse=True)
-    frames = _read_frames(episode.video, episode.start + uniq / episode.fps, episode.fps, size)
-    x = torch.from_numpy(frames[inv]).permute(3, 0, 1, 2)  # [n, H, W, 3] -> [3, n, H, W]
-    return x.float().div_(127.5).sub_(1.0).contiguous()
+    return _read_frames(episode.video, episode.start + uniq / episode.fps, episode.fps, size)[inv]
 
 
 def _read_frames(path, times, fps, size):

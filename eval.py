@@ -39,8 +39,8 @@ import torch
 from tqdm import tqdm
 
 from checkpoint import CheckpointError
-from data import (DataError, VideoError, check_names_some, decode_frames, read_dataset, read_instruction_map,
-                  resample)
+from data import (DataError, VideoError, check_names_some, decode_frames, decode_uint8, read_dataset,
+                  read_instruction_map, resample)
 from encode_text import TextCache, TextCacheError, describe, encoder_id, pad_text
 from sim import Mp4Writer
 from wan_vae import load_wan_vae, vae_fingerprint
@@ -774,7 +774,7 @@ def write_overlay(episode, progress, path, chunk=32):
     from PIL import Image, ImageDraw
 
     T = episode.T
-    H0, W0 = decode_frames(episode, [0]).shape[-2:]
+    H0, W0 = decode_uint8(episode, [0]).shape[1:3]
     scale = -(-OVERLAY_MIN_WIDTH // W0)
     W, H = W0 * scale // 2 * 2, H0 * scale // 2 * 2  # even sizes for yuv420p
     xs, (y0, y1), panel = overlay_layout(T, W, H)
@@ -789,7 +789,7 @@ def write_overlay(episode, progress, path, chunk=32):
     try:
         for c in range(0, T, chunk):
             idx = np.arange(c, min(c + chunk, T))
-            frames = ((decode_frames(episode, idx) + 1) * 127.5).round().clamp(0, 255).byte().permute(1, 2, 3, 0).numpy()
+            frames = decode_uint8(episode, idx)
             out = []
             for t, frame in zip(idx, frames):
                 img = base.copy()

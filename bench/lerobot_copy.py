@@ -6,7 +6,7 @@ that eval.py can be checked on data that lerobot wrote rather than on this repos
         --instructions data/metaworld/metaworld_wording.json
     python eval.py --bench all --data /tmp/heldout_seen_lerobot --ckpt runs/demo-prior-s0      # in WVM's venv
 
-Every frame is decoded (data.decode_frames) and written again with LeRobotDataset.create / add_frame /
+Every frame is decoded (data.decode_uint8) and written again with LeRobotDataset.create / add_frame /
 save_episode / finalize: lerobot's defaults (AV1 by SVT-AV1, a keyframe every 2 frames), its feature names
 (`observation.image`, as its Meta-World recordings), the robot's state and the actions as they were, each episode's
 task in the wording --instructions maps it to (a JSON file {instruction: wording}), and annotations.jsonl renumbered
@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from data import decode_frames, read_lerobot  # noqa: E402
+from data import decode_uint8, read_lerobot  # noqa: E402
 from eval import read_annotations  # noqa: E402
 
 
@@ -52,7 +52,7 @@ def main():
     missing = [ep.episode_index for ep in episodes if ep.episode_index not in annotations]
     if missing:
         raise SystemExit(f"{src / 'annotations.jsonl'}: no annotation for episode(s) {missing[:10]}")
-    side = int(decode_frames(episodes[0], [0]).shape[-1])
+    side = int(decode_uint8(episodes[0], [0]).shape[-2])
     fps = int(round(episodes[0].fps))
     widths = {"observation.state": episodes[0].extra["state"].shape[1], "action": len(next(iter(actions.values())))}
     features = {"observation.image": {"dtype": "video", "shape": (side, side, 3), "names": ["height", "width", "channel"]},
@@ -60,8 +60,7 @@ def main():
     ds = LeRobotDataset.create("wvm/lerobot_copy", fps=fps, features=features, root=out, use_videos=True)
     lines = []
     for new, ep in enumerate(episodes):
-        x = decode_frames(ep, np.arange(ep.T))  # float32 [3, T, S, S] in [-1, 1]
-        frames = ((x + 1) * 127.5).round().clamp(0, 255).byte().permute(1, 2, 3, 0).numpy()
+        frames = decode_uint8(ep, np.arange(ep.T))
         task = wording.get(ep.instruction, ep.instruction)
         for i in range(ep.T):
             ds.add_frame({"observation.image": frames[i], "observation.state": ep.extra["state"][i],
