@@ -43,7 +43,7 @@ import torch.nn as nn
 
 import sim
 from demo import sh
-from eval import awr_weight, chunk_delta, filtered_bc_keep
+from eval import awr_weight, chunk_delta, filtered_bc_keep, read_annotations
 
 H = 10  # action chunk (Appendix E: H = 10 in simulation)
 TAU, DELTA_MAX, KEEP_TOP = 10.0, 2.0, 0.7
@@ -61,7 +61,7 @@ def load_episodes(root):
     ann_file = root / "annotations.jsonl"
     if not ann_file.exists():
         raise ValueError(f"{ann_file}: missing (a dataset written by `python sim.py policy`?)")
-    ann = {a["episode_index"]: a for a in map(json.loads, ann_file.read_text().splitlines())}
+    ann = read_annotations(ann_file)
     files = sorted((root / "data").rglob("*.parquet"))
     columns = ["episode_index", "frame_index", "observation.environment_state", "action"]
     if not files:
@@ -82,7 +82,9 @@ def load_episodes(root):
             raise ValueError(f"{ann_file}: no annotation for episode {e}")
         if not np.array_equal(frame[sel], np.arange(len(sel))):
             raise ValueError(f"{root}: episode {e} has frames missing")
-        a = ann[int(e)]
+        line, a = ann[int(e)]
+        if not isinstance(a.get("task"), str) or not isinstance(a.get("kind"), str):
+            raise ValueError(f"{ann_file}:{line}: episode {e} needs a task and a kind (strings), as sim.py writes")
         episodes.append({"episode_index": int(e), "task": a["task"], "kind": a["kind"], "obs": obs[sel],
                          "action": action[sel]})
     return episodes

@@ -121,6 +121,25 @@ def test_a_dataset_without_the_state_is_named(tmp_path):
         policy.load_episodes(tmp_path / "ds")
 
 
+def test_bad_annotations_are_named(tmp_path):
+    """load_episodes names the annotations file and its line: a line that is not JSON, and an episode without its
+    kind (not a KeyError from inside the loader)."""
+    from sim import write_lerobot
+    write_lerobot(tmp_path / "ds", [{"frames": np.zeros((4, 16, 16, 3), np.uint8), "task": "do it",
+                                     "observation.environment_state": np.zeros((4, 39), np.float32),
+                                     "action": np.zeros((4, 4), np.float32)}], fps=10, codec="libx264")
+    ann = tmp_path / "ds" / "annotations.jsonl"
+    ann.write_text('{"episode_index": 0, "kind": "expert", "task": "a"}\n{"episode_index": 1, \n')
+    with pytest.raises(ValueError, match=r"annotations.jsonl:2: not JSON"):
+        policy.load_episodes(tmp_path / "ds")
+    ann.write_text('\n{"episode_index": 0, "task": "a"}\n')
+    with pytest.raises(ValueError, match=r"annotations.jsonl:2: episode 0 needs a task and a kind"):
+        policy.load_episodes(tmp_path / "ds")
+    ann.write_text('{"episode_index": 0, "kind": "expert", "task": "a"}\n')
+    (e,) = policy.load_episodes(tmp_path / "ds")
+    assert (e["task"], e["kind"], e["obs"].shape, e["action"].shape) == ("a", "expert", (4, 39), (4, 4))
+
+
 class Scripted:
     """Stands in for a Policy in `evaluate`: Meta-World's scripted expert (or zeros), its action repeated H times."""
 
