@@ -40,6 +40,8 @@ COMMON = dict(size="small", resolution=64, fps=2.0, lr=1e-3, warmup=100, camera=
               encode_in_loader=True, ckpt_every=500)
 RECIPES = {
     "demo": dict(data="data/metaworld", sim=["--demo"], common=COMMON,
+                 # the prior on forward clips only: one also shown rewound clips follows unseen retries worse
+                 # (docs/experiments.md, "More on the prior")
                  prior=dict(max_steps=500, batch_size=32, micro_batch=32, rewind=0.0),
                  # value_shift 5: one Euler step from s = 1 is all inference asks of the flow, so train mostly near
                  # it (uniform times, shift 1, follow the unseen tasks worse: docs/experiments.md); plateau 0.3: the
