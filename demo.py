@@ -4,8 +4,8 @@ tasks and on tasks never trained on.
 
     python demo.py                  # the default run: small corpus and model, 9-21 minutes on 2 cores with the set-up
     python demo.py --long           # the longer recipe: full corpus, 4000 value steps, 18-37 minutes on 2 cores
-    python demo.py --compare        # docs/results.md's comparison (prior / scratch / lambda = 0 / full mask /
-                                    #   prefix p 0.1 / no state)
+    python demo.py --compare        # docs/results.md's comparisons (prior / scratch / lambda = 0 / full mask /
+                                    #   prefix p 0.1 / no state / regression and HL-Gauss value heads)
     python demo.py --seeds 0 1      # the same for several training seeds (mean and spread in the table)
     python demo.py --test           # then score the runs once on the test splits, which no setting was chosen on
 
@@ -63,8 +63,8 @@ RECIPES = {
                             paraphrases="data/metaworld_full/metaworld_wording.json", **STATE)),
 }
 
-# docs/results.md's comparison, same budget and seed: what the world-model prior buys, two fidelity checks, and
-# the paper's inputs alone (video and language, no state).
+# docs/results.md's comparisons, same budget and seed: what the world-model prior buys, two fidelity checks, the
+# paper's inputs alone (video and language, no state), and its value heads (Table 4).
 VARIANTS = {
     "prior": {},
     "scratch": {"prior": False},
@@ -72,6 +72,8 @@ VARIANTS = {
     "full mask": {"mask": "full"},
     "prefix p 0.1": {"prefix_p": 0.1},  # lean on the chained prefix: randomized in 10% of clips, not the paper's 50%
     "no state": {"state": "", "state_dropout": 0.0},
+    "regression head": {"value_head": "regression"},  # the baselines of the paper's Table 4, with the state
+    "HL-Gauss head": {"value_head": "hlgauss"},
 }
 
 
