@@ -77,6 +77,7 @@ class TrainConfig:
                                         # as an official Wan2.2 DiT folder out_dir/wan that --wan loads
     size: str = "tiny"                  # tiny | small | mid | full (wvm_configs; full is the paper's model)
     value_head: str = "flow"            # flow | regression | hlgauss
+    value_pred: str = "v"               # the flow head's output: v (the paper's) or x0 (value_dit.ValueDiT)
     mask: str = "causal"
     wan: str = ""                       # Wan2.2 DiT checkpoint for the video stream (else random init)
     vae: str = ""                       # Wan2.2 VAE checkpoint (else a random tiny VAE, saved with the run)
@@ -108,7 +109,8 @@ class TrainConfig:
 
 
 CHOICES = {"stage": ("value", "video"), "size": ("tiny", "small", "base", "mid", "full"),
-           "value_head": ("flow", "regression", "hlgauss"), "mask": ("causal", "full"), "parallel": ("ddp", "fsdp"),
+           "value_head": ("flow", "regression", "hlgauss"), "value_pred": ("v", "x0"), "mask": ("causal", "full"),
+           "parallel": ("ddp", "fsdp"),
            "dtype": ("auto", "bf16", "fp32")}
 
 
@@ -357,7 +359,7 @@ def state_stats(dataset):
 
 def build_model(cfg, device, state=None):
     """The model before parallelism; state: (mean, std) of the robot's state for a value stream that reads it."""
-    video_cfg, value_cfg = wvm_configs(cfg.size, head=cfg.value_head)
+    video_cfg, value_cfg = wvm_configs(cfg.size, head=cfg.value_head, pred=cfg.value_pred)
     if state is not None:
         value_cfg = replace(value_cfg, state_dim=len(state[0]))
     opts = dict(mask=cfg.mask, video_loss_weight=cfg.video_loss_weight, video_shift=cfg.video_shift,

@@ -38,6 +38,7 @@ class ValueConfig:
     freq_dim: int = 256
     eps: float = 1e-6
     head: str = "flow"          # flow | regression | hlgauss
+    pred: str = "v"             # flow head's output: v (the paper's velocity) or x0 (the clean chunk; not in the paper)
     bins: int = 51              # HL-Gauss bins over [0, 1]
     state_dim: int = 0          # d of the robot's state read beside the video (0: none, as in the paper)
 
@@ -58,6 +59,8 @@ class ValueDiT(nn.Module):
         super().__init__()
         if cfg.head not in ("flow", "regression", "hlgauss"):
             raise ValueError(f"value head {cfg.head!r}: expected flow, regression or hlgauss")
+        if cfg.pred not in ("v", "x0") or (cfg.pred == "x0" and cfg.head != "flow"):
+            raise ValueError(f"value prediction {cfg.pred!r} with head {cfg.head!r}: expected v, or x0 with the flow head")
         self.cfg = c = cfg
         self.value_embedding = nn.Linear(1, c.dim)
         self.slot_embedding = nn.Parameter(torch.randn(1 + c.chunk, c.dim) * 0.02)
@@ -105,6 +108,9 @@ class ValueDiT(nn.Module):
 
     # The value head, all of it: what the chunk tokens carry in training, what they learn, how a chunk is read out.
     # flow (the paper's): noisy values at flow time s, trained on the velocity, sampled by Euler steps from noise.
+    # With pred x0 (Li & He 2025, "Back to Basics: Let Denoising Generative Models Denoise") the same flow predicts the
+    # clean chunk, trained on it (MSE), and Euler steps use the velocity it implies, (x_s - x0) / s: the network need
+    # not carry the noise through to its output, which a velocity at s = 1 (eps - x0) asks of it.
     # regression and HL-Gauss (the baselines of the paper's Table 4): empty chunk tokens (zeros at time 0), trained on
     # the values (MSE) or on their HL-Gauss histogram (cross-entropy), read out in one pass.
 
@@ -118,7 +124,7 @@ class ValueDiT(nn.Module):
     def chunk_loss(self, out, y, eps):
         """L_value of the chunk outputs out (chunk_out) for targets y [B, h] and the noise eps [B, h] of chunk_input."""
         if self.cfg.head == "flow":
-            return F.mse_loss(out, flow.velocity(y, eps))
+            return F.mse_loss(out, y if self.cfg.pred == "x0" else flow.velocity(y, eps))
         if self.cfg.head == "regression":
             return F.mse_loss(out, y)
         return F.cross_entropy(out.flatten(0, 1), hl_gauss_target(y, self.cfg.bins).flatten(0, 1))
@@ -126,8 +132,11 @@ class ValueDiT(nn.Module):
     def sample_chunk(self, run, n, noise, steps=1):
         """Value chunks [n, h] from run(chunk_in [n, h], s) -> chunk_out of the chunk tokens at flow time s.
 
-        flow: `steps` Euler steps from s = 1, starting at noise() [n, h] (the paper's inference is one step);
+        flow: `steps` Euler steps from s = 1, starting at noise() [n, h] (the paper's inference is one step; with pred
+        x0 one step returns the prediction at pure noise);
         regression and HL-Gauss: one pass over empty chunk tokens, as in training; they draw no noise."""
+        if self.cfg.head == "flow" and self.cfg.pred == "x0":
+            return flow.euler_sample(lambda x, s: (x - run(x, s)) / s, noise(), steps)  # s > 0 at every step
         if self.cfg.head == "flow":
             return flow.euler_sample(run, noise(), steps)
         out = run(torch.zeros(n, self.cfg.chunk, device=self.slot_embedding.device), 0.0)

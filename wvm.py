@@ -244,10 +244,10 @@ def attend_cached(q, k, v, k_vid, v_vid):
 # ----------------------------------------------------------------------------------------------
 # sizes and checkpoints
 
-def wvm_configs(name, head="flow"):
+def wvm_configs(name, head="flow", pred="v"):
     """(video, value) configs by size name: "full" is the paper's 5.0B + 0.7B model."""
     video, value = {"full": ("ti2v-5b", "paper"), **{n: (n, n) for n in ("tiny", "small", "base", "mid")}}[name]
-    return WAN_CONFIGS[video], replace(VALUE_CONFIGS[value], head=head)
+    return WAN_CONFIGS[video], replace(VALUE_CONFIGS[value], head=head, pred=pred)
 
 
 def save_wvm(model, path, run=None):

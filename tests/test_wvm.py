@@ -12,9 +12,9 @@ from wvm import WVM, load_wvm, save_wvm, wvm_configs
 B, C, H, W, TXT = 2, 48, 8, 6, 32
 
 
-def tiny(mask="causal", head="flow", seed=0):
+def tiny(mask="causal", head="flow", seed=0, pred="v"):
     torch.manual_seed(seed)
-    m = WVM(*wvm_configs("tiny", head=head), mask=mask)
+    m = WVM(*wvm_configs("tiny", head=head, pred=pred), mask=mask)
     with torch.no_grad():  # the value head starts at zero; randomize it so the outputs mean something
         m.value.head.head.weight.normal_(0, 0.5)
     return m.eval()
@@ -197,6 +197,38 @@ def test_deterministic_heads_predict_through_prefill(head):
                                          torch.zeros(B, 5), ctx)[2:])
     ref = hl_gauss_decode(out) if head == "hlgauss" else out
     torch.testing.assert_close(pred, ref[:, None].expand(B, 2, 4), rtol=1e-5, atol=1e-5)
+
+
+def test_flow_head_predicting_x0_trains_on_the_clean_chunk_and_samples_by_its_implied_velocity(tmp_path):
+    """pred x0: the loss is the MSE to the chunk targets at any flow time; an Euler step from s to s' moves x by
+    (s' - s) (x - out) / s, so one step from pure noise returns the output itself; the checkpoint keeps it."""
+    m = tiny(pred="x0")
+    x_in, _, v_in, _, ctx = inputs()
+    g = torch.Generator().manual_seed(2)
+    batch = {"latents": x_in, "context": ctx, "values": v_in, "sigma_video": torch.tensor([0.3, 0.8]),
+             "noise_video": torch.zeros(B, C, 1, H, W), "sigma_value": torch.tensor([0.4, 1.0]),
+             "noise_value": torch.randn(B, 4, generator=g)}
+    with torch.no_grad():
+        out = m(batch)
+    torch.testing.assert_close(out["loss_value"], ((out["value_out"] - v_in[:, 1:]) ** 2).mean())
+    g = torch.Generator().manual_seed(5)
+    pred = m.predict_values(x_in[:, :, :1], ctx, v_in[:, 0], steps=2, generator=g)[:, 0]
+    one = m.predict_values(x_in[:, :, :1], ctx, v_in[:, 0], steps=1, generator=torch.Generator().manual_seed(5))[:, 0]
+    y = torch.randn(B, 4, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        for s, s_next in ((1.0, 0.5), (0.5, 0.0)):
+            t_val = torch.cat([torch.zeros(B, 1), torch.full((B, 4), 1000.0 * s)], 1)
+            x0 = m.value.chunk_out(*m.joint(x_in, torch.tensor([[0.0, 1000.0]] * B), torch.cat([v_in[:, :1], y], 1),
+                                            t_val, ctx)[2:])
+            if s == 1.0:
+                first = x0
+            y = y + (s_next - s) * (y - x0) / s
+    torch.testing.assert_close(pred, y, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(one, first, rtol=1e-5, atol=1e-5)  # one step: the prediction at pure noise
+    save_wvm(m, str(tmp_path / "wvm.safetensors"))
+    assert load_wvm(str(tmp_path / "wvm.safetensors")).value.cfg.pred == "x0"
+    with pytest.raises(ValueError, match="x0 with the flow head"):
+        WVM(*wvm_configs("tiny", head="regression", pred="x0"))
 
 
 def test_hl_gauss_target_is_the_papers_and_decodes():
