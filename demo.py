@@ -64,7 +64,7 @@ RECIPES = {
 }
 
 # docs/results.md's comparisons, same budget and seed: what the world-model prior buys, two fidelity checks, the
-# paper's inputs alone (video and language, no state), and its value heads (Table 4).
+# paper's inputs alone (video and language, no state), its value heads (Table 4), and the flow head predicting x0.
 VARIANTS = {
     "prior": {},
     "scratch": {"prior": False},
@@ -74,6 +74,7 @@ VARIANTS = {
     "no state": {"state": "", "state_dropout": 0.0},
     "regression head": {"value_head": "regression"},  # the baselines of the paper's Table 4, with the state
     "HL-Gauss head": {"value_head": "hlgauss"},
+    "x0 flow head": {"value_pred": "x0"},  # the same flow, predicting the clean chunk (not in the paper)
 }
 
 
