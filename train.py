@@ -187,6 +187,7 @@ def check_config(cfg):
     need(not cfg.encode_in_loader or cfg.num_workers > 0, "encode_in_loader", "needs loader workers (num_workers)")
     need(not cfg.state_dropout or cfg.state, "state_dropout", "needs state=<column>")
     need(not cfg.state or cfg.stage == "value", "state", "the value stream reads it; stage=video trains none")
+    need(cfg.value_pred == "v" or cfg.value_head == "flow", "value_pred", "x0 is the flow head's; value_head=flow")
     try:
         data_specs(cfg)
     except ValueError as e:

@@ -366,6 +366,8 @@ def test_fsdp_sigterm_then_resume_repeats_the_uninterrupted_run(dataset, tmp_pat
     (["--resume", "--overwrite"], "overwrite=True: contradicts resume=True"),
     (["--state_dropout=0.2"], "state_dropout=0.2: needs state=<column>"),
     (["--state=observation.state", "--stage=video"], "state='observation.state': the value stream reads it"),
+    (["--value_pred=x0", "--value_head=regression"], "value_pred='x0': x0 is the flow head's"),
+    (["--value_pred=eps"], "value_pred='eps': expected v | x0"),
 ])
 def test_every_setting_is_checked_at_start(argv, msg):
     with pytest.raises(SystemExit) as e:
