@@ -5,7 +5,7 @@ tasks and on tasks never trained on.
     python demo.py                  # the default run: small corpus and model, 9-21 minutes on 2 cores with the set-up
     python demo.py --long           # the longer recipe: full corpus, 4000 value steps, 18-37 minutes on 2 cores
     python demo.py --compare        # docs/results.md's comparisons (prior / scratch / lambda = 0 / full mask /
-                                    #   prefix p 0.1 / no state / regression and HL-Gauss value heads)
+                                    #   prefix p 0.1 / no state / regression and HL-Gauss value heads / x0 flow head)
     python demo.py --seeds 0 1      # the same for several training seeds (mean and spread in the table)
     python demo.py --test           # then score the runs once on the test splits, which no setting was chosen on
 
