@@ -155,3 +155,22 @@ def test_a_corpus_of_an_older_generator_is_not_read_as_this_recipes(tmp_path):
         demo.check_corpus(str(tmp_path / "old"), ["corner"], 10.0)
     corpus = sim.parse_args([*demo.RECIPES["demo"]["sim"], "--out", str(tmp_path)])
     assert corpus.train_fps == demo.COMMON["fps"] == 2 and corpus.fps == 10
+
+
+def test_every_recipe_and_variant_is_a_valid_train_config(tmp_path, monkeypatch):
+    # the flags demo.py passes train.py, for both stages of every recipe and --compare variant, pass train.py's own
+    # checks (a variant that changes one setting must not leave another that contradicts it: the recipes' x0 flow
+    # head under a regression head), and the recipes train the x0 head, the velocity variant the paper's
+    calls = []
+    monkeypatch.setattr(demo, "sh", lambda *cmd, threads=None: calls.append([str(c) for c in cmd]))
+    import train
+    for recipe in demo.RECIPES:
+        for name, overrides in demo.VARIANTS.items():
+            calls.clear()
+            demo.run(recipe, str(tmp_path), name.replace(" ", "-"), dict(overrides), seed=0)
+            assert len(calls) == 1 + overrides.get("prior", True)
+            cfgs = [train.configure(c[c.index("train.py") + 1:]) for c in calls]
+            assert [c.stage for c in cfgs] == ["video"] * (len(cfgs) - 1) + ["value"]
+            value = cfgs[-1]
+            assert value.value_head == overrides.get("value_head", "flow")
+            assert value.value_pred == overrides.get("value_pred", "x0" if value.value_head == "flow" else "v")
