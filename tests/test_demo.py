@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import demo
+import train
 from eval import bench_rows
 
 # per task, one trajectory of each kind: (kind, metric of its kind, final value, achieved fraction)
@@ -163,7 +164,6 @@ def test_every_recipe_and_variant_is_a_valid_train_config(tmp_path, monkeypatch)
     # head under a regression head), and the recipes train the x0 head, the velocity variant the paper's
     calls = []
     monkeypatch.setattr(demo, "sh", lambda *cmd, threads=None: calls.append([str(c) for c in cmd]))
-    import train
     for recipe in demo.RECIPES:
         for name, overrides in demo.VARIANTS.items():
             calls.clear()
