@@ -44,7 +44,7 @@ RECIPES = {
                  # (docs/experiments.md, "More on the prior")
                  prior=dict(max_steps=500, batch_size=32, micro_batch=32, rewind=0.0),
                  # value_shift 5: one Euler step from s = 1 is all inference asks of the flow, so train mostly near
-                 # it (shift 1 or 20 is no better on the test splits: docs/experiments.md, "flow times"); plateau 0.3: the
+                 # it (shift 1 or 20 is no better on the test splits: docs/experiments.md); plateau 0.3: the
                  # paper's 0.1 leaves values creeping up through pauses at this scale (README, "Differences")
                  # paraphrases: each clip's instruction in sim.py's wording or in Meta-World's own (the task strings
                  # of LeRobot's Meta-World datasets), so that data in either reads as the 78 experts (each in two
