@@ -265,8 +265,8 @@ class WVMScorer:
 
     def score_decoded(self, group, frames, bar):
         ctx = [self.text_cache.get(t.episode.instruction) for t in group]
-        gens = [torch.Generator(device=self.device).manual_seed(zlib.crc32(f"{self.seed}:{t.episode.id}".encode()))
-                for t in group]
+        # CPU generators: the same noise, and the same values, on any device (randn_rows)
+        gens = [torch.Generator().manual_seed(zlib.crc32(f"{self.seed}:{t.episode.id}".encode())) for t in group]
         ends = [window_ends(len(t.index), self.h, self.stride) for t in group]
         sums, spread, counts, first, first_spread = ([np.zeros(len(t.index)) for t in group] for _ in range(5))
         has_first = [np.zeros(len(t.index), bool) for t in group]

@@ -220,10 +220,14 @@ class WVM(nn.Module):
 
 
 def randn_rows(shape, generator, device):
-    """Normal noise of `shape` [B, ...]: from one generator, or row b from generator[b] when given a list."""
+    """Normal noise of `shape` [B, ...] on `device`: from one generator, or row b from generator[b] when given a list.
+    Drawn on each generator's own device (eval.py's are CPU ones), so that a seed gives the same noise, and the same
+    values, whichever device the model runs on: CUDA and CPU generators draw different numbers from one seed."""
     if isinstance(generator, (list, tuple)):
-        return torch.stack([torch.randn(shape[1:], generator=g, device=device) for g in generator])
-    return torch.randn(shape, generator=generator, device=device)
+        return torch.stack([torch.randn(shape[1:], generator=g, device=g.device) for g in generator]).to(device)
+    if generator is None:
+        return torch.randn(shape, device=device)
+    return torch.randn(shape, generator=generator, device=generator.device).to(device)
 
 
 def attend_cached(q, k, v, k_vid, v_vid):
