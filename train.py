@@ -666,12 +666,18 @@ def setup_distributed():
     world = int(os.environ.get("WORLD_SIZE", 1))
     rank = int(os.environ.get("RANK", 0))
     if torch.cuda.is_available():
+        per_node, gpus = int(os.environ.get("LOCAL_WORLD_SIZE", 1)), torch.cuda.device_count()
+        if per_node > gpus:  # every process stops alike, none left waiting for the others
+            raise SystemExit(f"{per_node} processes on this machine but {gpus} GPU(s): one GPU per process; run "
+                             f"--nproc_per_node={gpus} or fewer, or CUDA_VISIBLE_DEVICES= for CPU processes (gloo)")
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        # device_id: NCCL binds each process to its own GPU up front instead of guessing it from the rank
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                                device_id=device if device.type == "cuda" else None)
     return world, rank, device
 
 

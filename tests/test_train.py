@@ -17,6 +17,8 @@ import train
 from sim import write_lerobot
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# the processes these tests start are CPU ones (gloo), also on a machine with a GPU: two of them need two devices
+CPU = dict(OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
 
 
 def block_episodes(n, shift=0):
@@ -66,7 +68,7 @@ def losses(out):
 
 
 def run(cmd, **kw):
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
+    env = dict(os.environ, **CPU, PYTHONPATH=ROOT)
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, **kw)
 
 
@@ -142,7 +144,7 @@ def test_sigterm_then_resume_repeats_the_uninterrupted_run(dataset, tmp_path):
     # 20 short steps: the notice must land before the last one, on a busy machine too
     full = run([sys.executable, "train.py", *args(dataset, tmp_path / "full", max_steps=20, ckpt_every=100)])
     assert full.returncode == 0, full.stderr[-3000:]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env = dict(os.environ, **CPU)
     cmd = [sys.executable, "train.py", *args(dataset, tmp_path / "cut", max_steps=20, ckpt_every=100)]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for_log(tmp_path / "cut", 2)
@@ -321,7 +323,7 @@ def test_fsdp_sigterm_then_resume_repeats_the_uninterrupted_run(dataset, tmp_pat
     opts = dict(max_steps=20, ckpt_every=100, parallel="fsdp")
     full = run([*launch, *args(dataset, tmp_path / "full", **opts)])
     assert full.returncode == 0, full.stderr[-3000:]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env = dict(os.environ, **CPU)
     proc = subprocess.Popen([*launch, *args(dataset, tmp_path / "cut", **opts)], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for_log(tmp_path / "cut", 2)
@@ -472,7 +474,7 @@ def test_a_saved_run_is_never_trained_over(dataset, trained, tmp_path, capsys):
 
 def test_second_process_on_a_run_folder_is_refused(dataset, tmp_path):
     out = tmp_path / "run"
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env = dict(os.environ, **CPU)
     # far more steps than run before the SIGTERM below: the first must still hold the folder on a fast machine
     first = subprocess.Popen([sys.executable, "train.py", *args(dataset, out, max_steps=10000, ckpt_every=100000)],
                              cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
