@@ -1,4 +1,5 @@
-"""Which path a kernel takes: Triton on CUDA tensors, the PyTorch reference elsewhere; WVM_KERNELS=triton|torch forces one.
+"""Which path a kernel takes: Triton on CUDA tensors, the PyTorch reference elsewhere (and where it is faster on a
+GPU); WVM_KERNELS=triton|torch forces one.
 
 Without Triton (no wheels for macOS or Windows) the kernel files still import, with `NoTriton` standing in for
 `triton`, and everything runs on the PyTorch path.
@@ -20,7 +21,9 @@ class NoTriton:
         return args[0] if len(args) == 1 and callable(args[0]) and not kwargs else self
 
 
-def use_triton(x):
+def use_triton(x, auto=True):
+    """Whether a kernel call on x takes the Triton path; auto=False: not unless forced, for calls where the PyTorch
+    path was measured faster (bench/bench_kernels.py)."""
     mode = os.environ.get("WVM_KERNELS", "auto")
     if mode not in ("auto", "triton", "torch"):
         raise ValueError(f"WVM_KERNELS={mode!r}: expected auto, triton or torch")
@@ -30,4 +33,4 @@ def use_triton(x):
         if not HAS_TRITON:
             raise RuntimeError("WVM_KERNELS=triton but Triton is not installed")
         return True
-    return x.is_cuda and HAS_TRITON
+    return auto and x.is_cuda and HAS_TRITON

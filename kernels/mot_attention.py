@@ -307,18 +307,20 @@ def _mot_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, H, L, n_cur, n_vid, nb
 # ----------------------------------------------------------------------------------------------
 # Launch layout and autograd.
 
-def _blocks(D, dtype):
-    """Tile sizes: the usual FA2 Triton shapes, picked so that every kernel compiles for sm_80 and
-    sm_90 without register spills in bf16/fp16 (checked offline with ptxas; not timed on a GPU).
-    fp32 inputs are a debugging path: 3xTF32 dots (about fp32 accuracy) on smaller tiles; they
-    still spill a little for D = 128. Under the interpreter all tiles are 16 so that tiny test
-    shapes span several blocks and their partial tails."""
-    if _INTERPRET:
-        return dict(BLOCK_M=16, BLOCK_N=16, BLOCK_MV=16, BLOCK_M_BWD=16, BLOCK_N_BWD=16, num_warps=4, num_stages=1)
+def _blocks(D, dtype, interpret=bool(_INTERPRET)):
+    """Tile sizes. bf16/fp16: the forward's are the usual FA2 Triton shapes; the backward's (64 x 64 tiles, 4 warps)
+    won a sweep of ten on an H200 at Wan2.2-TI2V-5B's sizes (L = 1765, D = 128, causal): forward + backward 0.97 ms,
+    against 1.68 ms with 32 x 64 tiles and 8 warps and 1.22 ms for PyTorch's SDPA (bench/bench_kernels.py). fp32 inputs are a debugging path:
+    3xTF32 dots (about fp32 accuracy) on smaller tiles; they still spill a little for D = 128. Under the interpreter
+    all tiles are 16 so that tiny test shapes span several blocks and their partial tails."""
+    if interpret:
+        return dict(BLOCK_M=16, BLOCK_N=16, BLOCK_MV=16, BLOCK_M_BWD=16, BLOCK_N_BWD=16, num_warps=4, num_warps_bwd=4,
+                    num_stages=1)
     if dtype == torch.float32:
-        return dict(BLOCK_M=64, BLOCK_N=32, BLOCK_MV=16, BLOCK_M_BWD=32, BLOCK_N_BWD=32, num_warps=8, num_stages=2)
-    return dict(BLOCK_M=128, BLOCK_N=64, BLOCK_MV=16, BLOCK_M_BWD=32, BLOCK_N_BWD=64,
-                num_warps=4 if D <= 64 else 8, num_stages=3)
+        return dict(BLOCK_M=64, BLOCK_N=32, BLOCK_MV=16, BLOCK_M_BWD=32, BLOCK_N_BWD=32, num_warps=8, num_warps_bwd=8,
+                    num_stages=2)
+    return dict(BLOCK_M=128, BLOCK_N=64, BLOCK_MV=16, BLOCK_M_BWD=64, BLOCK_N_BWD=64,
+                num_warps=4 if D <= 64 else 8, num_warps_bwd=4, num_stages=3)
 
 
 def _query_layout(L, n_cur, n_fut, causal, BLOCK_M, BLOCK_MV):
@@ -366,7 +368,7 @@ class MoTAttention(torch.autograd.Function):
         # delta_i = sum_d dO_id O_id = sum_j P_ij dP_ij, the row term of the softmax backward
         delta = (do.float() * o.float()).sum(-1).transpose(1, 2).contiguous()
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-        common = dict(HEAD_DIM=max(16, triton.next_power_of_2(D)), D=D, num_warps=cfg["num_warps"],
+        common = dict(HEAD_DIM=max(16, triton.next_power_of_2(D)), D=D, num_warps=cfg["num_warps_bwd"],
                       num_stages=cfg["num_stages"])
         ints, n_blocks = _key_layout(L, ctx.n_cur, ctx.n_fut, ctx.causal, cfg["BLOCK_N_BWD"], cfg["BLOCK_MV"])
         _mot_bwd_dkdv_kernel[(n_blocks, B * H)](q, k, v, do, dk, dv, lse, delta, H, L, *ints,
@@ -388,7 +390,9 @@ def mot_attention(q, k, v, n_cur, n_fut, causal=True):
     if not q.shape == k.shape == v.shape or L == 0 or n_cur + n_fut > L:
         raise ValueError(f"mot_attention: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}, "
                          f"n_cur={n_cur}, n_fut={n_fut} do not fit")
-    if use_triton(q):
+    # one segment (n_cur = L: the video-only prefill of scoring) is plain attention, where SDPA's flash kernel beat
+    # ours on an H200 (0.048 against 0.068 ms forward at L = 880)
+    if use_triton(q, auto=n_cur < L):
         if D > 128:
             raise ValueError(f"mot_attention: head dim {D} > 128 is not supported by the Triton kernel")
         return MoTAttention.apply(q, k, v, n_cur, n_fut, causal)

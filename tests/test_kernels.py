@@ -136,10 +136,12 @@ def test_mot_attention_triton_head_dim_not_power_of_two(triton_path):
 @needs_triton
 @pytest.mark.skipif(not INTERPRET, reason="checks the GPU tile sizes under the interpreter")
 def test_mot_attention_triton_gpu_tiles(triton_path, monkeypatch):
-    # The GPU tile sizes (128-row query tiles, 16-row value tiles) on a sequence longer than one tile.
+    # The bf16 GPU tile sizes (128-row query tiles, 64-row backward tiles, 16-row value tiles) on a sequence longer
+    # than one tile.
     mod = importlib.import_module("kernels.mot_attention")
-    monkeypatch.setattr(mod, "_blocks", lambda D, dtype: dict(BLOCK_M=128, BLOCK_N=64, BLOCK_MV=16, BLOCK_M_BWD=32,
-                                                              BLOCK_N_BWD=64, num_warps=4, num_stages=3))
+    tiles = mod._blocks(128, torch.bfloat16, interpret=False)
+    assert (tiles["BLOCK_M"], tiles["BLOCK_M_BWD"], tiles["BLOCK_N_BWD"], tiles["BLOCK_MV"]) == (128, 64, 64, 16)
+    monkeypatch.setattr(mod, "_blocks", lambda D, dtype: tiles)
     tri, ref, _ = _run_attention(150, 70, 5, True, torch.float32, B=1, H=1, D=16)
     for name, x, y in zip(("out", "dq", "dk", "dv"), tri, ref):
         torch.testing.assert_close(x, y, atol=1e-4, rtol=1e-4, msg=name)
@@ -152,6 +154,27 @@ def test_mot_attention_dispatch(monkeypatch):
     monkeypatch.setenv("WVM_KERNELS", "bogus")
     with pytest.raises(ValueError, match="WVM_KERNELS"):
         mot_attention(q, q, q, 3, 3)
+
+
+def test_dispatch_sends_one_segment_to_sdpa_unless_forced(monkeypatch):
+    """On a GPU, `auto` takes Triton except where PyTorch's path was measured faster (mot_attention over one segment);
+    WVM_KERNELS=triton forces it there too. A stand-in tensor reports CUDA, and the kernel records the choice."""
+    dispatch = importlib.import_module("kernels.dispatch")
+    mod = importlib.import_module("kernels.mot_attention")
+    cuda_like = type("CudaLike", (), {"is_cuda": True})()
+    monkeypatch.setattr(dispatch, "HAS_TRITON", True)
+    monkeypatch.setenv("WVM_KERNELS", "auto")
+    assert dispatch.use_triton(cuda_like) and not dispatch.use_triton(cuda_like, auto=False)
+    assert not dispatch.use_triton(torch.zeros(1))
+    monkeypatch.setenv("WVM_KERNELS", "triton")
+    assert dispatch.use_triton(cuda_like, auto=False)
+    asked = []
+    monkeypatch.setattr(mod, "use_triton", lambda x, auto=True: asked.append(auto) or False)
+    q = torch.randn(1, 8, 1, 16)
+    mot_attention(q, q, q, 8, 0)      # the prefill: current video only
+    mot_attention(q, q, q, 3, 3)      # current + future + value
+    mot_attention(q, q, q, 6, 0)      # current + value
+    assert asked == [False, True, True]
 
 
 # ---------------------------------------------------------------------------------------------
