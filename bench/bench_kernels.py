@@ -2,7 +2,8 @@
 
     python bench/bench_kernels.py            # Wan2.2-TI2V-5B sizes at 704x1280: 880 tokens per latent frame
 
-Reports milliseconds and the torch / triton ratio measured in this run. Needs a CUDA GPU.
+Reports milliseconds and the torch / triton ratio measured in this run, and the largest error of each path's
+output and gradients against the PyTorch path in fp64 (torch / triton). Needs a CUDA GPU.
 """
 import argparse
 import os
@@ -25,8 +26,29 @@ def bench(fn, backward_of=None):
     return triton.testing.do_bench(step)
 
 
+def outputs(call, inputs, grads_of):
+    out = call(*inputs)
+    return [out, *torch.autograd.grad(out, [inputs[i] for i in grads_of], torch.ones_like(out))]
+
+
+def errors(make, call, grads_of):
+    """Max abs error of the output and the input gradients, Triton path and PyTorch path, against the PyTorch path
+    on the same inputs in fp64: the compiled kernels at full size, where the tests run small shapes."""
+    torch.manual_seed(0)
+    inputs = make()
+    golden = [t.detach().double().requires_grad_(t.requires_grad) for t in inputs]
+    os.environ["WVM_KERNELS"] = "torch"
+    gold = outputs(call, golden, grads_of)
+    errs = {}
+    for mode in ("torch", "triton"):
+        os.environ["WVM_KERNELS"] = mode
+        got = outputs(call, inputs, grads_of)
+        errs[mode] = max((a.double() - b).abs().max().item() for a, b in zip(got, gold))
+    return errs
+
+
 def compare(name, make, call, grads_of):
-    """call(inputs) under WVM_KERNELS=torch and =triton; prints fwd and fwd+bwd times."""
+    """call(inputs) under WVM_KERNELS=torch and =triton; prints fwd and fwd+bwd times and the errors vs fp64."""
     row = [name]
     for mode in ("torch", "triton"):
         os.environ["WVM_KERNELS"] = mode
@@ -35,7 +57,13 @@ def compare(name, make, call, grads_of):
         both = bench(lambda: call(*inputs), backward_of=[inputs[i] for i in grads_of])
         row.append((fwd, both))
     (tf, tb), (kf, kb) = row[1], row[2]
-    print(f"{name:44s} fwd {tf:8.3f} / {kf:8.3f} ms  x{tf / kf:5.2f}   fwd+bwd {tb:8.3f} / {kb:8.3f} ms  x{tb / kb:5.2f}")
+    try:
+        e = errors(make, call, grads_of)
+        err = f"max err vs fp64 {e['torch']:.2e} / {e['triton']:.2e}"
+    except Exception as ex:  # a reference that cannot run in fp64 leaves the timing standing
+        err = f"error check failed: {type(ex).__name__}: {ex}"[:120]
+    print(f"{name:44s} fwd {tf:8.3f} / {kf:8.3f} ms  x{tf / kf:5.2f}   fwd+bwd {tb:8.3f} / {kb:8.3f} ms  x{tb / kb:5.2f}"
+          f"   {err}", flush=True)
 
 
 def main():

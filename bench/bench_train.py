@@ -1,11 +1,14 @@
-"""Training throughput of WVM on this machine: samples/s, MFU and peak memory for the tiny and mid configs.
+"""Training throughput of WVM on this machine: samples/s, MFU and peak memory.
 
-    python bench/bench_train.py [--steps 5]
+    python bench/bench_train.py [--steps 5]      # CPU: the tiny and mid configs, fp32
+    python bench/bench_train.py --gpu            # GPU: the paper's 5.0B + 0.7B widths at 704x1280, bf16
 
 Synthetic latents and text (the data pipeline has its own bench, bench_data.py), AdamW steps with
-the paper's optimizer settings, fp32 on CPU. MFU is relative to the fp32 matmul rate measured here
-(train.peak_flops), since a CPU has no datasheet peak. Each config runs in its own process so its
-peak resident memory (VmHWM) is its own.
+the paper's optimizer settings. On CPU, MFU is relative to the fp32 matmul rate measured here
+(train.peak_flops), since a CPU has no datasheet peak, and each config runs in its own process so its
+peak resident memory (VmHWM) is its own. On a GPU, the step is train.py's (bf16 autocast over fp32
+master weights, fused AdamW, activation checkpointing per MoT layer), MFU is against the datasheet's
+dense bf16 peak, and each row runs with the Triton kernels and with their PyTorch paths (WVM_KERNELS).
 """
 import argparse
 import json
@@ -13,6 +16,8 @@ import os
 import subprocess
 import sys
 import time
+
+from dataclasses import replace
 
 import torch
 
@@ -51,11 +56,67 @@ def one(name, steps):
                       "threads": torch.get_num_threads()}))
 
 
+def gpu(layers, batch, steps, kernels, frame_hw=(704, 1280)):
+    """One GPU row: the full model's widths with `layers` MoT layers (the paper's 30, or fewer to fit a
+    bench in less memory and time), two latent frames of a 704x1280 clip (880 tokens each)."""
+    os.environ["WVM_KERNELS"] = kernels
+    dev = torch.device("cuda")
+    torch.manual_seed(0)
+    vc, uc = wvm_configs("full")
+    vc, uc = replace(vc, num_layers=layers), replace(uc, num_layers=layers)
+    torch.cuda.reset_peak_memory_stats()
+    with dev:
+        model = WVM(vc, uc).train()
+    model.checkpointing = True
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.0, fused=True)
+    lat_h, lat_w = frame_hw[0] // 16, frame_hw[1] // 16
+    noise = model.flow_noise(torch.arange(batch), (48, 2, lat_h, lat_w))
+    batch_ = {"latents": torch.randn(batch, 48, 2, lat_h, lat_w), "context": torch.randn(batch, vc.text_len, vc.text_dim),
+              "values": torch.rand(batch, 1 + uc.chunk), **noise}
+    batch_ = {k: v.to(dev) for k, v in batch_.items()}
+    times = []
+    for i in range(steps + 1):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = model(batch_)["loss"]
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        torch.cuda.synchronize()
+        if i:
+            times.append(time.perf_counter() - t0)
+    dt = sorted(times)[len(times) // 2]
+    flops = train.train_flops_per_sample(model, lat_h * lat_w // 4) * batch
+    params = sum(p.numel() for p in model.parameters())
+    print(f"| {layers} | {params / 1e9:.2f}B | {batch} | {kernels} | {dt * 1e3:.0f} ms | {batch / dt:.2f} | "
+          f"{flops / dt / train.peak_flops(dev):.1%} | {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB | "
+          f"{loss.item():.4f} |", flush=True)
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--gpu", action="store_true", help="the full model's widths on a CUDA GPU, bf16")
+    p.add_argument("--layers", type=int, nargs="+", default=[6, 30], help="--gpu: MoT layers of each row")
+    p.add_argument("--batch", type=int, default=4, help="--gpu: samples per step")
     p.add_argument("--one", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.gpu:
+        if not torch.cuda.is_available():
+            raise SystemExit("bench_train --gpu: no CUDA GPU here")
+        print(f"{torch.cuda.get_device_name()}, 704x1280, 2 latent frames (1760 video tokens), median of {args.steps}")
+        print("| layers | params | batch | kernels | step | samples/s | MFU (bf16 peak) | peak memory | loss |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        for layers in args.layers:
+            for kernels in ("triton", "torch"):
+                try:
+                    gpu(layers, args.batch, args.steps, kernels)
+                except torch.OutOfMemoryError:
+                    print(f"| {layers} | | {args.batch} | {kernels} | out of memory | | | | |", flush=True)
+                torch.cuda.empty_cache()
+        return
     if args.one:
         return one(args.one, args.steps)
     print("| config | params | frames | batch | samples/s | MFU (vs measured fp32 matmul peak) | peak RSS |")
