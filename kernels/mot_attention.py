@@ -310,9 +310,10 @@ def _mot_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, H, L, n_cur, n_vid, nb
 def _blocks(D, dtype, interpret=bool(_INTERPRET)):
     """Tile sizes. bf16/fp16: the forward's are the usual FA2 Triton shapes; the backward's (64 x 64 tiles, 4 warps)
     won a sweep of ten on an H200 at Wan2.2-TI2V-5B's sizes (L = 1765, D = 128, causal): forward + backward 0.97 ms,
-    against 1.68 ms with 32 x 64 tiles and 8 warps and 1.22 ms for PyTorch's SDPA (bench/bench_kernels.py). fp32 inputs are a debugging path:
-    3xTF32 dots (about fp32 accuracy) on smaller tiles; they still spill a little for D = 128. Under the interpreter
-    all tiles are 16 so that tiny test shapes span several blocks and their partial tails."""
+    against 1.68 ms with 32 x 64 tiles and 8 warps and 1.22 ms for PyTorch's SDPA (bench/bench_kernels.py).
+    fp32 inputs are a debugging path: 3xTF32 dots (about fp32 accuracy) on smaller tiles; they still spill a little
+    for D = 128. Under the interpreter all tiles are 16 so that tiny test shapes span several blocks and their
+    partial tails."""
     if interpret:
         return dict(BLOCK_M=16, BLOCK_N=16, BLOCK_MV=16, BLOCK_M_BWD=16, BLOCK_N_BWD=16, num_warps=4, num_warps_bwd=4,
                     num_stages=1)
