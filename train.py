@@ -780,6 +780,7 @@ def train(cfg, world, rank, device):
                 out = model(inputs)
                 (out["loss"] / accum).backward()
             sums += torch.stack([out["loss"].detach(), out["loss_value"].detach(), out["loss_video"].detach()]) / accum
+            del out  # its graph would otherwise live through the next forward (0.3 GiB more peak on the mid bench)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
         opt.step()
