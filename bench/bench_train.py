@@ -28,30 +28,50 @@ from wvm import WVM, wvm_configs  # noqa: E402
 CONFIGS = {"tiny": dict(resolution=128, batch=8), "mid": dict(resolution=256, batch=8)}
 
 
+def synthetic_batch(model, B, lat_h, lat_w, text_len, device):
+    """Random latents of two frames, text features, values and the flow noise: a training batch without data."""
+    vc = model.video.cfg
+    batch = {"latents": torch.randn(B, 48, 2, lat_h, lat_w), "context": torch.randn(B, text_len, vc.text_dim),
+             "values": torch.rand(B, 1 + model.value.cfg.chunk), **model.flow_noise(torch.arange(B), (48, 2, lat_h, lat_w))}
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def median_step(model, opt, batch, steps, device):
+    """(median seconds of a training step after one warm-up step, the last loss); bf16 autocast on a GPU."""
+    cuda = device.type == "cuda"
+    times = []
+    for i in range(steps + 1):
+        if cuda:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+            loss = model(batch)["loss"]
+        loss.backward()
+        loss = loss.detach()  # the step's graph goes now, not during the next forward (as in train.py)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if cuda:
+            torch.cuda.synchronize()
+        if i:  # the first step warms up
+            times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2], loss.item()
+
+
 def one(name, steps):
     res, B = CONFIGS[name]["resolution"], CONFIGS[name]["batch"]
     torch.manual_seed(0)
     vc, uc = wvm_configs(name)
     model = WVM(vc, uc).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.0)
-    lat = res // 16
-    batch = {"latents": torch.randn(B, 48, 2, lat, lat), "context": torch.randn(B, min(24, vc.text_len), vc.text_dim),
-             "values": torch.rand(B, 5), **model.flow_noise(torch.arange(B), (48, 2, lat, lat))}
-    times = []
-    for i in range(steps + 1):
-        t0 = time.perf_counter()
-        model(batch)["loss"].backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if i:  # the first step warms up
-            times.append(time.perf_counter() - t0)
-    dt = sorted(times)[len(times) // 2]
+    cpu = torch.device("cpu")
+    dt, _ = median_step(model, opt, synthetic_batch(model, B, res // 16, res // 16, min(24, vc.text_len), cpu), steps,
+                        cpu)
     flops = train.train_flops_per_sample(model, (res // 32) ** 2) * B
     hwm = [int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM")][0]
     params = sum(p.numel() for p in model.parameters())
     print(json.dumps({"config": name, "params": params, "resolution": res, "batch": B, "samples_per_s": B / dt,
-                      "mfu": flops / dt / train.peak_flops(torch.device("cpu")), "peak_rss_gib": hwm / 2**20,
+                      "mfu": flops / dt / train.peak_flops(cpu), "peak_rss_gib": hwm / 2**20,
                       "threads": torch.get_num_threads()}))
 
 
@@ -69,29 +89,12 @@ def gpu(layers, batch, steps, kernels, frame_hw=(704, 1280)):
     model.checkpointing = True
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.0, fused=True)
     lat_h, lat_w = frame_hw[0] // 16, frame_hw[1] // 16
-    noise = model.flow_noise(torch.arange(batch), (48, 2, lat_h, lat_w))
-    batch_ = {"latents": torch.randn(batch, 48, 2, lat_h, lat_w), "context": torch.randn(batch, vc.text_len, vc.text_dim),
-              "values": torch.rand(batch, 1 + uc.chunk), **noise}
-    batch_ = {k: v.to(dev) for k, v in batch_.items()}
-    times = []
-    for i in range(steps + 1):
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = model(batch_)["loss"]
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        torch.cuda.synchronize()
-        if i:
-            times.append(time.perf_counter() - t0)
-    dt = sorted(times)[len(times) // 2]
+    dt, loss = median_step(model, opt, synthetic_batch(model, batch, lat_h, lat_w, vc.text_len, dev), steps, dev)
     flops = train.train_flops_per_sample(model, lat_h * lat_w // 4) * batch
     params = sum(p.numel() for p in model.parameters())
     print(f"| {layers} | {params / 1e9:.2f}B | {batch} | {kernels} | {dt * 1e3:.0f} ms | {batch / dt:.2f} | "
           f"{flops / dt / train.peak_flops(dev):.1%} | {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB | "
-          f"{loss.item():.4f} |", flush=True)
+          f"{loss:.4f} |", flush=True)
 
 
 def main():
