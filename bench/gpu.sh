@@ -29,24 +29,16 @@ step bench_train 150 python3 bench/bench_train.py --gpu
 
 python3 - "$tmp" > "$log/e2e_data.log" 2>&1 <<'EOF'
 import sys
-import numpy as np
 import torch
 import encode_text
 from sim import write_lerobot
+from tests.test_train import block_episodes  # the tests' block sliding right, with the robot's state
 
 root = sys.argv[1]
-def episodes(n):  # a block sliding right, with the robot's state
-    for e in range(n):
-        T = 24 + 4 * e
-        frames = np.full((T, 32, 32, 3), 40, np.uint8)
-        for t in range(T):
-            x = int(2 + 22 * t / (T - 1))
-            frames[t, 10:22, x:x + 6] = (250, 120, 10)
-        yield {"frames": frames, "task": "push the block right", "observation.state": np.linspace(0, 1, T)[:, None]}
-write_lerobot(f"{root}/ds", episodes(6), fps=8, codec="libx264")
+write_lerobot(f"{root}/ds", block_episodes(6), fps=8, codec="libx264")
 tok, enc = encode_text.tiny_random_encoder(32)
-encode_text.build_cache(["push the block right"], tok, enc, f"{root}/text", dtype=torch.float32, text_len=16,
-                        encoder={"id": "tiny:32", "flags": "--tiny_random 32 --text_len 16"})
+encode_text.build_cache(["push the block right", "slide the block"], tok, enc, f"{root}/text", dtype=torch.float32,
+                        text_len=16, encoder={"id": "tiny:32", "flags": "--tiny_random 32 --text_len 16"})
 EOF
 echo "== e2e data: exit $?"
 step e2e_train 60 python3 -m torch.distributed.run --standalone --nproc_per_node=1 train.py --data="$tmp/ds" \
