@@ -129,6 +129,14 @@ def check_recipe(run_dir, flags):
                          f"Move or delete it (or pass --runs DIR) to train this recipe.")
 
 
+def scored(out, model):
+    """Whether `out` holds the model's scores as eval.py now gives them: saved after the model, from zero noise."""
+    if not os.path.exists(out) or (os.path.exists(model) and os.path.getmtime(out) < os.path.getmtime(model)):
+        return False
+    with open(out) as f:
+        return json.load(f).get("noise") == "zero"
+
+
 def evaluate(run_dir, data, splits=SPLITS):
     """Every bench on the held-out splits (or others), one scoring pass each -> {(split, bench): {(method, group):
     row}}, the groups being "average" and each task, and {(split, "tasks"): [task, ...]}.
@@ -136,12 +144,13 @@ def evaluate(run_dir, data, splits=SPLITS):
     The splits are scored at the same time, one thread each: a model this small leaves a second thread mostly idle
     (on 2 cores: 64 s for both instead of 120 s one after the other, plots included). Each pass writes its log to
     <split>.log. Scores saved before the model was (a run trained further or over, e.g. with train.py --overwrite,
-    which leaves them) are scored again, never reported as the new model's."""
+    which leaves them) are scored again, never reported as the new model's; so are scores from drawn noise (eval.py
+    before zero noise became its default)."""
     results, todo = {}, []
     model = os.path.join(run_dir, "wvm.safetensors")
     for split in splits:
         out = os.path.join(run_dir, f"{split}.json")
-        if not os.path.exists(out) or (os.path.exists(model) and os.path.getmtime(out) < os.path.getmtime(model)):
+        if not scored(out, model):
             cmd = [sys.executable, "eval.py", "--bench", "all", "--data", os.path.join(data, split), "--ckpt", run_dir,
                    "--json", out, "--plots", os.path.join(run_dir, "plots", split)]
             print("\n$ " + " ".join(cmd) + f"  > {os.path.join(run_dir, split)}.log", flush=True)

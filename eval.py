@@ -226,11 +226,12 @@ class WVMScorer:
     name = "wvm"
 
     def __init__(self, model, vae, text_cache, size, stride=1, samples=1, steps=1, batch=16, device="cpu", seed=0,
-                 trained=None, combine=None, rotate=False):
-        """The noise of a trajectory is drawn from its own generator, seeded by (seed, episode id), so its
-        values do not depend on which trajectories share its batch. trained: the run's record of its training
-        (resolution, fps, source_fps, ...; load_scorer). rotate: turn every frame by 180 degrees first (a camera
-        mounted the other way up)."""
+                 trained=None, combine=None, rotate=False, noise="zero"):
+        """noise: "zero" starts each window's flow from the noise's mean (one value per window, whatever the seed;
+        not in the paper, which draws it), "draw" from a draw of a trajectory's own generator, seeded by (seed,
+        episode id), so its values do not depend on which trajectories share its batch. trained: the run's record of
+        its training (resolution, fps, source_fps, ...; load_scorer). rotate: turn every frame by 180 degrees first (a
+        camera mounted the other way up)."""
         self.model, self.vae, self.text_cache = model.eval(), vae.eval(), text_cache
         self.size, self.stride, self.samples, self.steps, self.batch = size, stride, samples, steps, batch
         self.device, self.seed, self.h, self.trained = torch.device(device), seed, model.chunk, trained or {}
@@ -240,7 +241,9 @@ class WVMScorer:
         combine = combine or ("first" if stride == 1 else "mean")
         if combine not in ("mean", "first") or (combine == "first" and stride != 1):
             raise ValueError(f"combine {combine!r} with stride {stride}: expected mean, or first with stride 1")
-        self.combine, self.rotate = combine, rotate
+        if noise not in ("zero", "draw") or (noise == "zero" and samples > 1):
+            raise ValueError(f"noise {noise!r} with {samples} samples: expected draw, or zero with one sample")
+        self.combine, self.rotate, self.noise = combine, rotate, noise
 
     @torch.no_grad()
     def score(self, trajs, progress=True):
@@ -294,7 +297,8 @@ class WVMScorer:
             st = dict(state=torch.stack(state), start_state=torch.from_numpy(np.stack([states[i][0] for i in live]))) \
                 if use_state else {}
             vals = self.model.predict_values(lat.float(), context.to(self.device), torch.tensor(prefix), steps=self.steps,
-                                             samples=self.samples, generator=[gens[i] for i in live], **st).cpu().numpy()
+                                             samples=self.samples, generator=[gens[i] for i in live],
+                                             zero_noise=self.noise == "zero", **st).cpu().numpy()
             for j, i in enumerate(live):
                 f = ends[i][k] - self.h + 1
                 v, sd = np.clip(vals[j], 0, 1).mean(0), vals[j].std(0)
@@ -346,7 +350,7 @@ def load_scorer(args):
                          f"with (id {trained['text_encoder']})")
     return WVMScorer(model, vae, text, size, stride=args.stride, samples=args.samples, steps=args.steps,
                      batch=args.batch, device=args.device, seed=args.seed, trained=trained, combine=args.combine,
-                     rotate=args.rotate)
+                     rotate=args.rotate, noise=args.noise)
 
 
 def state_column(scorer, path):
@@ -743,7 +747,7 @@ def export_scores(path, scorer, out_dir, fps, H=10, kappa=0.0, keep_top=None, ta
     meta = {"dataset": os.path.abspath(path), "scorer": scorer.name, "benchmark_fps": fps, "chunk_length": H,
             "kappa": threshold, "keep_top": keep_top, "tau": tau, "delta_max": delta_max,
             "kept_fraction": float(cols["keep"].mean()), "frames": int(len(cols["keep"])),
-            "skipped_episodes": skipped, "sha256": digests}
+            "skipped_episodes": skipped, "noise": getattr(scorer, "noise", None), "sha256": digests}
     with open(os.path.join(out_dir, "values.json.tmp"), "w") as f:
         json.dump(meta, f, indent=1)
     for name in (*tables, "values.json"):
@@ -833,7 +837,10 @@ def parse_args(argv):
                    "otherwise; docs/experiments.md)")
     p.add_argument("--rotate", action="store_true", help="turn every frame by 180 degrees before the model reads "
                    "it: a camera mounted the other way up (Meta-World renders its corner views so)")
-    p.add_argument("--samples", type=int, default=1, help="noise samples per window (spread)")
+    p.add_argument("--noise", choices=["zero", "draw"], default="zero", help="where each window's flow starts: the "
+                   "noise's mean, 0 (one value per window; not in the paper), or a draw, as the paper samples "
+                   "(docs/experiments.md, \"Scoring from zero noise\")")
+    p.add_argument("--samples", type=int, default=1, help="noise samples per window (their spread; with --noise draw)")
     p.add_argument("--steps", type=int, default=1, help="Euler steps")
     p.add_argument("--batch", type=int, default=16, help="trajectories scored together")
     p.add_argument("--by", default="embodiment", choices=["embodiment", "task", "mechanism", "kind"],
@@ -853,6 +860,8 @@ def parse_args(argv):
     a = p.parse_args(argv)
     bad = [f"--{k} {getattr(a, k)}: must be at least 1" for k in ("samples", "steps", "batch", "stride", "chunk")
            if getattr(a, k) < 1]
+    if a.samples > 1 and a.noise == "zero":
+        bad.append(f"--samples {a.samples}: samples from zero noise are all one; pass --noise draw")
     if a.combine == "first" and a.stride != 1:
         bad.append(f"--combine first needs --stride 1 (got {a.stride}); pass --combine mean")
     checks = [(a.overlay >= 0, "--overlay: must not be negative"),
@@ -929,7 +938,8 @@ def evaluate(args):
         print(format_table(rows))
     if args.json:  # whole or not at all: demo.py takes a results file it finds for finished scores
         with open(args.json + ".tmp", "w") as f:
-            json.dump({"data": args.data, "fps": fps, "instructions": args.instructions, "skipped": problems,
+            json.dump({"data": args.data, "fps": fps, "instructions": args.instructions, "noise": args.noise,
+                       "skipped": problems,
                        "tables": tables, "trajectories": results}, f, indent=1)
         os.replace(args.json + ".tmp", args.json)
     if args.plots:

@@ -303,7 +303,9 @@ def score(data, run, out, vae=None, text_cache=None):
     path, speed = Path(out) / "values.parquet", Path(out) / "speed.json"
     if speed.exists() and json.loads(speed.read_text())["run"] != str(run):
         raise SystemExit(f"{out}: scored with another run ({json.loads(speed.read_text())['run']}); delete it")
-    if not (path.exists() and speed.exists()):
+    meta = Path(out) / "values.json"  # values from drawn noise (eval.py before zero noise, its default): scored again
+    if not (path.exists() and speed.exists() and meta.exists()
+            and json.loads(meta.read_text()).get("noise") == "zero"):
         t0 = time.time()
         sh(sys.executable, "eval.py", "--score", Path(data) / "operator", "--out", out, "--ckpt", run, "--chunk", H,
            *(["--vae", vae] if vae else []), *(["--text_cache", text_cache] if text_cache else []))

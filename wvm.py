@@ -164,20 +164,23 @@ class WVM(nn.Module):
                 "loss_video": loss_video, "value_out": out.detach()}
 
     @torch.no_grad()
-    def prefill(self, current, context, generator=None):
+    def prefill(self, current, context, generator=None, zero_noise=False):
         """Per-layer K/V [B, n_cur, heads, head_dim] of the current video tokens (current [B, C, 1, H, W], or
         [B, C, 2, H, W] led by o_0's latent), computed once for every value query against them.
 
         Under the causal mask the current tokens see only themselves, so the future latent is not needed. Under the
-        full mask they see it, and scoring has none: it is fed as pure noise (time 1000). Training under the full mask
-        showed the current tokens a future latent noised at the sampled time instead (shift 5: more signal than
-        noise, s < 0.5, in one sample of six), so its current tokens meet pure noise at scoring time only.
+        full mask they see it, and scoring has none: it is fed as pure noise (time 1000; zeros, the noise's mean, with
+        zero_noise). Training under the full mask showed the current tokens a future latent noised at the sampled
+        time instead (shift 5: more signal than noise, s < 0.5, in one sample of six), so its current tokens meet pure
+        noise at scoring time only.
         """
         B = current.shape[0]
         t = torch.zeros(B, current.shape[2], device=current.device)
         x_in = current
         if self.mask == "full":
-            x_in = torch.cat([current, randn_rows(current[:, :, :1].shape, generator, current.device)], 2)
+            shape = current[:, :, :1].shape
+            fut = torch.zeros(shape, device=current.device) if zero_noise else randn_rows(shape, generator, current.device)
+            x_in = torch.cat([current, fut], 2)
             t = torch.cat([t, torch.full_like(t[:, :1], 1000.0)], 1)
         x, _, e0, ctx, rope = self.video.embed(x_in.float(), t, context)
         n_cur = x.shape[1] * current.shape[2] // x_in.shape[2]  # the tokens of the current latent frames
@@ -191,18 +194,20 @@ class WVM(nn.Module):
 
     @torch.no_grad()
     def predict_values(self, current_latents, context, prefix_value, steps=1, samples=1, generator=None, state=None,
-                       start_state=None):
+                       start_state=None, zero_noise=False):
         """Value chunk [B, samples, h] for clean current latents [B, C, 1, H, W] (led by o_0's: [B, C, 2, H, W]) and
         prefix values [B]; with the robot's state [B, 1+h, d] at the prefix and current frames and start_state [B, d]
         at frame 0 for a model that reads it (None: the video alone).
 
         The video stream runs once (prefill); each Euler step and each noise sample runs only the
         value stream against the cached video K/V. generator: one for the batch, or a list of B (one per
-        row), so that a row's noise does not depend on which other rows share its batch.
+        row), so that a row's noise does not depend on which other rows share its batch. zero_noise (not in the
+        paper): the flow starts from the noise distribution's mean, 0, instead of a draw, so that a window has one
+        value, the same for any seed (eval.py's default; docs/experiments.md, "Scoring from zero noise").
         """
         with low_precision_autocast(self.video, current_latents.device.type):
             B, S, h, dev = current_latents.shape[0], samples, self.chunk, current_latents.device
-            cache = self.prefill(current_latents, context, generator)
+            cache = self.prefill(current_latents, context, generator, zero_noise)
             ctx = context.repeat_interleave(S, 0)
             prefix = prefix_value.float().to(dev).repeat_interleave(S, 0)[:, None]
             st = (None if state is None else
@@ -215,7 +220,8 @@ class WVM(nn.Module):
                     z = ub.finish(z, attend_cached(*ub.qkv(z, e0, None), k, v), e0, ctxu)
                 return self.value.chunk_out(z, e)
 
-            noise = lambda: randn_rows((B, S * h), generator, dev).view(B * S, h)  # noqa: E731
+            noise = lambda: (torch.zeros(B * S, h, device=dev) if zero_noise  # noqa: E731
+                             else randn_rows((B, S * h), generator, dev).view(B * S, h))
             return self.value.sample_chunk(run, B * S, noise, steps).view(B, S, h)
 
 

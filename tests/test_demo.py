@@ -41,7 +41,7 @@ def test_tables_per_task_and_average(tmp_path):
         trajs = trajectories(shift)
         for split in demo.SPLITS:  # saved as eval.py saves them: tables grouped by embodiment, and the trajectories
             tables = {b: bench_rows(b, trajs) for b in ("suboptimal", "expert", "ranking")}
-            (run / f"{split}.json").write_text(json.dumps({"tables": tables, "trajectories": trajs}))
+            (run / f"{split}.json").write_text(json.dumps({"noise": "zero", "tables": tables, "trajectories": trajs}))
         results.append(demo.evaluate(str(run), "unused: the splits are scored already"))
     assert results[0]["heldout_unseen", "tasks"] == ["a-v3", "b-v3"]
     for group, want in EXPECTED.items():
@@ -59,13 +59,14 @@ def test_tables_per_task_and_average(tmp_path):
 
 def test_scores_older_than_the_model_are_scored_again(tmp_path, monkeypatch):
     """A run trained again after it was scored (train.py --overwrite leaves the scores) is scored again; scores newer
-    than the model are read back without running eval.py."""
+    than the model are read back without running eval.py, unless they were scored from drawn noise (eval.py's default
+    before zero noise)."""
     import os
     run = tmp_path / "run"
     run.mkdir()
     trajs = trajectories(0.0)
-    saved = json.dumps({"tables": {b: bench_rows(b, trajs) for b in ("suboptimal", "expert", "ranking")},
-                        "trajectories": trajs})
+    saved = json.dumps({"noise": "zero", "tables": {b: bench_rows(b, trajs) for b in ("suboptimal", "expert",
+                                                                                    "ranking")}, "trajectories": trajs})
     for split in demo.SPLITS:
         (run / f"{split}.json").write_text(saved)
         os.utime(run / f"{split}.json", (1000, 1000))
@@ -88,6 +89,10 @@ def test_scores_older_than_the_model_are_scored_again(tmp_path, monkeypatch):
     started.clear()
     demo.evaluate(str(run), "data/metaworld")  # now newer than the model: read back
     assert started == []
+    drawn = run / f"{demo.SPLITS[0]}.json"
+    drawn.write_text(saved.replace('"noise": "zero"', '"noise": "draw"'))
+    demo.evaluate(str(run), "data/metaworld")  # newer than the model, but from drawn noise: scored again
+    assert [c[c.index("--json") + 1] for c in started] == [str(drawn)]
 
 
 def test_failed_step_ends_with_a_message(capfd):

@@ -161,18 +161,22 @@ def test_mot_forward_equals_dense_masked_reference(mask, frames, monkeypatch):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("zero_noise", [False, True])
 @pytest.mark.parametrize("frames", [2, 3])
 @pytest.mark.parametrize("mask", ["causal", "full"])
-def test_predict_values_equals_joint_forward(mask, frames):
+def test_predict_values_equals_joint_forward(mask, frames, zero_noise):
     m = tiny(mask)
     x_in, _, v_in, _, ctx = inputs(frames=frames)
     prefix, S, steps, h = v_in[:, 0], 3, 2, 4
     g = torch.Generator().manual_seed(5)
-    pred = m.predict_values(x_in[:, :, :-1], ctx, prefix, steps=steps, samples=S, generator=g)
-    # the same computation through the joint forward, one full pass per Euler step and sample
+    pred = m.predict_values(x_in[:, :, :-1], ctx, prefix, steps=steps, samples=S, generator=g, zero_noise=zero_noise)
+    # the same computation through the joint forward, one full pass per Euler step and sample; with zero_noise every
+    # noise (the value chunk's, and the future latent's under the full mask) is its mean, 0
     g = torch.Generator().manual_seed(5)
     future = torch.randn(B, C, 1, H, W, generator=g) if mask == "full" else torch.randn(B, C, 1, H, W)
     eps = torch.randn(B * S, h, generator=g)
+    if zero_noise:
+        future, eps = future * 0, eps * 0
     rep = lambda t: t.repeat_interleave(S, 0)  # noqa: E731
     x_full = rep(torch.cat([x_in[:, :, :-1], future], 2))
     t_vid = torch.tensor([[0.0] * (frames - 1) + [1000.0]]).expand(B * S, frames)
@@ -184,7 +188,13 @@ def test_predict_values_equals_joint_forward(mask, frames):
             out = m.value.chunk_out(*m.joint(x_full, t_vid, v_in_s, t_val, rep(ctx))[2:])
             y = y + (s_next - s) * out
     torch.testing.assert_close(pred, y.view(B, S, h), rtol=1e-5, atol=1e-5)
-    assert pred.std(1).mean() > 1e-3  # samples differ: the spread is real
+    if zero_noise:  # one value per window, whatever the generator
+        torch.testing.assert_close(pred, pred[:, :1].expand_as(pred), rtol=1e-6, atol=1e-6)
+        again = m.predict_values(x_in[:, :, :-1], ctx, prefix, steps=steps, generator=torch.Generator().manual_seed(9),
+                                 zero_noise=True)
+        torch.testing.assert_close(again[:, 0], pred[:, 0], rtol=1e-6, atol=1e-6)
+    else:
+        assert pred.std(1).mean() > 1e-3  # samples differ: the spread is real
 
 
 @pytest.mark.parametrize("head", ["regression", "hlgauss"])
