@@ -142,6 +142,8 @@ def read_lerobot(root, camera=None, name=None, probe=True, skipped=None, state=N
         raise DataError(f"{info_path}: not a LeRobot info.json ({type(e).__name__}: {e})") from None
     if not (version.startswith("v3.") or version.startswith("v2.")):
         raise DataError(f"{info_path}: codebase_version {version!r} is not supported (v2.x, v3.x)")
+    if not 0 < fps < math.inf:  # every time in the dataset is a frame count over it
+        raise DataError(f"{info_path}: fps {info['fps']}: must be a positive number")
     if not keys:
         raise DataError(f"{info_path}: the dataset has no video features")
     dim = state_dim(info, info_path, state) if state else None
@@ -151,6 +153,13 @@ def read_lerobot(root, camera=None, name=None, probe=True, skipped=None, state=N
     camera = camera or keys[0]
     if camera not in keys:
         raise DataError(f"{info_path}: no video feature {camera!r}; available: {', '.join(keys)}")
+    fields = dict(video_key=camera, chunk_index=0, file_index=0) if version.startswith("v3.") else dict(
+        video_key=camera, episode_chunk=0, episode_index=0)
+    try:  # a template that names no file is info.json's fault, not an episode's: checked once, here
+        video_path.format(**fields)
+    except (KeyError, IndexError, ValueError) as e:
+        raise DataError(f"{info_path}: video_path {video_path!r} does not name a {version} video file "
+                        f"({type(e).__name__}: {e}); its fields are {', '.join(fields)}") from None
     skip, eps, probed = _Skips(name), [], {}
 
     if version.startswith("v3."):

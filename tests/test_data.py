@@ -516,6 +516,32 @@ def test_too_short_episodes_are_skipped(caplog):
         data.ClipDataset(eps[:1], fps=2.0)
 
 
+def edit_info(root, **kw):
+    path = root / "meta/info.json"
+    path.write_text(json.dumps(json.loads(path.read_text()) | kw))
+
+
+@pytest.mark.parametrize("version,damage,msg", [
+    ("v30", lambda r: edit_info(r, fps=0), "meta/info.json: fps 0: must be a positive number"),
+    ("v21", lambda r: edit_info(r, fps=-10), "meta/info.json: fps -10: must be a positive number"),
+    ("v30", lambda r: edit_info(r, fps=float("nan")), "meta/info.json: fps nan: must be a positive number"),
+    ("v30", lambda r: edit_info(r, video_path="videos/{video_key}/chunk-{episode_chunk:03d}/file-{file_index:03d}.mp4"),
+     "meta/info.json: video_path 'videos/{video_key}/chunk-{episode_chunk:03d}/file-{file_index:03d}.mp4' does not "
+     "name a v3.0 video file (KeyError: 'episode_chunk'); its fields are video_key, chunk_index, file_index"),
+    ("v21", lambda r: edit_info(r, video_path="videos/{chunk_index}/{video_key}/{episode_index}.mp4"),
+     "meta/info.json: video_path 'videos/{chunk_index}/{video_key}/{episode_index}.mp4' does not name a v2.1 video "
+     "file (KeyError: 'chunk_index'); its fields are video_key, episode_chunk, episode_index"),
+])
+def test_malformed_metadata_is_named(lerobot, tmp_path, version, damage, msg):
+    """A metadata file that no episode can be read from stops the reader with the file and the problem named."""
+    root = tmp_path / version
+    shutil.copytree(lerobot / version, root)
+    damage(root)
+    with pytest.raises(data.DataError) as e:
+        data.read_lerobot(root)
+    assert str(e.value) == f"{root}/{msg}"
+
+
 # ----------------------------------------------------------------------------- text
 
 
