@@ -8,8 +8,8 @@ training clips (wvm.clip_latents encodes them) with the paper's two augmentation
 
 Bad data never stops a run and never trains silently: an episode whose video is missing or
 unreadable, whose video is shorter than its metadata, whose declared length runs past its span in a
-file it shares with other episodes, whose length is zero or too short for a clip, or which has no
-instruction is skipped with one warning line naming it, each indexing ends with a printed summary,
+file it shares with other episodes, whose length is zero or too short for a clip, whose metadata is null or of
+the wrong type, or which has no instruction is skipped with one warning line naming it, each indexing ends with a printed summary,
 and the readers hand the skipped episodes to a caller that reports them (`skipped=`). A dataset that
 cannot be read at all raises DataError naming the file. Indexing reads only container headers (cheap at scale); a video whose
 header looks fine but decodes to fewer frames than the metadata says is caught when decoding
@@ -177,16 +177,24 @@ def read_lerobot(root, camera=None, name=None, probe=True, skipped=None, state=N
                 if missing:
                     raise DataError(f"{f}: episode metadata lacks columns {missing}")
                 index_col = ["dataset_from_index"] if "dataset_from_index" in names else []  # older v3 files lack it
-                rows += pq.read_table(f, columns=cols + index_col).to_pylist()
+                t = pq.read_table(f, columns=cols + index_col)
+                tasks = t.schema.field("tasks").type
+                if not (pa.types.is_list(tasks) or pa.types.is_large_list(tasks)):  # a string's letters: no tasks
+                    raise DataError(f"{f}: column 'tasks' is {tasks}, not a list of strings")
+                rows += t.to_pylist()
             except (pa.ArrowException, OSError) as e:
                 raise DataError(f"{f}: unreadable episode metadata ({e})") from None
         index = 0
         for r in _indexing(rows, name):
             index = r.get("dataset_from_index", index)
-            video = root / video_path.format(video_key=camera, chunk_index=r[v + "chunk_index"],
-                                             file_index=r[v + "file_index"])
-            _add(eps, skip, probed, probe, name, video, r["episode_index"], r["length"], r["tasks"], fps,
-                 float(r[v + "from_timestamp"]), float(r[v + "to_timestamp"]), index)
+            where = [r[v + k] for k in ("chunk_index", "file_index", "from_timestamp", "to_timestamp")]
+            if None in where:  # no file or no span to read the episode from
+                skip(f"episode {r['episode_index']}", "bad metadata", f"{v}chunk_index, file_index, from_timestamp or "
+                     f"to_timestamp is null", id=f"{name}/{r['episode_index']}")
+            else:
+                video = root / video_path.format(video_key=camera, chunk_index=where[0], file_index=where[1])
+                _add(eps, skip, probed, probe, name, video, r["episode_index"], r["length"], r["tasks"], fps,
+                     float(where[2]), float(where[3]), index)
             index += r["length"] or 0
     else:
         path = root / "meta" / "episodes.jsonl"
@@ -200,6 +208,10 @@ def read_lerobot(root, camera=None, name=None, probe=True, skipped=None, state=N
             try:
                 r = json.loads(line)
                 ep = int(r["episode_index"])
+                if r.get("length") is not None and type(r["length"]) is not int:
+                    raise TypeError(f"length {r['length']!r}: not an integer")
+                if isinstance(r.get("tasks"), str):  # its letters would be read as the tasks
+                    raise TypeError(f"tasks {r['tasks']!r}: a string, not a list of strings")
             except (ValueError, KeyError, TypeError) as e:
                 skip(f"{path}:{line_no}", "bad metadata line", str(e))
                 continue
@@ -288,6 +300,8 @@ def _add(eps, skip, probed, probe, name, video, ep_index, length, tasks, fps, st
         return skip(what, "zero length", id=id)
     if not tasks:
         return skip(what, "no instruction", id=id)
+    if end is not None and not 0 <= start < end < math.inf:  # NaN too: no frame could be found in it
+        return skip(what, "bad video span", f"from_timestamp {start:g}, to_timestamp {end:g}", id=id)
     if end is not None and start + length / fps > end + 0.5 / fps:  # past the span: the next episode's frames
         return skip(what, "length runs past its video span",
                     f"{length} frames at {fps:g} fps from {start:.3f}s end after the span's end at {end:.3f}s", id=id)

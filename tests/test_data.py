@@ -521,6 +521,24 @@ def edit_info(root, **kw):
     path.write_text(json.dumps(json.loads(path.read_text()) | kw))
 
 
+def edit_episodes(root, columns):
+    """Replace columns of a v3.0 dataset's episode metadata (one parquet file here)."""
+    import pyarrow as pa
+    path = root / "meta/episodes/chunk-000/file-000.parquet"
+    t = pq.read_table(path)
+    for k, v in columns.items():
+        t = t.set_column(t.schema.get_field_index(k), k, pa.array(v))
+    pq.write_table(t, path)
+
+
+def edit_jsonl(path, lines):
+    """Update the objects on some lines of a JSONL file: {line index: {key: value}}."""
+    rows = [json.loads(x) for x in path.read_text().splitlines()]
+    for n, kv in lines.items():
+        rows[n] |= kv
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
 @pytest.mark.parametrize("version,damage,msg", [
     ("v30", lambda r: edit_info(r, fps=0), "meta/info.json: fps 0: must be a positive number"),
     ("v21", lambda r: edit_info(r, fps=-10), "meta/info.json: fps -10: must be a positive number"),
@@ -531,6 +549,8 @@ def edit_info(root, **kw):
     ("v21", lambda r: edit_info(r, video_path="videos/{chunk_index}/{video_key}/{episode_index}.mp4"),
      "meta/info.json: video_path 'videos/{chunk_index}/{video_key}/{episode_index}.mp4' does not name a v2.1 video "
      "file (KeyError: 'chunk_index'); its fields are video_key, episode_chunk, episode_index"),
+    ("v30", lambda r: edit_episodes(r, {"tasks": TASKS}),
+     "meta/episodes/chunk-000/file-000.parquet: column 'tasks' is string, not a list of strings"),
 ])
 def test_malformed_metadata_is_named(lerobot, tmp_path, version, damage, msg):
     """A metadata file that no episode can be read from stops the reader with the file and the problem named."""
@@ -540,6 +560,30 @@ def test_malformed_metadata_is_named(lerobot, tmp_path, version, damage, msg):
     with pytest.raises(data.DataError) as e:
         data.read_lerobot(root)
     assert str(e.value) == f"{root}/{msg}"
+
+
+def test_malformed_episode_metadata_is_skipped(lerobot, tmp_path, caplog):
+    """An episode whose metadata has a null video file, a span that is not finite or ends before it starts, a length
+    that is not a number or tasks that are one string (not a list of them) is skipped with its reason."""
+    for version in ("v30", "v21"):
+        shutil.copytree(lerobot / version, tmp_path / version)
+    v = "videos/observation.images.main/"
+    edit_episodes(tmp_path / "v30", {v + "from_timestamp": [float("nan"), 4.0, 0.0],
+                                     v + "to_timestamp": [4.0, 3.0, 3.3], v + "chunk_index": [0, 0, None]})
+    edit_jsonl(tmp_path / "v21/meta/episodes.jsonl", {0: {"length": "40"}, 1: {"tasks": TASKS[1]}})
+    with caplog.at_level(logging.WARNING, logger="wvm.data"):
+        assert data.read_lerobot(tmp_path / "v30") == []
+        assert [e.episode_index for e in data.read_lerobot(tmp_path / "v21")] == [2]
+    lines = [r.getMessage() for r in caplog.records]
+    assert [(m.split(" (")[0], m.split("): ")[1]) for m in lines[:2]] == [
+        ("v30: skipping episode 0", "bad video span (from_timestamp nan, to_timestamp 4)"),
+        ("v30: skipping episode 1", "bad video span (from_timestamp 4, to_timestamp 3)")]
+    assert lines[2] == (f"v30: skipping episode 2: bad metadata ({v}chunk_index, file_index, from_timestamp or "
+                        f"to_timestamp is null)")
+    assert lines[3:] == [f"v21: skipping {tmp_path}/v21/meta/episodes.jsonl:1: bad metadata line (length '40': "
+                         f"not an integer)",
+                         f"v21: skipping {tmp_path}/v21/meta/episodes.jsonl:2: bad metadata line (tasks "
+                         f"'open the drawer': a string, not a list of strings)"]
 
 
 # ----------------------------------------------------------------------------- text
