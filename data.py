@@ -202,7 +202,7 @@ def read_lerobot(root, camera=None, name=None, probe=True, skipped=None, state=N
             raise DataError(f"{path}: not found (a v2.x LeRobot dataset lists its episodes there)")
         chunks = int(info.get("chunks_size", 1000))
         index = 0  # v2.1 numbers frames through the episodes in order
-        for line_no, line in enumerate(_indexing(path.read_text().splitlines(), name), 1):
+        for line_no, line in enumerate(_indexing(read_text(path).splitlines(), name), 1):
             if not line.strip():
                 continue
             try:
@@ -383,7 +383,7 @@ def read_manifest(path, name=None, skipped=None):
     path = Path(path)
     name = name or path.stem
     skip, eps, probed = _Skips(name), [], {}
-    for line_no, line in enumerate(_indexing(path.read_text().splitlines(), name), 1):
+    for line_no, line in enumerate(_indexing(read_text(path).splitlines(), name), 1):
         if not line.strip():
             continue
         what = f"{path}:{line_no}"
@@ -450,6 +450,17 @@ def fingerprint(episodes):
         if "state" in ep.extra:
             h.update(np.ascontiguousarray(ep.extra["state"], dtype=np.float32).tobytes())
     return h.hexdigest()[:16]
+
+
+def read_text(path):
+    """A text file's content (episodes.jsonl, a manifest, annotations.jsonl); bytes that are not UTF-8 are a
+    DataError naming the file, the line and the column."""
+    raw = Path(path).read_bytes()
+    try:
+        return raw.decode()
+    except UnicodeDecodeError as e:
+        line, col = raw.count(b"\n", 0, e.start) + 1, e.start - raw.rfind(b"\n", 0, e.start)
+        raise DataError(f"{path}:{line}: not UTF-8 text ({e.reason} at column {col})") from None
 
 
 def load_json(path, what):

@@ -40,7 +40,7 @@ from tqdm import tqdm
 
 from checkpoint import CheckpointError
 from data import (DataError, VideoError, check_names_some, decode_frames, decode_uint8, read_dataset,
-                  read_instruction_map, resample)
+                  read_instruction_map, read_text, resample)
 from encode_text import TextCache, TextCacheError, describe, encoder_id, pad_text
 from sim import Mp4Writer
 from wan_vae import load_wan_vae, vae_fingerprint
@@ -458,25 +458,24 @@ def read_annotations(path):
     """annotations.jsonl -> {episode index: (line number, annotation)}; LeRobot's `episode_index` or `episode`
     names the episode. A line that is not an annotation stops with its file and line named."""
     out = {}
-    with open(path) as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                a = json.loads(line.strip())
-            except ValueError as e:
-                raise DataError(f"{path}:{n}: not JSON ({e.msg} at column {e.colno})") from None
-            try:
-                if not isinstance(a, dict):
-                    raise ValueError(f"a JSON {type(a).__name__}, not an object")
-                key = a.get("episode_index", a.get("episode"))
-                if type(key) is not int:
-                    raise ValueError(f"no integer episode_index (or episode): {key!r}")
-            except ValueError as e:
-                raise DataError(f"{path}:{n}: not an annotation ({e})") from None
-            if key in out:
-                raise DataError(f"{path}:{n}: a second annotation of episode {key} (the first is on line {out[key][0]})")
-            out[key] = (n, a)
+    for n, line in enumerate(read_text(path).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            a = json.loads(line.strip())
+        except ValueError as e:
+            raise DataError(f"{path}:{n}: not JSON ({e.msg} at column {e.colno})") from None
+        try:
+            if not isinstance(a, dict):
+                raise ValueError(f"a JSON {type(a).__name__}, not an object")
+            key = a.get("episode_index", a.get("episode"))
+            if type(key) is not int:
+                raise ValueError(f"no integer episode_index (or episode): {key!r}")
+        except ValueError as e:
+            raise DataError(f"{path}:{n}: not an annotation ({e})") from None
+        if key in out:
+            raise DataError(f"{path}:{n}: a second annotation of episode {key} (the first is on line {out[key][0]})")
+        out[key] = (n, a)
     return out
 
 

@@ -189,6 +189,9 @@ def test_manifest(lerobot, tmp_path):
     assert eps[0].T == 40 and eps[0].extra == {"kind": "hesitation", "m": 3, "n": 9}
     assert eps[1].T == 15 and eps[1].start == 1.0
     assert codes(data.decode_frames(eps[1], [0, 14], 32))[0] == [10, 24]
+    path.write_bytes(path.read_bytes() + b'{"video": "x.mp4", "instruction": "caf\xe9"}\n')
+    with pytest.raises(data.DataError, match=rf"^{path}:6: not UTF-8 text \(invalid continuation byte at column 39\)"):
+        data.read_dataset(path)
 
 
 def test_egodex(tmp_path):
@@ -539,6 +542,10 @@ def edit_jsonl(path, lines):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
+def not_utf8(path):
+    path.write_bytes(path.read_bytes().replace(b"drawer", b"tiroir \xe9"))  # Latin-1, not UTF-8
+
+
 @pytest.mark.parametrize("version,damage,msg", [
     ("v30", lambda r: edit_info(r, fps=0), "meta/info.json: fps 0: must be a positive number"),
     ("v21", lambda r: edit_info(r, fps=-10), "meta/info.json: fps -10: must be a positive number"),
@@ -551,6 +558,8 @@ def edit_jsonl(path, lines):
      "file (KeyError: 'chunk_index'); its fields are video_key, episode_chunk, episode_index"),
     ("v30", lambda r: edit_episodes(r, {"tasks": TASKS}),
      "meta/episodes/chunk-000/file-000.parquet: column 'tasks' is string, not a list of strings"),
+    ("v21", lambda r: not_utf8(r / "meta/episodes.jsonl"),
+     "meta/episodes.jsonl:2: not UTF-8 text (invalid continuation byte at column 49)"),
 ])
 def test_malformed_metadata_is_named(lerobot, tmp_path, version, damage, msg):
     """A metadata file that no episode can be read from stops the reader with the file and the problem named."""

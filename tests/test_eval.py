@@ -498,6 +498,8 @@ def test_every_left_out_episode_is_reported(damaged, bench_setup, tmp_path):
      "{ds}/annotations.jsonl:2: not an annotation (no integer episode_index (or episode): 'one')"),
     (lambda ds: (ds / "annotations.jsonl").write_text('{"episode": 0}\n{"episode_index": 0}\n'),
      "{ds}/annotations.jsonl:2: a second annotation of episode 0 (the first is on line 1)"),
+    (lambda ds: (ds / "annotations.jsonl").write_bytes(b'{"episode": 0}\n{"episode": 1, "task": "caf\xe9"}\n'),
+     "{ds}/annotations.jsonl:2: not UTF-8 text (invalid continuation byte at column 28)"),
     (lambda ds: (ds / "meta" / "info.json").write_text('{"codebase_version": "v3.0", "features": '),
      "{ds}/meta/info.json: not a LeRobot info.json (JSONDecodeError: Expecting value: line 1 column 42 (char 41))"),
 ])
