@@ -406,9 +406,17 @@ def read_manifest(path, name=None, skipped=None):
             skip(what, "unreadable video", str(p))
             continue
         vfps, n, v0, v1 = p
-        fps = float(r.get("fps") or vfps)
-        t0 = float(r.get("start", v0))
-        t1 = min(float(r.get("end", v1)), v1)
+        try:
+            fps = float(r.get("fps") or vfps)
+            t0 = float(r.get("start", v0))
+            t1 = min(float(r.get("end", v1)), v1)
+            if not 0 < fps < math.inf:
+                raise ValueError(f"fps {fps:g}: must be a positive number")
+            if not (math.isfinite(t0) and math.isfinite(t1)):
+                raise ValueError(f"start {t0:g}, end {t1:g}: not finite")
+        except (ValueError, TypeError) as e:
+            skip(what, "bad manifest line", str(e))
+            continue
         T = max(0, math.ceil((t1 - t0) * fps - 1e-6))  # frames at t0 + i / fps that fall before t1
         if T <= 0:
             skip(what, "zero length", f"span {t0:.3f}-{t1:.3f}s")

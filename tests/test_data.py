@@ -176,7 +176,7 @@ def test_camera_key_error(lerobot):
         data.read_lerobot(lerobot / "v30", camera="observation.images.wrist")
 
 
-def test_manifest(lerobot, tmp_path):
+def test_manifest(lerobot, tmp_path, caplog):
     video = lerobot / "v21/videos/chunk-000/observation.images.main/episode_000000.mp4"
     lines = [{"video": str(video), "instruction": "pick", "kind": "hesitation", "m": 3, "n": 9},
              {"video": str(video), "instruction": "pick", "start": 1.0, "end": 2.5},
@@ -189,8 +189,20 @@ def test_manifest(lerobot, tmp_path):
     assert eps[0].T == 40 and eps[0].extra == {"kind": "hesitation", "m": 3, "n": 9}
     assert eps[1].T == 15 and eps[1].start == 1.0
     assert codes(data.decode_frames(eps[1], [0, 14], 32))[0] == [10, 24]
+    path.write_text("".join(json.dumps(x) + "\n" for x in [
+        {"video": str(video), "instruction": "pick", "fps": "eight"},
+        {"video": str(video), "instruction": "pick", "start": "zero"},
+        {"video": str(video), "instruction": "pick", "fps": float("nan")},
+        {"video": str(video), "instruction": "pick", "start": float("nan")}]))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="wvm.data"):
+        assert data.read_dataset(path) == []
+    assert [r.getMessage().split("): ")[1] for r in caplog.records] == [
+        "bad manifest line (could not convert string to float: 'eight')",
+        "bad manifest line (could not convert string to float: 'zero')",
+        "bad manifest line (fps nan: must be a positive number)", "bad manifest line (start nan, end 4: not finite)"]
     path.write_bytes(path.read_bytes() + b'{"video": "x.mp4", "instruction": "caf\xe9"}\n')
-    with pytest.raises(data.DataError, match=rf"^{path}:6: not UTF-8 text \(invalid continuation byte at column 39\)"):
+    with pytest.raises(data.DataError, match=rf"^{path}:5: not UTF-8 text \(invalid continuation byte at column 39\)"):
         data.read_dataset(path)
 
 
