@@ -253,8 +253,10 @@ def _attach_state(root, column, dim, eps, skip):
                 raise DataError(f"{f}: no column {column!r}")
             t = pq.read_table(f, columns=["episode_index", "frame_index", column])
             col = t[column].combine_chunks()
-            flat = (col.flatten() if pa.types.is_list(col.type) or pa.types.is_fixed_size_list(col.type) else col
-                    ).to_numpy(zero_copy_only=False)
+            flat = col.flatten() if pa.types.is_list(col.type) or pa.types.is_fixed_size_list(col.type) else col
+            if not (pa.types.is_floating(flat.type) or pa.types.is_integer(flat.type)):  # numpy would parse text
+                raise DataError(f"{f}: column {column!r} holds {flat.type} values, not numbers")
+            flat = flat.to_numpy(zero_copy_only=False)
         except (pa.ArrowException, OSError) as e:
             raise DataError(f"{f}: unreadable column {column!r} ({e})") from None
         if flat.size != len(t) * dim:

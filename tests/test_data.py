@@ -735,8 +735,9 @@ def test_the_robots_state_is_read_per_episode_in_frame_order(lerobot, version):
 
 
 def test_a_missing_or_broken_state_is_named(lerobot, tmp_path, caplog):
-    """A column the dataset lacks, or one that is not a float vector, stops with info.json named; an episode whose
-    rows are incomplete or not finite is skipped with its reason; a dataset that is not LeRobot has no columns."""
+    """A column the dataset lacks, or one that is not a float vector, stops with info.json named, and one that holds
+    text with its parquet file named; an episode whose rows are incomplete or not finite is skipped with its reason; a
+    dataset that is not LeRobot has no columns."""
     with pytest.raises(data.DataError, match=r"info.json: no feature 'observation.velocity' \(the robot's state\); "
                                              r"its vector features: observation.state, action"):
         data.read_lerobot(lerobot / "v30", state="observation.velocity")
@@ -761,6 +762,13 @@ def test_a_missing_or_broken_state_is_named(lerobot, tmp_path, caplog):
     assert any("episode 0 (" in m and "observation.state incomplete" in m and "39 rows for 40 frames" in m
                for m in lines)
     assert any("episode 1 (" in m and "observation.state not finite" in m for m in lines)
+    f = root / "data/chunk-000/file-001.parquet"  # episode 2's state as text
+    t = pq.read_table(f)
+    t = t.set_column(t.schema.get_field_index("observation.state"), "observation.state",
+                     pa.array([[str(x) for x in row] for row in t["observation.state"].to_pylist()]))
+    pq.write_table(t, f)
+    with pytest.raises(data.DataError, match=rf"^{f}: column 'observation.state' holds string values, not numbers"):
+        data.read_lerobot(root, state="observation.state")
     manifest = tmp_path / "m.jsonl"
     manifest.write_text(json.dumps({"video": "x.mp4", "instruction": "t"}) + "\n")
     with pytest.raises(data.DataError, match=r"m.jsonl: the state 'observation.state' is a column of a LeRobot"):
