@@ -739,7 +739,7 @@ class ClipDataset(torch.utils.data.Dataset):
         self.rotate, self.mismatch, self.first_frame = rotate, mismatch, first_frame
         self.state, self.state_dropout = state, state_dropout
         min_frames = min_frames or h + 1
-        self.sources = []
+        self.sources, unweighted = [], []
         for n, src in enumerate(sources):
             name = src.name or (src.episodes[0].source if src.episodes else f"source {n}")
             tfps = src.fps or fps
@@ -757,6 +757,11 @@ class ClipDataset(torch.utils.data.Dataset):
                 skip.summary(len(keep))
             if keep and src.weight > 0:
                 self.sources.append(Source(keep, src.weight, tfps, name))
+            elif keep:
+                unweighted.append(name)
+        if not self.sources and unweighted:
+            raise DataError(f"ClipDataset: no source of weight > 0 has usable episodes ({', '.join(unweighted)}: "
+                            f"weight 0)")
         if not self.sources:
             raise DataError("ClipDataset: no usable episodes in any source (see the skipped episodes above)")
         self.instructions = sorted({ep.instruction for src in self.sources for ep in src.episodes})

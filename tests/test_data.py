@@ -529,6 +529,8 @@ def test_too_short_episodes_are_skipped(caplog):
     assert "episode x/0 (a.mp4)" in caplog.text and "too short" in caplog.text
     with pytest.raises(ValueError, match="no usable episodes"):
         data.ClipDataset(eps[:1], fps=2.0)
+    with pytest.raises(data.DataError, match=r"no source of weight > 0 has usable episodes \(x: weight 0\)"):
+        data.ClipDataset([data.Source(eps, 0.0, name="x")], fps=2.0)
 
 
 def edit_info(root, **kw):
