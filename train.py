@@ -368,7 +368,7 @@ def build_model(cfg, device, state=None):
                 value_shift=cfg.value_shift)
     torch.manual_seed(cfg.seed)  # the same fresh weights on every process
     if cfg.wan:
-        model = wvm_from_wan(cfg.wan, value_cfg, **opts)
+        model = wvm_from_wan(cfg.wan, value_cfg, size=cfg.size, **opts)
     else:
         model = WVM(video_cfg, value_cfg, **opts)
     model.checkpointing = cfg.checkpointing

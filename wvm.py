@@ -254,9 +254,12 @@ def attend_cached(q, k, v, k_vid, v_vid):
 # ----------------------------------------------------------------------------------------------
 # sizes and checkpoints
 
+SIZES = {"full": ("ti2v-5b", "paper"), **{n: (n, n) for n in ("tiny", "small", "base", "mid")}}
+
+
 def wvm_configs(name, head="flow", pred="v"):
     """(video, value) configs by size name: "full" is the paper's 5.0B + 0.7B model."""
-    video, value = {"full": ("ti2v-5b", "paper"), **{n: (n, n) for n in ("tiny", "small", "base", "mid")}}[name]
+    video, value = SIZES[name]
     return WAN_CONFIGS[video], replace(VALUE_CONFIGS[value], head=head, pred=pred)
 
 
@@ -286,9 +289,16 @@ def load_wvm(path, dtype=None, device=None, **kw):
     return model
 
 
-def wvm_from_wan(wan_path, value_cfg, dtype=None, device=None, **kw):
-    """WVM whose video stream is a pretrained Wan2.2 DiT and whose value stream is fresh."""
+def wvm_from_wan(wan_path, value_cfg, dtype=None, device=None, size=None, **kw):
+    """WVM whose video stream is a pretrained Wan2.2 DiT and whose value stream is fresh. size: the name of
+    value_cfg's size (train.py's --size), for the message when the checkpoint does not fit it."""
     video = load_wan_dit(wan_path, dtype=dtype, device=device)
+    shape = lambda c: f"{c.num_layers} layers, {c.num_heads} heads x {c.head_dim}, text_dim {c.text_dim}"  # noqa: E731
+    if shape(video.cfg) != shape(value_cfg):  # the streams attend to each other in every layer
+        fits = [n for n in SIZES if shape(wvm_configs(n)[1]) == shape(video.cfg)]
+        raise CheckpointError(f"{wan_path}: a Wan DiT of {shape(video.cfg)}; the value stream of "
+                              f"{f'--size={size}' if size else 'this model'} has {shape(value_cfg)}"
+                              + (f": pass --size={fits[0]}" if fits else f": no size fits it ({', '.join(SIZES)})"))
     with torch.device("meta"):
         model = WVM(video.cfg, value_cfg, **kw)
     model.video = video

@@ -658,8 +658,17 @@ def test_a_run_trained_with_the_first_frame_is_scored_with_it(dataset, tmp_path,
 
 def test_bad_inputs_end_with_their_message_only(dataset, tmp_path):
     """Input errors raised deep inside (a checkpoint, a dataset, a text cache) reach the user as one message."""
+    from model import WAN_CONFIGS, WanDiT, save_wan_dit
+    from wan_vae import VAE_CONFIGS, WanVAE, save_wan_vae
+    save_wan_dit(WanDiT(WAN_CONFIGS["tiny"]), tmp_path / "wan")
+    save_wan_vae(WanVAE(VAE_CONFIGS["tiny"]), str(tmp_path / "vae.safetensors"))  # no VAE to fit to the data first
     cases = [(dict(wan=str(tmp_path / "nope")), f"{tmp_path / 'nope'}: no such checkpoint file or folder"),
+             (dict(wan=str(tmp_path / "wan"), size="small", vae=str(tmp_path / "vae.safetensors")), f"{tmp_path / 'wan'}: a Wan DiT of 2 layers, 2 heads x "
+              f"32, text_dim 32; the value stream of --size=small has 4 layers, 4 heads x 32, text_dim 32: pass "
+              f"--size=tiny"),
              (dict(data=str(tmp_path)), f"{tmp_path}: not a dataset"),
+             (dict(data=f"{dataset / 'ds'}:0"), "ClipDataset: no source of weight > 0 has usable episodes (ds: "
+              "weight 0)"),
              (dict(text_cache=str(tmp_path / "none")), f"{tmp_path / 'none'}: no text cache")]
     for i, (kw, msg) in enumerate(cases):
         with pytest.raises(SystemExit) as e:
