@@ -81,13 +81,16 @@ def voc(values):
 
 def check_annotation(kind, m, n, T):
     if kind not in ("expert", "hesitation", "retry", "failure"):
-        raise ValueError(f"annotation kind {kind!r}: expected expert, hesitation, retry or failure")
+        raise ValueError(("no annotation kind" if kind is None else f"annotation kind {kind!r}")
+                         + ": expected expert, hesitation, retry or failure")
     if kind in ("expert", "failure"):
         if T < 2:
             raise ValueError(f"T = {T}: a trajectory needs at least 2 frames")
         return
     if T < 4:
         raise ValueError(f"T = {T}: too short for a {kind} segment (0 < m < n < T - 1 needs T >= 4)")
+    if not all(isinstance(x, (int, np.integer)) and not isinstance(x, bool) for x in (m, n)):
+        raise ValueError(f"{kind} segment m = {m!r}, n = {n!r}: m and n must be integer frame indices")
     if not 0 < m < n < T - 1:
         raise ValueError(f"{kind} segment m = {m}, n = {n} with T = {T}: needs 0 < m < n < T - 1")
     x = n - m
@@ -431,19 +434,23 @@ def load_annotated(path, fps, camera=None, min_frames=4, state=None):
             if ep.episode_index not in annotations:
                 problems.append(f"episode {ep.id}: no line in {ann_file}")
                 continue
-            a = annotations[ep.episode_index][1]
+            line, a = annotations[ep.episode_index]
+            where = f"{ann_file}:{line}: "
         else:
             a = ep.extra if "kind" in ep.extra else {"kind": "expert", "T": ep.T}
+            where = ""
         try:
             T = int(a.get("T", ep.T))
             if T != ep.T:
                 raise ValueError(f"annotation T = {T} but the video has {ep.T} frames")
-            check_annotation(a["kind"], a.get("m"), a.get("n"), T)
-            index = resample(ep.T, ep.fps, fps)
-            if len(index) < min_frames:
-                raise ValueError(f"{len(index)} frames at {fps:g} fps, fewer than one window of {min_frames}")
-        except (ValueError, KeyError, TypeError) as e:
-            problems.append(f"episode {ep.id}: {e}")
+            check_annotation(a.get("kind"), a.get("m"), a.get("n"), T)
+        except (ValueError, TypeError) as e:
+            problems.append(f"episode {ep.id}: {where}{e}")
+            continue
+        index = resample(ep.T, ep.fps, fps)
+        if len(index) < min_frames:
+            problems.append(f"episode {ep.id}: {len(index)} frames at {fps:g} fps, fewer than one window of "
+                            f"{min_frames}")
             continue
         items.append((Trajectory(ep, index), a))
     present = {ep.episode_index for ep in episodes} | {int(i.rsplit("/", 1)[1]) for i, _ in skipped

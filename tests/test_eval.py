@@ -53,6 +53,7 @@ def test_retry_past_the_peak_is_scored():
     ("retry", 2, 3, 3, "too short"),
     ("retry", 8, 18, 20, "T - 2x"),
     ("stall", 2, 3, 20, "expected expert, hesitation, retry or failure"),
+    ("hesitation", None, 9, 20, "hesitation segment m = None, n = 9: m and n must be integer frame indices"),
 ])
 def test_impossible_annotations_rejected(kind, m, n, T, msg):
     with pytest.raises(ValueError, match=msg):
@@ -742,3 +743,24 @@ def test_plot_titles_keep_the_episode_and_kind_and_cut_a_long_instruction():
     long = "pick up the red cube on the left and place it carefully into the blue bowl " * 3
     title = plot_title("ds/3", long, "hesitation")
     assert len(title) <= 95 and title.startswith("ds/3: pick up the red cube") and title.endswith("... (hesitation)")
+
+
+def test_annotation_fields_missing_or_of_the_wrong_type_are_named(bench_setup, tmp_path):
+    """An annotation without a kind, or whose segment m, n is missing or not an integer, is reported with its file,
+    line and field, and left out."""
+    import json
+    import shutil
+
+    import eval as wvm_eval
+    ds = tmp_path / "ds"
+    shutil.copytree(bench_setup / "ds", ds)
+    anns = [{"episode": 0, "kind": "hesitation", "m": 6, "n": 20}, {"episode": 1, "kind": "retry", "n": 18},
+            {"episode": 2, "kind": "retry", "m": "12", "n": 24}, {"episode": 3, "T": 44}, {"episode": 4, "kind": "x"}]
+    (ds / "annotations.jsonl").write_text("".join(json.dumps(a) + "\n" for a in anns))
+    wvm_eval.main(["--bench", "all", "--data", str(ds), "--json", str(tmp_path / "b.json")])
+    ann = ds / "annotations.jsonl"
+    assert json.load(open(tmp_path / "b.json"))["skipped"] == [
+        f"episode ds/1: {ann}:2: retry segment m = None, n = 18: m and n must be integer frame indices",
+        f"episode ds/2: {ann}:3: retry segment m = '12', n = 24: m and n must be integer frame indices",
+        f"episode ds/3: {ann}:4: no annotation kind: expected expert, hesitation, retry or failure",
+        f"episode ds/4: {ann}:5: annotation kind 'x': expected expert, hesitation, retry or failure"]
