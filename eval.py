@@ -932,6 +932,8 @@ def evaluate(args):
                                       [args.data, *([args.instructions] if args.instructions else [])])
     results, unreadable = score_items(items, scorers)
     problems += [f"episode {e}: video could not be decoded" for e in unreadable]
+    if not results:  # every video failed to decode: no table to print
+        raise SystemExit(f"{args.data}: no trajectory could be scored ({len(problems)} skipped)")
     tables = {}
     for bench in benches:
         rows = bench_rows(bench, results, args.by)

@@ -764,3 +764,21 @@ def test_annotation_fields_missing_or_of_the_wrong_type_are_named(bench_setup, t
         f"episode ds/2: {ann}:3: retry segment m = '12', n = 24: m and n must be integer frame indices",
         f"episode ds/3: {ann}:4: no annotation kind: expected expert, hesitation, retry or failure",
         f"episode ds/4: {ann}:5: annotation kind 'x': expected expert, hesitation, retry or failure"]
+
+
+def test_a_bench_whose_every_video_fails_to_decode_stops(bench_setup, tmp_path):
+    """Videos whose headers read but whose frames do not decode leave nothing to score: one line, not an empty table."""
+    import shutil
+
+    import eval as wvm_eval
+    ds = tmp_path / "ds"
+    shutil.copytree(bench_setup / "ds", ds)
+    for mp4 in ds.rglob("*.mp4"):
+        raw = bytearray(mp4.read_bytes())
+        at = raw.index(b"mdat")
+        end = at - 4 + int.from_bytes(raw[at - 4:at], "big")  # the frames, not the header
+        raw[at + 4:end] = b"\xff" * (end - at - 4)
+        mp4.write_bytes(bytes(raw))
+    with pytest.raises(SystemExit) as e:
+        wvm_eval.main(["--bench", "expert", "--data", str(ds), "--ckpt", str(bench_setup / "run")])
+    assert str(e.value) == f"{ds}: no trajectory could be scored (2 skipped)"
