@@ -1420,11 +1420,13 @@ def parse_args(argv):
         p.error("--test-extra-tasks must be tasks of no other split")
     if not set(args.seen_tasks) <= set(args.train_tasks):
         p.error("--seen-tasks must be training tasks")
+    if not 0 < args.fps < np.inf:
+        p.error("--fps must be positive")
     args.train_fps = args.fps if args.train_fps is None else args.train_fps
     if not 0 < args.train_fps <= args.fps:
         p.error("--train-fps must be in (0, --fps]")
-    if args.size % 2:
-        p.error("--size must be even (yuv420p video)")
+    if args.size <= 0 or args.size % 2:
+        p.error("--size must be positive and even (yuv420p video)")
     if not all(1 <= lo * args.fps <= hi * args.fps for lo, hi in (args.pause, args.undo)):
         p.error("--pause and --undo need 1 frame <= MIN <= MAX")
     if max(args.seeds_train, args.seeds_heldout, args.seeds_play, args.seeds_play_unseen) > 30_000 or args.workers < 1:
@@ -1792,8 +1794,8 @@ def policy_main(argv):
     for t in args.tasks:
         if t not in INSTRUCTIONS:
             p.error(f"unknown task {t!r}; known: {', '.join(INSTRUCTIONS)}")
-    if args.size % 2 or args.episodes < 1:
-        p.error("--size must be even (yuv420p video) and --episodes at least 1")
+    if args.size <= 0 or args.size % 2 or args.episodes < 1:
+        p.error("--size must be positive and even (yuv420p video) and --episodes at least 1")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     seeds = lambda kind, n: [args.seed * 100_000 + POLICY_SEEDS[kind] + i for i in range(n)]  # noqa: E731

@@ -380,6 +380,19 @@ def test_corpus(corpus):
         env.close()
 
 
+@pytest.mark.parametrize("main,argv,msg", [
+    (sim.parse_args, ["--size", "0"], "--size must be positive and even (yuv420p video)"),
+    (sim.parse_args, ["--fps", "0"], "--fps must be positive"),
+    (sim.policy_main, ["--size", "-2"], "--size must be positive and even (yuv420p video) and --episodes at least 1"),
+])
+def test_bad_settings_are_named_at_start(main, argv, msg, tmp_path, capsys):
+    """A frame size or frame rate that no video can have stops before any work, naming the flag given."""
+    with pytest.raises(SystemExit):
+        main(argv + ["--out", str(tmp_path / "out")])
+    assert capsys.readouterr().err.splitlines()[-1].endswith(f"error: {msg}")
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_folder_sim_did_not_write_is_never_replaced(tmp_path):
     """A split's folder that holds something sim.py did not write (a user's dataset under --out) stops the run
     before any work, and is left as it was; the split would otherwise replace it when done."""
