@@ -9,8 +9,8 @@ training clips (wvm.clip_latents encodes them) with the paper's two augmentation
 Bad data never stops a run and never trains silently: an episode whose video is missing or
 unreadable, whose video is shorter than its metadata, whose declared length runs past its span in a
 file it shares with other episodes, whose length is zero or too short for a clip, whose metadata is null or of
-the wrong type, or which has no instruction is skipped with one warning line naming it, each indexing ends with a printed summary,
-and the readers hand the skipped episodes to a caller that reports them (`skipped=`). A dataset that
+the wrong type, or which has no instruction is skipped with one warning line naming it, each indexing ends with a
+printed summary, and the readers hand the skipped episodes to a caller that reports them (`skipped=`). A dataset that
 cannot be read at all raises DataError naming the file. Indexing reads only container headers (cheap at scale); a video whose
 header looks fine but decodes to fewer frames than the metadata says is caught when decoding
 (`VideoError`), and `ClipDataset` then samples another episode deterministically and counts it.

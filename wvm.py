@@ -178,8 +178,8 @@ class WVM(nn.Module):
         t = torch.zeros(B, current.shape[2], device=current.device)
         x_in = current
         if self.mask == "full":
-            shape = current[:, :, :1].shape
-            fut = torch.zeros(shape, device=current.device) if zero_noise else randn_rows(shape, generator, current.device)
+            shape, dev = current[:, :, :1].shape, current.device
+            fut = torch.zeros(shape, device=dev) if zero_noise else randn_rows(shape, generator, dev)
             x_in = torch.cat([current, fut], 2)
             t = torch.cat([t, torch.full_like(t[:, :1], 1000.0)], 1)
         x, _, e0, ctx, rope = self.video.embed(x_in.float(), t, context)
