@@ -355,22 +355,30 @@ def wan_config_from(shapes, config, path=""):
     return WanConfig(**c)
 
 
+def read_wan_checkpoint(path, cfg=None):
+    """(folder, files, WanConfig) of a Wan2.2 DiT checkpoint (official or diffusers layout), the config from
+    config.json or the tensor shapes unless cfg is given: headers only, no weights read."""
+    if os.path.isdir(os.path.join(path, "transformer")):  # a diffusers pipeline folder
+        path = os.path.join(path, "transformer")
+    files, config = checkpoint_files(path, "diffusion_pytorch_model")
+    if cfg:
+        return path, files, cfg
+    shapes = {}
+    for f in files:
+        shapes.update({wan_key(k): v for k, v in TensorFile(f).shapes.items()})
+    try:
+        return path, files, wan_config_from(shapes, config, path)
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+
+
 def load_wan_dit(path, dtype=None, device=None, cfg=None):
     """Load Wan2.2 DiT weights (official or diffusers layout) into a WanDiT without a second copy in memory.
 
     The config comes from config.json or the tensor shapes unless cfg is given. dtype casts the
     weights (e.g. torch.bfloat16) except those the reference keeps in fp32.
     """
-    if os.path.isdir(os.path.join(path, "transformer")):  # a diffusers pipeline folder
-        path = os.path.join(path, "transformer")
-    files, config = checkpoint_files(path, "diffusion_pytorch_model")
-    shapes = {}
-    for f in files:
-        shapes.update({wan_key(k): v for k, v in TensorFile(f).shapes.items()})
-    try:
-        cfg = cfg or wan_config_from(shapes, config, path)
-    except CheckpointError as e:
-        raise CheckpointError(f"{path}: {e}") from None
+    path, files, cfg = read_wan_checkpoint(path, cfg)
     with torch.device("meta"):
         model = WanDiT(cfg)
     return load_into(model, path, files, wan_key, dtype, device, FP32_PARAMS if dtype else None)

@@ -21,7 +21,8 @@ import torch.nn.functional as F
 import flow
 from checkpoint import CheckpointError, load_into, read_metadata, save_safetensors
 from kernels import mot_attention
-from model import FP32_PARAMS, WAN_CONFIGS, WanConfig, WanDiT, config_dict, load_wan_dit, low_precision_autocast
+from model import (FP32_PARAMS, WAN_CONFIGS, WanConfig, WanDiT, config_dict, load_wan_dit, low_precision_autocast,
+                   read_wan_checkpoint)
 from value_dit import VALUE_CONFIGS, ValueConfig, ValueDiT
 
 
@@ -292,13 +293,14 @@ def load_wvm(path, dtype=None, device=None, **kw):
 def wvm_from_wan(wan_path, value_cfg, dtype=None, device=None, size=None, **kw):
     """WVM whose video stream is a pretrained Wan2.2 DiT and whose value stream is fresh. size: the name of
     value_cfg's size (train.py's --size), for the message when the checkpoint does not fit it."""
-    video = load_wan_dit(wan_path, dtype=dtype, device=device)
+    video_cfg = read_wan_checkpoint(wan_path)[2]  # checked before 5B weights are read
     shape = lambda c: f"{c.num_layers} layers, {c.num_heads} heads x {c.head_dim}, text_dim {c.text_dim}"  # noqa: E731
-    if shape(video.cfg) != shape(value_cfg):  # the streams attend to each other in every layer
-        fits = [n for n in SIZES if shape(wvm_configs(n)[1]) == shape(video.cfg)]
-        raise CheckpointError(f"{wan_path}: a Wan DiT of {shape(video.cfg)}; the value stream of "
+    if shape(video_cfg) != shape(value_cfg):  # the streams attend to each other in every layer
+        fits = [n for n in SIZES if shape(wvm_configs(n)[1]) == shape(video_cfg)]
+        raise CheckpointError(f"{wan_path}: a Wan DiT of {shape(video_cfg)}; the value stream of "
                               f"{f'--size={size}' if size else 'this model'} has {shape(value_cfg)}"
                               + (f": pass --size={fits[0]}" if fits else f": no size fits it ({', '.join(SIZES)})"))
+    video = load_wan_dit(wan_path, dtype=dtype, device=device, cfg=video_cfg)
     with torch.device("meta"):
         model = WVM(video.cfg, value_cfg, **kw)
     model.video = video

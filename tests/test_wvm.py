@@ -375,3 +375,13 @@ def test_the_robots_state_enters_every_value_token_standardized_and_from_zero(tm
     bf = load_wvm(str(tmp_path / "wvm.safetensors"), dtype=torch.bfloat16)
     assert bf.value.cfg.state_dim == 3 and torch.equal(bf.value.state_std, m.value.state_std)
     assert bf.value.state_embedding.weight.dtype == bf.value.state_mean.dtype == torch.float32
+
+
+def test_a_wan_checkpoint_that_does_not_fit_the_size_is_refused_before_its_weights_are_read(tmp_path, monkeypatch):
+    # with the paper's 5B checkpoint and a forgotten --size=full, the message must not wait for 20 GB of weights
+    from checkpoint import CheckpointError
+    from model import WAN_CONFIGS, WanDiT, save_wan_dit
+    save_wan_dit(WanDiT(WAN_CONFIGS["tiny"]), tmp_path / "wan")
+    monkeypatch.setattr(wvm_module, "load_wan_dit", lambda *a, **k: pytest.fail("the weights were read"))
+    with pytest.raises(CheckpointError, match=r"2 layers, 2 heads x 32.*--size=small has 4 layers.*pass --size=tiny"):
+        wvm_module.wvm_from_wan(str(tmp_path / "wan"), wvm_configs("small")[1], size="small")
