@@ -27,7 +27,7 @@ import time
 import numpy as np
 
 import sim  # light: MuJoCo is imported only to render
-from eval import bench_rows
+from eval import bench_rows, scored_from_default_noise
 from train import TrainConfig
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -133,8 +133,7 @@ def scored(out, model):
     """Whether `out` holds the model's scores as eval.py now gives them: saved after the model, from zero noise."""
     if not os.path.exists(out) or (os.path.exists(model) and os.path.getmtime(out) < os.path.getmtime(model)):
         return False
-    with open(out) as f:
-        return json.load(f).get("noise") == "zero"
+    return scored_from_default_noise(out)
 
 
 def evaluate(run_dir, data, splits=SPLITS):

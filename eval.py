@@ -216,6 +216,16 @@ def window_ends(T, h, stride):
     return ends
 
 
+NOISE = "zero"  # where scoring starts each window's flow by default (docs/experiments.md, "Scoring from zero noise")
+
+
+def scored_from_default_noise(path):
+    """Whether a results file (--json's, or --score's values.json) was scored from the default noise; files from
+    before it record none, and demo.py and policy.py score those again."""
+    with open(path) as f:
+        return json.load(f).get("noise") == NOISE
+
+
 class WVMScorer:
     """Slides windows of h frames with stride s over each trajectory, chaining each window's prefix value
     from the windows already scored (0 before the start). combine: how a frame's value comes from the windows
@@ -229,7 +239,7 @@ class WVMScorer:
     name = "wvm"
 
     def __init__(self, model, vae, text_cache, size, stride=1, samples=1, steps=1, batch=16, device="cpu", seed=0,
-                 trained=None, combine=None, rotate=False, noise="zero"):
+                 trained=None, combine=None, rotate=False, noise=NOISE):
         """noise: "zero" starts each window's flow from the noise's mean (one value per window, whatever the seed;
         not in the paper, which draws it), "draw" from a draw of a trajectory's own generator, seeded by (seed,
         episode id), so its values do not depend on which trajectories share its batch. trained: the run's record of
@@ -843,7 +853,7 @@ def parse_args(argv):
                    "otherwise; docs/experiments.md)")
     p.add_argument("--rotate", action="store_true", help="turn every frame by 180 degrees before the model reads "
                    "it: a camera mounted the other way up (Meta-World renders its corner views so)")
-    p.add_argument("--noise", choices=["zero", "draw"], default="zero", help="where each window's flow starts: the "
+    p.add_argument("--noise", choices=["zero", "draw"], default=NOISE, help="where each window's flow starts: the "
                    "noise's mean, 0 (one value per window; not in the paper), or a draw, as the paper samples "
                    "(docs/experiments.md, \"Scoring from zero noise\")")
     p.add_argument("--samples", type=int, default=1, help="noise samples per window (their spread; with --noise draw)")

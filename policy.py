@@ -43,7 +43,7 @@ import torch.nn as nn
 
 import sim
 from demo import sh
-from eval import awr_weight, chunk_delta, filtered_bc_keep, read_annotations
+from eval import awr_weight, chunk_delta, filtered_bc_keep, read_annotations, scored_from_default_noise
 
 H = 10  # action chunk (Appendix E: H = 10 in simulation)
 TAU, DELTA_MAX, KEEP_TOP = 10.0, 2.0, 0.7
@@ -303,9 +303,8 @@ def score(data, run, out, vae=None, text_cache=None):
     path, speed = Path(out) / "values.parquet", Path(out) / "speed.json"
     if speed.exists() and json.loads(speed.read_text())["run"] != str(run):
         raise SystemExit(f"{out}: scored with another run ({json.loads(speed.read_text())['run']}); delete it")
-    meta = Path(out) / "values.json"  # values from drawn noise (eval.py before zero noise, its default): scored again
-    if not (path.exists() and speed.exists() and meta.exists()
-            and json.loads(meta.read_text()).get("noise") == "zero"):
+    meta = Path(out) / "values.json"
+    if not (path.exists() and speed.exists() and meta.exists() and scored_from_default_noise(meta)):
         t0 = time.time()
         sh(sys.executable, "eval.py", "--score", Path(data) / "operator", "--out", out, "--ckpt", run, "--chunk", H,
            *(["--vae", vae] if vae else []), *(["--text_cache", text_cache] if text_cache else []))
