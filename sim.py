@@ -277,6 +277,11 @@ UNRELIABLE = ("button-press-wall-v3",)  # its scripted expert fails on 1 seed in
 TRAIN_TASKS = tuple(t for t in INSTRUCTIONS if t not in UNSEEN_TASKS and t not in UNRELIABLE)
 CAMERAS = ("corner", "corner2", "corner3", "corner4")  # Meta-World's views of the whole table
 
+
+def task_arg(name):
+    """A task option's value: Meta-World's name (pick-place-v3) or the same without its version (pick-place)."""
+    return name if name in INSTRUCTIONS or f"{name}-v3" not in INSTRUCTIONS else f"{name}-v3"
+
 # the default run's held-out seen tasks: ten training tasks of different families whose retries generate reliably
 DEMO_SEEN = ["basketball-v3", "bin-picking-v3", "box-close-v3", "button-press-topdown-v3", "coffee-pull-v3",
              "drawer-open-v3", "hammer-v3", "handle-press-v3", "lever-pull-v3", "pick-place-v3"]
@@ -1376,9 +1381,10 @@ def parse_args(argv):
     p.add_argument("--train-fps", type=float, help="the train and play splits' fps: only the frames that training at "
                    "this rate reads are rendered and written (default: --fps; --demo: 2, the rate it trains at)")
     p.add_argument("--fps", type=float, default=10.0, help="video fps (one frame per 12.5 ms control step)")
-    p.add_argument("--train-tasks", nargs="+", help=f"default: all {len(TRAIN_TASKS)} training tasks")
-    p.add_argument("--unseen-tasks", nargs="+", help=f"default: {' '.join(UNSEEN_TASKS)}")
-    p.add_argument("--seen-tasks", nargs="+", help="training tasks with held-out seeds (default: all of them)")
+    p.add_argument("--train-tasks", type=task_arg, nargs="+", help=f"default: all {len(TRAIN_TASKS)} training tasks")
+    p.add_argument("--unseen-tasks", type=task_arg, nargs="+", help=f"default: {' '.join(UNSEEN_TASKS)}")
+    p.add_argument("--seen-tasks", type=task_arg, nargs="+", help="training tasks with held-out seeds (default: all "
+                   "of them)")
     p.add_argument("--seeds-train", type=int, help=f"expert episodes per training task (default {DEFAULT['seeds_train']})")
     p.add_argument("--seeds-play", type=int, help=f"play episodes per training task (default {DEFAULT['seeds_play']})")
     p.add_argument("--seeds-play-unseen", type=int, default=0, help="play episodes per unseen task, in a split of its "
@@ -1390,8 +1396,9 @@ def parse_args(argv):
                    f"each (default {DEFAULT['seeds_test']}); written only when --splits names them")
     p.add_argument("--test-camera", default="corner4", help="the test splits' view (default: the one LeRobot's Meta-World "
                    "env records)")
-    p.add_argument("--test-extra-tasks", nargs="*", default=list(UNRELIABLE), help="tasks of no other split in "
-                   "test_unseen (default: those whose expert is unreliable; their failed seeds are left out)")
+    p.add_argument("--test-extra-tasks", type=task_arg, nargs="*", default=list(UNRELIABLE), help="tasks of no "
+                   "other split in test_unseen (default: those whose expert is unreliable; their failed seeds are left "
+                   "out)")
     p.add_argument("--seed", type=int, default=0, help="derives every env seed and random draw")
     p.add_argument("--tail", type=int, default=5, help="frames recorded after the first success")
     p.add_argument("--pause", type=float, nargs=2, default=(0.5, 4.0), metavar=("MIN", "MAX"),
@@ -1783,7 +1790,7 @@ def policy_main(argv):
     episodes), expert/ (as many clean ones) and eval_inits.json (held-out initial conditions per task)."""
     p = argparse.ArgumentParser(prog="sim.py policy", description=policy_main.__doc__)
     p.add_argument("--out", default="data/policy")
-    p.add_argument("--tasks", nargs="+", default=list(POLICY_TASKS))
+    p.add_argument("--tasks", type=task_arg, nargs="+", default=list(POLICY_TASKS))
     p.add_argument("--episodes", type=int, default=OPERATOR_EPISODES, help="operator (and expert) episodes per task")
     p.add_argument("--eval-episodes", type=int, default=EVAL_EPISODES, help="held-out initial conditions per task")
     p.add_argument("--size", type=int, default=128, help="square frame size of the corner camera's video")

@@ -393,6 +393,18 @@ def test_bad_settings_are_named_at_start(main, argv, msg, tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def test_task_options_take_names_with_or_without_the_version(tmp_path, capsys):
+    """The README lists tasks as Meta-World's names without -v3; every task option takes both spellings, and a name
+    that is neither still stops at the start."""
+    args = sim.parse_args(["--train-tasks", "pick-place", "drawer-open-v3", "--unseen-tasks", "door-open",
+                           "--seen-tasks", "pick-place", "--out", str(tmp_path / "out")])
+    assert (args.train_tasks, args.unseen_tasks, args.seen_tasks) == (
+        ["pick-place-v3", "drawer-open-v3"], ["door-open-v3"], ["pick-place-v3"])
+    with pytest.raises(SystemExit):
+        sim.parse_args(["--train-tasks", "pick-plate", "--out", str(tmp_path / "out")])
+    assert "unknown task 'pick-plate'" in capsys.readouterr().err
+
+
 def test_a_folder_sim_did_not_write_is_never_replaced(tmp_path):
     """A split's folder that holds something sim.py did not write (a user's dataset under --out) stops the run
     before any work, and is left as it was; the split would otherwise replace it when done."""
