@@ -450,7 +450,9 @@ def load_annotated(path, fps, camera=None, min_frames=4, state=None):
             a = ep.extra if "kind" in ep.extra else {"kind": "expert", "T": ep.T}
             where = ""
         try:
-            T = int(a.get("T", ep.T))
+            T = a.get("T", ep.T)
+            if not isinstance(T, (int, np.integer)) or isinstance(T, bool):
+                raise ValueError(f"annotation T = {T!r}: the number of frames must be an integer")
             if T != ep.T:
                 raise ValueError(f"annotation T = {T} but the video has {ep.T} frames")
             check_annotation(a.get("kind"), a.get("m"), a.get("n"), T)

@@ -746,8 +746,8 @@ def test_plot_titles_keep_the_episode_and_kind_and_cut_a_long_instruction():
 
 
 def test_annotation_fields_missing_or_of_the_wrong_type_are_named(bench_setup, tmp_path):
-    """An annotation without a kind, or whose segment m, n is missing or not an integer, is reported with its file,
-    line and field, and left out."""
+    """An annotation without a kind, or whose segment m, n or length T is missing or not an integer, is reported with
+    its file, line and field, and left out."""
     import json
     import shutil
 
@@ -764,6 +764,12 @@ def test_annotation_fields_missing_or_of_the_wrong_type_are_named(bench_setup, t
         f"episode ds/2: {ann}:3: retry segment m = '12', n = 24: m and n must be integer frame indices",
         f"episode ds/3: {ann}:4: no annotation kind: expected expert, hesitation, retry or failure",
         f"episode ds/4: {ann}:5: annotation kind 'x': expected expert, hesitation, retry or failure"]
+    anns[3:] = [{"episode": 3, "kind": "expert", "T": "44"}, {"episode": 4, "kind": "expert", "T": 48.0}]
+    (ds / "annotations.jsonl").write_text("".join(json.dumps(a) + "\n" for a in anns))
+    wvm_eval.main(["--bench", "all", "--data", str(ds), "--json", str(tmp_path / "b.json")])
+    assert json.load(open(tmp_path / "b.json"))["skipped"][2:] == [
+        f"episode ds/3: {ann}:4: annotation T = '44': the number of frames must be an integer",
+        f"episode ds/4: {ann}:5: annotation T = 48.0: the number of frames must be an integer"]
 
 
 def test_a_bench_whose_every_video_fails_to_decode_stops(bench_setup, tmp_path):
