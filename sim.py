@@ -282,6 +282,7 @@ def task_arg(name):
     """A task option's value: Meta-World's name (pick-place-v3) or the same without its version (pick-place)."""
     return name if name in INSTRUCTIONS or f"{name}-v3" not in INSTRUCTIONS else f"{name}-v3"
 
+
 # the default run's held-out seen tasks: ten training tasks of different families whose retries generate reliably
 DEMO_SEEN = ["basketball-v3", "bin-picking-v3", "box-close-v3", "button-press-topdown-v3", "coffee-pull-v3",
              "drawer-open-v3", "hammer-v3", "handle-press-v3", "lever-pull-v3", "pick-place-v3"]
