@@ -79,6 +79,11 @@ def voc(values):
     return spearman(values, np.arange(len(values)))
 
 
+def is_int(x):
+    """An integer (numpy's too), not a bool: what an annotation's m, n and T must be."""
+    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+
+
 def check_annotation(kind, m, n, T):
     if kind not in ("expert", "hesitation", "retry", "failure"):
         raise ValueError(("no annotation kind" if kind is None else f"annotation kind {kind!r}")
@@ -89,7 +94,7 @@ def check_annotation(kind, m, n, T):
         return
     if T < 4:
         raise ValueError(f"T = {T}: too short for a {kind} segment (0 < m < n < T - 1 needs T >= 4)")
-    if not all(isinstance(x, (int, np.integer)) and not isinstance(x, bool) for x in (m, n)):
+    if not all(is_int(x) for x in (m, n)):
         raise ValueError(f"{kind} segment m = {m!r}, n = {n!r}: m and n must be integer frame indices")
     if not 0 < m < n < T - 1:
         raise ValueError(f"{kind} segment m = {m}, n = {n} with T = {T}: needs 0 < m < n < T - 1")
@@ -451,7 +456,7 @@ def load_annotated(path, fps, camera=None, min_frames=4, state=None):
             where = ""
         try:
             T = a.get("T", ep.T)
-            if not isinstance(T, (int, np.integer)) or isinstance(T, bool):
+            if not is_int(T):
                 raise ValueError(f"annotation T = {T!r}: the number of frames must be an integer")
             if T != ep.T:
                 raise ValueError(f"annotation T = {T} but the video has {ep.T} frames")
