@@ -280,7 +280,10 @@ CAMERAS = ("corner", "corner2", "corner3", "corner4")  # Meta-World's views of t
 
 def task_arg(name):
     """A task option's value: Meta-World's name (pick-place-v3) or the same without its version (pick-place)."""
-    return name if name in INSTRUCTIONS or f"{name}-v3" not in INSTRUCTIONS else f"{name}-v3"
+    for t in (name, f"{name}-v3"):
+        if t in INSTRUCTIONS:
+            return t
+    raise argparse.ArgumentTypeError(f"unknown task {name!r}; known: {', '.join(INSTRUCTIONS)}")
 
 
 # the default run's held-out seen tasks: ten training tasks of different families whose retries generate reliably
@@ -1419,9 +1422,6 @@ def parse_args(argv):
         if getattr(args, k) is None and not (k == "seen_tasks" and own_train):
             setattr(args, k, v)
     args.seen_tasks = args.seen_tasks or args.train_tasks
-    for t in args.train_tasks + args.unseen_tasks + args.seen_tasks + args.test_extra_tasks:
-        if t not in INSTRUCTIONS:
-            p.error(f"unknown task {t!r}; known: {', '.join(INSTRUCTIONS)}")
     if set(args.train_tasks) & set(args.unseen_tasks):
         p.error("a task cannot be both a training and an unseen task")
     if set(args.test_extra_tasks) & set(args.train_tasks + args.unseen_tasks):
@@ -1799,9 +1799,6 @@ def policy_main(argv):
     p.add_argument("--codec", default="libx264")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     args = p.parse_args(argv)
-    for t in args.tasks:
-        if t not in INSTRUCTIONS:
-            p.error(f"unknown task {t!r}; known: {', '.join(INSTRUCTIONS)}")
     if args.size <= 0 or args.size % 2 or args.episodes < 1:
         p.error("--size must be positive and even (yuv420p video) and --episodes at least 1")
     out = Path(args.out)
