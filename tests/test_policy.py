@@ -233,3 +233,29 @@ def test_policy_data_split_and_the_experiment(tmp_path, monkeypatch):
     assert "| Filtered BC (top 70%), copy |" in table and "copy vs oracle: Pearson r = 1.00" in table
     monkeypatch.setattr(policy, "run_row", lambda *a, **k: pytest.fail("a finished row was run again"))
     policy.main(args)
+
+
+def test_policy_gap_splits_chunks_into_still_and_lost():
+    """bench/policy_gap.py, hand-computed: which of a model's kept chunks the oracle calls still (Δ = 0) or lost
+    (Δ < -0.02), and the share of lost chunks per mistake that the model gives Δ <= 0."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("policy_gap", "bench/policy_gap.py")
+    gap = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gap)
+    delta = np.array([0.1, 0.1, 0.1, -0.1, 0.05, 0.0])
+    oracle = np.array([0.1, 0.0, -0.1, -0.1, -0.01, -0.5])
+    paused = np.array([False, False, True, False, False, False])
+    flags = {v: gap.keep_flags(delta, oracle, v, paused).tolist() for v in gap.VARIANTS}
+    assert flags == {"as scored": [True, True, True, False, True, False],
+                     "without still": [True, False, True, False, True, False],
+                     "without lost": [True, True, False, False, True, False],  # -0.01 is within the tolerance
+                     "without lost outside pauses": [True, True, True, False, True, False],
+                     "without both": [True, False, False, False, True, False]}
+    # chunks of H = 10 frames reach a mistake from H - 1 frames before it starts
+    assert gap.chunk_mistakes(14, [("undo", 10, 12)]).tolist() == [""] + ["undo"] * 11 + ["", ""]
+    T = 20
+    o, d = np.zeros(T), np.zeros(T)
+    o[[0, 12, 13, 15]] = -0.1        # lost: frame 0 before any mistake, 12 and 13 in the undo, 15 in the wander
+    d[[0, 12, 15]] = [0.2, 0.3, -0.1]  # the model gives progress to 0 and 12, none to 13 and 15
+    out = gap.caught([{"task": "t"}], [[("undo", 11, 14), ("wander", 15, 18)]], [o], [d])
+    assert out == {("t", "(none)"): (1, 0.0), ("t", "undo"): (2, 0.5), ("t", "wander"): (1, 1.0)}

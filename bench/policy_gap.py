@@ -1,0 +1,127 @@
+"""Where a value model's filter loses to the oracle's in the policy experiment (`python demo.py --policy`).
+
+Filtered BC (κ = 0) on WVM's values stays below the same filter on the oracle's progress. This splits the gap by
+the two kinds of chunk the oracle treats exactly and a learned value can only approximate:
+  still  the oracle's Δ is exactly 0 (the state did not change for H frames: a pause), which its filter drops;
+  lost   the oracle's Δ < -LOST (the expert's time to go grew: work undone, a detour, a slip, an abandoned attempt).
+It prints, per task and operator mistake, the share of `lost` chunks each value model's Δ gives no progress
+(Δ <= 0: caught), and retrains the policy with each model's keep flags after the oracle removes the still chunks,
+the lost ones (all, or those outside the operator's pauses), or both, from them: what the model would gain from
+getting each kind right.
+
+    python bench/policy_gap.py --data data/policy --values demo=data/policy/scores/demo/values.parquet ...
+
+Each (model, variant, seed) is one JSON under --out, so an interrupted run resumes; 20 s each on one core.
+"""
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import policy  # noqa: E402
+from eval import chunk_delta, read_annotations  # noqa: E402
+
+LOST = 0.02  # progress: the oracle's Δ below -LOST counts as work lost
+VARIANTS = ("as scored", "without still", "without lost", "without lost outside pauses", "without both")
+PAUSES = ("hold", "jitter")  # the operator's mistakes in which the arm stays where it is
+
+
+def keep_flags(delta, oracle, variant, paused):
+    """Filtered BC's flags (Δ > 0) with the oracle's still and/or lost chunks removed; `paused` [N] marks the chunks
+    that reach into a pause, whose lost chunks the fourth variant keeps (the video barely shows them)."""
+    keep = delta > 0
+    if variant in ("without still", "without both"):
+        keep &= oracle != 0
+    if variant in ("without lost", "without both"):
+        keep &= oracle >= -LOST
+    if variant == "without lost outside pauses":
+        keep &= (oracle >= -LOST) | paused
+    return keep
+
+
+def chunk_mistakes(T, mistakes):
+    """[T] names: the first of the operator's mistakes ([(name, first frame, end frame)]) that the chunk starting at
+    each frame reaches into, "" for none (a chunk inside a mistake is that mistake's, even if it reaches the next)."""
+    out = np.full(T, "", dtype=object)
+    for name, a, b in sorted(mistakes, key=lambda m: -m[1]):
+        out[max(0, a - policy.H + 1):b] = name
+    return out
+
+
+def caught(episodes, mistakes, oracle, deltas):
+    """{(task, mistake): (lost chunks, share with Δ <= 0)} over episodes; oracle and deltas: per-episode Δ [T]."""
+    hits = {}
+    for e, m, o, d in zip(episodes, mistakes, oracle, deltas):
+        names = chunk_mistakes(len(o), m)
+        for t in np.nonzero(o < -LOST)[0]:
+            hits.setdefault((e["task"], names[t] or "(none)"), []).append(d[t] <= 0)
+    return {k: (len(v), float(np.mean(v))) for k, v in sorted(hits.items())}
+
+
+def main(argv):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default="data/policy", help="written by `python sim.py policy`")
+    p.add_argument("--values", nargs="+", required=True, metavar="NAME=VALUES_PARQUET",
+                   help="value models' progress (eval.py --score; demo.py --policy leaves them in <data>/scores/)")
+    p.add_argument("--out", default="runs/policy_gap")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--rollouts", type=int, default=50)
+    p.add_argument("--json", help="write the tables' numbers here")
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    data, out = Path(args.data), Path(args.out)
+    episodes = policy.load_episodes(data / "operator")
+    ann = read_annotations(data / "operator" / "annotations.jsonl")
+    mistakes = [ann[e["episode_index"]][1].get("mistakes", []) for e in episodes]
+    tasks = sorted({e["task"] for e in episodes})
+    oracle = [chunk_delta(v, policy.H) for v in policy.read_progress(data / "operator/oracle/values.parquet", episodes)]
+    inits = json.loads((data / "eval_inits.json").read_text())
+    samples = policy.chunks(episodes, {t: i for i, t in enumerate(tasks)})
+    paused = np.isin(np.concatenate([chunk_mistakes(len(e["obs"]), m) for e, m in zip(episodes, mistakes)]), PAUSES)
+    report = {"caught": {}, "success": {}}
+    for item in args.values:
+        name, _, path = item.partition("=")
+        if not path:
+            p.error(f"{item!r}: expected NAME=VALUES_PARQUET")
+        deltas = [chunk_delta(v, policy.H) for v in policy.read_progress(path, episodes)]
+        report["caught"][name] = {" / ".join(k): v for k, v in caught(episodes, mistakes, oracle, deltas).items()}
+        d, o = np.concatenate(deltas), np.concatenate(oracle)
+        for variant in VARIANTS:
+            keep = keep_flags(d, o, variant, paused)
+            runs = []
+            for seed in args.seeds:
+                f = out / f"{name}-{variant.replace(' ', '_')}-s{seed}.json"
+                if not f.exists():
+                    pol = policy.train_policy(*samples, keep.astype(np.float64), tasks, seed=seed)
+                    success = {t: float(np.mean(policy.evaluate(pol, t, inits[t]["rand_vec"][:args.rollouts])))
+                               for t in tasks}
+                    f.parent.mkdir(parents=True, exist_ok=True)
+                    f.write_text(json.dumps({"kept": float(keep.mean()), "success": success}))
+                runs.append(json.loads(f.read_text()))
+            per_task = {t: 100 * float(np.mean([r["success"][t] for r in runs])) for t in tasks}
+            report["success"][f"{name}, {variant}"] = {**per_task, "average": float(np.mean(list(per_task.values()))),
+                                                       "kept": float(keep.mean())}
+    print(f"Chunks in which the oracle's progress falls by more than {LOST} (work lost), and the share each model "
+          "gives Δ <= 0:\n\n| task / mistake | chunks | " + " | ".join(report["caught"]) + " |\n|---|---|" +
+          "---|" * len(report["caught"]))
+    for k in next(iter(report["caught"].values())):
+        row = [report["caught"][n][k] for n in report["caught"]]
+        print(f"| {k} | {row[0][0]} | " + " | ".join(f"{share:.2f}" for _, share in row) + " |")
+    print(f"\nFiltered BC (κ = 0) success (%), mean over {len(args.seeds)} policy seeds x {args.rollouts} rollouts:\n\n"
+          "| keep flags | " + " | ".join(tasks) + " | average | chunks kept |\n|---|" + "---|" * (len(tasks) + 2))
+    for k, r in report["success"].items():
+        print(f"| {k} | " + " | ".join(f"{r[t]:.1f}" for t in tasks) + f" | {r['average']:.1f} | {100 * r['kept']:.0f}% |")
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    try:
+        main(sys.argv[1:])
+    except ValueError as e:  # a dataset or values file that is missing or incomplete: its message names it
+        raise SystemExit(str(e)) from None
