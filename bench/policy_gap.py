@@ -2,7 +2,8 @@
 
 Filtered BC (κ = 0) on WVM's values stays below the same filter on the oracle's progress. This splits the gap by
 the two kinds of chunk the oracle treats exactly and a learned value can only approximate:
-  still  the oracle's Δ is exactly 0 (the state did not change for H frames: a pause), which its filter drops;
+  still  the oracle's Δ is exactly 0 (the expert's time to go the same at both ends: a pause, or an attempt
+         abandoned where progress is 0), which its filter drops;
   lost   the oracle's Δ < -LOST (the expert's time to go grew: work undone, a detour, a slip, an abandoned attempt).
 It prints, per task and operator mistake, the share of `lost` chunks each value model's Δ gives no progress
 (Δ <= 0: caught), and retrains the policy with each model's keep flags after the oracle removes the still chunks,
