@@ -4,7 +4,7 @@ Filtered BC (κ = 0) on WVM's values stays below the same filter on the oracle's
 the two kinds of chunk the oracle treats exactly and a learned value can only approximate:
   still  the oracle's Δ is exactly 0 (the expert's time to go the same at both ends: a pause, or an attempt
          abandoned where progress is 0), which its filter drops;
-  lost   the oracle's Δ < -LOST (the expert's time to go grew: work undone, a detour, a slip, an abandoned attempt).
+  lost   the oracle's Δ < -LOST (the expert's time to go grew: work undone, a detour, an abandoned attempt).
 It prints, per task and operator mistake, the share of `lost` chunks each value model's Δ gives no progress
 (Δ <= 0: caught), and retrains the policy with each model's keep flags after the oracle removes the still chunks,
 the lost ones (all, or those outside the operator's pauses), or both, from them: what the model would gain from
@@ -12,7 +12,8 @@ getting each kind right.
 
     python bench/policy_gap.py --data data/policy --values demo=data/policy/scores/demo/values.parquet ...
 
-Each (model, variant, seed) is one JSON under --out, so an interrupted run resumes; 20 s each on one core.
+Each (model, variant, seed) is one JSON under --out, so an interrupted run resumes (values rescored under the same
+NAME need a new --out); 20 s each on one core.
 """
 import argparse
 import json
