@@ -56,7 +56,8 @@ METHODS = {"bc": "vanilla BC", "filtered": "Filtered BC (κ = 0)", "filtered_top
 # data
 
 def load_episodes(root):
-    """A LeRobot v3.0 dataset of `sim.py policy` -> [{episode_index, task, kind, obs [T, 39], action [T, 4]}]."""
+    """A LeRobot v3.0 dataset of `sim.py policy` -> [{episode_index, task, kind, obs [T, 39], action [T, 4],
+    mistakes [(name, first frame, end frame)]}]."""
     root = Path(root)
     ann_file = root / "annotations.jsonl"
     if not ann_file.exists():
@@ -86,7 +87,7 @@ def load_episodes(root):
         if not isinstance(a.get("task"), str) or not isinstance(a.get("kind"), str):
             raise ValueError(f"{ann_file}:{line}: episode {e} needs a task and a kind (strings), as sim.py writes")
         episodes.append({"episode_index": int(e), "task": a["task"], "kind": a["kind"], "obs": obs[sel],
-                         "action": action[sel]})
+                         "action": action[sel], "mistakes": a.get("mistakes", [])})
     return episodes
 
 

@@ -26,7 +26,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import policy  # noqa: E402
-from eval import chunk_delta, read_annotations  # noqa: E402
+from eval import chunk_delta  # noqa: E402
 
 LOST = 0.02  # progress: the oracle's Δ below -LOST counts as work lost
 VARIANTS = ("as scored", "without still", "without lost", "without lost outside pauses", "without both")
@@ -55,11 +55,11 @@ def chunk_mistakes(T, mistakes):
     return out
 
 
-def caught(episodes, mistakes, oracle, deltas):
-    """{(task, mistake): (lost chunks, share with Δ <= 0)} over episodes; oracle and deltas: per-episode Δ [T]."""
+def caught(episodes, names, oracle, deltas):
+    """{(task, mistake): (lost chunks, share with Δ <= 0)} over episodes; names: per-episode chunk_mistakes, oracle and
+    deltas: per-episode Δ [T]."""
     hits = {}
-    for e, m, o, d in zip(episodes, mistakes, oracle, deltas):
-        names = chunk_mistakes(len(o), m)
+    for e, names, o, d in zip(episodes, names, oracle, deltas):
         for t in np.nonzero(o < -LOST)[0]:
             hits.setdefault((e["task"], names[t] or "(none)"), []).append(d[t] <= 0)
     return {k: (len(v), float(np.mean(v))) for k, v in sorted(hits.items())}
@@ -78,21 +78,21 @@ def main(argv):
     torch.set_num_threads(1)
     data, out = Path(args.data), Path(args.out)
     episodes = policy.load_episodes(data / "operator")
-    ann = read_annotations(data / "operator" / "annotations.jsonl")
-    mistakes = [ann[e["episode_index"]][1].get("mistakes", []) for e in episodes]
+    names = [chunk_mistakes(len(e["obs"]), e["mistakes"]) for e in episodes]
     tasks = sorted({e["task"] for e in episodes})
     oracle = [chunk_delta(v, policy.H) for v in policy.read_progress(data / "operator/oracle/values.parquet", episodes)]
     inits = json.loads((data / "eval_inits.json").read_text())
     samples = policy.chunks(episodes, {t: i for i, t in enumerate(tasks)})
-    paused = np.isin(np.concatenate([chunk_mistakes(len(e["obs"]), m) for e, m in zip(episodes, mistakes)]), PAUSES)
+    paused = np.isin(np.concatenate(names), PAUSES)
+    o = np.concatenate(oracle)
     report = {"caught": {}, "success": {}}
     for item in args.values:
         name, _, path = item.partition("=")
         if not path:
             p.error(f"{item!r}: expected NAME=VALUES_PARQUET")
         deltas = [chunk_delta(v, policy.H) for v in policy.read_progress(path, episodes)]
-        report["caught"][name] = {" / ".join(k): v for k, v in caught(episodes, mistakes, oracle, deltas).items()}
-        d, o = np.concatenate(deltas), np.concatenate(oracle)
+        report["caught"][name] = {" / ".join(k): v for k, v in caught(episodes, names, oracle, deltas).items()}
+        d = np.concatenate(deltas)
         for variant in VARIANTS:
             keep = keep_flags(d, o, variant, paused)
             runs = []

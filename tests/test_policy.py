@@ -257,5 +257,5 @@ def test_policy_gap_splits_chunks_into_still_and_lost():
     o, d = np.zeros(T), np.zeros(T)
     o[[0, 12, 13, 15]] = -0.1        # lost: frame 0 before any mistake, 12 and 13 in the undo, 15 in the wander
     d[[0, 12, 15]] = [0.2, 0.3, -0.1]  # the model gives progress to 0 and 12, none to 13 and 15
-    out = gap.caught([{"task": "t"}], [[("undo", 11, 14), ("wander", 15, 18)]], [o], [d])
+    out = gap.caught([{"task": "t"}], [gap.chunk_mistakes(T, [("undo", 11, 14), ("wander", 15, 18)])], [o], [d])
     assert out == {("t", "(none)"): (1, 0.0), ("t", "undo"): (2, 0.5), ("t", "wander"): (1, 1.0)}
