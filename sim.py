@@ -10,7 +10,8 @@ Splits (each a LeRobot v3.0 dataset with an `annotations.jsonl` at its root, one
   train           experts of the training tasks, every episode seen from several cameras (one video
                   key per camera, `observation.images.<camera>`), cameras and lights slightly jittered
   play            unlabeled play of the training tasks (the video world-model prior): the scripted policy
-                  under heavy action noise, random reaching, another task's policy; no progress labels
+                  under heavy action noise, random reaching, another task's policy (PLAYS, in turn over the env
+                  seeds: one seed per task, as --demo has, gives one kind, noisy with --seed 0); no progress labels
                   (train and play at --train-fps: only the frames that training at that rate reads of a
                   video at --fps are rendered and written; --demo: 2 fps, the rate the default run trains at)
   heldout_seen    new seeds of the training tasks: expert, hesitation, retry and failure, one camera (--heldout-camera)
@@ -860,6 +861,8 @@ def generate(task, seed, kinds=KINDS, size=128, cameras=("corner",), fps=10, tai
                 env.model.light_diffuse[:] *= rng.uniform(1 - CAMERA_JITTER[2], 1 + CAMERA_JITTER[2])
             if "play" in kinds:
                 rng = rng_for(3)
+                # the same kind for every task at a seed: the default run's prior saw noisy play only, and play of
+                # every kind in it was no better (docs/experiments.md, "More on the prior")
                 mechanism = PLAYS[seed % len(PLAYS)]
                 ro = play(env, task, rng, int(rng.integers(6 * fps, 12 * fps)), mechanism)
                 keep = resampled(ro.t + 1)
