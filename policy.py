@@ -318,6 +318,19 @@ def score(data, run, out, vae=None, text_cache=None):
     return path
 
 
+def named_paths(items, parser, reserved=()):
+    """{NAME: resolved Path} of NAME=PATH arguments; the parser's error for a malformed item, or a NAME repeated or
+    reserved (a repeated one would silently take the other's results)."""
+    out = {}
+    for item in items:
+        name, _, path = item.partition("=")
+        if not path or name in reserved or name in out:
+            parser.error(f"{item!r}: expected NAME=PATH with a new NAME"
+                         + (f" ({' and '.join(reserved)} are built in)" if reserved else ""))
+        out[name] = Path(path).resolve()
+    return out
+
+
 def main(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="data/policy", help="made by `python sim.py policy` if missing")
@@ -334,12 +347,7 @@ def main(argv):
     p.add_argument("--budget", type=int, default=BUDGET, help="steps per rollout")
     args = p.parse_args(argv)
     torch.set_num_threads(1)  # a small MLP: a second thread costs more in synchronization than it saves
-    sources = {}
-    for item in args.wvm + args.values:
-        name, _, path = item.partition("=")
-        if not path or name in ("oracle", "time") or name in sources:
-            p.error(f"{item!r}: expected NAME=PATH with a new NAME (oracle and time are built in)")
-        sources[name] = Path(path).resolve()
+    sources = named_paths(args.wvm + args.values, p, reserved=("oracle", "time"))
     data, out = Path(args.data).resolve(), Path(args.out).resolve()  # the commands below run in the repository
     if not (data / "eval_inits.json").exists():
         sh(sys.executable, "sim.py", "policy", "--out", data)

@@ -59,9 +59,9 @@ def caught(episodes, names, oracle, deltas):
     """{(task, mistake): (lost chunks, share with Δ <= 0)} over episodes; names: per-episode chunk_mistakes, oracle and
     deltas: per-episode Δ [T]."""
     hits = {}
-    for e, names, o, d in zip(episodes, names, oracle, deltas):
+    for e, n, o, d in zip(episodes, names, oracle, deltas):
         for t in np.nonzero(o < -LOST)[0]:
-            hits.setdefault((e["task"], names[t] or "(none)"), []).append(d[t] <= 0)
+            hits.setdefault((e["task"], n[t] or "(none)"), []).append(d[t] <= 0)
     return {k: (len(v), float(np.mean(v))) for k, v in sorted(hits.items())}
 
 
@@ -75,6 +75,7 @@ def main(argv):
     p.add_argument("--rollouts", type=int, default=50)
     p.add_argument("--json", help="write the tables' numbers here")
     args = p.parse_args(argv)
+    values = policy.named_paths(args.values, p)  # before the data is read: a bad argument fails at once
     torch.set_num_threads(1)
     data, out = Path(args.data), Path(args.out)
     episodes = policy.load_episodes(data / "operator")
@@ -86,10 +87,7 @@ def main(argv):
     paused = np.isin(np.concatenate(names), PAUSES)
     o = np.concatenate(oracle)
     report = {"caught": {}, "success": {}}
-    for item in args.values:
-        name, _, path = item.partition("=")
-        if not path:
-            p.error(f"{item!r}: expected NAME=VALUES_PARQUET")
+    for name, path in values.items():
         deltas = [chunk_delta(v, policy.H) for v in policy.read_progress(path, episodes)]
         report["caught"][name] = {" / ".join(k): v for k, v in caught(episodes, names, oracle, deltas).items()}
         d = np.concatenate(deltas)

@@ -1,8 +1,10 @@
 """policy.py: the weighted loss, Filtered BC and AWR weights against hand-computed values, the values.parquet join,
 a Meta-World evaluation; sim.py's policy-training data: the oracle progress, the operator's mistakes, the split."""
+import argparse
 import json
 import math
 from importlib.util import find_spec
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -259,3 +261,17 @@ def test_policy_gap_splits_chunks_into_still_and_lost():
     d[[0, 12, 15]] = [0.2, 0.3, -0.1]  # the model gives progress to 0 and 12, none to 13 and 15
     out = gap.caught([{"task": "t"}], [gap.chunk_mistakes(T, [("undo", 11, 14), ("wander", 15, 18)])], [o], [d])
     assert out == {("t", "(none)"): (1, 0.0), ("t", "undo"): (2, 0.5), ("t", "wander"): (1, 1.0)}
+
+
+def test_named_paths_refuse_a_repeated_or_reserved_name(tmp_path, capsys):
+    """policy.py and bench/policy_gap.py read NAME=PATH arguments alike: a repeated NAME would take the first one's
+    cached results, so it is refused before any data is read, as are a built-in name and an item without a path."""
+    for bad, reserved in ((["a=x", "a=y"], ()), (["oracle=x"], ("oracle", "time")), (["a"], ())):
+        p = argparse.ArgumentParser(prog="t")
+        with pytest.raises(SystemExit):
+            policy.named_paths(bad, p, reserved)
+        assert f"{bad[-1]!r}: expected NAME=PATH with a new NAME" in capsys.readouterr().err
+    assert policy.named_paths(["a=x", "b=y/z"], argparse.ArgumentParser()) == {"a": Path("x").resolve(),
+                                                                               "b": Path("y/z").resolve()}
+    with pytest.raises(SystemExit):  # policy.py itself, before it looks at --data
+        policy.main(["--data", str(tmp_path / "none"), "--values", "a=x", "a=y"])
