@@ -394,7 +394,7 @@ def build_vae(cfg, device, dataset):
     return vae.to(device).eval().requires_grad_(False)
 
 
-def parallelize(model, cfg, device, world, mp_dtype):
+def parallelize(model, cfg, device, world):
     if world == 1 and cfg.parallel == "ddp":
         return model.to(device)
     if cfg.parallel == "fsdp":
@@ -402,7 +402,10 @@ def parallelize(model, cfg, device, world, mp_dtype):
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 
         mesh = init_device_mesh(device.type, (world,))
-        mp = MixedPrecisionPolicy(param_dtype=mp_dtype, reduce_dtype=torch.float32)
+        # no param_dtype: a bf16 one would cast every parameter, FP32_PARAMS too (the time embedding, modulation,
+        # norms and head that run in fp32 under DDP and in eval); autocast makes the matmuls bf16 as under DDP, at
+        # the price of fp32 all-gathers
+        mp = MixedPrecisionPolicy(reduce_dtype=torch.float32)
         # Block.qkv returns v as a view ([B, L, H * D] unflattened to heads); FSDP2 warns that an in-place op on a
         # view would skip its pre-backward hook, and nothing writes to v in place (the two-process tests match one)
         warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module \(FSDPBlock\) returned a view tensor")
@@ -733,7 +736,7 @@ def train(cfg, world, rank, device):
         os.path.realpath(path): fps for path, _, fps in data_specs(cfg) if fps is not None}
     if source_fps:
         run["source_fps"] = source_fps
-    model = parallelize(build_model(cfg, device, stats), cfg, device, world, dtype)
+    model = parallelize(build_model(cfg, device, stats), cfg, device, world)
     # one group unless the video stream learns at its own rate (a run saved with one group resumes as it was)
     bare = unwrap(model)
     groups = model.parameters() if cfg.video_lr == 1 else [

@@ -141,6 +141,37 @@ def test_two_processes_match_one(dataset, tmp_path, parallel, video_lr):
     torch.testing.assert_close(ranks[0], ref, rtol=1e-3, atol=1e-5)
 
 
+def test_fsdp_keeps_the_fp32_parameters_in_fp32_under_bf16(tmp_path):
+    """FSDP2 computes in bf16 through autocast, as DDP does, not by casting every parameter: the time embedding,
+    modulation, norms and head stay fp32 in the forward, and the loss equals the unwrapped model's."""
+    import copy
+    import types
+
+    import torch.distributed as dist
+    from test_wvm import B, C, H, W, inputs, tiny
+
+    m = tiny().train()
+    x_in, _, v_in, _, ctx = inputs()
+    g = torch.Generator().manual_seed(2)
+    batch = {"latents": x_in, "context": ctx, "values": v_in, "sigma_video": torch.tensor([0.3, 0.8]),
+             "noise_video": torch.randn(B, C, 1, H, W, generator=g), "sigma_value": torch.tensor([0.5, 0.2]),
+             "noise_value": torch.randn(B, 4, generator=g)}
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        f, seen = copy.deepcopy(m), {}
+        block, qkv = f.value.blocks[0], f.value.blocks[0].qkv  # the MoT loop calls qkv, which FSDP wraps
+        block.qkv = lambda *a, **k: (seen.update(modulation=block.modulation.dtype), qkv(*a, **k))[1]
+        f = train.parallelize(f, types.SimpleNamespace(parallel="fsdp"), torch.device("cpu"), 1)
+        f.video.head.register_forward_pre_hook(lambda mod, _: seen.update(head=mod.head.weight.dtype))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            want, got = m(batch), f(batch)
+    finally:
+        dist.destroy_process_group()
+    assert seen == {"head": torch.float32, "modulation": torch.float32}
+    for k in ("loss_value", "loss_video"):
+        assert got[k].item() == want[k].item()
+
+
 def test_sigterm_then_resume_repeats_the_uninterrupted_run(dataset, tmp_path):
     # 20 short steps: the notice must land before the last one, on a busy machine too
     full = run([sys.executable, "train.py", *args(dataset, tmp_path / "full", max_steps=20, ckpt_every=100)])
