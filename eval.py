@@ -434,14 +434,17 @@ def load_annotated(path, fps, camera=None, min_frames=4, state=None):
     Returns (items, problems): items are (Trajectory, annotation dict); problems are messages for every
     episode left out (while indexing, unannotated where an annotations file exists, unusable annotation)
     and every annotation of an episode the dataset lacks: reported and counted, never silently dropped.
-    Without an annotations file (and without a manifest's `kind`), every episode is an expert. state: the column of
-    the robot's state to read with each episode (state_column)."""
+    Without an annotations file (and without a `kind` on any manifest line), every episode is an expert. A failure's
+    `achieved` (the fraction of the task done at its end, in [0, 1]) may be missing: it still counts for the AUROC,
+    and the tasks whose tau_a it leaves undefined are named. state: the column of the robot's state to read with each
+    episode (state_column)."""
     skipped = []
     episodes = read_dataset(path, camera=camera, skipped=skipped, state=state)
     problems = [f"episode {id}: {reason}" for id, reason in skipped]
     ann_file = os.path.join(path, "annotations.jsonl") if os.path.isdir(path) else None
     annotations = read_annotations(ann_file) if ann_file and os.path.exists(ann_file) else None
-    if annotations is None and not any("kind" in ep.extra for ep in episodes):
+    kinds = any("kind" in ep.extra for ep in episodes)  # a manifest that annotates: every line must
+    if annotations is None and not kinds:
         print(f"{path}: no annotations.jsonl; every episode counts as an expert", file=sys.stderr)
     items = []
     for ep in episodes:
@@ -452,8 +455,8 @@ def load_annotated(path, fps, camera=None, min_frames=4, state=None):
             line, a = annotations[ep.episode_index]
             where = f"{ann_file}:{line}: "
         else:
-            a = ep.extra if "kind" in ep.extra else {"kind": "expert", "T": ep.T}
-            where = ""
+            a = ep.extra if kinds else {"kind": "expert", "T": ep.T}
+            where = f"{path}: " if kinds else ""
         try:
             T = a.get("T", ep.T)
             if not is_int(T):
@@ -461,6 +464,14 @@ def load_annotated(path, fps, camera=None, min_frames=4, state=None):
             if T != ep.T:
                 raise ValueError(f"annotation T = {T} but the video has {ep.T} frames")
             check_annotation(a.get("kind"), a.get("m"), a.get("n"), T)
+            for k in ("task", "embodiment", "mechanism"):  # the bench's rows group by them
+                if not isinstance(a.get(k, ""), (str, type(None))):
+                    raise ValueError(f"annotation {k} = {a[k]!r}: expected a string")
+            f = a.get("achieved")
+            if a["kind"] == "failure" and f is not None and not (
+                    isinstance(f, (int, float)) and not isinstance(f, bool) and 0 <= f <= 1):
+                raise ValueError(f"achieved = {f!r}: the fraction of the task a failure achieved must be a number "
+                                 f"in [0, 1]")
         except (ValueError, TypeError) as e:
             problems.append(f"episode {ep.id}: {where}{e}")
             continue
@@ -470,6 +481,11 @@ def load_annotated(path, fps, camera=None, min_frames=4, state=None):
                             f"{min_frames}")
             continue
         items.append((Trajectory(ep, index), a))
+    unknown = sorted({a.get("task", t.episode.instruction) for t, a in items
+                      if a["kind"] == "failure" and a.get("achieved") is None})
+    if unknown:
+        print(f"{path}: failures without `achieved` (the fraction of the task done): the ranking bench's Kendall "
+              f"tau_a leaves out their tasks ({', '.join(map(str, unknown))})", file=sys.stderr)
     present = {ep.episode_index for ep in episodes} | {int(i.rsplit("/", 1)[1]) for i, _ in skipped
                                                        if i.rsplit("/", 1)[-1].isdigit()}
     for e, (line, _) in sorted((annotations or {}).items()):
@@ -534,7 +550,8 @@ def score_items(items, scorers):
                  "embodiment": a.get("embodiment", traj.episode.source),
                  "T": T, "index": traj.index.tolist(), "values": v.tolist(), "spread": spread.tolist(),
                  "m": a.get("m"), "n": a.get("n"), "final": float(v[-1]), "voc": voc(v),
-                 "achieved": 1.0 if a["kind"] in SUCCEEDS else float(a.get("achieved", "nan"))}
+                 "achieved": 1.0 if a["kind"] in SUCCEEDS else float(a["achieved"]) if
+                 a.get("achieved") is not None else float("nan")}
             if a["kind"] == "hesitation":
                 r["hesitation_rmse"] = hesitation_rmse(v, a["m"], a["n"], T, traj.index)
             elif a["kind"] == "retry":

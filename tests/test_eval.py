@@ -770,6 +770,55 @@ def test_annotation_fields_missing_or_of_the_wrong_type_are_named(bench_setup, t
     assert json.load(open(tmp_path / "b.json"))["skipped"][2:] == [
         f"episode ds/3: {ann}:4: annotation T = '44': the number of frames must be an integer",
         f"episode ds/4: {ann}:5: annotation T = 48.0: the number of frames must be an integer"]
+    # a failure's achieved fraction, and the fields the bench's rows group by
+    anns = [{"episode": 0, "kind": "failure", "achieved": "0.3"}, {"episode": 1, "kind": "failure", "achieved": 7},
+            {"episode": 2, "kind": "failure", "achieved": float("nan")}, {"episode": 3, "kind": "expert", "task": 3},
+            {"episode": 4, "kind": "failure", "mechanism": ["drop"], "achieved": 0.5}]
+    (ds / "annotations.jsonl").write_text("".join(json.dumps(a) + "\n" for a in anns))
+    items, problems = wvm_eval.load_annotated(str(ds), 2.0)
+    assert items == [] and problems == [
+        f"episode ds/0: {ann}:1: achieved = '0.3': the fraction of the task a failure achieved must be a number in "
+        f"[0, 1]", f"episode ds/1: {ann}:2: achieved = 7: the fraction of the task a failure achieved must be a "
+        f"number in [0, 1]", f"episode ds/2: {ann}:3: achieved = nan: the fraction of the task a failure achieved "
+        f"must be a number in [0, 1]", f"episode ds/3: {ann}:4: annotation task = 3: expected a string",
+        f"episode ds/4: {ann}:5: annotation mechanism = ['drop']: expected a string"]
+
+
+def test_failures_without_an_achieved_fraction_are_ranked_but_named(bench_setup, tmp_path, capsys):
+    """A failure may come without the fraction it achieved (success-vs-failure labels only): it counts for the
+    AUROC, and the tasks whose tau_a it leaves undefined are named, not silently dropped from the average."""
+    import json
+    import shutil
+
+    import eval as wvm_eval
+    ds = tmp_path / "ds"
+    shutil.copytree(bench_setup / "ds", ds)
+    anns = [{"episode": e, "kind": "expert", "task": "push"} for e in (0, 1)] + [
+        {"episode": 2, "kind": "failure", "task": "push", "achieved": 0}, {"episode": 3, "kind": "failure",
+                                                                           "task": "push"}]
+    (ds / "annotations.jsonl").write_text("".join(json.dumps(a) + "\n" for a in anns))
+    items, problems = wvm_eval.load_annotated(str(ds), 2.0)
+    assert [a["kind"] for _, a in items] == ["expert", "expert", "failure", "failure"]
+    assert "failures without `achieved` (the fraction of the task done): the ranking bench's Kendall tau_a leaves " \
+           "out their tasks (push)" in capsys.readouterr().err
+    results, _ = wvm_eval.score_items(items, [TimeScorer()])
+    assert [r["achieved"] for r in results][2] == 0.0 and np.isnan(results[3]["achieved"])
+
+
+def test_a_manifest_that_annotates_some_lines_must_annotate_all(bench_setup, tmp_path):
+    """A manifest line without a kind, among lines with one, is not silently an expert."""
+    import json
+
+    import data
+    import eval as wvm_eval
+    eps = data.read_dataset(str(bench_setup / "ds"))
+    lines = [{"video": ep.video, "instruction": ep.instruction, "start": ep.start, "end": ep.end} for ep in eps[:3]]
+    lines[0]["kind"], lines[2]["kind"] = "expert", "failure"
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    items, problems = wvm_eval.load_annotated(str(tmp_path / "m.jsonl"), 2.0)
+    assert [a["kind"] for _, a in items] == ["expert", "failure"]
+    assert problems == [f"episode m/1: {tmp_path / 'm.jsonl'}: no annotation kind: expected expert, hesitation, "
+                        f"retry or failure"]
 
 
 def test_a_bench_whose_every_video_fails_to_decode_stops(bench_setup, tmp_path):
