@@ -120,7 +120,8 @@ def read_lerobot(root, camera=None, name=None, probe=True, skipped=None, state=N
     """LeRobot dataset, v3.0 or v2.1 (from meta/info.json `codebase_version`) -> list[Episode].
 
     camera: video feature key (default: the first video key in info.json), or "all": one Episode per view.
-    probe: open each video file's header once to check it exists, opens and covers its episodes.
+    probe: open each video file's header once to check it exists, opens, runs at info.json's fps and covers its
+    episodes.
     skipped: a list that receives (episode id, reason) of every episode left out.
     state: a per-frame float column of the data parquet files (e.g. observation.state, the robot's proprioception)
     read into Episode.extra["state"], float32 [T, d]; an episode whose rows are incomplete or not finite is skipped.
@@ -184,30 +185,42 @@ def read_lerobot(root, camera=None, name=None, probe=True, skipped=None, state=N
                 rows += t.to_pylist()
             except (pa.ArrowException, OSError) as e:
                 raise DataError(f"{f}: unreadable episode metadata ({e})") from None
-        index = 0
-        for r in _indexing(rows, name):
+        index, seen = 0, {}
+        for row, r in enumerate(_indexing(rows, name)):
             index = r.get("dataset_from_index", index)
             where = [r[v + k] for k in ("chunk_index", "file_index", "from_timestamp", "to_timestamp")]
-            if None in where:  # no file or no span to read the episode from
+            ep = r["episode_index"]
+            if type(ep) is not int or ep in seen:  # an id must name one episode
+                skip(f"episode metadata row {row}", "bad metadata", f"episode_index {ep!r}" + (
+                    f" repeats row {seen[ep]}'s" if ep in seen else ": not an integer"))
+            elif None in where:  # no file or no span to read the episode from
                 skip(f"episode {r['episode_index']}", "bad metadata", f"{v}chunk_index, file_index, from_timestamp or "
                      f"to_timestamp is null", id=f"{name}/{r['episode_index']}")
             else:
                 video = root / video_path.format(video_key=camera, chunk_index=where[0], file_index=where[1])
                 _add(eps, skip, probed, probe, name, video, r["episode_index"], r["length"], r["tasks"], fps,
                      float(where[2]), float(where[3]), index)
+            if type(ep) is int:
+                seen.setdefault(ep, row)
             index += r["length"] or 0
     else:
         path = root / "meta" / "episodes.jsonl"
         if not path.exists():
             raise DataError(f"{path}: not found (a v2.x LeRobot dataset lists its episodes there)")
-        chunks = int(info.get("chunks_size", 1000))
-        index = 0  # v2.1 numbers frames through the episodes in order
+        chunks = info.get("chunks_size", 1000)
+        if type(chunks) is not int or chunks <= 0:
+            raise DataError(f"{info_path}: chunks_size {chunks!r}: must be a positive integer (episodes per chunk)")
+        index, seen = 0, {}  # v2.1 numbers frames through the episodes in order
         for line_no, line in enumerate(_indexing(read_text(path).splitlines(), name), 1):
             if not line.strip():
                 continue
             try:
                 r = json.loads(line)
-                ep = int(r["episode_index"])
+                ep = r["episode_index"]
+                if type(ep) is not int:
+                    raise TypeError(f"episode_index {ep!r}: not an integer")
+                if ep in seen:
+                    raise ValueError(f"episode_index {ep} repeats line {seen[ep]}'s")
                 if r.get("length") is not None and type(r["length"]) is not int:
                     raise TypeError(f"length {r['length']!r}: not an integer")
                 if isinstance(r.get("tasks"), str):  # its letters would be read as the tasks
@@ -215,6 +228,7 @@ def read_lerobot(root, camera=None, name=None, probe=True, skipped=None, state=N
             except (ValueError, KeyError, TypeError) as e:
                 skip(f"{path}:{line_no}", "bad metadata line", str(e))
                 continue
+            seen[ep] = line_no
             video = root / video_path.format(episode_chunk=ep // chunks, video_key=camera, episode_index=ep)
             _add(eps, skip, probed, probe, name, video, ep, r.get("length", 0), r.get("tasks"), fps, 0.0, None, index)
             index += r.get("length") or 0
@@ -313,6 +327,8 @@ def _add(eps, skip, probed, probe, name, video, ep_index, length, tasks, fps, st
         p = _probe_once(probed, video)
         if isinstance(p, VideoError):
             return skip(what, "unreadable video", str(p), id=id)
+        if abs(p[0] - fps) > 0.01 * fps:  # frames are read at start + i / fps: a wrong rate repeats or drops them
+            return skip(what, "frame rate differs", f"the video runs at {p[0]:g} fps, info.json says {fps:g}", id=id)
         if start + length / fps > p[3] + 0.5 / fps:
             have = max(0, int(round((p[3] - start) * fps)))
             return skip(what, "video shorter than metadata", f"{have} frames in the video, {length} in the metadata",

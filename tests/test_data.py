@@ -572,6 +572,10 @@ def not_utf8(path):
      "file (KeyError: 'chunk_index'); its fields are video_key, episode_chunk, episode_index"),
     ("v30", lambda r: edit_episodes(r, {"tasks": TASKS}),
      "meta/episodes/chunk-000/file-000.parquet: column 'tasks' is string, not a list of strings"),
+    ("v21", lambda r: edit_info(r, chunks_size=None),
+     "meta/info.json: chunks_size None: must be a positive integer (episodes per chunk)"),
+    ("v21", lambda r: edit_info(r, chunks_size=0), "meta/info.json: chunks_size 0: must be a positive integer "
+     "(episodes per chunk)"),
     ("v21", lambda r: not_utf8(r / "meta/episodes.jsonl"),
      "meta/episodes.jsonl:2: not UTF-8 text (invalid continuation byte at column 49)"),
 ])
@@ -607,6 +611,35 @@ def test_malformed_episode_metadata_is_skipped(lerobot, tmp_path, caplog):
                          f"not an integer)",
                          f"v21: skipping {tmp_path}/v21/meta/episodes.jsonl:2: bad metadata line (tasks "
                          f"'open the drawer': a string, not a list of strings)"]
+
+
+def test_an_episode_index_names_one_episode(lerobot, tmp_path, caplog):
+    """Metadata whose episode_index is null or repeats an earlier one's is skipped: two episodes never share an id."""
+    for version in ("v30", "v21"):
+        shutil.copytree(lerobot / version, tmp_path / version)
+    edit_episodes(tmp_path / "v30", {"episode_index": [0, None, 0]})
+    edit_jsonl(tmp_path / "v21/meta/episodes.jsonl", {1: {"episode_index": None}, 2: {"episode_index": 0}})
+    with caplog.at_level(logging.WARNING, logger="wvm.data"):
+        assert [e.id for e in data.read_lerobot(tmp_path / "v30")] == ["v30/0"]
+        assert [e.id for e in data.read_lerobot(tmp_path / "v21")] == ["v21/0"]
+    jsonl = tmp_path / "v21/meta/episodes.jsonl"
+    assert [r.getMessage() for r in caplog.records] == [
+        "v30: skipping episode metadata row 1: bad metadata (episode_index None: not an integer)",
+        "v30: skipping episode metadata row 2: bad metadata (episode_index 0 repeats row 0's)",
+        f"v21: skipping {jsonl}:2: bad metadata line (episode_index None: not an integer)",
+        f"v21: skipping {jsonl}:3: bad metadata line (episode_index 0 repeats line 1's)"]
+
+
+@pytest.mark.parametrize("version", ["v30", "v21"])
+def test_a_frame_rate_the_videos_do_not_have_is_named(lerobot, tmp_path, version, caplog):
+    """Frames are read at i / fps: info.json's fps must be the videos' own, or frames would repeat silently."""
+    shutil.copytree(lerobot / version, tmp_path / version)
+    edit_info(tmp_path / version, fps=2 * FPS)
+    skipped = []
+    with caplog.at_level(logging.WARNING, logger="wvm.data"):
+        assert data.read_lerobot(tmp_path / version, skipped=skipped) == []
+    assert skipped == [(f"{version}/{e}", f"frame rate differs (the video runs at {FPS} fps, info.json says "
+                                          f"{2 * FPS})") for e in range(3)]
 
 
 # ----------------------------------------------------------------------------- text
