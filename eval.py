@@ -742,6 +742,13 @@ def export_scores(path, scorer, out_dir, fps, H=10, kappa=0.0, keep_top=None, ta
     sha256) last: an interrupted export leaves the previous files whole, never a truncated one."""
     found = []
     episodes = read_dataset(path, camera=camera, skipped=found, state=state_column(scorer, path))
+    views = {}
+    for ep in episodes:
+        views.setdefault(ep.episode_index, []).append(ep.id)
+    twice = next((ids for ids in views.values() if len(ids) > 1), None)
+    if twice:  # --camera all: each view an episode of the same index
+        raise DataError(f"{path}: {' and '.join(twice)} are one episode: the tables key a frame by (episode_index, "
+                        f"frame_index), so --score scores one camera (--camera KEY)")
     skipped = [f"{id}: {reason}" for id, reason in found]
     trajs = [Trajectory(ep, resample(ep.T, ep.fps, fps)) for ep in episodes]
     skipped += [f"{t.episode.id}: {len(t.index)} frames at {fps:g} fps, fewer than one window of {scorer.h}"

@@ -105,6 +105,14 @@ def read_progress(path, episodes):
         T = len(e["obs"])
         V = np.full(T, np.nan)
         ok = (frame[sel] >= 0) & (frame[sel] < T)
+        frames, n = np.unique(frame[sel][ok], return_counts=True)
+        if (n > 1).any():
+            raise ValueError(f"{path}: episode {e['episode_index']}: frames {frames[n > 1][:5].tolist()} have more "
+                             f"than one row")
+        if not np.isfinite(v[sel][ok]).all():
+            bad = frame[sel][ok][~np.isfinite(v[sel][ok])]
+            raise ValueError(f"{path}: episode {e['episode_index']}: progress is not a finite number at frames "
+                             f"{bad[:5].tolist()}")
         V[frame[sel][ok]] = v[sel][ok]
         missing = np.nonzero(np.isnan(V))[0]
         if len(missing):
@@ -116,7 +124,7 @@ def read_progress(path, episodes):
 
 
 def time_progress(episodes):
-    return [np.arange(len(e["obs"])) / (len(e["obs"]) - 1) for e in episodes]
+    return [np.arange(len(e["obs"])) / max(1, len(e["obs"]) - 1) for e in episodes]
 
 
 def sample_weights(method, deltas, tasks, kappa=0.0, keep_top=KEEP_TOP, tau=TAU, delta_max=DELTA_MAX):

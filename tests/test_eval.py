@@ -604,6 +604,23 @@ def test_an_interrupted_export_keeps_the_previous_files(bench_setup, tmp_path, m
     assert before == {f: (tmp_path / f).read_bytes() for f in before}
 
 
+def test_scores_of_several_cameras_are_refused_not_written_twice(tmp_path):
+    """--camera all makes each view an episode of the same index: the tables would hold each frame twice."""
+    import eval as wvm_eval
+    from sim import write_lerobot
+    frames = np.zeros((12, 16, 16, 3), np.uint8)
+    write_lerobot(tmp_path / "ds", [{"frames": {"observation.images.a": frames, "observation.images.b": frames},
+                                     "task": "t"}], fps=4, codec="libx264")
+    with pytest.raises(wvm_eval.DataError) as e:
+        wvm_eval.export_scores(str(tmp_path / "ds"), Stub(), str(tmp_path / "s"), 2.0, camera="all")
+    assert str(e.value) == (f"{tmp_path / 'ds'}: ds[observation.images.a]/0 and ds[observation.images.b]/0 are one "
+                            f"episode: the tables key a frame by (episode_index, frame_index), so --score scores one "
+                            f"camera (--camera KEY)")
+    assert not (tmp_path / "s").exists()
+    meta = wvm_eval.export_scores(str(tmp_path / "ds"), Stub(), str(tmp_path / "s"), 2.0, camera="observation.images.b")
+    assert meta["frames"] == 12
+
+
 # lerobot's progress-file layout for RA-BC sample weighting (its compute_rabc_weights.py writes it, its RABCWeights
 # reads it): one row per frame, rows in `index` order, columns and types as below.
 LEROBOT_PROGRESS_SCHEMA = {"index": "int64", "episode_index": "int64", "frame_index": "int64",

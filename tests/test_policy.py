@@ -107,9 +107,16 @@ def test_values_join_every_sample_and_refuse_gaps(tmp_path):
     write_values(path, [r for r in rows if r[0] != 3])
     with pytest.raises(ValueError, match=r"values.parquet: episode 3 \(3 frames\): no rows"):
         policy.read_progress(path, eps)
+    write_values(path, rows + [(7, 1, 0.5)])  # a frame scored twice (two cameras' scores in one file)
+    with pytest.raises(ValueError, match=r"values.parquet: episode 7: frames \[1\] have more than one row"):
+        policy.read_progress(path, eps)
+    write_values(path, [(e, f, np.inf if (e, f) == (3, 2) else v) for e, f, v in rows])
+    with pytest.raises(ValueError, match=r"values.parquet: episode 3: progress is not a finite number at frames \[2\]"):
+        policy.read_progress(path, eps)
     pq.write_table(pa.table({"episode_index": [3], "frame_index": [0]}), path)
     with pytest.raises(ValueError, match="values.parquet: cannot read"):
         policy.read_progress(path, eps)
+    assert [v.tolist() for v in policy.time_progress([{"obs": np.zeros((1, 39))}, eps[0]])] == [[0.0], [0, 0.5, 1]]
 
 
 def test_a_dataset_without_the_state_is_named(tmp_path):
