@@ -67,9 +67,10 @@ def load_episodes(root):
     columns = ["episode_index", "frame_index", "observation.environment_state", "action"]
     if not files:
         raise ValueError(f"{root / 'data'}: no parquet files")
-    missing = [c for c in columns if c not in pq.read_schema(files[0]).names]
-    if missing:
-        raise ValueError(f"{files[0]}: lacks the columns {', '.join(missing)} (the simulator's state and actions)")
+    for f in files:
+        missing = [c for c in columns if c not in pq.read_schema(f).names]
+        if missing:
+            raise ValueError(f"{f}: lacks the columns {', '.join(missing)} (the simulator's state and actions)")
     table = pq.read_table(files, columns=columns)
     ep = table["episode_index"].to_numpy()
     frame = table["frame_index"].to_numpy()

@@ -128,6 +128,16 @@ def test_a_dataset_without_the_state_is_named(tmp_path):
     (tmp_path / "ds" / "annotations.jsonl").write_text('{"episode_index": 0, "kind": "expert", "task": "a"}\n')
     with pytest.raises(ValueError, match=r"file-000.parquet: lacks the columns observation.environment_state, action"):
         policy.load_episodes(tmp_path / "ds")
+    # every data file is checked, not only the first
+    ep = {"frames": np.zeros((4, 16, 16, 3), np.uint8), "task": "do it",
+          "observation.environment_state": np.zeros((4, 39)), "action": np.zeros((4, 4))}
+    write_lerobot(tmp_path / "two", [ep, ep], fps=10, codec="libx264", files_max_episodes=1)
+    (tmp_path / "two" / "annotations.jsonl").write_text("".join(
+        f'{{"episode_index": {e}, "kind": "expert", "task": "a"}}\n' for e in (0, 1)))
+    second = next((tmp_path / "two" / "data").rglob("file-001.parquet"))
+    pq.write_table(pq.read_table(second).drop_columns(["action"]), second)
+    with pytest.raises(ValueError, match=r"file-001.parquet: lacks the columns action"):
+        policy.load_episodes(tmp_path / "two")
 
 
 def test_bad_annotations_are_named(tmp_path):
