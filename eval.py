@@ -233,11 +233,11 @@ def scored_from_default_noise(path):
 
 class WVMScorer:
     """Slides windows of h frames with stride s over each trajectory, chaining each window's prefix value
-    from the windows already scored (0 before the start). combine: how a frame's value comes from the windows
-    covering it: "first" (the default with stride 1): the first slot of the window that starts at the frame, the
-    one that has seen the most frames after it, so the chain moves one frame at a time (the last h - 1 frames,
-    where no window starts, take the mean); "mean" over them (the default with a larger stride). The mean lags
-    undone work by a frame or two and averages it away (docs/experiments.md, "Reading a frame's value from the
+    from the windows already scored (0 at frame 0 and before it, as in training). combine: how a frame's value comes
+    from the windows covering it: "first" (the default with stride 1): the first slot of the window that starts at
+    the frame, the one that has seen the most frames after it, so the chain moves one frame at a time (the last h - 1
+    frames, where no window starts, take the mean); "mean" over them (the default with a larger stride). The mean
+    lags undone work by a frame or two and averages it away (docs/experiments.md, "Reading a frame's value from the
     windows").
     Windows are batched across trajectories: round k scores window k of every trajectory in the batch, so the
     chain of one trajectory runs in order."""
@@ -304,10 +304,10 @@ class WVMScorer:
             clips, prefix, state = [], [], []
             for i in live:
                 t = ends[i][k]
-                p = t - self.h  # prefix frame; -1 (before the start) is frame 0 with value 0
+                p = t - self.h  # prefix frame; frame 0 (or -1, before the start: frame 0 again) has value 0
                 window = [max(p, 0)] + list(range(t - self.h + 1, t + 1))  # the value tokens' frames
                 clips.append(frames[i][:, self.lead + window])
-                prefix.append(0.0 if p < 0 else float(np.clip(read(i, p)[0], 0, 1)))
+                prefix.append(0.0 if p <= 0 else float(np.clip(read(i, p)[0], 0, 1)))
                 if use_state:
                     state.append(torch.from_numpy(states[i][np.asarray(group[i].index)[window]]))
             lat = clip_latents(self.vae, torch.stack(clips).to(self.device), self.h)  # the current latent

@@ -703,13 +703,14 @@ def test_window_chain_and_combine_by_hand(combine, monkeypatch):
         return starting[0] if combine == "first" and starting else np.mean([v for _, v in contrib[f]])
 
     for e in range(h - 1, T):
-        prefix = 0.0 if e - h < 0 else value(e - h)
+        prefix = 0.0 if e - h <= 0 else value(e - h)  # frame 0's value is 0, never an estimate
         for j in range(h):
             contrib[e - h + 1 + j].append((e, 0.5 * prefix + 0.01 * (e + j)))
     want = [value(f) for f in range(T)]
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)  # the prefixes cross as float32
-    if combine == "first":  # by hand: V(0) = 0.03, V(1) = 0.5 V(0) + 0.04, ...; frame T - 1 only in the last window
-        assert got[0] == pytest.approx(0.03) and got[1] == pytest.approx(0.055) and got[2] == pytest.approx(0.0775)
+    if combine == "first":  # by hand: V(0) = 0.03; V(1) = 0.04 (its prefix frame is frame 0: value 0, not V(0));
+        # V(2) = 0.5 V(1) + 0.05, ...; frame T - 1 only in the last window
+        assert got[0] == pytest.approx(0.03) and got[1] == pytest.approx(0.04) and got[2] == pytest.approx(0.07)
         assert got[-1] == pytest.approx(0.5 * want[T - 1 - h] + 0.01 * (T - 1 + 3))
     with pytest.raises(ValueError, match="first with stride 1"):
         ev.WVMScorer(_IndexModel(), torch.nn.Identity(), text, 8, stride=2, combine="first")
