@@ -148,14 +148,17 @@ def test_fsdp_keeps_the_fp32_parameters_in_fp32_under_bf16(tmp_path):
     import types
 
     import torch.distributed as dist
-    from test_wvm import B, C, H, W, inputs, tiny
+    from wvm import WVM, wvm_configs
 
-    m = tiny().train()
-    x_in, _, v_in, _, ctx = inputs()
+    torch.manual_seed(0)
+    m = WVM(*wvm_configs("tiny"))
+    with torch.no_grad():  # the value head starts at zero; randomize it so that its output means something
+        m.value.head.head.weight.normal_(0, 0.5)
     g = torch.Generator().manual_seed(2)
-    batch = {"latents": x_in, "context": ctx, "values": v_in, "sigma_video": torch.tensor([0.3, 0.8]),
-             "noise_video": torch.randn(B, C, 1, H, W, generator=g), "sigma_value": torch.tensor([0.5, 0.2]),
-             "noise_value": torch.randn(B, 4, generator=g)}
+    batch = {"latents": torch.randn(2, 48, 2, 8, 6, generator=g), "context": torch.randn(2, 7, 32, generator=g),
+             "values": torch.rand(2, 5, generator=g), "sigma_video": torch.tensor([0.3, 0.8]),
+             "noise_video": torch.randn(2, 48, 1, 8, 6, generator=g), "sigma_value": torch.tensor([0.5, 0.2]),
+             "noise_value": torch.randn(2, 4, generator=g)}
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
     try:
         f, seen = copy.deepcopy(m), {}
