@@ -368,7 +368,9 @@ def build_model(cfg, device, state=None):
                 value_shift=cfg.value_shift)
     torch.manual_seed(cfg.seed)  # the same fresh weights on every process
     if cfg.wan:
-        model = wvm_from_wan(cfg.wan, value_cfg, size=cfg.size, **opts)
+        # fp32 master weights whatever the file holds (official and ComfyUI files are bf16 / fp16): AdamW updates
+        # them, autocast computes in bf16
+        model = wvm_from_wan(cfg.wan, value_cfg, dtype=torch.float32, size=cfg.size, **opts)
     else:
         model = WVM(video_cfg, value_cfg, **opts)
     model.checkpointing = cfg.checkpointing

@@ -734,6 +734,17 @@ def test_video_stage_writes_a_wan_checkpoint_that_wvm_training_starts_from(datas
     model = train.build_model(cfg, torch.device("cpu"))
     assert all(torch.equal(v, model.video.state_dict()[k]) for k, v in video.state_dict().items())
     assert train.train(cfg, 1, 0, torch.device("cpu")) is not None  # and WVM training runs from it
+    # a half-precision file (ComfyUI's fp16 one, its names prefixed) still gives fp32 weights to train
+    from checkpoint import save_safetensors
+    half = {f"model.diffusion_model.{k}": v.half() for k, v in video.state_dict().items()}
+    os.makedirs(tmp_path / "wan16")
+    shutil.copy(wan / "config.json", tmp_path / "wan16")
+    save_safetensors(half, str(tmp_path / "wan16" / "diffusion_pytorch_model.safetensors"))
+    cfg = train.configure(args(dataset, tmp_path / "wvm16", wan=str(tmp_path / "wan16"), max_steps=1))
+    model = train.build_model(cfg, torch.device("cpu"))
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    assert all(torch.equal(v.half().float(), model.video.state_dict()[k]) for k, v in video.state_dict().items())
+    assert train.train(cfg, 1, 0, torch.device("cpu")) is not None
 
 
 def test_a_vae_trained_on_the_data_is_the_runs_frozen_vae(dataset, tmp_path):
