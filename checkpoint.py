@@ -24,11 +24,18 @@ class CheckpointError(ValueError):
 
 
 def read_json(path):
-    """A JSON file, or None where there is none."""
+    """A JSON object from a file, or None where there is none; anything else is a CheckpointError naming it."""
     if not os.path.exists(path):
         return None
-    with open(path) as f:
-        return json.load(f)
+    try:
+        with open(path) as f:
+            out = json.load(f)
+    except (ValueError, UnicodeDecodeError) as e:
+        where = f" ({e.msg} at line {e.lineno}, column {e.colno})" if isinstance(e, json.JSONDecodeError) else ""
+        raise CheckpointError(f"{path}: not valid JSON{where}") from None
+    if not isinstance(out, dict):
+        raise CheckpointError(f"{path}: a JSON {type(out).__name__}, not an object")
+    return out
 
 
 def checkpoint_files(path, stem):

@@ -27,6 +27,7 @@ import time
 import numpy as np
 
 import sim  # light: MuJoCo is imported only to render
+from checkpoint import CheckpointError, read_json
 from eval import bench_rows, scored_from_default_noise
 from train import TrainConfig
 
@@ -114,11 +115,12 @@ PATHS = ("data", "text_cache", "paraphrases", "vae", "wan", "latent_cache", "out
 def check_recipe(run_dir, flags):
     """A run folder left by an earlier version of a recipe is not resumed as if it were this one (its results would
     be printed under this recipe's name): a setting that differs from its config.json stops the demo, naming it."""
-    path = os.path.join(run_dir, "config.json")
-    if not os.path.exists(path):
+    try:
+        saved = read_json(os.path.join(run_dir, "config.json"))
+    except CheckpointError as e:
+        raise SystemExit(f"demo.py: {e}; move or delete {run_dir} (or pass --runs DIR)") from None
+    if saved is None:
         return
-    with open(path) as f:
-        saved = json.load(f)
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}  # settings older runs did not record
     was = {k: saved.get(k, defaults.get(k)) for k in flags}
     # a path may differ between machines, but whether it is given (a prior, a second wording) is a setting

@@ -508,11 +508,28 @@ def open_run(cfg):
         lock.close()
         raise SystemExit(refusal)
     if not cfg.resume:
-        for f in RUN_FILES:
+        present = [f for f in RUN_FILES if os.path.lexists(os.path.join(cfg.out_dir, f))]
+        inside = lambda p: any(os.path.realpath(p) == q or os.path.realpath(p).startswith(q + os.sep)  # noqa: E731
+                               for q in (os.path.realpath(os.path.join(cfg.out_dir, f)) for f in present))
+        used = [f"--{k}={p}" for k in ("vae", "wan", "text_cache", "paraphrases", "latent_cache")
+                if (p := getattr(cfg, k)) and inside(p)]
+        try:  # train.py's own config.json records its out_dir: the other files are then that run's
+            ours = "out_dir" in (read_json(os.path.join(cfg.out_dir, "config.json")) or {})
+        except CheckpointError:
+            ours = False
+        refusal = (f"{cfg.out_dir}: a new run clears {', '.join(present)} there, and {', '.join(used)} lies among "
+                   f"them: move it or choose another --out_dir" if used else
+                   f"{cfg.out_dir} holds {', '.join(present)}, which no train.py run left there: choose another "
+                   f"--out_dir, or pass --overwrite to delete them" if present and not ours and not cfg.overwrite
+                   else None)
+        if refusal:
+            lock.close()
+            raise SystemExit(refusal)
+        for f in present:
             path = os.path.join(cfg.out_dir, f)
-            if os.path.isdir(path):
+            if os.path.isdir(path) and not os.path.islink(path):
                 shutil.rmtree(path)
-            elif os.path.exists(path):
+            else:
                 os.remove(path)
     return lock
 

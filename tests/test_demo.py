@@ -135,6 +135,11 @@ def test_a_run_of_other_settings_is_not_resumed_as_this_recipe(tmp_path, monkeyp
             assert str(e.code).startswith(f"demo.py: {run} holds a run of other settings than this recipe's: {msg}")
         else:
             raise AssertionError("a run of other settings was resumed")
+    (run / "config.json").write_text('{"lr": 0.001,')  # an edit that broke it
+    with pytest.raises(SystemExit) as e:
+        demo.train(str(run), flags)
+    assert str(e.value) == (f"demo.py: {run / 'config.json'}: not valid JSON (Expecting property name enclosed in "
+                            f"double quotes at line 1, column 14); move or delete {run} (or pass --runs DIR)")
     assert len(calls) == 2
 
 

@@ -507,6 +507,41 @@ def test_a_saved_run_is_never_trained_over(dataset, trained, tmp_path, capsys):
     assert "the run is finished (step 3 of max_steps 3)" in capsys.readouterr().out
 
 
+def test_a_new_run_deletes_only_what_a_run_left(dataset, trained, tmp_path):
+    """A run that saved nothing leaves files a new one clears; files no run left there, or an input of the new
+    run among them, stop it instead, untouched."""
+    out = tmp_path / "run"
+    shutil.copytree(trained, out)
+    shutil.rmtree(out / "ckpt")
+    os.remove(out / "wvm.safetensors")  # a run that saved nothing: its config.json, log and VAE are cleared
+    train_here(dataset, out, max_steps=1, fps=4.0)
+    assert [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()] == [1]
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    shutil.copy(out / "vae.safetensors", mine / "vae.safetensors")  # e.g. wan_vae.py --out mine/vae.safetensors
+    before = digest(mine / "vae.safetensors")
+    with pytest.raises(SystemExit) as e:
+        train_here(dataset, mine, max_steps=1)
+    assert str(e.value) == (f"{mine} holds vae.safetensors, which no train.py run left there: choose another "
+                            f"--out_dir, or pass --overwrite to delete them")
+    with pytest.raises(SystemExit) as e:
+        train_here(dataset, mine, max_steps=1, vae=str(mine / "vae.safetensors"), overwrite=True)
+    assert str(e.value) == (f"{mine}: a new run clears vae.safetensors there, and --vae={mine / 'vae.safetensors'} "
+                            f"lies among them: move it or choose another --out_dir")
+    assert digest(mine / "vae.safetensors") == before
+
+
+def test_an_edited_config_json_is_named(dataset, trained, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(trained, out)
+    for text, msg in (('{"lr": 0.1,}', "not valid JSON (Expecting property name enclosed in double quotes at line 1, "
+                                       "column 12)"), ("[1, 2]", "a JSON list, not an object")):
+        (out / "config.json").write_text(text)
+        with pytest.raises(SystemExit) as e:
+            train.main(args(dataset, out, max_steps=3, fps=4.0, resume=True))
+        assert str(e.value) == f"{out / 'config.json'}: {msg}"
+
+
 def test_second_process_on_a_run_folder_is_refused(dataset, tmp_path):
     out = tmp_path / "run"
     env = dict(os.environ, **CPU)
