@@ -473,6 +473,7 @@ def peak_flops(device):
 # settings, and what the model's inputs depend on). wvm.safetensors is the whole model for eval.py. A
 # save writes ckpt.tmp (state.json last) and swaps it in; recover_checkpoint settles a swap a crash cut.
 
+MODEL_SETTINGS = ("value_head", "value_pred", "mask")  # in a run's record since 2026-12-05
 RUN_FILES = ("ckpt", "wvm.safetensors", "wan", "vae.safetensors", "config.json", "log.jsonl")
 HELD = {}  # run folder -> this process's lock on it: a later train() here (tests, notebooks) takes over a failed one's
 
@@ -635,8 +636,11 @@ def load_checkpoint(model, opt, cfg, rank, world, device, run):
     from safetensors.torch import load_file
 
     state = read_state(cfg, world)
-    changed = [f"{k} {state.get('run', {}).get(k)!r} -> {v!r}" for k, v in run.items()
-               if k != "source_fps" and state.get("run", {}).get(k) != v]  # the sources may change, not their inputs
+    was = state.get("run", {})
+    # both ways: a setting recorded only when on (first_frame) must not be dropped by a launch without it; the
+    # sources may change (source_fps), not their inputs; runs saved before the model's settings were recorded lack them
+    changed = [f"{k} {was.get(k)!r} -> {run.get(k)!r}" for k in dict.fromkeys([*was, *run])
+               if k != "source_fps" and was.get(k) != run.get(k) and not (k in MODEL_SETTINGS and k not in was)]
     if changed:
         raise SystemExit(f"{cfg.out_dir}: the run was trained on other inputs than this launch gives it "
                          f"({'; '.join(changed)}); resume with the run's settings, or start a new run")
@@ -667,9 +671,12 @@ def load_checkpoint(model, opt, cfg, rank, world, device, run):
                     t = t.to(params[name].device)
                 opt.state[params[name]][key] = t
             local(t).copy_(saved[k])
-    for group, saved_group in zip(opt.param_groups, state["param_groups"]):  # this launch's --video_lr holds
-        group.update({k: tuple(v) if isinstance(group.get(k), tuple) else v for k, v in saved_group.items()
-                      if k != "lr_scale"})
+    # this launch's optimizer settings hold (its --video_lr, --weight_decay, betas), as config.json records them
+    settings = lambda groups: [{k: list(g[k]) if k == "betas" else g[k] for k in ("betas", "weight_decay", "eps")  # noqa: E731
+                                if k in g} for g in groups]
+    if rank == 0 and settings(state["param_groups"]) != settings(opt.param_groups):
+        print(f"{cfg.out_dir}: resuming at step {state['step']} with this launch's optimizer settings "
+              f"{settings(opt.param_groups)[0]} (until now {settings(state['param_groups'])[0]})")
     torch.set_rng_state(saved["rng/torch"])
     if "rng/cuda" in saved and device.type == "cuda":
         torch.cuda.set_rng_state(saved["rng/cuda"], device)
@@ -744,6 +751,7 @@ def train(cfg, world, rank, device):
     # what scoring must reproduce to feed the model the inputs it was trained on (eval.py checks it)
     run = {"resolution": cfg.resolution, "fps": cfg.fps, "vae": vae_fingerprint(vae),
            "text_encoder": encoder_id(text_cache.encoder), "stage": cfg.stage}
+    run |= {k: getattr(cfg, k) for k in MODEL_SETTINGS}  # what the weights mean: a resume cannot change it
     if cfg.first_frame:  # recorded only when on, so that runs saved before the option resume as they were
         run["first_frame"] = True
     stats = state_stats(dataset) if cfg.state else None

@@ -579,6 +579,32 @@ def test_resume_refuses_other_model_inputs(dataset, trained, tmp_path):
         train_here(dataset, out, max_steps=3, resume=True, fps=4.0, first_frame=True)
     with pytest.raises(SystemExit, match=r"state None -> 'observation.state'"):  # nor the model's inputs
         train_here(dataset, out, max_steps=3, resume=True, fps=4.0, state="observation.state")
+    # nor what its weights mean: a flow head's weights are not trained on as a regression head's
+    for kw, msg in ((dict(value_head="regression"), "value_head 'flow' -> 'regression'"),
+                    (dict(value_pred="x0"), "value_pred 'v' -> 'x0'"), (dict(mask="full"), "mask 'causal' -> 'full'")):
+        with pytest.raises(SystemExit, match=msg):
+            train_here(dataset, out, max_steps=3, resume=True, fps=4.0, **kw)
+    # a setting recorded only when on is compared both ways: a first-frame run is not continued without o_0
+    on = tmp_path / "first"
+    train_here(dataset, on, max_steps=1, fps=4.0, first_frame=True)
+    with pytest.raises(SystemExit, match=r"first_frame True -> None"):
+        train_here(dataset, on, max_steps=2, resume=True, fps=4.0)
+
+
+def test_resume_of_a_run_saved_before_the_model_settings_were_recorded(dataset, trained, tmp_path, capsys):
+    """Such a run resumes; and a launch's new optimizer settings hold from the resume on, said in one line."""
+    out = tmp_path / "run"
+    shutil.copytree(trained, out)
+    state = json.loads((out / "ckpt" / "state.json").read_text())
+    for k in train.MODEL_SETTINGS:
+        del state["run"][k]
+    (out / "ckpt" / "state.json").write_text(json.dumps(state))
+    model = train_here(dataset, out, max_steps=3, fps=4.0, resume=True, weight_decay=0.1)
+    assert model is not None
+    assert (f"{out}: resuming at step 2 with this launch's optimizer settings {{'betas': [0.9, 0.95], "
+            f"'weight_decay': 0.1, 'eps': 1e-08}} (until now {{'betas': [0.9, 0.95], 'weight_decay': 0.0, "
+            f"'eps': 1e-08}})") in capsys.readouterr().out
+    assert json.loads((out / "config.json").read_text())["weight_decay"] == 0.1
 
 
 def test_missing_instructions_are_named_up_front_with_the_command_that_adds_them(dataset, tmp_path):
