@@ -103,6 +103,19 @@ class TextCache:
             self.handles[f] = safe_open(f, "pt")
         return self.handles[f].get_tensor(key).float()
 
+    def check_fits(self, texts, text_len, text_dim, model):
+        """Raise TextCacheError unless every text's features [L, D] fit the model's [<= text_len, text_dim] (read
+        from the headers only). model: how to name the model in the message."""
+        for text in texts:
+            f = self.where[text_key(text)]
+            if f not in self.handles:
+                self.handles[f] = safe_open(f, "pt")
+            L, D = self.handles[f].get_slice(text_key(text)).get_shape()
+            if D != text_dim or L > text_len:
+                raise TextCacheError(f"{self.path}: the features of {clean_text(text)!r} are [{L}, {D}] "
+                                     f"({describe(self.encoder)}); {model} reads [<= {text_len}, {text_dim}]: encode "
+                                     f"the instructions with the text encoder it was made for")
+
     def require(self, texts, datasets):
         """Raise MissingText naming every text not in the cache and the command that adds them."""
         missing = sorted({clean_text(t) for t in texts if t not in self})

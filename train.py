@@ -43,7 +43,7 @@ from checkpoint import CheckpointError, read_json
 from data import (ClipDataset, DataError, LatentCache, Source, check_names_some, collate, fingerprint,
                   read_dataset, read_paraphrases)
 from encode_text import TextCache, TextCacheError, encoder_id, pad_text
-from model import save_wan_dit
+from model import read_wan_checkpoint, save_wan_dit
 from wan_vae import load_wan_vae, random_vae, save_wan_vae, vae_fingerprint
 from wvm import WVM, clip_latents, save_wvm, wvm_configs, wvm_from_wan
 
@@ -744,9 +744,12 @@ def train(cfg, world, rank, device):
     dataset = open_sources(cfg, h)
     data_id = check_data(cfg, dataset, recorded, finished=False) if master else None
     text_cache = TextCache(cfg.text_cache)
-    text_cache.require({w for src in dataset.sources for ep in src.episodes
-                        for w in (ep.instruction, *dataset.paraphrases.get(ep.instruction, ()))},
-                       [path for path, _, _ in data_specs(cfg)] + ([cfg.paraphrases] if cfg.paraphrases else []))
+    texts = {w for src in dataset.sources for ep in src.episodes
+             for w in (ep.instruction, *dataset.paraphrases.get(ep.instruction, ()))}
+    text_cache.require(texts, [path for path, _, _ in data_specs(cfg)] + ([cfg.paraphrases] if cfg.paraphrases else []))
+    video_cfg = read_wan_checkpoint(cfg.wan)[2] if cfg.wan else wvm_configs(cfg.size)[0]
+    text_cache.check_fits(texts, video_cfg.text_len, video_cfg.text_dim,
+                          f"the Wan DiT {cfg.wan}" if cfg.wan else f"--size={cfg.size}")
     vae = build_vae(cfg, device, dataset)
     # what scoring must reproduce to feed the model the inputs it was trained on (eval.py checks it)
     run = {"resolution": cfg.resolution, "fps": cfg.fps, "vae": vae_fingerprint(vae),

@@ -753,6 +753,7 @@ def test_a_run_trained_with_the_first_frame_is_scored_with_it(dataset, tmp_path,
 
 def test_bad_inputs_end_with_their_message_only(dataset, tmp_path):
     """Input errors raised deep inside (a checkpoint, a dataset, a text cache) reach the user as one message."""
+    import encode_text
     from model import WAN_CONFIGS, WanDiT, save_wan_dit
     from wan_vae import VAE_CONFIGS, WanVAE, save_wan_vae
     save_wan_dit(WanDiT(WAN_CONFIGS["tiny"]), tmp_path / "wan")
@@ -764,11 +765,19 @@ def test_bad_inputs_end_with_their_message_only(dataset, tmp_path):
              (dict(data=str(tmp_path)), f"{tmp_path}: not a dataset"),
              (dict(data=f"{dataset / 'ds'}:0"), "ClipDataset: no source of weight > 0 has usable episodes (ds: "
               "weight 0)"),
-             (dict(text_cache=str(tmp_path / "none")), f"{tmp_path / 'none'}: no text cache")]
+             (dict(text_cache=str(tmp_path / "none")), f"{tmp_path / 'none'}: no text cache"),
+             (dict(text_cache=str(tmp_path / "text64")), f"{tmp_path / 'text64'}: the features of "
+              f"'push the block right' are [5, 64] (`--tiny_random 64 --text_len 16`); --size=tiny reads [<= 16, 32]: "
+              f"encode the instructions with the text encoder it was made for")]
+    tok, enc = encode_text.tiny_random_encoder(64)  # a cache of another width (a umT5 one for a tiny model)
+    encode_text.build_cache(["push the block right", "slide the block"], tok, enc, tmp_path / "text64",
+                            dtype=torch.float32, text_len=16, encoder={"id": "tiny:64", "flags": "--tiny_random 64 "
+                                                                                                 "--text_len 16"})
     for i, (kw, msg) in enumerate(cases):
         with pytest.raises(SystemExit) as e:
             train.main(args(dataset, tmp_path / f"run{i}", **kw))
         assert str(e.value).startswith(msg) and e.value.__suppress_context__
+        assert not (tmp_path / f"run{i}" / "config.json").exists()  # stopped before the run wrote anything
 
 
 def test_video_stage_writes_a_wan_checkpoint_that_wvm_training_starts_from(dataset, tmp_path):
