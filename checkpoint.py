@@ -43,9 +43,16 @@ def checkpoint_files(path, stem):
     if os.path.isfile(path):
         cfg_file = os.path.join(os.path.dirname(path), "config.json")
         if path.endswith(".json"):  # an index
-            with open(path) as f:
-                shards = sorted(set(json.load(f)["weight_map"].values()))
+            weight_map = read_json(path).get("weight_map")
+            if not isinstance(weight_map, dict):
+                raise CheckpointError(f"{path}: not a shard index (no weight_map); pass the checkpoint's folder, its "
+                                      f".safetensors.index.json or one of its weight files")
+            shards = sorted(set(weight_map.values()))
             return [os.path.join(os.path.dirname(path), s) for s in shards], read_json(cfg_file)
+        shard = re.search(r"-(\d+)-of-(\d+)\.safetensors$", path)
+        if shard and int(shard.group(2)) > 1:
+            raise CheckpointError(f"{path}: one shard of {int(shard.group(2))}; pass the folder or its "
+                                  f".safetensors.index.json")
         return [path], read_json(cfg_file)
     if not os.path.isdir(path):
         raise CheckpointError(f"{path}: no such checkpoint file or folder")
@@ -121,6 +128,9 @@ def load_into(model, path, files, rename=lambda k: k, dtype=None, device=None, k
     for tf in tfiles:
         for name, shape in tf.shapes.items():
             key = rename(name)
+            if key in found and found[key][0] is not tf:  # a folder of several checkpoints, not of shards of one
+                raise CheckpointError(f"{path}: {key} is in both {found[key][0].path} and {tf.path}: the files are "
+                                      f"not the shards of one checkpoint; pass one of them")
             if key not in expected:
                 unexpected.append(name)
             elif shape != expected[key]:

@@ -346,6 +346,9 @@ def wan_config_from(shapes, config, path=""):
     if guessed:
         print(f"{path}: no config.json gives {' or '.join(g.split(' =')[0] for g in guessed)}; using "
               + ", ".join(guessed), file=sys.stderr)
+    lacking = [k for k in ("text_embedding.0.weight", "time_embedding.0.weight", "head.head.weight") if k not in shapes]
+    if lacking:
+        raise CheckpointError(f"no {', '.join(lacking)}: an incomplete Wan DiT checkpoint")
     c.setdefault("num_layers", len({k.split(".")[1] for k in shapes if k.startswith("blocks.")}))
     if "blocks.0.ffn.0.weight" in shapes:
         c.setdefault("ffn_dim", shapes["blocks.0.ffn.0.weight"][0])

@@ -94,6 +94,20 @@ def test_matches_diffusers_from_official_sharded_and_pth(reference, tmp_path):
         json.dump({"_class_name": "WanModel", "dim": 64, "ffn_dim": 128, "num_heads": 2, "num_layers": 2,
                    "in_dim": 48, "out_dim": 48, "freq_dim": 32, "text_len": TEXT_LEN, "eps": 1e-6, "model_type": "ti2v"}, f)
     check_equal(load_wan_dit(str(official)), ref)
+    # what a user may point at instead: the config, one shard, a folder of two checkpoints
+    cases = [(official / "config.json", "not a shard index (no weight_map); pass the checkpoint's folder, its "
+              ".safetensors.index.json or one of its weight files"),
+             (official / "diffusion_pytorch_model-00001-of-00002.safetensors", "one shard of 2; pass the folder or "
+              "its .safetensors.index.json")]
+    two = tmp_path / "two"
+    two.mkdir()
+    for name in ("a.safetensors", "b.safetensors"):
+        save_file({k: v.contiguous() for k, v in sd.items()}, two / name)
+    cases.append((two, "is in both"))
+    for where, msg in cases:
+        with pytest.raises(CheckpointError) as err:
+            load_wan_dit(str(where), cfg=WanConfig(**TINY) if where == two else None)
+        assert str(err.value).startswith(str(where if where != two else two)) and msg in str(err.value)
     # a ComfyUI-style single .pth file with the model.diffusion_model. prefix, no config.json
     pth = tmp_path / "single" / "wan.pth"
     pth.parent.mkdir()
