@@ -327,6 +327,8 @@ def main():
     a = p.parse_args()
     if not (a.model or a.tiny_random):
         p.error("give --model (a local umT5 folder) or --tiny_random DIM")
+    if min(a.batch_size, a.shard_size, a.text_len, a.tiny_random or 1) < 1:
+        p.error("--batch-size, --shard-size, --text_len and --tiny_random must be at least 1")
     try:
         texts = [line for f in a.texts for line in Path(f).read_text().splitlines()]
         texts += [w for f in a.paraphrases for k, v in data.read_paraphrases(f).items() for w in (k, *v)]

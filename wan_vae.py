@@ -663,6 +663,8 @@ def main(argv):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
+    if min(args.resolution, args.clips, args.steps, args.batch) < 1 or not args.fps > 0:
+        p.error("--resolution, --clips, --steps and --batch must be at least 1, --fps positive")
     try:
         episodes = [ep for path in args.data.split(",") for ep in read_dataset(path)]
         # training reads plain clips; a random VAE keeps the clips (rewinds and all) that always calibrated it

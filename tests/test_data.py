@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import zlib
 from collections import Counter
 
@@ -836,3 +837,23 @@ def test_a_clips_state_is_that_of_its_value_frames_and_changes_nothing_else(lero
     assert "state" not in plain[0] and "state" not in data.collate([plain[0]])
     with pytest.raises(data.DataError, match=r"episode v21/0 \(.*\) has no state; read its dataset with state="):
         data.ClipDataset(data.read_lerobot(lerobot / "v21"), fps=2.0, size=32, state=True)
+
+
+@pytest.mark.parametrize("argv", [["encode_text.py", "--tiny_random", "8", "--batch-size", "0"],
+                                  ["encode_text.py", "--tiny_random", "-4"],
+                                  ["encode_text.py", "--tiny_random", "8", "--text_len", "0"],
+                                  ["wan_vae.py", "--random", "tiny", "--clips", "0"],
+                                  ["wan_vae.py", "--train", "tiny", "--batch", "0"],
+                                  ["wan_vae.py", "--random", "tiny", "--fps", "0"]])
+def test_command_line_sizes_out_of_range_are_named(argv, tmp_path, monkeypatch, capsys):
+    """A size of 0 or below stops the command with the flags named, before any data is read or file written."""
+    import wan_vae
+    monkeypatch.setattr(sys, "argv", [*argv, "--out", str(tmp_path / "out")]
+                        + (["--data", str(tmp_path / "none")] if argv[0] == "wan_vae.py" else []))
+    with pytest.raises(SystemExit) as e:
+        encode_text.main() if argv[0] == "encode_text.py" else wan_vae.main(sys.argv[1:])
+    assert e.value.code == 2 and not (tmp_path / "out").exists()
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"{argv[0]}: error: " + ("--batch-size, --shard-size, --text_len and --tiny_random must be at least 1"
+                                 if argv[0] == "encode_text.py" else
+                                 "--resolution, --clips, --steps and --batch must be at least 1, --fps positive"))
