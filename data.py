@@ -342,14 +342,15 @@ def read_egodex(root, name=None, skipped=None):
     """EgoDex: `<part>/<task>/N.mp4` with `N.hdf5` whose attributes hold the description -> list[Episode].
 
     The instruction is `llm_description` (or `llm_description2` where `which_llm_description` is 2),
-    else `description`; frame rate and length come from the mp4 header.
+    else `description`; frame rate and length come from the mp4 header. An episode's index is its mp4's place
+    among the sorted files, so a file left out shifts no other episode's.
     """
     import h5py  # optional dependency, only for EgoDex
 
     root = Path(root)
     name = name or root.name
     skip, eps = _Skips(name), []
-    for mp4 in _indexing(sorted(root.rglob("*.mp4")), name):
+    for number, mp4 in enumerate(_indexing(sorted(root.rglob("*.mp4")), name)):  # a skipped one keeps its number
         h5 = mp4.with_suffix(".hdf5")
         if not h5.exists():
             skip(mp4, "no instruction", f"{h5.name} not found")
@@ -357,11 +358,11 @@ def read_egodex(root, name=None, skipped=None):
         try:
             with h5py.File(h5, "r") as f:
                 text = _egodex_text(f.attrs)
-        except OSError as e:
+        except (OSError, ValueError) as e:
             skip(mp4, "unreadable hdf5", str(e))
             continue
         if not text:
-            skip(mp4, "no instruction", f"{h5.name} has no llm_description/description attribute")
+            skip(mp4, "no instruction", f"{h5.name} has no llm_description/description text")
             continue
         try:
             fps, n, t0, t1 = probe_video(mp4)
@@ -372,7 +373,7 @@ def read_egodex(root, name=None, skipped=None):
             skip(mp4, "zero length")
             continue
         rel = mp4.relative_to(root).with_suffix("")
-        eps.append(Episode(name, str(mp4), t0, t0 + n / fps, fps, n, text, len(eps),
+        eps.append(Episode(name, str(mp4), t0, t0 + n / fps, fps, n, text, number,
                            {"path": str(rel), "task": mp4.parent.name, "hdf5": str(h5)}))
     skip.summary(len(eps))
     if skipped is not None:
@@ -381,11 +382,17 @@ def read_egodex(root, name=None, skipped=None):
 
 
 def _egodex_text(attrs):
-    def get(k):
+    def get(k):  # text only: a number or an array is no instruction
         v = attrs.get(k)
-        v = v.decode() if isinstance(v, bytes) else v
-        return str(v).strip() if v is not None and str(v).strip() else None
-    first = ["llm_description2"] if get("which_llm_description") == "2" else []
+        if isinstance(v, bytes):
+            try:
+                v = v.decode()
+            except UnicodeDecodeError as e:
+                raise ValueError(f"attribute {k} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+        return v.strip() if isinstance(v, str) and v.strip() else None
+    which = attrs.get("which_llm_description")  # 2 or "2"
+    first = ["llm_description2"] if str(which.decode(errors="replace") if isinstance(which, bytes) else which) == "2" \
+        else []
     return next((get(k) for k in first + ["llm_description", "description"] if get(k)), None)
 
 
@@ -396,7 +403,8 @@ def read_manifest(path, name=None, skipped=None):
     """JSONL manifest -> list[Episode]. One line per episode:
     {"video": path (relative to the manifest), "instruction": str, "fps": native fps (optional, default:
     the video's), "start"/"end": seconds (optional, default: the whole video), ...}; every other field
-    (e.g. a Suboptimal-Value-Bench annotation) is kept in Episode.extra.
+    (e.g. a Suboptimal-Value-Bench annotation) is kept in Episode.extra. An episode's index is its line's number
+    from 0, so a line left out shifts no other episode's.
     """
     path = Path(path)
     name = name or path.stem
@@ -440,7 +448,8 @@ def read_manifest(path, name=None, skipped=None):
             skip(what, "zero length", f"span {t0:.3f}-{t1:.3f}s")
             continue
         extra = {k: v for k, v in r.items() if k not in MANIFEST_KEYS}
-        eps.append(Episode(name, str(video), t0, t0 + T / fps, fps, T, text.strip(), len(eps), extra))
+        # the episode is its line (from 0): a skipped line shifts no other episode's number
+        eps.append(Episode(name, str(video), t0, t0 + T / fps, fps, T, text.strip(), line_no - 1, extra))
     skip.summary(len(eps))
     if skipped is not None:
         skipped += skip.items

@@ -190,6 +190,9 @@ def test_manifest(lerobot, tmp_path, caplog):
     assert eps[0].T == 40 and eps[0].extra == {"kind": "hesitation", "m": 3, "n": 9}
     assert eps[1].T == 15 and eps[1].start == 1.0
     assert codes(data.decode_frames(eps[1], [0, 14], 32))[0] == [10, 24]
+    assert [e.episode_index for e in eps] == [0, 1]
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines[2:3] + lines[:1]))  # a line left out shifts nothing
+    assert [e.episode_index for e in data.read_dataset(path)] == [1]
     path.write_text("".join(json.dumps(x) + "\n" for x in [
         {"video": str(video), "instruction": "pick", "fps": "eight"},
         {"video": str(video), "instruction": "pick", "start": "zero"},
@@ -213,15 +216,22 @@ def test_egodex(tmp_path):
     for n, attrs in enumerate([{"llm_description": "fold the cloth"},
                                {"llm_description": "fold", "llm_description2": "unfold the cloth",
                                 "which_llm_description": 2, "llm_type": "reversible"},
-                               {}, None]):
+                               {}, None, {"description": np.bytes_(b"fold the caf\xe9 cloth")},
+                               {"llm_description": 3.0}, {"description": "hang the cloth"}]):
         mp4 = sim.Mp4Writer(task / f"{n}.mp4", 30, "libx264", 32, 32, None, 30)
-        mp4.write(make_frames(n, 12, 32, 32))
+        mp4.write(make_frames(n % 4, 12, 32, 32))
         mp4.close()
         if attrs is not None:
             with h5py.File(task / f"{n}.hdf5", "w") as f:
                 f.attrs.update(attrs)
-    eps = data.read_dataset(tmp_path)  # found by its hdf5 files
-    assert [e.instruction for e in eps] == ["fold the cloth", "unfold the cloth"]
+    skipped = []
+    eps = data.read_dataset(tmp_path, skipped=skipped)  # found by its hdf5 files
+    assert [e.instruction for e in eps] == ["fold the cloth", "unfold the cloth", "hang the cloth"]
+    assert [e.episode_index for e in eps] == [0, 1, 6]  # a file left out shifts no other episode's number
+    assert [why for _, why in skipped] == [
+        "no instruction (2.hdf5 has no llm_description/description text)", "no instruction (3.hdf5 not found)",
+        "unreadable hdf5 (attribute description is not UTF-8 text (invalid continuation byte at byte 12))",
+        "no instruction (5.hdf5 has no llm_description/description text)"]
     assert eps[1].T == 12 and eps[1].fps == 30 and eps[1].extra["task"] == "fold_cloth"
     assert codes(data.decode_frames(eps[1], [11], 32)) == ([11], [1])
 
