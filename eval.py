@@ -740,6 +740,16 @@ def export_scores(path, scorer, out_dir, fps, H=10, kappa=0.0, keep_top=None, ta
 
     The tables are written under temporary names, then renamed, values.json (which records each table's
     sha256) last: an interrupted export leaves the previous files whole, never a truncated one."""
+    before = os.path.join(out_dir, "values.json")
+    if os.path.exists(before):  # scores of this dataset are replaced (a new model); another's are not
+        try:
+            with open(before) as f:
+                other = json.load(f).get("dataset")
+        except (ValueError, AttributeError):
+            other = None
+        if other != os.path.abspath(path):
+            raise DataError(f"{out_dir}: holds the scores of {other or 'something else (values.json unreadable)'}; "
+                            f"choose another --out for {path}, or delete it")
     found = []
     episodes = read_dataset(path, camera=camera, skipped=found, state=state_column(scorer, path))
     views = {}
@@ -799,9 +809,18 @@ def export_scores(path, scorer, out_dir, fps, H=10, kappa=0.0, keep_top=None, ta
         json.dump(meta, f, indent=1)
     for name in (*tables, "values.json"):
         os.replace(os.path.join(out_dir, name + ".tmp"), os.path.join(out_dir, name))
+    folder = os.path.join(out_dir, "overlay")
+    for old in (os.listdir(folder) if os.path.isdir(folder) else []):  # an earlier scoring's, now out of date
+        if old.startswith("episode_") and old.endswith(".mp4"):
+            os.remove(os.path.join(folder, old))
     for traj, _ in scored[:overlay]:
         sel = cols["episode_index"] == traj.episode.episode_index
-        write_overlay(traj.episode, cols["progress"][sel], os.path.join(out_dir, "overlay", overlay_name(traj.episode)))
+        try:
+            write_overlay(traj.episode, cols["progress"][sel], os.path.join(folder, overlay_name(traj.episode)))
+        except VideoError as e:  # scoring read only the sampled frames; the overlay reads them all
+            print(f"skipped the overlay of episode {traj.episode.id}: {e}", file=sys.stderr)
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(folder, overlay_name(traj.episode)))
     return meta
 
 
@@ -924,7 +943,12 @@ def parse_args(argv):
               (a.bench or a.score, "give --bench suboptimal|expert|ranking|all (with --data) or --score DATASET"),
               (not a.score or a.ckpt, "--score needs --ckpt"),
               (not a.overlay or a.score, "--overlay goes with --score"),
-              (not a.instructions or a.bench, "--instructions goes with --bench")]
+              (not a.instructions or a.bench, "--instructions goes with --bench"),
+              # where results go is checked before any work: a wrong path must not cost the scoring
+              (not a.json or (not os.path.isdir(a.json) and os.path.isdir(os.path.dirname(os.path.abspath(a.json)))),
+               f"--json {a.json}: must name a file in an existing folder"),
+              *((not os.path.exists(d) or os.path.isdir(d), f"{flag} {d}: a file, not a folder")
+                for flag, d in (("--plots", a.plots), ("--out", a.out if a.score else None)) if d)]
     bad += [msg for ok, msg in checks if not ok]
     if bad:
         p.error("; ".join(bad))
@@ -950,6 +974,11 @@ def evaluate(args):
     if not args.fps and scorers and fps != scorers[0].trained["fps"]:
         print(f"{args.score or args.data}: scored at {fps:g} fps, the fps the run trained this source at "
               f"(the run's is {scorers[0].trained['fps']:g}; --fps overrides)", file=sys.stderr)
+    elif args.fps and scorers and scorers[0].trained.get("fps"):
+        trained = dataset_fps(scorers[0].trained, args.score or args.data)
+        if args.fps != trained:  # each window then spans another time than the training windows did
+            print(f"--fps {args.fps:g}: the run trained on frames at {trained:g} fps; at another rate each window "
+                  f"spans another time than in training", file=sys.stderr)
     scorers += [TimeScorer(), ConstantScorer()]
     if args.score:
         tau = args.tau if args.tau is not None else (2.0 if args.chunk >= 50 else 10.0)

@@ -1,4 +1,6 @@
 """eval.py metrics against scipy and hand-computed values, baselines, and the weighting formulas."""
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -553,6 +555,10 @@ def test_bad_runs_and_datasets_give_one_line(bench_setup, tmp_path):
     (["--resolution", "48"], "--resolution 48: must be a positive multiple of 32"),
     (["--overlay", "2"], "--overlay goes with --score"),
     (["--score", "x"], "give --bench or --score, not both"),
+    (["--json", "/no/such/folder/b.json"], "--json /no/such/folder/b.json: must name a file in an existing folder"),
+    (["--json", os.path.dirname(__file__)], f"--json {os.path.dirname(__file__)}: must name a file in an existing "
+                                            f"folder"),
+    (["--plots", __file__], f"--plots {__file__}: a file, not a folder"),
 ])
 def test_every_option_is_checked_at_start(argv, msg, capsys):
     import eval as wvm_eval
@@ -619,6 +625,43 @@ def test_scores_of_several_cameras_are_refused_not_written_twice(tmp_path):
     assert not (tmp_path / "s").exists()
     meta = wvm_eval.export_scores(str(tmp_path / "ds"), Stub(), str(tmp_path / "s"), 2.0, camera="observation.images.b")
     assert meta["frames"] == 12
+
+
+def test_scores_replace_their_own_dataset_s_only(bench_setup, tmp_path, monkeypatch, capsys):
+    """--score --out DIR replaces the scores of the same dataset (and every overlay of the scoring before), never
+    another dataset's; an overlay whose video fails to decode is skipped with one line, after the tables."""
+    import shutil
+
+    import eval as wvm_eval
+    ds, other, out = bench_setup / "ds", tmp_path / "other", tmp_path / "s"
+    shutil.copytree(ds, other)
+    wvm_eval.export_scores(str(ds), Stub(), str(out), 2.0, overlay=2)
+    assert sorted(os.listdir(out / "overlay")) == ["episode_000000.mp4", "episode_000001.mp4"]
+    with pytest.raises(wvm_eval.DataError) as e:
+        wvm_eval.export_scores(str(other), Stub(), str(out), 2.0)
+    assert str(e.value) == f"{out}: holds the scores of {ds}; choose another --out for {other}, or delete it"
+    real = wvm_eval.write_overlay
+
+    def fails_on_episode_1(episode, progress, path):
+        real(episode, progress, path)  # half written, then a frame fails to decode
+        if episode.episode_index == 1:
+            raise wvm_eval.VideoError(f"{episode.video}: decoding failed")
+    monkeypatch.setattr(wvm_eval, "write_overlay", fails_on_episode_1)
+    meta = wvm_eval.export_scores(str(ds), Stub(), str(out), 2.0, overlay=3)
+    assert meta["frames"] == 32 + 36 + 40 + 44 + 48
+    assert sorted(os.listdir(out / "overlay")) == ["episode_000000.mp4", "episode_000002.mp4"]
+    assert "skipped the overlay of episode ds/1: " in capsys.readouterr().err
+    monkeypatch.undo()
+    wvm_eval.export_scores(str(ds), Stub(), str(out), 2.0, overlay=1)  # the earlier overlays are out of date
+    assert os.listdir(out / "overlay") == ["episode_000000.mp4"]
+
+
+def test_an_fps_other_than_the_training_one_is_said(bench_setup, tmp_path, capsys):
+    import eval as wvm_eval
+    wvm_eval.main(["--score", str(bench_setup / "ds"), "--out", str(tmp_path / "s"), "--ckpt", str(bench_setup / "run"),
+                   "--fps", "1"])
+    assert ("--fps 1: the run trained on frames at 2 fps; at another rate each window spans another time than in "
+            "training") in capsys.readouterr().err
 
 
 # lerobot's progress-file layout for RA-BC sample weighting (its compute_rabc_weights.py writes it, its RABCWeights
