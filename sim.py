@@ -1460,6 +1460,18 @@ def main(argv):
     args = parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    report = {"args": vars(args), "splits": {}}
+    try:  # generation.json says sim.py writes here: it replaces its own files, never a user's
+        ours = json.loads((out / "generation.json").read_text()) if (out / "generation.json").exists() else None
+        ours = ours if ours is None or isinstance(ours, dict) and {"args", "splits"} <= set(ours) else False
+    except (ValueError, UnicodeDecodeError):
+        ours = False
+    theirs = [f for f in ("generation.json", "paraphrases.json", "metaworld_wording.json") if (out / f).exists()]
+    if ours is False or (ours is None and theirs):
+        raise SystemExit(f"{out}: holds {', '.join(theirs)}, not written by sim.py; delete it or choose another --out")
+    if ours:  # a corpus written a few splits at a time keeps every split's counts
+        report["splits"] = ours["splits"]
+    (out / "generation.json").write_text(json.dumps(report, indent=1))
     # other wordings of the instructions, for train.py --paraphrases, eval.py --instructions, encode_text.py --paraphrases
     write_paraphrases(out, args.train_tasks)
     # env seeds of the splits never overlap for a given --seed
@@ -1485,9 +1497,6 @@ def main(argv):
                          for s in seeds(80_000, args.seeds_test)], test_opts),
     }
     t0 = time.time()
-    report = {"args": vars(args), "splits": {}}
-    if (out / "generation.json").exists():  # a corpus written a few splits at a time keeps every split's counts
-        report["splits"] = json.loads((out / "generation.json").read_text()).get("splits", {})
     for name, (jobs, opts) in splits.items():
         if jobs and name in args.splits:
             report["splits"][name] = write_split(out / name, jobs, opts, dict(opts, codec=args.codec), args.codec,

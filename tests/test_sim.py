@@ -418,6 +418,18 @@ def test_a_folder_sim_did_not_write_is_never_replaced(tmp_path):
     with pytest.raises(SystemExit, match="was not written by sim.py"):
         sim.write_split(tmp_path / "file", [(TASK, 0, ("expert",))], {"fps": FPS}, {}, "libx264")
     assert (tmp_path / "file").read_text() == "mine"
+    # nor are the files sim.py writes beside the splits, where it has not written before (no generation.json)
+    for mine, listed in (({"paraphrases.json": "{}"}, "paraphrases.json"),
+                         ({"generation.json": "[]", "metaworld_wording.json": "{}"},
+                          "generation.json, metaworld_wording.json")):
+        out = tmp_path / f"out{len(mine)}"
+        out.mkdir()
+        for name, text in mine.items():
+            (out / name).write_text(text)
+        with pytest.raises(SystemExit) as e:
+            sim.main(["--out", str(out), "--splits", "play_unseen", "--seeds-play-unseen", "0"])
+        assert str(e.value) == f"{out}: holds {listed}, not written by sim.py; delete it or choose another --out"
+        assert {name: (out / name).read_text() for name in mine} == mine
 
 
 def test_test_splits(tmp_path):
