@@ -37,6 +37,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 import torch.nn as nn
@@ -67,15 +68,25 @@ def load_episodes(root):
     columns = ["episode_index", "frame_index", "observation.environment_state", "action"]
     if not files:
         raise ValueError(f"{root / 'data'}: no parquet files")
+    parts = []
     for f in files:
-        missing = [c for c in columns if c not in pq.read_schema(f).names]
-        if missing:
-            raise ValueError(f"{f}: lacks the columns {', '.join(missing)} (the simulator's state and actions)")
-    table = pq.read_table(files, columns=columns)
-    ep = table["episode_index"].to_numpy()
-    frame = table["frame_index"].to_numpy()
-    obs = np.array(table["observation.environment_state"].to_pylist(), dtype=np.float32)
-    action = np.array(table["action"].to_pylist(), dtype=np.float32)
+        try:
+            names = pq.read_schema(f).names
+            t = pq.read_table(f, columns=[c for c in columns if c in names])
+            if len(t.column_names) < len(columns):
+                raise KeyError(", ".join(c for c in columns if c not in names))
+            obs, action = (np.array(t[c].to_pylist(), dtype=np.float32) for c in columns[2:])
+        except (OSError, pa.ArrowException) as e:  # truncated, not parquet
+            raise ValueError(f"{f}: unreadable parquet ({e})") from None
+        except KeyError as e:
+            raise ValueError(f"{f}: lacks the columns {e.args[0]} (the simulator's state and actions)") from None
+        except ValueError as e:  # rows of different widths
+            raise ValueError(f"{f}: {e}") from None
+        if obs.shape[1:] != (39,) or action.shape[1:] != (4,):
+            raise ValueError(f"{f}: states {list(obs.shape[1:])} and actions {list(action.shape[1:])} per frame; "
+                             f"the policy reads Meta-World's [39] and [4]")
+        parts.append((t["episode_index"].to_numpy(), t["frame_index"].to_numpy(), obs, action))
+    ep, frame, obs, action = (np.concatenate(x) for x in zip(*parts))
     episodes = []
     for e in np.unique(ep):
         sel = np.nonzero(ep == e)[0]
@@ -314,7 +325,9 @@ def score(data, run, out, vae=None, text_cache=None):
     if speed.exists() and json.loads(speed.read_text())["run"] != str(run):
         raise SystemExit(f"{out}: scored with another run ({json.loads(speed.read_text())['run']}); delete it")
     meta = Path(out) / "values.json"
-    if not (path.exists() and speed.exists() and meta.exists() and scored_from_default_noise(meta)):
+    model = Path(run) / "wvm.safetensors" if Path(run).is_dir() else Path(run)
+    stale = path.exists() and model.exists() and path.stat().st_mtime < model.stat().st_mtime  # retrained since
+    if stale or not (path.exists() and speed.exists() and meta.exists() and scored_from_default_noise(meta)):
         t0 = time.time()
         sh(sys.executable, "eval.py", "--score", Path(data) / "operator", "--out", out, "--ckpt", run, "--chunk", H,
            *(["--vae", vae] if vae else []), *(["--text_cache", text_cache] if text_cache else []))
@@ -325,6 +338,11 @@ def score(data, run, out, vae=None, text_cache=None):
             {"run": str(run), "frames": frames, "video_fps": fps, "wall_s": wall, "frames_per_s": frames / wall,
              "x_real_time": frames / fps / wall}, indent=1))
     return path
+
+
+def sha256(path):
+    import hashlib
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def named_paths(items, parser, reserved=()):
@@ -355,6 +373,10 @@ def main(argv):
     p.add_argument("--steps", type=int, default=2000, help="training steps of batch 256 per policy")
     p.add_argument("--budget", type=int, default=BUDGET, help="steps per rollout")
     args = p.parse_args(argv)
+    bad = [f"--{k} {getattr(args, k)}: must be at least 1" for k in ("rollouts", "steps", "budget")
+           if getattr(args, k) < 1] + [f"--seeds {s}: must not be negative" for s in args.seeds if s < 0]
+    if bad:
+        p.error("; ".join(bad))
     torch.set_num_threads(1)  # a small MLP: a second thread costs more in synchronization than it saves
     sources = named_paths(args.wvm + args.values, p, reserved=("oracle", "time"))
     data, out = Path(args.data).resolve(), Path(args.out).resolve()  # the commands below run in the repository
@@ -365,11 +387,18 @@ def main(argv):
     values = {n: score(data, path, data / "scores" / n, vae, text_cache) if n in runs else path
               for n, path in sources.items()}
     values["oracle"] = data / "operator" / "oracle" / "values.parquet"
-    tasks = args.tasks or sorted(json.loads((data / "eval_inits.json").read_text()))
+    known = sorted(json.loads((data / "eval_inits.json").read_text()))
+    tasks = [next((k for k in (t, f"{t}-v3") if k in known), t) for t in args.tasks or known]  # -v3 may be left out
+    if set(tasks) - set(known):
+        raise SystemExit(f"--tasks {' '.join(sorted(set(tasks) - set(known)))}: not tasks of {data} "
+                         f"({', '.join(known)})")
     results = {}
     try:
         for name, split, method, source in rows([*values, "time"]):
             results[name] = []
+            # what a row's result depends on besides its name: a row of other settings is never reused as this one
+            settings = {"tasks": tasks, "rollouts": args.rollouts, "steps": args.steps, "budget": args.budget,
+                        "values_sha256": sha256(values[source]) if source in values else None}
             for seed in args.seeds:
                 f = out / "rows" / f"{split}-{method}-{source or 'none'}-s{seed}.json"
                 if not f.exists():
@@ -377,8 +406,13 @@ def main(argv):
                     r = run_row(data, split, method, source, seed, tasks, args.rollouts, args.steps, values,
                                 args.budget)
                     f.parent.mkdir(parents=True, exist_ok=True)
-                    f.write_text(json.dumps({"row": name, "seed": seed, "tasks": tasks, **r}))
-                results[name].append(json.loads(f.read_text()))
+                    f.write_text(json.dumps({"row": name, "seed": seed, "settings": settings, **r}))
+                saved = json.loads(f.read_text())
+                if saved.get("settings") != settings:
+                    differ = [k for k in settings if (saved.get("settings") or {}).get(k) != settings[k]]
+                    raise SystemExit(f"{f}: a result of other settings ({', '.join(differ)} differ); delete "
+                                     f"{out / 'rows'} or choose another --out")
+                results[name].append(saved)
     except ValueError as e:
         raise SystemExit(str(e)) from None
     md = table(results, tasks)

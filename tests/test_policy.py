@@ -138,6 +138,15 @@ def test_a_dataset_without_the_state_is_named(tmp_path):
     pq.write_table(pq.read_table(second).drop_columns(["action"]), second)
     with pytest.raises(ValueError, match=r"file-001.parquet: lacks the columns action"):
         policy.load_episodes(tmp_path / "two")
+    kept = pq.read_table(second).drop_columns(["observation.environment_state"])  # a state of another robot
+    pq.write_table(pa.table({"episode_index": kept["episode_index"], "frame_index": kept["frame_index"],
+                             "observation.environment_state": [[0.0] * 10] * 4, "action": [[0.0] * 4] * 4}), second)
+    with pytest.raises(ValueError, match=r"file-001.parquet: states \[10\] and actions \[4\] per frame; the policy "
+                                         r"reads Meta-World's \[39\] and \[4\]"):
+        policy.load_episodes(tmp_path / "two")
+    second.write_bytes(second.read_bytes()[:100])  # truncated
+    with pytest.raises(ValueError, match=r"file-001.parquet: unreadable parquet"):
+        policy.load_episodes(tmp_path / "two")
 
 
 def test_bad_annotations_are_named(tmp_path):
@@ -252,6 +261,15 @@ def test_policy_data_split_and_the_experiment(tmp_path, monkeypatch):
     assert "| Filtered BC (top 70%), copy |" in table and "copy vs oracle: Pearson r = 1.00" in table
     monkeypatch.setattr(policy, "run_row", lambda *a, **k: pytest.fail("a finished row was run again"))
     policy.main(args)
+    # a row of other settings is not reused as this one's, nor is a task the data lacks run
+    with pytest.raises(SystemExit) as e:
+        policy.main([*args[:-4], "--budget", "6", *args[-2:]])
+    assert str(e.value).startswith(str(out / "rows")) and str(e.value).endswith(
+        f": a result of other settings (budget differ); delete {out / 'rows'} or choose another --out")
+    with pytest.raises(SystemExit) as e:
+        policy.main([*args, "--tasks", "drawer-close"])
+    assert str(e.value) == f"--tasks drawer-close: not tasks of {data} (drawer-open-v3)"
+    policy.main([*args, "--tasks", "drawer-open"])  # Meta-World's name without -v3 is the task
 
 
 def test_policy_gap_splits_chunks_into_still_and_lost():
@@ -292,3 +310,7 @@ def test_named_paths_refuse_a_repeated_or_reserved_name(tmp_path, capsys):
                                                                                "b": Path("y/z").resolve()}
     with pytest.raises(SystemExit):  # policy.py itself, before it looks at --data
         policy.main(["--data", str(tmp_path / "none"), "--values", "a=x", "a=y"])
+    for flag in ("--steps", "--rollouts", "--budget"):
+        with pytest.raises(SystemExit):
+            policy.main(["--data", str(tmp_path / "none"), flag, "0"])
+        assert f"{flag} 0: must be at least 1" in capsys.readouterr().err
