@@ -106,7 +106,7 @@ class TextCache:
     def check_fits(self, texts, text_len, text_dim, model):
         """Raise TextCacheError unless every text's features [L, D] fit the model's [<= text_len, text_dim] (read
         from the headers only). model: how to name the model in the message."""
-        for text in texts:
+        for text in sorted(texts):  # the same one named on every run
             f = self.where[text_key(text)]
             if f not in self.handles:
                 self.handles[f] = safe_open(f, "pt")
