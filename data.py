@@ -194,11 +194,11 @@ def read_lerobot(root, camera=None, name=None, probe=True, skipped=None, state=N
                 skip(f"episode metadata row {row}", "bad metadata", f"episode_index {ep!r}" + (
                     f" repeats row {seen[ep]}'s" if ep in seen else ": not an integer"))
             elif None in where:  # no file or no span to read the episode from
-                skip(f"episode {r['episode_index']}", "bad metadata", f"{v}chunk_index, file_index, from_timestamp or "
-                     f"to_timestamp is null", id=f"{name}/{r['episode_index']}")
+                skip(f"episode {ep}", "bad metadata", f"{v}chunk_index, file_index, from_timestamp or "
+                     f"to_timestamp is null", id=f"{name}/{ep}")
             else:
                 video = root / video_path.format(video_key=camera, chunk_index=where[0], file_index=where[1])
-                _add(eps, skip, probed, probe, name, video, r["episode_index"], r["length"], r["tasks"], fps,
+                _add(eps, skip, probed, probe, name, video, ep, r["length"], r["tasks"], fps,
                      float(where[2]), float(where[3]), index)
             if type(ep) is int:
                 seen.setdefault(ep, row)

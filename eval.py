@@ -38,7 +38,7 @@ import pyarrow.parquet as pq
 import torch
 from tqdm import tqdm
 
-from checkpoint import CheckpointError
+from checkpoint import CheckpointError, read_json
 from data import (DataError, VideoError, check_names_some, decode_frames, decode_uint8, read_dataset,
                   read_instruction_map, read_text, resample)
 from encode_text import TextCache, TextCacheError, describe, encoder_id, pad_text
@@ -550,8 +550,8 @@ def score_items(items, scorers):
                  "embodiment": a.get("embodiment", traj.episode.source),
                  "T": T, "index": traj.index.tolist(), "values": v.tolist(), "spread": spread.tolist(),
                  "m": a.get("m"), "n": a.get("n"), "final": float(v[-1]), "voc": voc(v),
-                 "achieved": 1.0 if a["kind"] in SUCCEEDS else float(a["achieved"]) if
-                 a.get("achieved") is not None else float("nan")}
+                 "achieved": 1.0 if a["kind"] in SUCCEEDS else float("nan" if a.get("achieved") is None
+                                                                     else a["achieved"])}
             if a["kind"] == "hesitation":
                 r["hesitation_rmse"] = hesitation_rmse(v, a["m"], a["n"], T, traj.index)
             elif a["kind"] == "retry":
@@ -743,9 +743,8 @@ def export_scores(path, scorer, out_dir, fps, H=10, kappa=0.0, keep_top=None, ta
     before = os.path.join(out_dir, "values.json")
     if os.path.exists(before):  # scores of this dataset are replaced (a new model); another's are not
         try:
-            with open(before) as f:
-                other = json.load(f).get("dataset")
-        except (ValueError, AttributeError):
+            other = read_json(before).get("dataset")
+        except CheckpointError:
             other = None
         if other != os.path.abspath(path):
             raise DataError(f"{out_dir}: holds the scores of {other or 'something else (values.json unreadable)'}; "
@@ -970,15 +969,14 @@ def main(argv):
 
 def evaluate(args):
     scorers = [load_scorer(args)] if args.ckpt else []
-    fps = args.fps or (dataset_fps(scorers[0].trained, args.score or args.data) if scorers else 2.0)
+    own = dataset_fps(scorers[0].trained, args.score or args.data) if scorers else 2.0  # this source's in training
+    fps = args.fps or own
     if not args.fps and scorers and fps != scorers[0].trained["fps"]:
         print(f"{args.score or args.data}: scored at {fps:g} fps, the fps the run trained this source at "
               f"(the run's is {scorers[0].trained['fps']:g}; --fps overrides)", file=sys.stderr)
-    elif args.fps and scorers and scorers[0].trained.get("fps"):
-        trained = dataset_fps(scorers[0].trained, args.score or args.data)
-        if args.fps != trained:  # each window then spans another time than the training windows did
-            print(f"--fps {args.fps:g}: the run trained on frames at {trained:g} fps; at another rate each window "
-                  f"spans another time than in training", file=sys.stderr)
+    elif scorers and own and fps != own:  # each window then spans another time than the training windows did
+        print(f"--fps {fps:g}: the run trained on frames at {own:g} fps; at another rate each window spans another "
+              f"time than in training", file=sys.stderr)
     scorers += [TimeScorer(), ConstantScorer()]
     if args.score:
         tau = args.tau if args.tau is not None else (2.0 if args.chunk >= 50 else 10.0)

@@ -71,15 +71,14 @@ def load_episodes(root):
     parts = []
     for f in files:
         try:
-            names = pq.read_schema(f).names
-            t = pq.read_table(f, columns=[c for c in columns if c in names])
-            if len(t.column_names) < len(columns):
-                raise KeyError(", ".join(c for c in columns if c not in names))
-            obs, action = (np.array(t[c].to_pylist(), dtype=np.float32) for c in columns[2:])
+            missing = [c for c in columns if c not in pq.read_schema(f).names]
+            t = None if missing else pq.read_table(f, columns=columns)
         except (OSError, pa.ArrowException) as e:  # truncated, not parquet
             raise ValueError(f"{f}: unreadable parquet ({e})") from None
-        except KeyError as e:
-            raise ValueError(f"{f}: lacks the columns {e.args[0]} (the simulator's state and actions)") from None
+        if missing:
+            raise ValueError(f"{f}: lacks the columns {', '.join(missing)} (the simulator's state and actions)")
+        try:
+            obs, action = (np.array(t[c].to_pylist(), dtype=np.float32) for c in columns[2:])
         except ValueError as e:  # rows of different widths
             raise ValueError(f"{f}: {e}") from None
         if obs.shape[1:] != (39,) or action.shape[1:] != (4,):

@@ -636,11 +636,12 @@ def load_checkpoint(model, opt, cfg, rank, world, device, run):
     from safetensors.torch import load_file
 
     state = read_state(cfg, world)
-    was = state.get("run", {})
+    saved_run = state.get("run", {})
     # both ways: a setting recorded only when on (first_frame) must not be dropped by a launch without it; the
     # sources may change (source_fps), not their inputs; runs saved before the model's settings were recorded lack them
-    changed = [f"{k} {was.get(k)!r} -> {run.get(k)!r}" for k in dict.fromkeys([*was, *run])
-               if k != "source_fps" and was.get(k) != run.get(k) and not (k in MODEL_SETTINGS and k not in was)]
+    changed = [f"{k} {saved_run.get(k)!r} -> {run.get(k)!r}" for k in dict.fromkeys([*saved_run, *run])
+               if k != "source_fps" and saved_run.get(k) != run.get(k)
+               and not (k in MODEL_SETTINGS and k not in saved_run)]
     if changed:
         raise SystemExit(f"{cfg.out_dir}: the run was trained on other inputs than this launch gives it "
                          f"({'; '.join(changed)}); resume with the run's settings, or start a new run")
@@ -672,15 +673,20 @@ def load_checkpoint(model, opt, cfg, rank, world, device, run):
                 opt.state[params[name]][key] = t
             local(t).copy_(saved[k])
     # this launch's optimizer settings hold (its --video_lr, --weight_decay, betas), as config.json records them
-    settings = lambda groups: [{k: list(g[k]) if k == "betas" else g[k] for k in ("betas", "weight_decay", "eps")  # noqa: E731
-                                if k in g} for g in groups]
-    if rank == 0 and settings(state["param_groups"]) != settings(opt.param_groups):
-        print(f"{cfg.out_dir}: resuming at step {state['step']} with this launch's optimizer settings "
-              f"{settings(opt.param_groups)[0]} (until now {settings(state['param_groups'])[0]})")
+    was, now = optimizer_settings(state["param_groups"]), optimizer_settings(opt.param_groups)
+    if rank == 0 and was != now:
+        print(f"{cfg.out_dir}: resuming at step {state['step']} with this launch's optimizer settings {now[0]} "
+              f"(until now {was[0]})")
     torch.set_rng_state(saved["rng/torch"])
     if "rng/cuda" in saved and device.type == "cuda":
         torch.cuda.set_rng_state(saved["rng/cuda"], device)
     return state["step"]
+
+
+def optimizer_settings(groups):
+    """AdamW's settings of each parameter group (betas as a list, as state.json holds them)."""
+    return [{k: list(g[k]) if k == "betas" else g[k] for k in ("betas", "weight_decay", "eps") if k in g}
+            for g in groups]
 
 
 def unwrap(model):
