@@ -13,7 +13,9 @@ figures move with the number of training tasks. --hide zeroes parts of the state
 the frames show only as a dot of 1-2 pixels at 128x128 where a task marks it with a site (reach, push, pick-place
 ...) and at most a pixel at the 64x64 WVM reads; `objects` (the objects' poses, now and a step before), leaving with
 `goal` the hand and gripper alone: what a robot's own sensors give. --now reads s_t alone, without the episode's
-start (what a window of video shows). Each seed takes about a minute on 2 cores.
+start (what a window of video shows). --success K fits a success classifier instead (an expert's last K frames
+against its earlier ones; at 2 fps its last frame is the one within half a second of its first success): what a
+success signal learned from experts alone would rank. Each seed takes about a minute on 2 cores.
 """
 import argparse
 import json
@@ -23,6 +25,7 @@ import sys
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from eval import BENCHES, ConstantScorer, TimeScorer, bench_rows, load_annotated, score_items  # noqa: E402
@@ -41,11 +44,15 @@ def features(obs, now=False):
     return np.concatenate([obs, s0, obs - s0], 1)
 
 
-def fit(episodes, seed, steps=3000, batch=256, now=False):
-    """An MLP (2 x 256, GELU) from features to t / (T - 1), squared error, AdamW; returns obs [T, 39] -> [T]."""
+def fit(episodes, seed, steps=3000, batch=256, now=False, success=0):
+    """An MLP (2 x 256, GELU) from features to t / (T - 1), squared error, AdamW; returns obs [T, 39] -> [T]. With
+    success = K > 0 it classifies instead (binary cross-entropy): 1 on each expert's last K frames, 0 before."""
     torch.manual_seed(seed)
     x = np.concatenate([features(e["obs"], now) for e in episodes])
-    y = np.concatenate([np.arange(len(e["obs"])) / (len(e["obs"]) - 1) for e in episodes])
+    if success:
+        y = np.concatenate([np.arange(len(e["obs"])) >= len(e["obs"]) - success for e in episodes]).astype(np.float32)
+    else:
+        y = np.concatenate([np.arange(len(e["obs"])) / (len(e["obs"]) - 1) for e in episodes])
     mu, sd = x.mean(0), x.std(0) + 1e-3
     net = torch.nn.Sequential(torch.nn.Linear(x.shape[1], 256), torch.nn.GELU(), torch.nn.Linear(256, 256),
                               torch.nn.GELU(), torch.nn.Linear(256, 1))
@@ -53,14 +60,16 @@ def fit(episodes, seed, steps=3000, batch=256, now=False):
     x, y = torch.tensor((x - mu) / sd, dtype=torch.float32), torch.tensor(y, dtype=torch.float32)
     for _ in range(steps):
         b = torch.randint(0, len(x), (batch,))
-        loss = ((net(x[b])[:, 0] - y[b]) ** 2).mean()
+        out = net(x[b])[:, 0]
+        loss = F.binary_cross_entropy_with_logits(out, y[b]) if success else ((out - y[b]) ** 2).mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
 
     @torch.no_grad()
     def progress(obs):
-        return net(torch.tensor((features(obs, now) - mu) / sd, dtype=torch.float32))[:, 0].clamp(0, 1).numpy()
+        out = net(torch.tensor((features(obs, now) - mu) / sd, dtype=torch.float32))[:, 0]
+        return (out.sigmoid() if success else out.clamp(0, 1)).numpy()
     return progress
 
 
@@ -89,7 +98,7 @@ def states(root, hide=()):
     return episodes
 
 
-def evaluate(data, tasks, seeds, hide=(), steps=3000, now=False):
+def evaluate(data, tasks, seeds, hide=(), steps=3000, now=False, success=0):
     for split in ("train", *SPLITS):
         for f in ("meta/info.json", "annotations.jsonl"):
             if not os.path.exists(os.path.join(data, split, f)):
@@ -108,7 +117,7 @@ def evaluate(data, tasks, seeds, hide=(), steps=3000, now=False):
     out = {}  # (split, method) -> {metric: [per seed]}
     for seed in seeds:
         keep = set(np.random.default_rng(seed).choice(names, tasks, replace=False)) if tasks < len(names) else set(names)
-        progress = fit([e for e in train if e["task"] in keep], seed, steps, now=now)
+        progress = fit([e for e in train if e["task"] in keep], seed, steps, now=now, success=success)
         for split, (items, obs) in benches.items():
             if split == "heldout_seen":
                 items = [(t, a) for t, a in items if a["task"] in keep]
@@ -133,10 +142,14 @@ def main(argv=None):
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     p.add_argument("--hide", nargs="+", default=[], choices=sorted(HIDE), help="zero these parts of every state")
     p.add_argument("--now", action="store_true", help="the state at t alone, without the episode's start")
+    p.add_argument("--success", type=int, default=0, metavar="K",
+                   help="fit a success classifier (each expert's last K frames) instead of progress")
     p.add_argument("--json", help="write the per-seed figures here")
     args = p.parse_args(argv)
+    if args.success < 0:
+        raise SystemExit(f"--success {args.success}: the number of final frames must be 0 (off) or more")
     try:
-        out = evaluate(args.data, args.tasks, args.seeds, args.hide, now=args.now)
+        out = evaluate(args.data, args.tasks, args.seeds, args.hide, now=args.now, success=args.success)
     except (ValueError, OSError) as e:  # e.g. a dataset without observation.environment_state: its file and columns named
         raise SystemExit(f"state_oracle.py: {e}") from None
     for (split, method), metrics in out.items():

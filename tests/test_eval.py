@@ -797,6 +797,10 @@ def test_state_oracle_reads_each_frames_state(tmp_path):
         assert state["voc"][0] > 0.99 and state["auroc"][0] == 1.0
         # per task: 2 successes tied, the failure below both: tau_a 2/3, its ceiling
         assert state["tau_a"][0] == pytest.approx(2 / 3)
+    # --success 1: a classifier of each expert's last frame ranks success as well, and is no progress estimate
+    out = oracle.evaluate(str(tmp_path), tasks=2, seeds=[0], steps=500, success=1)
+    for split in oracle.SPLITS:
+        assert out[split, "state"]["auroc"][0] == 1.0 and out[split, "state"]["hesitation_rmse"][0] > 0.1
 
 
 def test_plot_titles_keep_the_episode_and_kind_and_cut_a_long_instruction():
