@@ -297,6 +297,23 @@ def _attach_state(root, column, dim, eps, skip):
     return kept
 
 
+def lerobot_frame_base(root):
+    """{episode_index: the dataset-wide `index` of its frame 0} from a LeRobot dataset's data parquet files, the
+    rows LeRobot's trainers look frames up by ({} where they lack the columns). Metadata counts can be off: a skipped
+    episodes.jsonl line, or a length that is not its episode's rows, would shift every later episode's."""
+    out = {}
+    for f in sorted((Path(root) / "data").rglob("*.parquet")):
+        try:
+            if not {"episode_index", "frame_index", "index"} <= set(pq.read_schema(f).names):
+                continue
+            t = pq.read_table(f, columns=["episode_index", "frame_index", "index"])
+            ep, frame, index = (t[c].to_numpy(zero_copy_only=False) for c in ("episode_index", "frame_index", "index"))
+        except (pa.ArrowException, OSError) as e:
+            raise DataError(f"{f}: unreadable frame index columns ({e})") from None
+        out |= {int(e): int(i) for e, i in zip(ep[frame == 0], index[frame == 0])}
+    return out
+
+
 def _probe_once(probed, video):
     """probe_video(video), or its VideoError, memoized in `probed`: one LeRobot v3.0 file holds many episodes."""
     if video not in probed:

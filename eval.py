@@ -39,8 +39,8 @@ import torch
 from tqdm import tqdm
 
 from checkpoint import CheckpointError, read_json
-from data import (DataError, VideoError, check_names_some, decode_frames, decode_uint8, read_dataset,
-                  read_instruction_map, read_text, resample)
+from data import (DataError, VideoError, check_names_some, decode_frames, decode_uint8, lerobot_frame_base,
+                  read_dataset, read_instruction_map, read_text, resample)
 from encode_text import TextCache, TextCacheError, describe, encoder_id, pad_text
 from sim import Mp4Writer
 from wan_vae import load_wan_vae, vae_fingerprint
@@ -772,11 +772,14 @@ def export_scores(path, scorer, out_dir, fps, H=10, kappa=0.0, keep_top=None, ta
     if not scored:
         raise DataError(f"{path}: no episode could be scored ({len(skipped)} skipped)")
     cols = {k: [] for k in ("episode_index", "frame_index", "progress", "spread", "delta", "index")}
+    base = lerobot_frame_base(path) if os.path.exists(os.path.join(path, "meta", "info.json")) else {}
     for traj, (v, s) in scored:
         T = traj.episode.T
         native = np.interp(np.arange(T), traj.index, v)
-        # LeRobot's dataset-wide frame index, which its RA-BC weighting looks frames up by (else a running count)
-        start = traj.episode.extra.get("index_from", cols["index"][-1][-1] + 1 if cols["index"] else 0)
+        # LeRobot's dataset-wide frame index, which its RA-BC weighting looks frames up by: the data's own, else
+        # the metadata's, else a running count
+        start = base.get(traj.episode.episode_index, traj.episode.extra.get(
+            "index_from", cols["index"][-1][-1] + 1 if cols["index"] else 0))
         cols["index"].append(start + np.arange(T, dtype=np.int64))
         cols["episode_index"].append(np.full(T, traj.episode.episode_index, dtype=np.int64))
         cols["frame_index"].append(np.arange(T, dtype=np.int64))

@@ -691,6 +691,33 @@ def test_sarm_progress_file_is_what_lerobot_reads(bench_setup, tmp_path):
     np.testing.assert_array_equal(sarm["progress_dense"], sarm["progress_sparse"])
 
 
+def test_exported_frames_keep_the_datas_index_when_the_metadata_counts_wrong(tmp_path):
+    """A v2.1 dataset whose first episodes.jsonl line is skipped (its tasks a string), and whose second episode's
+    metadata length is not its rows': every exported frame still carries the `index` of its own row in the data."""
+    import glob
+    import json
+
+    import pyarrow.parquet as pq
+
+    import eval as wvm_eval
+    from sim import write_lerobot
+    write_lerobot(tmp_path / "ds", ({"frames": np.full((T, 16, 16, 3), 5 * T, np.uint8), "task": "push it"}
+                                    for T in (30, 32, 34, 36)), fps=4, version="v2.1", codec="libx264")
+    path = tmp_path / "ds" / "meta" / "episodes.jsonl"
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    lines[0]["tasks"] = "push it"
+    lines[1]["length"] = 31  # one row short: still within its video, so the episode is kept
+    path.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    wvm_eval.export_scores(str(tmp_path / "ds"), Stub(), str(tmp_path / "out"), 2.0)
+    sarm = pq.read_table(tmp_path / "out" / "sarm_progress.parquet").to_pydict()
+    rows = {}
+    for f in glob.glob(str(tmp_path / "ds" / "data" / "*" / "*.parquet")):
+        r = pq.read_table(f).to_pydict()
+        rows |= {(e, i): x for e, i, x in zip(r["episode_index"], r["frame_index"], r["index"])}
+    assert sorted(set(sarm["episode_index"])) == [1, 2, 3]
+    assert [rows[e, i] for e, i in zip(sarm["episode_index"], sarm["frame_index"])] == sarm["index"]
+
+
 def test_overlay_draws_the_curve_under_the_frames(bench_setup, tmp_path):
     import av
 
