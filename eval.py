@@ -244,7 +244,7 @@ class WVMScorer:
     name = "wvm"
 
     def __init__(self, model, vae, text_cache, size, stride=1, samples=1, steps=1, batch=16, device="cpu", seed=0,
-                 trained=None, combine=None, rotate=False, noise=NOISE):
+                 trained=None, combine=None, rotate=False, noise=NOISE, ckpt="the model"):
         """noise: "zero" starts each window's flow from the noise's mean (one value per window, whatever the seed;
         not in the paper, which draws it), "draw" from a draw of a trajectory's own generator, seeded by (seed,
         episode id), so its values do not depend on which trajectories share its batch. trained: the run's record of
@@ -261,7 +261,7 @@ class WVMScorer:
             raise ValueError(f"combine {combine!r} with stride {stride}: expected mean, or first with stride 1")
         if noise not in ("zero", "draw") or (noise == "zero" and samples > 1):
             raise ValueError(f"noise {noise!r} with {samples} samples: expected draw, or zero with one sample")
-        self.combine, self.rotate, self.noise = combine, rotate, noise
+        self.combine, self.rotate, self.noise, self.ckpt = combine, rotate, noise, ckpt
 
     @torch.no_grad()
     def score(self, trajs, progress=True):
@@ -317,6 +317,10 @@ class WVMScorer:
             vals = self.model.predict_values(lat.float(), context.to(self.device), torch.tensor(prefix), steps=self.steps,
                                              samples=self.samples, generator=[gens[i] for i in live],
                                              zero_noise=self.noise == "zero", **st).cpu().numpy()
+            if not np.isfinite(vals).all():  # NaN would rank as a rising curve and pass np.clip into the weights
+                bad = group[live[np.flatnonzero(~np.isfinite(vals).reshape(len(live), -1).all(1))[0]]].episode.id
+                raise CheckpointError(f"{self.ckpt}: its values are not finite (NaN or inf) on {bad}: the weights "
+                                      f"have diverged or are damaged (see the run's log.jsonl losses)")
             for j, i in enumerate(live):
                 f = ends[i][k] - self.h + 1
                 v, sd = np.clip(vals[j], 0, 1).mean(0), vals[j].std(0)
@@ -368,7 +372,7 @@ def load_scorer(args):
                          f"with (id {trained['text_encoder']})")
     return WVMScorer(model, vae, text, size, stride=args.stride, samples=args.samples, steps=args.steps,
                      batch=args.batch, device=args.device, seed=args.seed, trained=trained, combine=args.combine,
-                     rotate=args.rotate, noise=args.noise)
+                     rotate=args.rotate, noise=args.noise, ckpt=path)
 
 
 def state_column(scorer, path):

@@ -754,6 +754,28 @@ class _IndexModel(torch.nn.Module):
         return (0.5 * prefix.double()[:, None] + 0.01 * (e + torch.arange(self.chunk)))[:, None].repeat(1, samples, 1)
 
 
+def test_a_model_whose_values_are_not_finite_is_named(monkeypatch):
+    """NaN values would rank as a rising curve (a perfect VOC) and pass np.clip into the exported weights: scoring
+    stops with the checkpoint and the episode named."""
+    import eval as ev
+    from checkpoint import CheckpointError
+
+    class NaNAt7(_IndexModel):
+        def predict_values(self, lat, context, prefix, **kw):
+            v = super().predict_values(lat, context, prefix, **kw)
+            return torch.where(lat.double()[:, None, None] == 7, float("nan"), v)
+    monkeypatch.setattr(ev, "clip_latents", lambda vae, clips, h: clips[:, 0, -1, 0, 0])
+    text = type("T", (), {"get": lambda self, s: torch.zeros(2, 3)})()
+    scorer = ev.WVMScorer(NaNAt7(), torch.nn.Identity(), text, 8, ckpt="runs/x")
+    bar = type("Bar", (), {"update": lambda self, n: None})()
+    trajs, frames = [], []
+    for i, T in enumerate((6, 11)):  # only the second reaches a window ending at frame 7
+        trajs.append(Trajectory(type("E", (), {"instruction": "x", "id": f"d/{i}"})(), np.arange(T)))
+        frames.append(torch.arange(T).float()[None, :, None, None].expand(3, T, 2, 2))
+    with pytest.raises(CheckpointError, match=r"runs/x: its values are not finite \(NaN or inf\) on d/1"):
+        scorer.score_decoded(trajs, frames, bar)
+
+
 @pytest.mark.parametrize("combine", ["mean", "first"])
 def test_window_chain_and_combine_by_hand(combine, monkeypatch):
     import eval as ev
