@@ -432,6 +432,9 @@ def in_run(run_dir, p):
 # ----------------------------------------------------------------------------------------------
 # benchmarks
 
+METRIC_NAMES = {"hesitation": "Hesitation-RMSE", "retry": "Retry-VOC"}
+
+
 def load_annotated(path, fps, camera=None, min_frames=4, state=None):
     """Episodes of a LeRobot dataset (+ its annotations.jsonl) or a manifest, with their annotation.
 
@@ -484,6 +487,12 @@ def load_annotated(path, fps, camera=None, min_frames=4, state=None):
             problems.append(f"episode {ep.id}: {len(index)} frames at {fps:g} fps, fewer than one window of "
                             f"{min_frames}")
             continue
+        need = {"hesitation": 1, "retry": 2}.get(a["kind"], 0)  # Hesitation-RMSE needs a frame, a correlation two
+        inside = int(((index >= a.get("m", 0)) & (index <= a.get("n", -1))).sum()) if need else 0
+        if inside < need:  # still an episode that succeeds, for the other benches
+            problems.append(f"episode {ep.id}: {where}{a['kind']} segment [{a['m']}, {a['n']}] holds {inside} of the "
+                            f"frames scored at {fps:g} fps (the video's {ep.fps:g} fps resampled), fewer than the "
+                            f"{need} its metric needs: left out of {METRIC_NAMES[a['kind']]}")
         items.append((Trajectory(ep, index), a))
     unknown = sorted({a.get("task", t.episode.instruction) for t, a in items
                       if a["kind"] == "failure" and a.get("achieved") is None})
@@ -1013,6 +1022,8 @@ def evaluate(args):
     for bench in benches:
         rows = bench_rows(bench, results, args.by)
         if not any(r[k] == r[k] for r in rows for k in r if k in NAMES):  # all NaN: no such trajectories here
+            print(f"\n{bench} bench on {args.data}: no table, no trajectory here gives its metrics"
+                  + ("; see the skipped lines above" if problems else ""))
             continue
         tables[bench] = rows
         n = len({r["episode"] for r in results if r["kind"] in BENCHES[bench]})

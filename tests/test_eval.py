@@ -852,6 +852,36 @@ def test_state_oracle_reads_each_frames_state(tmp_path):
         assert out[split, "state"]["auroc"][0] == 1.0 and out[split, "state"]["hesitation_rmse"][0] > 0.1
 
 
+def test_a_segment_with_too_few_scored_frames_is_named(bench_setup, tmp_path, capsys):
+    """At 8 fps scored at 2, every 4th frame is read: a pause over frames 6-7 holds none of them and a retry over
+    9-12 one, too few for their metrics; both are reported, not left as a NaN that the table's mean leaves out
+    unsaid, and both still count for the benches that read the whole episode."""
+    import json
+    import shutil
+
+    import eval as wvm_eval
+    ds = tmp_path / "ds"
+    shutil.copytree(bench_setup / "ds", ds)
+    anns = [{"episode": 0, "kind": "hesitation", "m": 6, "n": 7}, {"episode": 1, "kind": "retry", "m": 9, "n": 12},
+            {"episode": 2, "kind": "retry", "m": 8, "n": 12}, {"episode": 3, "kind": "expert"},
+            {"episode": 4, "kind": "expert"}]
+    (ds / "annotations.jsonl").write_text("".join(json.dumps(a) + "\n" for a in anns))
+    wvm_eval.main(["--bench", "all", "--data", str(ds), "--json", str(tmp_path / "b.json")])
+    ann = ds / "annotations.jsonl"
+    out = json.load(open(tmp_path / "b.json"))
+    assert out["skipped"] == [
+        f"episode ds/0: {ann}:1: hesitation segment [6, 7] holds 0 of the frames scored at 2 fps (the video's 8 fps "
+        f"resampled), fewer than the 1 its metric needs: left out of Hesitation-RMSE",
+        f"episode ds/1: {ann}:2: retry segment [9, 12] holds 1 of the frames scored at 2 fps (the video's 8 fps "
+        f"resampled), fewer than the 2 its metric needs: left out of Retry-VOC"]
+    assert len({t["episode"] for t in out["trajectories"]}) == 5
+    anns[2:3] = []  # no retry nor pause left that can be scored: the suboptimal bench says it has no table
+    (ds / "annotations.jsonl").write_text("".join(json.dumps(a) + "\n" for a in anns))
+    wvm_eval.main(["--bench", "suboptimal", "--data", str(ds)])
+    assert f"suboptimal bench on {ds}: no table, no trajectory here gives its metrics; see the skipped lines above" \
+        in capsys.readouterr().out
+
+
 def test_plot_titles_keep_the_episode_and_kind_and_cut_a_long_instruction():
     assert plot_title("mw/12", "pick up the puck", "retry") == "mw/12: pick up the puck (retry)"
     long = "pick up the red cube on the left and place it carefully into the blue bowl " * 3
