@@ -196,8 +196,12 @@ def read_lerobot(root, camera=None, name=None, probe=True, skipped=None, state=N
             elif None in where:  # no file or no span to read the episode from
                 skip(f"episode {ep}", "bad metadata", f"{v}chunk_index, file_index, from_timestamp or "
                      f"to_timestamp is null", id=f"{name}/{ep}")
+            elif not all(isinstance(x, (int, float)) and not isinstance(x, bool) and float(x).is_integer()
+                         for x in where[:2]):  # pandas writes 3.0 in a column that holds a null anywhere
+                skip(f"episode {ep}", "bad metadata", f"{v}chunk_index {where[0]!r}, file_index {where[1]!r}: not "
+                     f"whole numbers", id=f"{name}/{ep}")
             else:
-                video = root / video_path.format(video_key=camera, chunk_index=where[0], file_index=where[1])
+                video = root / video_path.format(video_key=camera, chunk_index=int(where[0]), file_index=int(where[1]))
                 _add(eps, skip, probed, probe, name, video, ep, r["length"], r["tasks"], fps,
                      float(where[2]), float(where[3]), index)
             if type(ep) is int:

@@ -600,6 +600,20 @@ def test_malformed_metadata_is_named(lerobot, tmp_path, version, damage, msg):
     assert str(e.value) == f"{root}/{msg}"
 
 
+def test_video_file_numbers_written_as_floats_are_read(lerobot, tmp_path, caplog):
+    """pandas writes a column with a null anywhere as float64 (0.0): whole numbers name the file as integers do, a
+    fraction is skipped with its reason, never a format error from deep inside."""
+    shutil.copytree(lerobot / "v30", tmp_path / "v30")
+    v = "videos/observation.images.main/"
+    edit_episodes(tmp_path / "v30", {v + "chunk_index": [0.0, 0.0, 0.0], v + "file_index": [0.0, 0.0, 0.5]})
+    with caplog.at_level(logging.WARNING, logger="wvm.data"):
+        eps = data.read_lerobot(tmp_path / "v30")
+    assert [e.episode_index for e in eps] == [0, 1]
+    assert [e.video for e in eps] == [str(tmp_path / "v30" / v / "chunk-000/file-000.mp4")] * 2
+    assert [r.getMessage() for r in caplog.records][0] == (
+        f"v30: skipping episode 2: bad metadata ({v}chunk_index 0.0, file_index 0.5: not whole numbers)")
+
+
 def test_malformed_episode_metadata_is_skipped(lerobot, tmp_path, caplog):
     """An episode whose metadata has a null video file, a span that is not finite or ends before it starts, a length
     that is not a number or tasks that are one string (not a list of them) is skipped with its reason."""
