@@ -238,6 +238,11 @@ def read_lerobot(root, camera=None, name=None, probe=True, skipped=None, state=N
             index += r.get("length") or 0
     if state:
         eps = _attach_state(root, state, dim, eps, skip)
+    multi = [e for e in eps if "tasks" in e.extra]
+    if multi:  # one instruction per episode here; LeRobot lists an episode's tasks in no set order
+        log.warning("%s: %d of %d episodes list several tasks, each read with the first listed (episode %d: %r of "
+                    "%s)", name, len(multi), len(eps), multi[0].episode_index, multi[0].instruction,
+                    multi[0].extra["tasks"])
     skip.summary(len(eps))
     if skipped is not None:
         skipped += skip.items

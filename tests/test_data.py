@@ -614,6 +614,18 @@ def test_video_file_numbers_written_as_floats_are_read(lerobot, tmp_path, caplog
         f"v30: skipping episode 2: bad metadata ({v}chunk_index 0.0, file_index 0.5: not whole numbers)")
 
 
+def test_episodes_of_several_tasks_are_said(lerobot, tmp_path, caplog):
+    """An episode that lists several tasks is read with the first, and the reader says how many do so."""
+    shutil.copytree(lerobot / "v21", tmp_path / "v21")
+    edit_jsonl(tmp_path / "v21/meta/episodes.jsonl", {1: {"tasks": ["lift it", "open the drawer"]}})
+    with caplog.at_level(logging.WARNING, logger="wvm.data"):
+        eps = data.read_lerobot(tmp_path / "v21")
+    assert eps[1].instruction == "lift it"
+    assert [r.getMessage() for r in caplog.records] == [
+        "v21: 1 of 3 episodes list several tasks, each read with the first listed (episode 1: 'lift it' of "
+        "['lift it', 'open the drawer'])"]
+
+
 def test_malformed_episode_metadata_is_skipped(lerobot, tmp_path, caplog):
     """An episode whose metadata has a null video file, a span that is not finite or ends before it starts, a length
     that is not a number or tasks that are one string (not a list of them) is skipped with its reason."""
