@@ -576,6 +576,16 @@ def check_names_some(path, table, instructions, what):
 # ----------------------------------------------------------------------------- frames
 
 
+def warn_slow(episodes, target_fps, name):
+    """Say where episodes were recorded at fewer frames per second than target_fps: resample never adds frames, so
+    theirs are read at their own rate and a window of h frames spans more time than the model was trained on."""
+    slow = [e for e in episodes if e.fps < target_fps * (1 - 1e-6)]
+    if slow:
+        log.warning("%s: %d of %d episodes run at fewer than %g fps (the slowest %g fps, episode %s) and are read at "
+                    "their own rate: each window spans more time than at %g fps", name, len(slow), len(episodes),
+                    target_fps, min(e.fps for e in slow), min(slow, key=lambda e: e.fps).id, target_fps)
+
+
 def resample(T, native_fps, target_fps):
     """Native frame indices [T'] of a T-frame trajectory resampled to target_fps (no upsampling).
 
@@ -806,6 +816,7 @@ class ClipDataset(torch.utils.data.Dataset):
                     keep.append(ep)
             if skip.counts:
                 skip.summary(len(keep))
+            warn_slow(keep, tfps, name)
             if keep and src.weight > 0:
                 self.sources.append(Source(keep, src.weight, tfps, name))
             elif keep:

@@ -40,7 +40,7 @@ from tqdm import tqdm
 
 from checkpoint import CheckpointError, read_json
 from data import (DataError, VideoError, check_names_some, decode_frames, decode_uint8, lerobot_frame_base,
-                  read_dataset, read_instruction_map, read_text, resample)
+                  read_dataset, read_instruction_map, read_text, resample, warn_slow)
 from encode_text import TextCache, TextCacheError, describe, encoder_id, pad_text
 from sim import Mp4Writer
 from wan_vae import load_wan_vae, vae_fingerprint
@@ -447,6 +447,7 @@ def load_annotated(path, fps, camera=None, min_frames=4, state=None):
     episode (state_column)."""
     skipped = []
     episodes = read_dataset(path, camera=camera, skipped=skipped, state=state)
+    warn_slow(episodes, fps, path)
     problems = [f"episode {id}: {reason}" for id, reason in skipped]
     ann_file = os.path.join(path, "annotations.jsonl") if os.path.isdir(path) else None
     annotations = read_annotations(ann_file) if ann_file and os.path.exists(ann_file) else None
@@ -764,6 +765,7 @@ def export_scores(path, scorer, out_dir, fps, H=10, kappa=0.0, keep_top=None, ta
                             f"choose another --out for {path}, or delete it")
     found = []
     episodes = read_dataset(path, camera=camera, skipped=found, state=state_column(scorer, path))
+    warn_slow(episodes, fps, path)
     views = {}
     for ep in episodes:
         views.setdefault(ep.episode_index, []).append(ep.id)

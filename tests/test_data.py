@@ -614,6 +614,20 @@ def test_video_file_numbers_written_as_floats_are_read(lerobot, tmp_path, caplog
         f"v30: skipping episode 2: bad metadata ({v}chunk_index 0.0, file_index 0.5: not whole numbers)")
 
 
+def test_episodes_slower_than_the_target_fps_are_said(caplog):
+    """resample never adds frames: an episode recorded at 1 fps is read at 1 fps, each window twice the time a 2 fps
+    model trained on; training and scoring say so (once per dataset), and are silent at or above the target."""
+    eps = [data.Episode("ds", "v.mp4", 0.0, T / f, f, T, "lift it", i) for i, (f, T) in enumerate([(10, 40), (1, 20),
+                                                                                                     (1.5, 20)])]
+    with caplog.at_level(logging.WARNING, logger="wvm.data"):
+        data.ClipDataset(eps, fps=2.0, size=32, h=4)
+        data.warn_slow(eps[:1], 2.0, "ds")
+        data.warn_slow(eps[1:2], 1.0, "ds")
+    assert [r.getMessage() for r in caplog.records] == [
+        "ds: 2 of 3 episodes run at fewer than 2 fps (the slowest 1 fps, episode ds/1) and are read at their own "
+        "rate: each window spans more time than at 2 fps"]
+
+
 def test_episodes_of_several_tasks_are_said(lerobot, tmp_path, caplog):
     """An episode that lists several tasks is read with the first, and the reader says how many do so."""
     shutil.copytree(lerobot / "v21", tmp_path / "v21")
