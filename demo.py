@@ -28,7 +28,7 @@ import numpy as np
 
 import sim  # light: MuJoCo is imported only to render
 from checkpoint import CheckpointError, read_json
-from eval import bench_rows, scored_from_default_noise
+from eval import bench_rows, read_results, scored_from_default_noise
 from train import TrainConfig
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -167,8 +167,7 @@ def evaluate(run_dir, data, splits=SPLITS):
     if todo:
         print(f"[{time.time() - start:.0f} s]", flush=True)
     for split in splits:
-        with open(os.path.join(run_dir, f"{split}.json")) as f:
-            saved = json.load(f)
+        saved = read_results(os.path.join(run_dir, f"{split}.json"))
         for bench, rows in saved["tables"].items():  # the averages, and a row per task from the saved trajectories
             results[split, bench] = {(r["method"], r["embodiment"]): r for r in rows} | {
                 (r["method"], r["task"]): r for r in bench_rows(bench, saved["trajectories"], "task")}

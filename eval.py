@@ -633,6 +633,26 @@ def ranking_metrics(sel, successes=()):
     return out
 
 
+def nan_to_null(x):
+    """A metric that is undefined (NaN) as JSON's null: bare NaN is not JSON, and jq or a browser refuse the file."""
+    if isinstance(x, float) and x != x:
+        return None
+    if isinstance(x, dict):
+        return {k: nan_to_null(v) for k, v in x.items()}
+    return [nan_to_null(v) for v in x] if isinstance(x, (list, tuple)) else x
+
+
+def read_results(path):
+    """An `eval.py --json` file, its undefined metrics NaN again (files written before hold NaN itself)."""
+    with open(path) as f:
+        saved = json.load(f)
+    for r in [r for rows in saved["tables"].values() for r in rows] + saved["trajectories"]:
+        for k in (*NAMES, "final", "achieved"):
+            if k in r and r[k] is None:
+                r[k] = float("nan")
+    return saved
+
+
 NAMES = {"hesitation_rmse": "Hesitation-RMSE ↓", "retry_voc": "Retry-VOC ↑", "voc": "Expert-VOC ↑",
          "auroc": "success AUROC ↑", "gap": "success - failure ↑", "tau_a": "τ_a ↑", "tau_a_max": "τ_a at best",
          "voc_expert": "VOC expert", "voc_hesitation": "VOC hesitation", "voc_retry": "VOC retry",
@@ -1034,9 +1054,9 @@ def evaluate(args):
         print(format_table(rows))
     if args.json:  # whole or not at all: demo.py takes a results file it finds for finished scores
         with open(args.json + ".tmp", "w") as f:
-            json.dump({"data": args.data, "fps": fps, "instructions": args.instructions, "noise": args.noise,
-                       "skipped": problems,
-                       "tables": tables, "trajectories": results}, f, indent=1)
+            json.dump(nan_to_null({"data": args.data, "fps": fps, "instructions": args.instructions,
+                                   "noise": args.noise, "skipped": problems, "tables": tables, "trajectories": results}),
+                      f, indent=1, allow_nan=False)
         os.replace(args.json + ".tmp", args.json)
     if args.plots:
         plot_results(results, items, args.plots)

@@ -1,4 +1,5 @@
 """eval.py metrics against scipy and hand-computed values, baselines, and the weighting formulas."""
+import math
 import os
 
 import numpy as np
@@ -875,6 +876,13 @@ def test_a_segment_with_too_few_scored_frames_is_named(bench_setup, tmp_path, ca
         f"episode ds/1: {ann}:2: retry segment [9, 12] holds 1 of the frames scored at 2 fps (the video's 8 fps "
         f"resampled), fewer than the 2 its metric needs: left out of Retry-VOC"]
     assert len({t["episode"] for t in out["trajectories"]}) == 5
+    # the undefined metric is JSON's null (bare NaN is no JSON), and NaN again for the repository's own readers
+    def no_constants(c):
+        raise ValueError(c)
+    strict = json.loads((tmp_path / "b.json").read_text(), parse_constant=no_constants)
+    assert [t["hesitation_rmse"] for t in strict["trajectories"] if t["episode"] == "ds/0"] == [None, None]
+    back = wvm_eval.read_results(tmp_path / "b.json")
+    assert all(math.isnan(t["hesitation_rmse"]) for t in back["trajectories"] if t["episode"] == "ds/0")
     anns[2:3] = []  # no retry nor pause left that can be scored: the suboptimal bench says it has no table
     (ds / "annotations.jsonl").write_text("".join(json.dumps(a) + "\n" for a in anns))
     wvm_eval.main(["--bench", "suboptimal", "--data", str(ds)])
