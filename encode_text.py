@@ -22,9 +22,11 @@ import html
 import json
 import os
 import re
+import sys
 import zlib
 from pathlib import Path
 
+import ftfy
 import torch
 import torch.nn.functional as F
 from safetensors import safe_open
@@ -37,13 +39,9 @@ TEXT_LEN = 512  # Wan's text_len
 
 
 def clean_text(text):
-    """Wan's prompt cleaning: ftfy (if installed), html unescape twice, whitespace collapsed."""
-    try:
-        import ftfy
-        text = ftfy.fix_text(text)
-    except ImportError:
-        pass
-    text = html.unescape(html.unescape(text))
+    """Wan's prompt cleaning: ftfy, html unescape twice, whitespace collapsed. ftfy is required, not optional: it
+    changes some texts (curly quotes), and the cache keys by the cleaned text, so every process must clean alike."""
+    text = html.unescape(html.unescape(ftfy.fix_text(text)))
     return re.sub(r"\s+", " ", text).strip()
 
 
@@ -269,18 +267,24 @@ def build_cache(texts, tokenizer, model, out, batch_size=8, shard_size=2000, dty
     for t in texts:
         if isinstance(t, str) and t.strip() and text_key(t) not in have:
             todo.setdefault(text_key(t), clean_text(t))
-    keys, shard = list(todo), len(list(out.glob("*.safetensors")))
+    keys, shard, full = list(todo), len(list(out.glob("*.safetensors"))), []
     for s in tqdm(range(0, len(keys), shard_size), desc="shards", disable=len(keys) <= shard_size):
         part, tensors = keys[s:s + shard_size], {}
         for b in range(0, len(part), batch_size):
             batch = part[b:b + batch_size]
             for k, e in zip(batch, encode([todo[k] for k in batch], tokenizer, model, text_len)):
                 tensors[k] = e.to(dtype).contiguous()
+                if len(e) == text_len:  # its end cut, perhaps: words past text_len tokens are never read
+                    full.append(todo[k])
         while (out / f"text-{shard:05d}.safetensors").exists():
             shard += 1
         # written whole, after encoding, so an interrupted run never leaves a half shard
         meta = {"texts": json.dumps({k: todo[k] for k in part}), **({"encoder": json.dumps(encoder)} if encoder else {})}
         save_file(tensors, out / f"text-{shard:05d}.safetensors", metadata=meta)
+    if full:
+        print(f"{out}: {len(full)} instructions fill all {text_len} tokens and may be cut short (words past them are "
+              f"not read; two that differ only there get the same features), e.g. {full[0]!r}; a larger --text_len "
+              f"keeps them whole", file=sys.stderr)
     return len(keys)
 
 
@@ -292,17 +296,30 @@ def describe(encoder):
     return f"`{encoder['flags']}`" if encoder else "an unrecorded encoder (an older encode_text.py)"
 
 
-def encoder_record(a, model):
+UMT5_ARCH = ("vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_heads", "relative_attention_num_buckets",
+             "relative_attention_max_distance", "feed_forward_proj", "layer_norm_epsilon")
+
+
+def umt5_id(tokenizer, model):
+    """A digest of what fixes a umT5's features: its architecture, the first rows of its embedding table (rounded to
+    bf16, so an fp32 and a bf16 copy of one checkpoint agree) and its tokenizer's vocabulary. Not the whole config:
+    it also records the transformers version and the dtype, which would give one checkpoint several ids."""
+    h = hashlib.sha1(json.dumps({k: getattr(model.config, k) for k in UMT5_ARCH}, sort_keys=True).encode())
+    with torch.no_grad():
+        h.update(model.get_input_embeddings().weight[:64].to(torch.bfloat16).float().cpu().numpy().tobytes())
+    h.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
+    return h.hexdigest()[:12]
+
+
+def encoder_record(a, tokenizer, model):
     """The id and flags build_cache records: the tiny encoder is fixed by its width, seed and hashing; a umT5
-    by a digest of its config and embedding table. Dtype and text_len change the features too."""
+    by umt5_id. Dtype and text_len change the features too."""
     if a.tiny_random:
         # "-lower": case and punctuation dropped (older caches kept them: their features differ for such texts);
         # "-ids": HashTokenizer (older caches read one of two colliding words as unknown, by the process's hashing)
         ident, flags = f"tiny_random-crc32-{TINY_VOCAB}-lower-ids:{a.tiny_random}:seed0", f"--tiny_random {a.tiny_random}"
     else:
-        h = hashlib.sha1(model.config.to_json_string().encode())
-        h.update(model.get_input_embeddings().weight[:64].float().cpu().numpy().tobytes())
-        ident, flags = f"umt5:{h.hexdigest()[:12]}", f"--model {os.path.abspath(a.model)}"
+        ident, flags = f"umt5:{umt5_id(tokenizer, model)}", f"--model {os.path.abspath(a.model)}"
     return {"id": f"{ident}:{a.dtype}:len{a.text_len}", "flags": f"{flags} --text_len {a.text_len} --dtype {a.dtype}"}
 
 
@@ -342,7 +359,7 @@ def main():
         else:
             tokenizer, model = load_encoder(a.model, dtype=dtype, device=a.device)
         n = build_cache(texts, tokenizer, model, a.out, a.batch_size, a.shard_size, dtype, a.text_len,
-                        encoder_record(a, model))
+                        encoder_record(a, tokenizer, model))
     except (TextCacheError, data.DataError, CheckpointError, OSError) as e:
         raise SystemExit(str(e)) from None
     print(f"{a.out}: encoded {n} new instructions; {len(TextCache(a.out))} in the cache")

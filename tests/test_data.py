@@ -776,6 +776,32 @@ def hf_word_tokenizer(words):
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
 
 
+def test_encode_text_from_a_transformers_folder(tmp_path, capsys, monkeypatch):
+    """encode_text.py --model on a umT5 saved by transformers: the features are the model's own, the encoder id the
+    same whether it is loaded in fp32 or bf16 or saved by another transformers version, another tokenizer a new id,
+    and an instruction that fills all text_len tokens is said."""
+    import sys
+    tokenizer, model = encode_text.tiny_random_encoder(16)
+    model.save_pretrained(tmp_path / "umt5")
+    hf_word_tokenizer(["open", "the", "drawer", "now", "please"]).save_pretrained(tmp_path / "umt5")
+    (tmp_path / "texts.txt").write_text("open the drawer\nopen the drawer now please\n")
+
+    def run(out, *extra):
+        monkeypatch.setattr(sys, "argv", ["encode_text.py", "--model", str(tmp_path / "umt5"), "--text_len", "5",
+                                          "--out", str(tmp_path / out), "--texts", str(tmp_path / "texts.txt"), *extra])
+        encode_text.main()
+        return encode_text.TextCache(tmp_path / out)
+    cache = run("c32", "--dtype", "float32")
+    torch.testing.assert_close(cache.get("open the drawer"), encode_text.encode(["open the drawer"], tokenizer, model,
+                                                                                  text_len=5)[0])
+    assert "1 instructions fill all 5 tokens and may be cut short" in capsys.readouterr().err
+    config = json.loads((tmp_path / "umt5" / "config.json").read_text())
+    (tmp_path / "umt5" / "config.json").write_text(json.dumps(config | {"transformers_version": "4.0.0"}))
+    assert encode_text.encoder_id(run("c16").encoder).split(":")[1] == encode_text.encoder_id(cache.encoder).split(":")[1]
+    hf_word_tokenizer(["open", "the", "drawer"]).save_pretrained(tmp_path / "umt5")
+    assert encode_text.encoder_id(run("c16b").encoder).split(":")[1] != encode_text.encoder_id(cache.encoder).split(":")[1]
+
+
 def test_wan_t5_checkpoint_layout(tmp_path):
     tokenizer, model, cfg = tiny_encoder(tmp_path)
     hf_word_tokenizer(["open", "the", "drawer"]).save_pretrained(tmp_path / "google" / "umt5-xxl")
