@@ -18,6 +18,7 @@ import json
 import os
 import re
 import sys
+import warnings
 from dataclasses import asdict, dataclass, field, replace
 
 import torch
@@ -437,6 +438,9 @@ def _check_video(video, first, cfg):
         raise ValueError("video contains NaN or inf values")
     if lo < -2 or hi > 2:  # far outside [-1, 1]: most likely 0..255 pixel values
         raise ValueError(f"video values span [{lo.item():.3g}, {hi.item():.3g}]: expected [-1, 1]")
+    if lo >= 0 and hi - lo > 0.5:  # frames with dark and bright parts, none below 0: most likely scaled to [0, 1]
+        warnings.warn(f"video values span [{lo.item():.3g}, {hi.item():.3g}], none below 0: frames scaled to [0, 1] "
+                      f"(x * 2 - 1 gives the [-1, 1] the VAE expects)?", stacklevel=3)
 
 
 def _check_latents(z, cfg):

@@ -1,6 +1,7 @@
 """The Wan2.2 VAE against diffusers' AutoencoderKLWan, checkpoint layouts, causal streaming, errors, latent cache."""
 import json
 import os
+import warnings
 
 import pytest
 import torch
@@ -203,6 +204,13 @@ def test_input_errors(tiny):
     ]:
         with pytest.raises(ValueError, match=match):
             tiny.encode(bad)
+    unit = torch.linspace(0, 1, 5 * 32 * 32 * 3).reshape(1, 3, 5, 32, 32)  # frames scaled to [0, 1]: said
+    with pytest.warns(UserWarning, match=r"video values span \[0, 1\], none below 0: frames scaled to \[0, 1\]"):
+        tiny.encode(unit)
+    with warnings.catch_warnings():  # a bright clip in [-1, 1] (no dark part) is not
+        warnings.simplefilter("error")
+        tiny.encode(0.7 + 0.2 * unit)
+        tiny.encode(unit * 2 - 1)
     for value in (float("nan"), float("inf")):
         x = video(5)
         x[0, 1, 2, 3, 4] = value
