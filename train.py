@@ -795,7 +795,7 @@ def train(cfg, world, rank, device):
 
     loader = torch.utils.data.DataLoader(
         dataset, batch_sampler=StepBatches(start, cfg.max_steps, accum, cfg.micro_batch, rank, world),
-        num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0,
+        num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0, worker_init_fn=ignore_sigterm,
         prefetch_factor=4 if cfg.num_workers > 0 else None, collate_fn=collate if not cfg.encode_in_loader else
         functools.partial(encoded_batch, vae=vae, h=h, latent_cache=latent_cache, world=world))
     batches = iter(loader)
@@ -859,6 +859,12 @@ def train(cfg, world, rank, device):
         log_file.close()
         lock.close()
     return model
+
+
+def ignore_sigterm(_):
+    """In each loader worker: torchrun and scancel send SIGTERM to the whole process group, and a worker it kills
+    takes the trainer down before the trainer's own handler can save the checkpoint."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def check_data(cfg, dataset, recorded, finished):
