@@ -807,7 +807,7 @@ def train(cfg, world, rank, device):
     peak = peak_flops(device) * world
     log_file = open(os.path.join(cfg.out_dir, "log.jsonl"), "a") if master else None
     bar = tqdm(total=cfg.max_steps, initial=start, disable=not master, desc="train", dynamic_ncols=True)
-    step, t_last = start, time.perf_counter()
+    step, t_last, bad = start, time.perf_counter(), 0
     while step < cfg.max_steps:
         lr = lr_at(step, cfg)
         for group in opt.param_groups:
@@ -826,7 +826,18 @@ def train(cfg, world, rank, device):
             del out  # its graph would otherwise live through the next forward (0.3 GiB more peak on the mid bench)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
-        opt.step()
+        if torch.isfinite(grad_norm):  # the same norm on every process: they all step, or all skip
+            opt.step()
+            bad = 0
+        else:  # one bad batch (an overflow, a broken sample) must not reach the weights, nor a checkpoint
+            bad += 1
+            if master:
+                print(f"step {step + 1}: the gradient is not finite (norm {grad_norm.item()}); the step is skipped",
+                      flush=True)
+            if bad == MAX_BAD_STEPS:
+                raise SystemExit(f"{cfg.out_dir}: {bad} steps in a row with a gradient that is not finite: stopped, "
+                                 f"the weights untouched by them; ckpt/ holds the last step saved (lower --lr, or "
+                                 f"check the data)")
         opt.zero_grad(set_to_none=True)
         if world > 1:
             dist.all_reduce(sums)
@@ -845,7 +856,7 @@ def train(cfg, world, rank, device):
         stop_now = torch.tensor(float(stop["now"]), device=device)
         if world > 1:  # every process must agree before saving
             dist.all_reduce(stop_now)
-        if step % cfg.ckpt_every == 0 or step == cfg.max_steps or stop_now.item():
+        if (step % cfg.ckpt_every == 0 and not bad) or step == cfg.max_steps or stop_now.item():
             save_checkpoint(model, opt, step, cfg, rank, world, device, run)
         if stop_now.item():
             if master:
@@ -859,6 +870,9 @@ def train(cfg, world, rank, device):
         log_file.close()
         lock.close()
     return model
+
+
+MAX_BAD_STEPS = 5  # non-finite gradients in a row before training stops
 
 
 def ignore_sigterm(_):

@@ -209,6 +209,34 @@ def test_sigterm_to_the_process_group_with_loader_workers_saves(dataset, tmp_pat
     assert (tmp_path / "cut" / "ckpt" / "state.json").exists()
 
 
+def test_a_step_whose_gradient_is_not_finite_is_skipped(dataset, tmp_path, monkeypatch, capsys):
+    """An inf in one micro-batch: that step leaves the weights as they were (they and every checkpoint stay finite,
+    the run goes on), and as many such steps in a row as MAX_BAD_STEPS stop the run with the checkpoint untouched."""
+    from safetensors.torch import load_file
+    real, calls = train.model_inputs, {"n": 0, "bad": {5}}
+
+    def poisoned(*a, **k):
+        out = real(*a, **k)
+        calls["n"] += 1
+        if calls["n"] in calls["bad"]:
+            out["latents"][0, 0, -1, 0, 0] = float("inf")
+        return out
+    monkeypatch.setattr(train, "model_inputs", poisoned)
+    train.main(args(dataset, tmp_path / "one", max_steps=6))  # accum 2: call 5 is step 3's first micro-batch
+    log = [json.loads(line) for line in open(tmp_path / "one" / "log.jsonl")]
+    assert [math.isfinite(r["grad_norm"]) for r in log] == [True, True, False, True, True, True]
+    assert "step 3: the gradient is not finite" in capsys.readouterr().out
+    saved = load_file(tmp_path / "one" / "ckpt" / "rank00000.safetensors")
+    assert all(torch.isfinite(v).all() for k, v in saved.items() if k.startswith("model/"))
+    calls.update(n=0, bad=set(range(5, 100)))
+    with pytest.raises(SystemExit, match=rf"{train.MAX_BAD_STEPS} steps in a row with a gradient that is not finite"):
+        train.main(args(dataset, tmp_path / "many", max_steps=20))
+    state = json.loads((tmp_path / "many" / "ckpt" / "state.json").read_text())
+    assert state["step"] == 2
+    saved = load_file(tmp_path / "many" / "ckpt" / "rank00000.safetensors")
+    assert all(torch.isfinite(v).all() for k, v in saved.items() if k.startswith("model/"))
+
+
 def test_dropped_instructions_get_the_empty_context():
     class Cache:  # features [len(text), 3] filled with len(text)
         def get(self, text):
