@@ -471,7 +471,8 @@ def peak_flops(device):
 # code when read: rank{r}.safetensors per process (its model tensors, FSDP shards as they lie, its AdamW
 # moments and step counts, its RNG state) and state.json (step, world size, parallel mode, optimizer
 # settings, and what the model's inputs depend on). wvm.safetensors is the whole model for eval.py. A
-# save writes ckpt.tmp (state.json last) and swaps it in; recover_checkpoint settles a swap a crash cut.
+# save writes ckpt.tmp, then the model files, then ckpt.tmp's state.json, and swaps it in; recover_checkpoint
+# settles a save a crash cut.
 
 MODEL_SETTINGS = ("value_head", "value_pred", "mask")  # in a run's record since 2026-12-05
 RUN_FILES = ("ckpt", "wvm.safetensors", "wan", "vae.safetensors", "config.json", "log.jsonl")
@@ -593,6 +594,16 @@ def save_checkpoint(model, opt, step, cfg, rank, world, device, run):
     if rank == 0:
         groups = [{k: list(v) if isinstance(v, tuple) else v for k, v in g.items() if k != "params"}
                   for g in opt.param_groups]
+        # the model files before the checkpoint is complete (state.json): a crash between them leaves the step
+        # before as the newest checkpoint, which a resume trains from and exports again; the other way round a
+        # finished run would keep the model of an earlier step
+        export = unwrap(model)
+        with torch.device("meta"):
+            shell = WVM(export.video.cfg, export.value.cfg, mask=export.mask)
+        shell.load_state_dict(full, assign=True)
+        save_wvm(shell, os.path.join(cfg.out_dir, "wvm.safetensors"), run)
+        if cfg.stage == "video":  # the pretrained video stream, as the official checkpoint --wan reads
+            save_wan_dit(shell.video, os.path.join(cfg.out_dir, "wan"))
         write_json(os.path.join(tmp, "state.json"), {"step": step, "world": world, "parallel": cfg.parallel,
                                                      "run": run, "param_groups": groups})
         if os.path.exists(old):  # left by a crash after the swap: os.replace cannot overwrite a folder
@@ -601,13 +612,6 @@ def save_checkpoint(model, opt, step, cfg, rank, world, device, run):
             os.replace(ckpt, old)
         os.replace(tmp, ckpt)
         shutil.rmtree(old, ignore_errors=True)
-        export = unwrap(model)
-        with torch.device("meta"):
-            shell = WVM(export.video.cfg, export.value.cfg, mask=export.mask)
-        shell.load_state_dict(full, assign=True)
-        save_wvm(shell, os.path.join(cfg.out_dir, "wvm.safetensors"), run)
-        if cfg.stage == "video":  # the pretrained video stream, as the official checkpoint --wan reads
-            save_wan_dit(shell.video, os.path.join(cfg.out_dir, "wan"))
     barrier()
 
 

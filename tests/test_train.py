@@ -237,6 +237,28 @@ def test_a_step_whose_gradient_is_not_finite_is_skipped(dataset, tmp_path, monke
     assert all(torch.isfinite(v).all() for k, v in saved.items() if k.startswith("model/"))
 
 
+def test_a_crash_while_the_model_is_exported_is_repaired_by_resume(dataset, tmp_path, monkeypatch):
+    """Killed while the final wvm.safetensors is written: ckpt/ still holds the step before, so --resume trains the
+    last steps again and exports the final model (not a finished run with the model of an earlier step)."""
+    from safetensors.torch import load_file
+    real, calls = train.save_wvm, {"n": 0}
+
+    def crashing(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the final save, at step 4
+            raise KeyboardInterrupt("killed while writing the model")
+        real(*a, **k)
+    monkeypatch.setattr(train, "save_wvm", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        train.main(args(dataset, tmp_path / "run"))
+    assert json.loads((tmp_path / "run" / "ckpt" / "state.json").read_text())["step"] == 2
+    train.main(args(dataset, tmp_path / "run", resume=True))
+    assert json.loads((tmp_path / "run" / "ckpt" / "state.json").read_text())["step"] == 4
+    ckpt, model = load_file(tmp_path / "run" / "ckpt" / "rank00000.safetensors"), load_file(tmp_path / "run" /
+                                                                                            "wvm.safetensors")
+    assert all(torch.equal(ckpt["model/" + k], v) for k, v in model.items())
+
+
 def test_dropped_instructions_get_the_empty_context():
     class Cache:  # features [len(text), 3] filled with len(text)
         def get(self, text):
