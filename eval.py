@@ -346,6 +346,9 @@ def load_scorer(args):
     run = read_run_config(run_dir)
     model = load_wvm(path, device=args.device)
     trained = {k: run.get(k) for k in ("resolution", "fps")} | model.run
+    if trained.get("stage") == "video":
+        raise SystemExit(f"{path}: saved by a --stage=video run, which trains the video stream alone: its value "
+                         f"stream was never trained. Score a value-stage run (train.py --wan {run_dir}/wan ...)")
     if args.resolution and trained.get("resolution") and args.resolution != trained["resolution"]:
         raise SystemExit(f"--resolution {args.resolution}: the model was trained at {trained['resolution']} ({path})")
     size = args.resolution or trained.get("resolution")

@@ -852,6 +852,9 @@ def test_video_stage_writes_a_wan_checkpoint_that_wvm_training_starts_from(datas
     prior = train_here(dataset, tmp_path / "prior", stage="video", max_steps=2, rewind=0.0)
     wan = tmp_path / "prior" / "wan"
     assert sorted(os.listdir(wan)) == ["config.json", "diffusion_pytorch_model.safetensors"]
+    import eval as wvm_eval  # its wvm.safetensors has an untrained value stream: not scored
+    with pytest.raises(SystemExit, match=r"saved by a --stage=video run, which trains the video stream alone"):
+        wvm_eval.main(["--bench", "expert", "--data", str(dataset / "ds"), "--ckpt", str(tmp_path / "prior")])
     video = load_wan_dit(str(wan))
     assert video.cfg == wvm_configs("tiny")[0]
     trained_sd = train.unwrap(prior).video.state_dict()
