@@ -475,6 +475,7 @@ def peak_flops(device):
 # settles a save a crash cut.
 
 MODEL_SETTINGS = ("value_head", "value_pred", "mask")  # in a run's record since 2026-12-05
+SCHEDULE = ("batch_size", "seed", "max_steps", "warmup", "lr", "min_lr_ratio")  # what data and LR a step gets
 RUN_FILES = ("ckpt", "wvm.safetensors", "wan", "vae.safetensors", "config.json", "log.jsonl")
 HELD = {}  # run folder -> this process's lock on it: a later train() here (tests, notebooks) takes over a failed one's
 
@@ -605,7 +606,8 @@ def save_checkpoint(model, opt, step, cfg, rank, world, device, run):
         if cfg.stage == "video":  # the pretrained video stream, as the official checkpoint --wan reads
             save_wan_dit(shell.video, os.path.join(cfg.out_dir, "wan"))
         write_json(os.path.join(tmp, "state.json"), {"step": step, "world": world, "parallel": cfg.parallel,
-                                                     "run": run, "param_groups": groups})
+                                                     "run": run, "param_groups": groups,
+                                                     "schedule": {k: getattr(cfg, k) for k in SCHEDULE}})
         if os.path.exists(old):  # left by a crash after the swap: os.replace cannot overwrite a folder
             shutil.rmtree(old)
         if os.path.exists(ckpt):
@@ -681,6 +683,13 @@ def load_checkpoint(model, opt, cfg, rank, world, device, run):
     if rank == 0 and was != now:
         print(f"{cfg.out_dir}: resuming at step {state['step']} with this launch's optimizer settings {now[0]} "
               f"(until now {was[0]})")
+    before = state.get("schedule", {})  # runs saved before it was recorded: not compared
+    moved = [f"{k} {before[k]!r} -> {getattr(cfg, k)!r}" for k in SCHEDULE if k in before and before[k] != getattr(cfg, k)]
+    if rank == 0 and moved:  # allowed (a run may go on longer, or on another batch), never unsaid
+        step, then = state["step"], replace(cfg, **{k: before[k] for k in SCHEDULE if k in before})
+        print(f"{cfg.out_dir}: resuming at step {step} with {'; '.join(moved)}: the samples and learning rates from "
+              f"here on are not the uninterrupted run's (the learning rate goes from {lr_at(step - 1, then):.3g} to "
+              f"{lr_at(step, cfg):.3g})")
     torch.set_rng_state(saved["rng/torch"])
     if "rng/cuda" in saved and device.type == "cuda":
         torch.cuda.set_rng_state(saved["rng/cuda"], device)
@@ -751,6 +760,9 @@ def train(cfg, world, rank, device):
             lock.close()
         return None
 
+    if master and cfg.warmup >= cfg.max_steps:
+        print(f"note: warmup {cfg.warmup} >= max_steps {cfg.max_steps}: the learning rate stops at "
+              f"{lr_at(cfg.max_steps - 1, cfg):.3g}, short of --lr={cfg.lr:g}, and never decays", flush=True)
     dataset = open_sources(cfg, h)
     data_id = check_data(cfg, dataset, recorded, finished=False) if master else None
     text_cache = TextCache(cfg.text_cache)

@@ -259,6 +259,20 @@ def test_a_crash_while_the_model_is_exported_is_repaired_by_resume(dataset, tmp_
     assert all(torch.equal(ckpt["model/" + k], v) for k, v in model.items())
 
 
+def test_a_resume_on_another_schedule_says_so(dataset, tmp_path, capsys):
+    """A finished run resumed with more steps and another batch: allowed (a run may go on), but the samples and the
+    learning rate no longer follow one run's, and the launch says how; a warm-up as long as the run is said too."""
+    train.main(args(dataset, tmp_path / "run", max_steps=2, warmup=4))
+    assert "note: warmup 4 >= max_steps 2: the learning rate stops at 0.001, short of --lr=0.002" in capsys.readouterr().out
+    train.main(args(dataset, tmp_path / "run", max_steps=3, warmup=4, resume=True))  # the same batch: only max_steps
+    train.main(args(dataset, tmp_path / "run", max_steps=5, batch_size=8, warmup=2, resume=True))
+    out = capsys.readouterr().out
+    lr_then = train.lr_at(2, train.configure(args(dataset, tmp_path, max_steps=3, warmup=4)))
+    assert (f"resuming at step 2 with max_steps 2 -> 3: the samples and learning rates from here on are not the "
+            f"uninterrupted run's (the learning rate goes from 0.001 to {lr_then:.3g})") in out
+    assert f"resuming at step 3 with batch_size 4 -> 8; max_steps 3 -> 5; warmup 4 -> 2:" in out
+
+
 def test_dropped_instructions_get_the_empty_context():
     class Cache:  # features [len(text), 3] filled with len(text)
         def get(self, text):
