@@ -821,6 +821,8 @@ def train(cfg, world, rank, device):
     tokens_per_frame = (cfg.resolution // 32) ** 2
     flops = train_flops_per_sample(unwrap(model), tokens_per_frame) * cfg.batch_size
     peak = peak_flops(device) * world
+    if master and start:
+        trim_log(os.path.join(cfg.out_dir, "log.jsonl"), start)
     log_file = open(os.path.join(cfg.out_dir, "log.jsonl"), "a") if master else None
     bar = tqdm(total=cfg.max_steps, initial=start, disable=not master, desc="train", dynamic_ncols=True)
     step, t_last, bad = start, time.perf_counter(), 0
@@ -886,6 +888,24 @@ def train(cfg, world, rank, device):
         log_file.close()
         lock.close()
     return model
+
+
+def trim_log(path, step):
+    """Keep the log's lines of steps up to `step`, where a resume goes on: a run that died after its last checkpoint
+    logged steps it will now train again, and each step is logged once."""
+    if not os.path.exists(path):
+        return
+    kept = []
+    with open(path) as f:
+        for line in f:
+            try:
+                if json.loads(line)["step"] <= step:
+                    kept.append(line)
+            except (ValueError, KeyError, TypeError):  # a line the crash cut short
+                pass
+    with open(path + ".tmp", "w") as f:
+        f.writelines(kept)
+    os.replace(path + ".tmp", path)
 
 
 MAX_BAD_STEPS = 5  # non-finite gradients in a row before training stops

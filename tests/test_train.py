@@ -273,6 +273,25 @@ def test_a_resume_on_another_schedule_says_so(dataset, tmp_path, capsys):
     assert f"resuming at step 3 with batch_size 4 -> 8; max_steps 3 -> 5; warmup 4 -> 2:" in out
 
 
+def test_a_resume_logs_each_step_once(dataset, tmp_path, monkeypatch):
+    """A run that died after logging steps past its last checkpoint trains them again on --resume: log.jsonl keeps
+    one line per step, the resumed run's."""
+    real = train.save_checkpoint
+
+    def dying(model, opt, step, *a, **k):
+        if step == 4:
+            raise KeyboardInterrupt("killed")
+        real(model, opt, step, *a, **k)
+    monkeypatch.setattr(train, "save_checkpoint", dying)
+    with pytest.raises(KeyboardInterrupt):
+        train.main(args(dataset, tmp_path / "run"))  # logs steps 1-4, saved at step 2
+    with open(tmp_path / "run" / "log.jsonl", "a") as f:
+        f.write('{"step": 5, "lo')  # and a line the crash cut
+    monkeypatch.setattr(train, "save_checkpoint", real)
+    train.main(args(dataset, tmp_path / "run", resume=True))
+    assert [json.loads(line)["step"] for line in open(tmp_path / "run" / "log.jsonl")] == [1, 2, 3, 4]
+
+
 def test_dropped_instructions_get_the_empty_context():
     class Cache:  # features [len(text), 3] filled with len(text)
         def get(self, text):
