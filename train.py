@@ -433,10 +433,12 @@ def lr_at(step, cfg):
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def train_flops_per_sample(model, n_tokens_per_frame):
-    """Matmul FLOPs of one training sample (forward + backward = 3x forward), attention included."""
+def train_flops_per_sample(model, n_tokens_per_frame, context_frames=1):
+    """Matmul FLOPs of one training sample (forward + backward = 3x forward), attention included. context_frames:
+    the clean latent frames before the future one (2 with the episode's first frame, --first_frame)."""
     v, u = model.video.cfg, model.value.cfg
-    n, nu, txt = 2 * n_tokens_per_frame, 1 + u.chunk, v.text_len
+    c, N = context_frames, n_tokens_per_frame
+    n, nu, txt = (c + 1) * N, 1 + u.chunk, v.text_len
     A = v.num_heads * v.head_dim
 
     def stream(tokens, dim, ffn):
@@ -444,7 +446,9 @@ def train_flops_per_sample(model, n_tokens_per_frame):
         return tokens * per_token + txt * 2 * dim * dim           # + cross k,v over the text
 
     macs = v.num_layers * (stream(n, v.dim, v.ffn_dim) + stream(nu, u.dim, u.ffn_dim))
-    pairs = n_tokens_per_frame ** 2 * 3 + nu * (n_tokens_per_frame + nu)  # block-causal video + value rows
+    # video rows: block-causal, the context sees itself and the future everything; or all of it (mask=full); value
+    # rows: the context's tokens and their own
+    pairs = N ** 2 * ((c * c + c + 1) if model.mask == "causal" else (c + 1) ** 2) + nu * (c * N + nu)
     macs += v.num_layers * (2 * pairs * A + (n * v.dim + nu * u.dim) * txt * 2)  # self + cross attention
     return 3 * 2 * macs
 
@@ -819,7 +823,7 @@ def train(cfg, world, rank, device):
     on_sigterm = signal.signal(signal.SIGTERM, lambda *_: stop.__setitem__("now", True))
 
     tokens_per_frame = (cfg.resolution // 32) ** 2
-    flops = train_flops_per_sample(unwrap(model), tokens_per_frame) * cfg.batch_size
+    flops = train_flops_per_sample(unwrap(model), tokens_per_frame, 2 if cfg.first_frame else 1) * cfg.batch_size
     peak = peak_flops(device) * world
     if master and start:
         trim_log(os.path.join(cfg.out_dir, "log.jsonl"), start)

@@ -319,6 +319,14 @@ def test_flops_count_matches_hand_count():
     value = nu * (4 * 512 * A + 2 * 512 ** 2 + 2 * 512 * 14336) + txt * 2 * 512 ** 2
     attn = 2 * (64 * 64 * 3 + 5 * 69) * A + (n * 3072 + nu * 512) * txt * 2
     assert train.train_flops_per_sample(m, 64) == 6 * 30 * (video + value + attn)
+    # led by the episode's first frame: 3 latent frames, the first two the context (each sees both), the future all
+    n = 192
+    video = n * (4 * 3072 * A + 2 * 3072 ** 2 + 2 * 3072 * 14336) + txt * 2 * 3072 ** 2
+    attn = 2 * (128 * 128 + 64 * 192 + 5 * (128 + 5)) * A + (n * 3072 + nu * 512) * txt * 2
+    assert train.train_flops_per_sample(m, 64, context_frames=2) == 6 * 30 * (video + value + attn)
+    m.mask = "full"  # every video token sees every other
+    attn = 2 * (192 * 192 + 5 * (128 + 5)) * A + (n * 3072 + nu * 512) * txt * 2
+    assert train.train_flops_per_sample(m, 64, context_frames=2) == 6 * 30 * (video + value + attn)
 
 
 def test_latent_cache_gives_the_same_training(dataset, tmp_path):
