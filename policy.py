@@ -293,13 +293,14 @@ def table(results, tasks):
     return "\n".join(lines)
 
 
-def delta_plot(data, values, path):
-    """Per-chunk Δ of each progress source against the oracle's, one panel per source -> {source: Pearson r}."""
+def delta_plot(data, values, tasks, path):
+    """Per-chunk Δ of each progress source against the oracle's on these tasks' operator episodes, one panel per
+    source -> {source: Pearson r}."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    episodes = load_episodes(Path(data) / "operator")
+    episodes = [e for e in load_episodes(Path(data) / "operator") if e["task"] in tasks]
     oracle = np.concatenate([chunk_delta(v, H) for v in read_progress(values["oracle"], episodes)])
     others = [s for s in values if s != "oracle"]
     fig, axes = plt.subplots(1, len(others), figsize=(4 * len(others), 4), squeeze=False)
@@ -354,6 +355,9 @@ def named_paths(items, parser, reserved=()):
             parser.error(f"{item!r}: expected NAME=PATH with a new NAME"
                          + (f" ({' and '.join(reserved)} are built in)" if reserved else ""))
         out[name] = Path(path).resolve()
+    for name, path in out.items():  # found out now, not after the rows before it have trained
+        if not path.exists():
+            parser.error(f"{name}={path}: not found")
     return out
 
 
@@ -374,6 +378,8 @@ def main(argv):
     args = p.parse_args(argv)
     bad = [f"--{k} {getattr(args, k)}: must be at least 1" for k in ("rollouts", "steps", "budget")
            if getattr(args, k) < 1] + [f"--seeds {s}: must not be negative" for s in args.seeds if s < 0]
+    if len(set(args.seeds)) < len(args.seeds):  # it would count twice in the ±
+        bad.append(f"--seeds {' '.join(map(str, args.seeds))}: a seed is named twice")
     if bad:
         p.error("; ".join(bad))
     torch.set_num_threads(1)  # a small MLP: a second thread costs more in synchronization than it saves
@@ -387,10 +393,16 @@ def main(argv):
               for n, path in sources.items()}
     values["oracle"] = data / "operator" / "oracle" / "values.parquet"
     known = sorted(json.loads((data / "eval_inits.json").read_text()))
-    tasks = [next((k for k in (t, f"{t}-v3") if k in known), t) for t in args.tasks or known]  # -v3 may be left out
+    # -v3 may be left out; a task named twice is one task (two would train on one id and roll out with another)
+    tasks = list(dict.fromkeys(next((k for k in (t, f"{t}-v3") if k in known), t) for t in args.tasks or known))
     if set(tasks) - set(known):
         raise SystemExit(f"--tasks {' '.join(sorted(set(tasks) - set(known)))}: not tasks of {data} "
                          f"({', '.join(known)})")
+    inits = json.loads((data / "eval_inits.json").read_text())
+    few = {t: len(inits[t]["rand_vec"]) for t in tasks if len(inits[t]["rand_vec"]) < args.rollouts}
+    if few:  # the table would say more rollouts than were run
+        raise SystemExit(f"--rollouts {args.rollouts}: {data}/eval_inits.json holds fewer starting conditions for "
+                         f"{', '.join(f'{t} ({n})' for t, n in few.items())}")
     results = {}
     try:
         for name, split, method, source in rows([*values, "time"]):
@@ -405,17 +417,21 @@ def main(argv):
                     r = run_row(data, split, method, source, seed, tasks, args.rollouts, args.steps, values,
                                 args.budget)
                     f.parent.mkdir(parents=True, exist_ok=True)
-                    f.write_text(json.dumps({"row": name, "seed": seed, "settings": settings, **r}))
-                saved = json.loads(f.read_text())
+                    f.with_suffix(".tmp").write_text(json.dumps({"row": name, "seed": seed, "settings": settings, **r}))
+                    f.with_suffix(".tmp").replace(f)  # whole or not at all: a full disk leaves no half row
+                try:
+                    saved = json.loads(f.read_text())
+                except ValueError as e:
+                    raise SystemExit(f"{f}: unreadable row ({e}); delete it to run the row again") from None
                 if saved.get("settings") != settings:
                     differ = [k for k in settings if (saved.get("settings") or {}).get(k) != settings[k]]
                     raise SystemExit(f"{f}: a result of other settings ({', '.join(differ)} differ); delete "
                                      f"{out / 'rows'} or choose another --out")
                 results[name].append(saved)
+        md = table(results, tasks)
+        corr = delta_plot(data, values, tasks, out / "delta_vs_oracle.png") if len(values) > 1 else {}
     except ValueError as e:
         raise SystemExit(str(e)) from None
-    md = table(results, tasks)
-    corr = delta_plot(data, values, out / "delta_vs_oracle.png") if len(values) > 1 else {}
     speeds = {n: json.loads((data / "scores" / n / "speed.json").read_text()) for n in values
               if (data / "scores" / n / "speed.json").exists()}
     notes = [f"{n}: scored {s['frames']} frames ({s['frames'] / s['video_fps']:.0f} s of video) in "

@@ -270,6 +270,18 @@ def test_policy_data_split_and_the_experiment(tmp_path, monkeypatch):
         policy.main([*args, "--tasks", "drawer-close"])
     assert str(e.value) == f"--tasks drawer-close: not tasks of {data} (drawer-open-v3)"
     policy.main([*args, "--tasks", "drawer-open"])  # Meta-World's name without -v3 is the task
+    policy.main([*args, "--tasks", "drawer-open", "drawer-open-v3"])  # named twice: one task, the rows above
+    with pytest.raises(SystemExit) as e:  # the table would claim rollouts that were never run
+        policy.main([*args[:6], "--rollouts", "2", *args[8:]])
+    assert str(e.value) == (f"--rollouts 2: {data}/eval_inits.json holds fewer starting conditions for "
+                            f"drawer-open-v3 (1)")
+    with pytest.raises(SystemExit):
+        policy.main([*args, "--seeds", "0", "0"])
+    row = next((out / "rows").glob("*.json"))
+    row.write_text('{"row": "cut sh')
+    with pytest.raises(SystemExit) as e:
+        policy.main(args)
+    assert str(e.value).startswith(f"{row}: unreadable row (")
 
 
 def test_policy_gap_splits_chunks_into_still_and_lost():
@@ -306,8 +318,14 @@ def test_named_paths_refuse_a_repeated_or_reserved_name(tmp_path, capsys):
         with pytest.raises(SystemExit):
             policy.named_paths(bad, p, reserved)
         assert f"{bad[-1]!r}: expected NAME=PATH with a new NAME" in capsys.readouterr().err
-    assert policy.named_paths(["a=x", "b=y/z"], argparse.ArgumentParser()) == {"a": Path("x").resolve(),
-                                                                               "b": Path("y/z").resolve()}
+    (tmp_path / "y").mkdir()
+    (tmp_path / "x").touch()
+    (tmp_path / "y" / "z").touch()
+    x, z = str(tmp_path / "x"), str(tmp_path / "y" / "z")
+    assert policy.named_paths([f"a={x}", f"b={z}"], argparse.ArgumentParser()) == {"a": Path(x), "b": Path(z)}
+    with pytest.raises(SystemExit):  # a file that is not there: said now, not after the rows before it have trained
+        policy.named_paths([f"a={tmp_path / 'none.parquet'}"], argparse.ArgumentParser(prog="t"))
+    assert f"a={tmp_path / 'none.parquet'}: not found" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # policy.py itself, before it looks at --data
         policy.main(["--data", str(tmp_path / "none"), "--values", "a=x", "a=y"])
     for flag in ("--steps", "--rollouts", "--budget"):
