@@ -92,6 +92,8 @@ import sys
 import time
 import warnings
 import zlib
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from fractions import Fraction
 from pathlib import Path
 
@@ -1258,6 +1260,24 @@ def _worker_init():
     warnings.simplefilter("ignore")
 
 
+def run_jobs(fn, jobs, workers, what):
+    """fn over jobs, results in order (the same bytes on one core or several), in `workers` spawned processes or in
+    this one. A worker that dies (killed for memory, a crash inside MuJoCo) stops the run with a message; a Pool
+    would replace it and wait for its job forever."""
+    if workers <= 1 or not jobs:
+        yield from map(fn, jobs)
+        return
+    pool = ProcessPoolExecutor(workers, multiprocessing.get_context("spawn"), _worker_init)
+    try:
+        yield from pool.map(fn, jobs)
+    except BrokenProcessPool:
+        raise SystemExit(f"{what}: a worker process died (killed for memory, or a crash in the simulator or its "
+                         f"renderer); the tasks finished so far are kept, and the same command resumes after them "
+                         f"(with fewer --workers if memory ran out)") from None
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
 def write_split(root, jobs, opts, settings, codec, workers=1, desc=None):
     """Generate `jobs` [(task, seed, kinds)] into a LeRobot v3.0 dataset at `root` with its annotations.jsonl;
     returns the split's counts. Each task is written as a part under <root>.parts/ as soon as its jobs are
@@ -1274,17 +1294,14 @@ def write_split(root, jobs, opts, settings, codec, workers=1, desc=None):
     remaining = {t: sum(1 for j in pending if j[0] == t) for t in todo}
     results = {t: [] for t in todo}
     bar = tqdm(total=len(jobs), initial=len(jobs) - len(pending), desc=desc, unit="seed")
-    pool = multiprocessing.get_context("spawn").Pool(workers, _worker_init) if workers > 1 and pending else None
     try:
-        for task, eps, counts in (pool.imap(_generate_job, pending) if pool else map(_generate_job, pending)):
+        for task, eps, counts in run_jobs(_generate_job, pending, workers, root):
             results[task].append((eps, counts))
             remaining[task] -= 1
             bar.update(1)
             if remaining[task] == 0:
                 _write_part(parts_dir / task, results.pop(task), opts.get("out_fps", opts["fps"]), codec)
     finally:
-        if pool:
-            pool.terminate()
         bar.close()
 
     tmp, counts, parts = _merge_parts(root, tasks, parts_dir, "succeeded")
@@ -1769,19 +1786,14 @@ def write_policy_split(root, jobs, opts, codec, workers=1):
     pending = [(t, s, k, opts) for t, s, k in jobs if not (parts_dir / t / "part.json").exists()]
     remaining = {t: sum(1 for j in pending if j[0] == t) for t in tasks}
     results = {t: [] for t in tasks}
-    pool = multiprocessing.get_context("spawn").Pool(workers, _worker_init) if workers > 1 and pending else None
-    try:
-        for task, kind, ep in tqdm(pool.imap(_policy_job, pending) if pool else map(_policy_job, pending),
-                                   total=len(pending), desc=root.name, unit="episode"):
-            if ep is not None:
-                ep["meta"]["progress"] = ep.pop("progress").tolist()
-            results[task].append(([ep] if ep else [], {f"{kind}_{'ok' if ep else 'discarded'}": 1}))
-            remaining[task] -= 1
-            if remaining[task] == 0:
-                _write_part(parts_dir / task, results.pop(task), opts.get("fps", 10), codec)
-    finally:
-        if pool:
-            pool.terminate()
+    for task, kind, ep in tqdm(run_jobs(_policy_job, pending, workers, root), total=len(pending), desc=root.name,
+                               unit="episode"):
+        if ep is not None:
+            ep["meta"]["progress"] = ep.pop("progress").tolist()
+        results[task].append(([ep] if ep else [], {f"{kind}_{'ok' if ep else 'discarded'}": 1}))
+        remaining[task] -= 1
+        if remaining[task] == 0:
+            _write_part(parts_dir / task, results.pop(task), opts.get("fps", 10), codec)
 
     tmp, counts, parts = _merge_parts(root, tasks, parts_dir, "could be generated")
     annotations, progress = [], []

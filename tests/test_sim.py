@@ -3,6 +3,7 @@ kind of retry, success, determinism, camera orientation and jitter, play video, 
 parallel writing of the splits that eval.py and train.py read."""
 import contextlib
 import json
+import os
 from importlib.util import find_spec
 
 import av
@@ -503,3 +504,13 @@ def test_resume_and_encoder_failure(corpus, tmp_path, monkeypatch):
     assert not list(out.glob("*.partial-*"))
     with pytest.raises(SystemExit, match="other settings"):
         sim.main(["--out", str(out), *ARGS[:-2], "corner3"])
+
+
+def test_a_worker_that_dies_stops_the_generation_with_a_message():
+    """A worker killed mid-job (os._exit, as the kernel's out-of-memory killer would) ends the run with a message
+    that says the finished tasks are kept; multiprocessing.Pool replaced the worker and waited for its job forever.
+    Results come in job order, here or in workers."""
+    here, there = sim.run_jobs(abs, [-3, 1, -2], 1, "split"), sim.run_jobs(abs, [-3, 1, -2], 2, "split")
+    assert list(here) == list(there) == [3, 1, 2]
+    with pytest.raises(SystemExit, match=r"split: a worker process died .* the tasks finished so far are kept"):
+        list(sim.run_jobs(os._exit, [1, 1, 1], 2, "split"))
