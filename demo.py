@@ -312,6 +312,10 @@ def main(argv):
     p.add_argument("--policy", action="store_true", help="then BC on suboptimal data weighted by this run's values "
                    "(policy.py: data, scores, every row, the table)")
     args = p.parse_args(argv)
+    if len(set(args.seeds)) < len(args.seeds):
+        p.error(f"--seeds {' '.join(map(str, args.seeds))}: a seed is named twice (it would count twice in the ±)")
+    args.runs = os.path.abspath(args.runs)
+    os.chdir(ROOT)  # the recipes' paths (data/metaworld, ...) are the repository's, wherever the demo is started
 
     recipe = "long" if args.long else "demo"
     heldout = prepare(recipe)

@@ -1,6 +1,7 @@
 """demo.py: a corpus of an older generator refused, and its results tables: the averages and the per-task rows (the
 longer recipe's table) read back from the trajectories eval.py saved, against values worked out by hand."""
 import json
+import os
 
 import numpy as np
 import pytest
@@ -184,3 +185,20 @@ def test_every_recipe_and_variant_is_a_valid_train_config(tmp_path, monkeypatch)
             value = cfgs[-1]
             assert value.value_head == overrides.get("value_head", "flow")
             assert value.value_pred == overrides.get("value_pred", "x0" if value.value_head == "flow" else "v")
+
+
+def test_the_demo_works_in_the_repository_wherever_it_is_started(tmp_path, monkeypatch):
+    """Started from another folder, the recipes' relative paths still name the repository's corpus (they named the
+    current folder's, so every step ran again and then failed); a seed named twice is refused."""
+    monkeypatch.chdir(tmp_path)
+    seen = {}
+
+    def stop(recipe):
+        seen.update(cwd=os.getcwd())
+        raise SystemExit("stopped here")
+    monkeypatch.setattr(demo, "prepare", stop)
+    with pytest.raises(SystemExit, match="stopped here"):
+        demo.main(["--runs", "r"])
+    assert seen["cwd"] == demo.ROOT
+    with pytest.raises(SystemExit):
+        demo.main(["--seeds", "0", "0"])
