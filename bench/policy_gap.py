@@ -88,6 +88,8 @@ def main(argv):
     o = np.concatenate(oracle)
     report = {"caught": {}, "success": {}}
     for name, path in values.items():
+        # what a cached result depends on besides its name: one of other settings is never reused as this one
+        settings = {"data": str(data.resolve()), "rollouts": args.rollouts, "values_sha256": policy.sha256(path)}
         deltas = [chunk_delta(v, policy.H) for v in policy.read_progress(path, episodes)]
         report["caught"][name] = {" / ".join(k): v for k, v in caught(episodes, names, oracle, deltas).items()}
         d = np.concatenate(deltas)
@@ -101,8 +103,14 @@ def main(argv):
                     success = {t: float(np.mean(policy.evaluate(pol, t, inits[t]["rand_vec"][:args.rollouts])))
                                for t in tasks}
                     f.parent.mkdir(parents=True, exist_ok=True)
-                    f.write_text(json.dumps({"kept": float(keep.mean()), "success": success}))
-                runs.append(json.loads(f.read_text()))
+                    f.with_suffix(".tmp").write_text(json.dumps({"kept": float(keep.mean()), "success": success,
+                                                                 "settings": settings}))
+                    f.with_suffix(".tmp").replace(f)
+                run = json.loads(f.read_text())
+                if run.get("settings") != settings:
+                    raise SystemExit(f"{f}: a result of other settings (--data, --rollouts or the values of {name}); "
+                                     f"delete {out} or choose another --out")
+                runs.append(run)
             per_task = {t: 100 * float(np.mean([r["success"][t] for r in runs])) for t in tasks}
             report["success"][f"{name}, {variant}"] = {**per_task, "average": float(np.mean(list(per_task.values()))),
                                                        "kept": float(keep.mean())}

@@ -282,6 +282,18 @@ def test_policy_data_split_and_the_experiment(tmp_path, monkeypatch):
     with pytest.raises(SystemExit) as e:
         policy.main(args)
     assert str(e.value).startswith(f"{row}: unreadable row (")
+    # bench/policy_gap.py: a cached result of other settings (here: written before it recorded them) is not reused
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("policy_gap", "bench/policy_gap.py")
+    gap = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gap)
+    (tmp_path / "gap").mkdir()
+    (tmp_path / "gap" / "copy-as_scored-s0.json").write_text(json.dumps({"kept": 1.0, "success": {}}))
+    with pytest.raises(SystemExit) as e:
+        gap.main(["--data", str(data), "--out", str(tmp_path / "gap"), "--seeds", "0", "--rollouts", "1", "--values",
+                  f"copy={data / 'operator' / 'oracle' / 'values.parquet'}"])
+    assert str(e.value) == (f"{tmp_path / 'gap' / 'copy-as_scored-s0.json'}: a result of other settings (--data, "
+                            f"--rollouts or the values of copy); delete {tmp_path / 'gap'} or choose another --out")
 
 
 def test_policy_gap_splits_chunks_into_still_and_lost():
