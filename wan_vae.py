@@ -420,9 +420,9 @@ def _start(cache, mode):
 
 def _check_video(video, first, cfg):
     n, s = cfg.frames_per_latent, cfg.spatial_factor
-    if not torch.is_tensor(video) or video.dim() != 5 or video.shape[1] != 3:
+    if not torch.is_tensor(video) or video.dim() != 5 or video.shape[1] != 3 or video.shape[0] == 0:
         shape = tuple(video.shape) if torch.is_tensor(video) else type(video).__name__
-        raise ValueError(f"video {shape}: expected [B, 3, F, H, W] (RGB in [-1, 1])")
+        raise ValueError(f"video {shape}: expected [B, 3, F, H, W] (RGB in [-1, 1], B >= 1)")
     if not video.is_floating_point():
         raise ValueError(f"video dtype {video.dtype}: expected floats in [-1, 1] (uint8 frames: x / 127.5 - 1)")
     F_, H, W = video.shape[2:]

@@ -199,6 +199,7 @@ def test_input_errors(tiny):
         (video(5, H=40), r"multiples of 16"),
         (torch.zeros(1, 4, 5, 32, 32), r"expected \[B, 3, F, H, W\]"),
         (torch.zeros(3, 5, 32, 32), r"expected \[B, 3, F, H, W\]"),
+        (torch.zeros(0, 3, 5, 32, 32), r"video \(0, 3, 5, 32, 32\): expected \[B, 3, F, H, W\] .*B >= 1"),
         (torch.zeros(1, 3, 5, 32, 32, dtype=torch.uint8), r"uint8"),
         (torch.full((1, 3, 5, 32, 32), 128.0), r"expected \[-1, 1\]"),
     ]:
