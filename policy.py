@@ -43,6 +43,7 @@ import torch
 import torch.nn as nn
 
 import sim
+from checkpoint import save_json
 from demo import sh
 from eval import awr_weight, chunk_delta, filtered_bc_keep, read_annotations, scored_from_default_noise
 
@@ -417,8 +418,7 @@ def main(argv):
                     r = run_row(data, split, method, source, seed, tasks, args.rollouts, args.steps, values,
                                 args.budget)
                     f.parent.mkdir(parents=True, exist_ok=True)
-                    f.with_suffix(".tmp").write_text(json.dumps({"row": name, "seed": seed, "settings": settings, **r}))
-                    f.with_suffix(".tmp").replace(f)  # whole or not at all: a full disk leaves no half row
+                    save_json({"row": name, "seed": seed, "settings": settings, **r}, f)  # a full disk: no half row
                 try:
                     saved = json.loads(f.read_text())
                 except ValueError as e:

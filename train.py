@@ -39,7 +39,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from checkpoint import CheckpointError, read_json
+from checkpoint import CheckpointError, read_json, save_json
 from data import (ClipDataset, DataError, LatentCache, Source, check_names_some, collate, fingerprint,
                   read_dataset, read_paraphrases)
 from encode_text import TextCache, TextCacheError, encoder_id, pad_text
@@ -574,12 +574,6 @@ def training_state(model, opt, device):
     return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in out.items()}  # copies: never a view of the model
 
 
-def write_json(path, obj):
-    with open(path + ".tmp", "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(path + ".tmp", path)
-
-
 def save_checkpoint(model, opt, step, cfg, rank, world, device, run):
     from safetensors.torch import save_file
 
@@ -609,9 +603,8 @@ def save_checkpoint(model, opt, step, cfg, rank, world, device, run):
         save_wvm(shell, os.path.join(cfg.out_dir, "wvm.safetensors"), run)
         if cfg.stage == "video":  # the pretrained video stream, as the official checkpoint --wan reads
             save_wan_dit(shell.video, os.path.join(cfg.out_dir, "wan"))
-        write_json(os.path.join(tmp, "state.json"), {"step": step, "world": world, "parallel": cfg.parallel,
-                                                     "run": run, "param_groups": groups,
-                                                     "schedule": {k: getattr(cfg, k) for k in SCHEDULE}})
+        save_json({"step": step, "world": world, "parallel": cfg.parallel, "run": run, "param_groups": groups,
+                   "schedule": {k: getattr(cfg, k) for k in SCHEDULE}}, os.path.join(tmp, "state.json"))
         if os.path.exists(old):  # left by a crash after the swap: os.replace cannot overwrite a folder
             shutil.rmtree(old)
         if os.path.exists(ckpt):
@@ -802,8 +795,7 @@ def train(cfg, world, rank, device):
                             foreach=device.type != "cuda")  # CPU: one op per step for all tensors, not a Python loop
     start = load_checkpoint(model, opt, cfg, rank, world, device, run) if cfg.resume else 0
     if master:
-        write_json(os.path.join(cfg.out_dir, "config.json"), run_config(cfg, world, accum) | {
-            "data_fingerprint": data_id})
+        save_json(run_config(cfg, world, accum) | {"data_fingerprint": data_id}, os.path.join(cfg.out_dir, "config.json"))
         own = os.path.join(cfg.out_dir, "vae.safetensors")
         if not cfg.vae and not os.path.exists(own):  # written once, when the run starts
             save_wan_vae(vae, own)

@@ -26,6 +26,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import policy  # noqa: E402
+from checkpoint import save_json  # noqa: E402
 from eval import chunk_delta  # noqa: E402
 
 LOST = 0.02  # progress: the oracle's Δ below -LOST counts as work lost
@@ -103,9 +104,7 @@ def main(argv):
                     success = {t: float(np.mean(policy.evaluate(pol, t, inits[t]["rand_vec"][:args.rollouts])))
                                for t in tasks}
                     f.parent.mkdir(parents=True, exist_ok=True)
-                    f.with_suffix(".tmp").write_text(json.dumps({"kept": float(keep.mean()), "success": success,
-                                                                 "settings": settings}))
-                    f.with_suffix(".tmp").replace(f)
+                    save_json({"kept": float(keep.mean()), "success": success, "settings": settings}, f)
                 run = json.loads(f.read_text())
                 if run.get("settings") != settings:
                     raise SystemExit(f"{f}: a result of other settings (--data, --rollouts or the values of {name}); "
