@@ -317,10 +317,11 @@ class WVMScorer:
             vals = self.model.predict_values(lat.float(), context.to(self.device), torch.tensor(prefix), steps=self.steps,
                                              samples=self.samples, generator=[gens[i] for i in live],
                                              zero_noise=self.noise == "zero", **st).cpu().numpy()
-            if not np.isfinite(vals).all():  # NaN would rank as a rising curve and pass np.clip into the weights
-                bad = group[live[np.flatnonzero(~np.isfinite(vals).reshape(len(live), -1).all(1))[0]]].episode.id
-                raise CheckpointError(f"{self.ckpt}: its values are not finite (NaN or inf) on {bad}: the weights "
-                                      f"have diverged or are damaged (see the run's log.jsonl losses)")
+            bad = np.flatnonzero(~np.isfinite(vals).reshape(len(live), -1).all(1))
+            if len(bad):  # NaN would rank as a rising curve and pass np.clip into the weights
+                raise CheckpointError(f"{self.ckpt}: its values are not finite (NaN or inf) on "
+                                      f"{group[live[bad[0]]].episode.id}: the weights have diverged or are damaged "
+                                      f"(see the run's log.jsonl losses)")
             for j, i in enumerate(live):
                 f = ends[i][k] - self.h + 1
                 v, sd = np.clip(vals[j], 0, 1).mean(0), vals[j].std(0)
@@ -492,7 +493,7 @@ def load_annotated(path, fps, camera=None, min_frames=4, state=None):
                             f"{min_frames}")
             continue
         need = {"hesitation": 1, "retry": 2}.get(a["kind"], 0)  # Hesitation-RMSE needs a frame, a correlation two
-        inside = int(((index >= a.get("m", 0)) & (index <= a.get("n", -1))).sum()) if need else 0
+        inside = int(((index >= a["m"]) & (index <= a["n"])).sum()) if need else 0
         if inside < need:  # still an episode that succeeds, for the other benches
             problems.append(f"episode {ep.id}: {where}{a['kind']} segment [{a['m']}, {a['n']}] holds {inside} of the "
                             f"frames scored at {fps:g} fps (the video's {ep.fps:g} fps resampled), fewer than the "
