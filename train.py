@@ -872,6 +872,7 @@ def train(cfg, world, rank, device):
             dist.all_reduce(stop_now)
         if (step % cfg.ckpt_every == 0 and not bad) or step == cfg.max_steps or stop_now.item():
             save_checkpoint(model, opt, step, cfg, rank, world, device, run)
+            t_last = time.perf_counter()  # the next step's time (samples/s, MFU) is its training alone
         if stop_now.item():
             if master:
                 print(f"SIGTERM: saved the state of step {step} in {cfg.out_dir}/ckpt; continue with --resume")

@@ -292,6 +292,20 @@ def test_a_resume_logs_each_step_once(dataset, tmp_path, monkeypatch):
     assert [json.loads(line)["step"] for line in open(tmp_path / "run" / "log.jsonl")] == [1, 2, 3, 4]
 
 
+def test_a_checkpoint_save_is_not_counted_in_the_next_steps_speed(dataset, tmp_path, monkeypatch):
+    """The logged samples/s and MFU of the step after a save measure that step's training, not the save."""
+    real, clock = train.save_checkpoint, {"skew": 0.0}
+    monkeypatch.setattr(train.time, "perf_counter", lambda real_clock=time.perf_counter: real_clock() + clock["skew"])
+
+    def slow(*a, **k):  # a save that takes 1000 s on this clock
+        real(*a, **k)
+        clock["skew"] += 1000.0
+    monkeypatch.setattr(train, "save_checkpoint", slow)
+    train.main(args(dataset, tmp_path / "run"))  # saves at steps 2 and 4
+    speed = {r["step"]: r["samples_per_s"] for r in map(json.loads, open(tmp_path / "run" / "log.jsonl"))}
+    assert speed[3] > 4 / 100  # 4 samples in far less than 100 s; with the save counted, under 4 / 1000
+
+
 def test_dropped_instructions_get_the_empty_context():
     class Cache:  # features [len(text), 3] filled with len(text)
         def get(self, text):
