@@ -169,7 +169,9 @@ class Block(nn.Module):
         """Everything after the attention: output projection + gate, cross-attention, FFN + gate."""
         m = self.modulation[:, None].float() + e0
         x = gated_add(x, self.self_attn.o(attn.flatten(2)), m[:, :, 2])
-        x = x + self.cross_attn(self.norm3(x), context)
+        n = self.norm3  # in fp32 whatever the weights' dtype (CPU autocast would not upcast a bf16 norm3)
+        normed = F.layer_norm(x.float(), n.normalized_shape, n.weight.float(), n.bias.float(), n.eps)
+        x = x + self.cross_attn(normed, context)
         h = adaln_modulate(x, m[:, :, 3], m[:, :, 4], self.eps, compute_dtype(x))
         return gated_add(x, self.ffn(h), m[:, :, 5])
 

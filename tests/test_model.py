@@ -152,6 +152,12 @@ def test_bf16_load_keeps_fp32_where_reference_does(reference):
     theirs = run_reference(ref, x, t, ctx)
     assert out.dtype == torch.float32
     assert (out - theirs).norm() / theirs.norm() < 0.02
+    # and so does a model cast whole, its fp32 norms too (`.to(torch.bfloat16)`)
+    whole = load_wan_dit(str(path)).to(torch.bfloat16)
+    whole.cfg.text_len = TEXT_LEN
+    with torch.no_grad():
+        out = whole(x, t, ctx)
+    assert (out.float() - theirs).norm() / theirs.norm() < 0.02
 
 
 def test_full_config_parameter_count_and_names():
