@@ -206,8 +206,17 @@ class WVM(nn.Module):
         paper): the flow starts from the noise distribution's mean, 0, instead of a draw, so that a window has one
         value, the same for any seed (eval.py's default; docs/experiments.md, "Scoring from zero noise").
         """
+        B = current_latents.shape[0]
+        if current_latents.dim() != 5 or current_latents.shape[2] not in (1, 2):
+            raise ValueError(f"current latents {tuple(current_latents.shape)}: expected [B, C, 1, H, W] (or 2 frames, "
+                             "led by o_0's)")
+        if not torch.is_tensor(prefix_value) or prefix_value.shape != (B,) or context.shape[0] != B:
+            raise ValueError(f"batch {B}: prefix_value must be [B] (got {getattr(prefix_value, 'shape', prefix_value)}) "
+                             f"and context [B, L, D] (got {tuple(context.shape)})")
+        if isinstance(generator, (list, tuple)) and len(generator) != B:
+            raise ValueError(f"batch {B}: {len(generator)} generators, one per row needed")
         with low_precision_autocast(self.video, current_latents.device.type):
-            B, S, h, dev = current_latents.shape[0], samples, self.chunk, current_latents.device
+            S, h, dev = samples, self.chunk, current_latents.device
             cache = self.prefill(current_latents, context, generator, zero_noise)
             ctx = context.repeat_interleave(S, 0)
             prefix = prefix_value.float().to(dev).repeat_interleave(S, 0)[:, None]

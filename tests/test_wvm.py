@@ -197,6 +197,21 @@ def test_predict_values_equals_joint_forward(mask, frames, zero_noise):
         assert pred.std(1).mean() > 1e-3  # samples differ: the spread is real
 
 
+def test_predict_values_names_inputs_of_the_wrong_shape():
+    """Three current frames were read as values without a word; a wrong prefix or batch was a deep torch error."""
+    m = tiny()
+    x_in, _, v_in, _, ctx = inputs(frames=3)
+    prefix = v_in[:, 0]
+    for bad, msg in (((x_in, ctx, prefix), "expected \\[B, C, 1, H, W\\]"),
+                     ((x_in[:, :, :1], ctx, prefix[:1]), "prefix_value must be \\[B\\]"),
+                     ((x_in[:, :, :1], ctx, 0.5), "prefix_value must be \\[B\\]"),
+                     ((x_in[:, :, :1], ctx[:1], prefix), "context \\[B, L, D\\]")):
+        with pytest.raises(ValueError, match=msg):
+            m.predict_values(*bad)
+    with pytest.raises(ValueError, match="1 generators, one per row"):
+        m.predict_values(x_in[:, :, :1], ctx, prefix, generator=[torch.Generator()])
+
+
 @pytest.mark.parametrize("head", ["regression", "hlgauss"])
 def test_deterministic_heads_predict_through_prefill(head):
     m = tiny(head=head)
