@@ -349,8 +349,8 @@ def main():
     try:
         texts = [line for f in a.texts for line in Path(f).read_text().splitlines()]
         texts += [w for f in a.paraphrases for k, v in data.read_paraphrases(f).items() for w in (k, *v)]
-        for root in a.lerobot:
-            texts += [t for e in data.read_lerobot(root, probe=False) for t in e.extra.get("tasks", [e.instruction])]
+        for root in a.lerobot:  # every camera's episodes: a dataset downloaded without its first camera has them too
+            texts += [t for e in data.read_lerobot(root, "all", probe=False) for t in e.extra.get("tasks", [e.instruction])]
         texts += [e.instruction for r in a.egodex for e in data.read_egodex(r)]
         texts += [e.instruction for m in a.manifest for e in data.read_manifest(m)]
         dtype = getattr(torch, a.dtype)
@@ -360,9 +360,9 @@ def main():
             tokenizer, model = load_encoder(a.model, dtype=dtype, device=a.device)
         n = build_cache(texts, tokenizer, model, a.out, a.batch_size, a.shard_size, dtype, a.text_len,
                         encoder_record(a, tokenizer, model))
+        print(f"{a.out}: encoded {n} new instructions; {len(TextCache(a.out))} in the cache")
     except (TextCacheError, data.DataError, CheckpointError, OSError) as e:
         raise SystemExit(str(e)) from None
-    print(f"{a.out}: encoded {n} new instructions; {len(TextCache(a.out))} in the cache")
 
 
 if __name__ == "__main__":

@@ -763,6 +763,24 @@ def test_text_cache_errors_name_the_file(tmp_path):
         encode_text.TextCache(tmp_path / "cache")
 
 
+def test_encode_text_reads_the_instructions_of_a_dataset_without_its_first_camera(tmp_path, monkeypatch):
+    """A dataset downloaded with only the cameras trained on: its instructions are still found and encoded (the first
+    camera's missing videos left none), and a run that finds no instruction says so in one line."""
+    frames = np.zeros((4, 16, 16, 3), np.uint8)
+    sim.write_lerobot(tmp_path / "ds", [{"frames": {"observation.images.top": frames, "observation.images.wrist": frames},
+                                          "task": t} for t in ("open the drawer", "close the drawer")], 10,
+                      codec="libx264")
+    shutil.rmtree(tmp_path / "ds" / "videos" / "observation.images.top")
+    run = ["encode_text.py", "--tiny_random", "8", "--text_len", "8", "--lerobot", str(tmp_path / "ds"), "--out"]
+    monkeypatch.setattr(sys, "argv", [*run, str(tmp_path / "cache")])
+    encode_text.main()
+    encode_text.TextCache(tmp_path / "cache").require(["open the drawer", "close the drawer"], [])
+    shutil.rmtree(tmp_path / "ds" / "videos")
+    monkeypatch.setattr(sys, "argv", [*run, str(tmp_path / "none")])
+    with pytest.raises(SystemExit, match=f"{tmp_path / 'none'}: no text cache"):
+        encode_text.main()
+
+
 def hf_word_tokenizer(words):
     """A saveable HF tokenizer with the tiny encoder's ids for these words (none of which collide): what
     load_encoder reads from a umT5 folder."""
