@@ -187,7 +187,8 @@ def read_lerobot(root, camera=None, name=None, probe=True, skipped=None, state=N
                 raise DataError(f"{f}: unreadable episode metadata ({e})") from None
         index, seen = 0, {}
         for row, r in enumerate(_indexing(rows, name)):
-            index = r.get("dataset_from_index", index)
+            if whole(r.get("dataset_from_index")):  # else (absent, or null where pandas wrote it) the running count
+                index = int(r["dataset_from_index"])
             where = [r[v + k] for k in ("chunk_index", "file_index", "from_timestamp", "to_timestamp")]
             ep = r["episode_index"]
             if type(ep) is not int or ep in seen:  # an id must name one episode
@@ -196,17 +197,18 @@ def read_lerobot(root, camera=None, name=None, probe=True, skipped=None, state=N
             elif None in where:  # no file or no span to read the episode from
                 skip(f"episode {ep}", "bad metadata", f"{v}chunk_index, file_index, from_timestamp or "
                      f"to_timestamp is null", id=f"{name}/{ep}")
-            elif not all(isinstance(x, (int, float)) and not isinstance(x, bool) and float(x).is_integer()
-                         for x in where[:2]):  # pandas writes 3.0 in a column that holds a null anywhere
+            elif not (whole(where[0]) and whole(where[1])):  # pandas writes 3.0 in a column holding a null
                 skip(f"episode {ep}", "bad metadata", f"{v}chunk_index {where[0]!r}, file_index {where[1]!r}: not "
                      f"whole numbers", id=f"{name}/{ep}")
+            elif not whole(r["length"]):
+                skip(f"episode {ep}", "bad metadata", f"length {r['length']!r}: not a whole number", id=f"{name}/{ep}")
             else:
                 video = root / video_path.format(video_key=camera, chunk_index=int(where[0]), file_index=int(where[1]))
-                _add(eps, skip, probed, probe, name, video, ep, r["length"], r["tasks"], fps,
+                _add(eps, skip, probed, probe, name, video, ep, int(r["length"]), r["tasks"], fps,
                      float(where[2]), float(where[3]), index)
             if type(ep) is int:
                 seen.setdefault(ep, row)
-            index += r["length"] or 0
+            index += int(r["length"]) if whole(r["length"]) else 0
     else:
         path = root / "meta" / "episodes.jsonl"
         if not path.exists():
@@ -304,6 +306,12 @@ def _attach_state(root, column, dim, eps, skip):
             ep.extra["state"] = values[a:b]
             kept.append(ep)
     return kept
+
+
+def whole(x):
+    """x is a whole number: an int, or a float such as 3.0 (pandas writes ints as floats in a column that holds a
+    null), not a bool, None, NaN or a string."""
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and float(x).is_integer()
 
 
 def lerobot_frame_base(root):

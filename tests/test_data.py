@@ -614,6 +614,21 @@ def test_video_file_numbers_written_as_floats_are_read(lerobot, tmp_path, caplog
         f"v30: skipping episode 2: bad metadata ({v}chunk_index 0.0, file_index 0.5: not whole numbers)")
 
 
+def test_episode_lengths_and_indices_that_are_not_whole_numbers_are_named(lerobot, tmp_path, caplog):
+    """A null or NaN in the episode metadata's length or dataset_from_index skips that episode with its reason, or
+    falls back to the running frame count, never a TypeError from deep inside."""
+    shutil.copytree(lerobot / "v30", tmp_path / "v30")
+    t = pq.read_table(tmp_path / "v30/meta/episodes/chunk-000/file-000.parquet")
+    length, base = t["length"].to_pylist(), t["dataset_from_index"].to_pylist()
+    edit_episodes(tmp_path / "v30", {"length": [float(length[0]), float("nan"), float(length[2])],
+                                     "dataset_from_index": [base[0], None, None]})
+    with caplog.at_level(logging.WARNING, logger="wvm.data"):
+        eps = data.read_lerobot(tmp_path / "v30")
+    assert [(e.episode_index, e.T, e.extra["index_from"]) for e in eps] == [(0, length[0], 0), (2, length[2], length[0])]
+    assert [r.getMessage() for r in caplog.records][0] == "v30: skipping episode 1: bad metadata (length nan: not a " \
+                                                          "whole number)"
+
+
 def test_episodes_slower_than_the_target_fps_are_said(caplog):
     """resample never adds frames: an episode recorded at 1 fps is read at 1 fps, each window twice the time a 2 fps
     model trained on; training and scoring say so (once per dataset), and are silent at or above the target."""
