@@ -406,8 +406,9 @@ def parallelize(model, cfg, device, world):
         mesh = init_device_mesh(device.type, (world,))
         # no param_dtype: a bf16 one would cast every parameter, FP32_PARAMS too (the time embedding, modulation,
         # norms and head that run in fp32 under DDP and in eval); autocast makes the matmuls bf16 as under DDP, at
-        # the price of fp32 all-gathers
-        mp = MixedPrecisionPolicy(reduce_dtype=torch.float32)
+        # the price of fp32 all-gathers. The fp32 parameters' gradients reduce in fp32 with no reduce_dtype; one
+        # would break accumulation where blocks never run (the value stream in --stage=video)
+        mp = MixedPrecisionPolicy()
         # Block.qkv returns v as a view ([B, L, H * D] unflattened to heads); FSDP2 warns that an in-place op on a
         # view would skip its pre-backward hook, and nothing writes to v in place (the two-process tests match one)
         warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module \(FSDPBlock\) returned a view tensor")

@@ -119,16 +119,17 @@ if dist.is_initialized():
 """
 
 
-@pytest.mark.parametrize("parallel,video_lr", [("ddp", 1.0), ("fsdp", 0.5)])  # FSDP2 with two parameter groups
-def test_two_processes_match_one(dataset, tmp_path, parallel, video_lr):
+# FSDP2 with two parameter groups; the video stage (the value stream never runs) with two micro-batches per process
+@pytest.mark.parametrize("parallel,kw", [("ddp", {}), ("fsdp", dict(video_lr=0.5)),
+                                         ("fsdp", dict(stage="video", rewind=0.0, batch_size=8))])
+def test_two_processes_match_one(dataset, tmp_path, parallel, kw):
     script = tmp_path / "dump.py"
     script.write_text(PARAMS_DUMP)
     single = run([sys.executable, str(script), str(tmp_path / "p1.pt"),
-                  *args(dataset, tmp_path / "one", max_steps=3, video_lr=video_lr)])
+                  *args(dataset, tmp_path / "one", max_steps=3, **kw)])
     assert single.returncode == 0, single.stderr[-3000:]
     multi = run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
-                 str(tmp_path / "p2.pt"), *args(dataset, tmp_path / "two", max_steps=3, parallel=parallel,
-                                                  video_lr=video_lr)])
+                 str(tmp_path / "p2.pt"), *args(dataset, tmp_path / "two", max_steps=3, parallel=parallel, **kw)])
     assert multi.returncode == 0, multi.stderr[-3000:]
     assert "Warning" not in multi.stderr, multi.stderr[-3000:]  # a warning on every run teaches users to skip them
     a, b = losses(tmp_path / "one"), losses(tmp_path / "two")
