@@ -224,8 +224,11 @@ def test_a_step_whose_gradient_is_not_finite_is_skipped(dataset, tmp_path, monke
         return out
     monkeypatch.setattr(train, "model_inputs", poisoned)
     train.main(args(dataset, tmp_path / "one", max_steps=6))  # accum 2: call 5 is step 3's first micro-batch
-    log = [json.loads(line) for line in open(tmp_path / "one" / "log.jsonl")]
-    assert [math.isfinite(r["grad_norm"]) for r in log] == [True, True, False, True, True, True]
+    def strict(word):
+        raise ValueError(f"{word} is not JSON")  # what JavaScript's or jq's reader would say
+    log = [json.loads(line, parse_constant=strict) for line in open(tmp_path / "one" / "log.jsonl")]
+    assert [r["grad_norm"] is not None and math.isfinite(r["grad_norm"]) for r in log] == [True] * 2 + [False] + [True] * 3
+    assert [r.get("skipped", False) for r in log] == [False, False, True, False, False, False]
     assert "step 3: the gradient is not finite" in capsys.readouterr().out
     saved = load_file(tmp_path / "one" / "ckpt" / "rank00000.safetensors")
     assert all(torch.isfinite(v).all() for k, v in saved.items() if k.startswith("model/"))
