@@ -314,6 +314,8 @@ def main(argv):
     args = p.parse_args(argv)
     if len(set(args.seeds)) < len(args.seeds):
         p.error(f"--seeds {' '.join(map(str, args.seeds))}: a seed is named twice (it would count twice in the ±)")
+    if min(args.seeds) < 0:  # train.py would say so only after the corpus is made
+        p.error(f"--seeds {min(args.seeds)}: must not be negative")
     args.runs = os.path.abspath(args.runs)
     os.chdir(ROOT)  # the recipes' paths (data/metaworld, ...) are the repository's, wherever the demo is started
 

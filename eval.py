@@ -3,9 +3,9 @@ whole-trajectory scoring, plots, and the per-frame values / weights export for p
 
     python eval.py --bench suboptimal          # after `python demo.py`: its held-out split and its run
     python eval.py --bench all --data data/metaworld/heldout_unseen --ckpt runs/demo-prior-s0 --by task
-    python eval.py --bench expert --data data/metaworld/heldout_seen --ckpt runs/demo --json out.json --plots plots/
-    python eval.py --score /data/my_lerobot_dataset --out scores/ --ckpt runs/demo --chunk 10
-    python eval.py --bench expert --data data/metaworld/heldout_seen --ckpt runs/demo --instructions swap.json
+    python eval.py --bench expert --data data/metaworld/heldout_seen --ckpt runs/demo-prior-s0 --json out.json --plots plots/
+    python eval.py --score /data/my_lerobot_dataset --out scores/ --ckpt runs/demo-prior-s0 --chunk 10
+    python eval.py --bench expert --data data/metaworld/heldout_seen --ckpt runs/demo-prior-s0 --instructions swap.json
 
 --ckpt is a train.py run folder (wvm.safetensors + config.json naming the VAE and text cache) or a
 wvm.safetensors file (with --vae and --text_cache where no config.json lies beside it). The model file

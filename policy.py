@@ -346,6 +346,29 @@ def sha256(path):
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+def check_counts(p, args, *counts):
+    """p.error unless each of args' `counts` is at least 1 and args.seeds are distinct and not negative."""
+    bad = [f"--{k} {getattr(args, k)}: must be at least 1" for k in counts if getattr(args, k) < 1]
+    bad += [f"--seeds {s}: must not be negative" for s in args.seeds if s < 0]
+    if len(set(args.seeds)) < len(args.seeds):  # it would count twice in the ±
+        bad.append(f"--seeds {' '.join(map(str, args.seeds))}: a seed is named twice")
+    if getattr(args, "json", None) and not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):
+        bad.append(f"--json {args.json}: its folder does not exist")  # found before the hours of work, not after
+    if bad:
+        p.error("; ".join(bad))
+
+
+def read_inits(data, tasks, rollouts):
+    """The rollouts' starting conditions {task: ...} of `data`, refused where a task has fewer than `rollouts`: the
+    table would say more rollouts than were run."""
+    inits = json.loads((Path(data) / "eval_inits.json").read_text())
+    few = {t: len(inits[t]["rand_vec"]) for t in tasks if len(inits[t]["rand_vec"]) < rollouts}
+    if few:
+        raise SystemExit(f"--rollouts {rollouts}: {data}/eval_inits.json holds fewer starting conditions for "
+                         f"{', '.join(f'{t} ({n})' for t, n in few.items())}")
+    return inits
+
+
 def named_paths(items, parser, reserved=()):
     """{NAME: resolved Path} of NAME=PATH arguments; the parser's error for a malformed item, or a NAME repeated or
     reserved (a repeated one would silently take the other's results)."""
@@ -377,12 +400,7 @@ def main(argv):
     p.add_argument("--steps", type=int, default=2000, help="training steps of batch 256 per policy")
     p.add_argument("--budget", type=int, default=BUDGET, help="steps per rollout")
     args = p.parse_args(argv)
-    bad = [f"--{k} {getattr(args, k)}: must be at least 1" for k in ("rollouts", "steps", "budget")
-           if getattr(args, k) < 1] + [f"--seeds {s}: must not be negative" for s in args.seeds if s < 0]
-    if len(set(args.seeds)) < len(args.seeds):  # it would count twice in the ±
-        bad.append(f"--seeds {' '.join(map(str, args.seeds))}: a seed is named twice")
-    if bad:
-        p.error("; ".join(bad))
+    check_counts(p, args, "rollouts", "steps", "budget")
     torch.set_num_threads(1)  # a small MLP: a second thread costs more in synchronization than it saves
     sources = named_paths(args.wvm + args.values, p, reserved=("oracle", "time"))
     data, out = Path(args.data).resolve(), Path(args.out).resolve()  # the commands below run in the repository
@@ -399,11 +417,7 @@ def main(argv):
     if set(tasks) - set(known):
         raise SystemExit(f"--tasks {' '.join(sorted(set(tasks) - set(known)))}: not tasks of {data} "
                          f"({', '.join(known)})")
-    inits = json.loads((data / "eval_inits.json").read_text())
-    few = {t: len(inits[t]["rand_vec"]) for t in tasks if len(inits[t]["rand_vec"]) < args.rollouts}
-    if few:  # the table would say more rollouts than were run
-        raise SystemExit(f"--rollouts {args.rollouts}: {data}/eval_inits.json holds fewer starting conditions for "
-                         f"{', '.join(f'{t} ({n})' for t, n in few.items())}")
+    inits = read_inits(data, tasks, args.rollouts)
     results = {}
     try:
         for name, split, method, source in rows([*values, "time"]):

@@ -1457,8 +1457,9 @@ def parse_args(argv):
         p.error("--size must be positive and even (yuv420p video)")
     if not all(1 <= lo * args.fps <= hi * args.fps for lo, hi in (args.pause, args.undo)):
         p.error("--pause and --undo need 1 frame <= MIN <= MAX")
-    if max(args.seeds_train, args.seeds_heldout, args.seeds_play, args.seeds_play_unseen) > 30_000 or args.workers < 1:
-        p.error("at most 30000 seeds per split, at least one worker")
+    counts = (args.seeds_train, args.seeds_heldout, args.seeds_play, args.seeds_play_unseen)
+    if max(counts) > 30_000 or min(counts + (args.seeds_test,)) < 0 or args.workers < 1:
+        p.error("0 to 30000 seeds per split, at least one worker")
     if args.seeds_test > 10_000:
         p.error("at most 10000 test seeds per task")
     return args

@@ -76,6 +76,7 @@ def main(argv):
     p.add_argument("--rollouts", type=int, default=50)
     p.add_argument("--json", help="write the tables' numbers here")
     args = p.parse_args(argv)
+    policy.check_counts(p, args, "rollouts")
     values = policy.named_paths(args.values, p)  # before the data is read: a bad argument fails at once
     torch.set_num_threads(1)
     data, out = Path(args.data), Path(args.out)
@@ -83,7 +84,7 @@ def main(argv):
     names = [chunk_mistakes(len(e["obs"]), e["mistakes"]) for e in episodes]
     tasks = sorted({e["task"] for e in episodes})
     oracle = [chunk_delta(v, policy.H) for v in policy.read_progress(data / "operator/oracle/values.parquet", episodes)]
-    inits = json.loads((data / "eval_inits.json").read_text())
+    inits = policy.read_inits(data, tasks, args.rollouts)
     samples = policy.chunks(episodes, {t: i for i, t in enumerate(tasks)})
     paused = np.isin(np.concatenate(names), PAUSES)
     o = np.concatenate(oracle)

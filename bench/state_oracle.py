@@ -148,6 +148,8 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.success < 0:
         raise SystemExit(f"--success {args.success}: the number of final frames must be 0 (off) or more")
+    if args.json and not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):
+        raise SystemExit(f"--json {args.json}: its folder does not exist")  # found now, not after the fits
     try:
         out = evaluate(args.data, args.tasks, args.seeds, args.hide, now=args.now, success=args.success)
     except (ValueError, OSError) as e:  # e.g. a dataset without observation.environment_state: its file and columns named

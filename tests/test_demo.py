@@ -202,3 +202,7 @@ def test_the_demo_works_in_the_repository_wherever_it_is_started(tmp_path, monke
     assert seen["cwd"] == demo.ROOT
     with pytest.raises(SystemExit):
         demo.main(["--seeds", "0", "0"])
+    seen.clear()
+    with pytest.raises(SystemExit):  # before the corpus is made, not after
+        demo.main(["--seeds", "-1"])
+    assert seen == {}

@@ -344,3 +344,14 @@ def test_named_paths_refuse_a_repeated_or_reserved_name(tmp_path, capsys):
         with pytest.raises(SystemExit):
             policy.main(["--data", str(tmp_path / "none"), flag, "0"])
         assert f"{flag} 0: must be at least 1" in capsys.readouterr().err
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("policy_gap", "bench/policy_gap.py")
+    policy_gap = importlib.util.module_from_spec(spec)  # bench/policy_gap.py checks as policy.py does, first
+    spec.loader.exec_module(policy_gap)
+    for argv, msg in ((["--rollouts", "-1"], "--rollouts -1: must be at least 1"),
+                      (["--seeds", "0", "0"], "--seeds 0 0: a seed is named twice"),
+                      (["--json", str(tmp_path / "none" / "x.json")], f"--json {tmp_path / 'none' / 'x.json'}: its "
+                                                                     f"folder does not exist")):
+        with pytest.raises(SystemExit):
+            policy_gap.main(["--data", str(tmp_path / "none"), "--values", f"a={x}", *argv])
+        assert msg in capsys.readouterr().err

@@ -384,6 +384,7 @@ def test_corpus(corpus):
 @pytest.mark.parametrize("main,argv,msg", [
     (sim.parse_args, ["--size", "0"], "--size must be positive and even (yuv420p video)"),
     (sim.parse_args, ["--fps", "0"], "--fps must be positive"),
+    (sim.parse_args, ["--seeds-train", "-1"], "0 to 30000 seeds per split, at least one worker"),
     (sim.policy_main, ["--size", "-2"], "--size must be positive and even (yuv420p video) and --episodes at least 1"),
 ])
 def test_bad_settings_are_named_at_start(main, argv, msg, tmp_path, capsys):
