@@ -386,7 +386,7 @@ def state_column(scorer, path):
     warning; otherwise it is an error."""
     trained = getattr(scorer, "trained", None) or {}  # (a scorer without a model reads no state)
     column, dim = trained.get("state"), trained.get("state_dim")
-    if not column:
+    if not column or not os.path.exists(path):  # no such dataset: reading it says so, first
         return None
     info = os.path.join(path, "meta", "info.json")
     try:

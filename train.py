@@ -22,6 +22,7 @@ repeats the uninterrupted one exactly.
 import ast
 import contextlib
 import functools
+import inspect
 import itertools
 import json
 import math
@@ -118,6 +119,9 @@ CHOICES = {"stage": ("value", "video"), "size": ("tiny", "small", "base", "mid",
 def configure(argv):
     """TrainConfig from python files (assignments) and --key=value flags, in order, then checked."""
     cfg, types = TrainConfig(), {f.name: f.type for f in fields(TrainConfig)}
+    if {"-h", "--help"} & set(argv):  # the settings with their defaults and comments, as this file writes them
+        print(f"{__doc__}\nSettings (--key=value), with their defaults:\n\n{inspect.getsource(TrainConfig)}")
+        raise SystemExit(0)
 
     def setkey(k, v, where):
         if k not in types:
@@ -743,6 +747,9 @@ def train(cfg, world, rank, device):
         raise SystemExit(f"batch_size {cfg.batch_size} is not a multiple of micro_batch {cfg.micro_batch} x "
                          f"{world} processes")
     master = rank == 0
+    missing = [path for path, _, _ in data_specs(cfg) if not os.path.exists(path)]
+    if missing:  # named before a run folder is made for it
+        raise SystemExit(f"--data: {', '.join(missing)}: not found") from None
     lock = open_run(cfg) if master else None
     barrier()
     saved = read_state(cfg, world) if cfg.resume else {"step": 0}

@@ -61,5 +61,5 @@ for gpu in sorted(glob.glob(f"{root}/gpu/**/*.parquet", recursive=True)):
             print(f"{gpu[len(root):]} {col}: max |gpu - cpu| {np.nanmax(np.abs(x - y)):.4f} "
                   f"(values {np.nanmin(x):.3f} .. {np.nanmax(x):.3f})")
 EOF
-step tests_gpu 45 python3 -m pytest -q -p no:cacheprovider tests/test_wvm.py tests/test_train.py
+step tests_gpu 240 python3 -m pytest -q -p no:cacheprovider tests/test_wvm.py tests/test_train.py
 rm -rf "$tmp"

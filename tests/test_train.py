@@ -534,6 +534,15 @@ def test_every_setting_is_checked_at_start(argv, msg):
     assert msg in str(e.value)
 
 
+def test_help_lists_every_setting_with_its_default(capsys):
+    with pytest.raises(SystemExit) as e:
+        train.configure(["--lr=2e-4", "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "lr: float = 1e-4" in out and "batch_size: int = 1024" in out and "warmup: int = 500" in out
+    assert all(f"    {f.name}: " in out for f in train.fields(train.TrainConfig))
+
+
 def test_config_file_errors_name_the_file_and_line(tmp_path):
     bad = tmp_path / "bad.py"
     bad.write_text("lr = 1e-4\nmax_steps = 10 +\n")
@@ -885,6 +894,7 @@ def test_bad_inputs_end_with_their_message_only(dataset, tmp_path):
               f"32, text_dim 32; the value stream of --size=small has 4 layers, 4 heads x 32, text_dim 32: pass "
               f"--size=tiny"),
              (dict(data=str(tmp_path)), f"{tmp_path}: not a dataset"),
+             (dict(data=f"{dataset / 'ds'},{tmp_path / 'gone'}:2"), f"--data: {tmp_path / 'gone'}: not found"),
              (dict(data=f"{dataset / 'ds'}:0"), "ClipDataset: no source of weight > 0 has usable episodes (ds: "
               "weight 0)"),
              (dict(text_cache=str(tmp_path / "none")), f"{tmp_path / 'none'}: no text cache"),
@@ -900,6 +910,7 @@ def test_bad_inputs_end_with_their_message_only(dataset, tmp_path):
             train.main(args(dataset, tmp_path / f"run{i}", **kw))
         assert str(e.value).startswith(msg) and e.value.__suppress_context__
         assert not (tmp_path / f"run{i}" / "config.json").exists()  # stopped before the run wrote anything
+    assert not (tmp_path / "run3").exists()  # a missing source: before the run folder was made
 
 
 def test_video_stage_writes_a_wan_checkpoint_that_wvm_training_starts_from(dataset, tmp_path):
@@ -1034,6 +1045,9 @@ def test_a_run_given_the_robots_state_trains_and_scores_with_it(dataset, tmp_pat
     with pytest.raises(SystemExit, match=r"bare: no observation.state \[4\], the robot's state the model reads beside "
                                          r"the video, and it never trained without it"):
         wvm_eval.state_column(scorer, str(bare))
+    capsys.readouterr()
+    assert wvm_eval.state_column(scorer, str(tmp_path / "none")) is None  # reading it will name it, nothing before
+    assert capsys.readouterr().err == ""
 
 
 def test_a_run_knows_its_data_from_a_regenerated_dataset_at_the_same_path(dataset, tmp_path, capsys):
