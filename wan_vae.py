@@ -525,6 +525,11 @@ def vae_config_from(shapes, config=None):
         raise CheckpointError(f"cannot infer the VAE widths: no {e.args[0]}") from None
     temporal = tuple(f"encoder.downsamples.{i}.downsamples.{n_res}.time_conv.weight" in shapes
                      for i in range(levels - 1))
+    up = [f"decoder.upsamples.{levels - 2 - i}.upsamples.{n_res + 1}.time_conv.weight" for i in range(levels - 1)]
+    for i, key in enumerate(up):  # the decoder mirrors the encoder: a time_conv on one side only is a missing key
+        if temporal[i] != (key in shapes):
+            missing = key if temporal[i] else f"encoder.downsamples.{i}.downsamples.{n_res}.time_conv.weight"
+            raise CheckpointError(f"no {missing} (official name), which its counterpart on the other side implies")
     return WanVAEConfig(z_dim=z_dim, dim=dim, dec_dim=shapes["decoder.head.2.weight"][1] // mult[0], dim_mult=mult,
                         num_res_blocks=n_res, temporal_downsample=temporal)
 

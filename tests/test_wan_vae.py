@@ -259,6 +259,11 @@ def test_loader_errors(reference, tmp_path):
     save_file(v21, str(dit / "model.safetensors"))
     with pytest.raises(CheckpointError, match="not the Wan2.1 one"):
         load_wan_vae(str(dit))
+    for key in ("encoder.downsamples.1.downsamples.2.time_conv.weight",  # a missing time_conv, either side, is named
+                "decoder.upsamples.1.upsamples.3.time_conv.weight"):  # (not a key of the other side as unexpected)
+        save_file({k: v for k, v in sd.items() if k != key}, str(dit / "model.safetensors"))
+        with pytest.raises(CheckpointError, match=rf"{dit}: no {key} \(official name\)"):
+            load_wan_vae(str(dit))
 
 
 def test_latent_cache_is_bit_identical(tiny, tmp_path):
