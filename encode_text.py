@@ -30,10 +30,9 @@ import ftfy
 import torch
 import torch.nn.functional as F
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 import data
-from checkpoint import CheckpointError, load_pth
+from checkpoint import CheckpointError, load_pth, save_safetensors
 
 TEXT_LEN = 512  # Wan's text_len
 
@@ -278,9 +277,9 @@ def build_cache(texts, tokenizer, model, out, batch_size=8, shard_size=2000, dty
                     full.append(todo[k])
         while (out / f"text-{shard:05d}.safetensors").exists():
             shard += 1
-        # written whole, after encoding, so an interrupted run never leaves a half shard
+        # written whole, after encoding (to a temporary name, then renamed): an interrupted run leaves no half shard
         meta = {"texts": json.dumps({k: todo[k] for k in part}), **({"encoder": json.dumps(encoder)} if encoder else {})}
-        save_file(tensors, out / f"text-{shard:05d}.safetensors", metadata=meta)
+        save_safetensors(tensors, out / f"text-{shard:05d}.safetensors", metadata=meta)
     if full:
         print(f"{out}: {len(full)} instructions fill all {text_len} tokens and may be cut short (words past them are "
               f"not read; two that differ only there get the same features), e.g. {full[0]!r}; a larger --text_len "

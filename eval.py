@@ -1056,14 +1056,14 @@ def evaluate(args):
         print(f"\n{bench} bench on {args.data}: {n} trajectories at {fps:g} fps"
               + (f", {len(problems)} skipped or reported (see above)" if problems else ""))
         print(format_table(rows))
-    if args.json:  # whole or not at all: demo.py takes a results file it finds for finished scores
+    if args.plots:  # before the results file, which demo.py takes as the sign that this step is finished
+        plot_results(results, items, args.plots)
+    if args.json:  # whole or not at all
         with open(args.json + ".tmp", "w") as f:
             json.dump(nan_to_null({"data": args.data, "fps": fps, "instructions": args.instructions,
                                    "noise": args.noise, "skipped": problems, "tables": tables, "trajectories": results}),
                       f, indent=1, allow_nan=False)
         os.replace(args.json + ".tmp", args.json)
-    if args.plots:
-        plot_results(results, items, args.plots)
 
 
 if __name__ == "__main__":

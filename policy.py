@@ -335,9 +335,8 @@ def score(data, run, out, vae=None, text_cache=None):
         wall = time.time() - t0
         fps = json.loads((Path(data) / "operator" / "meta" / "info.json").read_text())["fps"]
         frames = pq.read_metadata(path).num_rows
-        speed.write_text(json.dumps(
-            {"run": str(run), "frames": frames, "video_fps": fps, "wall_s": wall, "frames_per_s": frames / wall,
-             "x_real_time": frames / fps / wall}, indent=1))
+        save_json({"run": str(run), "frames": frames, "video_fps": fps, "wall_s": wall, "frames_per_s": frames / wall,
+                   "x_real_time": frames / fps / wall}, speed)
     return path
 
 

@@ -105,6 +105,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from checkpoint import save_json
 from data import resample
 
 EMBODIMENT = "sawyer"
@@ -1255,9 +1256,15 @@ def _generate_job(job):
     return task, generate(task, seed, kinds, stats=counts, **opts), counts
 
 
-def _worker_init():
+def _worker_init(parent):
     os.environ["LP_NUM_THREADS"] = "1"  # one llvmpipe thread per worker: the workers already fill the cores
     warnings.simplefilter("ignore")
+    if sys.platform == "linux":  # a worker dies with its parent (killed, out of memory), not idles on holding memory
+        import ctypes
+        import signal
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent died before that was set
+            os._exit(1)
 
 
 def run_jobs(fn, jobs, workers, what):
@@ -1267,7 +1274,7 @@ def run_jobs(fn, jobs, workers, what):
     if workers <= 1 or not jobs:
         yield from map(fn, jobs)
         return
-    pool = ProcessPoolExecutor(workers, multiprocessing.get_context("spawn"), _worker_init)
+    pool = ProcessPoolExecutor(workers, multiprocessing.get_context("spawn"), _worker_init, (os.getpid(),))
     try:
         yield from pool.map(fn, jobs)
     except BrokenProcessPool:
@@ -1330,7 +1337,7 @@ def _open_parts(root, settings, ready):
     marker = parts_dir / "settings.json"
     if marker.exists() and json.loads(marker.read_text()) != settings:
         raise SystemExit(f"{parts_dir}: parts of a run with other settings; delete it or choose another --out")
-    marker.write_text(json.dumps(settings))
+    save_json(settings, marker)
     return None, parts_dir
 
 
@@ -1468,10 +1475,8 @@ def parse_args(argv):
 def write_paraphrases(out, tasks):
     """paraphrases.json: {instruction: [other wordings]} of the training `tasks` (what `train.py --paraphrases`
     reads), and metaworld_wording.json: {instruction: Meta-World's description} of every task."""
-    Path(out, "paraphrases.json").write_text(json.dumps({INSTRUCTIONS[t]: PARAPHRASES[t] for t in tasks
-                                                         if t in PARAPHRASES}, indent=1))
-    Path(out, "metaworld_wording.json").write_text(json.dumps({INSTRUCTIONS[t]: METAWORLD_WORDING[t]
-                                                               for t in INSTRUCTIONS}, indent=1))
+    save_json({INSTRUCTIONS[t]: PARAPHRASES[t] for t in tasks if t in PARAPHRASES}, Path(out, "paraphrases.json"))
+    save_json({INSTRUCTIONS[t]: METAWORLD_WORDING[t] for t in INSTRUCTIONS}, Path(out, "metaworld_wording.json"))
 
 
 def main(argv):
@@ -1489,7 +1494,7 @@ def main(argv):
         raise SystemExit(f"{out}: holds {', '.join(theirs)}, not written by sim.py; delete it or choose another --out")
     if ours:  # a corpus written a few splits at a time keeps every split's counts
         report["splits"] = ours["splits"]
-    (out / "generation.json").write_text(json.dumps(report, indent=1))
+    save_json(report, out / "generation.json")
     # other wordings of the instructions, for train.py --paraphrases, eval.py --instructions, encode_text.py --paraphrases
     write_paraphrases(out, args.train_tasks)
     # env seeds of the splits never overlap for a given --seed
@@ -1519,7 +1524,7 @@ def main(argv):
         if jobs and name in args.splits:
             report["splits"][name] = write_split(out / name, jobs, opts, dict(opts, codec=args.codec), args.codec,
                                                  args.workers)
-    (out / "generation.json").write_text(json.dumps(report, indent=1))
+    save_json(report, out / "generation.json")
     for name, counts in ((n, report["splits"][n]) for n in args.splits if n in report["splits"]):
         print(f"{out / name}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
     print(f"done in {time.time() - t0:.0f} s")
@@ -1840,7 +1845,7 @@ def policy_main(argv):
     if not inits.exists() or {t: v["seeds"] for t, v in json.loads(inits.read_text()).items()} != want:
         table = {t: {"seeds": s, "rand_vec": [eval_init(t, x).tolist() for x in tqdm(s, desc=f"eval inits {t}")]}
                  for t, s in want.items()}
-        inits.write_text(json.dumps(table))
+        save_json(table, inits)
     for name, c in counts.items():
         print(f"{out / name}: " + ", ".join(f"{k} {v}" for k, v in sorted(c.items())))
 

@@ -758,6 +758,25 @@ def test_tiny_encoder_features_do_not_depend_on_the_other_texts(tmp_path):
     assert ec[1].shape == together[0].shape and not torch.allclose(ec[1], together[0])
 
 
+def test_a_text_cache_shard_cut_short_by_a_kill_is_never_left(tmp_path, monkeypatch):
+    """A run killed while a shard is written leaves no shard (a half one stopped every later run until deleted by
+    hand), and the next run encodes those texts."""
+    import checkpoint
+    tokenizer, model, _ = tiny_encoder(tmp_path)
+    real = checkpoint.save_file
+
+    def killed(tensors, path, metadata=None):
+        open(path, "wb").write(b"\x00" * 40)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(checkpoint, "save_file", killed)
+    with pytest.raises(KeyboardInterrupt):
+        encode_text.build_cache(["pick up the cube"], tokenizer, model, tmp_path / "cache", text_len=8)
+    assert not list((tmp_path / "cache").glob("*.safetensors"))
+    monkeypatch.setattr(checkpoint, "save_file", real)
+    assert encode_text.build_cache(["pick up the cube"], tokenizer, model, tmp_path / "cache", text_len=8) == 1
+    assert encode_text.TextCache(tmp_path / "cache").get("pick up the cube").shape == (5, 16)  # its 4 words and </s>
+
+
 def test_text_cache_errors_name_the_file(tmp_path):
     tokenizer, model, _ = tiny_encoder(tmp_path)
     tiny = {"id": "tiny:16", "flags": "--tiny_random 16 --text_len 8"}

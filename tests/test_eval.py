@@ -281,6 +281,15 @@ def test_suboptimal_bench_end_to_end(bench_setup, tmp_path, capsys, monkeypatch)
         wvm_eval.main(["--bench", "suboptimal", "--data", str(bench_setup / "ds"), "--ckpt",
                        str(bench_setup / "run"), "--json", str(out)])
     assert out.read_bytes() == before  # the previous results, whole
+    monkeypatch.undo()
+
+    def plots_killed(*a):  # the results file is what says this step is finished (demo.py): it comes after the plots
+        raise KeyboardInterrupt
+    monkeypatch.setattr(wvm_eval, "plot_results", plots_killed)
+    with pytest.raises(KeyboardInterrupt):
+        wvm_eval.main(["--bench", "suboptimal", "--data", str(bench_setup / "ds"), "--ckpt",
+                       str(bench_setup / "run"), "--json", str(tmp_path / "new.json"), "--plots", str(tmp_path / "p2")])
+    assert not (tmp_path / "new.json").exists()
 
 
 def test_expert_bench_and_weights_export(bench_setup, tmp_path, monkeypatch):
