@@ -20,6 +20,7 @@ import argparse
 import dataclasses
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -32,6 +33,37 @@ from eval import bench_rows, read_results, scored_from_default_noise
 from train import TrainConfig
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
+CHILDREN = set()  # the steps running now (Popen): a SIGTERM to demo.py alone reaches them too
+STOPPED = "demo.py: stopped by SIGTERM, and so were its steps; run it again to continue"
+STOPPING = []
+
+
+def launch(cmd, **kw):
+    """subprocess.Popen of a step in the repository, known to on_sigterm until wait_for(it)."""
+    proc = subprocess.Popen(cmd, cwd=ROOT, **kw)
+    CHILDREN.add(proc)
+    return proc
+
+
+def on_sigterm(*_):
+    """Pass the SIGTERM on to the running steps (train.py saves its checkpoint, sim.py keeps its finished tasks);
+    demo.py stops once they have (wait_for): left running, a step would race its own rerun for the same files."""
+    if not CHILDREN:
+        raise SystemExit(STOPPED)
+    STOPPING.append(True)
+    for proc in CHILDREN:
+        proc.terminate()
+
+
+def wait_for(proc):
+    """proc's exit code; after a SIGTERM, the end of every step, and of demo.py."""
+    code = proc.wait()
+    CHILDREN.discard(proc)
+    if STOPPING:
+        for other in list(CHILDREN):
+            other.wait()
+        raise SystemExit(STOPPED)
+    return code
 SPLITS = ("heldout_seen", "heldout_unseen")
 
 # The two recipes: the paper's optimizer and augmentations (Table A.1), shrunk to a CPU budget. Flags
@@ -89,7 +121,7 @@ def sh(*cmd, threads=None):
     print("\n$ " + ("" if threads is None else f"OMP_NUM_THREADS={threads} ") + " ".join(cmd), flush=True)
     start = time.time()
     env = os.environ if threads is None else {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    code = subprocess.run(cmd, cwd=ROOT, env=env).returncode
+    code = wait_for(launch(cmd, env=env))
     if code:  # the step printed its own error above; a traceback of this script would only bury it
         raise SystemExit(f"demo.py: this step failed (exit {code}): {' '.join(cmd)}\n"
                          "Fix what it reported and run demo.py again: finished steps are not repeated.")
@@ -156,11 +188,11 @@ def evaluate(run_dir, data, splits=SPLITS):
                    "--json", out, "--plots", os.path.join(run_dir, "plots", split)]
             print("\n$ " + " ".join(cmd) + f"  > {os.path.join(run_dir, split)}.log", flush=True)
             log = open(os.path.join(run_dir, f"{split}.log"), "w")
-            todo.append((subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                          env={**os.environ, "OMP_NUM_THREADS": "1"}), log))
+            todo.append((launch(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"}),
+                          log))
     start = time.time()
     for proc, log in todo:
-        proc.wait()
+        wait_for(proc)
         log.close()
         if proc.returncode:
             raise SystemExit(f"{' '.join(proc.args)} failed (exit {proc.returncode}); see {log.name}")
@@ -246,9 +278,9 @@ def prepare(recipe):
     log = os.path.join(data, "heldout.log")
     print("\n$ " + " ".join(cmd) + f"  > {log}  (in the background, while the models train)", flush=True)
     with open(log, "w") as f:  # one llvmpipe thread, at a lower priority: it takes what training leaves
-        return subprocess.Popen(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT,
-                                env={**os.environ, "OMP_NUM_THREADS": "1", "LP_NUM_THREADS": "1"},
-                                preexec_fn=(lambda: os.nice(10)) if hasattr(os, "nice") else None)
+        return launch(cmd, stdout=f, stderr=subprocess.STDOUT,
+                      env={**os.environ, "OMP_NUM_THREADS": "1", "LP_NUM_THREADS": "1"},
+                      preexec_fn=(lambda: os.nice(10)) if hasattr(os, "nice") else None)
 
 
 def finish_heldout(recipe, proc):
@@ -257,7 +289,7 @@ def finish_heldout(recipe, proc):
     if proc is not None:
         start = time.time()
         print("\nwaiting for the held-out benches' generation ...", flush=True)
-        if proc.wait():
+        if wait_for(proc):
             raise SystemExit(f"demo.py: the held-out benches' generation failed (exit {proc.returncode}); see "
                              f"{os.path.join(data, 'heldout.log')}. Run demo.py again: finished parts are kept.")
         print(f"[waited {time.time() - start:.0f} s]", flush=True)
@@ -317,6 +349,7 @@ def main(argv):
     if min(args.seeds) < 0:  # train.py would say so only after the corpus is made
         p.error(f"--seeds {min(args.seeds)}: must not be negative")
     args.runs = os.path.abspath(args.runs)
+    signal.signal(signal.SIGTERM, on_sigterm)
     os.chdir(ROOT)  # the recipes' paths (data/metaworld, ...) are the repository's, wherever the demo is started
 
     recipe = "long" if args.long else "demo"
