@@ -324,7 +324,8 @@ def score(data, run, out, vae=None, text_cache=None):
 
     path, speed = Path(out) / "values.parquet", Path(out) / "speed.json"
     if speed.exists() and json.loads(speed.read_text())["run"] != str(run):
-        raise SystemExit(f"{out}: scored with another run ({json.loads(speed.read_text())['run']}); delete it")
+        raise SystemExit(f"{out}: scored with another run ({json.loads(speed.read_text())['run']}); delete it to "
+                         f"score {run}, or give this run another name")
     meta = Path(out) / "values.json"
     model = Path(run) / "wvm.safetensors" if Path(run).is_dir() else Path(run)
     stale = path.exists() and model.exists() and path.stat().st_mtime < model.stat().st_mtime  # retrained since
@@ -438,8 +439,9 @@ def main(argv):
                     raise SystemExit(f"{f}: unreadable row ({e}); delete it to run the row again") from None
                 if saved.get("settings") != settings:
                     differ = [k for k in settings if (saved.get("settings") or {}).get(k) != settings[k]]
-                    raise SystemExit(f"{f}: a result of other settings ({', '.join(differ)} differ); delete "
-                                     f"{out / 'rows'} or choose another --out")
+                    raise SystemExit(f"{f}: a result of other settings ({', '.join(differ)} differ); delete that "
+                                     f"file to run its row again (the rows of these settings are kept), or choose "
+                                     f"another --out")
                 results[name].append(saved)
         md = table(results, tasks)
         corr = delta_plot(data, values, tasks, out / "delta_vs_oracle.png") if len(values) > 1 else {}

@@ -265,7 +265,8 @@ def test_policy_data_split_and_the_experiment(tmp_path, monkeypatch):
     with pytest.raises(SystemExit) as e:
         policy.main([*args[:-4], "--budget", "6", *args[-2:]])
     assert str(e.value).startswith(str(out / "rows")) and str(e.value).endswith(
-        f": a result of other settings (budget differ); delete {out / 'rows'} or choose another --out")
+        ": a result of other settings (budget differ); delete that file to run its row again (the rows of these "
+        "settings are kept), or choose another --out")
     with pytest.raises(SystemExit) as e:
         policy.main([*args, "--tasks", "drawer-close"])
     assert str(e.value) == f"--tasks drawer-close: not tasks of {data} (drawer-open-v3)"
