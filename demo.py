@@ -64,6 +64,8 @@ def wait_for(proc):
             other.wait()
         raise SystemExit(STOPPED)
     return code
+
+
 SPLITS = ("heldout_seen", "heldout_unseen")
 
 # The two recipes: the paper's optimizer and augmentations (Table A.1), shrunk to a CPU budget. Flags

@@ -417,7 +417,7 @@ def main(argv):
     if set(tasks) - set(known):
         raise SystemExit(f"--tasks {' '.join(sorted(set(tasks) - set(known)))}: not tasks of {data} "
                          f"({', '.join(known)})")
-    inits = read_inits(data, tasks, args.rollouts)
+    read_inits(data, tasks, args.rollouts)  # refused here if a task has fewer starting conditions than rollouts
     results = {}
     try:
         for name, split, method, source in rows([*values, "time"]):

@@ -274,7 +274,7 @@ def test_a_resume_on_another_schedule_says_so(dataset, tmp_path, capsys):
     lr_then = train.lr_at(2, train.configure(args(dataset, tmp_path, max_steps=3, warmup=4)))
     assert (f"resuming at step 2 with max_steps 2 -> 3: the samples and learning rates from here on are not the "
             f"uninterrupted run's (the learning rate goes from 0.001 to {lr_then:.3g})") in out
-    assert f"resuming at step 3 with batch_size 4 -> 8; max_steps 3 -> 5; warmup 4 -> 2:" in out
+    assert "resuming at step 3 with batch_size 4 -> 8; max_steps 3 -> 5; warmup 4 -> 2:" in out
 
 
 def test_a_resume_logs_each_step_once(dataset, tmp_path, monkeypatch):
