@@ -22,6 +22,7 @@ import math
 import os
 import re
 import tempfile
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -889,8 +890,8 @@ class ClipDataset(torch.utils.data.Dataset):
         and an absolute path meet the same latents), size and modification time (so that a corpus written again in
         place never meets the latents of the old one)."""
         st = os.stat(ep.video)
-        return (f"{ep.id}:{self.size}:{','.join(map(str, frame_index))}|{os.path.realpath(ep.video)}@{ep.start:g}/"
-                f"{ep.fps:g}#{st.st_size}:{st.st_mtime_ns}")
+        return (f"{ep.id}:{self.size}:{','.join(map(str, frame_index))}|{os.path.realpath(ep.video)}"
+                f"@{float(ep.start)!r}/{float(ep.fps)!r}#{st.st_size}:{st.st_mtime_ns}")  # exact: 10000.46 is not .54
 
     def sample_key(self, p):
         """The latent cache's key of a planned sample's clip: clip_key, and how its frames are turned."""
@@ -971,6 +972,16 @@ class LatentCache:
     def __init__(self, root, vae_id):
         self.dir = os.path.join(root, f"clips-{vae_id}")
         os.makedirs(self.dir, exist_ok=True)
+        umask = os.umask(0o22)  # read it (only by setting it) and put it back
+        os.umask(umask)
+        self.mode = 0o666 & ~umask  # files as the umask makes them (mkstemp's are the owner's alone): a team shares one
+        for f in os.listdir(self.dir):  # what a process killed while writing left (each as large as a clip's file)
+            tmp = os.path.join(self.dir, f)
+            try:
+                if f.endswith(".tmp") and time.time() - os.path.getmtime(tmp) > 3600:  # not another one's, writing
+                    os.remove(tmp)
+            except OSError:  # removed meanwhile by another process
+                pass
 
     def path(self, key):
         readable = re.sub(r"[^A-Za-z0-9._-]+", "_", key)[:100]
@@ -991,6 +1002,7 @@ class LatentCache:
         os.close(fd)
         try:
             save_file({"latents": z.cpu().contiguous()}, tmp, metadata={"key": key})
+            os.chmod(tmp, self.mode)
             os.replace(tmp, self.path(key))
         finally:
             if os.path.exists(tmp):

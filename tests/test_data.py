@@ -4,11 +4,13 @@ Every video frame encodes its indices in gray levels that survive lossy AV1/H.26
 top half = 16 + 5 * frame index, bottom half = 40 + 40 * episode number. Decoding them back checks
 which frames a clip really holds against hand-computed indices.
 """
+import dataclasses
 import json
 import logging
 import os
 import shutil
 import sys
+import time
 import zlib
 from collections import Counter
 
@@ -462,6 +464,29 @@ def test_clip_key_follows_the_video_file(lerobot, tmp_path, monkeypatch):
     st = os.stat(video)
     os.utime(video, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     assert ds[0]["clip_key"] != key
+    ep, frames = ds.plan(0)["episode"], ds.plan(0)["frame_index"]  # a start corrected by 0.08 s, 10000 s in
+    keys = {ds.clip_key(dataclasses.replace(ep, start=x), frames) for x in (10000.46, 10000.54)}
+    assert len(keys) == 2
+
+
+def test_latent_cache_files_are_shared_and_killed_writes_cleared(tmp_path):
+    """Cache files get the umask's permissions (a team shares a cache; mkstemp made them the owner's alone), and what
+    a process killed mid-write left an hour ago is removed, a file another process is writing now is not."""
+    old = os.umask(0o022)
+    try:
+        cache = data.LatentCache(tmp_path, "vae1")
+        cache.put("clip", torch.ones(2, 2))
+        (path,) = [p for p in (tmp_path / "clips-vae1").iterdir()]
+        assert path.stat().st_mode & 0o777 == 0o644
+        torch.testing.assert_close(cache.load("clip"), torch.ones(2, 2))
+    finally:
+        os.umask(old)
+    stale, fresh = tmp_path / "clips-vae1" / "tmpa.tmp", tmp_path / "clips-vae1" / "tmpb.tmp"
+    for f in (stale, fresh):
+        f.write_bytes(b"\x00" * 64)
+    os.utime(stale, (time.time() - 7200, time.time() - 7200))
+    data.LatentCache(tmp_path, "vae1")
+    assert not stale.exists() and fresh.exists() and path.exists()
 
 
 def test_determinism_collate_and_mixture(lerobot):
