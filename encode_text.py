@@ -175,27 +175,30 @@ def load_encoder(path, dtype=torch.bfloat16, device="cpu", config=None):
     """(tokenizer, UMT5EncoderModel) from a local folder; see the module docstring for the layouts."""
     from transformers import AutoTokenizer, UMT5EncoderModel
     path = Path(path)
+    pths = sorted(path.glob("*t5*.pth"))
     if (path / "text_encoder" / "config.json").exists():  # diffusers pipeline
         model_dir, tok_dir = path / "text_encoder", path / "tokenizer"
+    elif pths and (path / "google" / "umt5-xxl").is_dir():  # the official Wan2.2 folder (its config.json is the DiT's)
+        model_dir, tok_dir = None, path / "google" / "umt5-xxl"
     elif (path / "config.json").exists():  # transformers folder
         model_dir, tok_dir = path, path
-    else:  # official Wan2.2 layout
-        model_dir = None
-        pths = sorted(path.glob("*umt5*.pth")) + sorted(path.glob("*t5*.pth"))
-        tok_dir = path / "google" / "umt5-xxl"
-        if not pths or not tok_dir.exists():
-            raise FileNotFoundError(f"{path}: no text encoder found: expected text_encoder/ + tokenizer/ (diffusers), "
-                                    f"config.json (transformers) or models_t5_umt5-xxl-enc-bf16.pth + "
-                                    f"google/umt5-xxl/ (Wan2.2)")
+    else:
+        raise FileNotFoundError(f"{path}: no text encoder found: expected text_encoder/ + tokenizer/ (diffusers), "
+                                f"config.json (transformers) or models_t5_umt5-xxl-enc-bf16.pth + "
+                                f"google/umt5-xxl/ (Wan2.2)")
     tokenizer = AutoTokenizer.from_pretrained(tok_dir, local_files_only=True)
     if model_dir is not None:
         model = UMT5EncoderModel.from_pretrained(model_dir, dtype=dtype, local_files_only=True)
     else:
         model = UMT5EncoderModel(config or umt5_xxl_config())
-        sd = wan_t5_to_hf(load_pth(pths[0]))
-        missing, unexpected = model.load_state_dict(sd, strict=False)
+        try:
+            sd = wan_t5_to_hf(load_pth(pths[0]))
+            missing, unexpected = model.load_state_dict(sd, strict=False)
+        except (KeyError, RuntimeError) as e:  # another model's keys, or the right keys at other shapes
+            why = e.args[0] if isinstance(e, KeyError) else str(e)[:300]
+            raise CheckpointError(f"{pths[0]}: not Wan2.2's umT5-XXL encoder ({why})") from None
         if missing or unexpected:
-            raise KeyError(f"{pths[0]}: missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")
+            raise CheckpointError(f"{pths[0]}: missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")
         model = model.to(dtype)
     return tokenizer, model.to(device).eval()
 

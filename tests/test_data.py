@@ -897,10 +897,16 @@ def test_wan_t5_checkpoint_layout(tmp_path):
                 f"blocks.{i}.ffn.fc1.weight": sd[b + "1.DenseReluDense.wi_1.weight"],
                 f"blocks.{i}.ffn.fc2.weight": sd[b + "1.DenseReluDense.wo.weight"]}
     torch.save(wan, tmp_path / "models_t5_umt5-xxl-enc-bf16.pth")
-    tok2, loaded = encode_text.load_encoder(tmp_path, dtype=torch.float32, config=cfg)
+    (tmp_path / "config.json").write_text(json.dumps({"_class_name": "WanModel", "model_type": "ti2v", "dim": 3072}))
+    tok2, loaded = encode_text.load_encoder(tmp_path, dtype=torch.float32, config=cfg)  # the folder, the DiT's config
     a = encode_text.encode(["open the drawer"], tok2, loaded, text_len=16)[0]
     b = encode_text.encode(["open the drawer"], tokenizer, model, text_len=16)[0]
     torch.testing.assert_close(a, b)
+    from checkpoint import CheckpointError
+    torch.save({"encoder.conv1.weight": torch.zeros(2)}, tmp_path / "models_t5_umt5-xxl-enc-bf16.pth")  # a VAE's
+    with pytest.raises(CheckpointError, match=r"models_t5_umt5-xxl-enc-bf16.pth: not Wan2.2's umT5-XXL encoder "
+                                              r"\(unexpected Wan T5 key encoder.conv1.weight\)"):
+        encode_text.load_encoder(tmp_path, dtype=torch.float32, config=cfg)
 
 
 # ----------------------------------------------------------------------------- the robot's state
