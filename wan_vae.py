@@ -567,7 +567,12 @@ def load_wan_vae(path, dtype=None, device=None, cfg=None):
         raise CheckpointError(f"{path}: {e}") from None
     with torch.device("meta"):
         model = WanVAE(cfg)
-    return load_into(model, path, files, rename, dtype, device).eval()
+    model = load_into(model, path, files, rename, dtype, device).eval()
+    kinds = sorted({str(t.dtype) for t in model.state_dict().values() if t.is_floating_point()})
+    if len(kinds) > 1:  # a conv's input would meet another dtype's weights: an error that names no file
+        print(f"{path}: tensors of several float dtypes ({', '.join(kinds)}); loaded as float32", file=sys.stderr)
+        model.float()
+    return model
 
 
 def save_wan_vae(vae, path):

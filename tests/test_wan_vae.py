@@ -259,6 +259,11 @@ def test_loader_errors(reference, tmp_path):
     save_file(v21, str(dit / "model.safetensors"))
     with pytest.raises(CheckpointError, match="not the Wan2.1 one"):
         load_wan_vae(str(dit))
+    half = {k: v.half() if i % 2 else v for i, (k, v) in enumerate(sd.items())}  # float dtypes mixed in one file
+    save_file(half, str(dit / "model.safetensors"))
+    mixed = load_wan_vae(str(dit), cfg=WanVAEConfig(dim=8, dec_dim=12))
+    assert {p.dtype for p in mixed.parameters()} == {torch.float32}  # not a forward that fails naming no file
+    assert mixed.encode(video(5)).isfinite().all()
     for key in ("encoder.downsamples.1.downsamples.2.time_conv.weight",  # a missing time_conv, either side, is named
                 "decoder.upsamples.1.upsamples.3.time_conv.weight"):  # (not a key of the other side as unexpected)
         save_file({k: v for k, v in sd.items() if k != key}, str(dit / "model.safetensors"))
