@@ -77,6 +77,8 @@ def main(argv):
     p.add_argument("--json", help="write the tables' numbers here")
     args = p.parse_args(argv)
     policy.check_counts(p, args, "rollouts")
+    if args.json and not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):
+        p.error(f"--json {args.json}: its folder does not exist")  # found before the hours of work, not after
     values = policy.named_paths(args.values, p)  # before the data is read: a bad argument fails at once
     torch.set_num_threads(1)
     data, out = Path(args.data), Path(args.out)
