@@ -377,16 +377,21 @@ def read_egodex(root, name=None, skipped=None):
     """EgoDex: `<part>/<task>/N.mp4` with `N.hdf5` whose attributes hold the description -> list[Episode].
 
     The instruction is `llm_description` (or `llm_description2` where `which_llm_description` is 2),
-    else `description`; frame rate and length come from the mp4 header. An episode's index is its mp4's place
-    among the sorted files, so a file left out shifts no other episode's.
+    else `description`; frame rate and length come from the mp4 header. An episode's index is its place among the
+    sorted mp4 files and those an hdf5 names, so a file left out shifts no other episode's.
     """
     import h5py  # optional dependency, only for EgoDex
 
     root = Path(root)
     name = name or root.name
     skip, eps = _Skips(name), []
-    for number, mp4 in enumerate(_indexing(sorted(root.rglob("*.mp4")), name)):  # a skipped one keeps its number
+    # an hdf5 without its mp4 is an episode whose video is missing: said, and numbered as if the mp4 were there
+    mp4s = {*root.rglob("*.mp4"), *(h.with_suffix(".mp4") for h in root.rglob("*.hdf5"))}
+    for number, mp4 in enumerate(_indexing(sorted(mp4s), name)):  # a skipped one keeps its number
         h5 = mp4.with_suffix(".hdf5")
+        if not mp4.exists():
+            skip(mp4, "missing video", f"{h5.name} has no {mp4.name}")
+            continue
         if not h5.exists():
             skip(mp4, "no instruction", f"{h5.name} not found")
             continue

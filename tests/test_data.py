@@ -238,6 +238,22 @@ def test_egodex(tmp_path):
     assert codes(data.decode_frames(eps[1], [11], 32)) == ([11], [1])
 
 
+def test_egodex_hdf5_without_its_mp4_is_said_and_keeps_the_numbers(tmp_path):
+    h5py = pytest.importorskip("h5py")
+    task = tmp_path / "part1" / "pour"
+    for n in range(3):
+        if n != 1:  # 1.mp4 lost (a partial download), 1.hdf5 there
+            mp4 = sim.Mp4Writer(task / f"{n}.mp4", 30, "libx264", 32, 32, None, 30)
+            mp4.write(make_frames(n, 12, 32, 32))
+            mp4.close()
+        with h5py.File(task / f"{n}.hdf5", "w") as f:
+            f.attrs["llm_description"] = "pour the water"
+    skipped = []
+    eps = data.read_egodex(tmp_path, skipped=skipped)
+    assert [e.episode_index for e in eps] == [0, 2]  # 2 keeps its number
+    assert skipped == [(str(task / "1.mp4"), "missing video (1.hdf5 has no 1.mp4)")]
+
+
 # ----------------------------------------------------------------------------- clips
 
 
