@@ -349,7 +349,7 @@ def main():
     if min(a.batch_size, a.shard_size, a.text_len, a.tiny_random or 1) < 1:
         p.error("--batch-size, --shard-size, --text_len and --tiny_random must be at least 1")
     try:
-        texts = [line for f in a.texts for line in Path(f).read_text().splitlines()]
+        texts = [line for f in a.texts for line in data.read_text(f).splitlines()]  # not UTF-8: the file and line named
         texts += [w for f in a.paraphrases for k, v in data.read_paraphrases(f).items() for w in (k, *v)]
         for root in a.lerobot:  # every camera's episodes: a dataset downloaded without its first camera has them too
             texts += [t for e in data.read_lerobot(root, "all", probe=False) for t in e.extra.get("tasks", [e.instruction])]

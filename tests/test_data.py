@@ -856,6 +856,14 @@ def test_encode_text_reads_the_instructions_of_a_dataset_without_its_first_camer
         encode_text.main()
 
 
+def test_encode_text_names_a_texts_file_that_is_not_utf8(tmp_path, monkeypatch):
+    (tmp_path / "t.txt").write_bytes(b"open the drawer\ncaf\xe9 au lait\n")  # Latin-1
+    monkeypatch.setattr(sys, "argv", ["encode_text.py", "--tiny_random", "8", "--text_len", "8", "--texts",
+                                      str(tmp_path / "t.txt"), "--out", str(tmp_path / "cache")])
+    with pytest.raises(SystemExit, match=rf"^{tmp_path / 't.txt'}:2: not UTF-8 text"):
+        encode_text.main()
+
+
 def hf_word_tokenizer(words):
     """A saveable HF tokenizer with the tiny encoder's ids for these words (none of which collide): what
     load_encoder reads from a umT5 folder."""
