@@ -442,7 +442,7 @@ MANIFEST_KEYS = ("video", "instruction", "fps", "start", "end")
 def read_manifest(path, name=None, skipped=None):
     """JSONL manifest -> list[Episode]. One line per episode:
     {"video": path (relative to the manifest), "instruction": str, "fps": native fps (optional, default:
-    the video's), "start"/"end": seconds (optional, default: the whole video), ...}; every other field
+    the video's), "start"/"end": seconds within the video (optional, default: the whole video), ...}; every other field
     (e.g. a Suboptimal-Value-Bench annotation) is kept in Episode.extra. An episode's index is its line's number
     from 0, so a line left out shifts no other episode's.
     """
@@ -475,7 +475,7 @@ def read_manifest(path, name=None, skipped=None):
         try:
             fps = float(r.get("fps") or vfps)
             t0 = float(r.get("start", v0))
-            t1 = min(float(r.get("end", v1)), v1)
+            t1 = float(r.get("end", v1))
             if not 0 < fps < math.inf:
                 raise ValueError(f"fps {fps:g}: must be a positive number")
             if not (math.isfinite(t0) and math.isfinite(t1)):
@@ -483,6 +483,10 @@ def read_manifest(path, name=None, skipped=None):
         except (ValueError, TypeError) as e:
             skip(what, "bad manifest line", str(e))
             continue
+        if t0 < v0 - 0.5 / fps or t1 > v1 + 0.5 / fps:  # cut to the video, the last frame would read as the end
+            skip(what, "video shorter than metadata", f"span {t0:.3f}-{t1:.3f}s, the video's {v0:.3f}-{v1:.3f}s")
+            continue
+        t1 = min(t1, v1)
         T = max(0, math.ceil((t1 - t0) * fps - 1e-6))  # frames at t0 + i / fps that fall before t1
         if T <= 0:
             skip(what, "zero length", f"span {t0:.3f}-{t1:.3f}s")

@@ -210,6 +210,14 @@ def test_manifest(lerobot, tmp_path, caplog):
     path.write_bytes(path.read_bytes() + b'{"video": "x.mp4", "instruction": "caf\xe9"}\n')
     with pytest.raises(data.DataError, match=rf"^{path}:5: not UTF-8 text \(invalid continuation byte at column 39\)"):
         data.read_dataset(path)
+    path.write_text("".join(json.dumps(x) + "\n" for x in [  # the video is 4 s long: a span past it is said
+        {"video": str(video), "instruction": "pick", "start": 1.0, "end": 6.0},
+        {"video": str(video), "instruction": "pick", "start": -1.0},
+        {"video": str(video), "instruction": "pick", "start": 1.0, "end": 4.04}]))  # within half a frame
+    skipped = []
+    assert [e.T for e in data.read_dataset(path, skipped=skipped)] == [30]
+    assert [why for _, why in skipped] == ["video shorter than metadata (span 1.000-6.000s, the video's 0.000-4.000s)",
+                                           "video shorter than metadata (span -1.000-4.000s, the video's 0.000-4.000s)"]
 
 
 def test_egodex(tmp_path):
