@@ -852,7 +852,7 @@ class ClipDataset(torch.utils.data.Dataset):
         self.cum = np.cumsum(w / w.sum())
         self.length = length or sum(len(s.episodes) for s in self.sources)
         self.latent_cache = None  # a LatentCache to read encoded clips from instead of decoding them
-        self.bad = set()      # ids of episodes that failed to decode in this process
+        self.bad = set()      # bad_key of the episodes that failed to decode in this process
         self.failures = 0     # decoding failures seen by this process
 
     def __len__(self):
@@ -907,11 +907,17 @@ class ClipDataset(torch.utils.data.Dataset):
         return (self.clip_key(p["episode"], p["frame_index"]) + ("|mirrored" if p["mirrored"] else "")
                 + ("|rotated" if p["rotated"] else ""))
 
+    @staticmethod
+    def bad_key(ep):
+        """An episode's id and video: two sources of one name (/a/train, /b/train) give their episodes the same ids,
+        and one's failure must not leave out the other's."""
+        return f"{ep.id} ({ep.video})"
+
     def __getitem__(self, i):
         for attempt in range(self.max_tries):
             p = self.plan(i, attempt)
             ep = p["episode"]
-            if ep.id in self.bad:
+            if self.bad_key(ep) in self.bad:
                 continue
             try:
                 key = self.sample_key(p)
@@ -923,7 +929,7 @@ class ClipDataset(torch.utils.data.Dataset):
                 if frames is not None and p["rotated"]:  # upside down: the same progress, the camera turned
                     frames = frames.flip(-2, -1)
             except (VideoError, av.FFmpegError, OSError) as e:
-                self.bad.add(ep.id)
+                self.bad.add(self.bad_key(ep))
                 self.failures += 1
                 log.warning("skipping episode %s (%s): %s; sampling another episode", ep.id, ep.video, e)
                 continue

@@ -315,7 +315,7 @@ def upcoming(samples, latent_cache, world=1, ahead=8):
                 key = ds.sample_key(p)
             except OSError:  # its video is gone: left to the batch that reads it, which says so
                 continue
-            if p["episode"].id in ds.bad or key in seen or os.path.exists(latent_cache.path(key)):
+            if ds.bad_key(p["episode"]) in ds.bad or key in seen or os.path.exists(latent_cache.path(key)):
                 continue
             s = ds[j]  # decoded (another attempt's clip if the episode turned out bad)
             if s["frames"] is not None and s["clip_key"] not in seen:

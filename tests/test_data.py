@@ -574,12 +574,31 @@ def test_bad_data_is_skipped(tmp_path, caplog, capsys):
     with caplog.at_level(logging.WARNING, logger="wvm.data"):
         samples = [ds[i] for i in range(30)]
     assert {s["episode"] for s in samples} <= {"bad/0", "bad/7", "bad/8", "bad/9"}
-    assert sum(s["retries"] for s in samples) >= 3 and ds.bad == {"bad/2", "bad/3", "bad/6"}
+    assert sum(s["retries"] for s in samples) >= 3 and {b.split(" (")[0] for b in ds.bad} == {"bad/2", "bad/3", "bad/6"}
     assert ds.failures == 3 and len(caplog.records) == 3  # one warning per bad episode
     assert any("fewer frames than the metadata says" in r.getMessage() for r in caplog.records)
     again = data.ClipDataset(eps, size=32, length=40)  # a fresh process draws the same samples
     assert [again[i]["episode"] for i in range(30)] == [s["episode"] for s in samples]
 
+
+def test_a_bad_episode_leaves_out_no_episode_of_another_source_of_its_name(tmp_path):
+    """/a/train and /b/train both give episode ids train/0, ...: a's video failing to decode must not drop b's."""
+    for d in "ab":
+        mp4 = sim.Mp4Writer(tmp_path / d / "v.mp4", FPS, "libx264", 32, 32, None, FPS)
+        mp4.write(make_frames(0, 20, 32, 32))
+        mp4.close()
+        (tmp_path / d / "train.jsonl").write_text(json.dumps({"video": "v.mp4", "instruction": "pick"}) + "\n")
+    raw = bytearray((tmp_path / "a" / "v.mp4").read_bytes())  # a's frames broken, its header whole
+    at = raw.index(b"mdat")
+    end = at - 4 + int.from_bytes(raw[at - 4:at], "big")
+    raw[at + 4:end] = b"\xff" * (end - at - 4)
+    (tmp_path / "a" / "v.mp4").write_bytes(bytes(raw))
+    srcs = [data.Source(data.read_dataset(tmp_path / d / "train.jsonl")) for d in "ab"]
+    assert srcs[0].episodes[0].id == srcs[1].episodes[0].id == "train/0"
+    ds = data.ClipDataset(srcs, size=32, length=20)
+    samples = [ds[i] for i in range(20)]  # every one b's
+    assert {s["clip_key"].split("|")[1].split("@")[0] for s in samples} == {str(tmp_path / "b" / "v.mp4")}
+    assert ds.failures == 1
 
 def test_too_short_episodes_are_skipped(caplog):
     eps = [data.Episode("x", "a.mp4", 0, 1.2, FPS, 12, "t", 0), data.Episode("x", "b.mp4", 0, 4.0, FPS, 40, "t", 1)]
