@@ -387,6 +387,8 @@ def read_egodex(root, name=None, skipped=None):
     skip, eps = _Skips(name), []
     # an hdf5 without its mp4 is an episode whose video is missing: said, and numbered as if the mp4 were there
     mp4s = {*root.rglob("*.mp4"), *(h.with_suffix(".mp4") for h in root.rglob("*.hdf5"))}
+    if not mp4s:  # a mistyped path (encode_text.py --egodex) would add no instruction without a word
+        raise DataError(f"{root}: not an EgoDex root: no <task>/N.mp4 + N.hdf5 files under it")
     for number, mp4 in enumerate(_indexing(sorted(mp4s), name)):  # a skipped one keeps its number
         h5 = mp4.with_suffix(".hdf5")
         if not mp4.exists():

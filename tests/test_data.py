@@ -260,6 +260,8 @@ def test_egodex_hdf5_without_its_mp4_is_said_and_keeps_the_numbers(tmp_path):
     eps = data.read_egodex(tmp_path, skipped=skipped)
     assert [e.episode_index for e in eps] == [0, 2]  # 2 keeps its number
     assert skipped == [(str(task / "1.mp4"), "missing video (1.hdf5 has no 1.mp4)")]
+    with pytest.raises(data.DataError, match=rf"^{tmp_path / 'part2'}: not an EgoDex root"):  # a mistyped path
+        data.read_egodex(tmp_path / "part2")
 
 
 # ----------------------------------------------------------------------------- clips
