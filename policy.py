@@ -345,6 +345,17 @@ def sha256(path):
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+def data_sha256(root):
+    """What a split's rows are trained on: its frames and annotations (a row of another dataset, or of this one made
+    anew with other seeds, is not this one's)."""
+    import hashlib
+    h = hashlib.sha256()
+    for f in [*sorted((Path(root) / "data").rglob("*.parquet")), Path(root) / "annotations.jsonl"]:
+        if f.is_file():  # a missing one is load_episodes' error, with its message
+            h.update(f.read_bytes())
+    return h.hexdigest()
+
+
 def check_counts(p, args, *counts):
     """p.error unless each of args' `counts` is at least 1 and args.seeds are distinct and not negative."""
     bad = [f"--{k} {getattr(args, k)}: must be at least 1" for k in counts if getattr(args, k) < 1]
@@ -416,12 +427,14 @@ def main(argv):
                          f"({', '.join(known)})")
     read_inits(data, tasks, args.rollouts)  # refused here if a task has fewer starting conditions than rollouts
     results = {}
+    splits = {s: data_sha256(data / s) for s in ("expert", "operator")}
     try:
         for name, split, method, source in rows([*values, "time"]):
             results[name] = []
             # what a row's result depends on besides its name: a row of other settings is never reused as this one
             settings = {"tasks": tasks, "rollouts": args.rollouts, "steps": args.steps, "budget": args.budget,
-                        "values_sha256": sha256(values[source]) if source in values else None}
+                        "values_sha256": sha256(values[source]) if source in values else None,
+                        "data_sha256": splits[split]}
             for seed in args.seeds:
                 f = out / "rows" / f"{split}-{method}-{source or 'none'}-s{seed}.json"
                 if not f.exists():

@@ -356,3 +356,26 @@ def test_named_paths_refuse_a_repeated_or_reserved_name(tmp_path, capsys):
         with pytest.raises(SystemExit):
             policy_gap.main(["--data", str(tmp_path / "none"), "--values", f"a={x}", *argv])
         assert msg in capsys.readouterr().err
+
+
+def test_a_row_of_other_data_is_not_reused(tmp_path, monkeypatch):
+    """A row records the data it was trained on: with --out kept and --data another dataset (or this one made anew
+    with other seeds), its rows are refused, not shown as this data's (vanilla BC, the experts', `time`'s)."""
+    data = tmp_path / "data"
+    for split in ("expert", "operator"):
+        (data / split / "data").mkdir(parents=True)
+        (data / split / "data" / "file-000.parquet").write_bytes(split.encode())  # read as bytes only here
+        (data / split / "annotations.jsonl").write_text("{}\n")
+    (data / "operator" / "oracle").mkdir()
+    (data / "operator" / "oracle" / "values.parquet").write_bytes(b"oracle")
+    (data / "eval_inits.json").write_text(json.dumps({"a-v3": {"seeds": [0], "rand_vec": [[0.0]]}}))
+    monkeypatch.setattr(policy, "run_row", lambda *a, **k: {"kept": 1.0, "success": {"a-v3": [True]}, "train_s": 0,
+                                                            "eval_s": 0})
+    args = ["--data", str(data), "--out", str(tmp_path / "out"), "--seeds", "0", "--rollouts", "1", "--steps", "1"]
+    policy.main(args)
+    (data / "operator" / "data" / "file-000.parquet").write_bytes(b"other episodes")
+    monkeypatch.setattr(policy, "run_row", lambda *a, **k: pytest.fail("a row of these settings was run again"))
+    with pytest.raises(SystemExit) as e:  # the experts' row (unchanged) is kept; the operator's first is refused
+        policy.main(args)
+    assert str(e.value).startswith(f"{tmp_path / 'out' / 'rows' / 'operator-bc-none-s0.json'}: a result of other "
+                                   f"settings (data_sha256 differ)")
