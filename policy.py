@@ -110,6 +110,10 @@ def read_progress(path, episodes):
     except Exception as e:
         raise ValueError(f"{path}: cannot read episode_index, frame_index, progress ({e})") from None
     ep, frame, v = (t[k].to_numpy() for k in ("episode_index", "frame_index", "progress"))
+    if not (np.issubdtype(ep.dtype, np.integer) and np.issubdtype(frame.dtype, np.integer)
+            and np.issubdtype(v.dtype, np.number)):  # floats (or nulls) would index frames; strings compare wrong
+        raise ValueError(f"{path}: episode_index and frame_index must be integers without nulls and progress a number "
+                         f"(read as {ep.dtype}, {frame.dtype}, {v.dtype})")
     out = []
     for e in episodes:
         sel = np.nonzero(ep == e["episode_index"])[0]

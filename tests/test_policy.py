@@ -113,6 +113,12 @@ def test_values_join_every_sample_and_refuse_gaps(tmp_path):
     write_values(path, [(e, f, np.inf if (e, f) == (3, 2) else v) for e, f, v in rows])
     with pytest.raises(ValueError, match=r"values.parquet: episode 3: progress is not a finite number at frames \[2\]"):
         policy.read_progress(path, eps)
+    # frame indices as floats (pandas after a merge) or with a null: named, not an IndexError from numpy
+    for frames in (pa.array([float(f) for _, f, _ in rows]), pa.array([None] + [f for _, f, _ in rows[1:]])):
+        pq.write_table(pa.table({"episode_index": [e for e, _, _ in rows], "frame_index": frames,
+                                 "progress": [v for _, _, v in rows]}), path)
+        with pytest.raises(ValueError, match=r"values.parquet: episode_index and frame_index must be integers"):
+            policy.read_progress(path, eps)
     pq.write_table(pa.table({"episode_index": [3], "frame_index": [0]}), path)
     with pytest.raises(ValueError, match="values.parquet: cannot read"):
         policy.read_progress(path, eps)
