@@ -389,7 +389,9 @@ def main(argv):
             for split in SPLITS:
                 print(line([name, split], [summary(res, split) for res in table[name]]))
     if args.policy:  # the default run's values, and the longer recipe's once it is trained
-        wvm = {r: os.path.join(args.runs, f"{r}-prior-s{args.seeds[0]}") for r in RECIPES}
+        # named by seed as docs/results.md's demo-s1 (policy.py refuses a name scored with another run)
+        seed = args.seeds[0]
+        wvm = {r if seed == 0 else f"{r}-s{seed}": os.path.join(args.runs, f"{r}-prior-s{seed}") for r in RECIPES}
         sh(sys.executable, "policy.py", "--wvm", *(f"{r}={d}" for r, d in wvm.items()
                                                    if os.path.exists(os.path.join(d, "wvm.safetensors"))))
 

@@ -227,3 +227,24 @@ def test_a_sigterm_to_the_demo_alone_stops_its_step_and_waits_for_it(tmp_path):
     assert saved.read_text() == "step 4"  # the step had finished saving when demo.py ended
     assert proc.returncode == 1 and err.strip().endswith("demo.py: stopped by SIGTERM, and so were its steps; run it "
                                                          "again to continue")
+
+
+def test_policy_names_the_values_of_another_seed_by_it(tmp_path, monkeypatch):
+    """--policy with a first seed other than 0 names its values demo-s1, as docs/results.md does (named demo, policy.py
+    refused them: data/policy/scores/demo was seed 0's)."""
+    from collections import defaultdict
+    calls = []
+    monkeypatch.setattr(demo, "prepare", lambda recipe: None)
+    monkeypatch.setattr(demo, "run", lambda recipe, runs, name, o, seed: os.path.join(runs, f"{recipe}-prior-s{seed}"))
+    monkeypatch.setattr(demo, "finish_heldout", lambda recipe, proc: None)
+    monkeypatch.setattr(demo, "evaluate", lambda d, data: defaultdict(dict))
+    monkeypatch.setattr(demo, "averages", lambda *a: None)
+    monkeypatch.setattr(demo, "sh", lambda *cmd, threads=None: calls.append([str(c) for c in cmd]))
+    monkeypatch.setattr(demo.signal, "signal", lambda *a: None)
+    monkeypatch.chdir(tmp_path)
+    for seed in (0, 1):
+        (tmp_path / "r" / f"demo-prior-s{seed}").mkdir(parents=True)
+        (tmp_path / "r" / f"demo-prior-s{seed}" / "wvm.safetensors").touch()
+        demo.main(["--runs", str(tmp_path / "r"), "--seeds", str(seed), "--policy"])
+    assert [c[1:] for c in calls] == [["policy.py", "--wvm", f"demo={tmp_path / 'r' / 'demo-prior-s0'}"],
+                                      ["policy.py", "--wvm", f"demo-s1={tmp_path / 'r' / 'demo-prior-s1'}"]]
