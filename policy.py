@@ -461,8 +461,9 @@ def main(argv):
         corr = delta_plot(data, values, tasks, out / "delta_vs_oracle.png") if len(values) > 1 else {}
     except ValueError as e:
         raise SystemExit(str(e)) from None
+    # a speed is that of the values scored beside it: not of another file given as --values under the same NAME
     speeds = {n: json.loads((data / "scores" / n / "speed.json").read_text()) for n in values
-              if (data / "scores" / n / "speed.json").exists()}
+              if (data / "scores" / n / "speed.json").exists() and values[n] == data / "scores" / n / "values.parquet"}
     notes = [f"{n}: scored {s['frames']} frames ({s['frames'] / s['video_fps']:.0f} s of video) in "
              f"{s['wall_s']:.0f} s, {s['x_real_time']:.1f}x real time" for n, s in speeds.items()]
     notes += [f"per-chunk Δ, {s} vs oracle: Pearson r = {r:.2f} ({out / 'delta_vs_oracle.png'})"

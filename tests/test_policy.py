@@ -364,9 +364,8 @@ def test_named_paths_refuse_a_repeated_or_reserved_name(tmp_path, capsys):
         assert msg in capsys.readouterr().err
 
 
-def test_a_row_of_other_data_is_not_reused(tmp_path, monkeypatch):
-    """A row records the data it was trained on: with --out kept and --data another dataset (or this one made anew
-    with other seeds), its rows are refused, not shown as this data's (vanilla BC, the experts', `time`'s)."""
+def fake_data(tmp_path, monkeypatch):
+    """The files policy.main reads itself, with run_row's result faked: the data split's bytes are only hashed."""
     data = tmp_path / "data"
     for split in ("expert", "operator"):
         (data / split / "data").mkdir(parents=True)
@@ -377,7 +376,13 @@ def test_a_row_of_other_data_is_not_reused(tmp_path, monkeypatch):
     (data / "eval_inits.json").write_text(json.dumps({"a-v3": {"seeds": [0], "rand_vec": [[0.0]]}}))
     monkeypatch.setattr(policy, "run_row", lambda *a, **k: {"kept": 1.0, "success": {"a-v3": [True]}, "train_s": 0,
                                                             "eval_s": 0})
-    args = ["--data", str(data), "--out", str(tmp_path / "out"), "--seeds", "0", "--rollouts", "1", "--steps", "1"]
+    return data, ["--data", str(data), "--out", str(tmp_path / "out"), "--seeds", "0", "--rollouts", "1", "--steps", "1"]
+
+
+def test_a_row_of_other_data_is_not_reused(tmp_path, monkeypatch):
+    """A row records the data it was trained on: with --out kept and --data another dataset (or this one made anew
+    with other seeds), its rows are refused, not shown as this data's (vanilla BC, the experts', `time`'s)."""
+    data, args = fake_data(tmp_path, monkeypatch)
     policy.main(args)
     (data / "operator" / "data" / "file-000.parquet").write_bytes(b"other episodes")
     monkeypatch.setattr(policy, "run_row", lambda *a, **k: pytest.fail("a row of these settings was run again"))
@@ -385,3 +390,18 @@ def test_a_row_of_other_data_is_not_reused(tmp_path, monkeypatch):
         policy.main(args)
     assert str(e.value).startswith(f"{tmp_path / 'out' / 'rows' / 'operator-bc-none-s0.json'}: a result of other "
                                    f"settings (data_sha256 differ)")
+
+
+def test_a_scoring_speed_is_reported_for_its_own_values_only(tmp_path, monkeypatch, capsys):
+    """data/scores/NAME/speed.json is the speed of the values beside it: another file given as --values NAME=FILE is
+    reported without it."""
+    data, args = fake_data(tmp_path, monkeypatch)
+    monkeypatch.setattr(policy, "delta_plot", lambda *a: {})
+    (data / "scores" / "demo").mkdir(parents=True)
+    (data / "scores" / "demo" / "values.parquet").write_bytes(b"scored")
+    (data / "scores" / "demo" / "speed.json").write_text(json.dumps({"run": "r", "frames": 100, "video_fps": 10,
+                                                                     "wall_s": 5.0, "x_real_time": 2.0}))
+    (tmp_path / "mine.parquet").write_bytes(b"mine")
+    for values, shown in ((tmp_path / "mine.parquet", False), (data / "scores" / "demo" / "values.parquet", True)):
+        policy.main([*args, "--out", str(tmp_path / f"out-{shown}"), "--values", f"demo={values}"])
+        assert ("demo: scored 100 frames" in capsys.readouterr().out) == shown
