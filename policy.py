@@ -381,9 +381,10 @@ def read_inits(data, tasks, rollouts):
     return inits
 
 
-def named_paths(items, parser, reserved=()):
+def named_paths(items, parser, reserved=(), folders=()):
     """{NAME: resolved Path} of NAME=PATH arguments; the parser's error for a malformed item, or a NAME repeated or
-    reserved (a repeated one would silently take the other's results)."""
+    reserved (a repeated one would silently take the other's results), or a folder where a file is read (but for
+    the NAMEs in `folders`)."""
     out = {}
     for item in items:
         name, _, path = item.partition("=")
@@ -394,6 +395,8 @@ def named_paths(items, parser, reserved=()):
     for name, path in out.items():  # found out now, not after the rows before it have trained
         if not path.exists():
             parser.error(f"{name}={path}: not found")
+        if path.is_dir() and name not in folders:  # a scores folder for its values.parquet: hashed, read as a file
+            parser.error(f"{name}={path}: a folder, not a values file")
     return out
 
 
@@ -414,7 +417,8 @@ def main(argv):
     args = p.parse_args(argv)
     check_counts(p, args, "rollouts", "steps", "budget")
     torch.set_num_threads(1)  # a small MLP: a second thread costs more in synchronization than it saves
-    sources = named_paths(args.wvm + args.values, p, reserved=("oracle", "time"))
+    sources = named_paths(args.wvm + args.values, p, reserved=("oracle", "time"),
+                          folders=[i.partition("=")[0] for i in args.wvm])
     data, out = Path(args.data).resolve(), Path(args.out).resolve()  # the commands below run in the repository
     if not (data / "eval_inits.json").exists():
         sh(sys.executable, "sim.py", "policy", "--out", data)

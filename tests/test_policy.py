@@ -345,6 +345,11 @@ def test_named_paths_refuse_a_repeated_or_reserved_name(tmp_path, capsys):
     with pytest.raises(SystemExit):  # a file that is not there: said now, not after the rows before it have trained
         policy.named_paths([f"a={tmp_path / 'none.parquet'}"], argparse.ArgumentParser(prog="t"))
     assert f"a={tmp_path / 'none.parquet'}: not found" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # a scores folder for its values.parquet: an IsADirectoryError after the BC rows
+        policy.named_paths([f"a={tmp_path / 'y'}"], argparse.ArgumentParser(prog="t"))
+    assert f"a={tmp_path / 'y'}: a folder, not a values file" in capsys.readouterr().err
+    assert policy.named_paths([f"run={tmp_path / 'y'}"], argparse.ArgumentParser(), folders=["run"]) == {
+        "run": tmp_path / "y"}  # a --wvm run folder
     with pytest.raises(SystemExit):  # policy.py itself, before it looks at --data
         policy.main(["--data", str(tmp_path / "none"), "--values", "a=x", "a=y"])
     for flag in ("--steps", "--rollouts", "--budget"):
