@@ -162,6 +162,14 @@ def read_lerobot(root, camera=None, name=None, probe=True, skipped=None, state=N
     except (KeyError, IndexError, ValueError) as e:
         raise DataError(f"{info_path}: video_path {video_path!r} does not name a {version} video file "
                         f"({type(e).__name__}: {e}); its fields are {', '.join(fields)}") from None
+
+    def video_file(**kw):  # a downloaded dataset reads its own videos, never the user's other files
+        rel = video_path.format(**kw)
+        if os.path.isabs(rel) or ".." in Path(rel).parts:
+            raise DataError(f"{info_path}: video_path {video_path!r} names {rel!r}, outside the dataset folder")
+        return root / rel
+
+    video_file(**fields)
     skip, eps, probed = _Skips(name), [], {}
 
     if version.startswith("v3."):
@@ -204,7 +212,7 @@ def read_lerobot(root, camera=None, name=None, probe=True, skipped=None, state=N
             elif not whole(r["length"]):
                 skip(f"episode {ep}", "bad metadata", f"length {r['length']!r}: not a whole number", id=f"{name}/{ep}")
             else:
-                video = root / video_path.format(video_key=camera, chunk_index=int(where[0]), file_index=int(where[1]))
+                video = video_file(video_key=camera, chunk_index=int(where[0]), file_index=int(where[1]))
                 _add(eps, skip, probed, probe, name, video, ep, int(r["length"]), r["tasks"], fps,
                      float(where[2]), float(where[3]), index)
             if type(ep) is int:
@@ -236,7 +244,7 @@ def read_lerobot(root, camera=None, name=None, probe=True, skipped=None, state=N
                 skip(f"{path}:{line_no}", "bad metadata line", str(e))
                 continue
             seen[ep] = line_no
-            video = root / video_path.format(episode_chunk=ep // chunks, video_key=camera, episode_index=ep)
+            video = video_file(episode_chunk=ep // chunks, video_key=camera, episode_index=ep)
             _add(eps, skip, probed, probe, name, video, ep, r.get("length", 0), r.get("tasks"), fps, 0.0, None, index)
             index += r.get("length") or 0
     if state:

@@ -651,6 +651,12 @@ def not_utf8(path):
     ("v21", lambda r: edit_info(r, video_path="videos/{chunk_index}/{video_key}/{episode_index}.mp4"),
      "meta/info.json: video_path 'videos/{chunk_index}/{video_key}/{episode_index}.mp4' does not name a v2.1 video "
      "file (KeyError: 'chunk_index'); its fields are video_key, episode_chunk, episode_index"),
+    ("v21", lambda r: edit_info(r, video_path="../other/{video_key}/{episode_chunk}/{episode_index}.mp4"),
+     "meta/info.json: video_path '../other/{video_key}/{episode_chunk}/{episode_index}.mp4' names "
+     "'../other/observation.images.main/0/0.mp4', outside the dataset folder"),
+    ("v30", lambda r: edit_info(r, video_path="/home/{video_key}/{chunk_index}-{file_index}.mp4"),
+     "meta/info.json: video_path '/home/{video_key}/{chunk_index}-{file_index}.mp4' names "
+     "'/home/observation.images.main/0-0.mp4', outside the dataset folder"),
     ("v30", lambda r: edit_episodes(r, {"tasks": TASKS}),
      "meta/episodes/chunk-000/file-000.parquet: column 'tasks' is string, not a list of strings"),
     ("v21", lambda r: edit_info(r, chunks_size=None),
