@@ -47,6 +47,11 @@ def checkpoint_files(path, stem):
             if not isinstance(weight_map, dict):
                 raise CheckpointError(f"{path}: not a shard index (no weight_map); pass the checkpoint's folder, its "
                                       f".safetensors.index.json or one of its weight files")
+            # each a file beside the index, as every shard index names them: a downloaded one reads no other file
+            bad = [s for s in weight_map.values() if not isinstance(s, str) or os.path.basename(s) in ("", ".", "..")
+                   or os.path.basename(s) != s]
+            if bad:
+                raise CheckpointError(f"{path}: weight_map names {bad[0]!r}, not a file beside the index")
             shards = sorted(set(weight_map.values()))
             return [os.path.join(os.path.dirname(path), s) for s in shards], read_json(cfg_file)
         shard = re.search(r"-(\d+)-of-(\d+)\.safetensors$", path)

@@ -117,6 +117,16 @@ def test_matches_diffusers_from_official_sharded_and_pth(reference, tmp_path):
     check_equal(load_wan_dit(str(pth), cfg=WanConfig(**TINY)), ref)
 
 
+@pytest.mark.parametrize("shard", [5, ["a.safetensors"], "../other/a.safetensors", "/elsewhere/a.safetensors", ".."])
+def test_a_shard_index_names_files_beside_it(tmp_path, shard):
+    """A downloaded index's weight_map names the shards beside it: another file, or no file name, is named as such."""
+    index = tmp_path / "diffusion_pytorch_model.safetensors.index.json"
+    index.write_text(json.dumps({"weight_map": {"blocks.0.x": "a.safetensors", "blocks.0.y": shard}}))
+    with pytest.raises(CheckpointError) as err:
+        load_wan_dit(str(tmp_path))
+    assert str(err.value) == f"{index}: weight_map names {shard!r}, not a file beside the index"
+
+
 def test_save_wan_dit_is_an_official_checkpoint(reference, tmp_path):
     """save_wan_dit writes what the official loader path reads: the same model back, still equal to diffusers'."""
 
