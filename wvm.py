@@ -290,10 +290,12 @@ def load_wvm(path, dtype=None, device=None, **kw):
         video_cfg = WanConfig(**{k: tuple(v) if k == "patch_size" else v for k, v in json.loads(meta["video_cfg"]).items()})
         value_cfg = ValueConfig(**json.loads(meta["value_cfg"]))
         run = json.loads(meta.get("run", "{}"))
+        if not isinstance(run, dict):
+            raise TypeError(f"run record {run!r}: not a JSON object")
+        with torch.device("meta"):  # the configs' values too: a model that cannot be built is no WVM checkpoint
+            model = WVM(video_cfg, value_cfg, mask=meta.get("mask", "causal"), **kw)
     except Exception as e:
         raise CheckpointError(f"{path}: not a WVM checkpoint ({type(e).__name__}: {e})") from None
-    with torch.device("meta"):
-        model = WVM(video_cfg, value_cfg, mask=meta.get("mask", "causal"), **kw)
     model = load_into(model, path, [path], dtype=dtype, device=device, keep_fp32=FP32_PARAMS if dtype else None)
     model.run = run  # empty for checkpoints saved before runs recorded it
     return model

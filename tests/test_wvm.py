@@ -309,6 +309,29 @@ def test_checkpoint_round_trip(tmp_path):
     assert bf.value.time_projection[1].weight.dtype == torch.float32
 
 
+@pytest.mark.parametrize("key,edit,why", [
+    ("run", lambda v: "[1]", "TypeError: run record [1]: not a JSON object"),
+    ("mask", lambda v: "bogus", "ValueError: mask 'bogus': expected causal or full"),
+    ("value_cfg", lambda v: v.replace('"chunk": 4', '"chunk": "4"'), "TypeError: "),
+])
+def test_a_checkpoint_whose_record_cannot_build_a_model_is_named(tmp_path, key, edit, why):
+    """A downloaded wvm.safetensors whose metadata no model can be built from is a CheckpointError naming the file,
+    not a TypeError from inside the model's constructor."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from checkpoint import CheckpointError
+    path = tmp_path / "wvm.safetensors"
+    save_wvm(tiny(), str(path))
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+    assert key in meta and edit(meta[key]) != meta[key]
+    save_file(load_file(str(path)), str(path), metadata={**meta, key: edit(meta[key])})
+    with pytest.raises(CheckpointError) as err:
+        load_wvm(str(path))
+    assert str(err.value).startswith(f"{path}: not a WVM checkpoint ({why}")
+
+
 def test_tiny_wvm_overfits_one_batch():
     torch.manual_seed(0)
     m = WVM(*wvm_configs("tiny")).train()
