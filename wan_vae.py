@@ -554,7 +554,10 @@ def load_wan_vae(path, dtype=None, device=None, cfg=None):
         names.update(TensorFile(f).shapes)
     if cfg is None and len(files) == 1 and files[0].endswith(".safetensors"):  # written by save_wan_vae
         saved = read_metadata(files[0]).get("wan_vae_config")
-        cfg = WanVAEConfig(**json.loads(saved)) if saved else None
+        try:
+            cfg = WanVAEConfig(**json.loads(saved)) if saved else None
+        except (ValueError, TypeError) as e:  # another tool's metadata, or a damaged one
+            raise CheckpointError(f"{files[0]}: unreadable wan_vae_config metadata ({type(e).__name__}: {e})") from None
     config = config if _is_vae_config(config) else None  # e.g. the DiT's config.json next to Wan2.2_VAE.pth
     n_res = cfg.num_res_blocks if cfg else (config or {}).get("num_res_blocks") or _count_res_blocks(names)
     rename = lambda k: vae_key(k, n_res)  # noqa: E731

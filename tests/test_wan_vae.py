@@ -343,6 +343,19 @@ def test_missing_latent_statistics_are_said(tmp_path, capsys):
     assert capsys.readouterr().err == ""
 
 
+@pytest.mark.parametrize("saved,why", [("{", "JSONDecodeError: Expecting property name"),
+                                       ('{"z_dim": 48, "bogus": 1}', "TypeError: ")])
+def test_damaged_vae_config_metadata_is_named(tmp_path, saved, why):
+    """A .safetensors VAE whose wan_vae_config metadata no config can be read from is a CheckpointError naming the
+    file (eval.py and train.py say it in one line), not a JSONDecodeError or TypeError from inside."""
+    vae = WanVAE(VAE_CONFIGS["tiny"])
+    path = tmp_path / "vae.safetensors"
+    save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, str(path), metadata={"wan_vae_config": saved})
+    with pytest.raises(CheckpointError) as err:
+        load_wan_vae(str(path))
+    assert str(err.value).startswith(f"{path}: unreadable wan_vae_config metadata ({why}")
+
+
 def test_training_path_gradients_match_diffusers(reference, tiny):
     """reconstruct (encode -> decode through the inference code, with its in-place ops) gives the same loss and the
     same gradient for every parameter as diffusers' AutoencoderKLWan, trained the usual way (mean of the posterior,
