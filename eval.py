@@ -487,6 +487,9 @@ def load_annotated(path, fps, camera=None, min_frames=4, state=None):
         except (ValueError, TypeError) as e:
             problems.append(f"episode {ep.id}: {where}{e}")
             continue
+        # a null field is one not given: a null task is the episode's instruction (not one task "None" that ranks
+        # every such episode together), a null embodiment its dataset
+        a = {k: v for k, v in a.items() if v is not None}
         index = resample(ep.T, ep.fps, fps)
         if len(index) < min_frames:
             problems.append(f"episode {ep.id}: {len(index)} frames at {fps:g} fps, fewer than one window of "

@@ -998,3 +998,27 @@ def test_a_bench_whose_every_video_fails_to_decode_stops(bench_setup, tmp_path):
     with pytest.raises(SystemExit) as e:
         wvm_eval.main(["--bench", "expert", "--data", str(ds), "--ckpt", str(bench_setup / "run")])
     assert str(e.value) == f"{ds}: no trajectory could be scored (2 skipped)"
+
+
+def test_a_null_task_or_embodiment_is_one_not_given(bench_setup, tmp_path):
+    """An annotation's task or embodiment may be null (the check lets it through): such an episode is ranked with
+    its instruction's task and grouped under its dataset, not under one task "None" (which ranked episodes of
+    different tasks against each other, and crashed sorting beside named tasks)."""
+    import json
+    import shutil
+
+    import eval as wvm_eval
+    ds = tmp_path / "ds"
+    shutil.copytree(bench_setup / "ds", ds)
+    anns = [{"episode": 0, "kind": "expert", "task": None, "embodiment": None},
+            {"episode": 1, "kind": "expert", "task": None},
+            {"episode": 2, "kind": "failure", "task": None, "achieved": 0.2},
+            {"episode": 3, "kind": "failure", "task": "lift", "achieved": 0.5},
+            {"episode": 4, "kind": "expert", "task": "push"}]
+    (ds / "annotations.jsonl").write_text("".join(json.dumps(a) + "\n" for a in anns))
+    items, problems = wvm_eval.load_annotated(str(ds), 2.0)
+    results, _ = wvm_eval.score_items(items, [TimeScorer()])
+    assert problems == [] and [(r["task"], r["embodiment"]) for r in results] == [
+        ("push the block", "ds"), ("lift the block", "ds"), ("push the block", "ds"), ("lift", "ds"), ("push", "ds")]
+    rows = wvm_eval.bench_rows("ranking", results, "task")
+    assert [r["task"] for r in rows] == ["lift", "lift the block", "push", "push the block", "average"]
