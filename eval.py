@@ -924,6 +924,16 @@ def write_overlay(episode, progress, path, chunk=32):
 
 # ----------------------------------------------------------------------------------------------
 
+def device_here(name):
+    """Whether `name` is a torch device this machine has (a CUDA GPU must be there; other kinds torch checks on use):
+    a typo, or cuda on a machine without one, failed deep inside torch after the model was read."""
+    try:
+        d = torch.device(name)
+    except RuntimeError:
+        return False
+    return d.type != "cuda" or (d.index or 0) < torch.cuda.device_count()
+
+
 def parse_args(argv):
     """The command line, every option checked here, before anything is loaded."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -983,6 +993,8 @@ def parse_args(argv):
               (0 < a.delta_max < math.inf, f"--delta_max {a.delta_max}: must be positive"),
               (math.isfinite(a.kappa), f"--kappa {a.kappa}: must be finite"),
               (a.seed >= 0, f"--seed {a.seed}: must not be negative"),
+              (device_here(a.device), f"--device {a.device}: no such device here ({torch.cuda.device_count()} CUDA "
+               f"GPUs); pass --device cpu"),
               (not (a.bench and a.score), "give --bench or --score, not both"),
               (a.bench or a.score, "give --bench suboptimal|expert|ranking|all (with --data) or --score DATASET"),
               (not a.score or a.ckpt, "--score needs --ckpt"),

@@ -569,6 +569,8 @@ def test_bad_runs_and_datasets_give_one_line(bench_setup, tmp_path):
     (["--json", os.path.dirname(__file__)], f"--json {os.path.dirname(__file__)}: must name a file in an existing "
                                             f"folder"),
     (["--plots", __file__], f"--plots {__file__}: a file, not a folder"),
+    (["--device", "cudda"], "--device cudda: no such device here"),
+    (["--device", "cuda:99"], "--device cuda:99: no such device here"),
 ])
 def test_every_option_is_checked_at_start(argv, msg, capsys):
     import eval as wvm_eval
