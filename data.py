@@ -543,8 +543,11 @@ def fingerprint(episodes):
 
 def read_text(path):
     """A text file's content (episodes.jsonl, a manifest, annotations.jsonl); bytes that are not UTF-8 are a
-    DataError naming the file, the line and the column."""
-    raw = Path(path).read_bytes()
+    DataError naming the file, the line and the column; so is a file that cannot be read (a folder, no permission)."""
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as e:
+        raise DataError(f"{path}: cannot be read ({e.strerror or e})") from None
     try:
         return raw.decode()
     except UnicodeDecodeError as e:

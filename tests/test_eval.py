@@ -1024,3 +1024,17 @@ def test_a_null_task_or_embodiment_is_one_not_given(bench_setup, tmp_path):
         ("push the block", "ds"), ("lift the block", "ds"), ("push the block", "ds"), ("lift", "ds"), ("push", "ds")]
     rows = wvm_eval.bench_rows("ranking", results, "task")
     assert [r["task"] for r in rows] == ["lift", "lift the block", "push", "push the block", "average"]
+
+
+def test_an_annotations_file_that_cannot_be_read_is_named(bench_setup, tmp_path):
+    """annotations.jsonl that is a folder (or unreadable) stops with one line naming it, not an IsADirectoryError."""
+    import shutil
+
+    import eval as wvm_eval
+    ds = tmp_path / "ds"
+    shutil.copytree(bench_setup / "ds", ds)
+    (ds / "annotations.jsonl").unlink()
+    (ds / "annotations.jsonl").mkdir()
+    with pytest.raises(SystemExit) as e:
+        wvm_eval.main(["--bench", "expert", "--data", str(ds)])
+    assert str(e.value).startswith(f"{ds / 'annotations.jsonl'}: cannot be read (")
