@@ -934,6 +934,14 @@ def device_here(name):
     return d.type != "cuda" or (d.index or 0) < torch.cuda.device_count()
 
 
+def can_be_folder(d):
+    """Whether folder d is one or can be made: the nearest of it and its parents that exists is a folder."""
+    d = os.path.abspath(d)
+    while not os.path.lexists(d):
+        d = os.path.dirname(d)
+    return os.path.isdir(d)
+
+
 def parse_args(argv):
     """The command line, every option checked here, before anything is loaded."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -1003,7 +1011,8 @@ def parse_args(argv):
               # where results go is checked before any work: a wrong path must not cost the scoring
               (not a.json or (not os.path.isdir(a.json) and os.path.isdir(os.path.dirname(os.path.abspath(a.json)))),
                f"--json {a.json}: must name a file in an existing folder"),
-              *((not os.path.exists(d) or os.path.isdir(d), f"{flag} {d}: a file, not a folder")
+              *((can_be_folder(d), f"{flag} {d}: a file, not a folder" if os.path.exists(d) else
+                 f"{flag} {d}: cannot be made, a file lies on its path")
                 for flag, d in (("--plots", a.plots), ("--out", a.out if a.score else None)) if d)]
     bad += [msg for ok, msg in checks if not ok]
     if bad:

@@ -569,6 +569,8 @@ def test_bad_runs_and_datasets_give_one_line(bench_setup, tmp_path):
     (["--json", os.path.dirname(__file__)], f"--json {os.path.dirname(__file__)}: must name a file in an existing "
                                             f"folder"),
     (["--plots", __file__], f"--plots {__file__}: a file, not a folder"),
+    (["--plots", f"{__file__}/plots"], f"--plots {__file__}/plots: cannot be made, a file lies on its path"),
+    (["--plots", f"{__file__}/a/b"], f"--plots {__file__}/a/b: cannot be made, a file lies on its path"),
     (["--device", "cudda"], "--device cudda: no such device here"),
     (["--device", "cuda:99"], "--device cuda:99: no such device here"),
 ])
