@@ -742,6 +742,10 @@ def train(cfg, world, rank, device):
     if cfg.encode_in_loader and device.type != "cpu":
         raise SystemExit(f"encode_in_loader=True: the loader worker encodes on the CPU, not on the {device.type}, "
                          f"where the main process encodes faster; leave it off")
+    if cfg.parallel == "fsdp" and not dist.is_initialized() and "RANK" not in os.environ:
+        # FSDP2's device mesh needs torchrun's process group: without it torch fails deep inside asking for RANK
+        raise SystemExit("parallel=fsdp shards the model over torchrun's processes: launch it with torchrun "
+                         "--nproc_per_node=N train.py ..., or train in one process with parallel=ddp") from None
     accum, rem = divmod(cfg.batch_size, cfg.micro_batch * world)
     if rem or accum == 0:
         raise SystemExit(f"batch_size {cfg.batch_size} is not a multiple of micro_batch {cfg.micro_batch} x "

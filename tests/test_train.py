@@ -891,6 +891,7 @@ def test_bad_inputs_end_with_their_message_only(dataset, tmp_path):
     save_wan_dit(WanDiT(WAN_CONFIGS["tiny"]), tmp_path / "wan")
     save_wan_vae(WanVAE(VAE_CONFIGS["tiny"]), str(tmp_path / "vae.safetensors"))  # no VAE to fit to the data first
     cases = [(dict(wan=str(tmp_path / "nope")), f"{tmp_path / 'nope'}: no such checkpoint file or folder"),
+             (dict(parallel="fsdp"), "parallel=fsdp shards the model over torchrun's processes"),  # no torchrun
              (dict(wan=str(tmp_path / "wan"), size="small", vae=str(tmp_path / "vae.safetensors")), f"{tmp_path / 'wan'}: a Wan DiT of 2 layers, 2 heads x "
               f"32, text_dim 32; the value stream of --size=small has 4 layers, 4 heads x 32, text_dim 32: pass "
               f"--size=tiny"),
@@ -911,7 +912,8 @@ def test_bad_inputs_end_with_their_message_only(dataset, tmp_path):
             train.main(args(dataset, tmp_path / f"run{i}", **kw))
         assert str(e.value).startswith(msg) and e.value.__suppress_context__
         assert not (tmp_path / f"run{i}" / "config.json").exists()  # stopped before the run wrote anything
-    assert not (tmp_path / "run3").exists()  # a missing source: before the run folder was made
+    assert not (tmp_path / "run4").exists()  # a missing source: before the run folder was made
+    assert not (tmp_path / "run1").exists()  # fsdp without torchrun: before any data is read
 
 
 def test_video_stage_writes_a_wan_checkpoint_that_wvm_training_starts_from(dataset, tmp_path):
