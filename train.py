@@ -40,7 +40,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from checkpoint import CheckpointError, read_json, save_json
+from checkpoint import CheckpointError, read_json, read_metadata, save_json
 from data import (ClipDataset, DataError, LatentCache, Source, check_names_some, collate, fingerprint,
                   read_dataset, read_paraphrases)
 from encode_text import TextCache, TextCacheError, encoder_id, pad_text
@@ -398,6 +398,24 @@ def build_vae(cfg, device, dataset):
         clips = [dataset[i]["frames"][:, -(2 * dataset.h + 1):] for i in range(64)]  # without a leading o_0
         vae = random_vae(torch.stack(clips), "tiny", cfg.seed + 1)
     return vae.to(device).eval().requires_grad_(False)
+
+
+def check_prior_vae(wan, vae):
+    """A --wan that a train.py --stage=video run exported (its out_dir/wan) learned the latents of that run's VAE; a
+    run without --vae makes a random one of its own (another with another seed, or other clips to calibrate it on),
+    whose latents the prior never saw."""
+    run_dir = os.path.dirname(os.path.normpath(os.path.abspath(wan)))
+    if os.path.basename(os.path.normpath(wan)) != "wan" or not os.path.isfile(os.path.join(run_dir, "wvm.safetensors")):
+        return
+    try:
+        was = json.loads(read_metadata(os.path.join(run_dir, "wvm.safetensors")).get("run", "{}"))
+        used = (read_json(os.path.join(run_dir, "config.json")) or {}).get("vae")
+    except Exception:  # noqa: BLE001 (a file that does not read is no train.py run's record: nothing to check)
+        return
+    if was.get("stage") == "video" and was.get("vae") and was["vae"] != vae_fingerprint(vae):
+        raise SystemExit(f"--wan={wan}: its video stream learned the latents of its run's VAE ({was['vae']}), and this "
+                         f"run's is another ({vae_fingerprint(vae)}): pass "
+                         f"--vae={used or os.path.join(run_dir, 'vae.safetensors')}")
 
 
 def parallelize(model, cfg, device, world):
@@ -782,6 +800,8 @@ def train(cfg, world, rank, device):
     text_cache.check_fits(texts, video_cfg.text_len, video_cfg.text_dim,
                           f"the Wan DiT {cfg.wan}" if cfg.wan else f"--size={cfg.size}")
     vae = build_vae(cfg, device, dataset)
+    if cfg.wan and not cfg.resume:
+        check_prior_vae(cfg.wan, vae)
     # what scoring must reproduce to feed the model the inputs it was trained on (eval.py checks it)
     run = {"resolution": cfg.resolution, "fps": cfg.fps, "vae": vae_fingerprint(vae),
            "text_encoder": encoder_id(text_cache.encoder), "stage": cfg.stage}

@@ -939,7 +939,12 @@ def test_video_stage_writes_a_wan_checkpoint_that_wvm_training_starts_from(datas
     # the value stream got no gradient: it is still the seed's fresh one (the video stage builds with the same seed)
     assert all(torch.equal(a, b) for a, b in zip(train.unwrap(prior).value.state_dict().values(),
                                                   fresh.value.state_dict().values()))
-    cfg = train.configure(args(dataset, tmp_path / "wvm", wan=str(wan), max_steps=1))
+    # the prior learned its run's random VAE's latents (fitted to clips without rewinding): a run making a VAE of its
+    # own is refused, and given that VAE it trains
+    with pytest.raises(SystemExit, match=f"learned the latents of its run's VAE .*: pass --vae={tmp_path / 'prior'}/"):
+        train_here(dataset, tmp_path / "own", wan=str(wan), max_steps=1)
+    cfg = train.configure(args(dataset, tmp_path / "wvm", wan=str(wan), max_steps=1,
+                               vae=str(tmp_path / "prior" / "vae.safetensors")))
     model = train.build_model(cfg, torch.device("cpu"))
     assert all(torch.equal(v, model.video.state_dict()[k]) for k, v in video.state_dict().items())
     assert train.train(cfg, 1, 0, torch.device("cpu")) is not None  # and WVM training runs from it
