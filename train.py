@@ -701,8 +701,8 @@ def load_checkpoint(model, opt, cfg, rank, world, device, run):
     # this launch's optimizer settings hold (its --video_lr, --weight_decay, betas), as config.json records them
     was, now = optimizer_settings(state["param_groups"]), optimizer_settings(opt.param_groups)
     if rank == 0 and was != now:
-        print(f"{cfg.out_dir}: resuming at step {state['step']} with this launch's optimizer settings {now[0]} "
-              f"(until now {was[0]})")
+        print(f"{cfg.out_dir}: resuming at step {state['step']} with this launch's optimizer settings {now} "
+              f"(until now {was})")
     before = state.get("schedule", {})  # runs saved before it was recorded: not compared
     moved = [f"{k} {before[k]!r} -> {getattr(cfg, k)!r}" for k in SCHEDULE if k in before and before[k] != getattr(cfg, k)]
     if rank == 0 and moved:  # allowed (a run may go on longer, or on another batch), never unsaid
@@ -717,9 +717,11 @@ def load_checkpoint(model, opt, cfg, rank, world, device, run):
 
 
 def optimizer_settings(groups):
-    """AdamW's settings of each parameter group (betas as a list, as state.json holds them)."""
-    return [{k: list(g[k]) if k == "betas" else g[k] for k in ("betas", "weight_decay", "eps") if k in g}
-            for g in groups]
+    """AdamW's settings (betas as a list, as state.json holds them), the same in every parameter group, and the video
+    stream's share of the learning rate (--video_lr: its group's lr_scale, 1 where one group holds everything)."""
+    g = groups[0]
+    return {k: list(g[k]) if k == "betas" else g[k] for k in ("betas", "weight_decay", "eps") if k in g} | {
+        "video_lr": groups[-1].get("lr_scale", 1.0)}
 
 
 def unwrap(model):

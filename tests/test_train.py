@@ -734,8 +734,8 @@ def test_resume_of_a_run_saved_before_the_model_settings_were_recorded(dataset, 
     model = train_here(dataset, out, max_steps=3, fps=4.0, resume=True, weight_decay=0.1)
     assert model is not None
     assert (f"{out}: resuming at step 2 with this launch's optimizer settings {{'betas': [0.9, 0.95], "
-            f"'weight_decay': 0.1, 'eps': 1e-08}} (until now {{'betas': [0.9, 0.95], 'weight_decay': 0.0, "
-            f"'eps': 1e-08}})") in capsys.readouterr().out
+            f"'weight_decay': 0.1, 'eps': 1e-08, 'video_lr': 1.0}} (until now {{'betas': [0.9, 0.95], 'weight_decay': "
+            f"0.0, 'eps': 1e-08, 'video_lr': 1.0}})") in capsys.readouterr().out
     assert json.loads((out / "config.json").read_text())["weight_decay"] == 0.1
 
 
@@ -978,7 +978,7 @@ def test_a_vae_trained_on_the_data_is_the_runs_frozen_vae(dataset, tmp_path):
         wan_vae.main(["--train", "tiny", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "x.safetensors")])
 
 
-def test_video_lr_scales_the_video_streams_steps_only(dataset, tmp_path, monkeypatch):
+def test_video_lr_scales_the_video_streams_steps_only(dataset, tmp_path, monkeypatch, capsys):
     """--video_lr=0.25: AdamW's step is linear in the learning rate, so from the same start and data the video
     stream moves exactly a quarter as far as with --video_lr=1 and the value stream just as far; a run resumed with
     another --video_lr trains at the launch's, not the saved one."""
@@ -1006,6 +1006,8 @@ def test_video_lr_scales_the_video_streams_steps_only(dataset, tmp_path, monkeyp
     monkeypatch.setattr(torch.optim.AdamW, "step", step)
     train.train(cfg, 1, 0, torch.device("cpu"))
     assert scales == [pytest.approx([1.0, 0.5])] * 2
+    assert "'video_lr': 0.5} (until now {'betas': [0.9, 0.95], 'weight_decay': 0.0, 'eps': 1e-08, 'video_lr': 0.25})" \
+        in capsys.readouterr().out  # said, as the launch's other optimizer settings are
 
 
 def test_a_run_given_the_robots_state_trains_and_scores_with_it(dataset, tmp_path, monkeypatch, capsys):
