@@ -211,8 +211,9 @@ def data_specs(cfg):
             fps = float(rest[1]) if len(rest) > 1 else None
         except ValueError:
             weight = fps = math.nan
-        if not path or len(rest) > 2 or not weight >= 0 or (fps is not None and not fps > 0):
-            raise ValueError(f"data source {spec!r}: expected path[:weight >= 0[:fps > 0]]")
+        # finite: an inf weight made the mixture's shares NaN, an inf fps read the source at its own rate
+        if not path or len(rest) > 2 or not 0 <= weight < math.inf or (fps is not None and not 0 < fps < math.inf):
+            raise ValueError(f"data source {spec!r}: expected path[:weight >= 0[:fps > 0]], finite")
         specs.append((path, weight, fps))
     return specs
 

@@ -523,6 +523,8 @@ def test_fsdp_sigterm_then_resume_repeats_the_uninterrupted_run(dataset, tmp_pat
     (["--text_dropout=1.5"], "text_dropout=1.5: a probability"),
     (["--resolution=48"], "resolution=48: must be a positive multiple of 32"),
     (["--data=a:heavy"], "data source 'a:heavy'"),
+    (["--data=a:inf,b"], "data source 'a:inf': expected path[:weight >= 0[:fps > 0]], finite"),
+    (["--data=a:1:inf"], "data source 'a:1:inf'"),
     (["--resume", "--overwrite"], "overwrite=True: contradicts resume=True"),
     (["--state_dropout=0.2"], "state_dropout=0.2: needs state=<column>"),
     (["--state=observation.state", "--stage=video"], "state='observation.state': the value stream reads it"),
