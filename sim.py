@@ -320,6 +320,7 @@ FAILURES = ("stall", "give_up", "drop", "wrong_place", "wrong_target")
 HOLD_PROGRESS_TOL = 0.005  # m: during a pause the object-to-goal distance may change this much
 COAST_PROGRESS_TOL = 0.015  # m: ... and this much when the arm coasts to a stop
 HOLD_OBJECT_TOL = 0.015  # m: and a held object may settle (sway, slip) this much in the gripper
+MAX_OBJECT_STEP = 0.1  # m per step (8 m/s): faster, an object was flung by the solver (braked fingers pressing on it)
 RETRY_STATE_TOL = 0.02  # m: state at n vs the expert's frame m - x (object and hand), retrace and carry
 RETRY_MIN_REGRESS = 0.01  # m: object-to-goal distance must grow at least this much over [m, n]
 PROGRESS_START = 0.02  # m: the object has started moving toward the goal once its distance fell this much
@@ -786,6 +787,10 @@ def failure(env, policy, task, expert, s, rng, hold_range, count, mechanism):
                 ro.move_to(target + ro.rest, float(rng.choice([-1.0, 1.0])))
         if any(ro.success):
             count("failure_redrawn_succeeded")
+            continue
+        obj = np.array([o[4:7] for o in ro.obs[f:]])
+        if np.linalg.norm(np.diff(obj, axis=0), axis=1).max() > MAX_OBJECT_STEP:  # not a failure: a simulator blow-up
+            count("failure_redrawn_unstable")
             continue
         return ro, f
     return None
