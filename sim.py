@@ -1474,6 +1474,8 @@ def parse_args(argv):
         p.error("0 to 30000 seeds per split, at least one worker")
     if args.seeds_test > 10_000:
         p.error("at most 10000 test seeds per task")
+    if args.seeds_heldout > 20_000:  # the held-out seeds start at 60000, the test splits' at 80000
+        p.error("at most 20000 held-out seeds per task")
     return args
 
 

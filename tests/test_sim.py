@@ -385,6 +385,8 @@ def test_corpus(corpus):
     (sim.parse_args, ["--size", "0"], "--size must be positive and even (yuv420p video)"),
     (sim.parse_args, ["--fps", "0"], "--fps must be positive"),
     (sim.parse_args, ["--seeds-train", "-1"], "0 to 30000 seeds per split, at least one worker"),
+    # the held-out splits' seeds would run into the test splits' (80000 on): one env seed in both benches
+    (sim.parse_args, ["--seeds-heldout", "20001"], "at most 20000 held-out seeds per task"),
     (sim.policy_main, ["--size", "-2"], "--size must be positive and even (yuv420p video) and --episodes at least 1"),
 ])
 def test_bad_settings_are_named_at_start(main, argv, msg, tmp_path, capsys):
