@@ -1838,6 +1838,8 @@ def policy_main(argv):
     args = p.parse_args(argv)
     if args.size <= 0 or args.size % 2 or args.episodes < 1:
         p.error("--size must be positive and even (yuv420p video) and --episodes at least 1")
+    if args.episodes > 1000:  # POLICY_SEEDS: 1000 apart, so operator, expert and eval seeds never share an env seed
+        p.error("at most 1000 --episodes (the expert episodes' env seeds would run into the held-out ones)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     seeds = lambda kind, n: [args.seed * 100_000 + POLICY_SEEDS[kind] + i for i in range(n)]  # noqa: E731

@@ -568,3 +568,12 @@ def test_a_failure_never_flings_the_object():
     obj = ep["observation.environment_state"][:, 4:7]
     assert np.linalg.norm(np.diff(obj, axis=0), axis=1).max() < 0.1  # m per step: the hand moves at most 0.01
     assert ep["meta"]["achieved"] > 0.1  # it stopped after pushing the block part of the way
+
+
+def test_policy_data_seed_ranges_never_overlap(tmp_path, monkeypatch, capsys):
+    """1001 expert episodes (seeds from 91000 on) reached 92000, the first held-out initial condition's seed: the policy
+    was then evaluated where it was trained. Too many episodes stop at the start."""
+    monkeypatch.setattr(sim, "write_policy_split", lambda *a, **k: pytest.fail("generated"))
+    with pytest.raises(SystemExit):
+        sim.policy_main(["--episodes", "1001", "--out", str(tmp_path / "out")])
+    assert "at most 1000 --episodes" in capsys.readouterr().err
