@@ -280,6 +280,7 @@ UNSEEN_TASKS = ("assembly-v3", "coffee-push-v3", "disassemble-v3", "door-open-v3
 UNRELIABLE = ("button-press-wall-v3",)  # its scripted expert fails on 1 seed in 8
 TRAIN_TASKS = tuple(t for t in INSTRUCTIONS if t not in UNSEEN_TASKS and t not in UNRELIABLE)
 CAMERAS = ("corner", "corner2", "corner3", "corner4")  # Meta-World's views of the whole table
+VIEWS = CAMERAS + ("topview", "behindGripper", "gripperPOV")  # every camera of every task's model
 
 
 def task_arg(name):
@@ -1411,9 +1412,9 @@ def parse_args(argv):
                    f"seeds per training task in {len(DEMO['cameras'])} views, {DEMO['seeds_heldout']} held-out seed per "
                    "task (flags given explicitly still win)")
     p.add_argument("--size", type=int, default=128, help="square frame size")
-    p.add_argument("--cameras", nargs="+", help=f"views of train and play episodes (default "
+    p.add_argument("--cameras", nargs="+", choices=VIEWS, help=f"views of train and play episodes (default "
                    f"{' '.join(DEFAULT['cameras'])}; --demo: {' '.join(DEMO['cameras'])})")
-    p.add_argument("--heldout-camera", default="corner", help="the held-out splits' view")
+    p.add_argument("--heldout-camera", default="corner", choices=VIEWS, help="the held-out splits' view")
     p.add_argument("--train-fps", type=float, help="the train and play splits' fps: only the frames that training at "
                    "this rate reads are rendered and written (default: --fps; --demo: 2, the rate it trains at)")
     p.add_argument("--fps", type=float, default=10.0, help="video fps (one frame per 12.5 ms control step)")
@@ -1430,8 +1431,8 @@ def parse_args(argv):
     p.add_argument("--seeds-test", type=int, help="new seeds per task in the test splits (test_seen: the training tasks "
                    "without held-out seeds; test_unseen: the unseen tasks and --test-extra-tasks), one episode per kind "
                    f"each (default {DEFAULT['seeds_test']}); written only when --splits names them")
-    p.add_argument("--test-camera", default="corner4", help="the test splits' view (default: the one LeRobot's Meta-World "
-                   "env records)")
+    p.add_argument("--test-camera", default="corner4", choices=VIEWS, help="the test splits' view (default: the one "
+                   "LeRobot's Meta-World env records)")
     p.add_argument("--test-extra-tasks", type=task_arg, nargs="*", default=list(UNRELIABLE), help="tasks of no "
                    "other split in test_unseen (default: those whose expert is unreliable; their failed seeds are left "
                    "out)")

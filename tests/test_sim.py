@@ -397,6 +397,15 @@ def test_bad_settings_are_named_at_start(main, argv, msg, tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("flag", ["--cameras", "--heldout-camera", "--test-camera"])
+def test_an_unknown_camera_stops_at_the_start(flag, tmp_path, capsys):
+    """A misspelt view crashed with mujoco's KeyError in the first job that drew it: --heldout-camera after the
+    training splits had been generated, --test-camera after all the others."""
+    with pytest.raises(SystemExit):
+        sim.parse_args([flag, "top", "--out", str(tmp_path / "out")])
+    assert "invalid choice: 'top'" in capsys.readouterr().err
+
+
 def test_task_options_take_names_with_or_without_the_version(tmp_path, capsys):
     """The README lists tasks as Meta-World's names without -v3; every task option takes both spellings, and a name
     that is neither still stops at the start."""
