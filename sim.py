@@ -1455,6 +1455,8 @@ def parse_args(argv):
         if getattr(args, k) is None and not (k == "seen_tasks" and own_train):
             setattr(args, k, v)
     args.seen_tasks = args.seen_tasks or args.train_tasks
+    for k in ("train_tasks", "unseen_tasks", "seen_tasks", "test_extra_tasks"):  # pick-place pick-place-v3: one task
+        setattr(args, k, list(dict.fromkeys(getattr(args, k))))  # (named twice, its episodes were written twice)
     if set(args.train_tasks) & set(args.unseen_tasks):
         p.error("a task cannot be both a training and an unseen task")
     if set(args.test_extra_tasks) & set(args.train_tasks + args.unseen_tasks):
@@ -1837,6 +1839,7 @@ def policy_main(argv):
     p.add_argument("--codec", default="libx264")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     args = p.parse_args(argv)
+    args.tasks = list(dict.fromkeys(args.tasks))  # a task named twice is one task (its episodes were written twice)
     if args.size <= 0 or args.size % 2 or args.episodes < 1:
         p.error("--size must be positive and even (yuv420p video) and --episodes at least 1")
     if args.episodes > 1000:  # POLICY_SEEDS: 1000 apart, so operator, expert and eval seeds never share an env seed

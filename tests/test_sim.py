@@ -416,6 +416,11 @@ def test_task_options_take_names_with_or_without_the_version(tmp_path, capsys):
     with pytest.raises(SystemExit):
         sim.parse_args(["--train-tasks", "pick-plate", "--out", str(tmp_path / "out")])
     assert "unknown task 'pick-plate'" in capsys.readouterr().err
+    # a task named twice (in both spellings) is one task: each of its seeds was generated and written twice
+    args = sim.parse_args(["--train-tasks", "pick-place", "pick-place-v3", "--unseen-tasks", "door-open", "door-open",
+                           "--out", str(tmp_path / "out")])
+    assert (args.train_tasks, args.seen_tasks, args.unseen_tasks) == (["pick-place-v3"], ["pick-place-v3"],
+                                                                      ["door-open-v3"])
 
 
 def test_a_folder_sim_did_not_write_is_never_replaced(tmp_path):
@@ -586,3 +591,11 @@ def test_policy_data_seed_ranges_never_overlap(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit):
         sim.policy_main(["--episodes", "1001", "--out", str(tmp_path / "out")])
     assert "at most 1000 --episodes" in capsys.readouterr().err
+
+
+def test_policy_data_task_named_twice_is_one_task(tmp_path, monkeypatch):
+    jobs = {}
+    monkeypatch.setattr(sim, "write_policy_split", lambda root, j, *a, **k: jobs.setdefault(root.name, j) and {})
+    sim.policy_main(["--tasks", "hammer", "hammer-v3", "--episodes", "1", "--eval-episodes", "1", "--out",
+                     str(tmp_path / "out")])
+    assert jobs["expert"] == [("hammer-v3", 91_000, "expert")]
