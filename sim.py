@@ -1433,9 +1433,9 @@ def parse_args(argv):
                    f"each (default {DEFAULT['seeds_test']}); written only when --splits names them")
     p.add_argument("--test-camera", default="corner4", choices=VIEWS, help="the test splits' view (default: the one "
                    "LeRobot's Meta-World env records)")
-    p.add_argument("--test-extra-tasks", type=task_arg, nargs="*", default=list(UNRELIABLE), help="tasks of no "
-                   "other split in test_unseen (default: those whose expert is unreliable; their failed seeds are left "
-                   "out)")
+    p.add_argument("--test-extra-tasks", type=task_arg, nargs="*", help="tasks of no other split in test_unseen "
+                   "(default: those whose expert is unreliable and that no other split has; their failed seeds are "
+                   "left out)")
     p.add_argument("--seed", type=int, default=0, help="derives every env seed and random draw")
     p.add_argument("--tail", type=int, default=5, help="frames recorded after the first success")
     p.add_argument("--pause", type=float, nargs=2, default=(0.5, 4.0), metavar=("MIN", "MAX"),
@@ -1455,6 +1455,8 @@ def parse_args(argv):
         if getattr(args, k) is None and not (k == "seen_tasks" and own_train):
             setattr(args, k, v)
     args.seen_tasks = args.seen_tasks or args.train_tasks
+    if args.test_extra_tasks is None:  # the default gives way to --train-tasks, --unseen-tasks that name one of them
+        args.test_extra_tasks = [t for t in UNRELIABLE if t not in args.train_tasks + args.unseen_tasks]
     for k in ("train_tasks", "unseen_tasks", "seen_tasks", "test_extra_tasks"):  # pick-place pick-place-v3: one task
         setattr(args, k, list(dict.fromkeys(getattr(args, k))))  # (named twice, its episodes were written twice)
     if set(args.train_tasks) & set(args.unseen_tasks):

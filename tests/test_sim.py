@@ -421,6 +421,11 @@ def test_task_options_take_names_with_or_without_the_version(tmp_path, capsys):
                            "--out", str(tmp_path / "out")])
     assert (args.train_tasks, args.seen_tasks, args.unseen_tasks) == (["pick-place-v3"], ["pick-place-v3"],
                                                                       ["door-open-v3"])
+    # training on the unreliable task: the test split's extra task (by default that one) is then none, not an error
+    # about --test-extra-tasks, a flag not given
+    args = sim.parse_args(["--train-tasks", "button-press-wall", "--out", str(tmp_path / "out")])
+    assert args.train_tasks == ["button-press-wall-v3"] and args.test_extra_tasks == []
+    assert sim.parse_args(["--out", str(tmp_path / "out")]).test_extra_tasks == list(sim.UNRELIABLE)
 
 
 def test_a_folder_sim_did_not_write_is_never_replaced(tmp_path):
