@@ -192,6 +192,8 @@ def check_config(cfg):
     need(not cfg.encode_in_loader or cfg.num_workers > 0, "encode_in_loader", "needs loader workers (num_workers)")
     need(not cfg.state_dropout or cfg.state, "state_dropout", "needs state=<column>")
     need(not cfg.state or cfg.stage == "value", "state", "the value stream reads it; stage=video trains none")
+    need(not cfg.mismatch or cfg.stage == "value", "mismatch", "pairs a clip with a wrong instruction for the value "
+         "stream to score 0; stage=video would learn the scene from the wrong words")
     need(cfg.value_pred == "v" or cfg.value_head == "flow", "value_pred", "x0 is the flow head's; value_head=flow")
     try:
         data_specs(cfg)
@@ -803,6 +805,9 @@ def train(cfg, world, rank, device):
     text_cache.check_fits(texts, video_cfg.text_len, video_cfg.text_dim,
                           f"the Wan DiT {cfg.wan}" if cfg.wan else f"--size={cfg.size}")
     vae = build_vae(cfg, device, dataset)
+    if vae.cfg.z_dim != video_cfg.in_dim:  # else the first step's patch embedding fails naming no file
+        raise SystemExit(f"--vae={cfg.vae}: {vae.cfg.z_dim} latent channels, and the video stream reads "
+                         f"{video_cfg.in_dim} ({f'--wan={cfg.wan}' if cfg.wan else f'--size={cfg.size}'})") from None
     if cfg.wan and not cfg.resume:
         check_prior_vae(cfg.wan, vae)
     # what scoring must reproduce to feed the model the inputs it was trained on (eval.py checks it)
@@ -961,7 +966,8 @@ def check_data(cfg, dataset, recorded, finished):
     if recorded is None or now == recorded:
         return now
     what = (f"{cfg.out_dir}: the data in --data={cfg.data} ({len(eps)} episodes, fingerprint {now}) "
-            f"are not those the run recorded (fingerprint {recorded}): regenerated or edited since")
+            f"are not those the run recorded (fingerprint {recorded}): regenerated or edited since, or read through "
+            f"another --camera or --state")
     if finished:
         raise SystemExit(f"{what}, so its model was not trained on them. Train a new run on them (another --out_dir, "
                          f"or --overwrite), or point --data at the data it was trained on.")

@@ -1,5 +1,6 @@
 """train.py: config parsing, schedule, DDP / FSDP2 equivalence with one process (torchrun + gloo), exact resume."""
 import json
+from dataclasses import replace
 import math
 import os
 import shutil
@@ -530,6 +531,7 @@ def test_fsdp_sigterm_then_resume_repeats_the_uninterrupted_run(dataset, tmp_pat
     (["--state=observation.state", "--stage=video"], "state='observation.state': the value stream reads it"),
     (["--value_pred=x0", "--value_head=regression"], "value_pred='x0': x0 is the flow head's"),
     (["--value_pred=eps"], "value_pred='eps': expected v | x0"),
+    (["--mismatch=0.2", "--stage=video"], "mismatch=0.2: pairs a clip with a wrong instruction"),
 ])
 def test_every_setting_is_checked_at_start(argv, msg):
     with pytest.raises(SystemExit) as e:
@@ -892,11 +894,15 @@ def test_bad_inputs_end_with_their_message_only(dataset, tmp_path):
     from wan_vae import VAE_CONFIGS, WanVAE, save_wan_vae
     save_wan_dit(WanDiT(WAN_CONFIGS["tiny"]), tmp_path / "wan")
     save_wan_vae(WanVAE(VAE_CONFIGS["tiny"]), str(tmp_path / "vae.safetensors"))  # no VAE to fit to the data first
+    save_wan_vae(WanVAE(replace(VAE_CONFIGS["tiny"], z_dim=16, latents_mean=(0.0,) * 16, latents_std=(1.0,) * 16)),
+                 str(tmp_path / "vae16.safetensors"))  # Wan2.1's latent width
     cases = [(dict(wan=str(tmp_path / "nope")), f"{tmp_path / 'nope'}: no such checkpoint file or folder"),
              (dict(parallel="fsdp"), "parallel=fsdp shards the model over torchrun's processes"),  # no torchrun
              (dict(wan=str(tmp_path / "wan"), size="small", vae=str(tmp_path / "vae.safetensors")), f"{tmp_path / 'wan'}: a Wan DiT of 2 layers, 2 heads x "
               f"32, text_dim 32; the value stream of --size=small has 4 layers, 4 heads x 32, text_dim 32: pass "
               f"--size=tiny"),
+             (dict(vae=str(tmp_path / "vae16.safetensors")), f"--vae={tmp_path / 'vae16.safetensors'}: 16 latent "
+              f"channels, and the video stream reads 48 (--size=tiny)"),
              (dict(data=str(tmp_path)), f"{tmp_path}: not a dataset"),
              (dict(data=f"{dataset / 'ds'},{tmp_path / 'gone'}:2"), f"--data: {tmp_path / 'gone'}: not found"),
              (dict(data=f"{dataset / 'ds'}:0"), "ClipDataset: no source of weight > 0 has usable episodes (ds: "
@@ -914,7 +920,7 @@ def test_bad_inputs_end_with_their_message_only(dataset, tmp_path):
             train.main(args(dataset, tmp_path / f"run{i}", **kw))
         assert str(e.value).startswith(msg) and e.value.__suppress_context__
         assert not (tmp_path / f"run{i}" / "config.json").exists()  # stopped before the run wrote anything
-    assert not (tmp_path / "run4").exists()  # a missing source: before the run folder was made
+    assert not (tmp_path / "run5").exists()  # a missing source: before the run folder was made
     assert not (tmp_path / "run1").exists()  # fsdp without torchrun: before any data is read
 
 
@@ -1088,7 +1094,8 @@ def test_a_run_knows_its_data_from_a_regenerated_dataset_at_the_same_path(datase
         train_here(dataset, out, data=str(ds), max_steps=2, fps=4.0, resume=True)
     # an unfinished run goes on with the new data, told so, and records them
     train_here(dataset, out, data=str(ds), max_steps=3, fps=4.0, resume=True)
-    assert f"(fingerprint {recorded}): regenerated or edited since; the rest of the run trains on them" \
+    assert f"(fingerprint {recorded}): regenerated or edited since, or read through another --camera or --state; the " \
+        f"rest of the run trains on them" \
         in capsys.readouterr().out
     assert json.loads((out / "config.json").read_text())["data_fingerprint"] == fingerprint(read(ds))
     assert max(losses(out)) == 3
