@@ -165,6 +165,18 @@ def check_recipe(run_dir, flags):
                          f"Move or delete it (or pass --runs DIR) to train this recipe.")
 
 
+def finished(run_dir):
+    """Whether train.py finished the run in run_dir: wvm.safetensors is saved at every checkpoint, so an interrupted
+    run (the other recipe's, stopped part way) has one too."""
+    try:
+        state, config = read_json(os.path.join(run_dir, "ckpt", "state.json")), read_json(os.path.join(run_dir,
+                                                                                                      "config.json"))
+    except CheckpointError:
+        return False
+    return (os.path.exists(os.path.join(run_dir, "wvm.safetensors")) and bool(state) and bool(config)
+            and state.get("step", 0) >= config.get("max_steps", float("inf")))
+
+
 def scored(out, model):
     """Whether `out` holds the model's scores as eval.py now gives them: saved after the model, from zero noise."""
     if not os.path.exists(out) or (os.path.exists(model) and os.path.getmtime(out) < os.path.getmtime(model)):
@@ -392,8 +404,7 @@ def main(argv):
         # named by seed as docs/results.md's demo-s1 (policy.py refuses a name scored with another run)
         seed = args.seeds[0]
         wvm = {r if seed == 0 else f"{r}-s{seed}": os.path.join(args.runs, f"{r}-prior-s{seed}") for r in RECIPES}
-        sh(sys.executable, "policy.py", "--wvm", *(f"{r}={d}" for r, d in wvm.items()
-                                                   if os.path.exists(os.path.join(d, "wvm.safetensors"))))
+        sh(sys.executable, "policy.py", "--wvm", *(f"{r}={d}" for r, d in wvm.items() if finished(d)))
 
 
 if __name__ == "__main__":

@@ -231,7 +231,7 @@ def test_a_sigterm_to_the_demo_alone_stops_its_step_and_waits_for_it(tmp_path):
 
 def test_policy_names_the_values_of_another_seed_by_it(tmp_path, monkeypatch):
     """--policy with a first seed other than 0 names its values demo-s1, as docs/results.md does (named demo, policy.py
-    refused them: data/policy/scores/demo was seed 0's)."""
+    refused them: data/policy/scores/demo was seed 0's); the other recipe's run is passed only once it is finished."""
     from collections import defaultdict
     calls = []
     monkeypatch.setattr(demo, "prepare", lambda recipe: None)
@@ -242,9 +242,15 @@ def test_policy_names_the_values_of_another_seed_by_it(tmp_path, monkeypatch):
     monkeypatch.setattr(demo, "sh", lambda *cmd, threads=None: calls.append([str(c) for c in cmd]))
     monkeypatch.setattr(demo.signal, "signal", lambda *a: None)
     monkeypatch.chdir(tmp_path)
+    def saved(name, step, max_steps):  # a run as train.py leaves it at a checkpoint (wvm.safetensors at each one)
+        (tmp_path / "r" / name / "ckpt").mkdir(parents=True)
+        (tmp_path / "r" / name / "wvm.safetensors").touch()
+        (tmp_path / "r" / name / "config.json").write_text(json.dumps({"max_steps": max_steps}))
+        (tmp_path / "r" / name / "ckpt" / "state.json").write_text(json.dumps({"step": step}))
+    # the longer recipe's seed 0 stopped at step 500 of 4000: not its values (they were passed as the longer recipe's)
+    saved("long-prior-s0", 500, 4000)
     for seed in (0, 1):
-        (tmp_path / "r" / f"demo-prior-s{seed}").mkdir(parents=True)
-        (tmp_path / "r" / f"demo-prior-s{seed}" / "wvm.safetensors").touch()
+        saved(f"demo-prior-s{seed}", 2500, 2500)
         demo.main(["--runs", str(tmp_path / "r"), "--seeds", str(seed), "--policy"])
     assert [c[1:] for c in calls] == [["policy.py", "--wvm", f"demo={tmp_path / 'r' / 'demo-prior-s0'}"],
                                       ["policy.py", "--wvm", f"demo-s1={tmp_path / 'r' / 'demo-prior-s1'}"]]
