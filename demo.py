@@ -177,9 +177,11 @@ def finished(run_dir):
             and state.get("step", 0) >= config.get("max_steps", float("inf")))
 
 
-def scored(out, model):
-    """Whether `out` holds the model's scores as eval.py now gives them: saved after the model, from zero noise."""
-    if not os.path.exists(out) or (os.path.exists(model) and os.path.getmtime(out) < os.path.getmtime(model)):
+def scored(out, model, split):
+    """Whether `out` holds the model's scores as eval.py now gives them: saved after the model and after the split it
+    scores (a split deleted and written anew, by a newer sim.py, holds other episodes), from zero noise."""
+    inputs = [p for p in (model, os.path.join(split, "annotations.jsonl")) if os.path.exists(p)]
+    if not os.path.exists(out) or any(os.path.getmtime(out) < os.path.getmtime(p) for p in inputs):
         return False
     return scored_from_default_noise(out)
 
@@ -191,13 +193,13 @@ def evaluate(run_dir, data, splits=SPLITS):
     The splits are scored at the same time, one thread each: a model this small leaves a second thread mostly idle
     (on 2 cores: 64 s for both instead of 120 s one after the other, plots included). Each pass writes its log to
     <split>.log. Scores saved before the model was (a run trained further or over, e.g. with train.py --overwrite,
-    which leaves them) are scored again, never reported as the new model's; so are scores from drawn noise (eval.py
-    before zero noise became its default)."""
+    which leaves them) or before the split was written are scored again, never reported as the new model's or the new
+    split's; so are scores from drawn noise (eval.py before zero noise became its default)."""
     results, todo = {}, []
     model = os.path.join(run_dir, "wvm.safetensors")
     for split in splits:
         out = os.path.join(run_dir, f"{split}.json")
-        if not scored(out, model):
+        if not scored(out, model, os.path.join(data, split)):
             cmd = [sys.executable, "eval.py", "--bench", "all", "--data", os.path.join(data, split), "--ckpt", run_dir,
                    "--json", out, "--plots", os.path.join(run_dir, "plots", split)]
             print("\n$ " + " ".join(cmd) + f"  > {os.path.join(run_dir, split)}.log", flush=True)

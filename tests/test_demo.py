@@ -97,6 +97,39 @@ def test_scores_older_than_the_model_are_scored_again(tmp_path, monkeypatch):
     assert [c[c.index("--json") + 1] for c in started] == [str(drawn)]
 
 
+def test_scores_of_a_split_written_anew_are_scored_again(tmp_path, monkeypatch):
+    """A held-out split deleted and written again (sim.py refuses one of other settings; a newer sim.py writes other
+    episodes) after a finished run scored it is scored again: its old scores were printed as the new split's."""
+    run, data = tmp_path / "run", tmp_path / "data"
+    run.mkdir()
+    trajs = trajectories(0.0)
+    saved = json.dumps({"noise": "zero", "tables": {b: bench_rows(b, trajs) for b in ("suboptimal", "expert",
+                                                                                    "ranking")}, "trajectories": trajs})
+    (run / "wvm.safetensors").touch()
+    os.utime(run / "wvm.safetensors", (1000, 1000))
+    for split in demo.SPLITS:
+        (run / f"{split}.json").write_text(saved)
+        os.utime(run / f"{split}.json", (2000 if split == "heldout_seen" else 4000,) * 2)
+        (data / split).mkdir(parents=True)
+        (data / split / "annotations.jsonl").write_text("{}\n")
+        os.utime(data / split / "annotations.jsonl", (3000, 3000))  # heldout_seen written after it was scored
+    started = []
+
+    class Eval:  # eval.py, as demo.evaluate starts it: writes the --json file
+        def __init__(self, cmd, **kw):
+            started.append(cmd)
+            self.args, self.returncode = cmd, 0
+            with open(cmd[cmd.index("--json") + 1], "w") as f:
+                f.write(saved)
+
+        def wait(self):
+            return 0
+
+    monkeypatch.setattr(demo.subprocess, "Popen", Eval)
+    demo.evaluate(str(run), str(data))
+    assert [c[c.index("--data") + 1] for c in started] == [str(data / "heldout_seen")]
+
+
 def test_failed_step_ends_with_a_message(capfd):
     """A step that fails ends the demo with one message naming the command, not a traceback of demo.py."""
     import sys
