@@ -211,6 +211,10 @@ def evaluate(run_dir, data, splits=SPLITS):
         wait_for(proc)
         log.close()
         if proc.returncode:
+            for other, _ in todo:  # stopped: left running, the other split's pass would race a rerun for its files
+                if other.poll() is None:
+                    other.terminate()
+                    wait_for(other)
             raise SystemExit(f"{' '.join(proc.args)} failed (exit {proc.returncode}); see {log.name}")
     if todo:
         print(f"[{time.time() - start:.0f} s]", flush=True)

@@ -287,3 +287,19 @@ def test_policy_names_the_values_of_another_seed_by_it(tmp_path, monkeypatch):
         demo.main(["--runs", str(tmp_path / "r"), "--seeds", str(seed), "--policy"])
     assert [c[1:] for c in calls] == [["policy.py", "--wvm", f"demo={tmp_path / 'r' / 'demo-prior-s0'}"],
                                       ["policy.py", "--wvm", f"demo-s1={tmp_path / 'r' / 'demo-prior-s1'}"]]
+
+
+def test_a_failed_scoring_pass_stops_the_other_splits(tmp_path, monkeypatch):
+    """When one split's eval.py fails, the other's, running beside it, is stopped before demo.py ends: left running,
+    it wrote its scores (and its log) while a rerun of the demo scored the same split again into the same files."""
+    launched, real = [], demo.launch
+
+    def launch(cmd, **kw):  # eval.py stand-ins: heldout_seen fails at once, heldout_unseen would take 60 s
+        failing = "heldout_seen" in cmd[cmd.index("--json") + 1]
+        code = "import sys; sys.exit(2)" if failing else "import time; time.sleep(60)"
+        launched.append(real([sys.executable, "-c", code], **kw))
+        return launched[-1]
+    monkeypatch.setattr(demo, "launch", launch)
+    with pytest.raises(SystemExit, match="failed \\(exit 2\\)"):
+        demo.evaluate(str(tmp_path), "data/metaworld")
+    assert len(launched) == 2 and all(p.poll() is not None for p in launched) and not demo.CHILDREN
