@@ -18,6 +18,7 @@ command of this repository, printed before it runs; an interrupted run continues
 """
 import argparse
 import dataclasses
+import hashlib
 import json
 import os
 import signal
@@ -28,7 +29,7 @@ import time
 import numpy as np
 
 import sim  # light: MuJoCo is imported only to render
-from checkpoint import CheckpointError, read_json
+from checkpoint import CheckpointError, read_json, save_json
 from eval import bench_rows, read_results, scored_from_default_noise
 from train import TrainConfig
 
@@ -177,6 +178,29 @@ def finished(run_dir):
             and state.get("step", 0) >= config.get("max_steps", float("inf")))
 
 
+def check_prior(run_dir, wan):
+    """A run folder trained from another prior (its folder deleted and trained anew, as check_recipe asks of one of
+    other settings) is not resumed as if trained from this one: the prior's id is recorded when the run starts."""
+    if not os.path.isdir(wan):  # train.py names it
+        return
+    h = hashlib.sha256()
+    for name in sorted(os.listdir(wan)):
+        with open(os.path.join(wan, name), "rb") as f:
+            h.update(f.read())
+    prior, marker = h.hexdigest()[:16], os.path.join(run_dir, "prior.json")
+    if not os.path.exists(os.path.join(run_dir, "ckpt", "state.json")):  # it starts now, from this prior
+        os.makedirs(run_dir, exist_ok=True)
+        save_json({"wan": prior}, marker)
+        return
+    try:
+        saved = read_json(marker)  # None: a run started before demo.py recorded its prior
+    except CheckpointError as e:
+        raise SystemExit(f"demo.py: {e}; move or delete {run_dir} (or pass --runs DIR)") from None
+    if saved is not None and saved.get("wan") != prior:
+        raise SystemExit(f"demo.py: {run_dir} was trained from another prior than {wan} holds now (trained anew "
+                         f"since). Move or delete it (or pass --runs DIR) to train this recipe.")
+
+
 def scored(out, model, split):
     """Whether `out` holds the model's scores as eval.py now gives them: saved after the model and after the split it
     scores (a split deleted and written anew, by a newer sim.py, holds other episodes), from zero noise."""
@@ -241,6 +265,8 @@ def run(recipe, runs, name, overrides, seed):
                           "data": os.path.join(data, "train") + "," + os.path.join(data, "play")})
         flags["wan"] = os.path.join(prior_dir, "wan")
     run_dir = os.path.join(runs, f"{recipe}-{name}-s{seed}")
+    if use_prior:
+        check_prior(run_dir, flags["wan"])
     train(run_dir, flags)
     return run_dir
 

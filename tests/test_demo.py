@@ -303,3 +303,43 @@ def test_a_failed_scoring_pass_stops_the_other_splits(tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match="failed \\(exit 2\\)"):
         demo.evaluate(str(tmp_path), "data/metaworld")
     assert len(launched) == 2 and all(p.poll() is not None for p in launched) and not demo.CHILDREN
+
+
+def test_a_run_of_a_prior_trained_anew_is_not_resumed(tmp_path, monkeypatch):
+    """The prior's folder deleted and trained anew (check_recipe asks that of a prior of other settings): the WVM run
+    trained from the old prior stops the demo (a finished one was resumed, train.py returning at once, and its scores
+    reported as this recipe's); one that never saved a checkpoint starts anew from the new prior; a run started
+    before demo.py recorded its prior is resumed as before."""
+    import shutil
+    calls, prior = [], ["a prior of 500 steps"]
+
+    def sh(*cmd, threads=None):  # train.py as the demo sees it: a finished run, the prior's exported wan
+        cmd = [str(c) for c in cmd]
+        cfg = train.configure(cmd[cmd.index("train.py") + 1:])
+        calls.append((os.path.basename(cfg.out_dir), cfg.resume))
+        if not cfg.resume:
+            os.makedirs(os.path.join(cfg.out_dir, "ckpt"))
+            (tmp_path / cfg.out_dir / "ckpt" / "state.json").write_text(json.dumps({"step": cfg.max_steps}))
+            if cfg.stage == "video":
+                os.makedirs(os.path.join(cfg.out_dir, "wan"))
+                (tmp_path / cfg.out_dir / "wan" / "diffusion_pytorch_model.safetensors").write_text(prior[0])
+    monkeypatch.setattr(demo, "sh", sh)
+    demo.run("demo", str(tmp_path), "prior", {}, 0)
+    demo.run("demo", str(tmp_path), "prior", {}, 0)  # both finished: resumed (train.py says so)
+    assert calls == [("demo-video-s0", False), ("demo-prior-s0", False), ("demo-video-s0", True),
+                     ("demo-prior-s0", True)]
+    shutil.rmtree(tmp_path / "demo-video-s0")
+    prior[0] = "a prior of 1000 steps"
+    with pytest.raises(SystemExit, match="demo-prior-s0 was trained from another prior than .*demo-video-s0/wan holds"):
+        demo.run("demo", str(tmp_path), "prior", {}, 0)
+    os.remove(tmp_path / "demo-prior-s0" / "prior.json")  # recorded by no earlier demo.py: resumed
+    calls.clear()
+    demo.run("demo", str(tmp_path), "prior", {}, 0)
+    assert calls == [("demo-video-s0", True), ("demo-prior-s0", True)]
+    shutil.rmtree(tmp_path / "demo-prior-s0" / "ckpt")  # never saved a checkpoint: starts now, from this prior
+    shutil.rmtree(tmp_path / "demo-video-s0")
+    prior[0] = "a prior of 2000 steps"
+    calls.clear()
+    demo.run("demo", str(tmp_path), "prior", {}, 0)
+    assert calls == [("demo-video-s0", False), ("demo-prior-s0", False)]
+    demo.run("demo", str(tmp_path), "prior", {}, 0)
