@@ -332,11 +332,13 @@ def main():
                    help="no umT5 weights: a random DIM-wide encoder over the instructions' words (demos, tests)")
     p.add_argument("--text_len", type=int, default=TEXT_LEN, help="tokens per instruction (the DiT's text_len)")
     p.add_argument("--out", required=True, help="cache folder (safetensors shards)")
-    p.add_argument("--lerobot", nargs="*", default=[], help="LeRobot dataset roots")
-    p.add_argument("--egodex", nargs="*", default=[], help="EgoDex roots")
-    p.add_argument("--manifest", nargs="*", default=[], help="JSONL manifests")
-    p.add_argument("--texts", nargs="*", default=[], help="text files, one instruction per line")
-    p.add_argument("--paraphrases", nargs="*", default=[],
+    # extend: a flag given twice adds to the first (add_command writes one per dataset; a second --lerobot replaced
+    # the first, so the command a missing text names encoded the last dataset's instructions alone)
+    p.add_argument("--lerobot", nargs="*", action="extend", default=[], help="LeRobot dataset roots")
+    p.add_argument("--egodex", nargs="*", action="extend", default=[], help="EgoDex roots")
+    p.add_argument("--manifest", nargs="*", action="extend", default=[], help="JSONL manifests")
+    p.add_argument("--texts", nargs="*", action="extend", default=[], help="text files, one instruction per line")
+    p.add_argument("--paraphrases", nargs="*", action="extend", default=[],
                    help="JSON files {instruction: [other wordings]} (train.py --paraphrases) or {instruction: another} "
                         "(eval.py --instructions): every text in them")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

@@ -891,6 +891,26 @@ def test_encode_text_reads_the_instructions_of_a_dataset_without_its_first_camer
         encode_text.main()
 
 
+def test_the_command_a_missing_text_names_encodes_every_dataset_of_a_mixture(tmp_path, monkeypatch):
+    """train.py --data=A,B names `--lerobot A --lerobot B`: both datasets' instructions are encoded (the second flag
+    replaced the first, and the command, run as told, left A's missing)."""
+    frames = np.zeros((4, 16, 16, 3), np.uint8)
+    for name, task in (("A", "open the drawer"), ("B", "close the drawer")):
+        sim.write_lerobot(tmp_path / name, [{"frames": frames, "task": task}], 10, codec="libx264")
+    (tmp_path / "t.txt").write_text("pick up the cube\n")
+    monkeypatch.setattr(sys, "argv", ["encode_text.py", "--tiny_random", "8", "--text_len", "8", "--texts",
+                                      str(tmp_path / "t.txt"), "--out", str(tmp_path / "cache")])
+    encode_text.main()
+    with pytest.raises(encode_text.MissingText) as e:
+        encode_text.TextCache(tmp_path / "cache").require(["open the drawer", "close the drawer"],
+                                                          [tmp_path / "A", tmp_path / "B"])
+    command = str(e.value).split("add them with: python ")[1]
+    assert f"--lerobot {tmp_path / 'A'} --lerobot {tmp_path / 'B'}" in command
+    monkeypatch.setattr(sys, "argv", command.split())
+    encode_text.main()
+    encode_text.TextCache(tmp_path / "cache").require(["open the drawer", "close the drawer", "pick up the cube"], [])
+
+
 def test_encode_text_names_a_texts_file_that_is_not_utf8(tmp_path, monkeypatch):
     (tmp_path / "t.txt").write_bytes(b"open the drawer\ncaf\xe9 au lait\n")  # Latin-1
     monkeypatch.setattr(sys, "argv", ["encode_text.py", "--tiny_random", "8", "--text_len", "8", "--texts",
