@@ -77,7 +77,7 @@ class TrainConfig:
     # model
     stage: str = "value"                # value: WVM; video: the video stream alone (the world-model prior), saved
                                         # as an official Wan2.2 DiT folder out_dir/wan that --wan loads
-    size: str = "tiny"                  # tiny | small | mid | full (wvm_configs; full is the paper's model)
+    size: str = "tiny"                  # tiny | small | base | mid | full (wvm_configs; full is the paper's model)
     value_head: str = "flow"            # flow | regression | hlgauss
     value_pred: str = "v"               # the flow head's output: v (the paper's) or x0 (value_dit.ValueDiT)
     mask: str = "causal"
