@@ -395,6 +395,14 @@ def test_a_row_of_other_data_is_not_reused(tmp_path, monkeypatch):
         policy.main(args)
     assert str(e.value).startswith(f"{tmp_path / 'out' / 'rows' / 'operator-bc-none-s0.json'}: a result of other "
                                    f"settings (data_sha256 differ)")
+    # a row saved before rows recorded their data cannot be checked: the whole rows folder is named, once
+    f = tmp_path / "out" / "rows" / "expert-bc-none-s0.json"
+    row = json.loads(f.read_text())
+    del row["settings"]["data_sha256"]
+    f.write_text(json.dumps(row))
+    with pytest.raises(SystemExit, match=f"{f}: a row saved before rows recorded the data they were trained on; "
+                                         f"delete {tmp_path / 'out' / 'rows'} to run the rows again"):
+        policy.main(args)
 
 
 def test_a_scoring_speed_is_reported_for_its_own_values_only(tmp_path, monkeypatch, capsys):
