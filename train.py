@@ -900,14 +900,14 @@ def train(cfg, world, rank, device):
         now = time.perf_counter()
         dt, t_last = now - t_last, now
         if master and (step % cfg.log_every == 0 or step == cfg.max_steps):
+            mfu = flops / dt / peak  # NaN on a GPU peak_flops does not know
             rec = {"step": step, "loss": sums[0].item(), "loss_value": sums[1].item(), "loss_video": sums[2].item(),
-                   "lr": lr, "grad_norm": grad_norm.item(), "samples_per_s": cfg.batch_size / dt,
-                   "mfu": flops / dt / peak}
-            if bad:  # strict JSON: a skipped step's NaN loss and norm are null, which any reader parses
-                rec = {k: v if math.isfinite(v) else None for k, v in rec.items()} | {"skipped": True}
+                   "lr": lr, "grad_norm": grad_norm.item(), "samples_per_s": cfg.batch_size / dt, "mfu": mfu}
+            # strict JSON: a skipped step's NaN loss and norm, an unknown GPU's MFU, are null, which any reader parses
+            rec = {k: v if math.isfinite(v) else None for k, v in rec.items()} | ({"skipped": True} if bad else {})
             log_file.write(json.dumps(rec, allow_nan=False) + "\n")
             log_file.flush()
-            bar.set_postfix(loss=f"{sums[0].item():.4f}", value=f"{sums[1].item():.4f}", mfu=f"{rec['mfu']:.1%}")
+            bar.set_postfix(loss=f"{sums[0].item():.4f}", value=f"{sums[1].item():.4f}", mfu=f"{mfu:.1%}")
         bar.update(1)
         stop_now = torch.tensor(float(stop["now"]), device=device)
         if world > 1:  # every process must agree before saving

@@ -311,6 +311,16 @@ def test_a_checkpoint_save_is_not_counted_in_the_next_steps_speed(dataset, tmp_p
     assert speed[3] > 4 / 100  # 4 samples in far less than 100 s; with the save counted, under 4 / 1000
 
 
+def test_a_gpu_without_a_known_peak_logs_its_mfu_as_null(dataset, tmp_path, monkeypatch):
+    """peak_flops is NaN on a GPU missing from its table (an L40, an RTX card): the run trains and logs MFU null."""
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "NVIDIA L40")
+    assert math.isnan(train.peak_flops(torch.device("cuda")))
+    monkeypatch.setattr(train, "peak_flops", lambda device: float("nan"))
+    train.main(args(dataset, tmp_path / "run", max_steps=2))
+    recs = [json.loads(line) for line in open(tmp_path / "run" / "log.jsonl")]
+    assert [r["mfu"] for r in recs] == [None, None] and all(r["samples_per_s"] > 0 for r in recs)
+
+
 def test_dropped_instructions_get_the_empty_context():
     class Cache:  # features [len(text), 3] filled with len(text)
         def get(self, text):
