@@ -479,13 +479,15 @@ def train_flops_per_sample(model, n_tokens_per_frame, context_frames=1):
     return 3 * 2 * macs
 
 
-def peak_flops(device):
-    """Peak dense bf16 FLOP/s of known GPUs; on CPU the fp32 matmul rate measured here (so MFU is relative)."""
+def peak_flops(device, dtype=torch.bfloat16):
+    """Peak dense FLOP/s of known GPUs in the run's dtype (bf16 tensor cores; fp32 without TF32, which torch leaves
+    off); on CPU the fp32 matmul rate measured here (so MFU is relative)."""
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
-        for key, flops in (("H200", 989e12), ("H100", 989e12), ("A100", 312e12), ("L40S", 362e12), ("A10", 125e12)):
+        for key, bf16, fp32 in (("H200", 989e12, 67e12), ("H100", 989e12, 67e12), ("A100", 312e12, 19.5e12),
+                                ("L40S", 362e12, 91.6e12), ("A10", 125e12, 31.2e12)):
             if key in name:
-                return flops
+                return fp32 if dtype == torch.float32 else bf16
         return float("nan")
     a = torch.randn(1024, 1024)
     a @ a
@@ -856,7 +858,7 @@ def train(cfg, world, rank, device):
 
     tokens_per_frame = (cfg.resolution // 32) ** 2
     flops = train_flops_per_sample(unwrap(model), tokens_per_frame, 2 if cfg.first_frame else 1) * cfg.batch_size
-    peak = peak_flops(device) * world
+    peak = peak_flops(device, dtype) * world
     if master and start:
         trim_log(os.path.join(cfg.out_dir, "log.jsonl"), start)
     log_file = open(os.path.join(cfg.out_dir, "log.jsonl"), "a") if master else None

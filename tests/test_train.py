@@ -315,10 +315,18 @@ def test_a_gpu_without_a_known_peak_logs_its_mfu_as_null(dataset, tmp_path, monk
     """peak_flops is NaN on a GPU missing from its table (an L40, an RTX card): the run trains and logs MFU null."""
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "NVIDIA L40")
     assert math.isnan(train.peak_flops(torch.device("cuda")))
-    monkeypatch.setattr(train, "peak_flops", lambda device: float("nan"))
+    monkeypatch.setattr(train, "peak_flops", lambda *a: float("nan"))
     train.main(args(dataset, tmp_path / "run", max_steps=2))
     recs = [json.loads(line) for line in open(tmp_path / "run" / "log.jsonl")]
     assert [r["mfu"] for r in recs] == [None, None] and all(r["samples_per_s"] > 0 for r in recs)
+
+
+def test_the_mfu_peak_is_that_of_the_runs_dtype(monkeypatch):
+    """--dtype fp32 on a GPU: MFU against the fp32 peak, not the bf16 tensor cores' (15x more on an H100)."""
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "NVIDIA H100 80GB HBM3")
+    gpu = torch.device("cuda")
+    assert train.peak_flops(gpu) == train.peak_flops(gpu, torch.bfloat16) == 989e12
+    assert train.peak_flops(gpu, torch.float32) == 67e12
 
 
 def test_dropped_instructions_get_the_empty_context():
