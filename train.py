@@ -484,7 +484,9 @@ def peak_flops(device, dtype=torch.bfloat16):
     off); on CPU the fp32 matmul rate measured here (so MFU is relative)."""
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
-        for key, bf16, fp32 in (("H200", 989e12, 67e12), ("H100", 989e12, 67e12), ("A100", 312e12, 19.5e12),
+        # the PCIe and NVL cards first: their names contain H100 / H200 too, and they run slower than the SXM ones
+        for key, bf16, fp32 in (("H100 PCIe", 756e12, 51e12), ("H100 NVL", 835e12, 60e12), ("H200 NVL", 835e12, 60e12),
+                                ("H200", 989e12, 67e12), ("H100", 989e12, 67e12), ("A100", 312e12, 19.5e12),
                                 ("L40S", 362e12, 91.6e12), ("A10", 125e12, 31.2e12)):
             if key in name:
                 return fp32 if dtype == torch.float32 else bf16

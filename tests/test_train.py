@@ -329,6 +329,14 @@ def test_the_mfu_peak_is_that_of_the_runs_dtype(monkeypatch):
     assert train.peak_flops(gpu, torch.float32) == 67e12
 
 
+def test_an_h100_pcie_gets_its_own_peak(monkeypatch):
+    """The PCIe H100 (756 TFLOP/s dense bf16) and the NVL cards (835) are not the SXM ones (989)."""
+    for name, peak in (("NVIDIA H100 PCIe", 756e12), ("NVIDIA H100 NVL", 835e12), ("NVIDIA H200 NVL", 835e12),
+                       ("NVIDIA H100 80GB HBM3", 989e12), ("NVIDIA H200", 989e12)):
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a, name=name: name)
+        assert train.peak_flops(torch.device("cuda")) == peak, name
+
+
 def test_dropped_instructions_get_the_empty_context():
     class Cache:  # features [len(text), 3] filled with len(text)
         def get(self, text):
