@@ -849,6 +849,11 @@ def train(cfg, world, rank, device):
         vae_id = vae_fingerprint(vae) + (f"-by{LOADER_GROUP}" if cfg.encode_in_loader else "")
         latent_cache = dataset.latent_cache = LatentCache(cfg.latent_cache, vae_id)
 
+    tokens_per_frame = (cfg.resolution // 32) ** 2
+    flops = train_flops_per_sample(unwrap(model), tokens_per_frame, 2 if cfg.first_frame else 1) * cfg.batch_size
+    # before the loader starts: its workers, decoding (and encoding) ahead, would take the cores the CPU's rate is
+    # measured on (a third of the idle rate on 2 cores, MFU logged over 100%)
+    peak = peak_flops(device, dtype) * world
     loader = torch.utils.data.DataLoader(
         dataset, batch_sampler=StepBatches(start, cfg.max_steps, accum, cfg.micro_batch, rank, world),
         num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0, worker_init_fn=ignore_sigterm,
@@ -858,9 +863,6 @@ def train(cfg, world, rank, device):
     stop = {"now": False}
     on_sigterm = signal.signal(signal.SIGTERM, lambda *_: stop.__setitem__("now", True))
 
-    tokens_per_frame = (cfg.resolution // 32) ** 2
-    flops = train_flops_per_sample(unwrap(model), tokens_per_frame, 2 if cfg.first_frame else 1) * cfg.batch_size
-    peak = peak_flops(device, dtype) * world
     if master and start:
         trim_log(os.path.join(cfg.out_dir, "log.jsonl"), start)
     log_file = open(os.path.join(cfg.out_dir, "log.jsonl"), "a") if master else None

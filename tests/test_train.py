@@ -337,6 +337,17 @@ def test_an_h100_pcie_gets_its_own_peak(monkeypatch):
         assert train.peak_flops(torch.device("cuda")) == peak, name
 
 
+def test_the_cpu_peak_is_measured_before_the_loader_workers_start(dataset, tmp_path, monkeypatch):
+    """On CPU the MFU's peak is a matmul rate measured at start; loader workers already decoding and encoding then
+    took the cores (a third of the idle rate on 2, the MFU logged over 100%)."""
+    import multiprocessing
+
+    real, busy = train.peak_flops, []
+    monkeypatch.setattr(train, "peak_flops", lambda *a: busy.append(len(multiprocessing.active_children())) or real(*a))
+    train.main(args(dataset, tmp_path / "run", max_steps=2, num_workers=2, encode_in_loader=True))
+    assert busy == [0]
+
+
 def test_dropped_instructions_get_the_empty_context():
     class Cache:  # features [len(text), 3] filled with len(text)
         def get(self, text):
