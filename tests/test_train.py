@@ -115,7 +115,8 @@ if dist.is_initialized():
     dist.all_gather(out, flat)
 if not dist.is_initialized() or dist.get_rank() == 0:
     torch.save({"ranks": out}, sys.argv[1])
-if dist.is_initialized():
+if dist.is_initialized():  # together: a rank that tore gloo down while the other saved aborted once under load
+    dist.barrier()
     dist.destroy_process_group()
 """
 
