@@ -918,6 +918,8 @@ def write_overlay(episode, progress, path, chunk=32):
     except BaseException:
         with contextlib.suppress(Exception):  # the writer may have closed itself already
             video.abort()
+        with contextlib.suppress(FileNotFoundError):  # a playable but cut-short video, never an episode's overlay
+            os.remove(path + ".tmp.mp4")
         raise
     os.replace(path + ".tmp.mp4", path)
 

@@ -670,6 +670,22 @@ def test_scores_replace_their_own_dataset_s_only(bench_setup, tmp_path, monkeypa
     assert os.listdir(out / "overlay") == ["episode_000000.mp4"]
 
 
+def test_an_overlay_whose_frames_fail_to_decode_leaves_no_file(bench_setup, tmp_path, monkeypatch, capsys):
+    """Scoring reads only the sampled frames, the overlay every frame: one that fails halfway leaves no cut-short
+    video behind (its temporary file was left in overlay/)."""
+    import eval as wvm_eval
+    real = wvm_eval.decode_uint8
+
+    def fails_late(episode, indices, size=None):  # a damaged stretch after frame 32 of episode 1
+        if episode.episode_index == 1 and max(indices) >= 32:
+            raise wvm_eval.VideoError(f"{episode.video}: decoding failed")
+        return real(episode, indices, size)
+    monkeypatch.setattr(wvm_eval, "decode_uint8", fails_late)
+    wvm_eval.export_scores(str(bench_setup / "ds"), Stub(), str(tmp_path), 2.0, overlay=3)
+    assert "skipped the overlay of episode ds/1: " in capsys.readouterr().err
+    assert sorted(os.listdir(tmp_path / "overlay")) == ["episode_000000.mp4", "episode_000002.mp4"]
+
+
 def test_an_fps_other_than_the_training_one_is_said(bench_setup, tmp_path, capsys):
     import eval as wvm_eval
     wvm_eval.main(["--score", str(bench_setup / "ds"), "--out", str(tmp_path / "s"), "--ckpt", str(bench_setup / "run"),
