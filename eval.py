@@ -981,7 +981,7 @@ def parse_args(argv):
     p.add_argument("--json")
     p.add_argument("--plots")
     p.add_argument("--chunk", type=int, default=10, help="action chunk length H for the weights")
-    p.add_argument("--kappa", type=float, default=0.0, help="Filtered BC keeps chunks with Δ > kappa")
+    p.add_argument("--kappa", type=float, default=None, help="Filtered BC keeps chunks with Δ > kappa (default 0)")
     p.add_argument("--keep_top", type=float, default=None, help="keep this top fraction of chunks by Δ (e.g. 0.7)")
     p.add_argument("--tau", type=float, default=None, help="AWR temperature (default 10 for H = 10, 2 for H = 50)")
     p.add_argument("--delta_max", type=float, default=2.0)
@@ -1001,7 +1001,8 @@ def parse_args(argv):
               (a.keep_top is None or 0 < a.keep_top <= 1, f"--keep_top {a.keep_top}: a fraction in (0, 1]"),
               (a.tau is None or 0 < a.tau < math.inf, f"--tau {a.tau}: must be positive"),
               (0 < a.delta_max < math.inf, f"--delta_max {a.delta_max}: must be positive"),
-              (math.isfinite(a.kappa), f"--kappa {a.kappa}: must be finite"),
+              (a.kappa is None or math.isfinite(a.kappa), f"--kappa {a.kappa}: must be finite"),
+              (a.kappa is None or a.keep_top is None, "--kappa or --keep_top, not both: each sets the keep threshold"),
               (a.seed >= 0, f"--seed {a.seed}: must not be negative"),
               (device_here(a.device), f"--device {a.device}: no such device here ({torch.cuda.device_count()} CUDA "
                f"GPUs); pass --device cpu"),
@@ -1048,7 +1049,7 @@ def evaluate(args):
     scorers += [TimeScorer(), ConstantScorer()]
     if args.score:
         tau = args.tau if args.tau is not None else (2.0 if args.chunk >= 50 else 10.0)
-        meta = export_scores(args.score, scorers[0], args.out, fps, args.chunk, args.kappa, args.keep_top, tau,
+        meta = export_scores(args.score, scorers[0], args.out, fps, args.chunk, args.kappa or 0.0, args.keep_top, tau,
                              args.delta_max, args.camera, args.overlay)
         print(json.dumps(meta, indent=1))
         return

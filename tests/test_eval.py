@@ -562,6 +562,7 @@ def test_bad_runs_and_datasets_give_one_line(bench_setup, tmp_path):
     (["--stride", "0"], "--stride 0: must be at least 1"),
     (["--combine", "first", "--stride", "2"], "--combine first needs --stride 1 (got 2); pass --combine mean"),
     (["--keep_top", "1.5"], "--keep_top 1.5: a fraction in (0, 1]"),
+    (["--kappa", "0.05", "--keep_top", "0.7"], "--kappa or --keep_top, not both"),  # --kappa was ignored
     (["--resolution", "48"], "--resolution 48: must be a positive multiple of 32"),
     (["--overlay", "2"], "--overlay goes with --score"),
     (["--score", "x"], "give --bench or --score, not both"),
