@@ -697,8 +697,9 @@ def plot_results(results, items, plots_dir, size=64):
         ax0.imshow(((strip.permute(2, 1, 3, 0).reshape(size, -1, 3) + 1) * 127.5).clamp(0, 255).byte().numpy())
         ax0.axis("off")
         x = np.asarray(r0["index"])
-        if r0["kind"] == "failure":  # no curve is known inside a failure: only what it achieved by its end
-            ax1.plot([r0["T"] - 1], [r0["achieved"]], "k*", markersize=12, label="achieved at the end")
+        if r0["kind"] == "failure":  # no curve is known inside a failure: only what it achieved by its end, if given
+            if not math.isnan(r0["achieved"]):
+                ax1.plot([r0["T"] - 1], [r0["achieved"]], "k*", markersize=12, label="achieved at the end")
         else:
             ax1.plot(np.arange(r0["T"]), gt_curve(r0["kind"], r0["m"], r0["n"], r0["T"]), "k--", label="ground truth")
         for r in rs:
@@ -749,7 +750,7 @@ def plot_summary(results, path):
         ax.plot([0, 1], [0, 1], "k--", lw=1, label="time" if kind == "expert" else None)
         plural = kind[:-1] + "ies" if kind.endswith("y") else kind + "s"
         ax.set(title=f"wvm: {len(rs)} {kind if len(rs) == 1 else plural}", xlabel="t / (T - 1)", ylim=(-0.05, 1.05))
-        if kind == "failure":
+        if kind == "failure" and any(not math.isnan(r["achieved"]) for r in rs):
             ax.plot([], [], "k*", label="achieved at the end")
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7, loc="upper left")

@@ -173,6 +173,30 @@ def test_summary_bars_are_the_benches_averages(tmp_path):
     assert (tmp_path / "summary.png").stat().st_size > 0
 
 
+def test_a_failure_without_achieved_has_no_marker_in_the_legend(bench_setup, tmp_path, monkeypatch):
+    """A failure's plot shows what it achieved as a star, and says so in its legend; one without `achieved` has no
+    star, and its legend named one all the same (the summary's failure panel too)."""
+    import matplotlib.figure
+
+    import eval as wvm_eval
+    from data import read_dataset
+    legends = {}
+
+    def record(fig, path, **kw):
+        legends[os.path.basename(path)] = {t.get_text() for ax in fig.axes if ax.get_legend()
+                                           for t in ax.get_legend().get_texts()}
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", record)
+    eps = read_dataset(bench_setup / "ds")[:2]
+    items = [(wvm_eval.Trajectory(ep, np.arange(ep.T)), {"kind": "failure"}) for ep in eps]
+    results = [{"method": "wvm", "episode": ep.id, "kind": "failure", "task": "t", "mechanism": None, "T": ep.T,
+                "index": list(range(ep.T)), "values": [0.5] * ep.T, "spread": [0.0] * ep.T, "m": None, "n": None,
+                "final": 0.5, "voc": 0.0, "achieved": a} for ep, a in zip(eps, (0.4, float("nan")))]
+    wvm_eval.plot_results(results, items, str(tmp_path))
+    assert "achieved at the end" in legends["ds_0.png"] and "achieved at the end" not in legends["ds_1.png"]
+    wvm_eval.plot_summary(results[1:], str(tmp_path / "summary.png"))
+    assert "achieved at the end" not in legends["summary.png"]
+
+
 def test_ranking_by_mechanism_against_the_tasks_successes():
     """--by mechanism: a failure mechanism's failures are ranked against every success of their task (a group of
     failures alone has no AUROC), while its failure final and VOC stay its own; success groups have no AUROC."""
