@@ -871,6 +871,7 @@ def test_state_oracle_reads_each_frames_state(tmp_path):
     only if each scored frame reads its own state (a shifted or resampled index would not)."""
     import importlib.util
     import json
+    import shutil
     from sim import write_lerobot
     spec = importlib.util.spec_from_file_location("state_oracle", "bench/state_oracle.py")
     oracle = importlib.util.module_from_spec(spec)
@@ -905,6 +906,13 @@ def test_state_oracle_reads_each_frames_state(tmp_path):
     out = oracle.evaluate(str(tmp_path), tasks=2, seeds=[0], steps=500, success=1)
     for split in oracle.SPLITS:
         assert out[split, "state"]["auroc"][0] == 1.0 and out[split, "state"]["hesitation_rmse"][0] > 0.1
+    # --tasks 1: seed 0 draws b, seed 1 draws a; the seen bench's `time` row is scored on each seed's draw, as the
+    # state's is (it was seed 0's alone, so --seeds 0 1 and --seeds 1 0 printed other baselines)
+    shutil.rmtree(tmp_path / "heldout_seen")
+    write("heldout_seen", [*bench("a"), ("b", {"kind": "hesitation", "m": 5, "n": 40}, gt_curve("hesitation", 5, 40, 51))])
+    rows = [oracle.evaluate(str(tmp_path), tasks=1, seeds=s, steps=20)["heldout_seen", "time"] for s in ([0, 1], [1, 0])]
+    assert len(rows[0]["hesitation_rmse"]) == 2 and rows[0]["hesitation_rmse"][0] != rows[0]["hesitation_rmse"][1]
+    assert rows[0]["hesitation_rmse"] == rows[1]["hesitation_rmse"][::-1]
 
 
 def test_a_segment_with_too_few_scored_frames_is_named(bench_setup, tmp_path, capsys):
