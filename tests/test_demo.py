@@ -59,23 +59,18 @@ def test_tables_per_task_and_average(tmp_path):
     assert demo.line(["x"], rows[:1]) == "| x | 0.300 | -0.200 | 0.600 | 0.667 | 0.167 | 0.550 |"
 
 
-def test_scores_older_than_the_model_are_scored_again(tmp_path, monkeypatch):
-    """A run trained again after it was scored (train.py --overwrite leaves the scores) is scored again; scores newer
-    than the model are read back without running eval.py, unless they were scored from drawn noise (eval.py's default
-    before zero noise)."""
-    import os
-    run = tmp_path / "run"
-    run.mkdir()
+def saved_scores():
+    """An eval.py --json file's text, from zero noise."""
     trajs = trajectories(0.0)
-    saved = json.dumps({"noise": "zero", "tables": {b: bench_rows(b, trajs) for b in ("suboptimal", "expert",
-                                                                                    "ranking")}, "trajectories": trajs})
-    for split in demo.SPLITS:
-        (run / f"{split}.json").write_text(saved)
-        os.utime(run / f"{split}.json", (1000, 1000))
-    (run / "wvm.safetensors").write_bytes(b"a model saved after the scores")
+    return json.dumps({"noise": "zero", "tables": {b: bench_rows(b, trajs) for b in ("suboptimal", "expert",
+                                                                                   "ranking")}, "trajectories": trajs})
+
+
+def fake_eval(monkeypatch, saved):
+    """eval.py as demo.evaluate starts it, writing `saved` to its --json file; -> the commands started."""
     started = []
 
-    class Eval:  # eval.py, as demo.evaluate starts it: writes the --json file
+    class Eval:
         def __init__(self, cmd, **kw):
             started.append(cmd)
             self.args, self.returncode = cmd, 0
@@ -86,6 +81,22 @@ def test_scores_older_than_the_model_are_scored_again(tmp_path, monkeypatch):
             return 0
 
     monkeypatch.setattr(demo.subprocess, "Popen", Eval)
+    return started
+
+
+def test_scores_older_than_the_model_are_scored_again(tmp_path, monkeypatch):
+    """A run trained again after it was scored (train.py --overwrite leaves the scores) is scored again; scores newer
+    than the model are read back without running eval.py, unless they were scored from drawn noise (eval.py's default
+    before zero noise)."""
+    import os
+    run = tmp_path / "run"
+    run.mkdir()
+    saved = saved_scores()
+    for split in demo.SPLITS:
+        (run / f"{split}.json").write_text(saved)
+        os.utime(run / f"{split}.json", (1000, 1000))
+    (run / "wvm.safetensors").write_bytes(b"a model saved after the scores")
+    started = fake_eval(monkeypatch, saved)
     demo.evaluate(str(run), "data/metaworld")
     assert sorted(c[c.index("--data") + 1] for c in started) == [f"data/metaworld/{s}" for s in sorted(demo.SPLITS)]
     started.clear()
@@ -102,9 +113,7 @@ def test_scores_of_a_split_written_anew_are_scored_again(tmp_path, monkeypatch):
     episodes) after a finished run scored it is scored again: its old scores were printed as the new split's."""
     run, data = tmp_path / "run", tmp_path / "data"
     run.mkdir()
-    trajs = trajectories(0.0)
-    saved = json.dumps({"noise": "zero", "tables": {b: bench_rows(b, trajs) for b in ("suboptimal", "expert",
-                                                                                    "ranking")}, "trajectories": trajs})
+    saved = saved_scores()
     (run / "wvm.safetensors").touch()
     os.utime(run / "wvm.safetensors", (1000, 1000))
     for split in demo.SPLITS:
@@ -113,19 +122,7 @@ def test_scores_of_a_split_written_anew_are_scored_again(tmp_path, monkeypatch):
         (data / split).mkdir(parents=True)
         (data / split / "annotations.jsonl").write_text("{}\n")
         os.utime(data / split / "annotations.jsonl", (3000, 3000))  # heldout_seen written after it was scored
-    started = []
-
-    class Eval:  # eval.py, as demo.evaluate starts it: writes the --json file
-        def __init__(self, cmd, **kw):
-            started.append(cmd)
-            self.args, self.returncode = cmd, 0
-            with open(cmd[cmd.index("--json") + 1], "w") as f:
-                f.write(saved)
-
-        def wait(self):
-            return 0
-
-    monkeypatch.setattr(demo.subprocess, "Popen", Eval)
+    started = fake_eval(monkeypatch, saved)
     demo.evaluate(str(run), str(data))
     assert [c[c.index("--data") + 1] for c in started] == [str(data / "heldout_seen")]
 
