@@ -292,7 +292,11 @@ def test_loss_ignores_prefix_token_target():
         # at s = 1 the chunk input is pure noise, so the prediction is independent of the chunk targets:
         # loss_value must be the MSE between the output and (noise - targets) over the 4 chunk tokens
         expect = F.mse_loss(out["value_out"], -v_in[:, 1:])
+        # other chunk targets, the same prefix: the same output (the input was pure noise), another loss
+        other = m(dict(base, values=torch.cat([v_in[:, :1], 1 - v_in[:, 1:]], 1)))
     torch.testing.assert_close(out["loss_value"], expect)
+    assert torch.equal(other["value_out"], out["value_out"])
+    torch.testing.assert_close(other["loss_value"], F.mse_loss(out["value_out"], v_in[:, 1:] - 1))
 
 
 def test_checkpoint_round_trip(tmp_path):
