@@ -76,6 +76,11 @@ def test_segment_metrics_on_hand_made_curves():
     index = np.array([0, 2, 4, 6, 8, 10, 13])
     pred = gt_curve("retry", 4, 7, 14)[index]
     assert retry_voc(pred, 4, 7, 14, index) == pytest.approx(1.0)
+    # the segment is in native frames (4 and 6 here), not in positions of the scored ones (8, 10 and 13)
+    assert retry_voc(-index, 4, 7, 14, index) == pytest.approx(1.0)
+    hes = np.array([0, 2, 4, 6, 8, 11])
+    off = gt_curve("hesitation", 3, 7, 12)[hes] + np.where((hes >= 3) & (hes <= 7), 0.1, 0.5)
+    assert hesitation_rmse(off, 3, 7, 12, hes) == pytest.approx(0.1)
     assert np.isnan(retry_voc(pred[:3], 4, 7, 14, index[:3]))  # one scored frame in the segment: undefined
 
 
