@@ -222,6 +222,17 @@ def test_deterministic_heads_predict_through_prefill(head):
                                          torch.zeros(B, 5), ctx)[2:])
     ref = hl_gauss_decode(out) if head == "hlgauss" else out
     torch.testing.assert_close(pred, ref[:, None].expand(B, 2, 4), rtol=1e-5, atol=1e-5)
+    # training reads the same empty chunk tokens, its loss that of Table 4's baselines: MSE to the chunk values, or
+    # the cross-entropy to their HL-Gauss histogram (the flow's noise and time take no part)
+    batch = {"latents": x_in, "context": ctx, "values": v_in, "sigma_video": torch.zeros(B),
+             "noise_video": torch.randn(B, C, 1, H, W), "sigma_value": torch.tensor([0.3, 0.9]),
+             "noise_value": torch.randn(B, 4)}
+    with torch.no_grad():
+        loss = m(batch)["loss_value"]
+    y = v_in[:, 1:]
+    expect = (-(hl_gauss_target(y, 51) * out.log_softmax(-1)).sum(-1).mean() if head == "hlgauss"
+              else ((out - y) ** 2).mean())
+    torch.testing.assert_close(loss, expect, rtol=1e-5, atol=1e-6)
 
 
 def test_flow_head_predicting_x0_trains_on_the_clean_chunk_and_samples_by_its_implied_velocity(tmp_path):
