@@ -438,3 +438,19 @@ def test_a_wan_checkpoint_that_does_not_fit_the_size_is_refused_before_its_weigh
     monkeypatch.setattr(wvm_module, "load_wan_dit", lambda *a, **k: pytest.fail("the weights were read"))
     with pytest.raises(CheckpointError, match=r"2 layers, 2 heads x 32.*--size=small has 4 layers.*pass --size=tiny"):
         wvm_module.wvm_from_wan(str(tmp_path / "wan"), wvm_configs("small")[1], size="small")
+
+
+def test_flow_noise_shifts_the_video_time_by_hand():
+    """Each sample's times come from its own seed: u ~ U(0, 1) shifted as Wan's s' = 5u / (1 + 4u) for the video,
+    then the video noise, then the value's u unshifted (value_shift 1), then the value noise."""
+    m = tiny()
+    got = m.flow_noise(torch.tensor([3, 11]), (C, 2, H, W))
+    for b, seed in enumerate((3, 11)):
+        g = torch.Generator().manual_seed(seed)
+        u = torch.rand(1, generator=g).item()
+        noise = torch.randn(C, 1, H, W, generator=g)
+        v = torch.rand(1, generator=g).item()
+        assert got["sigma_video"][b].item() == pytest.approx(5 * u / (1 + 4 * u), rel=1e-6)
+        assert got["sigma_value"][b].item() == pytest.approx(v, rel=1e-6)
+        assert torch.equal(got["noise_video"][b], noise)
+        assert torch.equal(got["noise_value"][b], torch.randn(4, generator=g))
