@@ -92,6 +92,8 @@ def test_lr_schedule_hand_values():
     assert train.lr_at(500, cfg) == pytest.approx(1e-4)
     mid = 500 + (30000 - 500) // 2
     assert train.lr_at(mid, cfg) == pytest.approx(1e-4 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5))))
+    # a quarter of the way: cosine, 0.1 + 0.45 (1 + cos(pi / 4)) of lr (a linear decay matches at the middle only)
+    assert train.lr_at(500 + 29500 // 4, cfg) == pytest.approx(1e-4 * (0.1 + 0.45 * (1 + 2 ** -0.5)))
     assert train.lr_at(30000, cfg) == pytest.approx(1e-5)
 
 
