@@ -109,6 +109,9 @@ def test_filtered_bc_keeps_positive_advantages():
     keep, threshold = filtered_bc_keep(d, keep_top=0.5)
     assert threshold == pytest.approx(np.quantile(d, 0.5)) and keep.tolist() == [False, False, True, True, True, True,
                                                                                   False, False]
+    # the top quarter: above the 0.75 quantile, 0.3 + 0.25 * (0.5 - 0.3) = 0.35 (at 0.5 the two tails meet)
+    keep, threshold = filtered_bc_keep(d, keep_top=0.25)
+    assert threshold == pytest.approx(0.35) and keep.tolist() == [False] * 4 + [True, True, False, False]
 
 
 def test_window_ends_cover_every_frame():
