@@ -7,8 +7,8 @@ import pytest
 import torch
 from scipy import stats
 
-from eval import (TimeScorer, Trajectory, awr_weight, chunk_delta, filtered_bc_keep, gt_curve, hesitation_rmse,
-                  plot_title, retry_voc, spearman, voc, window_ends)
+from eval import (ConstantScorer, TimeScorer, Trajectory, awr_weight, chunk_delta, filtered_bc_keep, gt_curve,
+                  hesitation_rmse, plot_title, retry_voc, spearman, voc, window_ends)
 
 
 def test_voc_matches_scipy_with_ties_and_constants():
@@ -88,7 +88,9 @@ def test_baselines():
     traj = Trajectory(episode=None, index=np.arange(0, 40, 3))
     v, spread = TimeScorer().score([traj])[0]
     assert voc(v) == pytest.approx(1.0) and spread.max() == 0
-    assert voc(np.full(len(traj.index), 0.5)) == 0.0
+    np.testing.assert_allclose(v, np.arange(14) / 13)  # t / (T - 1) over the 14 scored frames: 0 to 1
+    v, spread = ConstantScorer().score([traj])[0]
+    assert v.tolist() == [0.5] * 14 and spread.max() == 0 and voc(v) == 0.0
 
 
 def test_weights_match_formulas_on_hand_made_curve():
