@@ -326,6 +326,8 @@ def test_clip_ratios_and_value_shapes(lerobot):
     assert abs(rand.mean() - 0.5) < 0.03
     prefix = np.array([p["values"][0] for p in plans])[rand]
     assert abs(prefix.mean() - 0.5) < 0.03 and prefix.min() >= 0 and prefix.max() <= 1
+    # drawn from U[0, 1] (~2000 draws), not only centred on 0.5: its spread, and a quarter below 0.25
+    assert abs(prefix.std() - 12 ** -0.5) < 0.02 and abs((prefix < 0.25).mean() - 0.25) < 0.03
     for p in plans:
         v = p["values9"]
         if p["mode"] == "rising":
