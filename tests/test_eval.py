@@ -869,6 +869,16 @@ def test_window_chain_and_combine_by_hand(combine, monkeypatch):
         # V(2) = 0.5 V(1) + 0.05, ...; frame T - 1 only in the last window
         assert got[0] == pytest.approx(0.03) and got[1] == pytest.approx(0.04) and got[2] == pytest.approx(0.07)
         assert got[-1] == pytest.approx(0.5 * want[T - 1 - h] + 0.01 * (T - 1 + 3))
+    # two samples 0.01 either side of the same values: the same curve, and a spread (their std) of 0.01 everywhere
+
+    class TwoSamples(_IndexModel):
+        def predict_values(self, lat, context, prefix, samples=1, **kw):
+            v = super().predict_values(lat, context, prefix, samples=samples, **kw)
+            return v + 0.01 * torch.tensor([-1.0, 1.0], dtype=v.dtype)[None, :, None]
+    two = ev.WVMScorer(TwoSamples(), torch.nn.Identity(), text, 8, combine=combine, samples=2, noise="draw")
+    values, spread = two.score_decoded([Trajectory(ep, np.arange(T))], [frames], bar)[0]
+    np.testing.assert_allclose(values, got, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(spread, 0.01, rtol=1e-5)
     with pytest.raises(ValueError, match="first with stride 1"):
         ev.WVMScorer(_IndexModel(), torch.nn.Identity(), text, 8, stride=2, combine="first")
     default = [ev.WVMScorer(_IndexModel(), torch.nn.Identity(), text, 8, stride=s).combine for s in (1, 2)]
