@@ -307,6 +307,14 @@ def test_loss_ignores_prefix_token_target():
         other = m(dict(base, values=torch.cat([v_in[:, :1], 1 - v_in[:, 1:]], 1)))
     torch.testing.assert_close(out["loss_value"], expect)
     assert torch.equal(other["value_out"], out["value_out"])
+    # the output is the joint forward's with the prefix token clean (time 0) and the chunk tokens at time 1000
+    with torch.no_grad():
+        fut = torch.tensor([0.7, 0.2])[:, None, None, None, None] * x_in[:, :, 1:]  # (1 - s) x0 at zero noise
+        t_vid = torch.tensor([[0.0, 300.0], [0.0, 800.0]])
+        ref = m.value.chunk_out(*m.joint(torch.cat([x_in[:, :, :1], fut], 2), t_vid,
+                                         torch.cat([v_in[:, :1], torch.zeros(B, 4)], 1),
+                                         torch.tensor([[0.0] + [1000.0] * 4] * B), ctx)[2:])
+    torch.testing.assert_close(out["value_out"], ref, rtol=0, atol=1e-6)  # 1e-3 apart with a noisy prefix time
     torch.testing.assert_close(other["loss_value"], F.mse_loss(out["value_out"], v_in[:, 1:] - 1))
 
 
