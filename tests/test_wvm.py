@@ -287,6 +287,8 @@ def test_hl_gauss_target_is_the_papers_and_decodes():
     assert 0.005 < p[1, 19].item() - mass < 0.03
     # expectation decoding of a sharp distribution returns its centre; of the HL target, y (inside [0.01, 0.99])
     assert abs(hl_gauss_decode(torch.log(p[1] + 1e-12)).item() - 0.38) < 1e-3
+    # between bin centres too (0.38 is one, where the most likely bin's centre would pass as well)
+    assert abs(hl_gauss_decode(torch.log(hl_gauss_target(torch.tensor(0.383), 51) + 1e-12)).item() - 0.383) < 1e-4
     assert hl_gauss_decode(torch.log(p[0] + 1e-12)).item() < 1e-9
 
 
