@@ -455,11 +455,12 @@ def main(argv):
                     saved = json.loads(f.read_text())
                 except ValueError as e:
                     raise SystemExit(f"{f}: unreadable row ({e}); delete it to run the row again") from None
-                if "data_sha256" not in (saved.get("settings") or {"data_sha256": 0}):  # every older row: one message
+                was = saved.get("settings") or {}
+                if was and "data_sha256" not in was:  # every older row: one message
                     raise SystemExit(f"{f}: a row saved before rows recorded the data they were trained on; delete "
                                      f"{out / 'rows'} to run the rows again, or choose another --out")
-                if saved.get("settings") != settings:
-                    differ = [k for k in settings if (saved.get("settings") or {}).get(k) != settings[k]]
+                if was != settings:
+                    differ = [k for k in settings if was.get(k) != settings[k]]
                     raise SystemExit(f"{f}: a result of other settings ({', '.join(differ)} differ); delete that "
                                      f"file to run its row again (the rows of these settings are kept), or choose "
                                      f"another --out")

@@ -403,10 +403,10 @@ def build_vae(cfg, device, dataset):
     return vae.to(device).eval().requires_grad_(False)
 
 
-def check_prior_vae(wan, vae):
+def check_prior_vae(wan, vae_id):
     """A --wan that a train.py --stage=video run exported (its out_dir/wan) learned the latents of that run's VAE; a
     run without --vae makes a random one of its own (another with another seed, or other clips to calibrate it on),
-    whose latents the prior never saw."""
+    whose latents the prior never saw. vae_id: this run's VAE's vae_fingerprint."""
     run_dir = os.path.dirname(os.path.normpath(os.path.abspath(wan)))
     if os.path.basename(os.path.normpath(wan)) != "wan" or not os.path.isfile(os.path.join(run_dir, "wvm.safetensors")):
         return
@@ -415,9 +415,9 @@ def check_prior_vae(wan, vae):
         used = (read_json(os.path.join(run_dir, "config.json")) or {}).get("vae")
     except Exception:  # noqa: BLE001 (a file that does not read is no train.py run's record: nothing to check)
         return
-    if was.get("stage") == "video" and was.get("vae") and was["vae"] != vae_fingerprint(vae):
+    if was.get("stage") == "video" and was.get("vae") and was["vae"] != vae_id:
         raise SystemExit(f"--wan={wan}: its video stream learned the latents of its run's VAE ({was['vae']}), and this "
-                         f"run's is another ({vae_fingerprint(vae)}): pass "
+                         f"run's is another ({vae_id}): pass "
                          f"--vae={used or os.path.join(run_dir, 'vae.safetensors')}")
 
 
@@ -812,10 +812,11 @@ def train(cfg, world, rank, device):
     if vae.cfg.z_dim != video_cfg.in_dim:  # else the first step's patch embedding fails naming no file
         raise SystemExit(f"--vae={cfg.vae}: {vae.cfg.z_dim} latent channels, and the video stream reads "
                          f"{video_cfg.in_dim} ({f'--wan={cfg.wan}' if cfg.wan else f'--size={cfg.size}'})") from None
+    vae_id = vae_fingerprint(vae)
     if cfg.wan and not cfg.resume:
-        check_prior_vae(cfg.wan, vae)
+        check_prior_vae(cfg.wan, vae_id)
     # what scoring must reproduce to feed the model the inputs it was trained on (eval.py checks it)
-    run = {"resolution": cfg.resolution, "fps": cfg.fps, "vae": vae_fingerprint(vae),
+    run = {"resolution": cfg.resolution, "fps": cfg.fps, "vae": vae_id,
            "text_encoder": encoder_id(text_cache.encoder), "stage": cfg.stage}
     run |= {k: getattr(cfg, k) for k in MODEL_SETTINGS}  # what the weights mean: a resume cannot change it
     if cfg.first_frame:  # recorded only when on, so that runs saved before the option resume as they were
@@ -846,8 +847,8 @@ def train(cfg, world, rank, device):
     latent_cache = None
     if cfg.latent_cache:
         # latents encoded in the loader's groups (encode_grouped) round otherwise than the main process's: own folder
-        vae_id = vae_fingerprint(vae) + (f"-by{LOADER_GROUP}" if cfg.encode_in_loader else "")
-        latent_cache = dataset.latent_cache = LatentCache(cfg.latent_cache, vae_id)
+        latent_cache = dataset.latent_cache = LatentCache(
+            cfg.latent_cache, vae_id + (f"-by{LOADER_GROUP}" if cfg.encode_in_loader else ""))
 
     tokens_per_frame = (cfg.resolution // 32) ** 2
     flops = train_flops_per_sample(unwrap(model), tokens_per_frame, 2 if cfg.first_frame else 1) * cfg.batch_size
