@@ -244,12 +244,13 @@ class WVMScorer:
     name = "wvm"
 
     def __init__(self, model, vae, text_cache, size, stride=1, samples=1, steps=1, batch=16, device="cpu", seed=0,
-                 trained=None, combine=None, rotate=False, noise=NOISE, ckpt="the model"):
+                 trained=None, combine=None, rotate=False, noise=NOISE, ckpt="the model", guidance=None):
         """noise: "zero" starts each window's flow from the noise's mean (one value per window, whatever the seed;
         not in the paper, which draws it), "draw" from a draw of a trajectory's own generator, seeded by (seed,
         episode id), so its values do not depend on which trajectories share its batch. trained: the run's record of
         its training (resolution, fps, source_fps, ...; load_scorer). rotate: turn every frame by 180 degrees first (a
-        camera mounted the other way up)."""
+        camera mounted the other way up). guidance: classifier-free guidance's weight w on the instruction (None: the
+        instruction alone; WVM.predict_values)."""
         self.model, self.vae, self.text_cache = model.eval(), vae.eval(), text_cache
         self.size, self.stride, self.samples, self.steps, self.batch = size, stride, samples, steps, batch
         self.device, self.seed, self.h, self.trained = torch.device(device), seed, model.chunk, trained or {}
@@ -261,7 +262,7 @@ class WVMScorer:
             raise ValueError(f"combine {combine!r} with stride {stride}: expected mean, or first with stride 1")
         if noise not in ("zero", "draw") or (noise == "zero" and samples > 1):
             raise ValueError(f"noise {noise!r} with {samples} samples: expected draw, or zero with one sample")
-        self.combine, self.rotate, self.noise, self.ckpt = combine, rotate, noise, ckpt
+        self.combine, self.rotate, self.noise, self.ckpt, self.guidance = combine, rotate, noise, ckpt, guidance
 
     @torch.no_grad()
     def score(self, trajs, progress=True):
@@ -316,7 +317,7 @@ class WVMScorer:
                 if use_state else {}
             vals = self.model.predict_values(lat.float(), context.to(self.device), torch.tensor(prefix), steps=self.steps,
                                              samples=self.samples, generator=[gens[i] for i in live],
-                                             zero_noise=self.noise == "zero", **st).cpu().numpy()
+                                             zero_noise=self.noise == "zero", guidance=self.guidance, **st).cpu().numpy()
             bad = np.flatnonzero(~np.isfinite(vals).reshape(len(live), -1).all(1))
             if len(bad):  # NaN would rank as a rising curve and pass np.clip into the weights
                 raise CheckpointError(f"{self.ckpt}: its values are not finite (NaN or inf) on "
@@ -357,6 +358,9 @@ def load_scorer(args):
         raise SystemExit(f"{path}: records no training resolution (an older checkpoint); pass --resolution")
     if args.fps is None and not trained.get("fps"):
         raise SystemExit(f"{path}: records no training fps (an older checkpoint); pass --fps")
+    if args.guidance is not None and not (trained.get("text_dropout") or run.get("text_dropout")):
+        raise SystemExit(f"--guidance {args.guidance:g}: {path} was trained without the empty instruction "
+                         f"(train.py --text_dropout), which guidance reads beside the given one")
     if args.stride > model.chunk:
         raise SystemExit(f"--stride {args.stride}: at most the value chunk h = {model.chunk}, so every prefix frame "
                          f"is scored before it is used")
@@ -376,7 +380,7 @@ def load_scorer(args):
                          f"with (id {trained['text_encoder']})")
     return WVMScorer(model, vae, text, size, stride=args.stride, samples=args.samples, steps=args.steps,
                      batch=args.batch, device=args.device, seed=args.seed, trained=trained, combine=args.combine,
-                     rotate=args.rotate, noise=args.noise, ckpt=path)
+                     rotate=args.rotate, noise=args.noise, ckpt=path, guidance=args.guidance)
 
 
 def state_column(scorer, path):
@@ -973,6 +977,9 @@ def parse_args(argv):
                    "(docs/experiments.md, \"Scoring from zero noise\")")
     p.add_argument("--samples", type=int, default=1, help="noise samples per window (their spread; with --noise draw)")
     p.add_argument("--steps", type=int, default=1, help="Euler steps")
+    p.add_argument("--guidance", type=float, metavar="W", help="classifier-free guidance: u + W (c - u), c the value "
+                   "given the instruction, u given the empty one; for a model trained with train.py --text_dropout "
+                   "(not in the paper; docs/results.md)")
     p.add_argument("--batch", type=int, default=16, help="trajectories scored together")
     p.add_argument("--by", default="embodiment", choices=["embodiment", "task", "mechanism", "kind"],
                    help="a row per group of trajectories (ranking: a group of failures alone, e.g. one failure mechanism, "
@@ -1089,7 +1096,8 @@ def evaluate(args):
     if args.json:  # whole or not at all
         with open(args.json + ".tmp", "w") as f:
             json.dump(nan_to_null({"data": args.data, "fps": fps, "instructions": args.instructions,
-                                   "noise": args.noise, "skipped": problems, "tables": tables, "trajectories": results}),
+                                   "noise": args.noise, "guidance": args.guidance, "skipped": problems,
+                                   "tables": tables, "trajectories": results}),
                       f, indent=1, allow_nan=False)
         os.replace(args.json + ".tmp", args.json)
 

@@ -821,6 +821,8 @@ def train(cfg, world, rank, device):
     run |= {k: getattr(cfg, k) for k in MODEL_SETTINGS}  # what the weights mean: a resume cannot change it
     if cfg.first_frame:  # recorded only when on, so that runs saved before the option resume as they were
         run["first_frame"] = True
+    if cfg.text_dropout:  # eval.py --guidance reads the empty instruction the model then learned
+        run["text_dropout"] = cfg.text_dropout
     stats = state_stats(dataset) if cfg.state else None
     if cfg.state:  # so is the state: its column and width, and how often training went without it
         run |= {"state": cfg.state, "state_dim": len(stats[0]), "state_dropout": cfg.state_dropout}

@@ -195,7 +195,7 @@ class WVM(nn.Module):
 
     @torch.no_grad()
     def predict_values(self, current_latents, context, prefix_value, steps=1, samples=1, generator=None, state=None,
-                       start_state=None, zero_noise=False):
+                       start_state=None, zero_noise=False, guidance=None):
         """Value chunk [B, samples, h] for clean current latents [B, C, 1, H, W] (led by o_0's: [B, C, 2, H, W]) and
         prefix values [B]; with the robot's state [B, 1+h, d] at the prefix and current frames and start_state [B, d]
         at frame 0 for a model that reads it (None: the video alone).
@@ -205,6 +205,9 @@ class WVM(nn.Module):
         row), so that a row's noise does not depend on which other rows share its batch. zero_noise (not in the
         paper): the flow starts from the noise distribution's mean, 0, instead of a draw, so that a window has one
         value, the same for any seed (eval.py's default; docs/experiments.md, "Scoring from zero noise").
+        guidance w (not in the paper; classifier-free guidance, Ho & Salimans 2022): the value stream's output is
+        u + w (c - u), c given the instruction and u given the empty one (all-zero features, as train.py's
+        --text_dropout trains it), both streams run for each; None is c alone, as w = 1 is.
         """
         B = current_latents.shape[0]
         if current_latents.dim() != 5 or current_latents.shape[2] not in (1, 2):
@@ -217,18 +220,32 @@ class WVM(nn.Module):
             raise ValueError(f"batch {B}: {len(generator)} generators, one per row needed")
         with low_precision_autocast(self.video, current_latents.device.type):
             S, h, dev = samples, self.chunk, current_latents.device
+            gens = [g for g in (generator if isinstance(generator, (list, tuple)) else [generator]) if g is not None]
+            before = [g.get_state() for g in gens]
             cache = self.prefill(current_latents, context, generator, zero_noise)
             ctx = context.repeat_interleave(S, 0)
+            if guidance is not None:  # the empty instruction's pass sees the same future noise (full mask)
+                for g, state_g in zip(gens, before):
+                    g.set_state(state_g)
+                empty = torch.zeros_like(context)
+                cache_u, ctx_u = self.prefill(current_latents, empty, generator, zero_noise), empty.repeat_interleave(S, 0)
             prefix = prefix_value.float().to(dev).repeat_interleave(S, 0)[:, None]
             st = (None if state is None else
                   self.value.state_input(state.to(dev), start_state.to(dev)).repeat_interleave(S, 0))
 
-            def run(chunk_in, s):  # the value stream alone, its chunk tokens at flow time s
+            def stream(chunk_in, s, ctx, cache):  # the value stream alone, its chunk tokens at flow time s
                 z, e, e0, ctxu = self.value.embed(torch.cat([prefix, chunk_in], 1), torch.cat(
                     [torch.zeros_like(prefix), torch.full_like(chunk_in, 1000.0 * s)], 1), ctx, self.video.cfg.text_len, st)
                 for ub, (k, v) in zip(self.value.blocks, cache):
                     z = ub.finish(z, attend_cached(*ub.qkv(z, e0, None), k, v), e0, ctxu)
                 return self.value.chunk_out(z, e)
+
+            def run(chunk_in, s):
+                c = stream(chunk_in, s, ctx, cache)
+                if guidance is None:
+                    return c
+                u = stream(chunk_in, s, ctx_u, cache_u)
+                return u + guidance * (c - u)
 
             noise = lambda: (torch.zeros(B * S, h, device=dev) if zero_noise  # noqa: E731
                              else randn_rows((B, S * h), generator, dev).view(B * S, h))

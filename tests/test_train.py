@@ -1139,3 +1139,28 @@ def test_a_run_knows_its_data_from_a_regenerated_dataset_at_the_same_path(datase
         in capsys.readouterr().out
     assert json.loads((out / "config.json").read_text())["data_fingerprint"] == fingerprint(read(ds))
     assert max(losses(out)) == 3
+
+
+def test_guidance_scores_a_run_trained_with_the_empty_instruction_and_refuses_one_trained_without(dataset, trained,
+                                                                                                   tmp_path):
+    """eval.py --guidance w reads the value given the empty instruction, which only a run trained with
+    --text_dropout has learned: such a run records it in its model file and is scored with u + w (c - u); any other
+    is refused by name, not scored from an input it never saw."""
+    import eval as wvm_eval
+    from data import read_dataset, resample
+    from wvm import load_wvm
+    argv = ["--bench", "expert", "--data", "x", "--guidance", "2"]
+    with pytest.raises(SystemExit, match=r"--guidance 2: .*wvm.safetensors was trained without the empty instruction"):
+        wvm_eval.load_scorer(wvm_eval.parse_args(argv + ["--ckpt", str(trained)]))
+    out = tmp_path / "run"
+    train_here(dataset, out, max_steps=1, text_dropout=0.5)
+    (out / "config.json").unlink()  # the model file's own record suffices
+    assert load_wvm(str(out / "wvm.safetensors")).run["text_dropout"] == 0.5
+    scorer = wvm_eval.load_scorer(wvm_eval.parse_args(argv + ["--ckpt", str(out), "--text_cache",
+                                                              str(dataset / "text"), "--vae", str(out / "vae.safetensors")]))
+    ep = read_dataset(dataset / "ds")[1]
+    traj = wvm_eval.Trajectory(ep, resample(ep.T, ep.fps, 2.0))
+    guided = scorer.score([traj], progress=False)[0][0]
+    scorer.guidance = None
+    plain = scorer.score([traj], progress=False)[0][0]
+    assert not np.allclose(guided, plain, rtol=0, atol=1e-6)
