@@ -510,7 +510,7 @@ def peak_flops(device, dtype=torch.bfloat16):
 
 MODEL_SETTINGS = ("value_head", "value_pred", "mask")  # in a run's record since 2026-12-05
 SCHEDULE = ("batch_size", "seed", "max_steps", "warmup", "lr", "min_lr_ratio")  # what data and LR a step gets
-RUN_FILES = ("ckpt", "wvm.safetensors", "wan", "vae.safetensors", "config.json", "log.jsonl")
+RUN_FILES = ("ckpt", "ckpt.tmp", "ckpt.old", "wvm.safetensors", "wan", "vae.safetensors", "config.json", "log.jsonl")
 HELD = {}  # run folder -> this process's lock on it: a later train() here (tests, notebooks) takes over a failed one's
 
 
@@ -536,7 +536,12 @@ def open_run(cfg):
     lock.write(f"train.py (pid {os.getpid()} on {socket.gethostname()})\n")
     lock.flush()
     HELD[os.path.realpath(cfg.out_dir)] = lock
-    recover_checkpoint(cfg.out_dir)
+    try:  # train.py's own config.json records its out_dir: the other files are then that run's
+        ours = "out_dir" in (read_json(os.path.join(cfg.out_dir, "config.json")) or {})
+    except CheckpointError:
+        ours = False
+    if ours:  # elsewhere a ckpt.tmp or ckpt.old is someone else's, never deleted or renamed unasked
+        recover_checkpoint(cfg.out_dir)
     saved = [f for f in ("ckpt", "wvm.safetensors") if os.path.exists(os.path.join(cfg.out_dir, f))]
     refusal = (f"--resume: no checkpoint in {cfg.out_dir}" if cfg.resume and "ckpt" not in saved else
                f"{cfg.out_dir} already holds a run ({' and '.join(saved)}): continue it with --resume, choose another "
@@ -550,10 +555,6 @@ def open_run(cfg):
                                for q in (os.path.realpath(os.path.join(cfg.out_dir, f)) for f in present))
         used = [f"--{k}={p}" for k in ("vae", "wan", "text_cache", "paraphrases", "latent_cache")
                 if (p := getattr(cfg, k)) and inside(p)]
-        try:  # train.py's own config.json records its out_dir: the other files are then that run's
-            ours = "out_dir" in (read_json(os.path.join(cfg.out_dir, "config.json")) or {})
-        except CheckpointError:
-            ours = False
         refusal = (f"{cfg.out_dir}: a new run clears {', '.join(present)} there, and {', '.join(used)} lies among "
                    f"them: move it or choose another --out_dir" if used else
                    f"{cfg.out_dir} holds {', '.join(present)}, which no train.py run left there: choose another "

@@ -705,6 +705,16 @@ def test_a_new_run_deletes_only_what_a_run_left(dataset, trained, tmp_path):
     assert str(e.value) == (f"{mine}: a new run clears vae.safetensors there, and --vae={mine / 'vae.safetensors'} "
                             f"lies among them: move it or choose another --out_dir")
     assert digest(mine / "vae.safetensors") == before
+    # a checkpoint-like folder no run left there (a backup named ckpt.old) was deleted before anything was asked
+    os.remove(mine / "vae.safetensors")
+    (mine / "ckpt.old").mkdir()
+    (mine / "ckpt.old" / "state.json").write_text("{}")
+    for kw in ({}, {"resume": True}):
+        with pytest.raises(SystemExit) as e:
+            train_here(dataset, mine, max_steps=1, **kw)
+        assert str(e.value) == (f"{mine} holds ckpt.old, which no train.py run left there: choose another --out_dir, "
+                                f"or pass --overwrite to delete them" if not kw else f"--resume: no checkpoint in {mine}")
+        assert (mine / "ckpt.old" / "state.json").read_text() == "{}" and not (mine / "ckpt").exists()
 
 
 def test_an_edited_config_json_is_named(dataset, trained, tmp_path):
