@@ -225,10 +225,11 @@ NOISE = "zero"  # where scoring starts each window's flow by default (docs/exper
 
 
 def scored_from_default_noise(path):
-    """Whether a results file (--json's, or --score's values.json) was scored from the default noise; files from
-    before it record none, and demo.py and policy.py score those again."""
+    """Whether a results file (--json's, or --score's values.json) was scored from the default noise, without
+    guidance; files from before it record none, and demo.py and policy.py score those again."""
     with open(path) as f:
-        return json.load(f).get("noise") == NOISE
+        saved = json.load(f)
+    return saved.get("noise") == NOISE and saved.get("guidance") is None
 
 
 class WVMScorer:
@@ -853,7 +854,8 @@ def export_scores(path, scorer, out_dir, fps, H=10, kappa=0.0, keep_top=None, ta
     meta = {"dataset": os.path.abspath(path), "scorer": scorer.name, "benchmark_fps": fps, "chunk_length": H,
             "kappa": threshold, "keep_top": keep_top, "tau": tau, "delta_max": delta_max,
             "kept_fraction": float(cols["keep"].mean()), "frames": int(len(cols["keep"])),
-            "skipped_episodes": skipped, "noise": getattr(scorer, "noise", None), "sha256": digests}
+            "skipped_episodes": skipped, "noise": getattr(scorer, "noise", None),
+            "guidance": getattr(scorer, "guidance", None), "sha256": digests}
     with open(os.path.join(out_dir, "values.json.tmp"), "w") as f:
         json.dump(meta, f, indent=1)
     for name in (*tables, "values.json"):

@@ -87,7 +87,7 @@ def fake_eval(monkeypatch, saved):
 def test_scores_older_than_the_model_are_scored_again(tmp_path, monkeypatch):
     """A run trained again after it was scored (train.py --overwrite leaves the scores) is scored again; scores newer
     than the model are read back without running eval.py, unless they were scored from drawn noise (eval.py's default
-    before zero noise)."""
+    before zero noise) or with guidance."""
     import os
     run = tmp_path / "run"
     run.mkdir()
@@ -105,6 +105,10 @@ def test_scores_older_than_the_model_are_scored_again(tmp_path, monkeypatch):
     drawn = run / f"{demo.SPLITS[0]}.json"
     drawn.write_text(saved.replace('"noise": "zero"', '"noise": "draw"'))
     demo.evaluate(str(run), "data/metaworld")  # newer than the model, but from drawn noise: scored again
+    assert [c[c.index("--json") + 1] for c in started] == [str(drawn)]
+    started.clear()
+    drawn.write_text(saved.replace('"noise": "zero"', '"noise": "zero", "guidance": 1.5'))
+    demo.evaluate(str(run), "data/metaworld")  # scored with eval.py --guidance: not the model's own values
     assert [c[c.index("--json") + 1] for c in started] == [str(drawn)]
 
 
