@@ -117,6 +117,9 @@ if dist.is_initialized():
     dist.all_gather(out, flat)
 if not dist.is_initialized() or dist.get_rank() == 0:
     torch.save({"ranks": out}, sys.argv[1])
+del model, sd  # the FSDP model holds the process group: freed at interpreter exit, gloo's threads may outlive it
+import gc
+gc.collect()
 if dist.is_initialized():  # together: a rank that tore gloo down while the other saved aborted once under load
     dist.barrier()
     dist.destroy_process_group()
