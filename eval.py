@@ -1013,6 +1013,7 @@ def parse_args(argv):
               (0 < a.delta_max < math.inf, f"--delta_max {a.delta_max}: must be positive"),
               (a.kappa is None or math.isfinite(a.kappa), f"--kappa {a.kappa}: must be finite"),
               (a.kappa is None or a.keep_top is None, "--kappa or --keep_top, not both: each sets the keep threshold"),
+              (a.guidance is None or math.isfinite(a.guidance), f"--guidance {a.guidance}: must be finite"),
               (a.seed >= 0, f"--seed {a.seed}: must not be negative"),
               (device_here(a.device), f"--device {a.device}: no such device here ({torch.cuda.device_count()} CUDA "
                f"GPUs); pass --device cpu"),

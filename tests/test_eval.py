@@ -597,6 +597,7 @@ def test_bad_runs_and_datasets_give_one_line(bench_setup, tmp_path):
     (["--combine", "first", "--stride", "2"], "--combine first needs --stride 1 (got 2); pass --combine mean"),
     (["--keep_top", "1.5"], "--keep_top 1.5: a fraction in (0, 1]"),
     (["--kappa", "0.05", "--keep_top", "0.7"], "--kappa or --keep_top, not both"),  # --kappa was ignored
+    (["--guidance", "nan"], "--guidance nan: must be finite"),  # every value NaN, named as diverged weights
     (["--resolution", "48"], "--resolution 48: must be a positive multiple of 32"),
     (["--overlay", "2"], "--overlay goes with --score"),
     (["--score", "x"], "give --bench or --score, not both"),
@@ -814,7 +815,7 @@ class _IndexModel(torch.nn.Module):
     0.5 v + 0.01 (e + j) at slot j, and a stand-in for clip_latents that hands over the window's last frame index."""
     chunk = 4
 
-    def predict_values(self, lat, context, prefix, steps=1, samples=1, generator=None, zero_noise=False):
+    def predict_values(self, lat, context, prefix, steps=1, samples=1, generator=None, zero_noise=False, guidance=None):
         e = lat.double()[:, None]
         return (0.5 * prefix.double()[:, None] + 0.01 * (e + torch.arange(self.chunk)))[:, None].repeat(1, samples, 1)
 
