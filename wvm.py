@@ -220,11 +220,12 @@ class WVM(nn.Module):
             raise ValueError(f"batch {B}: {len(generator)} generators, one per row needed")
         with low_precision_autocast(self.video, current_latents.device.type):
             S, h, dev = samples, self.chunk, current_latents.device
-            gens = [g for g in (generator if isinstance(generator, (list, tuple)) else [generator]) if g is not None]
+            gens = [] if guidance is None else [  # guided: the empty instruction's pass sees the same future noise
+                g for g in (generator if isinstance(generator, (list, tuple)) else [generator]) if g is not None]
             before = [g.get_state() for g in gens]
             cache = self.prefill(current_latents, context, generator, zero_noise)
             ctx = context.repeat_interleave(S, 0)
-            if guidance is not None:  # the empty instruction's pass sees the same future noise (full mask)
+            if guidance is not None:
                 for g, state_g in zip(gens, before):
                     g.set_state(state_g)
                 empty = torch.zeros_like(context)
