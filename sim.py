@@ -16,6 +16,8 @@ Splits (each a LeRobot v3.0 dataset with an `annotations.jsonl` at its root, one
                   video at --fps are rendered and written; --demo: 2 fps, the rate the default run trains at)
   heldout_seen    new seeds of the training tasks: expert, hesitation, retry and failure, one camera (--heldout-camera)
   heldout_unseen  the same for the tasks never used for training (UNSEEN_TASKS)
+                  (--pauses, --undos: draw their pauses and retries from these mechanisms only, e.g. a bench of the
+                  retries that do not run the expert's path backwards: --undos regrasp push --out data/mw_undos)
   test_seen       written only when --splits names it (demo.py --test): new seeds of the training tasks that have no
                   held-out seeds, in LeRobot's view (--test-camera corner4) and Meta-World's wording (LeRobot's task
                   strings), pauses and retries of mechanisms no other split has (TEST_PAUSES, TEST_UNDOS) tried first
@@ -835,7 +837,8 @@ def task_seed(task):
 
 
 def generate(task, seed, kinds=KINDS, size=128, cameras=("corner",), fps=10, tail=5, pause=(0.5, 4.0),
-             undo=(0.5, 3.0), base_seed=0, max_steps=400, jitter=False, out_fps=None, stats=None, test=False):
+             undo=(0.5, 3.0), base_seed=0, max_steps=400, jitter=False, out_fps=None, stats=None, test=False,
+             pauses=PAUSES, undos=UNDOS):
     """The episodes of one task and env seed: a list of dicts with frames {camera: uint8 [T, H, W, 3]},
     observation.state [T, 4], observation.environment_state [T, 39], action [T, 4], task (the instruction) and meta
     (the annotation without its episode index). kinds: expert, hesitation, retry, play. Failed and discarded
@@ -844,7 +847,8 @@ def generate(task, seed, kinds=KINDS, size=128, cameras=("corner",), fps=10, tai
     (expert and play only): keep, and render, only the frames of a video at out_fps, those that training at
     that rate reads of one at fps (data.resample: the first and the last frame, the rest within half a frame of
     the new rate's); the frames of the steps between are simulated, never rendered. test: the test splits' episodes:
-    the instruction in Meta-World's wording (LeRobot's task strings) and TEST_PAUSES, TEST_UNDOS tried first."""
+    the instruction in Meta-World's wording (LeRobot's task strings) and TEST_PAUSES, TEST_UNDOS tried first. pauses,
+    undos: the mechanisms a hesitation or a retry is drawn from (in a random order, the first that succeeds)."""
     instruction = (METAWORLD_WORDING if test else INSTRUCTIONS).get(task)
     if out_fps is not None and not set(kinds) <= {"expert", "play"}:
         raise ValueError(f"sim.py: out_fps is for experts and play only: the annotations of {kinds} count frames "
@@ -893,8 +897,8 @@ def generate(task, seed, kinds=KINDS, size=128, cameras=("corner",), fps=10, tai
                 elif kind in ("hesitation", "retry"):
                     rng = rng_for(1 if kind == "hesitation" else 2)
                     fn, mechanisms, first, x_range = (
-                        (hesitation, PAUSES, TEST_PAUSES, frames_range(pause)) if kind == "hesitation"
-                        else (retry, UNDOS, TEST_UNDOS, frames_range(undo)))
+                        (hesitation, pauses, TEST_PAUSES, frames_range(pause)) if kind == "hesitation"
+                        else (retry, undos, TEST_UNDOS, frames_range(undo)))
                     r = None
                     for mechanism in [*(rng.permutation(first) if test else ()), *rng.permutation(mechanisms)]:
                         r = fn(env, policy, task, expert, s, rng, x_range, tail, count, str(mechanism))
@@ -1442,6 +1446,11 @@ def parse_args(argv):
                    help="hesitation length, seconds of video")
     p.add_argument("--undo", type=float, nargs=2, default=(0.5, 3.0), metavar=("MIN", "MAX"),
                    help="retry (retrace, carry): length of the undone stretch, seconds of video")
+    p.add_argument("--pauses", nargs="+", choices=PAUSES, default=list(PAUSES),
+                   help="the held-out splits' pause mechanisms (default: all)")
+    p.add_argument("--undos", nargs="+", choices=UNDOS, default=list(UNDOS),
+                   help="the held-out splits' retry mechanisms (default: all; e.g. regrasp push: the undos that are "
+                        "not the expert's path run backwards, rare among all four)")
     p.add_argument("--codec", default="libx264",
                    help="libx264 (H.264), or libsvtav1 (AV1, LeRobot's own default; the SVT-AV1 in PyAV's wheels "
                         "now and then fails or deadlocks mid-file on a 2-core machine)")
@@ -1515,7 +1524,9 @@ def main(argv):
                   base_seed=args.seed)
     train_opts = dict(common, cameras=tuple(args.cameras), jitter=True,
                       **({"out_fps": args.train_fps} if args.train_fps < args.fps else {}))  # as before, if not
-    heldout_opts = dict(common, cameras=(args.heldout_camera,), jitter=False)
+    mechanisms = {k: tuple(dict.fromkeys(getattr(args, k))) for k in ("pauses", "undos")}
+    heldout_opts = dict(common, cameras=(args.heldout_camera,), jitter=False,  # named only when not all: as before
+                        **{k: v for k, v in mechanisms.items() if set(v) != set(PAUSES if k == "pauses" else UNDOS)})
     test_opts = dict(common, cameras=(args.test_camera,), jitter=False, test=True)
     test_seen = [t for t in args.train_tasks if t not in args.seen_tasks]
     splits = {

@@ -604,3 +604,22 @@ def test_policy_data_task_named_twice_is_one_task(tmp_path, monkeypatch):
     sim.policy_main(["--tasks", "hammer", "hammer-v3", "--episodes", "1", "--eval-episodes", "1", "--out",
                      str(tmp_path / "out")])
     assert jobs["expert"] == [("hammer-v3", 91_000, "expert")]
+
+
+def test_heldout_mechanisms_can_be_chosen(tmp_path):
+    """--pauses, --undos: the held-out splits' pauses and retries drawn from the named mechanisms only (a bench of the
+    undos that rewinding does not show); a split written with other mechanisms is never taken for this one."""
+    out = tmp_path / "mw"
+    argv = ["--out", str(out), "--workers", "1", "--splits", "heldout_seen", "heldout_unseen", "--train-tasks", TASK,
+            "--seen-tasks", TASK, "--unseen-tasks", "push-v3", "--seeds-heldout", "2", "--size", "32"]
+    sim.main(argv + ["--pauses", "jitter", "--undos", "regrasp", "push"])
+    got = {}
+    for split in ("heldout_seen", "heldout_unseen"):
+        for line in (out / split / "annotations.jsonl").read_text().splitlines():
+            a = json.loads(line)
+            got.setdefault(a["kind"], set()).add(a["mechanism"] if "mechanism" in a else None)
+        settings = json.loads((out / split / "meta" / "sim.json").read_text())["settings"]
+        assert settings["pauses"] == ["jitter"] and settings["undos"] == ["regrasp", "push"]
+    assert got["hesitation"] == {"jitter"} and got["retry"] == {"regrasp", "push"}, got  # pick-place's, push's
+    with pytest.raises(SystemExit, match="written with other settings"):
+        sim.main(argv)  # all mechanisms: not the split on disk
