@@ -90,6 +90,7 @@ import json
 import multiprocessing
 import os
 import shutil
+import socket
 import sys
 import time
 import warnings
@@ -1363,10 +1364,26 @@ def _merge_parts(root, tasks, parts_dir, what):
             parts.append((parts_dir / t, part["annotations"]))
     if not parts:
         raise SystemExit(f"{root}: no episode {what} ({counts})")
-    tmp = root.with_name(f"{root.name}.partial-{os.getpid()}")  # per process: two runs on one --out don't clash
-    shutil.rmtree(tmp, ignore_errors=True)
+    # per host and process: two runs on one --out don't clash; a merge that was killed (SIGKILL, out of memory) left
+    # its folder behind, which a later run on this host removes once that process is gone
+    host = socket.gethostname()
+    for old in root.parent.glob(f"{root.name}.partial-{host}-*"):
+        pid = old.name.rsplit("-", 1)[1]
+        if pid.isdigit() and (int(pid) == os.getpid() or not _alive(int(pid))):
+            shutil.rmtree(old, ignore_errors=True)
+    tmp = root.with_name(f"{root.name}.partial-{host}-{os.getpid()}")
     offsets = merge_lerobot([p for p, _ in parts], tmp)
     return tmp, counts, [(anns, offset) for (_, anns), offset in zip(parts, offsets)]
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True
 
 
 def _finish_split(tmp, root, parts_dir, settings, counts, annotations):

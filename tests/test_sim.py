@@ -505,7 +505,17 @@ def test_resume_and_encoder_failure(corpus, tmp_path, monkeypatch):
         sim.main(["--out", str(out), "--workers", "1", *ARGS])
     assert (out / "train.parts" / TASK / "part.json").exists() and not (out / "train").exists()
     calls["jobs"] = 100
+    # a merge killed on this host (its process gone) left its folder: removed; one still running is left alone
+    import socket
+    import subprocess
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    stale, running = (out / f"train.partial-{socket.gethostname()}-{pid}" for pid in (gone.pid, os.getppid()))
+    for d in (stale, running):
+        d.mkdir()
     sim.main(["--out", str(out), "--workers", "1", *ARGS, "--splits", "train", "play"])  # as demo.py does
+    assert not stale.exists() and running.exists()
+    running.rmdir()
     assert not any((out / s).exists() for s in ("play_unseen", "heldout_seen", "heldout_unseen"))
     sim.main(["--out", str(out), "--workers", "1", *ARGS])
     # train: drawer-open's 2 jobs only; play 2 x 2; unseen play 1; seen 2; unseen 1
