@@ -1541,9 +1541,10 @@ def main(argv):
                   base_seed=args.seed)
     train_opts = dict(common, cameras=tuple(args.cameras), jitter=True,
                       **({"out_fps": args.train_fps} if args.train_fps < args.fps else {}))  # as before, if not
-    mechanisms = {k: tuple(dict.fromkeys(getattr(args, k))) for k in ("pauses", "undos")}
+    every = {"pauses": PAUSES, "undos": UNDOS}
+    chosen = {k: tuple(dict.fromkeys(getattr(args, k))) for k in every}
     heldout_opts = dict(common, cameras=(args.heldout_camera,), jitter=False,  # named only when not all: as before
-                        **{k: v for k, v in mechanisms.items() if set(v) != set(PAUSES if k == "pauses" else UNDOS)})
+                        **{k: v for k, v in chosen.items() if set(v) != set(every[k])})
     test_opts = dict(common, cameras=(args.test_camera,), jitter=False, test=True)
     test_seen = [t for t in args.train_tasks if t not in args.seen_tasks]
     splits = {
