@@ -68,10 +68,12 @@ m / (T - 2x) to (m - x) / (T - 2x) over [m, n] and the expert re-does the work, 
            towards where it started; the policy then pushes it again;
   slow_retrace  (test splits only) retrace at half the pace: x = 2u frames undo u frames of E's, T = T_E + 3u.
 retrace and carry end exactly at E's frame m - x (slow_retrace at m - u: its curve outside [m, n] is approximate).
-After regrasp and push the policy recovers, and [m, n] spans the undoing and the way back to the object: n is
-the last frame before the object gets closer to the goal again (within 5 mm of its furthest). Their length need
-not be T_E + 2x, so the curve after n is approximate; inside [m, n], all that Retry-VOC reads (a rank correlation
-with a falling line), progress does fall. Every draw is redrawn (up to ATTEMPTS times, then another
+After regrasp and push the policy recovers, and [m, n] spans the undoing alone: n is the first frame at which
+the object is as far from the goal as it gets (within 5 mm) before it gets closer again; the policy's way back to
+it after n is work re-done, as the expert's after a retrace (until 2026-12-06 n was the last such frame, and [m, n]
+took in the way back and the re-grasp). The undoing and the way back together last at most twice an undo. Their
+length need not be T_E + 2x, so the curve after n is approximate; inside [m, n], all that Retry-VOC reads (a rank
+correlation with a falling line), progress does fall. Every draw is redrawn (up to ATTEMPTS times, then another
 mechanism, then the episode is discarded) when the task succeeds inside [m, n], a pause moves the object
 (more than 5 mm of progress, 1.5 cm when coasting), a retry does not take the object 1 cm further from
 the goal or (retrace, carry) ends more than 2 cm from E's state, or the resumed expert fails or its
@@ -692,12 +694,13 @@ def retry(env, policy, task, expert, s, rng, x_range, tail, count, mechanism):
             count("retry_redrawn_timing")
             continue
         if mechanism in ("regrasp", "push"):
-            # the policy recovers: the undoing lasts until the object starts getting closer to the goal again
+            # the policy recovers: the object, as far from the goal as it gets, is fetched and moved goalwards again
             dist = np.array([progress_distance(task, o) for o in ro.obs])
             done = next((t for t in range(m, len(dist)) if ro.success[t]), len(dist))
-            n = m + int(np.nonzero(dist[m:done] >= dist[m:done].max() - 0.005)[0][-1])
-            x = n - m
-            if not 2 <= x <= 2 * x_range[1] or n >= ro.t - 1 or ro.t + 1 - 2 * x <= 0:  # at most twice an undo
+            far = np.nonzero(dist[m:done] >= dist[m:done].max() - 0.005)[0]
+            x, back = int(far[0]), int(far[-1])  # the undoing ends where the object first gets that far; the
+            # policy's way back to it, until it moves goalwards, ends at m + back: both together at most twice an undo
+            if not 2 <= x <= back <= 2 * x_range[1] or m + back >= ro.t - 1 or ro.t + 1 - 2 * back <= 0:
                 count("retry_redrawn_timing")
                 continue
         undone, x = x, (2 * x if mechanism == "slow_retrace" else x)  # frames of work undone; the undoing's length
@@ -1336,7 +1339,9 @@ def _open_parts(root, settings, ready):
     if ready.exists() and done.exists():
         old = json.loads(done.read_text())
         if old["settings"] != settings:
-            raise SystemExit(f"{root}: written with other settings; delete it or choose another --out")
+            keys = sorted(k for k in {**old["settings"], **settings} if old["settings"].get(k) != settings.get(k))
+            raise SystemExit(f"{root}: written with other settings ({', '.join(keys)}); delete it or choose another "
+                             f"--out")
         print(f"{root}: done already, kept")
         return old["counts"], None
     if root.exists() and not (root.is_dir() and (done.exists() or not any(root.iterdir()))):
@@ -1563,8 +1568,10 @@ def main(argv):
     t0 = time.time()
     for name, (jobs, opts) in splits.items():
         if jobs and name in args.splits:
-            report["splits"][name] = write_split(out / name, jobs, opts, dict(opts, codec=args.codec), args.codec,
-                                                 args.workers)
+            settings = dict(opts, codec=args.codec)
+            if any("retry" in kinds for _, _, kinds in jobs):  # a split whose regrasps and pushes end [m, n] at the
+                settings["retry_end"] = "furthest"  # object's furthest (since 2026-12-06): an older one is refused
+            report["splits"][name] = write_split(out / name, jobs, opts, settings, args.codec, args.workers)
     save_json(report, out / "generation.json")
     for name, counts in ((n, report["splits"][n]) for n in args.splits if n in report["splits"]):
         print(f"{out / name}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
