@@ -283,8 +283,9 @@ def written(data, splits):
 
 def check_corpus(data, views, fps):
     """A corpus written by an older sim.py stops the demo, naming the split: one whose observation.state was the whole
-    39-d observation (object poses and goal included) would be read as the robot's state, and one whose training
-    video has other views or another frame rate than the recipe's would train another recipe under this one's name."""
+    39-d observation (object poses and goal included) would be read as the robot's state, one whose training
+    video has other views or another frame rate than the recipe's would train another recipe under this one's name,
+    and a bench whose retries end where they used to would be scored as this one."""
     for split in ("train", "play", *SPLITS):
         info = os.path.join(data, split, "meta", "info.json")
         if not os.path.exists(info):
@@ -302,6 +303,15 @@ def check_corpus(data, views, fps):
             raise SystemExit(f"demo.py: {info}: {problem}: the corpus was written by an older sim.py. Move or delete "
                              f"{data}, and the runs trained on it (a finished run is not trained again), and run "
                              "demo.py again.")
+    for split in (*SPLITS, *sim.TEST_SPLITS):  # benches whose regrasps and pushes end [m, n] after the way back
+        done = os.path.join(data, split, "meta", "sim.json")
+        if os.path.exists(done):
+            with open(done) as f:
+                if "retry_end" not in json.load(f)["settings"]:
+                    raise SystemExit(f"demo.py: {done}: written by an older sim.py, whose regrasp and push retries end "
+                                     "[m, n] after the policy's way back to the object. Delete "
+                                     f"{os.path.join(data, split)} (it is written again, and the runs are scored on "
+                                     "it again) and run demo.py again.")
 
 
 def prepare(recipe):

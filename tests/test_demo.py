@@ -200,6 +200,14 @@ def test_a_corpus_of_an_older_generator_is_not_read_as_this_recipes(tmp_path):
     with pytest.raises(SystemExit, match=r"old/play/meta/info.json: observation.state is \[39\], not the hand and "
                                          r"gripper \[4\]: the corpus was written by an older sim.py"):
         demo.check_corpus(str(tmp_path / "old"), ["corner"], 10.0)
+    bench = tmp_path / "new" / "heldout_unseen" / "meta"
+    bench.mkdir(parents=True)
+    (bench / "sim.json").write_text(json.dumps({"settings": {"fps": 10.0, "retry_end": "furthest"}, "counts": {}}))
+    demo.check_corpus(str(tmp_path / "new"), ["corner4", "corner"], 2.0)
+    (bench / "sim.json").write_text(json.dumps({"settings": {"fps": 10.0}, "counts": {}}))  # before 2026-12-06
+    with pytest.raises(SystemExit, match=r"new/heldout_unseen/meta/sim.json: written by an older sim.py, whose "
+                                         r"regrasp and push retries end \[m, n\] after the policy's way back"):
+        demo.check_corpus(str(tmp_path / "new"), ["corner4", "corner"], 2.0)
     corpus = sim.parse_args([*demo.RECIPES["demo"]["sim"], "--out", str(tmp_path)])
     assert corpus.train_fps == demo.COMMON["fps"] == 2 and corpus.fps == 10
 
