@@ -951,6 +951,14 @@ def can_be_folder(d):
     return os.path.isdir(d)
 
 
+def json_file_problem(path):
+    """Why --json PATH cannot be written, or None: checked before any work (here and in bench/), so that a wrong path
+    never costs the scoring or the fits."""
+    if os.path.isdir(path) or not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+        return f"--json {path}: must name a file in an existing folder"
+    return None
+
+
 def parse_args(argv):
     """The command line, every option checked here, before anything is loaded."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -1004,6 +1012,8 @@ def parse_args(argv):
         bad.append(f"--samples {a.samples}: samples from zero noise are all one; pass --noise draw")
     if a.combine == "first" and a.stride != 1:
         bad.append(f"--combine first needs --stride 1 (got {a.stride}); pass --combine mean")
+    if a.json and json_file_problem(a.json):  # where results go, before any work: a wrong path must not cost the scoring
+        bad.append(json_file_problem(a.json))
     checks = [(a.overlay >= 0, "--overlay: must not be negative"),
               (a.fps is None or 0 < a.fps < math.inf, f"--fps {a.fps}: must be positive"),
               (a.resolution is None or (a.resolution > 0 and a.resolution % 32 == 0),
@@ -1022,9 +1032,6 @@ def parse_args(argv):
               (not a.score or a.ckpt, "--score needs --ckpt"),
               (not a.overlay or a.score, "--overlay goes with --score"),
               (not a.instructions or a.bench, "--instructions goes with --bench"),
-              # where results go is checked before any work: a wrong path must not cost the scoring
-              (not a.json or (not os.path.isdir(a.json) and os.path.isdir(os.path.dirname(os.path.abspath(a.json)))),
-               f"--json {a.json}: must name a file in an existing folder"),
               *((can_be_folder(d), f"{flag} {d}: a file, not a folder" if os.path.exists(d) else
                  f"{flag} {d}: cannot be made, a file lies on its path")
                 for flag, d in (("--plots", a.plots), ("--out", a.out if a.score else None)) if d)]

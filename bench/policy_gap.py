@@ -27,7 +27,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import policy  # noqa: E402
 from checkpoint import save_json  # noqa: E402
-from eval import chunk_delta  # noqa: E402
+from eval import chunk_delta, json_file_problem  # noqa: E402
 
 LOST = 0.02  # progress: the oracle's Δ below -LOST counts as work lost
 VARIANTS = ("as scored", "without still", "without lost", "without lost outside pauses", "without both")
@@ -77,8 +77,8 @@ def main(argv):
     p.add_argument("--json", help="write the tables' numbers here")
     args = p.parse_args(argv)
     policy.check_counts(p, args, "rollouts")
-    if args.json and not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):
-        p.error(f"--json {args.json}: its folder does not exist")  # found before the hours of work, not after
+    if args.json and json_file_problem(args.json):
+        p.error(json_file_problem(args.json))  # found before the hours of work, not after
     values = policy.named_paths(args.values, p)  # before the data is read: a bad argument fails at once
     torch.set_num_threads(1)
     data, out = Path(args.data), Path(args.out)

@@ -28,7 +28,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from eval import BENCHES, ConstantScorer, TimeScorer, bench_rows, load_annotated, score_items  # noqa: E402
+from eval import (BENCHES, ConstantScorer, TimeScorer, bench_rows, json_file_problem, load_annotated,  # noqa: E402
+                  score_items)
 from policy import load_episodes  # noqa: E402
 
 SPLITS = ("heldout_seen", "heldout_unseen")
@@ -152,8 +153,8 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.success < 0:
         raise SystemExit(f"--success {args.success}: the number of final frames must be 0 (off) or more")
-    if args.json and not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):
-        raise SystemExit(f"--json {args.json}: its folder does not exist")  # found now, not after the fits
+    if args.json and json_file_problem(args.json):
+        raise SystemExit(json_file_problem(args.json))  # found now, not after the fits
     try:
         out = evaluate(args.data, args.tasks, args.seeds, args.hide, now=args.now, success=args.success)
     except (ValueError, OSError) as e:  # e.g. a dataset without observation.environment_state: its file and columns named

@@ -362,8 +362,9 @@ def test_named_paths_refuse_a_repeated_or_reserved_name(tmp_path, capsys):
     spec.loader.exec_module(policy_gap)
     for argv, msg in ((["--rollouts", "-1"], "--rollouts -1: must be at least 1"),
                       (["--seeds", "0", "0"], "--seeds 0 0: a seed is named twice"),
-                      (["--json", str(tmp_path / "none" / "x.json")], f"--json {tmp_path / 'none' / 'x.json'}: its "
-                                                                     f"folder does not exist")):
+                      (["--json", str(tmp_path / "none" / "x.json")], f"--json {tmp_path / 'none' / 'x.json'}: must "
+                                                                     f"name a file in an existing folder"),
+                      (["--json", str(tmp_path)], f"--json {tmp_path}: must name a file in an existing folder")):
         with pytest.raises(SystemExit):
             policy_gap.main(["--data", str(tmp_path / "none"), "--values", f"a={x}", *argv])
         assert msg in capsys.readouterr().err
