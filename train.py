@@ -195,6 +195,10 @@ def check_config(cfg):
     need(not cfg.mismatch or cfg.stage == "value", "mismatch", "pairs a clip with a wrong instruction for the value "
          "stream to score 0; stage=video would learn the scene from the wrong words")
     need(cfg.value_pred == "v" or cfg.value_head == "flow", "value_pred", "x0 is the flow head's; value_head=flow")
+    if cfg.stage == "video":  # set for a stage that trains no value stream, they would do nothing, silently
+        for k in ("value_head", "value_pred", "value_shift", "prefix_p", "mask"):
+            need(getattr(cfg, k) == getattr(TrainConfig, k), k, "a setting of the value stream, which stage=video "
+                 "does not train")
     try:
         data_specs(cfg)
     except ValueError as e:

@@ -575,6 +575,9 @@ def test_fsdp_sigterm_then_resume_repeats_the_uninterrupted_run(dataset, tmp_pat
     (["--value_pred=x0", "--value_head=regression"], "value_pred='x0': x0 is the flow head's"),
     (["--value_pred=eps"], "value_pred='eps': expected v | x0"),
     (["--mismatch=0.2", "--stage=video"], "mismatch=0.2: pairs a clip with a wrong instruction"),
+    (["--stage=video", "--value_head=regression", "--prefix_p=0.1"], "value_head='regression': a setting of the value "
+     "stream, which stage=video does not train; prefix_p=0.1: a setting of the value stream"),
+    (["--stage=video", "--mask=full"], "mask='full': a setting of the value stream"),
 ])
 def test_every_setting_is_checked_at_start(argv, msg):
     with pytest.raises(SystemExit) as e:
