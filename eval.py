@@ -1012,8 +1012,8 @@ def parse_args(argv):
         bad.append(f"--samples {a.samples}: samples from zero noise are all one; pass --noise draw")
     if a.combine == "first" and a.stride != 1:
         bad.append(f"--combine first needs --stride 1 (got {a.stride}); pass --combine mean")
-    if a.json and json_file_problem(a.json):  # where results go, before any work: a wrong path must not cost the scoring
-        bad.append(json_file_problem(a.json))
+    if a.json and (problem := json_file_problem(a.json)):  # before any work: a wrong path must not cost the scoring
+        bad.append(problem)
     checks = [(a.overlay >= 0, "--overlay: must not be negative"),
               (a.fps is None or 0 < a.fps < math.inf, f"--fps {a.fps}: must be positive"),
               (a.resolution is None or (a.resolution > 0 and a.resolution % 32 == 0),

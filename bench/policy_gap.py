@@ -77,8 +77,8 @@ def main(argv):
     p.add_argument("--json", help="write the tables' numbers here")
     args = p.parse_args(argv)
     policy.check_counts(p, args, "rollouts")
-    if args.json and json_file_problem(args.json):
-        p.error(json_file_problem(args.json))  # found before the hours of work, not after
+    if args.json and (problem := json_file_problem(args.json)):
+        p.error(problem)  # found before the hours of work, not after
     values = policy.named_paths(args.values, p)  # before the data is read: a bad argument fails at once
     torch.set_num_threads(1)
     data, out = Path(args.data), Path(args.out)

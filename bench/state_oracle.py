@@ -153,8 +153,8 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.success < 0:
         raise SystemExit(f"--success {args.success}: the number of final frames must be 0 (off) or more")
-    if args.json and json_file_problem(args.json):
-        raise SystemExit(json_file_problem(args.json))  # found now, not after the fits
+    if args.json and (problem := json_file_problem(args.json)):
+        raise SystemExit(problem)  # found now, not after the fits
     try:
         out = evaluate(args.data, args.tasks, args.seeds, args.hide, now=args.now, success=args.success)
     except (ValueError, OSError) as e:  # e.g. a dataset without observation.environment_state: its file and columns named
