@@ -933,11 +933,11 @@ def test_state_oracle_reads_each_frames_state(tmp_path):
     write("heldout_seen", [*bench("a"), ("b", {"kind": "hesitation", "m": 5, "n": 40}, gt_curve("hesitation", 5, 40, 51))])
     rows = [oracle.evaluate(str(tmp_path), tasks=1, seeds=s, steps=20)["heldout_seen", "time"] for s in ([0, 1], [1, 0])]
     assert len(rows[0]["hesitation_rmse"]) == 2 and rows[0]["hesitation_rmse"][0] != rows[0]["hesitation_rmse"][1]
+    assert rows[0]["hesitation_rmse"] == rows[1]["hesitation_rmse"][::-1]
     # --json naming a folder (or a file in a folder that is not there) is refused before the fits, not after them
     for bad in (tmp_path, tmp_path / "no" / "x.json"):
         with pytest.raises(SystemExit, match=f"--json {bad}: must name a file in an existing folder"):
             oracle.main(["--data", str(tmp_path / "absent"), "--json", str(bad)])
-    assert rows[0]["hesitation_rmse"] == rows[1]["hesitation_rmse"][::-1]
 
 
 def test_a_segment_with_too_few_scored_frames_is_named(bench_setup, tmp_path, capsys):
