@@ -281,37 +281,29 @@ def written(data, splits):
     return all(os.path.exists(os.path.join(data, s, "annotations.jsonl")) for s in splits)
 
 
-def check_corpus(data, views, fps):
-    """A corpus written by an older sim.py stops the demo, naming the split: one whose observation.state was the whole
-    39-d observation (object poses and goal included) would be read as the robot's state, one whose training
-    video has other views or another frame rate than the recipe's would train another recipe under this one's name,
-    and a bench whose retries end where they used to would be scored as this one."""
-    for split in ("train", "play", *SPLITS):
-        info = os.path.join(data, split, "meta", "info.json")
-        if not os.path.exists(info):
+def check_corpus(data, corpus):
+    """A corpus this sim.py would not write for the recipe (`corpus`: its parsed sim.py arguments) stops the demo,
+    naming the split and the settings that differ: demo.py never writes a split again, so an older sim.py's training
+    split would train another recipe under this one's name, and its bench would be scored as this one. A split
+    recorded with the recipe's settings but whose observation.state is the whole 39-d observation (object poses and
+    goal included; sim.py before 2026-12-01) would read the simulator's state as the robot's, and stops it too."""
+    for split, (_, _, settings) in sim.plan(corpus).items():
+        root = os.path.join(data, split)
+        if not os.path.exists(os.path.join(root, "meta", "info.json")):
             continue
-        with open(info) as f:
-            meta = json.load(f)
-        state = meta["features"].get("observation.state", {}).get("shape")
-        have = sorted(k.removeprefix("observation.images.") for k, f in meta["features"].items() if f["dtype"] == "video")
-        train = split in ("train", "play")
-        problem = (f"observation.state is {state}, not the hand and gripper [4]" if state != [4] else
-                   f"its views are {', '.join(have)}, not this recipe's {', '.join(views)}"
-                   if train and have != sorted(views) else
-                   f"its fps is {meta['fps']:g}, not this recipe's {fps:g}" if train and meta["fps"] != fps else None)
+        with open(os.path.join(root, "meta", "info.json")) as f:
+            state = json.load(f)["features"].get("observation.state", {}).get("shape")
+        keys = sim.changed_settings(root, settings)
+        problem = ("meta/sim.json is missing: sim.py did not write it" if keys is None else
+                   f"written with other settings ({', '.join(keys)}) than this sim.py writes for the recipe (by an "
+                   "older sim.py, or with other options)" if keys else
+                   f"observation.state is {state}, not the hand and gripper [4] (an older sim.py wrote it)"
+                   if state != [4] else None)
         if problem:
-            raise SystemExit(f"demo.py: {info}: {problem}: the corpus was written by an older sim.py. Move or delete "
-                             f"{data}, and the runs trained on it (a finished run is not trained again), and run "
-                             "demo.py again.")
-    for split in (*SPLITS, *sim.TEST_SPLITS):  # benches whose regrasps and pushes end [m, n] after the way back
-        done = os.path.join(data, split, "meta", "sim.json")
-        if os.path.exists(done):
-            with open(done) as f:
-                if "retry_end" not in json.load(f)["settings"]:
-                    raise SystemExit(f"demo.py: {done}: written by an older sim.py, whose regrasp and push retries end "
-                                     "[m, n] after the policy's way back to the object. Delete "
-                                     f"{os.path.join(data, split)} (it is written again, and the runs are scored on "
-                                     "it again) and run demo.py again.")
+            remedy = (f"Move or delete {data}, and the runs trained on it (a finished run is not trained again)"
+                      if split in ("train", "play") else
+                      f"Delete {root} (it is written again, and the runs are scored on it again)")
+            raise SystemExit(f"demo.py: {root}: {problem}. {remedy}, and run demo.py again.")
 
 
 def prepare(recipe):
@@ -320,7 +312,7 @@ def prepare(recipe):
     are needed only to score, so they are made on the core that training leaves idle (its log: <data>/heldout.log)."""
     data = RECIPES[recipe]["data"]
     corpus = sim.parse_args([*RECIPES[recipe]["sim"], "--out", data])  # the recipe's settings of sim.py
-    check_corpus(data, corpus.cameras, corpus.train_fps)
+    check_corpus(data, corpus)
     wordings = [os.path.join(data, f) for f in ("paraphrases.json", "metaworld_wording.json")]
     if not (written(data, ("train", "play")) and all(map(os.path.exists, wordings))):
         sh(sys.executable, "sim.py", *RECIPES[recipe]["sim"], "--out", data, "--splits", "train", "play")

@@ -1337,13 +1337,11 @@ def _open_parts(root, settings, ready):
     parts, made or resumed). ready: the file whose presence says the split was written."""
     done = root / "meta" / "sim.json"
     if ready.exists() and done.exists():
-        old = json.loads(done.read_text())
-        if old["settings"] != settings:
-            keys = sorted(k for k in {**old["settings"], **settings} if old["settings"].get(k) != settings.get(k))
+        if keys := changed_settings(root, settings):
             raise SystemExit(f"{root}: written with other settings ({', '.join(keys)}); delete it or choose another "
                              f"--out")
         print(f"{root}: done already, kept")
-        return old["counts"], None
+        return json.loads(done.read_text())["counts"], None
     if root.exists() and not (root.is_dir() and (done.exists() or not any(root.iterdir()))):
         # the finished split replaces `root`: never what sim.py did not write (a user's dataset under --out)
         raise SystemExit(f"{root}: exists and was not written by sim.py (no meta/sim.json); delete it or choose "
@@ -1522,24 +1520,10 @@ def write_paraphrases(out, tasks):
     save_json({INSTRUCTIONS[t]: METAWORLD_WORDING[t] for t in INSTRUCTIONS}, Path(out, "metaworld_wording.json"))
 
 
-def main(argv):
-    args = parse_args(argv)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    report = {"args": vars(args), "splits": {}}
-    try:  # generation.json says sim.py writes here: it replaces its own files, never a user's
-        ours = json.loads((out / "generation.json").read_text()) if (out / "generation.json").exists() else None
-        ours = ours if ours is None or isinstance(ours, dict) and {"args", "splits"} <= set(ours) else False
-    except (ValueError, UnicodeDecodeError):
-        ours = False
-    theirs = [f for f in ("generation.json", "paraphrases.json", "metaworld_wording.json") if (out / f).exists()]
-    if ours is False or (ours is None and theirs):
-        raise SystemExit(f"{out}: holds {', '.join(theirs)}, not written by sim.py; delete it or choose another --out")
-    if ours:  # a corpus written a few splits at a time keeps every split's counts
-        report["splits"] = ours["splits"]
-    save_json(report, out / "generation.json")
-    # other wordings of the instructions, for train.py --paraphrases, eval.py --instructions, encode_text.py --paraphrases
-    write_paraphrases(out, args.train_tasks)
+def plan(args):
+    """-> {split: (jobs, opts, settings)} for each split these arguments describe that has jobs: what `main` writes
+    at args.out/<split>, with the settings its meta/sim.json records (a split on disk recorded with others is refused:
+    `changed_settings`)."""
     # env seeds of the splits never overlap for a given --seed
     seeds = lambda offset, n: [args.seed * 100_000 + offset + i for i in range(n)]  # noqa: E731
     common = dict(size=args.size, fps=args.fps, tail=args.tail, pause=tuple(args.pause), undo=tuple(args.undo),
@@ -1565,12 +1549,50 @@ def main(argv):
         "test_unseen": ([(t, s, KINDS) for t in args.unseen_tasks + args.test_extra_tasks
                          for s in seeds(80_000, args.seeds_test)], test_opts),
     }
+    return {name: (jobs, opts, settings_record(jobs, opts, args.codec))
+            for name, (jobs, opts) in splits.items() if jobs}
+
+
+def settings_record(jobs, opts, codec):
+    """A split's settings as its meta/sim.json holds them (JSON's lists for tuples)."""
+    settings = dict(opts, codec=codec, jobs=[list(j) for j in jobs])
+    if any("retry" in kinds for _, _, kinds in jobs):  # regrasps and pushes end [m, n] at the object's furthest from
+        settings["retry_end"] = "furthest"  # the goal (since 2026-12-06): a split recorded without it is refused
+    return json.loads(json.dumps(settings))
+
+
+def changed_settings(root, settings):
+    """The keys whose values differ between `settings` and those recorded in <root>/meta/sim.json (sorted; empty if
+    they agree), or None if sim.py wrote no split there."""
+    done = Path(root) / "meta" / "sim.json"
+    if not done.exists():
+        return None
+    old = json.loads(done.read_text())["settings"]
+    return sorted(k for k in {**old, **settings} if old.get(k) != settings.get(k))
+
+
+def main(argv):
+    args = parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    report = {"args": vars(args), "splits": {}}
+    try:  # generation.json says sim.py writes here: it replaces its own files, never a user's
+        ours = json.loads((out / "generation.json").read_text()) if (out / "generation.json").exists() else None
+        ours = ours if ours is None or isinstance(ours, dict) and {"args", "splits"} <= set(ours) else False
+    except (ValueError, UnicodeDecodeError):
+        ours = False
+    theirs = [f for f in ("generation.json", "paraphrases.json", "metaworld_wording.json") if (out / f).exists()]
+    if ours is False or (ours is None and theirs):
+        raise SystemExit(f"{out}: holds {', '.join(theirs)}, not written by sim.py; delete it or choose another --out")
+    if ours:  # a corpus written a few splits at a time keeps every split's counts
+        report["splits"] = ours["splits"]
+    save_json(report, out / "generation.json")
+    # other wordings of the instructions, for train.py --paraphrases, eval.py --instructions, encode_text.py --paraphrases
+    write_paraphrases(out, args.train_tasks)
+    splits = plan(args)
     t0 = time.time()
-    for name, (jobs, opts) in splits.items():
-        if jobs and name in args.splits:
-            settings = dict(opts, codec=args.codec)
-            if any("retry" in kinds for _, _, kinds in jobs):  # a split whose regrasps and pushes end [m, n] at the
-                settings["retry_end"] = "furthest"  # object's furthest (since 2026-12-06): an older one is refused
+    for name, (jobs, opts, settings) in splits.items():
+        if name in args.splits:
             report["splits"][name] = write_split(out / name, jobs, opts, settings, args.codec, args.workers)
     save_json(report, out / "generation.json")
     for name, counts in ((n, report["splits"][n]) for n in args.splits if n in report["splits"]):

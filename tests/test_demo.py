@@ -180,36 +180,48 @@ def test_a_run_of_other_settings_is_not_resumed_as_this_recipe(tmp_path, monkeyp
 
 
 def test_a_corpus_of_an_older_generator_is_not_read_as_this_recipes(tmp_path):
-    """A split whose observation.state is not the hand and gripper (an older sim.py wrote the whole 39-d observation
-    there), or whose training video has other views or another frame rate than the recipe's, stops the demo with the
-    file named; the splits sim.py writes now pass. The default recipe's corpus is written at the rate it trains at."""
+    """A split whose meta/sim.json records other settings than this sim.py writes for the recipe (an older sim.py's
+    bench, whose regrasps and pushes ended [m, n] after the way back; training video in other views), or none, or
+    whose observation.state is not the hand and gripper (an older sim.py wrote the whole 39-d observation there), stops
+    the demo with the split, the keys and the remedy named; the recipe's own settings pass. The default recipe's
+    corpus is written at the rate it trains at. (tests/test_sim.py checks a corpus sim.py really wrote.)"""
+    import shutil
+
     import sim
-    frames = np.zeros((4, 16, 16, 3), np.uint8)
-    views = {f"observation.images.{v}": frames for v in ("corner", "corner4")}
-    sim.write_lerobot(tmp_path / "new" / "train", [{"frames": views, "task": "t", "observation.state": np.zeros((4, 4)),
-                                                    "observation.environment_state": np.zeros((4, 39))}], 2,
-                      codec="libx264")
-    demo.check_corpus(str(tmp_path / "new"), ["corner4", "corner"], 2.0)
-    with pytest.raises(SystemExit, match=r"new/train/meta/info.json: its fps is 2, not this recipe's 10: the corpus"):
-        demo.check_corpus(str(tmp_path / "new"), ["corner4", "corner"], 10.0)
-    with pytest.raises(SystemExit, match=r"new/train/meta/info.json: its views are corner, corner4, not this recipe's "
-                                         r"corner, corner2, corner3, corner4: the corpus was written by an older"):
-        demo.check_corpus(str(tmp_path / "new"), sim.CAMERAS, 2.0)
-    sim.write_lerobot(tmp_path / "old" / "play", [{"frames": frames, "task": "t", "observation.state": np.zeros((4, 39))}],
-                      10, codec="libx264", video_key="observation.images.corner")
-    with pytest.raises(SystemExit, match=r"old/play/meta/info.json: observation.state is \[39\], not the hand and "
-                                         r"gripper \[4\]: the corpus was written by an older sim.py"):
-        demo.check_corpus(str(tmp_path / "old"), ["corner"], 10.0)
-    bench = tmp_path / "new" / "heldout_unseen" / "meta"
-    bench.mkdir(parents=True)
-    (bench / "sim.json").write_text(json.dumps({"settings": {"fps": 10.0, "retry_end": "furthest"}, "counts": {}}))
-    demo.check_corpus(str(tmp_path / "new"), ["corner4", "corner"], 2.0)
-    (bench / "sim.json").write_text(json.dumps({"settings": {"fps": 10.0}, "counts": {}}))  # before 2026-12-06
-    with pytest.raises(SystemExit, match=r"new/heldout_unseen/meta/sim.json: written by an older sim.py, whose "
-                                         r"regrasp and push retries end \[m, n\] after the policy's way back"):
-        demo.check_corpus(str(tmp_path / "new"), ["corner4", "corner"], 2.0)
-    corpus = sim.parse_args([*demo.RECIPES["demo"]["sim"], "--out", str(tmp_path)])
+    data = tmp_path / "mw"
+    corpus = sim.parse_args([*demo.RECIPES["demo"]["sim"], "--out", str(data)])
     assert corpus.train_fps == demo.COMMON["fps"] == 2 and corpus.fps == 10
+    planned = sim.plan(corpus)
+    assert {"train", "play", "heldout_seen", "heldout_unseen", *sim.TEST_SPLITS} <= set(planned)
+
+    def write(split, settings, state=4):
+        shutil.rmtree(data / split, ignore_errors=True)
+        sim.write_lerobot(data / split, [{"frames": np.zeros((2, 8, 8, 3), np.uint8), "task": "t",
+                                          "observation.state": np.zeros((2, state))}], 2, codec="libx264",
+                          video_key="observation.images.corner")
+        if settings is not None:
+            (data / split / "meta" / "sim.json").write_text(json.dumps({"settings": settings, "counts": {}}))
+
+    write("train", planned["train"][2])
+    write("heldout_unseen", planned["heldout_unseen"][2])
+    demo.check_corpus(str(data), corpus)
+    old = {k: v for k, v in planned["heldout_unseen"][2].items() if k != "retry_end"}  # sim.py before 2026-12-06
+    write("heldout_unseen", old)
+    with pytest.raises(SystemExit, match=r"^demo.py: \S+/mw/heldout_unseen: written with other settings \(retry_end\) "
+                                         r"than this sim.py writes for the recipe \(by an older sim.py, or with other "
+                                         r"options\). Delete \S+/mw/heldout_unseen \(it is written again"):
+        demo.check_corpus(str(data), corpus)
+    write("heldout_unseen", planned["heldout_unseen"][2])
+    write("train", dict(planned["train"][2], cameras=["corner"]))
+    with pytest.raises(SystemExit, match=r"mw/train: written with other settings \(cameras\) .* Move or delete \S+/mw, "
+                                         r"and the runs trained on it"):
+        demo.check_corpus(str(data), corpus)
+    write("train", None)
+    with pytest.raises(SystemExit, match=r"mw/train: meta/sim.json is missing: sim.py did not write it"):
+        demo.check_corpus(str(data), corpus)
+    write("train", planned["train"][2], state=39)
+    with pytest.raises(SystemExit, match=r"mw/train: observation.state is \[39\], not the hand and gripper \[4\]"):
+        demo.check_corpus(str(data), corpus)
 
 
 def test_every_recipe_and_variant_is_a_valid_train_config(tmp_path, monkeypatch):

@@ -482,6 +482,20 @@ def test_test_splits(tmp_path):
     assert mechanisms & set(sim.TEST_PAUSES) and mechanisms & set(sim.TEST_UNDOS), mechanisms
 
 
+def test_demo_reads_the_corpus_sim_writes_as_its_own(corpus):
+    """demo.py checks each split on disk against the settings `sim.plan` gives for the recipe: a corpus main() wrote
+    with these arguments passes (every split, the benches' retry_end included), the same arguments but the views
+    stop it, naming the key."""
+    import demo
+    demo.check_corpus(str(corpus), sim.parse_args(["--out", str(corpus), *ARGS]))
+    with pytest.raises(SystemExit, match=r"mw/train: written with other settings \(cameras\)"):
+        demo.check_corpus(str(corpus), sim.parse_args(["--out", str(corpus), *ARGS[:-2], "corner3"]))
+    planned = sim.plan(sim.parse_args(["--out", str(corpus), *ARGS]))
+    recorded = json.loads((corpus / "heldout_seen" / "meta" / "sim.json").read_text())["settings"]
+    assert recorded == planned["heldout_seen"][2] and recorded["retry_end"] == "furthest"
+    assert "retry_end" not in planned["train"][2]
+
+
 def test_resume_and_encoder_failure(corpus, tmp_path, monkeypatch):
     """An interrupted run continues at the first missing part and a mux error mid-part (SVT-AV1 does this now
     and then) encodes that part again, and a corpus written a few splits at a time (--splits): the result equals
