@@ -239,7 +239,10 @@ def evaluate(run_dir, data, splits=SPLITS):
                 if other.poll() is None:
                     other.terminate()
                     wait_for(other)
-            raise SystemExit(f"{' '.join(proc.args)} failed (exit {proc.returncode}); see {log.name}")
+            with open(log.name, errors="replace") as f:  # its end holds the error: say it here, not only there
+                tail = "".join(f.readlines()[-15:])
+            raise SystemExit(f"{tail}\n{' '.join(proc.args)} failed (exit {proc.returncode}); its log, whose end is "
+                             f"above: {log.name}")
     if todo:
         print(f"[{time.time() - start:.0f} s]", flush=True)
     for split in splits:

@@ -312,17 +312,22 @@ def test_policy_names_the_values_of_another_seed_by_it(tmp_path, monkeypatch):
 
 def test_a_failed_scoring_pass_stops_the_other_splits(tmp_path, monkeypatch):
     """When one split's eval.py fails, the other's, running beside it, is stopped before demo.py ends: left running,
-    it wrote its scores (and its log) while a rerun of the demo scored the same split again into the same files."""
+    it wrote its scores (and its log) while a rerun of the demo scored the same split again into the same files. The
+    message ends the failed pass's log (its error), then names the command and the log."""
     launched, real = [], demo.launch
 
     def launch(cmd, **kw):  # eval.py stand-ins: heldout_seen fails at once, heldout_unseen would take 60 s
         failing = "heldout_seen" in cmd[cmd.index("--json") + 1]
-        code = "import sys; sys.exit(2)" if failing else "import time; time.sleep(60)"
+        code = ("print('\\n'.join(map(str, range(30)))); raise SystemExit('eval.py: x.mp4: not a video')" if failing
+                else "import time; time.sleep(60)")
         launched.append(real([sys.executable, "-c", code], **kw))
         return launched[-1]
     monkeypatch.setattr(demo, "launch", launch)
-    with pytest.raises(SystemExit, match="failed \\(exit 2\\)"):
+    with pytest.raises(SystemExit) as e:
         demo.evaluate(str(tmp_path), "data/metaworld")
+    lines = str(e.value.code).split("\n")
+    assert lines[:14] == [str(i) for i in range(16, 30)] and lines[14:16] == ["eval.py: x.mp4: not a video", ""]
+    assert lines[16].endswith(f"failed (exit 1); its log, whose end is above: {tmp_path / 'heldout_seen.log'}")
     assert len(launched) == 2 and all(p.poll() is not None for p in launched) and not demo.CHILDREN
 
 
