@@ -73,7 +73,8 @@ def main():
     a = p.parse_args()
     root = a.root
     if root is None:
-        root = Path(tempfile.mkdtemp(prefix="wvm_bench_")) / "ds"
+        tmp = tempfile.TemporaryDirectory(prefix="wvm_bench_")  # removed when the run ends, as it ends
+        root = Path(tmp.name) / "ds"
         t0 = time.time()
         sim.write_lerobot(root, synthetic_episodes(a.episodes, a.frames, *a.native), a.fps, codec="libsvtav1")
         mb = sum(f.stat().st_size for f in root.rglob("*.mp4")) / 2**20

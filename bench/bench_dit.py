@@ -42,42 +42,42 @@ def timeit(fns, iters):
 def speed(args):
     torch.manual_seed(0)
     ref = diffusers_dit(args.dim, args.dim // 128, args.layers, 4 * args.dim, args.text_dim).eval()
-    tmp = tempfile.mkdtemp()
-    ref.save_pretrained(tmp)
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn(1, 48, args.frames, args.size, args.size, generator=g)
-    ctx = torch.randn(1, 512, args.text_dim, generator=g)
-    t = torch.tensor([[0.0] + [700.0] * (args.frames - 1)])
-    t_tok = t[:, :, None].expand(1, args.frames, (args.size // 2) ** 2).reshape(1, -1)
-    rows = []
-    for dtype in (torch.float32, torch.bfloat16):
-        ours = load_wan_dit(tmp, dtype=None if dtype == torch.float32 else dtype)
-        theirs = ref.to(dtype)
-        xo, xd, cd = x, x.to(dtype), ctx.to(dtype)
-        for mode in ("forward", "forward+backward"):
-            def run_ours():
-                with torch.set_grad_enabled(mode != "forward"):
-                    out = ours(xo, t, ctx)
-                    if mode != "forward":
-                        out.float().square().mean().backward()
+    with tempfile.TemporaryDirectory() as tmp:  # a run leaves nothing behind
+        ref.save_pretrained(tmp)
+        g = torch.Generator().manual_seed(1)
+        x = torch.randn(1, 48, args.frames, args.size, args.size, generator=g)
+        ctx = torch.randn(1, 512, args.text_dim, generator=g)
+        t = torch.tensor([[0.0] + [700.0] * (args.frames - 1)])
+        t_tok = t[:, :, None].expand(1, args.frames, (args.size // 2) ** 2).reshape(1, -1)
+        rows = []
+        for dtype in (torch.float32, torch.bfloat16):
+            ours = load_wan_dit(tmp, dtype=None if dtype == torch.float32 else dtype)
+            theirs = ref.to(dtype)
+            xo, xd, cd = x, x.to(dtype), ctx.to(dtype)
+            for mode in ("forward", "forward+backward"):
+                def run_ours():
+                    with torch.set_grad_enabled(mode != "forward"):
+                        out = ours(xo, t, ctx)
+                        if mode != "forward":
+                            out.float().square().mean().backward()
 
-            def run_theirs():
-                with torch.set_grad_enabled(mode != "forward"):
-                    out = theirs(xd, t_tok.to(dtype), cd, return_dict=False)[0]
-                    if mode != "forward":
-                        out.float().square().mean().backward()
+                def run_theirs():
+                    with torch.set_grad_enabled(mode != "forward"):
+                        out = theirs(xd, t_tok.to(dtype), cd, return_dict=False)[0]
+                        if mode != "forward":
+                            out.float().square().mean().backward()
 
-            a, b = timeit([run_ours, run_theirs], args.iters)
-            rows.append((str(dtype).split(".")[-1], mode, a, b))
-            ours.zero_grad(set_to_none=True)
-            theirs.zero_grad(set_to_none=True)
-    tokens = args.frames * (args.size // 2) ** 2
-    print(f"\nconfig: dim {args.dim}, {args.dim // 128} heads x 128, {args.layers} layers, ffn {4 * args.dim}, "
-          f"{args.frames} latent frames {args.size}x{args.size} ({tokens} tokens), text 512 x {args.text_dim}, "
-          f"{torch.get_num_threads()} CPU threads, median of {args.iters}")
-    print("| dtype | pass | ours / diffusers |\n|---|---|---|")
-    for dt, mode, a, b in rows:
-        print(f"| {dt} | {mode} | {a / b:.2f} |")
+                a, b = timeit([run_ours, run_theirs], args.iters)
+                rows.append((str(dtype).split(".")[-1], mode, a, b))
+                ours.zero_grad(set_to_none=True)
+                theirs.zero_grad(set_to_none=True)
+        tokens = args.frames * (args.size // 2) ** 2
+        print(f"\nconfig: dim {args.dim}, {args.dim // 128} heads x 128, {args.layers} layers, ffn {4 * args.dim}, "
+              f"{args.frames} latent frames {args.size}x{args.size} ({tokens} tokens), text 512 x {args.text_dim}, "
+              f"{torch.get_num_threads()} CPU threads, median of {args.iters}")
+        print("| dtype | pass | ours / diffusers |\n|---|---|---|")
+        for dt, mode, a, b in rows:
+            print(f"| {dt} | {mode} | {a / b:.2f} |")
 
 
 def write_checkpoint(path, dim=1536, layers=6):
@@ -101,20 +101,20 @@ def write_checkpoint(path, dim=1536, layers=6):
 
 
 def memory():
-    path = tempfile.mkdtemp()
-    size = write_checkpoint(path)
-    # VmHWM, not ru_maxrss: the latter survives exec and would report this (parent) process's peak
-    code = ("import sys; sys.path.insert(0, {root!r}); import torch, model; "
-            "hwm = lambda: [int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM')][0]; "
-            "base = hwm(); m = model.load_wan_dit({path!r}); sum(p.sum().item() for p in m.parameters()); "
-            "print(base, hwm())")  # summing touches every page: mmap-backed tensors count only once read
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    out = subprocess.run([sys.executable, "-c", code.format(root=root, path=path)],
-                         capture_output=True, text=True, check=True)
-    base, peak = (int(v) * 1024 for v in out.stdout.split())
-    print(f"\nload_wan_dit on a {size / 2**30:.2f} GiB sharded checkpoint: peak RSS {peak / 2**30:.2f} GiB = "
-          f"{peak / size:.2f}x the checkpoint ({(peak - base) / size:.2f}x above the {base / 2**20:.0f} MiB of an idle "
-          f"process with torch imported)")
+    with tempfile.TemporaryDirectory() as path:  # a run leaves nothing behind
+        size = write_checkpoint(path)
+        # VmHWM, not ru_maxrss: the latter survives exec and would report this (parent) process's peak
+        code = ("import sys; sys.path.insert(0, {root!r}); import torch, model; "
+                "hwm = lambda: [int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM')][0]; "
+                "base = hwm(); m = model.load_wan_dit({path!r}); sum(p.sum().item() for p in m.parameters()); "
+                "print(base, hwm())")  # summing touches every page: mmap-backed tensors count only once read
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        out = subprocess.run([sys.executable, "-c", code.format(root=root, path=path)],
+                             capture_output=True, text=True, check=True)
+        base, peak = (int(v) * 1024 for v in out.stdout.split())
+        print(f"\nload_wan_dit on a {size / 2**30:.2f} GiB sharded checkpoint: peak RSS {peak / 2**30:.2f} GiB = "
+              f"{peak / size:.2f}x the checkpoint ({(peak - base) / size:.2f}x above the {base / 2**20:.0f} MiB of an "
+              f"idle process with torch imported)")
 
 
 if __name__ == "__main__":
