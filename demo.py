@@ -34,26 +34,30 @@ from eval import bench_rows, read_results, scored_from_default_noise
 from train import TrainConfig
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-CHILDREN = set()  # the steps running now (Popen): a SIGTERM to demo.py alone reaches them too
-STOPPED = "demo.py: stopped by SIGTERM, and so were its steps; run it again to continue"
-STOPPING = []
+CHILDREN = set()  # the steps running now (Popen): a SIGTERM or SIGINT to demo.py alone reaches them too
+STOPPING = []  # the signals received, once one has
 
 
 def launch(cmd, **kw):
-    """subprocess.Popen of a step in the repository, known to on_sigterm until wait_for(it)."""
+    """subprocess.Popen of a step in the repository, known to on_stop until wait_for(it)."""
     proc = subprocess.Popen(cmd, cwd=ROOT, **kw)
     CHILDREN.add(proc)
     return proc
 
 
-def on_sigterm(*_):
-    """Pass the SIGTERM on to the running steps (train.py saves its checkpoint, sim.py keeps its finished tasks);
-    demo.py stops once they have (wait_for): left running, a step would race its own rerun for the same files."""
+def on_stop(signum, _):
+    """SIGTERM, or SIGINT (Ctrl-C): a SIGTERM to the running steps (train.py saves its checkpoint, sim.py keeps its
+    finished tasks); demo.py stops once they have (wait_for): left running, a step would race its own rerun for the
+    same files. Ctrl-C at a terminal reaches the steps too, and train.py takes it as it takes a SIGTERM."""
+    STOPPING.append(signal.Signals(signum).name)
     if not CHILDREN:
-        raise SystemExit(STOPPED)
-    STOPPING.append(True)
+        raise SystemExit(stopped())
     for proc in CHILDREN:
         proc.terminate()
+
+
+def stopped():
+    return f"demo.py: stopped by {STOPPING[0]}, and so were its steps; run it again to continue"
 
 
 def wait_for(proc):
@@ -63,7 +67,7 @@ def wait_for(proc):
     if STOPPING:
         for other in list(CHILDREN):
             other.wait()
-        raise SystemExit(STOPPED)
+        raise SystemExit(stopped())
     return code
 
 
@@ -400,7 +404,8 @@ def main(argv):
     if min(args.seeds) < 0:  # train.py would say so only after the corpus is made
         p.error(f"--seeds {min(args.seeds)}: must not be negative")
     args.runs = os.path.abspath(args.runs)
-    signal.signal(signal.SIGTERM, on_sigterm)
+    for s in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(s, on_stop)
     os.chdir(ROOT)  # the recipes' paths (data/metaworld, ...) are the repository's, wherever the demo is started
 
     recipe = "long" if args.long else "demo"

@@ -864,77 +864,78 @@ def train(cfg, world, rank, device):
     peak = peak_flops(device, dtype) * world
     loader = torch.utils.data.DataLoader(
         dataset, batch_sampler=StepBatches(start, cfg.max_steps, accum, cfg.micro_batch, rank, world),
-        num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0, worker_init_fn=ignore_sigterm,
+        num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0, worker_init_fn=ignore_stop_signals,
         prefetch_factor=4 if cfg.num_workers > 0 else None, collate_fn=collate if not cfg.encode_in_loader else
         functools.partial(encoded_batch, vae=vae, h=h, latent_cache=latent_cache, world=world))
     batches = iter(loader)
-    stop = {"now": False}
-    on_sigterm = signal.signal(signal.SIGTERM, lambda *_: stop.__setitem__("now", True))
 
     if master and start:
         trim_log(os.path.join(cfg.out_dir, "log.jsonl"), start)
     log_file = open(os.path.join(cfg.out_dir, "log.jsonl"), "a") if master else None
     bar = tqdm(total=cfg.max_steps, initial=start, disable=not master, desc="train", dynamic_ncols=True)
     step, t_last, bad = start, time.perf_counter(), 0
-    while step < cfg.max_steps:
-        lr = lr_at(step, cfg)
-        for group in opt.param_groups:
-            group["lr"] = lr * group.get("lr_scale", 1.0)
-        sums = torch.zeros(3, device=device)
-        for m in range(accum):
-            inputs = model_inputs(next(batches), unwrap(model), vae, text_cache, device, latent_cache)
-            last = m == accum - 1
-            if cfg.parallel == "fsdp" and world > 1:
-                model.set_requires_gradient_sync(last)
-            sync = model.no_sync() if (cfg.parallel == "ddp" and world > 1 and not last) else contextlib.nullcontext()
-            with sync, torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-                out = model(inputs)
-                (out["loss"] / accum).backward()
-            sums += torch.stack([out["loss"].detach(), out["loss_value"].detach(), out["loss_video"].detach()]) / accum
-            del out  # its graph would otherwise live through the next forward (0.3 GiB more peak on the mid bench)
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
-        if torch.isfinite(grad_norm):  # the same norm on every process: they all step, or all skip
-            opt.step()
-            bad = 0
-        else:  # one bad batch (an overflow, a broken sample) must not reach the weights, nor a checkpoint
-            bad += 1
-            if master:
-                print(f"step {step + 1}: the gradient is not finite (norm {grad_norm.item()}); the step is skipped",
-                      flush=True)
-            if bad == MAX_BAD_STEPS:
-                raise SystemExit(f"{cfg.out_dir}: {bad} steps in a row with a gradient that is not finite: stopped, "
-                                 f"the weights untouched by them; ckpt/ holds the last step saved (lower --lr, or "
-                                 f"check the data)")
-        opt.zero_grad(set_to_none=True)
-        if world > 1:
-            dist.all_reduce(sums)
-            sums /= world
-        step += 1
-        now = time.perf_counter()
-        dt, t_last = now - t_last, now
-        if master and (step % cfg.log_every == 0 or step == cfg.max_steps):
-            mfu = flops / dt / peak  # NaN on a GPU peak_flops does not know
-            rec = {"step": step, "loss": sums[0].item(), "loss_value": sums[1].item(), "loss_video": sums[2].item(),
-                   "lr": lr, "grad_norm": grad_norm.item(), "samples_per_s": cfg.batch_size / dt, "mfu": mfu}
-            # strict JSON: a skipped step's NaN loss and norm, an unknown GPU's MFU, are null, which any reader parses
-            rec = {k: v if math.isfinite(v) else None for k, v in rec.items()} | ({"skipped": True} if bad else {})
-            log_file.write(json.dumps(rec, allow_nan=False) + "\n")
-            log_file.flush()
-            bar.set_postfix(loss=f"{sums[0].item():.4f}", value=f"{sums[1].item():.4f}", mfu=f"{mfu:.1%}")
-        bar.update(1)
-        stop_now = torch.tensor(float(stop["now"]), device=device)
-        if world > 1:  # every process must agree before saving
-            dist.all_reduce(stop_now)
-        if (step % cfg.ckpt_every == 0 and not bad) or step == cfg.max_steps or stop_now.item():
-            save_checkpoint(model, opt, step, cfg, rank, world, device, run)
-            t_last = time.perf_counter()  # the next step's time (samples/s, MFU) is its training alone
-        if stop_now.item():
-            if master:
-                print(f"SIGTERM: saved the state of step {step} in {cfg.out_dir}/ckpt; continue with --resume")
-            break
+    with stop_signals() as stop:  # SIGTERM or Ctrl-C: the step ends, is saved, and training stops
+        while step < cfg.max_steps:
+            lr = lr_at(step, cfg)
+            for group in opt.param_groups:
+                group["lr"] = lr * group.get("lr_scale", 1.0)
+            sums = torch.zeros(3, device=device)
+            for m in range(accum):
+                inputs = model_inputs(next(batches), unwrap(model), vae, text_cache, device, latent_cache)
+                last = m == accum - 1
+                if cfg.parallel == "fsdp" and world > 1:
+                    model.set_requires_gradient_sync(last)
+                ddp_no_sync = cfg.parallel == "ddp" and world > 1 and not last
+                sync = model.no_sync() if ddp_no_sync else contextlib.nullcontext()
+                with sync, torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+                    out = model(inputs)
+                    (out["loss"] / accum).backward()
+                sums += torch.stack([out[k].detach() for k in ("loss", "loss_value", "loss_video")]) / accum
+                del out  # its graph would otherwise live through the next forward (0.3 GiB more peak on the mid bench)
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
+            if torch.isfinite(grad_norm):  # the same norm on every process: they all step, or all skip
+                opt.step()
+                bad = 0
+            else:  # one bad batch (an overflow, a broken sample) must not reach the weights, nor a checkpoint
+                bad += 1
+                if master:
+                    print(f"step {step + 1}: the gradient is not finite (norm {grad_norm.item()}); the step is skipped",
+                          flush=True)
+                if bad == MAX_BAD_STEPS:
+                    raise SystemExit(f"{cfg.out_dir}: {bad} steps in a row with a gradient that is not finite: "
+                                     f"stopped, the weights untouched by them; ckpt/ holds the last step saved (lower "
+                                     f"--lr, or check the data)")
+            opt.zero_grad(set_to_none=True)
+            if world > 1:
+                dist.all_reduce(sums)
+                sums /= world
+            step += 1
+            now = time.perf_counter()
+            dt, t_last = now - t_last, now
+            if master and (step % cfg.log_every == 0 or step == cfg.max_steps):
+                mfu = flops / dt / peak  # NaN on a GPU peak_flops does not know
+                rec = {"step": step, "loss": sums[0].item(), "loss_value": sums[1].item(), "loss_video": sums[2].item(),
+                       "lr": lr, "grad_norm": grad_norm.item(), "samples_per_s": cfg.batch_size / dt, "mfu": mfu}
+                # strict JSON: a skipped step's NaN loss and norm, an unknown GPU's MFU, are null, which any reader
+                # parses
+                rec = {k: v if math.isfinite(v) else None for k, v in rec.items()} | ({"skipped": True} if bad else {})
+                log_file.write(json.dumps(rec, allow_nan=False) + "\n")
+                log_file.flush()
+                bar.set_postfix(loss=f"{sums[0].item():.4f}", value=f"{sums[1].item():.4f}", mfu=f"{mfu:.1%}")
+            bar.update(1)
+            stop_now = torch.tensor(float(stop["now"] is not None), device=device)
+            if world > 1:  # every process must agree before saving
+                dist.all_reduce(stop_now)
+            if (step % cfg.ckpt_every == 0 and not bad) or step == cfg.max_steps or stop_now.item():
+                save_checkpoint(model, opt, step, cfg, rank, world, device, run)
+                t_last = time.perf_counter()  # the next step's time (samples/s, MFU) is its training alone
+            if stop_now.item():
+                if master:
+                    print(f"{stop['now'] or 'Stopped'}: saved the state of step {step} in {cfg.out_dir}/ckpt; continue "
+                          "with --resume")
+                break
     bar.close()
-    signal.signal(signal.SIGTERM, on_sigterm)
     if master:
         print(f"done: step {step}/{cfg.max_steps}, loss {sums[0].item():.4f} (value {sums[1].item():.4f}, video "
               f"{sums[2].item():.4f}), model in {os.path.join(cfg.out_dir, 'wvm.safetensors')}")
@@ -964,10 +965,29 @@ def trim_log(path, step):
 MAX_BAD_STEPS = 5  # non-finite gradients in a row before training stops
 
 
-def ignore_sigterm(_):
-    """In each loader worker: torchrun and scancel send SIGTERM to the whole process group, and a worker it kills
-    takes the trainer down before the trainer's own handler can save the checkpoint."""
+@contextlib.contextmanager
+def stop_signals():
+    """While training, SIGTERM (torchrun, scancel) or Ctrl-C (SIGINT) sets stop["now"] to the signal's name, so that the
+    loop saves at the end of its step and stops; a second Ctrl-C stops at once (KeyboardInterrupt), without saving. The
+    handlers before are put back however training ends."""
+    stop = {"now": None}
+
+    def on_stop(signum, _):
+        stop["now"] = signal.Signals(signum).name
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    before = {s: signal.signal(s, on_stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield stop
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
+
+
+def ignore_stop_signals(_):
+    """In each loader worker: torchrun and scancel send SIGTERM to the whole process group, and a terminal's Ctrl-C
+    SIGINT; a worker it kills takes the trainer down before the trainer's own handler can save the checkpoint."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def check_data(cfg, dataset, recorded, finished):

@@ -263,23 +263,25 @@ def test_the_demo_works_in_the_repository_wherever_it_is_started(tmp_path, monke
     assert seen == {}
 
 
-def test_a_sigterm_to_the_demo_alone_stops_its_step_and_waits_for_it(tmp_path):
-    """A SIGTERM to demo.py alone (not its process group) reaches the running step, which saves (train.py its
-    checkpoint) before demo.py stops: an orphaned step raced its own rerun for the same files."""
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGINT"])
+def test_a_sigterm_to_the_demo_alone_stops_its_step_and_waits_for_it(tmp_path, name):
+    """A SIGTERM or SIGINT to demo.py alone (not its process group) reaches the running step as a SIGTERM, which saves
+    (train.py its checkpoint) before demo.py stops: an orphaned step raced its own rerun for the same files."""
     import signal
     import subprocess
     saved = tmp_path / "saved"
     step = (f"import signal, sys, time\ndef save(*_):\n    time.sleep(1)\n    open({str(saved)!r}, 'w').write('step 4')\n"
             f"    sys.exit(0)\nsignal.signal(signal.SIGTERM, save)\nprint('re' + 'ady', flush=True)\ntime.sleep(60)")
-    proc = subprocess.Popen([sys.executable, "-c", "import signal, sys, demo\nsignal.signal(signal.SIGTERM, "
-                             f"demo.on_sigterm)\ndemo.sh(sys.executable, '-c', {step!r})"], cwd=demo.ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    main = ("import signal, sys, demo\nfor s in (signal.SIGTERM, signal.SIGINT):\n    signal.signal(s, demo.on_stop)\n"
+            f"demo.sh(sys.executable, '-c', {step!r})")  # as demo.main handles the two
+    proc = subprocess.Popen([sys.executable, "-c", main], cwd=demo.ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
     while proc.stdout.readline() != "ready\n":  # the step's own line (the command echoed before it is not)
         pass
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(getattr(signal, name))
     _, err = proc.communicate(timeout=60)
     assert saved.read_text() == "step 4"  # the step had finished saving when demo.py ended
-    assert proc.returncode == 1 and err.strip().endswith("demo.py: stopped by SIGTERM, and so were its steps; run it "
+    assert proc.returncode == 1 and err.strip().endswith(f"demo.py: stopped by {name}, and so were its steps; run it "
                                                          "again to continue")
 
 

@@ -204,16 +204,18 @@ def test_sigterm_then_resume_repeats_the_uninterrupted_run(dataset, tmp_path):
     assert [a[s] for s in sorted(a)] == [b[s] for s in sorted(b)]  # exactly, not approximately
 
 
-def test_sigterm_to_the_process_group_with_loader_workers_saves(dataset, tmp_path):
-    """torchrun and scancel signal every process of the group, the loader workers too: the trainer still saves."""
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGINT"])
+def test_sigterm_to_the_process_group_with_loader_workers_saves(dataset, tmp_path, name):
+    """torchrun and scancel signal every process of the group (SIGTERM), and so does a terminal's Ctrl-C (SIGINT),
+    the loader workers too: the trainer still saves, and says which signal stopped it."""
     cmd = [sys.executable, "train.py", *args(dataset, tmp_path / "cut", max_steps=200, ckpt_every=1000, num_workers=1)]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=dict(os.environ, **CPU), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)
     wait_for_log(tmp_path / "cut", 2)
-    os.killpg(proc.pid, signal.SIGTERM)
+    os.killpg(proc.pid, getattr(signal, name))
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-3000:]
-    assert "SIGTERM: saved the state of step" in out
+    assert f"{name}: saved the state of step" in out
     assert (tmp_path / "cut" / "ckpt" / "state.json").exists()
 
 
