@@ -973,7 +973,7 @@ def stop_signals():
     stop = {"now": None}
 
     def on_stop(signum, _):
-        stop["now"] = signal.Signals(signum).name
+        stop["now"] = stop["now"] or signal.Signals(signum).name  # the first: a Ctrl-C reaches demo.py's steps twice
         signal.signal(signal.SIGINT, signal.default_int_handler)
     before = {s: signal.signal(s, on_stop) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
