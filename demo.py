@@ -61,7 +61,7 @@ def stopped():
 
 
 def wait_for(proc):
-    """proc's exit code; after a SIGTERM, the end of every step, and of demo.py."""
+    """proc's exit code; after a SIGTERM or Ctrl-C, the end of every step, and of demo.py."""
     code = proc.wait()
     CHILDREN.discard(proc)
     if STOPPING:
