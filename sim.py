@@ -1299,13 +1299,13 @@ def run_jobs(fn, jobs, workers, what):
         pool.shutdown(wait=False, cancel_futures=True)
 
 
-def write_split(root, jobs, opts, settings, codec, workers=1, desc=None):
+def write_split(root, jobs, opts, codec, workers=1, desc=None):
     """Generate `jobs` [(task, seed, kinds)] into a LeRobot v3.0 dataset at `root` with its annotations.jsonl;
     returns the split's counts. Each task is written as a part under <root>.parts/ as soon as its jobs are
     done, and the parts are merged into `root` at the end, so an interrupted run resumes at the first missing
-    part. A split already written with the same settings is kept; other settings are an error."""
+    part. A split already written with the same settings (settings_record) is kept; other settings are an error."""
     root, desc = Path(root), desc or Path(root).name
-    settings = json.loads(json.dumps({**settings, "jobs": [list(j) for j in jobs]}))  # tuples -> lists, as read back
+    settings = settings_record(jobs, opts, codec)
     finished, parts_dir = _open_parts(root, settings, root / "annotations.jsonl")
     if finished is not None:
         return finished
@@ -1591,9 +1591,9 @@ def main(argv):
     write_paraphrases(out, args.train_tasks)
     splits = plan(args)
     t0 = time.time()
-    for name, (jobs, opts, settings) in splits.items():
+    for name, (jobs, opts, _) in splits.items():
         if name in args.splits:
-            report["splits"][name] = write_split(out / name, jobs, opts, settings, args.codec, args.workers)
+            report["splits"][name] = write_split(out / name, jobs, opts, args.codec, args.workers)
     save_json(report, out / "generation.json")
     for name, counts in ((n, report["splits"][n]) for n in args.splits if n in report["splits"]):
         print(f"{out / name}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))

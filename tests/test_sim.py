@@ -438,11 +438,11 @@ def test_a_folder_sim_did_not_write_is_never_replaced(tmp_path):
     (root / "meta").mkdir(parents=True)
     (root / "meta" / "info.json").write_text("mine")
     with pytest.raises(SystemExit, match=r"train: exists and was not written by sim.py"):
-        sim.write_split(root, [(TASK, 0, ("expert",))], {"fps": FPS}, {}, "libx264")
+        sim.write_split(root, [(TASK, 0, ("expert",))], {"fps": FPS}, "libx264")
     assert (root / "meta" / "info.json").read_text() == "mine" and not (tmp_path / "train.parts").exists()
     (tmp_path / "file").write_text("mine")
     with pytest.raises(SystemExit, match="was not written by sim.py"):
-        sim.write_split(tmp_path / "file", [(TASK, 0, ("expert",))], {"fps": FPS}, {}, "libx264")
+        sim.write_split(tmp_path / "file", [(TASK, 0, ("expert",))], {"fps": FPS}, "libx264")
     assert (tmp_path / "file").read_text() == "mine"
     # nor are the files sim.py writes beside the splits, where it has not written before (no generation.json)
     for mine, listed in (({"paraphrases.json": "{}"}, "paraphrases.json"),
