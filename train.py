@@ -937,8 +937,9 @@ def train(cfg, world, rank, device):
                 break
     bar.close()
     if master:
-        print(f"done: step {step}/{cfg.max_steps}, loss {sums[0].item():.4f} (value {sums[1].item():.4f}, video "
-              f"{sums[2].item():.4f}), model in {os.path.join(cfg.out_dir, 'wvm.safetensors')}")
+        if step == cfg.max_steps:  # a stopped run said so above, and its model is not finished
+            print(f"done: step {step}/{cfg.max_steps}, loss {sums[0].item():.4f} (value {sums[1].item():.4f}, video "
+                  f"{sums[2].item():.4f}), model in {os.path.join(cfg.out_dir, 'wvm.safetensors')}")
         log_file.close()
         lock.close()
     return model

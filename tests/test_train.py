@@ -195,6 +195,7 @@ def test_sigterm_then_resume_repeats_the_uninterrupted_run(dataset, tmp_path):
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-3000:]
     assert "SIGTERM: saved the state of step" in out
+    assert "done:" not in out and "done:" in full.stdout  # a stopped run is not called done
     stopped = max(losses(tmp_path / "cut"))
     assert 2 <= stopped < 20
     resumed = run([sys.executable, "train.py", *args(dataset, tmp_path / "cut", max_steps=20, ckpt_every=100, resume=True)])
