@@ -324,20 +324,27 @@ def whole(x):
 
 
 def lerobot_frame_base(root):
-    """{episode_index: the dataset-wide `index` of its frame 0} from a LeRobot dataset's data parquet files, the
-    rows LeRobot's trainers look frames up by ({} where they lack the columns). Metadata counts can be off: a skipped
-    episodes.jsonl line, or a length that is not its episode's rows, would shift every later episode's."""
-    out = {}
+    """{episode_index: (the dataset-wide `index` of its frame 0, its number of rows)} from a LeRobot dataset's data
+    parquet files, the rows LeRobot's trainers look frames up by ({} where they lack the columns). Metadata counts
+    can be off: a skipped episodes.jsonl line, or a length that is not its episode's rows, would shift every later
+    episode's."""
+    out, rows = {}, {}
     for f in sorted((Path(root) / "data").rglob("*.parquet")):
         try:
             if not {"episode_index", "frame_index", "index"} <= set(pq.read_schema(f).names):
                 continue
             t = pq.read_table(f, columns=["episode_index", "frame_index", "index"])
-            ep, frame, index = (t[c].to_numpy(zero_copy_only=False) for c in ("episode_index", "frame_index", "index"))
         except (pa.ArrowException, OSError) as e:
             raise DataError(f"{f}: unreadable frame index columns ({e})") from None
+        null = next((c for c in ("episode_index", "frame_index", "index") if t[c].null_count), None)
+        if null:
+            raise DataError(f"{f}: {t[null].null_count} rows have no {null} (null): a LeRobot frame needs its "
+                            f"episode_index, frame_index and index")
+        ep, frame, index = (t[c].to_numpy() for c in ("episode_index", "frame_index", "index"))
         out |= {int(e): int(i) for e, i in zip(ep[frame == 0], index[frame == 0])}
-    return out
+        for e, n in zip(*np.unique(ep, return_counts=True)):
+            rows[int(e)] = rows.get(int(e), 0) + int(n)
+    return {e: (i, rows[e]) for e, i in out.items()}
 
 
 def _probe_once(probed, video):

@@ -348,6 +348,8 @@ def main():
     a = p.parse_args()
     if not (a.model or a.tiny_random):
         p.error("give --model (a local umT5 folder) or --tiny_random DIM")
+    if a.model and a.tiny_random:
+        p.error("give --model or --tiny_random, not both: --tiny_random makes a random encoder, not the model's")
     if min(a.batch_size, a.shard_size, a.text_len, a.tiny_random or 1) < 1:
         p.error("--batch-size, --shard-size, --text_len and --tiny_random must be at least 1")
     try:

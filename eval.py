@@ -796,6 +796,12 @@ def export_scores(path, scorer, out_dir, fps, H=10, kappa=0.0, keep_top=None, ta
         if other != os.path.abspath(path):
             raise DataError(f"{out_dir}: holds the scores of {other or 'something else (values.json unreadable)'}; "
                             f"choose another --out for {path}, or delete it")
+    foreign = [n for n in ("values.parquet", "sarm_progress.parquet", "overlay") if os.path.exists(os.path.join(out_dir, n))]
+    if foreign and not os.path.exists(before):  # e.g. a dataset folder holding LeRobot's own SARM progress file
+        raise DataError(f"{out_dir}: holds {', '.join(foreign)} that no eval.py --score wrote (no values.json beside "
+                        f"them); choose another --out, or move them")
+    # the data's own frame index, read first: a broken column is said before the scoring, not after it
+    base = lerobot_frame_base(path) if os.path.exists(os.path.join(path, "meta", "info.json")) else {}
     found = []
     episodes = read_dataset(path, camera=camera, skipped=found, state=state_column(scorer, path))
     warn_slow(episodes, fps, path)
@@ -819,28 +825,35 @@ def export_scores(path, scorer, out_dir, fps, H=10, kappa=0.0, keep_top=None, ta
     scored = [(t, p) for t, p in zip(trajs, preds) if p is not None]
     if not scored:
         raise DataError(f"{path}: no episode could be scored ({len(skipped)} skipped)")
-    cols = {k: [] for k in ("episode_index", "frame_index", "progress", "spread", "delta", "index")}
-    base = lerobot_frame_base(path) if os.path.exists(os.path.join(path, "meta", "info.json")) else {}
+    cols = {k: [] for k in ("episode_index", "frame_index", "progress", "spread", "delta", "index", "in_data")}
     for traj, (v, s) in scored:
         T = traj.episode.T
         native = np.interp(np.arange(T), traj.index, v)
         # LeRobot's dataset-wide frame index, which its RA-BC weighting looks frames up by: the data's own, else
         # the metadata's, else a running count
-        start = base.get(traj.episode.episode_index, traj.episode.extra.get(
-            "index_from", cols["index"][-1][-1] + 1 if cols["index"] else 0))
+        start, rows = base.get(traj.episode.episode_index, (traj.episode.extra.get(
+            "index_from", cols["index"][-1][-1] + 1 if cols["index"] else 0), T))
+        if rows < T:  # frames the video has and the data not: no index of their own (they would take the next's)
+            print(f"{traj.episode.id}: {T} frames in its video and metadata, {rows} rows in the data; "
+                  f"sarm_progress.parquet holds the first {rows}", file=sys.stderr)
         cols["index"].append(start + np.arange(T, dtype=np.int64))
+        cols["in_data"].append(np.arange(T) < rows)
         cols["episode_index"].append(np.full(T, traj.episode.episode_index, dtype=np.int64))
         cols["frame_index"].append(np.arange(T, dtype=np.int64))
         cols["progress"].append(native)
         cols["spread"].append(np.interp(np.arange(T), traj.index, s))
         cols["delta"].append(chunk_delta(native, H))
     cols = {k: np.concatenate(v) for k, v in cols.items()}
-    index = cols.pop("index")
+    index, in_data = cols.pop("index"), cols.pop("in_data")
     cols["keep"], threshold = filtered_bc_keep(cols["delta"], kappa, keep_top)
     cols["awr_weight"] = awr_weight(cols["delta"], tau, delta_max)
     # LeRobot's progress-file layout: int64 index, episode_index, frame_index, float32 progress_<head>, rows by
     # index. WVM has one value head; both head names carry it, so either rabc_head_mode reads it.
-    order = np.argsort(index, kind="stable")
+    order = np.flatnonzero(in_data)[np.argsort(index[in_data], kind="stable")]
+    if len(order) > 1 and (np.diff(index[order]) == 0).any():  # a trainer would look up one frame's and get another's
+        dup = int(index[order][1:][np.diff(index[order]) == 0][0])
+        raise DataError(f"{path}: the data's index {dup} belongs to two scored frames (episodes' rows overlap in the "
+                        f"index column); sarm_progress.parquet would be ambiguous")
     progress = cols["progress"][order].astype(np.float32)
     sarm = pa.table({"index": index[order], "episode_index": cols["episode_index"][order],
                      "frame_index": cols["frame_index"][order], "progress_sparse": progress, "progress_dense": progress})
@@ -991,8 +1004,8 @@ def parse_args(argv):
                    "given the instruction, u given the empty one; for a model trained with train.py --text_dropout "
                    "(not in the paper; docs/results.md)")
     p.add_argument("--batch", type=int, default=16, help="trajectories scored together")
-    p.add_argument("--by", default="embodiment", choices=["embodiment", "task", "mechanism", "kind"],
-                   help="a row per group of trajectories (ranking: a group of failures alone, e.g. one failure mechanism, "
+    p.add_argument("--by", choices=["embodiment", "task", "mechanism", "kind"],
+                   help="with --bench: a row per group of trajectories (default embodiment; ranking: a group of failures alone, e.g. one failure mechanism, "
                         "is ranked against its tasks' successes)")
     p.add_argument("--instructions", metavar="FILE", help="with --bench: JSON {instruction: replacement}, the "
                    "episodes scored with another instruction (a rewording, another task's)")
@@ -1032,6 +1045,8 @@ def parse_args(argv):
               (not a.score or a.ckpt, "--score needs --ckpt"),
               (not a.overlay or a.score, "--overlay goes with --score"),
               (not a.instructions or a.bench, "--instructions goes with --bench"),
+              *((not getattr(a, k) or a.bench, f"--{k} goes with --bench (--score writes its folder's values.json)")
+                for k in ("json", "plots", "by")),
               *((can_be_folder(d), f"{flag} {d}: a file, not a folder" if os.path.exists(d) else
                  f"{flag} {d}: cannot be made, a file lies on its path")
                 for flag, d in (("--plots", a.plots), ("--out", a.out if a.score else None)) if d)]
@@ -1043,6 +1058,7 @@ def parse_args(argv):
         print(f"--data {a.data} --ckpt {a.ckpt} (the demo's; pass --data to choose)", file=sys.stderr)
     if a.bench and not a.data:
         p.error("--bench needs --data")
+    a.by = a.by or "embodiment"
     return a
 
 

@@ -410,19 +410,33 @@ def build_vae(cfg, device, dataset):
 def check_prior_vae(wan, vae_id):
     """A --wan that a train.py --stage=video run exported (its out_dir/wan) learned the latents of that run's VAE; a
     run without --vae makes a random one of its own (another with another seed, or other clips to calibrate it on),
-    whose latents the prior never saw. vae_id: this run's VAE's vae_fingerprint."""
-    run_dir = os.path.dirname(os.path.normpath(os.path.abspath(wan)))
-    if os.path.basename(os.path.normpath(wan)) != "wan" or not os.path.isfile(os.path.join(run_dir, "wvm.safetensors")):
-        return
+    whose latents the prior never saw. The folder's config.json names that VAE ("wvm_vae"); one exported before it
+    did is checked against the run it lies in. vae_id: this run's VAE's vae_fingerprint."""
+    folder = wan if os.path.isdir(wan) else os.path.dirname(os.path.abspath(wan))
+    run_dir = os.path.dirname(os.path.normpath(os.path.abspath(folder)))
     try:
-        was = json.loads(read_metadata(os.path.join(run_dir, "wvm.safetensors")).get("run", "{}"))
-        used = (read_json(os.path.join(run_dir, "config.json")) or {}).get("vae")
-    except Exception:  # noqa: BLE001 (a file that does not read is no train.py run's record: nothing to check)
-        return
-    if was.get("stage") == "video" and was.get("vae") and was["vae"] != vae_id:
-        raise SystemExit(f"--wan={wan}: its video stream learned the latents of its run's VAE ({was['vae']}), and this "
-                         f"run's is another ({vae_id}): pass "
-                         f"--vae={used or os.path.join(run_dir, 'vae.safetensors')}")
+        learned = (read_json(os.path.join(folder, "config.json")) or {}).get("wvm_vae")
+    except Exception:  # noqa: BLE001 (read_wan_checkpoint has read it already; an official folder's is Wan's own)
+        learned = None
+    used = None
+    if not learned and os.path.basename(os.path.normpath(folder)) == "wan" and \
+            os.path.isfile(os.path.join(run_dir, "wvm.safetensors")):
+        try:
+            was = json.loads(read_metadata(os.path.join(run_dir, "wvm.safetensors")).get("run", "{}"))
+        except Exception:  # noqa: BLE001 (a file that does not read is no train.py run's record: nothing to check)
+            return
+        learned = was.get("vae") if was.get("stage") == "video" else None
+    if learned and learned != vae_id:
+        if os.path.isfile(os.path.join(run_dir, "config.json")):
+            try:
+                used = (read_json(os.path.join(run_dir, "config.json")) or {}).get("vae")
+            except Exception:  # noqa: BLE001
+                used = None
+        own = os.path.join(run_dir, "vae.safetensors")
+        hint = used or (own if os.path.isfile(own) else None)
+        raise SystemExit(f"--wan={wan}: its video stream learned the latents of another VAE ({learned}), and this "
+                         f"run's is {vae_id}: pass " + (f"--vae={hint}" if hint else
+                                                        "the VAE of the run that exported it with --vae"))
 
 
 def parallelize(model, cfg, device, world):
@@ -637,7 +651,7 @@ def save_checkpoint(model, opt, step, cfg, rank, world, device, run):
         shell.load_state_dict(full, assign=True)
         save_wvm(shell, os.path.join(cfg.out_dir, "wvm.safetensors"), run)
         if cfg.stage == "video":  # the pretrained video stream, as the official checkpoint --wan reads
-            save_wan_dit(shell.video, os.path.join(cfg.out_dir, "wan"))
+            save_wan_dit(shell.video, os.path.join(cfg.out_dir, "wan"), run["vae"])
         save_json({"step": step, "world": world, "parallel": cfg.parallel, "run": run, "param_groups": groups,
                    "schedule": {k: getattr(cfg, k) for k in SCHEDULE}}, os.path.join(tmp, "state.json"))
         if os.path.exists(old):  # left by a crash after the swap: os.replace cannot overwrite a folder
@@ -786,6 +800,13 @@ def train(cfg, world, rank, device):
     missing = [path for path, _, _ in data_specs(cfg) if not os.path.exists(path)]
     if missing:  # named before a run folder is made for it
         raise SystemExit(f"--data: {', '.join(missing)}: not found") from None
+    if cfg.latent_cache and master:  # likewise
+        try:
+            os.makedirs(cfg.latent_cache, exist_ok=True)
+        except OSError as e:
+            raise SystemExit(f"--latent_cache={cfg.latent_cache}: cannot be made ({e.strerror or e})") from None
+        if not os.access(cfg.latent_cache, os.W_OK | os.X_OK):
+            raise SystemExit(f"--latent_cache={cfg.latent_cache}: not writable") from None
     lock = open_run(cfg) if master else None
     barrier()
     saved = read_state(cfg, world) if cfg.resume else {"step": 0}

@@ -921,6 +921,15 @@ def test_encode_text_names_a_texts_file_that_is_not_utf8(tmp_path, monkeypatch):
         encode_text.main()
 
 
+def test_encode_text_refuses_a_model_and_a_random_encoder_together(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["encode_text.py", "--model", str(tmp_path / "umt5"), "--tiny_random", "8",
+                                      "--texts", str(tmp_path / "t.txt"), "--out", str(tmp_path / "cache")])
+    with pytest.raises(SystemExit):
+        encode_text.main()
+    assert "give --model or --tiny_random, not both" in capsys.readouterr().err
+    assert not (tmp_path / "cache").exists()
+
+
 def hf_word_tokenizer(words):
     """A saveable HF tokenizer with the tiny encoder's ids for these words (none of which collide): what
     load_encoder reads from a umT5 folder."""

@@ -784,6 +784,73 @@ def test_exported_frames_keep_the_datas_index_when_the_metadata_counts_wrong(tmp
     assert [rows[e, i] for e, i in zip(sarm["episode_index"], sarm["frame_index"])] == sarm["index"]
 
 
+def test_exported_frames_never_take_another_episodes_index(tmp_path, capsys):
+    """An episode whose data holds fewer rows than its video and metadata (2 rows cut, later episodes renumbered):
+    its frames past the data's rows get no `index` (it is the next episode's), so every index of the progress file
+    is one frame's, each its own row's; a null index is refused before any scoring, naming the file."""
+    import glob
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    import eval as wvm_eval
+    from data import DataError
+    from sim import write_lerobot
+    write_lerobot(tmp_path / "ds", ({"frames": np.full((T, 16, 16, 3), 5 * T, np.uint8), "task": "push it"}
+                                    for T in (30, 32, 34, 36)), fps=4, version="v2.1", codec="libx264")
+    files = sorted(glob.glob(str(tmp_path / "ds" / "data" / "*" / "*.parquet")))
+    shift, rows = 0, {}
+    for f in files:
+        t = pq.read_table(f)
+        if t["episode_index"][0].as_py() == 1:
+            t, shift = t.slice(0, len(t) - 2), 2
+        elif shift:
+            t = t.set_column(t.schema.get_field_index("index"), "index", pa.array(np.asarray(t["index"]) - shift))
+        pq.write_table(t, f)
+        r = t.to_pydict()
+        rows |= {(e, i): x for e, i, x in zip(r["episode_index"], r["frame_index"], r["index"])}
+    wvm_eval.export_scores(str(tmp_path / "ds"), Stub(), str(tmp_path / "out"), 2.0)
+    assert "ds/1: 32 frames in its video and metadata, 30 rows in the data" in capsys.readouterr().err
+    sarm = pq.read_table(tmp_path / "out" / "sarm_progress.parquet").to_pydict()
+    assert len(sarm["index"]) == len(set(sarm["index"])) == len(rows) == 130
+    assert [rows[e, i] for e, i in zip(sarm["episode_index"], sarm["frame_index"])] == sarm["index"]
+    values = pq.read_table(tmp_path / "out" / "values.parquet").to_pydict()
+    assert len(values["frame_index"]) == 132  # keyed by (episode, frame): every frame of the video keeps its value
+    t = pq.read_table(files[2])
+    t = t.set_column(t.schema.get_field_index("index"), "index", pa.array([None] + t["index"].to_pylist()[1:],
+                                                                          pa.int64()))
+    pq.write_table(t, files[2])
+    scored = []
+    stub = Stub()
+    stub.score = lambda trajs: scored.append(trajs) or Stub.score(stub, trajs)
+    with pytest.raises(DataError, match=f"{files[2]}: 1 rows have no index"):
+        wvm_eval.export_scores(str(tmp_path / "ds"), stub, str(tmp_path / "out"), 2.0)
+    assert not scored
+
+
+def test_score_never_replaces_files_it_did_not_write(bench_setup, tmp_path):
+    """--out holding a values.parquet or sarm_progress.parquet that no eval.py --score wrote (no values.json; e.g. a
+    dataset folder with LeRobot's own SARM progress file) is refused before scoring, the files untouched."""
+    import eval as wvm_eval
+    from data import DataError
+    for name in ("values.parquet", "sarm_progress.parquet"):
+        out = tmp_path / name
+        out.mkdir()
+        (out / name).write_bytes(b"someone else's")
+        with pytest.raises(DataError, match=f"holds {name} that no eval.py --score wrote"):
+            wvm_eval.export_scores(str(bench_setup / "ds"), Stub(), str(out), 2.0)
+        assert (out / name).read_bytes() == b"someone else's"
+
+
+def test_bench_flags_are_refused_with_score(capsys):
+    import eval as wvm_eval
+    for flag in (["--json", "x.json"], ["--plots", "p"], ["--by", "task"]):
+        with pytest.raises(SystemExit):
+            wvm_eval.parse_args(["--score", "ds", "--ckpt", "run", *flag])
+        assert f"{flag[0]} goes with --bench" in capsys.readouterr().err
+    assert wvm_eval.parse_args(["--bench", "expert", "--data", "ds"]).by == "embodiment"
+
+
 def test_overlay_draws_the_curve_under_the_frames(bench_setup, tmp_path):
     import av
 

@@ -964,6 +964,8 @@ def test_bad_inputs_end_with_their_message_only(dataset, tmp_path):
               f"channels, and the video stream reads 48 (--size=tiny)"),
              (dict(data=str(tmp_path)), f"{tmp_path}: not a dataset"),
              (dict(data=f"{dataset / 'ds'},{tmp_path / 'gone'}:2"), f"--data: {tmp_path / 'gone'}: not found"),
+             (dict(latent_cache=str(tmp_path / "vae.safetensors" / "latents")), f"--latent_cache="
+              f"{tmp_path / 'vae.safetensors' / 'latents'}: cannot be made (Not a directory)"),
              (dict(data=f"{dataset / 'ds'}:0"), "ClipDataset: no source of weight > 0 has usable episodes (ds: "
               "weight 0)"),
              (dict(text_cache=str(tmp_path / "none")), f"{tmp_path / 'none'}: no text cache"),
@@ -980,6 +982,7 @@ def test_bad_inputs_end_with_their_message_only(dataset, tmp_path):
         assert str(e.value).startswith(msg) and e.value.__suppress_context__
         assert not (tmp_path / f"run{i}" / "config.json").exists()  # stopped before the run wrote anything
     assert not (tmp_path / "run5").exists()  # a missing source: before the run folder was made
+    assert not (tmp_path / "run6").exists()  # a latent cache that cannot be made: likewise
     assert not (tmp_path / "run1").exists()  # fsdp without torchrun: before any data is read
 
 
@@ -1008,8 +1011,10 @@ def test_video_stage_writes_a_wan_checkpoint_that_wvm_training_starts_from(datas
                                                   fresh.value.state_dict().values()))
     # the prior learned its run's random VAE's latents (fitted to clips without rewinding): a run making a VAE of its
     # own is refused, and given that VAE it trains
-    with pytest.raises(SystemExit, match=f"learned the latents of its run's VAE .*: pass --vae={tmp_path / 'prior'}/"):
+    with pytest.raises(SystemExit, match=f"learned the latents of another VAE .*: pass --vae={tmp_path / 'prior'}/"):
         train_here(dataset, tmp_path / "own", wan=str(wan), max_steps=1)
+    assert train.read_json(wan / "config.json")["wvm_vae"] == train.vae_fingerprint(
+        train.load_wan_vae(str(tmp_path / "prior" / "vae.safetensors")))
     cfg = train.configure(args(dataset, tmp_path / "wvm", wan=str(wan), max_steps=1,
                                vae=str(tmp_path / "prior" / "vae.safetensors")))
     model = train.build_model(cfg, torch.device("cpu"))
@@ -1021,7 +1026,11 @@ def test_video_stage_writes_a_wan_checkpoint_that_wvm_training_starts_from(datas
     os.makedirs(tmp_path / "wan16")
     shutil.copy(wan / "config.json", tmp_path / "wan16")
     save_safetensors(half, str(tmp_path / "wan16" / "diffusion_pytorch_model.safetensors"))
-    cfg = train.configure(args(dataset, tmp_path / "wvm16", wan=str(tmp_path / "wan16"), max_steps=1))
+    # copied away from its run, the folder still names the VAE it learned (its config.json)
+    with pytest.raises(SystemExit, match="learned the latents of another VAE .*: pass the VAE of the run that exported it with --vae"):
+        train_here(dataset, tmp_path / "own16", wan=str(tmp_path / "wan16"), max_steps=1)
+    cfg = train.configure(args(dataset, tmp_path / "wvm16", wan=str(tmp_path / "wan16"), max_steps=1,
+                               vae=str(tmp_path / "prior" / "vae.safetensors")))
     model = train.build_model(cfg, torch.device("cpu"))
     assert {p.dtype for p in model.parameters()} == {torch.float32}
     assert all(torch.equal(v.half().float(), model.video.state_dict()[k]) for k, v in video.state_dict().items())
