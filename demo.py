@@ -443,10 +443,13 @@ def main(argv):
             for split in SPLITS:
                 print(line([name, split], [summary(res, split) for res in table[name]]))
     if args.policy:  # the default run's values, and the longer recipe's once it is trained
-        # named by seed as docs/results.md's demo-s1 (policy.py refuses a name scored with another run)
-        seed = args.seeds[0]
-        wvm = {r if seed == 0 else f"{r}-s{seed}": os.path.join(args.runs, f"{r}-prior-s{seed}") for r in RECIPES}
-        sh(sys.executable, "policy.py", "--wvm", *(f"{r}={d}" for r, d in wvm.items() if finished(d)))
+        # named by seed as docs/results.md's demo-s1, and by --runs where it is not runs/ (policy.py refuses a name
+        # scored with another run); the rows and the table beside the runs
+        seed, tag = args.seeds[0], "" if args.runs == os.path.join(ROOT, "runs") else f"{os.path.basename(args.runs)}-"
+        wvm = {tag + (r if seed == 0 else f"{r}-s{seed}"): os.path.join(args.runs, f"{r}-prior-s{seed}")
+               for r in RECIPES}
+        sh(sys.executable, "policy.py", "--out", os.path.join(args.runs, "policy"),
+           "--wvm", *(f"{r}={d}" for r, d in wvm.items() if finished(d)))
 
 
 if __name__ == "__main__":

@@ -373,7 +373,10 @@ def check_counts(p, args, *counts):
 def read_inits(data, tasks, rollouts):
     """The rollouts' starting conditions {task: ...} of `data`, refused where a task has fewer than `rollouts`: the
     table would say more rollouts than were run."""
-    inits = json.loads((Path(data) / "eval_inits.json").read_text())
+    path = Path(data) / "eval_inits.json"
+    if not path.exists():  # written last by `sim.py policy`: an interrupted run has not got there
+        raise SystemExit(f"{path}: missing; `python sim.py policy --out {data}` writes it (again, to finish)")
+    inits = json.loads(path.read_text())
     few = {t: len(inits[t]["rand_vec"]) for t in tasks if len(inits[t]["rand_vec"]) < rollouts}
     if few:
         raise SystemExit(f"--rollouts {rollouts}: {data}/eval_inits.json holds fewer starting conditions for "

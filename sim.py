@@ -321,6 +321,7 @@ TEST_PAUSES = ("hover",)
 TEST_UNDOS = ("slow_retrace",)
 ON_PATH = ("retrace", "carry", "slow_retrace")  # the retries that end on E's path, at E's frame m - x (m - u)
 TEST_SPLITS = ("test_seen", "test_unseen")
+UNSEEN_SPLITS = ("heldout_unseen", "test_unseen")  # scored as tasks never trained on (play_unseen is video only)
 PLAYS = ("noisy", "reach", "other")
 FAILURES = ("stall", "give_up", "drop", "wrong_place", "wrong_target")
 HOLD_PROGRESS_TOL = 0.005  # m: during a pause the object-to-goal distance may change this much
@@ -1510,13 +1511,27 @@ def parse_args(argv):
         p.error("at most 10000 test seeds per task")
     if args.seeds_heldout > 20_000:  # the held-out seeds start at 60000, the test splits' at 80000
         p.error("at most 20000 held-out seeds per task")
+    if not 0 <= args.seed < 40_000:  # env seeds are seed * 100000 + up to 99999, below numpy's 2**32
+        p.error("--seed must be in [0, 40000)")
+    check_codec(p, args.codec)
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        p.error(f"--out {args.out}: a file, not a folder")
     return args
+
+
+def check_codec(p, codec):
+    """A --codec PyAV cannot encode with is said before any episode is simulated (and before a split records it)."""
+    try:
+        av.codec.Codec(codec, "w")
+    except (av.codec.codec.UnknownCodecError, ValueError) as e:
+        p.error(f"--codec {codec}: PyAV here has no such encoder ({e}); e.g. libx264 or libsvtav1")
 
 
 def write_paraphrases(out, tasks):
     """paraphrases.json: {instruction: [other wordings]} of the training `tasks` (what `train.py --paraphrases`
-    reads), and metaworld_wording.json: {instruction: Meta-World's description} of every task."""
-    save_json({INSTRUCTIONS[t]: PARAPHRASES[t] for t in tasks if t in PARAPHRASES}, Path(out, "paraphrases.json"))
+    reads; None: left as it is), and metaworld_wording.json: {instruction: Meta-World's description} of every task."""
+    if tasks is not None:
+        save_json({INSTRUCTIONS[t]: PARAPHRASES[t] for t in tasks if t in PARAPHRASES}, Path(out, "paraphrases.json"))
     save_json({INSTRUCTIONS[t]: METAWORLD_WORDING[t] for t in INSTRUCTIONS}, Path(out, "metaworld_wording.json"))
 
 
@@ -1571,6 +1586,23 @@ def changed_settings(root, settings):
     return sorted(k for k in {**old, **settings} if old.get(k) != settings.get(k))
 
 
+def check_task_split(out, planned):
+    """No task both trained on (train, play) and scored as unseen (heldout_unseen, test_unseen) in one corpus: the
+    splits this run writes (planned: {split: (jobs, ...)}) against each other and against those already under out,
+    which an earlier run with other --train-tasks or --unseen-tasks may have written."""
+    def tasks(name):
+        if name in planned:
+            return {job[0] for job in planned[name][0]}
+        done = out / name / "meta" / "sim.json"
+        return {job[0] for job in json.loads(done.read_text())["settings"]["jobs"]} if done.exists() else set()
+    trained, unseen = (set().union(*map(tasks, names)) for names in (("train", "play"), UNSEEN_SPLITS))
+    if trained & unseen:
+        on_disk = [n for n in ("train", "play", *UNSEEN_SPLITS) if n not in planned and tasks(n)]
+        raise SystemExit(f"{out}: {', '.join(sorted(trained & unseen))} would be both a training task and an unseen one"
+                         + (f" (with the {', '.join(on_disk)} split(s) already there)" if on_disk else "")
+                         + "; keep the --train-tasks and --unseen-tasks of the corpus, or choose another --out")
+
+
 def main(argv):
     args = parse_args(argv)
     out = Path(args.out)
@@ -1586,10 +1618,12 @@ def main(argv):
         raise SystemExit(f"{out}: holds {', '.join(theirs)}, not written by sim.py; delete it or choose another --out")
     if ours:  # a corpus written a few splits at a time keeps every split's counts
         report["splits"] = ours["splits"]
-    save_json(report, out / "generation.json")
-    # other wordings of the instructions, for train.py --paraphrases, eval.py --instructions, encode_text.py --paraphrases
-    write_paraphrases(out, args.train_tasks)
     splits = plan(args)
+    check_task_split(out, {n: split for n, split in splits.items() if n in args.splits})
+    save_json(report, out / "generation.json")
+    # other wordings of the instructions, for train.py --paraphrases, eval.py --instructions, encode_text.py
+    # --paraphrases: the training tasks' with the training split that holds them
+    write_paraphrases(out, args.train_tasks if "train" in args.splits else None)
     t0 = time.time()
     for name, (jobs, opts, _) in splits.items():
         if name in args.splits:
@@ -1904,6 +1938,11 @@ def policy_main(argv):
         p.error("--size must be positive and even (yuv420p video) and --episodes at least 1")
     if args.episodes > 1000:  # POLICY_SEEDS: 1000 apart, so operator, expert and eval seeds never share an env seed
         p.error("at most 1000 --episodes (the expert episodes' env seeds would run into the held-out ones)")
+    if not 0 <= args.seed < 40_000 or args.workers < 1:
+        p.error("--seed must be in [0, 40000), --workers at least 1")
+    check_codec(p, args.codec)
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        p.error(f"--out {args.out}: a file, not a folder")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     seeds = lambda kind, n: [args.seed * 100_000 + POLICY_SEEDS[kind] + i for i in range(n)]  # noqa: E731

@@ -682,6 +682,8 @@ def main(argv):
     args = p.parse_args(argv)
     if min(args.resolution, args.clips, args.steps, args.batch) < 1 or not args.fps > 0:
         p.error("--resolution, --clips, --steps and --batch must be at least 1, --fps positive")
+    if os.path.isdir(args.out) or not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
+        p.error(f"--out {args.out}: must name a file in an existing folder")  # before the VAE is made, not after
     try:
         episodes = [ep for path in args.data.split(",") for ep in read_dataset(path)]
         # training reads plain clips; a random VAE keeps the clips (rewinds and all) that always calibrated it

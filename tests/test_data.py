@@ -1088,6 +1088,18 @@ def test_a_clips_state_is_that_of_its_value_frames_and_changes_nothing_else(lero
         data.ClipDataset(data.read_lerobot(lerobot / "v21"), fps=2.0, size=32, state=True)
 
 
+@pytest.mark.parametrize("out", ["folder", "gone/vae.safetensors"])
+def test_wan_vae_names_an_out_it_cannot_write_before_making_the_vae(out, tmp_path, capsys):
+    """A trained VAE (minutes of work) was lost to an --out that is a folder or whose folder does not exist."""
+    import wan_vae
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(SystemExit):
+        wan_vae.main(["--train", "tiny", "--data", str(tmp_path / "none"), "--out", str(tmp_path / out)])
+    assert capsys.readouterr().err.splitlines()[-1].endswith(f"error: --out {tmp_path / out}: must name a file in an "
+                                                             f"existing folder")
+    assert os.listdir(tmp_path / "folder") == [] and not (tmp_path / "gone").exists()
+
+
 @pytest.mark.parametrize("argv", [["encode_text.py", "--tiny_random", "8", "--batch-size", "0"],
                                   ["encode_text.py", "--tiny_random", "-4"],
                                   ["encode_text.py", "--tiny_random", "8", "--text_len", "0"],

@@ -308,8 +308,16 @@ def test_policy_names_the_values_of_another_seed_by_it(tmp_path, monkeypatch):
     for seed in (0, 1):
         saved(f"demo-prior-s{seed}", 2500, 2500)
         demo.main(["--runs", str(tmp_path / "r"), "--seeds", str(seed), "--policy"])
-    assert [c[1:] for c in calls] == [["policy.py", "--wvm", f"demo={tmp_path / 'r' / 'demo-prior-s0'}"],
-                                      ["policy.py", "--wvm", f"demo-s1={tmp_path / 'r' / 'demo-prior-s1'}"]]
+    # runs elsewhere than runs/ (--runs): their values named by the folder too, the rows beside them
+    out = ["--out", str(tmp_path / "r" / "policy")]
+    assert [c[1:] for c in calls] == [["policy.py", *out, "--wvm", f"r-demo={tmp_path / 'r' / 'demo-prior-s0'}"],
+                                      ["policy.py", *out, "--wvm", f"r-demo-s1={tmp_path / 'r' / 'demo-prior-s1'}"]]
+    calls.clear()
+    monkeypatch.setattr(demo, "ROOT", str(tmp_path))  # the repository's runs/: the names docs/results.md has
+    os.rename(tmp_path / "r", tmp_path / "runs")
+    demo.main(["--runs", str(tmp_path / "runs"), "--seeds", "1", "--policy"])
+    assert calls == [[sys.executable, "policy.py", "--out", str(tmp_path / "runs" / "policy"),
+                      "--wvm", f"demo-s1={tmp_path / 'runs' / 'demo-prior-s1'}"]]
 
 
 def test_a_failed_scoring_pass_stops_the_other_splits(tmp_path, monkeypatch):

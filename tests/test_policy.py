@@ -419,3 +419,15 @@ def test_a_scoring_speed_is_reported_for_its_own_values_only(tmp_path, monkeypat
     for values, shown in ((tmp_path / "mine.parquet", False), (data / "scores" / "demo" / "values.parquet", True)):
         policy.main([*args, "--out", str(tmp_path / f"out-{shown}"), "--values", f"demo={values}"])
         assert ("demo: scored 100 frames" in capsys.readouterr().out) == shown
+
+
+def test_a_policy_dataset_without_its_starting_conditions_is_named(tmp_path):
+    """An interrupted `sim.py policy` leaves no eval_inits.json (written last): said, with the command that writes it,
+    not a FileNotFoundError; too few starting conditions for --rollouts likewise."""
+    with pytest.raises(SystemExit, match=rf"{tmp_path}/eval_inits.json: missing; `python sim.py policy --out "
+                                         rf"{tmp_path}` writes it"):
+        policy.read_inits(tmp_path, ["reach-v3"], 5)
+    (tmp_path / "eval_inits.json").write_text(json.dumps({"reach-v3": {"seeds": [1, 2], "rand_vec": [[0], [1]]}}))
+    with pytest.raises(SystemExit, match=r"--rollouts 5: .* fewer starting conditions for reach-v3 \(2\)"):
+        policy.read_inits(tmp_path, ["reach-v3"], 5)
+    assert len(policy.read_inits(tmp_path, ["reach-v3"], 2)["reach-v3"]["rand_vec"]) == 2

@@ -391,6 +391,13 @@ def test_corpus(corpus):
     # the held-out splits' seeds would run into the test splits' (80000 on): one env seed in both benches
     (sim.parse_args, ["--seeds-heldout", "20001"], "at most 20000 held-out seeds per task"),
     (sim.policy_main, ["--size", "-2"], "--size must be positive and even (yuv420p video) and --episodes at least 1"),
+    # a misspelt codec failed inside PyAV after the first task, and was recorded: the corrected command was refused
+    (sim.parse_args, ["--codec", "x264"], "--codec x264: PyAV here has no such encoder (x264); e.g. libx264 or "
+                                          "libsvtav1"),
+    (sim.policy_main, ["--codec", "x264"], "--codec x264: PyAV here has no such encoder (x264); e.g. libx264 or "
+                                           "libsvtav1"),
+    (sim.parse_args, ["--seed", "-1"], "--seed must be in [0, 40000)"),
+    (sim.policy_main, ["--seed", "-1"], "--seed must be in [0, 40000), --workers at least 1"),
 ])
 def test_bad_settings_are_named_at_start(main, argv, msg, tmp_path, capsys):
     """A frame size or frame rate that no video can have stops before any work, naming the flag given."""
@@ -398,6 +405,39 @@ def test_bad_settings_are_named_at_start(main, argv, msg, tmp_path, capsys):
         main(argv + ["--out", str(tmp_path / "out")])
     assert capsys.readouterr().err.splitlines()[-1].endswith(f"error: {msg}")
     assert not (tmp_path / "out").exists()
+
+
+def test_an_out_that_is_a_file_is_named_at_start(tmp_path, capsys):
+    (tmp_path / "out").write_text("mine")
+    for main in (sim.parse_args, sim.policy_main):
+        with pytest.raises(SystemExit):
+            main(["--out", str(tmp_path / "out")])
+        assert capsys.readouterr().err.splitlines()[-1].endswith(f"error: --out {tmp_path / 'out'}: a file, not a folder")
+    assert (tmp_path / "out").read_text() == "mine"
+
+
+def test_a_corpus_never_holds_a_task_both_trained_on_and_unseen(tmp_path):
+    """A later run on a corpus, with other --train-tasks or --unseen-tasks, must not score as unseen a task its train
+    split holds (nor train on one its unseen splits hold); nor does a run that writes no train split rewrite the
+    paraphrases of the training tasks."""
+    out = tmp_path / "mw"
+    (out / "train" / "meta").mkdir(parents=True)
+    (out / "train" / "meta" / "sim.json").write_text(json.dumps({"settings": {"jobs": [
+        ["reach-wall-v3", 0, ["expert"]], ["button-press-v3", 0, ["expert"]]]}, "counts": {}}))
+    argv = ["--out", str(out), "--workers", "1", "--train-tasks", "reach-wall", "--seen-tasks", "reach-wall"]
+    with pytest.raises(SystemExit, match=r"mw: button-press-v3 would be both a training task and an unseen one \(with "
+                                         r"the train split\(s\) already there\)"):
+        sim.main([*argv, "--unseen-tasks", "button-press", "--splits", "heldout_unseen"])
+    assert not (out / "heldout_unseen").exists() and not (out / "generation.json").exists()
+    (out / "heldout_unseen" / "meta").mkdir(parents=True)
+    (out / "heldout_unseen" / "meta" / "sim.json").write_text(json.dumps({"settings": {"jobs": [
+        ["door-open-v3", 60000, ["expert"]]]}, "counts": {}}))
+    with pytest.raises(SystemExit, match="door-open-v3 would be both"):
+        sim.main(["--out", str(out), "--train-tasks", "door-open", "--unseen-tasks", "push", "--splits", "train"])
+    (out / "generation.json").write_text(json.dumps({"args": {}, "splits": {}}))
+    (out / "paraphrases.json").write_text("{}")
+    sim.main([*argv, "--unseen-tasks", "push", "--splits", "play_unseen", "--seeds-play-unseen", "0"])
+    assert (out / "paraphrases.json").read_text() == "{}" and (out / "metaworld_wording.json").exists()
 
 
 @pytest.mark.parametrize("flag", ["--cameras", "--heldout-camera", "--test-camera"])
