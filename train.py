@@ -410,28 +410,23 @@ def build_vae(cfg, device, dataset):
 def check_prior_vae(wan, vae_id):
     """A --wan that a train.py --stage=video run exported (its out_dir/wan) learned the latents of that run's VAE; a
     run without --vae makes a random one of its own (another with another seed, or other clips to calibrate it on),
-    whose latents the prior never saw. The folder's config.json names that VAE ("wvm_vae"); one exported before it
-    did is checked against the run it lies in. vae_id: this run's VAE's vae_fingerprint."""
-    folder = wan if os.path.isdir(wan) else os.path.dirname(os.path.abspath(wan))
-    run_dir = os.path.dirname(os.path.normpath(os.path.abspath(folder)))
-    try:
+    whose latents the prior never saw. The folder's config.json names that VAE ("wvm_vae"), wherever the folder is
+    copied; one exported before it did is checked against the run it lies in. vae_id: this run's VAE's
+    vae_fingerprint."""
+    folder = os.path.abspath(wan if os.path.isdir(wan) else os.path.dirname(os.path.abspath(wan)))
+    run_dir = os.path.dirname(folder)
+    try:  # read_wan_checkpoint has read this config.json already
         learned = (read_json(os.path.join(folder, "config.json")) or {}).get("wvm_vae")
-    except Exception:  # noqa: BLE001 (read_wan_checkpoint has read it already; an official folder's is Wan's own)
-        learned = None
-    used = None
-    if not learned and os.path.basename(os.path.normpath(folder)) == "wan" and \
-            os.path.isfile(os.path.join(run_dir, "wvm.safetensors")):
-        try:
+        if not learned and os.path.basename(folder) == "wan" and os.path.isfile(os.path.join(run_dir, "wvm.safetensors")):
             was = json.loads(read_metadata(os.path.join(run_dir, "wvm.safetensors")).get("run", "{}"))
-        except Exception:  # noqa: BLE001 (a file that does not read is no train.py run's record: nothing to check)
-            return
-        learned = was.get("vae") if was.get("stage") == "video" else None
+            learned = was.get("vae") if was.get("stage") == "video" else None
+    except Exception:  # noqa: BLE001 (a file that does not read is no train.py run's record: nothing to check)
+        return
     if learned and learned != vae_id:
-        if os.path.isfile(os.path.join(run_dir, "config.json")):
-            try:
-                used = (read_json(os.path.join(run_dir, "config.json")) or {}).get("vae")
-            except Exception:  # noqa: BLE001
-                used = None
+        try:  # the --vae the exporting run was given, else the random one it saved
+            used = (read_json(os.path.join(run_dir, "config.json")) or {}).get("vae")
+        except CheckpointError:
+            used = None
         own = os.path.join(run_dir, "vae.safetensors")
         hint = used or (own if os.path.isfile(own) else None)
         raise SystemExit(f"--wan={wan}: its video stream learned the latents of another VAE ({learned}), and this "
