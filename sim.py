@@ -1445,8 +1445,8 @@ def parse_args(argv):
     p.add_argument("--fps", type=float, default=10.0, help="video fps (one frame per 12.5 ms control step)")
     p.add_argument("--train-tasks", type=task_arg, nargs="+", help=f"default: all {len(TRAIN_TASKS)} training tasks")
     p.add_argument("--unseen-tasks", type=task_arg, nargs="+", help=f"default: {' '.join(UNSEEN_TASKS)}")
-    p.add_argument("--seen-tasks", type=task_arg, nargs="+", help="training tasks with held-out seeds (default: all "
-                   "of them)")
+    p.add_argument("--seen-tasks", type=task_arg, nargs="+", help=f"training tasks with held-out seeds (default: "
+                   f"{len(SEEN)} of them, with --demo {len(DEMO_SEEN)}; all of --train-tasks where it is given)")
     p.add_argument("--seeds-train", type=int, help=f"expert episodes per training task (default {DEFAULT['seeds_train']})")
     p.add_argument("--seeds-play", type=int, help=f"play episodes per training task (default {DEFAULT['seeds_play']})")
     p.add_argument("--seeds-play-unseen", type=int, default=0, help="play episodes per unseen task, in a split of its "
