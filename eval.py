@@ -796,7 +796,8 @@ def export_scores(path, scorer, out_dir, fps, H=10, kappa=0.0, keep_top=None, ta
         if other != os.path.abspath(path):
             raise DataError(f"{out_dir}: holds the scores of {other or 'something else (values.json unreadable)'}; "
                             f"choose another --out for {path}, or delete it")
-    foreign = [n for n in ("values.parquet", "sarm_progress.parquet", "overlay") if os.path.exists(os.path.join(out_dir, n))]
+    foreign = [n for n in ("values.parquet", "sarm_progress.parquet", "overlay")
+               if os.path.exists(os.path.join(out_dir, n))]
     if foreign and not os.path.exists(before):  # e.g. a dataset folder holding LeRobot's own SARM progress file
         raise DataError(f"{out_dir}: holds {', '.join(foreign)} that no eval.py --score wrote (no values.json beside "
                         f"them); choose another --out, or move them")
@@ -1005,8 +1006,8 @@ def parse_args(argv):
                    "(not in the paper; docs/results.md)")
     p.add_argument("--batch", type=int, default=16, help="trajectories scored together")
     p.add_argument("--by", choices=["embodiment", "task", "mechanism", "kind"],
-                   help="with --bench: a row per group of trajectories (default embodiment; ranking: a group of failures alone, e.g. one failure mechanism, "
-                        "is ranked against its tasks' successes)")
+                   help="with --bench: a row per group of trajectories (default embodiment; ranking: a group of "
+                        "failures alone, e.g. one failure mechanism, is ranked against its tasks' successes)")
     p.add_argument("--instructions", metavar="FILE", help="with --bench: JSON {instruction: replacement}, the "
                    "episodes scored with another instruction (a rewording, another task's)")
     p.add_argument("--json")

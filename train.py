@@ -417,8 +417,9 @@ def check_prior_vae(wan, vae_id):
     run_dir = os.path.dirname(folder)
     try:  # read_wan_checkpoint has read this config.json already
         learned = (read_json(os.path.join(folder, "config.json")) or {}).get("wvm_vae")
-        if not learned and os.path.basename(folder) == "wan" and os.path.isfile(os.path.join(run_dir, "wvm.safetensors")):
-            was = json.loads(read_metadata(os.path.join(run_dir, "wvm.safetensors")).get("run", "{}"))
+        exporter = os.path.join(run_dir, "wvm.safetensors")
+        if not learned and os.path.basename(folder) == "wan" and os.path.isfile(exporter):
+            was = json.loads(read_metadata(exporter).get("run", "{}"))
             learned = was.get("vae") if was.get("stage") == "video" else None
     except Exception:  # noqa: BLE001 (a file that does not read is no train.py run's record: nothing to check)
         return

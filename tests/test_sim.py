@@ -412,7 +412,8 @@ def test_an_out_that_is_a_file_is_named_at_start(tmp_path, capsys):
     for main in (sim.parse_args, sim.policy_main):
         with pytest.raises(SystemExit):
             main(["--out", str(tmp_path / "out")])
-        assert capsys.readouterr().err.splitlines()[-1].endswith(f"error: --out {tmp_path / 'out'}: a file, not a folder")
+        err = capsys.readouterr().err.splitlines()[-1]
+        assert err.endswith(f"error: --out {tmp_path / 'out'}: a file, not a folder")
     assert (tmp_path / "out").read_text() == "mine"
 
 

@@ -1027,7 +1027,8 @@ def test_video_stage_writes_a_wan_checkpoint_that_wvm_training_starts_from(datas
     shutil.copy(wan / "config.json", tmp_path / "wan16")
     save_safetensors(half, str(tmp_path / "wan16" / "diffusion_pytorch_model.safetensors"))
     # copied away from its run, the folder still names the VAE it learned (its config.json)
-    with pytest.raises(SystemExit, match="learned the latents of another VAE .*: pass the VAE of the run that exported it with --vae"):
+    with pytest.raises(SystemExit, match="learned the latents of another VAE .*: pass the VAE of the run that "
+                                         "exported it with --vae"):
         train_here(dataset, tmp_path / "own16", wan=str(tmp_path / "wan16"), max_steps=1)
     cfg = train.configure(args(dataset, tmp_path / "wvm16", wan=str(tmp_path / "wan16"), max_steps=1,
                                vae=str(tmp_path / "prior" / "vae.safetensors")))
