@@ -23,6 +23,14 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be read, or does not fit the model; the message names the file and the problem."""
 
 
+def out_file_problem(path, flag):
+    """Why `flag PATH` cannot be written, or None: checked before any work (eval.py's --json, bench/, wan_vae.py's
+    --out), so that a wrong path never costs the scoring, the fits or the training."""
+    if os.path.isdir(path) or not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+        return f"{flag} {path}: must name a file in an existing folder"
+    return None
+
+
 def read_json(path):
     """A JSON object from a file, or None where there is none; anything else is a CheckpointError naming it."""
     if not os.path.exists(path):

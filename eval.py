@@ -38,7 +38,7 @@ import pyarrow.parquet as pq
 import torch
 from tqdm import tqdm
 
-from checkpoint import CheckpointError, read_json
+from checkpoint import CheckpointError, out_file_problem, read_json
 from data import (DataError, VideoError, check_names_some, decode_frames, decode_uint8, lerobot_frame_base,
                   read_dataset, read_instruction_map, read_text, resample, warn_slow)
 from encode_text import TextCache, TextCacheError, describe, encoder_id, pad_text
@@ -965,14 +965,6 @@ def can_be_folder(d):
     return os.path.isdir(d)
 
 
-def json_file_problem(path):
-    """Why --json PATH cannot be written, or None: checked before any work (here and in bench/), so that a wrong path
-    never costs the scoring or the fits."""
-    if os.path.isdir(path) or not os.path.isdir(os.path.dirname(os.path.abspath(path))):
-        return f"--json {path}: must name a file in an existing folder"
-    return None
-
-
 def parse_args(argv):
     """The command line, every option checked here, before anything is loaded."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -1026,7 +1018,7 @@ def parse_args(argv):
         bad.append(f"--samples {a.samples}: samples from zero noise are all one; pass --noise draw")
     if a.combine == "first" and a.stride != 1:
         bad.append(f"--combine first needs --stride 1 (got {a.stride}); pass --combine mean")
-    if a.json and (problem := json_file_problem(a.json)):  # before any work: a wrong path must not cost the scoring
+    if a.json and (problem := out_file_problem(a.json, "--json")):  # before any work: a wrong path must not cost the scoring
         bad.append(problem)
     checks = [(a.overlay >= 0, "--overlay: must not be negative"),
               (a.fps is None or 0 < a.fps < math.inf, f"--fps {a.fps}: must be positive"),

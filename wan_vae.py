@@ -27,7 +27,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from tqdm import tqdm
 
-from checkpoint import CheckpointError, TensorFile, checkpoint_files, load_into, read_metadata, save_safetensors
+from checkpoint import (CheckpointError, TensorFile, checkpoint_files, load_into, out_file_problem, read_metadata,
+                        save_safetensors)
 from data import ClipDataset, DataError, read_dataset
 
 # Per-channel statistics of the released VAE's latents (its config in diffusers and the official code):
@@ -682,8 +683,8 @@ def main(argv):
     args = p.parse_args(argv)
     if min(args.resolution, args.clips, args.steps, args.batch) < 1 or not args.fps > 0:
         p.error("--resolution, --clips, --steps and --batch must be at least 1, --fps positive")
-    if os.path.isdir(args.out) or not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
-        p.error(f"--out {args.out}: must name a file in an existing folder")  # before the VAE is made, not after
+    if problem := out_file_problem(args.out, "--out"):  # before the VAE is made, not after
+        p.error(problem)
     try:
         episodes = [ep for path in args.data.split(",") for ep in read_dataset(path)]
         # training reads plain clips; a random VAE keeps the clips (rewinds and all) that always calibrated it

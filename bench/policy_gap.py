@@ -26,8 +26,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import policy  # noqa: E402
-from checkpoint import save_json  # noqa: E402
-from eval import chunk_delta, json_file_problem  # noqa: E402
+from checkpoint import out_file_problem, save_json  # noqa: E402
+from eval import chunk_delta  # noqa: E402
 
 LOST = 0.02  # progress: the oracle's Δ below -LOST counts as work lost
 VARIANTS = ("as scored", "without still", "without lost", "without lost outside pauses", "without both")
@@ -77,7 +77,7 @@ def main(argv):
     p.add_argument("--json", help="write the tables' numbers here")
     args = p.parse_args(argv)
     policy.check_counts(p, args, "rollouts")
-    if args.json and (problem := json_file_problem(args.json)):
+    if args.json and (problem := out_file_problem(args.json, "--json")):
         p.error(problem)  # found before the hours of work, not after
     values = policy.named_paths(args.values, p)  # before the data is read: a bad argument fails at once
     torch.set_num_threads(1)

@@ -28,7 +28,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from eval import (BENCHES, ConstantScorer, TimeScorer, bench_rows, json_file_problem, load_annotated,  # noqa: E402
+from checkpoint import out_file_problem  # noqa: E402
+from eval import (BENCHES, ConstantScorer, TimeScorer, bench_rows, load_annotated,  # noqa: E402
                   score_items)
 from policy import load_episodes  # noqa: E402
 
@@ -153,7 +154,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.success < 0:
         raise SystemExit(f"--success {args.success}: the number of final frames must be 0 (off) or more")
-    if args.json and (problem := json_file_problem(args.json)):
+    if args.json and (problem := out_file_problem(args.json, "--json")):
         raise SystemExit(problem)  # found now, not after the fits
     try:
         out = evaluate(args.data, args.tasks, args.seeds, args.hide, now=args.now, success=args.success)
