@@ -1513,18 +1513,19 @@ def parse_args(argv):
         p.error("at most 20000 held-out seeds per task")
     if not 0 <= args.seed < 40_000:  # env seeds are seed * 100000 + up to 99999, below numpy's 2**32
         p.error("--seed must be in [0, 40000)")
-    check_codec(p, args.codec)
-    if os.path.exists(args.out) and not os.path.isdir(args.out):
-        p.error(f"--out {args.out}: a file, not a folder")
+    check_output(p, args)
     return args
 
 
-def check_codec(p, codec):
-    """A --codec PyAV cannot encode with is said before any episode is simulated (and before a split records it)."""
+def check_output(p, args):
+    """A --codec PyAV cannot encode with, or an --out that is a file, is said before any episode is simulated (and
+    before a split records the codec)."""
     try:
-        av.codec.Codec(codec, "w")
+        av.codec.Codec(args.codec, "w")
     except (av.codec.codec.UnknownCodecError, ValueError) as e:
-        p.error(f"--codec {codec}: PyAV here has no such encoder ({e}); e.g. libx264 or libsvtav1")
+        p.error(f"--codec {args.codec}: PyAV here has no such encoder ({e}); e.g. libx264 or libsvtav1")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        p.error(f"--out {args.out}: a file, not a folder")
 
 
 def write_paraphrases(out, tasks):
@@ -1940,9 +1941,7 @@ def policy_main(argv):
         p.error("at most 1000 --episodes (the expert episodes' env seeds would run into the held-out ones)")
     if not 0 <= args.seed < 40_000 or args.workers < 1:
         p.error("--seed must be in [0, 40000), --workers at least 1")
-    check_codec(p, args.codec)
-    if os.path.exists(args.out) and not os.path.isdir(args.out):
-        p.error(f"--out {args.out}: a file, not a folder")
+    check_output(p, args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     seeds = lambda kind, n: [args.seed * 100_000 + POLICY_SEEDS[kind] + i for i in range(n)]  # noqa: E731
