@@ -327,7 +327,7 @@ def lerobot_frame_base(root):
     """{episode_index: (the dataset-wide `index` of its frame 0, its number of rows)} from a LeRobot dataset's data
     parquet files, the rows LeRobot's trainers look frames up by ({} where they lack the columns). Metadata counts
     can be off: a skipped episodes.jsonl line, or a length that is not its episode's rows, would shift every later
-    episode's."""
+    episode's. Episodes whose rows overlap in the index column are refused (DataError)."""
     out, rows = {}, {}
     for f in sorted((Path(root) / "data").rglob("*.parquet")):
         try:
@@ -344,6 +344,11 @@ def lerobot_frame_base(root):
         out |= {int(e): int(i) for e, i in zip(ep[frame == 0], index[frame == 0])}
         for e, n in zip(*np.unique(ep, return_counts=True)):
             rows[int(e)] = rows.get(int(e), 0) + int(n)
+    spans = sorted((i, rows[e], e) for e, i in out.items())
+    for (i, n, e), (j, _, f) in zip(spans, spans[1:]):  # said before any scoring: a trainer would mix their frames
+        if j < i + n:
+            raise DataError(f"{Path(root) / 'data'}: episode {f}'s frame 0 has index {j}, inside episode {e}'s "
+                            f"{n} rows from index {i}: the index column gives two frames one index")
     return {e: (i, rows[e]) for e, i in out.items()}
 
 

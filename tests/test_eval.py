@@ -826,6 +826,12 @@ def test_exported_frames_never_take_another_episodes_index(tmp_path, capsys):
     with pytest.raises(DataError, match=f"{files[2]}: 1 rows have no index"):
         wvm_eval.export_scores(str(tmp_path / "ds"), stub, str(tmp_path / "out"), 2.0)
     assert not scored
+    # episode 2's rows renumbered into episode 1's: refused before any scoring, naming both
+    t = t.set_column(t.schema.get_field_index("index"), "index", pa.array(np.arange(len(t)) + 40, pa.int64()))
+    pq.write_table(t, files[2])
+    with pytest.raises(DataError, match="episode 2's frame 0 has index 40, inside episode 1's 30 rows from index 30"):
+        wvm_eval.export_scores(str(tmp_path / "ds"), stub, str(tmp_path / "out"), 2.0)
+    assert not scored
 
 
 def test_score_never_replaces_files_it_did_not_write(bench_setup, tmp_path):
