@@ -1342,7 +1342,7 @@ def _open_parts(root, settings, ready):
             raise SystemExit(f"{root}: written with other settings ({', '.join(keys)}); delete it or choose another "
                              f"--out")
         print(f"{root}: done already, kept")
-        return json.loads(done.read_text())["counts"], None
+        return split_record(root)["counts"], None
     if root.exists() and not (root.is_dir() and (done.exists() or not any(root.iterdir()))):
         # the finished split replaces `root`: never what sim.py did not write (a user's dataset under --out)
         raise SystemExit(f"{root}: exists and was not written by sim.py (no meta/sim.json); delete it or choose "
@@ -1577,13 +1577,29 @@ def settings_record(jobs, opts, codec):
     return json.loads(json.dumps(settings))
 
 
-def changed_settings(root, settings):
-    """The keys whose values differ between `settings` and those recorded in <root>/meta/sim.json (sorted; empty if
-    they agree), or None if sim.py wrote no split there."""
+def split_record(root):
+    """<root>/meta/sim.json, the record sim.py writes last into a split (its settings and counts), or None where
+    there is none; a damaged one stops the run, naming the file."""
     done = Path(root) / "meta" / "sim.json"
     if not done.exists():
         return None
-    old = json.loads(done.read_text())["settings"]
+    try:
+        record = json.loads(done.read_text())
+        if isinstance(record.get("settings"), dict) and isinstance(record.get("counts"), dict):
+            return record
+    except (ValueError, AttributeError):  # not JSON, or not an object
+        pass
+    raise SystemExit(f"{done}: not the settings and counts sim.py records; delete the split {root} and generate it "
+                     f"again")
+
+
+def changed_settings(root, settings):
+    """The keys whose values differ between `settings` and those recorded in <root>/meta/sim.json (sorted; empty if
+    they agree), or None if sim.py wrote no split there."""
+    record = split_record(root)
+    if record is None:
+        return None
+    old = record["settings"]
     return sorted(k for k in {**old, **settings} if old.get(k) != settings.get(k))
 
 
@@ -1594,8 +1610,8 @@ def check_task_split(out, planned):
     def tasks(name):
         if name in planned:
             return {job[0] for job in planned[name][0]}
-        done = out / name / "meta" / "sim.json"
-        return {job[0] for job in json.loads(done.read_text())["settings"]["jobs"]} if done.exists() else set()
+        record = split_record(out / name)
+        return {job[0] for job in record["settings"].get("jobs", [])} if record else set()
     trained, unseen = (set().union(*map(tasks, names)) for names in (("train", "play"), UNSEEN_SPLITS))
     if trained & unseen:
         on_disk = [n for n in ("train", "play", *UNSEEN_SPLITS) if n not in planned and tasks(n)]

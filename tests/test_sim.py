@@ -537,6 +537,24 @@ def test_demo_reads_the_corpus_sim_writes_as_its_own(corpus):
     assert "retry_end" not in planned["train"][2]
 
 
+def test_a_damaged_split_record_is_named(tmp_path):
+    """A split whose meta/sim.json is cut short or not sim.py's record stops a run with the file's name, whichever
+    check reads it first (the settings, the task split), never a JSONDecodeError from inside."""
+    root = tmp_path / "mw" / "train"
+    (root / "meta").mkdir(parents=True)
+    for text in ('{"settings": {"jobs": [["reach-v3"', "[1, 2]", '{"settings": {}}'):
+        (root / "meta" / "sim.json").write_text(text)
+        with pytest.raises(SystemExit, match=r"mw/train/meta/sim.json: not the settings and counts sim.py records"):
+            sim.changed_settings(root, {})
+        with pytest.raises(SystemExit, match=r"mw/train/meta/sim.json: not the settings"):
+            sim.check_task_split(tmp_path / "mw", {})
+    (root / "meta" / "sim.json").write_text(json.dumps({"settings": {"jobs": [["reach-v3", 0, ["expert"]]]},
+                                                         "counts": {"expert": 1}}))
+    assert sim.changed_settings(root, {"jobs": [["reach-v3", 0, ["expert"]]]}) == []
+    with pytest.raises(SystemExit, match="reach-v3 would be both a training task and an unseen one"):
+        sim.check_task_split(tmp_path / "mw", {"heldout_unseen": ([("reach-v3", 1, ("expert",))],)})
+
+
 def test_resume_and_encoder_failure(corpus, tmp_path, monkeypatch):
     """An interrupted run continues at the first missing part and a mux error mid-part (SVT-AV1 does this now
     and then) encodes that part again, and a corpus written a few splits at a time (--splits): the result equals
