@@ -396,9 +396,13 @@ def state_column(scorer, path):
     info = os.path.join(path, "meta", "info.json")
     try:
         with open(info) as f:
-            width = json.load(f)["features"][column]["shape"]
-    except (OSError, ValueError, KeyError, TypeError):
-        width = None
+            features = json.load(f)["features"]
+    except FileNotFoundError:  # a manifest or EgoDex: no LeRobot columns
+        features = {}
+    except (OSError, ValueError, KeyError, TypeError):  # a broken info.json: reading the dataset names it, first
+        return None
+    spec = features.get(column) if isinstance(features, dict) else None
+    width = spec.get("shape") if isinstance(spec, dict) else None
     if width == [dim]:
         return column
     what = f"{path}: no {column} [{dim}]" + (f" (its {column} is {width})" if width else "")

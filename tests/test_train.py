@@ -1134,6 +1134,8 @@ def test_a_run_given_the_robots_state_trains_and_scores_with_it(dataset, tmp_pat
         wvm_eval.state_column(scorer, str(bare))
     capsys.readouterr()
     assert wvm_eval.state_column(scorer, str(tmp_path / "none")) is None  # reading it will name it, nothing before
+    (bare / "meta" / "info.json").write_text("{")  # and so is an info.json that is not JSON
+    assert wvm_eval.state_column(scorer, str(bare)) is None
     assert capsys.readouterr().err == ""
 
 
