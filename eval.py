@@ -396,12 +396,11 @@ def state_column(scorer, path):
     info = os.path.join(path, "meta", "info.json")
     try:
         with open(info) as f:
-            features = json.load(f)["features"]
+            spec = json.load(f)["features"].get(column)
     except FileNotFoundError:  # a manifest or EgoDex: no LeRobot columns
-        features = {}
-    except (OSError, ValueError, KeyError, TypeError):  # a broken info.json: reading the dataset names it, first
+        spec = None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):  # a broken info.json: the reader names it
         return None
-    spec = features.get(column) if isinstance(features, dict) else None
     width = spec.get("shape") if isinstance(spec, dict) else None
     if width == [dim]:
         return column
@@ -1022,7 +1021,8 @@ def parse_args(argv):
         bad.append(f"--samples {a.samples}: samples from zero noise are all one; pass --noise draw")
     if a.combine == "first" and a.stride != 1:
         bad.append(f"--combine first needs --stride 1 (got {a.stride}); pass --combine mean")
-    if a.json and (problem := out_file_problem(a.json, "--json")):  # before any work: a wrong path must not cost the scoring
+    # before any work: a wrong path must not cost the scoring
+    if a.json and (problem := out_file_problem(a.json, "--json")):
         bad.append(problem)
     checks = [(a.overlay >= 0, "--overlay: must not be negative"),
               (a.fps is None or 0 < a.fps < math.inf, f"--fps {a.fps}: must be positive"),
