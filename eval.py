@@ -452,7 +452,8 @@ def load_annotated(path, fps, camera=None, min_frames=4, state=None):
 
     Returns (items, problems): items are (Trajectory, annotation dict); problems are messages for every
     episode left out (while indexing, unannotated where an annotations file exists, unusable annotation)
-    and every annotation of an episode the dataset lacks: reported and counted, never silently dropped.
+    and every annotation of an episode the dataset lacks: reported and counted, never silently dropped. Each is said
+    once on stderr: the dataset's reader says those it leaves out while indexing, this function the rest.
     Without an annotations file (and without a `kind` on any manifest line), every episode is an expert. A failure's
     `achieved` (the fraction of the task done at its end, in [0, 1]) may be missing: it still counts for the AUROC,
     and the tasks whose tau_a it leaves undefined are named. state: the column of the robot's state to read with each
@@ -461,6 +462,11 @@ def load_annotated(path, fps, camera=None, min_frames=4, state=None):
     episodes = read_dataset(path, camera=camera, skipped=skipped, state=state)
     warn_slow(episodes, fps, path)
     problems = [f"episode {id}: {reason}" for id, reason in skipped]
+
+    def left_out(msg):
+        print(f"skipped: {msg}", file=sys.stderr)
+        problems.append(msg)
+
     ann_file = os.path.join(path, "annotations.jsonl") if os.path.isdir(path) else None
     annotations = read_annotations(ann_file) if ann_file and os.path.exists(ann_file) else None
     kinds = any("kind" in ep.extra for ep in episodes)  # a manifest that annotates: every line must
@@ -470,7 +476,7 @@ def load_annotated(path, fps, camera=None, min_frames=4, state=None):
     for ep in episodes:
         if annotations is not None:
             if ep.episode_index not in annotations:
-                problems.append(f"episode {ep.id}: no line in {ann_file}")
+                left_out(f"episode {ep.id}: no line in {ann_file}")
                 continue
             line, a = annotations[ep.episode_index]
             where = f"{ann_file}:{line}: "
@@ -493,22 +499,21 @@ def load_annotated(path, fps, camera=None, min_frames=4, state=None):
                 raise ValueError(f"achieved = {f!r}: the fraction of the task a failure achieved must be a number "
                                  f"in [0, 1]")
         except (ValueError, TypeError) as e:
-            problems.append(f"episode {ep.id}: {where}{e}")
+            left_out(f"episode {ep.id}: {where}{e}")
             continue
         # a null field is one not given: a null task is the episode's instruction (not one task "None" that ranks
         # every such episode together), a null embodiment its dataset
         a = {k: v for k, v in a.items() if v is not None}
         index = resample(ep.T, ep.fps, fps)
         if len(index) < min_frames:
-            problems.append(f"episode {ep.id}: {len(index)} frames at {fps:g} fps, fewer than one window of "
-                            f"{min_frames}")
+            left_out(f"episode {ep.id}: {len(index)} frames at {fps:g} fps, fewer than one window of {min_frames}")
             continue
         need = {"hesitation": 1, "retry": 2}.get(a["kind"], 0)  # Hesitation-RMSE needs a frame, a correlation two
         inside = int(((index >= a["m"]) & (index <= a["n"])).sum()) if need else 0
         if inside < need:  # still an episode that succeeds, for the other benches
-            problems.append(f"episode {ep.id}: {where}{a['kind']} segment [{a['m']}, {a['n']}] holds {inside} of the "
-                            f"frames scored at {fps:g} fps (the video's {ep.fps:g} fps resampled), fewer than the "
-                            f"{need} its metric needs: left out of {METRIC_NAMES[a['kind']]}")
+            left_out(f"episode {ep.id}: {where}{a['kind']} segment [{a['m']}, {a['n']}] holds {inside} of the frames "
+                     f"scored at {fps:g} fps (the video's {ep.fps:g} fps resampled), fewer than the {need} its metric "
+                     f"needs: left out of {METRIC_NAMES[a['kind']]}")
         items.append((Trajectory(ep, index), a))
     unknown = sorted({a.get("task", t.episode.instruction) for t, a in items
                       if a["kind"] == "failure" and a.get("achieved") is None})
@@ -519,7 +524,7 @@ def load_annotated(path, fps, camera=None, min_frames=4, state=None):
                                                        if i.rsplit("/", 1)[-1].isdigit()}
     for e, (line, _) in sorted((annotations or {}).items()):
         if e not in present:
-            problems.append(f"{ann_file}:{line}: an annotation of episode {e}, which the dataset does not have")
+            left_out(f"{ann_file}:{line}: an annotation of episode {e}, which the dataset does not have")
     return items, problems
 
 
@@ -1091,8 +1096,6 @@ def evaluate(args):
     items = [(t, a) for t, a in items if a["kind"] in wanted]
     if args.instructions:
         items = reword(items, args.instructions)
-    for msg in problems:
-        print(f"skipped: {msg}", file=sys.stderr)
     if not items:
         raise SystemExit(f"{args.data}: no usable {'/'.join(sorted(wanted))} trajectories ({len(problems)} skipped)")
     if args.ckpt:

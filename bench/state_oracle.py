@@ -112,9 +112,7 @@ def evaluate(data, tasks, seeds, hide=(), steps=3000, now=False, success=0):
         raise SystemExit(f"--tasks {tasks}: {data}/train has {len(names)} tasks")
     benches = {}
     for split in SPLITS:
-        items, problems = load_annotated(os.path.join(data, split), fps=2.0)
-        for p in problems:
-            print(f"{split}: {p}", file=sys.stderr)
+        items, _ = load_annotated(os.path.join(data, split), fps=2.0)  # says what it leaves out
         benches[split] = (items, {e["episode_index"]: e["obs"] for e in states(os.path.join(data, split), hide)})
     out = {}  # (split, method) -> {metric: [per seed]}
     for seed in seeds:

@@ -520,11 +520,18 @@ def damaged(bench_setup, tmp_path):
     return ds
 
 
-def test_every_left_out_episode_is_reported(damaged, bench_setup, tmp_path):
+def test_every_left_out_episode_is_reported(damaged, bench_setup, tmp_path, capsys, caplog):
+    """Each episode left out is in the results' "skipped" list and said once: by the reader while indexing (its log
+    warning), or by the bench for an annotation it cannot use, never by both."""
     import json
 
     import eval as wvm_eval
     wvm_eval.main(["--bench", "expert", "--data", str(damaged), "--json", str(tmp_path / "b.json")])
+    err = capsys.readouterr().err
+    assert err.count("skipped: ") == 2 and err.count(f"skipped: episode ds/2: no line in {damaged}") == 1
+    assert err.count("annotation of episode 7, which the dataset does not have") == 1
+    assert [r.getMessage().split(": skipping ")[1][:9] for r in caplog.records
+            if "skipping" in r.getMessage()] == ["episode 1", "episode 3"]
     res = json.load(open(tmp_path / "b.json"))
     assert sorted({r["episode"] for r in res["trajectories"]}) == ["ds/0", "ds/4"]  # 2 was scored as an expert
     assert res["skipped"] == ["episode ds/1: length runs past its video span (56 frames at 8 fps from 4.000s end "
