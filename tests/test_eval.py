@@ -1194,3 +1194,25 @@ def test_an_annotations_file_that_cannot_be_read_is_named(bench_setup, tmp_path)
     with pytest.raises(SystemExit) as e:
         wvm_eval.main(["--bench", "expert", "--data", str(ds)])
     assert str(e.value).startswith(f"{ds / 'annotations.jsonl'}: cannot be read (")
+
+
+def test_pause_length_splits_the_error_into_level_and_drift():
+    """bench/pause_length.py, hand-computed: a pause over native frames 4..7 of T = 11 (truth 4 / 7 throughout),
+    scored at every other frame; the frames 4 and 6 read 0.5 and 0.6. No scored frame in the pause: NaN."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("pause_length", "bench/pause_length.py")
+    pl = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pl)
+    values, index = [0.0, 0.2, 0.5, 0.6, 0.8, 1.0], [0, 2, 4, 6, 8, 10]
+    rmse, level, drift = pl.pause_parts(values, index, 4, 7, 11)
+    g = 4 / 7
+    assert rmse == pytest.approx(np.sqrt(((0.5 - g) ** 2 + (0.6 - g) ** 2) / 2))
+    assert (level, drift) == (pytest.approx(g - 0.5), pytest.approx(0.1))
+    assert rmse == pytest.approx(hesitation_rmse(values, 4, 7, 11, index))  # the benches' own metric
+    assert np.isnan(pl.pause_parts([0.0, 1.0], [0, 10], 4, 7, 11)).all()
+    # time drifts by the pause's share of the episode: frames 4..7 of 0..10 at 10 fps, a 0.3 s pause
+    results = {"trajectories": [{"kind": "hesitation", "method": "time", "values": list(np.arange(11) / 10),
+                                 "index": list(range(11)), "m": 4, "n": 7, "T": 11}]}
+    (rmse, level, drift, seconds, count), = pl.summarize(results, fps=10).values()
+    assert (drift, seconds, count) == (pytest.approx(0.3), pytest.approx(0.3), 1)
+    assert level == pytest.approx(g - 0.4)
