@@ -13,7 +13,8 @@ its x frames) into two parts:
         [--data data/pauses] [--json FILE]
 
 Each range's benches are written once under --data (1-3 minutes each on 2 cores) and each model's scores once into
-its run folder (pauses_<range>_<split>.json, about a minute each), so an interrupted run resumes.
+its run folder (pauses_<range>_<split>.json, about a minute each; scored again if older than the model or the
+benches), so an interrupted run resumes.
 """
 import argparse
 import json
@@ -26,6 +27,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from checkpoint import out_file_problem  # noqa: E402
+from demo import scored  # noqa: E402
 from eval import gt_curve, read_results  # noqa: E402
 
 SPLITS = ("heldout_seen", "heldout_unseen")
@@ -95,14 +97,12 @@ def main(argv=None):
             rows = {}
             for ckpt in a.ckpt:
                 out = os.path.join(ckpt, f"pauses_{length}_{split}.json")
-                data = os.path.join(folder, split)
-                if not os.path.exists(out):
+                data = os.path.join(folder, split)  # scores older than the model or the split are scored again
+                fresh = scored(out, os.path.join(ckpt, "wvm.safetensors"), data)
+                if not fresh or os.path.realpath(read_results(out)["data"]) != os.path.realpath(data):
                     run(sys.executable, os.path.join(ROOT, "eval.py"), "--bench", "suboptimal", "--data", data,
                         "--ckpt", ckpt, "--json", out)
-                saved = read_results(out)
-                if os.path.realpath(saved["data"]) != os.path.realpath(data):
-                    raise SystemExit(f"{out}: scores of {saved['data']}, not of {data}; remove it to score {data}")
-                for method, v in summarize(saved, fps).items():
+                for method, v in summarize(read_results(out), fps).items():
                     rows.setdefault(method, []).append(v)
             for method, v in rows.items():
                 v = np.array(v)  # [models, 5]
