@@ -28,7 +28,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from checkpoint import out_file_problem  # noqa: E402
 from demo import scored  # noqa: E402
-from eval import gt_curve, read_results  # noqa: E402
+from eval import _segment, read_results  # noqa: E402
 
 SPLITS = ("heldout_seen", "heldout_unseen")
 
@@ -43,11 +43,9 @@ def run(*cmd):
 def pause_parts(values, index, m, n, T):
     """(Hesitation-RMSE, level, drift) of one hesitation scored at native frames `index`; NaNs if no scored frame
     lies in the pause [m, n]."""
-    values, index = np.asarray(values, dtype=np.float64), np.asarray(index)
-    sel = (index >= m) & (index <= n)
-    if not sel.any():
+    p, g = _segment(values, "hesitation", m, n, T, index)
+    if not len(p):
         return float("nan"), float("nan"), float("nan")
-    p, g = values[sel], gt_curve("hesitation", m, n, T)[index[sel]]
     return float(np.sqrt(np.mean((p - g) ** 2))), float(abs(p[0] - g[0])), float(abs(p[-1] - p[0]))
 
 
@@ -81,10 +79,11 @@ def main(argv=None):
     p.add_argument("--data", default="data/pauses", help="where the benches are written (one folder per range)")
     p.add_argument("--json", help="write the table here")
     a = p.parse_args(argv)
-    missing = [c for c in a.ckpt if not os.path.isdir(c)]
-    if missing or (a.json and out_file_problem(a.json, "--json")):
-        p.error("; ".join([f"--ckpt {c}: no such run folder" for c in missing]
-                          + ([out_file_problem(a.json, "--json")] if a.json else [])))
+    bad = [f"--ckpt {c}: no such run folder" for c in a.ckpt if not os.path.isdir(c)]
+    if a.json and (problem := out_file_problem(a.json, "--json")):
+        bad.append(problem)
+    if bad:
+        p.error("; ".join(bad))
     table = []
     for length in a.lengths:
         folder = os.path.join(a.data, length)
@@ -98,11 +97,12 @@ def main(argv=None):
             for ckpt in a.ckpt:
                 out = os.path.join(ckpt, f"pauses_{length}_{split}.json")
                 data = os.path.join(folder, split)  # scores older than the model or the split are scored again
-                fresh = scored(out, os.path.join(ckpt, "wvm.safetensors"), data)
-                if not fresh or os.path.realpath(read_results(out)["data"]) != os.path.realpath(data):
+                saved = read_results(out) if scored(out, os.path.join(ckpt, "wvm.safetensors"), data) else None
+                if saved is None or os.path.realpath(saved["data"]) != os.path.realpath(data):
                     run(sys.executable, os.path.join(ROOT, "eval.py"), "--bench", "suboptimal", "--data", data,
                         "--ckpt", ckpt, "--json", out)
-                for method, v in summarize(read_results(out), fps).items():
+                    saved = read_results(out)
+                for method, v in summarize(saved, fps).items():
                     rows.setdefault(method, []).append(v)
             for method, v in rows.items():
                 v = np.array(v)  # [models, 5]
