@@ -264,14 +264,21 @@ def state_dim(info, info_path, column):
     """The width d of a LeRobot dataset's per-frame float feature `column` (its info.json entry: shape [d])."""
     ft = info["features"].get(column)
     if ft is None:
-        others = [k for k, f in info["features"].items() if f.get("dtype") in ("float32", "float64")
-                  and len(f.get("shape") or ()) == 1 and f["shape"][0] > 1]
+        others = [k for k, f in info["features"].items() if isinstance(f, dict) and f.get("dtype") in
+                  ("float32", "float64") and vector_width(f) > 1]
         raise DataError(f"{info_path}: no feature {column!r} (the robot's state); its vector features: "
                         f"{', '.join(others) or 'none'}")
-    shape = ft.get("shape") or ()
-    if ft.get("dtype") not in ("float32", "float64") or len(shape) != 1 or not shape[0] >= 1:
-        raise DataError(f"{info_path}: feature {column!r} is {ft.get('dtype')} {list(shape)}, not a float vector [d]")
-    return int(shape[0])
+    if not isinstance(ft, dict) or ft.get("dtype") not in ("float32", "float64") or not vector_width(ft):
+        what = f"{ft.get('dtype')} {ft.get('shape')}" if isinstance(ft, dict) else repr(ft)
+        raise DataError(f"{info_path}: feature {column!r} is {what}, not a float vector [d]")
+    return vector_width(ft)
+
+
+def vector_width(feature):
+    """d of an info.json feature whose shape is [d] (a list of one positive int), else 0."""
+    shape = feature.get("shape")
+    ok = isinstance(shape, list) and len(shape) == 1 and isinstance(shape[0], int) and not isinstance(shape[0], bool)
+    return shape[0] if ok and shape[0] > 0 else 0
 
 
 def _attach_state(root, column, dim, eps, skip):
@@ -967,8 +974,8 @@ class ClipDataset(torch.utils.data.Dataset):
                 out |= {"state": torch.from_numpy(ep.extra["state"][p["frame_index"][lead:lead + self.h + 1]]),
                         "start_state": torch.from_numpy(ep.extra["state"][0]), "state_dropped": p["state_dropped"]}
             return out
-        raise RuntimeError(f"ClipDataset: sample {i}: {self.max_tries} episodes in a row failed to decode; "
-                           f"bad episodes so far: {sorted(self.bad)[:10]}")
+        raise DataError(f"ClipDataset: sample {i}: {self.max_tries} episodes in a row failed to decode; "
+                        f"bad episodes so far: {sorted(self.bad)[:10]}")
 
 
 def collate(samples):
@@ -1035,7 +1042,7 @@ class LatentCache:
         try:
             return load_file(path)["latents"]
         except Exception as e:
-            raise ValueError(f"{path}: unreadable latent cache file ({type(e).__name__}: {e}); delete it") from e
+            raise DataError(f"{path}: unreadable latent cache file ({type(e).__name__}: {e}); delete it") from None
 
     def put(self, key, z):
         fd, tmp = tempfile.mkstemp(dir=self.dir, suffix=".tmp")

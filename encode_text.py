@@ -186,9 +186,21 @@ def load_encoder(path, dtype=torch.bfloat16, device="cpu", config=None):
         raise FileNotFoundError(f"{path}: no text encoder found: expected text_encoder/ + tokenizer/ (diffusers), "
                                 f"config.json (transformers) or models_t5_umt5-xxl-enc-bf16.pth + "
                                 f"google/umt5-xxl/ (Wan2.2)")
-    tokenizer = AutoTokenizer.from_pretrained(tok_dir, local_files_only=True)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(tok_dir, local_files_only=True)
+    except Exception as e:  # noqa: BLE001 (no tokenizer files, or broken ones: transformers raises many kinds)
+        raise CheckpointError(f"{tok_dir}: no umT5 tokenizer could be read ({type(e).__name__}: {str(e)[:300]})") from None
     if model_dir is not None:
-        model = UMT5EncoderModel.from_pretrained(model_dir, dtype=dtype, local_files_only=True)
+        try:
+            model, info = UMT5EncoderModel.from_pretrained(model_dir, dtype=dtype, local_files_only=True,
+                                                           output_loading_info=True)
+        except Exception as e:  # noqa: BLE001 (truncated or foreign weights)
+            raise CheckpointError(f"{model_dir}: not a readable umT5 encoder ({type(e).__name__}: "
+                                  f"{str(e)[:300]})") from None
+        if info["missing_keys"]:  # transformers would start them at random and encode on
+            missing = sorted(info["missing_keys"])
+            raise CheckpointError(f"{model_dir}: the encoder's weights lack {len(missing)} tensors, e.g. "
+                                  f"{', '.join(missing[:5])}")
     else:
         model = UMT5EncoderModel(config or umt5_xxl_config())
         try:

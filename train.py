@@ -26,6 +26,7 @@ import inspect
 import itertools
 import json
 import math
+import multiprocessing
 import os
 import shutil
 import signal
@@ -1027,6 +1028,18 @@ def check_data(cfg, dataset, recorded, finished):
     return now
 
 
+def message(e):
+    """An error's own message, also where a loader worker raised it: the DataLoader raises it again in the trainer
+    with the worker's traceback as its text, the error's line last."""
+    lines, name = str(e).splitlines(), type(e).__name__
+    if len(lines) > 1 and lines[0].startswith(f"Caught {name} in DataLoader worker"):
+        for line in reversed(lines):
+            for head in (f"{type(e).__module__}.{name}: ", f"{name}: "):
+                if line.startswith(head):
+                    return line[len(head):]
+    return str(e)
+
+
 def run_config(cfg, world, accum):
     """config.json: the settings, every path absolute so the run folder is usable from any directory."""
     c = asdict(cfg)
@@ -1042,8 +1055,12 @@ def main(argv):
     try:
         train(cfg, *setup_distributed())
     except (DataError, TextCacheError, CheckpointError) as e:  # bad input: its message, not a traceback
-        raise SystemExit(str(e)) from None
+        raise SystemExit(message(e)) from None
     finally:
+        # loader workers ignore SIGTERM (ignore_stop_signals), so one still busy with the batches it prefetched would
+        # hang the exit, which terminates and then joins them: whatever ended training, they are done
+        for p in multiprocessing.active_children():
+            p.kill()
         if dist.is_initialized():
             dist.destroy_process_group()
 

@@ -967,6 +967,21 @@ def test_encode_text_from_a_transformers_folder(tmp_path, capsys, monkeypatch):
     assert encode_text.encoder_id(run("c16").encoder).split(":")[1] == encode_text.encoder_id(cache.encoder).split(":")[1]
     hf_word_tokenizer(["open", "the", "drawer"]).save_pretrained(tmp_path / "umt5")
     assert encode_text.encoder_id(run("c16b").encoder).split(":")[1] != encode_text.encoder_id(cache.encoder).split(":")[1]
+    from safetensors.torch import load_file, save_file
+
+    from checkpoint import CheckpointError
+    weights = tmp_path / "umt5" / "model.safetensors"
+    sd = load_file(weights)
+    save_file({k: v for k, v in sd.items() if ".block.1." not in k}, weights)  # read anyway, it would be half random
+    with pytest.raises(CheckpointError, match=r"umt5: the encoder's weights lack \d+ tensors, e.g. encoder.block.1."):
+        encode_text.load_encoder(tmp_path / "umt5", dtype=torch.float32)
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match=r"umt5: not a readable umT5 encoder \("):
+        encode_text.load_encoder(tmp_path / "umt5", dtype=torch.float32)
+    for f in (tmp_path / "umt5").glob("*token*"):
+        f.unlink()
+    with pytest.raises(CheckpointError, match=r"umt5: no umT5 tokenizer could be read \("):
+        encode_text.load_encoder(tmp_path / "umt5", dtype=torch.float32)
 
 
 def test_wan_t5_checkpoint_layout(tmp_path):
@@ -1030,6 +1045,14 @@ def test_a_missing_or_broken_state_is_named(lerobot, tmp_path, caplog):
         data.read_lerobot(lerobot / "v30", state="episode_index")
     root = tmp_path / "ds"
     shutil.copytree(lerobot / "v30", root)
+    info = json.loads((root / "meta/info.json").read_text())
+    for k, (shape, shown) in enumerate(((4, "4"), (["3"], r"\['3'\]"), ([True], r"\[True\]"))):  # no [int]
+        broken = tmp_path / f"shape{k}"
+        shutil.copytree(root / "meta", broken / "meta")
+        info["features"]["observation.state"]["shape"] = shape
+        (broken / "meta/info.json").write_text(json.dumps(info))
+        with pytest.raises(data.DataError, match=rf"info.json: feature 'observation.state' is float32 {shown}, not a "):
+            data.read_lerobot(broken, state="observation.state")
     f = root / "data/chunk-000/file-000.parquet"  # episodes 0 and 1
     t = pq.read_table(f)
     keep = [not (e == 0 and i == 5) for e, i in zip(t["episode_index"].to_pylist(), t["frame_index"].to_pylist())]

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import train
+from conftest import spoil_frames
 from sim import write_lerobot
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -70,7 +71,30 @@ def losses(out):
 
 def run(cmd, **kw):
     env = dict(os.environ, **CPU, PYTHONPATH=ROOT)
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, **kw)
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, **{"timeout": 600, **kw})
+
+
+def test_undecodable_data_or_cache_stops_with_one_line(dataset, tmp_path):
+    """Every video undecodable, read in a loader worker: the worker's error as one line, and the run exits (its
+    workers ignore SIGTERM, and one busy with its prefetched batches hung the exit); an unreadable latent cache file
+    likewise, from the main process."""
+    ds = tmp_path / "ds"
+    shutil.copytree(dataset / "ds", ds)
+    for mp4 in ds.rglob("*.mp4"):
+        spoil_frames(mp4)
+    r = run([sys.executable, "train.py", *args(dataset, tmp_path / "out", data=ds, max_steps=1, num_workers=1)],
+            timeout=120)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert r.stderr.strip().splitlines()[-1].startswith("ClipDataset: sample ")
+    assert "episodes in a row failed to decode" in r.stderr.strip().splitlines()[-1]
+    cache = tmp_path / "latents"
+    assert run([sys.executable, "train.py", *args(dataset, tmp_path / "a", max_steps=1, latent_cache=cache)]
+               ).returncode == 0
+    spoiled = sorted(cache.rglob("*.safetensors"))[0]
+    spoiled.write_bytes(b"garbage")
+    r = run([sys.executable, "train.py", *args(dataset, tmp_path / "b", max_steps=1, latent_cache=cache)], timeout=120)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert r.stderr.strip().splitlines()[-1].startswith(f"{spoiled}: unreadable latent cache file (")
 
 
 def test_configure_files_then_flags(tmp_path):
