@@ -55,6 +55,8 @@ DEMO_DATA, DEMO_RUN = "data/metaworld/heldout_unseen", "runs/demo-prior-s0"  # w
 def rank(x):
     """Ranks 0..n-1 with ties given their average rank (as Spearman's rho needs)."""
     x = np.asarray(x, dtype=np.float64)
+    if np.isnan(x).any():  # each NaN would rank apart, last: a curve of NaN would score a perfect VOC
+        raise ValueError(f"NaN among {len(x)} values to rank")
     order = np.argsort(x, kind="stable")
     ranks = np.empty(len(x))
     xs = x[order]

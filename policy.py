@@ -94,6 +94,8 @@ def load_episodes(root):
             raise ValueError(f"{ann_file}: no annotation for episode {e}")
         if not np.array_equal(frame[sel], np.arange(len(sel))):
             raise ValueError(f"{root}: episode {e} has frames missing")
+        if not (np.isfinite(obs[sel]).all() and np.isfinite(action[sel]).all()):  # a policy or a fit would turn NaN
+            raise ValueError(f"{root}: episode {e} holds states or actions that are not finite")
         line, a = ann[int(e)]
         if not isinstance(a.get("task"), str) or not isinstance(a.get("kind"), str):
             raise ValueError(f"{ann_file}:{line}: episode {e} needs a task and a kind (strings), as sim.py writes")
@@ -376,7 +378,16 @@ def read_inits(data, tasks, rollouts):
     path = Path(data) / "eval_inits.json"
     if not path.exists():  # written last by `sim.py policy`: an interrupted run has not got there
         raise SystemExit(f"{path}: missing; `python sim.py policy --out {data}` writes it (again, to finish)")
-    inits = json.loads(path.read_text())
+    try:
+        inits = json.loads(path.read_text())
+    except (ValueError, OSError) as e:  # cut short, or edited by hand
+        raise SystemExit(f"{path}: unreadable ({e}); `python sim.py policy --out {data}` writes it again") from None
+    if not isinstance(inits, dict) or not all(isinstance(v, dict) and isinstance(v.get("rand_vec"), list)
+                                              for v in inits.values()):
+        raise SystemExit(f"{path}: expected {{task: {{\"rand_vec\": [...]}}}}, as `sim.py policy` writes it")
+    unknown = sorted(set(tasks) - set(inits))
+    if unknown:
+        raise SystemExit(f"--tasks {' '.join(unknown)}: not tasks of {data} ({', '.join(sorted(inits))})")
     few = {t: len(inits[t]["rand_vec"]) for t in tasks if len(inits[t]["rand_vec"]) < rollouts}
     if few:
         raise SystemExit(f"--rollouts {rollouts}: {data}/eval_inits.json holds fewer starting conditions for "
@@ -430,13 +441,10 @@ def main(argv):
     values = {n: score(data, path, data / "scores" / n, vae, text_cache) if n in runs else path
               for n, path in sources.items()}
     values["oracle"] = data / "operator" / "oracle" / "values.parquet"
-    known = sorted(json.loads((data / "eval_inits.json").read_text()))
+    known = sorted(read_inits(data, (), 0))
     # -v3 may be left out; a task named twice is one task (two would train on one id and roll out with another)
     tasks = list(dict.fromkeys(next((k for k in (t, f"{t}-v3") if k in known), t) for t in args.tasks or known))
-    if set(tasks) - set(known):
-        raise SystemExit(f"--tasks {' '.join(sorted(set(tasks) - set(known)))}: not tasks of {data} "
-                         f"({', '.join(known)})")
-    read_inits(data, tasks, args.rollouts)  # refused here if a task has fewer starting conditions than rollouts
+    read_inits(data, tasks, args.rollouts)  # refused here if a task is not the data's or has fewer starting conditions
     results = {}
     splits = {s: data_sha256(data / s) for s in ("expert", "operator")}
     try:

@@ -1521,9 +1521,11 @@ def check_output(p, args):
     """A --codec PyAV cannot encode with, or an --out that is a file, is said before any episode is simulated (and
     before a split records the codec)."""
     try:
-        av.codec.Codec(args.codec, "w")
+        kind = av.codec.Codec(args.codec, "w").type
     except (av.codec.codec.UnknownCodecError, ValueError) as e:
         p.error(f"--codec {args.codec}: PyAV here has no such encoder ({e}); e.g. libx264 or libsvtav1")
+    if kind != "video":
+        p.error(f"--codec {args.codec}: encodes {kind}, not video; e.g. libx264 or libsvtav1")
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         p.error(f"--out {args.out}: a file, not a folder")
 

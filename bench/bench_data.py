@@ -71,6 +71,8 @@ def main():
     p.add_argument("--clips", type=int, default=60)
     p.add_argument("--repeats", type=int, default=2)
     a = p.parse_args()
+    if min(a.episodes, a.frames, a.fps, a.size, a.clips, a.repeats, *a.native) < 1:
+        p.error("--episodes, --frames, --native, --fps, --size, --clips and --repeats must be at least 1")
     root = a.root
     if root is None:
         tmp = tempfile.TemporaryDirectory(prefix="wvm_bench_")  # removed when the run ends, as it ends
@@ -80,8 +82,11 @@ def main():
         mb = sum(f.stat().st_size for f in root.rglob("*.mp4")) / 2**20
         print(f"built {root}: {a.episodes} x {a.frames} frames {a.native[0]}x{a.native[1]} @ {a.fps} fps, AV1 gop 2, "
               f"{mb:.1f} MiB, {time.time() - t0:.1f}s")
-    eps = data.read_lerobot(root, camera=a.camera)
-    ds = data.ClipDataset(eps, fps=2.0, size=a.size, length=a.clips)
+    try:
+        eps = data.read_lerobot(root, camera=a.camera)
+        ds = data.ClipDataset(eps, fps=2.0, size=a.size, length=a.clips)
+    except data.DataError as e:  # not a dataset, or nothing long enough in it: its message, not a traceback
+        raise SystemExit(str(e)) from None
     plans = [ds.plan(i) for i in range(a.clips)]
     jobs = [(p["episode"].video, p["episode"].start + np.unique(p["frame_index"]) / p["episode"].fps, p["episode"].fps)
             for p in plans]

@@ -7,8 +7,17 @@ import pytest
 import torch
 from scipy import stats
 
+from conftest import spoil_frames
 from eval import (ConstantScorer, TimeScorer, Trajectory, awr_weight, chunk_delta, filtered_bc_keep, gt_curve,
                   hesitation_rmse, plot_title, retry_voc, spearman, voc, window_ends)
+
+
+def test_values_with_nan_are_refused():
+    """NaN ranks apart from every value (argsort puts it last), so a curve of NaN read as perfectly rising."""
+    with pytest.raises(ValueError, match="NaN among 8 values to rank"):
+        voc(np.full(8, np.nan))
+    with pytest.raises(ValueError, match="NaN among 3 values"):
+        spearman([0.1, np.nan, 0.3], [0, 1, 2])
 
 
 def test_voc_matches_scipy_with_ties_and_constants():
@@ -1148,11 +1157,7 @@ def test_a_bench_whose_every_video_fails_to_decode_stops(bench_setup, tmp_path):
     ds = tmp_path / "ds"
     shutil.copytree(bench_setup / "ds", ds)
     for mp4 in ds.rglob("*.mp4"):
-        raw = bytearray(mp4.read_bytes())
-        at = raw.index(b"mdat")
-        end = at - 4 + int.from_bytes(raw[at - 4:at], "big")  # the frames, not the header
-        raw[at + 4:end] = b"\xff" * (end - at - 4)
-        mp4.write_bytes(bytes(raw))
+        spoil_frames(mp4)
     with pytest.raises(SystemExit) as e:
         wvm_eval.main(["--bench", "expert", "--data", str(ds), "--ckpt", str(bench_setup / "run")])
     assert str(e.value) == f"{ds}: no trajectory could be scored (2 skipped)"

@@ -150,6 +150,12 @@ def test_a_dataset_without_the_state_is_named(tmp_path):
     with pytest.raises(ValueError, match=r"file-001.parquet: states \[10\] and actions \[4\] per frame; the policy "
                                          r"reads Meta-World's \[39\] and \[4\]"):
         policy.load_episodes(tmp_path / "two")
+    state = [[0.0] * 39] * 4
+    state[2] = [0.0] * 38 + [float("nan")]  # a fit on it (bench/state_oracle.py) scored every frame NaN
+    pq.write_table(pa.table({"episode_index": kept["episode_index"], "frame_index": kept["frame_index"],
+                             "observation.environment_state": state, "action": [[0.0] * 4] * 4}), second)
+    with pytest.raises(ValueError, match=r"two: episode 1 holds states or actions that are not finite"):
+        policy.load_episodes(tmp_path / "two")
     second.write_bytes(second.read_bytes()[:100])  # truncated
     with pytest.raises(ValueError, match=r"file-001.parquet: unreadable parquet"):
         policy.load_episodes(tmp_path / "two")
@@ -431,3 +437,11 @@ def test_a_policy_dataset_without_its_starting_conditions_is_named(tmp_path):
     with pytest.raises(SystemExit, match=r"--rollouts 5: .* fewer starting conditions for reach-v3 \(2\)"):
         policy.read_inits(tmp_path, ["reach-v3"], 5)
     assert len(policy.read_inits(tmp_path, ["reach-v3"], 2)["reach-v3"]["rand_vec"]) == 2
+    with pytest.raises(SystemExit, match=r"--tasks push-v3: not tasks of .* \(reach-v3\)"):
+        policy.read_inits(tmp_path, ["push-v3"], 1)
+    # a file cut short, or not the layout `sim.py policy` writes: one line, not a JSON or Key error
+    for text, said in (('{"reach-v3": {"rand_vec": [[0', "unreadable"), ('{"reach-v3": {}}', "expected"),
+                       ("[1, 2]", "expected")):
+        (tmp_path / "eval_inits.json").write_text(text)
+        with pytest.raises(SystemExit, match=rf"eval_inits.json: {said}"):
+            policy.read_inits(tmp_path, ["reach-v3"], 1)

@@ -396,6 +396,7 @@ def test_corpus(corpus):
                                           "libsvtav1"),
     (sim.policy_main, ["--codec", "x264"], "--codec x264: PyAV here has no such encoder (x264); e.g. libx264 or "
                                            "libsvtav1"),
+    (sim.parse_args, ["--codec", "aac"], "--codec aac: encodes audio, not video; e.g. libx264 or libsvtav1"),
     (sim.parse_args, ["--seed", "-1"], "--seed must be in [0, 40000)"),
     (sim.policy_main, ["--seed", "-1"], "--seed must be in [0, 40000), --workers at least 1"),
 ])
