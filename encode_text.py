@@ -14,6 +14,9 @@ Training reads the cache (`TextCache`).
 --model accepts: a diffusers pipeline folder (text_encoder/ + tokenizer/), a transformers UMT5 folder
 (config.json + weights + tokenizer), or the official Wan2.2 folder (models_t5_umt5-xxl-enc-bf16.pth +
 google/umt5-xxl/ tokenizer), whose Wan-format keys are mapped onto transformers' UMT5EncoderModel.
+Beyond the paper, a transformers folder of another text encoder (a small sentence encoder such as
+all-MiniLM-L6-v2, for CPU runs where umT5-XXL cannot be had) is read by its AutoModel; its width is the
+model's text_dim (train.py --text_dim).
 """
 import argparse
 import functools
@@ -172,8 +175,9 @@ def umt5_xxl_config():
 
 
 def load_encoder(path, dtype=torch.bfloat16, device="cpu", config=None):
-    """(tokenizer, UMT5EncoderModel) from a local folder; see the module docstring for the layouts."""
-    from transformers import AutoTokenizer, UMT5EncoderModel
+    """(tokenizer, UMT5EncoderModel, or another encoder's AutoModel) from a local folder; see the module docstring
+    for the layouts."""
+    from transformers import AutoModel, AutoTokenizer, UMT5EncoderModel
     path = Path(path)
     pths = sorted(path.glob("*t5*.pth"))
     if (path / "text_encoder" / "config.json").exists():  # diffusers pipeline
@@ -189,16 +193,18 @@ def load_encoder(path, dtype=torch.bfloat16, device="cpu", config=None):
     try:
         tokenizer = AutoTokenizer.from_pretrained(tok_dir, local_files_only=True)
     except Exception as e:  # noqa: BLE001 (no tokenizer files, or broken ones: transformers raises many kinds)
-        raise CheckpointError(f"{tok_dir}: no umT5 tokenizer could be read ({type(e).__name__}: {str(e)[:300]})") from None
+        raise CheckpointError(f"{tok_dir}: no tokenizer could be read ({type(e).__name__}: {str(e)[:300]})") from None
     if model_dir is not None:
-        try:
-            model, info = UMT5EncoderModel.from_pretrained(model_dir, dtype=dtype, local_files_only=True,
-                                                           output_loading_info=True)
+        umt5 = read_json_dict(model_dir / "config.json").get("model_type") in ("umt5", "t5", "mt5")
+        try:  # another encoder (beyond the paper): its own class, its last hidden states the features
+            model, info = (UMT5EncoderModel if umt5 else AutoModel).from_pretrained(
+                model_dir, dtype=dtype, local_files_only=True, output_loading_info=True)
         except Exception as e:  # noqa: BLE001 (truncated or foreign weights)
-            raise CheckpointError(f"{model_dir}: not a readable umT5 encoder ({type(e).__name__}: "
+            raise CheckpointError(f"{model_dir}: not a readable text encoder ({type(e).__name__}: "
                                   f"{str(e)[:300]})") from None
-        if info["missing_keys"]:  # transformers would start them at random and encode on
-            missing = sorted(info["missing_keys"])
+        # transformers would start them at random and encode on (a pooler's need not be there: it makes no feature)
+        missing = sorted(k for k in info["missing_keys"] if not k.startswith("pooler."))
+        if missing:
             raise CheckpointError(f"{model_dir}: the encoder's weights lack {len(missing)} tensors, e.g. "
                                   f"{', '.join(missing[:5])}")
     else:
@@ -314,15 +320,40 @@ UMT5_ARCH = ("vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_heads",
              "relative_attention_max_distance", "feed_forward_proj", "layer_norm_epsilon")
 
 
-def umt5_id(tokenizer, model):
-    """A digest of what fixes a umT5's features: its architecture, the first rows of its embedding table (rounded to
-    bf16, so an fp32 and a bf16 copy of one checkpoint agree) and its tokenizer's vocabulary. Not the whole config:
-    it also records the transformers version and the dtype, which would give one checkpoint several ids."""
-    h = hashlib.sha1(json.dumps({k: getattr(model.config, k) for k in UMT5_ARCH}, sort_keys=True).encode())
+def read_json_dict(path):
+    """A config.json as a dict ({} where it does not read as one: transformers then says what is wrong)."""
+    try:
+        d = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+    return d if isinstance(d, dict) else {}
+
+
+def encoder_digest(tokenizer, model, arch):
+    """A digest of what fixes an encoder's features: the config's `arch` keys, the first rows of its embedding
+    table (rounded to bf16, so an fp32 and a bf16 copy of one checkpoint agree) and its tokenizer's vocabulary."""
+    h = hashlib.sha1(json.dumps({k: getattr(model.config, k, None) for k in arch}, sort_keys=True, default=str).encode())
     with torch.no_grad():
         h.update(model.get_input_embeddings().weight[:64].to(torch.bfloat16).float().cpu().numpy().tobytes())
     h.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
     return h.hexdigest()[:12]
+
+
+def umt5_id(tokenizer, model):
+    """A digest of what fixes a umT5's features: its architecture, the first rows of its embedding table (rounded to
+    bf16, so an fp32 and a bf16 copy of one checkpoint agree) and its tokenizer's vocabulary. Not the whole config:
+    it also records the transformers version and the dtype, which would give one checkpoint several ids."""
+    return encoder_digest(tokenizer, model, UMT5_ARCH)
+
+
+def model_id(tokenizer, model):
+    """umt5_id for a umT5; for another encoder its model type and the same digest over its config's architecture
+    (every entry but those naming the version, dtype, file or class)."""
+    if model.config.model_type in ("umt5", "t5", "mt5"):
+        return f"umt5:{umt5_id(tokenizer, model)}"
+    skip = {"transformers_version", "torch_dtype", "dtype", "_name_or_path", "architectures", "_attn_implementation"}
+    arch = sorted(k for k in model.config.to_dict() if k not in skip)
+    return f"{model.config.model_type}:{encoder_digest(tokenizer, model, arch)}"
 
 
 def encoder_record(a, tokenizer, model):
@@ -333,13 +364,14 @@ def encoder_record(a, tokenizer, model):
         # "-ids": HashTokenizer (older caches read one of two colliding words as unknown, by the process's hashing)
         ident, flags = f"tiny_random-crc32-{TINY_VOCAB}-lower-ids:{a.tiny_random}:seed0", f"--tiny_random {a.tiny_random}"
     else:
-        ident, flags = f"umt5:{umt5_id(tokenizer, model)}", f"--model {os.path.abspath(a.model)}"
+        ident, flags = model_id(tokenizer, model), f"--model {os.path.abspath(a.model)}"
     return {"id": f"{ident}:{a.dtype}:len{a.text_len}", "flags": f"{flags} --text_len {a.text_len} --dtype {a.dtype}"}
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", help="local folder with the umT5-XXL encoder and tokenizer")
+    p.add_argument("--model", help="local folder with the umT5-XXL encoder and tokenizer (or, beyond the paper, "
+                   "another transformers text encoder's)")
     p.add_argument("--tiny_random", type=int, metavar="DIM",
                    help="no umT5 weights: a random DIM-wide encoder over the instructions' words (demos, tests)")
     p.add_argument("--text_len", type=int, default=TEXT_LEN, help="tokens per instruction (the DiT's text_len)")

@@ -79,6 +79,9 @@ class TrainConfig:
     stage: str = "value"                # value: WVM; video: the video stream alone (the world-model prior), saved
                                         # as an official Wan2.2 DiT folder out_dir/wan that --wan loads
     size: str = "tiny"                  # tiny | small | base | mid | full (wvm_configs; full is the paper's model)
+    text_dim: int = 0                   # width of the text features: 0 is the size's (umT5's 4096 for full); another
+                                        # encoder's (encode_text.py --model, not in the paper) sets its own. Under
+                                        # --wan the checkpoint's
     value_head: str = "flow"            # flow | regression | hlgauss
     value_pred: str = "v"               # the flow head's output: v (the paper's) or x0 (value_dit.ValueDiT)
     mask: str = "causal"
@@ -191,6 +194,7 @@ def check_config(cfg):
         need(bool(getattr(cfg, k)), k, "must be given")
     need(not (cfg.resume and cfg.overwrite), "overwrite", "contradicts resume=True: choose one")
     need(not cfg.encode_in_loader or cfg.num_workers > 0, "encode_in_loader", "needs loader workers (num_workers)")
+    need(cfg.text_dim >= 0, "text_dim", "must not be negative (0: the size's)")
     need(not cfg.state_dropout or cfg.state, "state_dropout", "needs state=<column>")
     need(not cfg.state or cfg.stage == "value", "state", "the value stream reads it; stage=video trains none")
     need(not cfg.mismatch or cfg.stage == "value", "mismatch", "pairs a clip with a wrong instruction for the value "
@@ -371,9 +375,22 @@ def state_stats(dataset):
     return torch.tensor(s.mean(0), dtype=torch.float32), torch.tensor(s.std(0) + 1e-3, dtype=torch.float32)
 
 
+def model_configs(cfg):
+    """(video, value) configs: the size's, the video stream's read from --wan where given, and text_dim set by
+    --text_dim or, under --wan, by the checkpoint (the streams attend to the same text features)."""
+    video_cfg, value_cfg = wvm_configs(cfg.size, head=cfg.value_head, pred=cfg.value_pred)
+    if cfg.wan:
+        video_cfg = read_wan_checkpoint(cfg.wan)[2]
+        if cfg.text_dim and cfg.text_dim != video_cfg.text_dim:
+            raise SystemExit(f"--text_dim={cfg.text_dim}: the Wan DiT --wan={cfg.wan} reads text features of width "
+                             f"{video_cfg.text_dim}")
+    text_dim = video_cfg.text_dim if cfg.wan else cfg.text_dim or video_cfg.text_dim
+    return replace(video_cfg, text_dim=text_dim), replace(value_cfg, text_dim=text_dim)
+
+
 def build_model(cfg, device, state=None):
     """The model before parallelism; state: (mean, std) of the robot's state for a value stream that reads it."""
-    video_cfg, value_cfg = wvm_configs(cfg.size, head=cfg.value_head, pred=cfg.value_pred)
+    video_cfg, value_cfg = model_configs(cfg)
     if state is not None:
         value_cfg = replace(value_cfg, state_dim=len(state[0]))
     opts = dict(mask=cfg.mask, video_loss_weight=cfg.video_loss_weight, video_shift=cfg.video_shift,
@@ -828,9 +845,9 @@ def train(cfg, world, rank, device):
     texts = {w for src in dataset.sources for ep in src.episodes
              for w in (ep.instruction, *dataset.paraphrases.get(ep.instruction, ()))}
     text_cache.require(texts, [path for path, _, _ in data_specs(cfg)] + ([cfg.paraphrases] if cfg.paraphrases else []))
-    video_cfg = read_wan_checkpoint(cfg.wan)[2] if cfg.wan else wvm_configs(cfg.size)[0]
-    text_cache.check_fits(texts, video_cfg.text_len, video_cfg.text_dim,
-                          f"the Wan DiT {cfg.wan}" if cfg.wan else f"--size={cfg.size}")
+    video_cfg = model_configs(cfg)[0]
+    text_cache.check_fits(texts, video_cfg.text_len, video_cfg.text_dim, f"the Wan DiT {cfg.wan}" if cfg.wan else
+                          f"--size={cfg.size}" + (f" --text_dim={cfg.text_dim}" if cfg.text_dim else ""))
     vae = build_vae(cfg, device, dataset)
     if vae.cfg.z_dim != video_cfg.in_dim:  # else the first step's patch embedding fails naming no file
         raise SystemExit(f"--vae={cfg.vae}: {vae.cfg.z_dim} latent channels, and the video stream reads "

@@ -976,12 +976,37 @@ def test_encode_text_from_a_transformers_folder(tmp_path, capsys, monkeypatch):
     with pytest.raises(CheckpointError, match=r"umt5: the encoder's weights lack \d+ tensors, e.g. encoder.block.1."):
         encode_text.load_encoder(tmp_path / "umt5", dtype=torch.float32)
     weights.write_bytes(weights.read_bytes()[:1000])
-    with pytest.raises(CheckpointError, match=r"umt5: not a readable umT5 encoder \("):
+    with pytest.raises(CheckpointError, match=r"umt5: not a readable text encoder \("):
         encode_text.load_encoder(tmp_path / "umt5", dtype=torch.float32)
     for f in (tmp_path / "umt5").glob("*token*"):
         f.unlink()
-    with pytest.raises(CheckpointError, match=r"umt5: no umT5 tokenizer could be read \("):
+    with pytest.raises(CheckpointError, match=r"umt5: no tokenizer could be read \("):
         encode_text.load_encoder(tmp_path / "umt5", dtype=torch.float32)
+
+
+def test_encode_text_from_another_encoder(tmp_path, monkeypatch):
+    """Beyond the paper, a transformers folder of another encoder (here a tiny BERT, as all-MiniLM-L6-v2 is one):
+    its last hidden states are the features, its model type leads the cache's encoder id."""
+    import sys
+
+    from transformers import BertConfig, BertModel
+    torch.manual_seed(0)
+    bert = BertModel(BertConfig(vocab_size=3 + 2 ** 15, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                intermediate_size=32, max_position_embeddings=16), add_pooling_layer=False).eval()
+    bert.save_pretrained(tmp_path / "bert")
+    tok = hf_word_tokenizer(["open", "close", "the", "drawer"])
+    tok.save_pretrained(tmp_path / "bert")
+    (tmp_path / "texts.txt").write_text("open the drawer\nclose the drawer\n")
+    monkeypatch.setattr(sys, "argv", ["encode_text.py", "--model", str(tmp_path / "bert"), "--text_len", "8", "--dtype",
+                                      "float32", "--out", str(tmp_path / "cache"), "--texts", str(tmp_path / "texts.txt")])
+    encode_text.main()
+    cache = encode_text.TextCache(tmp_path / "cache")
+    for text in ("open the drawer", "close the drawer"):
+        ids = tok([text], return_tensors="pt")
+        with torch.no_grad():
+            want = bert(**ids).last_hidden_state[0]
+        torch.testing.assert_close(cache.get(text), want)
+    assert cache.encoder["id"].startswith("bert:") and cache.encoder["id"].endswith(":float32:len8")
 
 
 def test_wan_t5_checkpoint_layout(tmp_path):

@@ -1010,6 +1010,34 @@ def test_bad_inputs_end_with_their_message_only(dataset, tmp_path):
     assert not (tmp_path / "run1").exists()  # fsdp without torchrun: before any data is read
 
 
+def test_text_features_of_another_width(dataset, tmp_path):
+    """--text_dim: features of another encoder's width (encode_text.py --model on a small sentence encoder) train the
+    video stage, whose checkpoint then sets the width of WVM's both streams; a cache the model cannot read is named
+    before any work, and so is a --text_dim the prior was not trained at."""
+    import encode_text
+    from encode_text import TextCacheError
+    from wvm import load_wvm
+    tok, enc = encode_text.tiny_random_encoder(16)
+    cache = tmp_path / "text16"
+    encode_text.build_cache(["push the block right", "slide the block"], tok, enc, cache, dtype=torch.float32,
+                            text_len=16, encoder={"id": "tiny:16", "flags": "--tiny_random 16 --text_len 16"})
+    with pytest.raises(TextCacheError, match=r"are \[\d+, 16\] .*; --size=tiny reads \[<= 16, 32\]"):
+        train_here(dataset, tmp_path / "no", text_cache=cache, max_steps=1)
+    with pytest.raises(TextCacheError, match=r"--size=tiny --text_dim=24 reads \[<= 16, 24\]"):
+        train_here(dataset, tmp_path / "no", text_cache=cache, max_steps=1, text_dim=24)
+    prior = train_here(dataset, tmp_path / "prior", text_cache=cache, text_dim=16, stage="video", max_steps=1,
+                       rewind=0.0)
+    assert prior.video.text_embedding[0].in_features == 16
+    vae = str(tmp_path / "prior" / "vae.safetensors")
+    wan = str(tmp_path / "prior" / "wan")
+    with pytest.raises(SystemExit, match=rf"--text_dim=32: the Wan DiT --wan={wan} reads text features of width 16"):
+        train_here(dataset, tmp_path / "wvm", text_cache=cache, wan=wan, vae=vae, max_steps=1, text_dim=32)
+    train_here(dataset, tmp_path / "wvm", text_cache=cache, wan=wan, vae=vae, max_steps=1)
+    model = load_wvm(str(tmp_path / "wvm" / "wvm.safetensors"))
+    assert model.video.cfg.text_dim == model.value.cfg.text_dim == 16
+    assert model.value.text_embedding[0].in_features == 16
+
+
 def test_video_stage_writes_a_wan_checkpoint_that_wvm_training_starts_from(dataset, tmp_path):
     """--stage=video trains the video stream alone (the value stream is untouched) and leaves an official Wan2.2
     DiT folder; --wan=<that folder> starts WVM from exactly those weights (load_wan_dit, the real loader path)."""
