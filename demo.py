@@ -31,8 +31,8 @@ import numpy as np
 
 import sim  # light: MuJoCo is imported only to render
 from checkpoint import CheckpointError, read_json, save_json
-from eval import bench_rows, read_results, scored_from_default_noise
 from encode_text import TextCache
+from eval import bench_rows, read_results, scored_from_default_noise
 from train import TrainConfig
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
