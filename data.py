@@ -268,10 +268,11 @@ def state_dim(info, info_path, column):
                   ("float32", "float64") and vector_width(f) > 1]
         raise DataError(f"{info_path}: no feature {column!r} (the robot's state); its vector features: "
                         f"{', '.join(others) or 'none'}")
-    if not isinstance(ft, dict) or ft.get("dtype") not in ("float32", "float64") or not vector_width(ft):
+    d = vector_width(ft) if isinstance(ft, dict) and ft.get("dtype") in ("float32", "float64") else 0
+    if not d:
         what = f"{ft.get('dtype')} {ft.get('shape')}" if isinstance(ft, dict) else repr(ft)
         raise DataError(f"{info_path}: feature {column!r} is {what}, not a float vector [d]")
-    return vector_width(ft)
+    return d
 
 
 def vector_width(feature):

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from safetensors import safe_open
 
 import data
-from checkpoint import CheckpointError, load_pth, save_safetensors
+from checkpoint import CheckpointError, load_pth, read_json, save_safetensors
 
 TEXT_LEN = 512  # Wan's text_len
 
@@ -202,7 +202,7 @@ def load_encoder(path, dtype=torch.bfloat16, device="cpu", config=None):
     except Exception as e:  # noqa: BLE001 (no tokenizer files, or broken ones: transformers raises many kinds)
         raise CheckpointError(f"{tok_dir}: no tokenizer could be read ({type(e).__name__}: {str(e)[:300]})") from None
     if model_dir is not None:
-        umt5 = read_json_dict(model_dir / "config.json").get("model_type") in ("umt5", "t5", "mt5")
+        umt5 = (read_json(model_dir / "config.json") or {}).get("model_type") in ("umt5", "t5", "mt5")
         try:  # another encoder (beyond the paper): its own class, its last hidden states the features
             model, info = (UMT5EncoderModel if umt5 else AutoModel).from_pretrained(
                 model_dir, dtype=dtype, local_files_only=True, output_loading_info=True)
@@ -325,15 +325,6 @@ def describe(encoder):
 
 UMT5_ARCH = ("vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_heads", "relative_attention_num_buckets",
              "relative_attention_max_distance", "feed_forward_proj", "layer_norm_epsilon")
-
-
-def read_json_dict(path):
-    """A config.json as a dict ({} where it does not read as one: transformers then says what is wrong)."""
-    try:
-        d = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return {}
-    return d if isinstance(d, dict) else {}
 
 
 def encoder_digest(tokenizer, model, arch):
