@@ -273,8 +273,9 @@ def rows(sources):
     return out
 
 
-def run_row(data, split, method, source, seed, tasks, rollouts, steps, values, budget=BUDGET):
-    """Train one policy and roll it out -> result dict (kept share of chunks, successes per task, times)."""
+def run_row(data, split, method, source, seed, tasks, starts, steps, values, budget=BUDGET):
+    """Train one policy and roll it out from each task's starting conditions (starts: {task: [rand_vec, ...]}) ->
+    result dict (kept share of chunks, successes per task, times)."""
     episodes = [e for e in load_episodes(Path(data) / split) if e["task"] in tasks]
     V = time_progress(episodes) if source in (None, "time") else read_progress(values[source], episodes)
     deltas = np.concatenate([chunk_delta(v, H) for v in V])
@@ -282,8 +283,7 @@ def run_row(data, split, method, source, seed, tasks, rollouts, steps, values, b
     t0 = time.time()
     policy = train_policy(*chunks(episodes, {t: i for i, t in enumerate(tasks)}), w, tasks, steps=steps, seed=seed)
     t1 = time.time()
-    inits = json.loads((Path(data) / "eval_inits.json").read_text())
-    success = {t: evaluate(policy, t, inits[t]["rand_vec"][:rollouts], budget) for t in tasks}
+    success = {t: evaluate(policy, t, starts[t], budget) for t in tasks}
     return {"kept": float((w > 0).mean()), "success": success, "train_s": t1 - t0, "eval_s": time.time() - t1}
 
 
@@ -444,7 +444,8 @@ def main(argv):
     known = sorted(read_inits(data, (), 0))
     # -v3 may be left out; a task named twice is one task (two would train on one id and roll out with another)
     tasks = list(dict.fromkeys(next((k for k in (t, f"{t}-v3") if k in known), t) for t in args.tasks or known))
-    read_inits(data, tasks, args.rollouts)  # refused here if a task is not the data's or has fewer starting conditions
+    inits = read_inits(data, tasks, args.rollouts)  # refused: a task not the data's, or with fewer starting conditions
+    starts = {t: inits[t]["rand_vec"][:args.rollouts] for t in tasks}
     results = {}
     splits = {s: data_sha256(data / s) for s in ("expert", "operator")}
     try:
@@ -458,8 +459,7 @@ def main(argv):
                 f = out / "rows" / f"{split}-{method}-{source or 'none'}-s{seed}.json"
                 if not f.exists():
                     print(f"{name}, seed {seed} ...", flush=True)
-                    r = run_row(data, split, method, source, seed, tasks, args.rollouts, args.steps, values,
-                                args.budget)
+                    r = run_row(data, split, method, source, seed, tasks, starts, args.steps, values, args.budget)
                     f.parent.mkdir(parents=True, exist_ok=True)
                     save_json({"row": name, "seed": seed, "settings": settings, **r}, f)  # a full disk: no half row
                 try:
