@@ -388,9 +388,10 @@ def model_configs(cfg):
     return replace(video_cfg, text_dim=text_dim), replace(value_cfg, text_dim=text_dim)
 
 
-def build_model(cfg, device, state=None):
-    """The model before parallelism; state: (mean, std) of the robot's state for a value stream that reads it."""
-    video_cfg, value_cfg = model_configs(cfg)
+def build_model(cfg, device, state=None, configs=None):
+    """The model before parallelism; state: (mean, std) of the robot's state for a value stream that reads it;
+    configs: model_configs(cfg), where the caller has them (under --wan they are read from the checkpoint)."""
+    video_cfg, value_cfg = configs or model_configs(cfg)
     if state is not None:
         value_cfg = replace(value_cfg, state_dim=len(state[0]))
     opts = dict(mask=cfg.mask, video_loss_weight=cfg.video_loss_weight, video_shift=cfg.video_shift,
@@ -399,7 +400,7 @@ def build_model(cfg, device, state=None):
     if cfg.wan:
         # fp32 master weights whatever the file holds (official and ComfyUI files are bf16 / fp16): AdamW updates
         # them, autocast computes in bf16
-        model = wvm_from_wan(cfg.wan, value_cfg, dtype=torch.float32, size=cfg.size, **opts)
+        model = wvm_from_wan(cfg.wan, value_cfg, dtype=torch.float32, size=cfg.size, video_cfg=video_cfg, **opts)
     else:
         model = WVM(video_cfg, value_cfg, **opts)
     model.checkpointing = cfg.checkpointing
@@ -845,7 +846,8 @@ def train(cfg, world, rank, device):
     texts = {w for src in dataset.sources for ep in src.episodes
              for w in (ep.instruction, *dataset.paraphrases.get(ep.instruction, ()))}
     text_cache.require(texts, [path for path, _, _ in data_specs(cfg)] + ([cfg.paraphrases] if cfg.paraphrases else []))
-    video_cfg = model_configs(cfg)[0]
+    configs = model_configs(cfg)
+    video_cfg = configs[0]
     text_cache.check_fits(texts, video_cfg.text_len, video_cfg.text_dim, f"the Wan DiT {cfg.wan}" if cfg.wan else
                           f"--size={cfg.size}" + (f" --text_dim={cfg.text_dim}" if cfg.text_dim else ""))
     vae = build_vae(cfg, device, dataset)
@@ -872,7 +874,7 @@ def train(cfg, world, rank, device):
         os.path.realpath(path): fps for path, _, fps in data_specs(cfg) if fps is not None}
     if source_fps:
         run["source_fps"] = source_fps
-    model = parallelize(build_model(cfg, device, stats), cfg, device, world)
+    model = parallelize(build_model(cfg, device, stats, configs), cfg, device, world)
     # one group unless the video stream learns at its own rate (a run saved with one group resumes as it was)
     bare = unwrap(model)
     groups = model.parameters() if cfg.video_lr == 1 else [

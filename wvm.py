@@ -319,10 +319,11 @@ def load_wvm(path, dtype=None, device=None, **kw):
     return model
 
 
-def wvm_from_wan(wan_path, value_cfg, dtype=None, device=None, size=None, **kw):
+def wvm_from_wan(wan_path, value_cfg, dtype=None, device=None, size=None, video_cfg=None, **kw):
     """WVM whose video stream is a pretrained Wan2.2 DiT and whose value stream is fresh. size: the name of
-    value_cfg's size (train.py's --size), for the message when the checkpoint does not fit it."""
-    video_cfg = read_wan_checkpoint(wan_path)[2]  # checked before 5B weights are read
+    value_cfg's size (train.py's --size), for the message when the checkpoint does not fit it; video_cfg: the
+    checkpoint's config where the caller has read it (read_wan_checkpoint)."""
+    video_cfg = video_cfg or read_wan_checkpoint(wan_path)[2]  # checked before 5B weights are read
     shape = lambda c: f"{c.num_layers} layers, {c.num_heads} heads x {c.head_dim}, text_dim {c.text_dim}"  # noqa: E731
     if shape(video_cfg) != shape(value_cfg):  # the streams attend to each other in every layer
         fits = [n for n in SIZES if shape(wvm_configs(n)[1]) == shape(video_cfg)]
