@@ -29,6 +29,7 @@ plumbing. Across episodes it is not constant: the top 70% keep the shorter episo
 Each (row, seed) is trained and rolled out once into <out>/rows/, so an interrupted run continues where it stopped.
 """
 import argparse
+import hashlib
 import json
 import sys
 import time
@@ -347,19 +348,23 @@ def score(data, run, out, vae=None, text_cache=None):
 
 
 def sha256(path):
-    import hashlib
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def data_sha256(root):
     """What a split's rows are trained on: its frames and annotations (a row of another dataset, or of this one made
     anew with other seeds, is not this one's)."""
-    import hashlib
     h = hashlib.sha256()
     for f in [*sorted((Path(root) / "data").rglob("*.parquet")), Path(root) / "annotations.jsonl"]:
         if f.is_file():  # a missing one is load_episodes' error, with its message
             h.update(f.read_bytes())
     return h.hexdigest()
+
+
+def starts_sha256(starts):
+    """What rollouts from `starts` ({task: rand vectors}) depend on: eval_inits.json written anew, the splits
+    unchanged, makes a saved success another experiment's."""
+    return hashlib.sha256(json.dumps(starts, sort_keys=True).encode()).hexdigest()
 
 
 def check_counts(p, args, *counts):
@@ -454,7 +459,7 @@ def main(argv):
             # what a row's result depends on besides its name: a row of other settings is never reused as this one
             settings = {"tasks": tasks, "rollouts": args.rollouts, "steps": args.steps, "budget": args.budget,
                         "values_sha256": sha256(values[source]) if source in values else None,
-                        "data_sha256": splits[split]}
+                        "data_sha256": splits[split], "starts_sha256": starts_sha256(starts)}
             for seed in args.seeds:
                 f = out / "rows" / f"{split}-{method}-{source or 'none'}-s{seed}.json"
                 if not f.exists():
@@ -467,9 +472,10 @@ def main(argv):
                 except ValueError as e:
                     raise SystemExit(f"{f}: unreadable row ({e}); delete it to run the row again") from None
                 was = saved.get("settings") or {}
-                if was and "data_sha256" not in was:  # every older row: one message
-                    raise SystemExit(f"{f}: a row saved before rows recorded the data they were trained on; delete "
-                                     f"{out / 'rows'} to run the rows again, or choose another --out")
+                if was and not {"data_sha256", "starts_sha256"} <= set(was):  # every older row: one message
+                    raise SystemExit(f"{f}: a row saved before rows recorded the data they were trained on and the "
+                                     f"starting conditions they rolled out from; delete {out / 'rows'} to run the "
+                                     f"rows again, or choose another --out")
                 if was != settings:
                     differ = [k for k in settings if was.get(k) != settings[k]]
                     raise SystemExit(f"{f}: a result of other settings ({', '.join(differ)} differ); delete that "

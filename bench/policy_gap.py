@@ -87,13 +87,16 @@ def main(argv):
     tasks = sorted({e["task"] for e in episodes})
     oracle = [chunk_delta(v, policy.H) for v in policy.read_progress(data / "operator/oracle/values.parquet", episodes)]
     inits = policy.read_inits(data, tasks, args.rollouts)
+    starts = {t: inits[t]["rand_vec"][:args.rollouts] for t in tasks}
+    # what a cached result depends on besides its name and its values: one of other settings is never reused
+    common = {"data_sha256": policy.data_sha256(data / "operator"), "rollouts": args.rollouts,
+              "starts_sha256": policy.starts_sha256(starts)}
     samples = policy.chunks(episodes, {t: i for i, t in enumerate(tasks)})
     paused = np.isin(np.concatenate(names), PAUSES)
     o = np.concatenate(oracle)
     report = {"caught": {}, "success": {}}
     for name, path in values.items():
-        # what a cached result depends on besides its name: one of other settings is never reused as this one
-        settings = {"data": str(data.resolve()), "rollouts": args.rollouts, "values_sha256": policy.sha256(path)}
+        settings = {**common, "values_sha256": policy.sha256(path)}
         deltas = [chunk_delta(v, policy.H) for v in policy.read_progress(path, episodes)]
         report["caught"][name] = {" / ".join(k): v for k, v in caught(episodes, names, oracle, deltas).items()}
         d = np.concatenate(deltas)
@@ -104,14 +107,13 @@ def main(argv):
                 f = out / f"{name}-{variant.replace(' ', '_')}-s{seed}.json"
                 if not f.exists():
                     pol = policy.train_policy(*samples, keep.astype(np.float64), tasks, seed=seed)
-                    success = {t: float(np.mean(policy.evaluate(pol, t, inits[t]["rand_vec"][:args.rollouts])))
-                               for t in tasks}
+                    success = {t: float(np.mean(policy.evaluate(pol, t, starts[t]))) for t in tasks}
                     f.parent.mkdir(parents=True, exist_ok=True)
                     save_json({"kept": float(keep.mean()), "success": success, "settings": settings}, f)
                 run = json.loads(f.read_text())
                 if run.get("settings") != settings:
-                    raise SystemExit(f"{f}: a result of other settings (--data, --rollouts or the values of {name}); "
-                                     f"delete {out} or choose another --out")
+                    raise SystemExit(f"{f}: a result of other settings (the data, its starting conditions, "
+                                     f"--rollouts or the values of {name}); delete {out} or choose another --out")
                 runs.append(run)
             per_task = {t: 100 * float(np.mean([r["success"][t] for r in runs])) for t in tasks}
             report["success"][f"{name}, {variant}"] = {**per_task, "average": float(np.mean(list(per_task.values()))),

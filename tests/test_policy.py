@@ -305,8 +305,8 @@ def test_policy_data_split_and_the_experiment(tmp_path, monkeypatch):
     with pytest.raises(SystemExit) as e:
         gap.main(["--data", str(data), "--out", str(tmp_path / "gap"), "--seeds", "0", "--rollouts", "1", "--values",
                   f"copy={data / 'operator' / 'oracle' / 'values.parquet'}"])
-    assert str(e.value) == (f"{tmp_path / 'gap' / 'copy-as_scored-s0.json'}: a result of other settings (--data, "
-                            f"--rollouts or the values of copy); delete {tmp_path / 'gap'} or choose another --out")
+    assert str(e.value) == (f"{tmp_path / 'gap' / 'copy-as_scored-s0.json'}: a result of other settings (the data, "
+                            f"its starting conditions, --rollouts or the values of copy); delete {tmp_path / 'gap'} or choose another --out")
 
 
 def test_policy_gap_splits_chunks_into_still_and_lost():
@@ -407,9 +407,24 @@ def test_a_row_of_other_data_is_not_reused(tmp_path, monkeypatch):
     row = json.loads(f.read_text())
     del row["settings"]["data_sha256"]
     f.write_text(json.dumps(row))
-    with pytest.raises(SystemExit, match=f"{f}: a row saved before rows recorded the data they were trained on; "
-                                         f"delete {tmp_path / 'out' / 'rows'} to run the rows again"):
+    with pytest.raises(SystemExit, match=f"{f}: a row saved before rows recorded the data they were trained on and "
+                                         f"the starting conditions they rolled out from; delete "
+                                         f"{tmp_path / 'out' / 'rows'} to run the rows again"):
         policy.main(args)
+
+
+def test_a_row_of_other_starting_conditions_is_not_reused(tmp_path, monkeypatch):
+    """eval_inits.json written anew, the splits unchanged: a saved row's successes are those of the old starting
+    conditions, so it is refused; the same conditions written again in another key order are the same rows."""
+    data, args = fake_data(tmp_path, monkeypatch)
+    policy.main(args)
+    monkeypatch.setattr(policy, "run_row", lambda *a, **k: pytest.fail("a row of these settings was run again"))
+    (data / "eval_inits.json").write_text(json.dumps({"a-v3": {"rand_vec": [[0.0]], "seeds": [0]}}, indent=1))
+    policy.main(args)  # the same starting conditions
+    (data / "eval_inits.json").write_text(json.dumps({"a-v3": {"seeds": [1], "rand_vec": [[0.5]]}}))
+    with pytest.raises(SystemExit) as e:
+        policy.main(args)
+    assert str(e.value).startswith(f"{tmp_path / 'out' / 'rows'}/") and "(starts_sha256 differ)" in str(e.value)
 
 
 def test_a_scoring_speed_is_reported_for_its_own_values_only(tmp_path, monkeypatch, capsys):
