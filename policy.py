@@ -453,13 +453,14 @@ def main(argv):
     starts = {t: inits[t]["rand_vec"][:args.rollouts] for t in tasks}
     results = {}
     splits = {s: data_sha256(data / s) for s in ("expert", "operator")}
+    starts_hash = starts_sha256(starts)
     try:
         for name, split, method, source in rows([*values, "time"]):
             results[name] = []
             # what a row's result depends on besides its name: a row of other settings is never reused as this one
             settings = {"tasks": tasks, "rollouts": args.rollouts, "steps": args.steps, "budget": args.budget,
                         "values_sha256": sha256(values[source]) if source in values else None,
-                        "data_sha256": splits[split], "starts_sha256": starts_sha256(starts)}
+                        "data_sha256": splits[split], "starts_sha256": starts_hash}
             for seed in args.seeds:
                 f = out / "rows" / f"{split}-{method}-{source or 'none'}-s{seed}.json"
                 if not f.exists():
