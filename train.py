@@ -178,6 +178,7 @@ def check_config(cfg):
         need(getattr(cfg, k) >= 1, k, "must be at least 1")
     for k in ("warmup", "num_workers", "seed"):
         need(getattr(cfg, k) >= 0, k, "must not be negative")
+    need(cfg.seed < 2 ** 32, "seed", "must be below 2**32")  # torch's and numpy's seeds (seed + 1 among them)
     for k in ("rewind", "plateau", "prefix_p", "text_dropout", "mirror", "rotate", "mismatch", "state_dropout",
               "min_lr_ratio"):
         need(0 <= getattr(cfg, k) <= 1, k, "a probability or ratio: must lie in [0, 1]")
@@ -418,7 +419,7 @@ def build_vae(cfg, device, dataset):
     own = os.path.join(cfg.out_dir, "vae.safetensors")
     if cfg.vae:
         vae = load_wan_vae(cfg.vae)
-    elif os.path.exists(own):  # open_run deleted it unless this run resumes
+    elif cfg.resume and os.path.exists(own):  # a new run's own is made anew (the old one is cleared later)
         vae = load_wan_vae(own)
     else:  # no weights can be downloaded for the demo: a fixed random tiny VAE (saved with the run)
         clips = [dataset[i]["frames"][:, -(2 * dataset.h + 1):] for i in range(64)]  # without a leading o_0
@@ -544,16 +545,22 @@ def peak_flops(device, dtype=torch.bfloat16):
 MODEL_SETTINGS = ("value_head", "value_pred", "mask")  # in a run's record since 2026-12-05
 SCHEDULE = ("batch_size", "seed", "max_steps", "warmup", "lr", "min_lr_ratio")  # what data and LR a step gets
 RUN_FILES = ("ckpt", "ckpt.tmp", "ckpt.old", "wvm.safetensors", "wan", "vae.safetensors", "config.json", "log.jsonl")
+RUN_KEYS = {"out_dir", "data", "max_steps", "world", "accum"}  # in every config.json run_config wrote
 HELD = {}  # run folder -> this process's lock on it: a later train() here (tests, notebooks) takes over a failed one's
 
 
 def open_run(cfg):
     """Lock out_dir for this process (the lock lives as long as the returned file stays open), settle an
-    interrupted checkpoint swap, and refuse to start over a saved run unless told to resume or overwrite;
-    the leftovers of a run that saved nothing are cleared, so the log starts afresh."""
+    interrupted checkpoint swap, and refuse to start over a saved run unless told to resume or overwrite.
+    Returns (lock, the files a new run clears: the leftovers of a run that saved nothing, or the run --overwrite
+    replaces); clear_run deletes them once the new run's inputs have been read, so that a mistyped input costs no
+    run."""
     import fcntl
 
-    os.makedirs(cfg.out_dir, exist_ok=True)
+    try:
+        os.makedirs(cfg.out_dir, exist_ok=True)
+    except OSError as e:  # a file of that name, or a folder that cannot be made
+        raise SystemExit(f"--out_dir={cfg.out_dir}: cannot be made ({e.strerror or e})") from None
     if os.path.realpath(cfg.out_dir) in HELD:
         HELD.pop(os.path.realpath(cfg.out_dir)).close()
     lock = open(os.path.join(cfg.out_dir, ".lock"), "a+")
@@ -569,8 +576,8 @@ def open_run(cfg):
     lock.write(f"train.py (pid {os.getpid()} on {socket.gethostname()})\n")
     lock.flush()
     HELD[os.path.realpath(cfg.out_dir)] = lock
-    try:  # train.py's own config.json records its out_dir: the other files are then that run's
-        ours = "out_dir" in (read_json(os.path.join(cfg.out_dir, "config.json")) or {})
+    try:  # train.py's own config.json (run_config): the other files are then that run's, not another tool's
+        ours = RUN_KEYS <= set(read_json(os.path.join(cfg.out_dir, "config.json")) or {})
     except CheckpointError:
         ours = False
     if ours:  # elsewhere a ckpt.tmp or ckpt.old is someone else's, never deleted or renamed unasked
@@ -582,27 +589,33 @@ def open_run(cfg):
     if refusal:
         lock.close()
         raise SystemExit(refusal)
-    if not cfg.resume:
-        present = [f for f in RUN_FILES if os.path.lexists(os.path.join(cfg.out_dir, f))]
-        inside = lambda p: any(os.path.realpath(p) == q or os.path.realpath(p).startswith(q + os.sep)  # noqa: E731
-                               for q in (os.path.realpath(os.path.join(cfg.out_dir, f)) for f in present))
-        used = [f"--{k}={p}" for k in ("vae", "wan", "text_cache", "paraphrases", "latent_cache")
-                if (p := getattr(cfg, k)) and inside(p)]
-        refusal = (f"{cfg.out_dir}: a new run clears {', '.join(present)} there, and {', '.join(used)} lies among "
-                   f"them: move it or choose another --out_dir" if used else
-                   f"{cfg.out_dir} holds {', '.join(present)}, which no train.py run left there: choose another "
-                   f"--out_dir, or pass --overwrite to delete them" if present and not ours and not cfg.overwrite
-                   else None)
-        if refusal:
-            lock.close()
-            raise SystemExit(refusal)
-        for f in present:
-            path = os.path.join(cfg.out_dir, f)
-            if os.path.isdir(path) and not os.path.islink(path):
-                shutil.rmtree(path)
-            else:
-                os.remove(path)
-    return lock
+    if cfg.resume:
+        return lock, []
+    present = [f for f in RUN_FILES if os.path.lexists(os.path.join(cfg.out_dir, f))]
+    cleared = [os.path.realpath(os.path.join(cfg.out_dir, f)) for f in present]
+    # an input among the files cleared, or one that holds one of them (--wan=out_dir: its config.json)
+    meet = lambda a, b: a == b or a.startswith(b + os.sep) or b.startswith(a + os.sep)  # noqa: E731
+    used = [f"--{k}={p}" for k in ("vae", "wan", "text_cache", "paraphrases", "latent_cache")
+            if (p := getattr(cfg, k)) and any(meet(os.path.realpath(p), q) for q in cleared)]
+    refusal = (f"{cfg.out_dir}: a new run clears {', '.join(present)} there, and {', '.join(used)} is, holds or lies "
+               f"in one of them: move it or choose another --out_dir" if used else
+               f"{cfg.out_dir} holds {', '.join(present)}, which no train.py run left there: choose another "
+               f"--out_dir, or pass --overwrite to delete them" if present and not ours and not cfg.overwrite
+               else None)
+    if refusal:
+        lock.close()
+        raise SystemExit(refusal)
+    return lock, present
+
+
+def clear_run(out_dir, files):
+    """Delete the files open_run found a new run clears."""
+    for f in files:
+        path = os.path.join(out_dir, f)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        elif os.path.lexists(path):
+            os.remove(path)
 
 
 def recover_checkpoint(out_dir):
@@ -822,7 +835,7 @@ def train(cfg, world, rank, device):
             raise SystemExit(f"--latent_cache={cfg.latent_cache}: cannot be made ({e.strerror or e})") from None
         if not os.access(cfg.latent_cache, os.W_OK | os.X_OK):
             raise SystemExit(f"--latent_cache={cfg.latent_cache}: not writable") from None
-    lock = open_run(cfg) if master else None
+    lock, leftovers = open_run(cfg) if master else (None, [])
     barrier()
     saved = read_state(cfg, world) if cfg.resume else {"step": 0}
     done = saved["step"]
@@ -884,6 +897,7 @@ def train(cfg, world, rank, device):
                             foreach=device.type != "cuda")  # CPU: one op per step for all tensors, not a Python loop
     start = load_checkpoint(model, opt, cfg, rank, world, device, run) if cfg.resume else 0
     if master:
+        clear_run(cfg.out_dir, leftovers)  # every input has been read: the new run's files replace them now
         save_json(run_config(cfg, world, accum) | {"data_fingerprint": data_id}, os.path.join(cfg.out_dir, "config.json"))
         own = os.path.join(cfg.out_dir, "vae.safetensors")
         if not cfg.vae and not os.path.exists(own):  # written once, when the run starts

@@ -597,6 +597,7 @@ def test_fsdp_sigterm_then_resume_repeats_the_uninterrupted_run(dataset, tmp_pat
     (["--data=a:inf,b"], "data source 'a:inf': expected path[:weight >= 0[:fps > 0]], finite"),
     (["--data=a:1:inf"], "data source 'a:1:inf'"),
     (["--resume", "--overwrite"], "overwrite=True: contradicts resume=True"),
+    (["--seed=4294967296"], "seed=4294967296: must be below 2**32"),  # torch's seeds overflowed deep inside
     (["--state_dropout=0.2"], "state_dropout=0.2: needs state=<column>"),
     (["--state=observation.state", "--stage=video"], "state='observation.state': the value stream reads it"),
     (["--value_pred=x0", "--value_head=regression"], "value_pred='x0': x0 is the flow head's"),
@@ -736,7 +737,7 @@ def test_a_new_run_deletes_only_what_a_run_left(dataset, trained, tmp_path):
     with pytest.raises(SystemExit) as e:
         train_here(dataset, mine, max_steps=1, vae=str(mine / "vae.safetensors"), overwrite=True)
     assert str(e.value) == (f"{mine}: a new run clears vae.safetensors there, and --vae={mine / 'vae.safetensors'} "
-                            f"lies among them: move it or choose another --out_dir")
+                            f"is, holds or lies in one of them: move it or choose another --out_dir")
     assert digest(mine / "vae.safetensors") == before
     # a checkpoint-like folder no run left there (a backup named ckpt.old) was deleted before anything was asked
     os.remove(mine / "vae.safetensors")
@@ -748,6 +749,34 @@ def test_a_new_run_deletes_only_what_a_run_left(dataset, trained, tmp_path):
         assert str(e.value) == (f"{mine} holds ckpt.old, which no train.py run left there: choose another --out_dir, "
                                 f"or pass --overwrite to delete them" if not kw else f"--resume: no checkpoint in {mine}")
         assert (mine / "ckpt.old" / "state.json").read_text() == "{}" and not (mine / "ckpt").exists()
+
+
+def test_nothing_is_cleared_before_the_new_runs_inputs_are_read(dataset, trained, tmp_path):
+    """Another tool's files (its config.json too) are not a run's; a run --overwrite replaces stays whole when the
+    new run stops on a bad input; an input that holds a file a new run clears (--wan=out_dir) stops it; an out_dir
+    that is a file is named."""
+    other = tmp_path / "other"
+    (other / "wan").mkdir(parents=True)
+    files = {"config.json": '{"out_dir": "elsewhere", "lr": 0.0003}', "log.jsonl": "{}\n", "vae.safetensors": "v",
+             "wan/model.bin": "w"}
+    for f, text in files.items():
+        (other / f).write_text(text)
+    with pytest.raises(SystemExit) as e:
+        train_here(dataset, other, max_steps=1)
+    assert str(e.value) == (f"{other} holds wan, vae.safetensors, config.json, log.jsonl, which no train.py run left "
+                            f"there: choose another --out_dir, or pass --overwrite to delete them")
+    out = tmp_path / "run"
+    shutil.copytree(trained, out)
+    before = {f: digest(f) for f in sorted(out.rglob("*")) if f.is_file() and f.name != ".lock"}
+    for kw, msg in (({"text_cache": str(tmp_path / "typo")}, "typo"), ({"vae": str(tmp_path / "none")}, "none"),
+                    ({"wan": str(out)}, f"--wan={out} is, holds or lies in one of them")):
+        with pytest.raises(SystemExit, match=msg):
+            train.main(args(dataset, out, max_steps=1, overwrite=True, **kw))
+        assert {f: digest(f) for f in before} == before
+    assert {f: text for f, text in files.items() if (other / f).read_text() == text} == files
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(SystemExit, match=rf"^--out_dir={tmp_path / 'file'}: cannot be made \(File exists\)$"):
+        train_here(dataset, tmp_path / "file", max_steps=1)
 
 
 def test_an_edited_config_json_is_named(dataset, trained, tmp_path):
