@@ -9,6 +9,7 @@ to the official ones) is the caller's: each model knows its own names.
 Writing: `save_safetensors` writes to a temporary name and renames, so a crash never leaves half a checkpoint.
 """
 import json
+import numbers
 import os
 import pickle
 import re
@@ -29,6 +30,19 @@ def out_file_problem(path, flag):
     if os.path.isdir(path) or not os.path.isdir(os.path.dirname(os.path.abspath(path))):
         return f"{flag} {path}: must name a file in an existing folder"
     return None
+
+
+def check_sizes(cfg, names):
+    """ValueError unless each of the config's fields `names` is a positive whole number (or a list of them): a
+    config.json edited by hand, or another tool's, would otherwise fail deep inside torch."""
+    def whole(v):
+        return isinstance(v, numbers.Integral) and not isinstance(v, bool) and v > 0
+
+    values = {k: getattr(cfg, k) for k in names}
+    bad = [f"{k} {v!r}" for k, v in values.items() if not (v and all(map(whole, v)) if isinstance(v, tuple) else
+                                                           whole(v))]
+    if bad:
+        raise ValueError(f"{', '.join(bad)}: must be positive whole numbers")
 
 
 def read_json(path):
@@ -160,13 +174,15 @@ def load_into(model, path, files, rename=lambda k: k, dtype=None, device=None, k
     for key, (tf, name) in found.items():
         t = tf.get(name)
         to = torch.float32 if keep_fp32 is not None and keep_fp32.search(key) else dtype
+        mod_name, _, attr = key.rpartition(".")
+        mod = model.get_submodule(mod_name)
+        old = getattr(mod, attr)
+        if t.is_floating_point() != old.is_floating_point():  # integers would fail deep inside, naming no file
+            raise CheckpointError(f"{path}: {name} holds {t.dtype} values, the model's {key} {old.dtype} ones")
         if to is not None and t.is_floating_point():
             t = t.to(to)
         if device is not None:
             t = t.to(device)
-        mod_name, _, attr = key.rpartition(".")
-        mod = model.get_submodule(mod_name)
-        old = getattr(mod, attr)
         setattr(mod, attr, nn.Parameter(t, requires_grad=old.requires_grad) if isinstance(old, nn.Parameter) else t)
     return model
 

@@ -19,7 +19,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from checkpoint import CheckpointError, TensorFile, checkpoint_files, load_into, save_json, save_safetensors
+from checkpoint import (CheckpointError, TensorFile, check_sizes, checkpoint_files, load_into, save_json,
+                        save_safetensors)
 from kernels import adaln_modulate, mot_attention, qk_norm_rope
 
 
@@ -36,6 +37,16 @@ class WanConfig:
     text_len: int = 512
     freq_dim: int = 256
     eps: float = 1e-6
+
+    def __post_init__(self):
+        self.patch_size = tuple(self.patch_size) if isinstance(self.patch_size, (list, tuple)) else (self.patch_size,)
+        check_sizes(self, ("dim", "ffn_dim", "num_heads", "num_layers", "in_dim", "out_dim", "patch_size", "text_dim",
+                           "text_len", "freq_dim"))
+        if len(self.patch_size) != 3 or self.dim % self.num_heads:
+            raise ValueError(f"patch_size {self.patch_size}, dim {self.dim}, num_heads {self.num_heads}: expected "
+                             f"three patch sizes and a width that splits into the heads")
+        if not (isinstance(self.eps, float) and 0 < self.eps < 1):
+            raise ValueError(f"eps {self.eps!r}: must be a small positive number")
 
     @property
     def head_dim(self):
@@ -321,6 +332,8 @@ def wan_config_from(shapes, config, path=""):
     gives (num_heads, text_len) is Wan's and said on stderr."""
     c = {}
     if config:
+        if "num_attention_heads" in config and "attention_head_dim" not in config:
+            raise CheckpointError("config.json: num_attention_heads (diffusers' layout) without attention_head_dim")
         if "num_attention_heads" in config:  # diffusers
             c = dict(dim=config["num_attention_heads"] * config["attention_head_dim"],
                      num_heads=config["num_attention_heads"],
@@ -356,8 +369,11 @@ def wan_config_from(shapes, config, path=""):
         c.setdefault("ffn_dim", shapes["blocks.0.ffn.0.weight"][0])
     c.setdefault("text_dim", shapes["text_embedding.0.weight"][1])
     c.setdefault("freq_dim", shapes["time_embedding.0.weight"][1])
-    c.setdefault("out_dim", shapes["head.head.weight"][0] // math.prod(c["patch_size"]))
-    return WanConfig(**c)
+    try:
+        c.setdefault("out_dim", shapes["head.head.weight"][0] // math.prod(c["patch_size"]))
+        return WanConfig(**c)
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(f"{'config.json' if config else 'the tensor shapes'}: {e}") from None
 
 
 def read_wan_checkpoint(path, cfg=None):

@@ -15,6 +15,7 @@ to a corpus's video where no pretrained weights can be had (the CPU demo), throu
 import argparse
 import hashlib
 import json
+import math
 import os
 import re
 import sys
@@ -27,8 +28,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from tqdm import tqdm
 
-from checkpoint import (CheckpointError, TensorFile, checkpoint_files, load_into, out_file_problem, read_metadata,
-                        save_safetensors)
+from checkpoint import (CheckpointError, TensorFile, check_sizes, checkpoint_files, load_into, out_file_problem,
+                        read_metadata, save_safetensors)
 from data import ClipDataset, DataError, read_dataset
 
 # Per-channel statistics of the released VAE's latents (its config in diffusers and the official code):
@@ -68,9 +69,12 @@ class WanVAEConfig:
         if len(self.temporal_downsample) != len(self.dim_mult) - 1:
             raise ValueError(f"temporal_downsample {self.temporal_downsample}: expected one flag per downsampling "
                              f"level ({len(self.dim_mult) - 1} for dim_mult {self.dim_mult})")
+        check_sizes(self, ("z_dim", "dim", "dec_dim", "dim_mult", "num_res_blocks"))
         if len(self.latents_mean) != self.z_dim or len(self.latents_std) != self.z_dim:
             raise ValueError(f"latents_mean/std have {len(self.latents_mean)}/{len(self.latents_std)} values, "
                              f"expected z_dim = {self.z_dim}")
+        if not all(isinstance(s, (int, float)) and 0 < s < math.inf for s in self.latents_std):  # z / std: inf, NaN
+            raise ValueError(f"latents_std {self.latents_std}: every one must be a positive number")
 
     @property
     def frames_per_latent(self):  # 4: after the first frame, every 4 frames make one latent frame
@@ -561,13 +565,15 @@ def load_wan_vae(path, dtype=None, device=None, cfg=None):
             raise CheckpointError(f"{files[0]}: unreadable wan_vae_config metadata ({type(e).__name__}: {e})") from None
     config = config if _is_vae_config(config) else None  # e.g. the DiT's config.json next to Wan2.2_VAE.pth
     n_res = cfg.num_res_blocks if cfg else (config or {}).get("num_res_blocks") or _count_res_blocks(names)
+    if type(n_res) is not int:  # it names tensors before the config is checked
+        raise CheckpointError(f"{path}: num_res_blocks {n_res!r}: must be a positive whole number")
     rename = lambda k: vae_key(k, n_res)  # noqa: E731
     if cfg is None and not (config or {}).get("latents_mean"):
         print(f"{path}: no latent statistics in the file or a config.json; using Wan2.2's published per-channel "
               "mean and std (right for the released Wan2.2 VAE only)", file=sys.stderr)
     try:
         cfg = cfg or vae_config_from({rename(k): v for k, v in names.items()}, config)
-    except (CheckpointError, ValueError) as e:
+    except (CheckpointError, ValueError, TypeError) as e:
         raise CheckpointError(f"{path}: {e}") from None
     with torch.device("meta"):
         model = WanVAE(cfg)
@@ -685,6 +691,8 @@ def main(argv):
         p.error("--resolution, --clips, --steps and --batch must be at least 1, --fps positive")
     if problem := out_file_problem(args.out, "--out"):  # before the VAE is made, not after
         p.error(problem)
+    if os.path.exists(args.out):  # the models and latent caches made with it would lose their VAE for good
+        p.error(f"--out {args.out}: exists; delete it first or choose another --out")
     try:
         episodes = [ep for path in args.data.split(",") for ep in read_dataset(path)]
         # training reads plain clips; a random VAE keeps the clips (rewinds and all) that always calibrated it

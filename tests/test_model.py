@@ -226,6 +226,32 @@ def test_guessed_config_values_are_said(tmp_path, capsys):
     assert load_wan_dit(str(path)).cfg == cfg and capsys.readouterr().err == ""
 
 
+def test_config_values_a_model_cannot_have_are_named(tmp_path):
+    """A config.json edited by hand (or another tool's), or a tensor of integers, is one CheckpointError naming the
+    file and the value, not a ZeroDivisionError, TypeError or KeyError from inside torch."""
+    cfg = WanConfig(dim=256, ffn_dim=64, num_heads=2, num_layers=1, text_dim=32, freq_dim=32, text_len=16)
+    path = tmp_path / "dit.safetensors"
+    sd = {k: v.contiguous() for k, v in WanDiT(cfg).state_dict().items()}
+    save_file(sd, path)
+    for config, why in (({"num_heads": 0}, "num_heads 0: must be positive whole numbers"),
+                        ({"dim": "256", "num_layers": 1.0},
+                         "dim '256', num_layers 1.0: must be positive whole numbers"),
+                        ({"num_heads": 3}, "patch_size (1, 2, 2), dim 256, num_heads 3: expected three patch sizes and "
+                                           "a width that splits into the heads"),
+                        ({"num_attention_heads": 2}, "num_attention_heads (diffusers' layout) without "
+                                                     "attention_head_dim")):
+        (tmp_path / "config.json").write_text(json.dumps({"text_len": 16} | config))
+        with pytest.raises(CheckpointError) as err:
+            load_wan_dit(str(path))
+        assert str(err.value) == f"{path}: config.json: {why}"
+    sd["head.head.bias"] = sd["head.head.bias"].long()
+    save_file(sd, path)
+    with pytest.raises(CheckpointError) as err:
+        load_wan_dit(str(path), cfg=cfg)
+    assert str(err.value) == (f"{path}: head.head.bias holds torch.int64 values, the model's head.head.bias "
+                              f"torch.float32 ones")
+
+
 def test_pickled_objects_are_refused_without_advising_to_run_them(tmp_path):
     class Payload:
         def __reduce__(self):

@@ -344,7 +344,9 @@ def test_missing_latent_statistics_are_said(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("saved,why", [("{", "JSONDecodeError: Expecting property name"),
-                                       ('{"z_dim": 48, "bogus": 1}', "TypeError: ")])
+                                       ('{"z_dim": 48, "bogus": 1}', "TypeError: "),
+                                       ('{"num_res_blocks": "2"}', "ValueError: num_res_blocks '2': must be positive"),
+                                       (json.dumps({"latents_std": [0.0] * 48}), "ValueError: latents_std (0.0, ")])
 def test_damaged_vae_config_metadata_is_named(tmp_path, saved, why):
     """A .safetensors VAE whose wan_vae_config metadata no config can be read from is a CheckpointError naming the
     file (eval.py and train.py say it in one line), not a JSONDecodeError or TypeError from inside."""
