@@ -30,6 +30,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 from safetensors.torch import load_file, save_file
@@ -142,6 +143,8 @@ def read_lerobot(root, camera=None, name=None, probe=True, skipped=None, state=N
         video_path = str(info["video_path"])
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise DataError(f"{info_path}: not a LeRobot info.json ({type(e).__name__}: {e})") from None
+    except OSError as e:  # a folder, no permission
+        raise DataError(f"{info_path}: cannot be read ({e.strerror or e})") from None
     if not (version.startswith("v3.") or version.startswith("v2.")):
         raise DataError(f"{info_path}: codebase_version {version!r} is not supported (v2.x, v3.x)")
     if not 0 < fps < math.inf:  # every time in the dataset is a frame count over it
@@ -218,6 +221,7 @@ def read_lerobot(root, camera=None, name=None, probe=True, skipped=None, state=N
             if type(ep) is int:
                 seen.setdefault(ep, row)
             index += int(r["length"]) if whole(r["length"]) else 0
+        eps = _without_overlaps(eps, skip)
     else:
         path = root / "meta" / "episodes.jsonl"
         if not path.exists():
@@ -238,8 +242,10 @@ def read_lerobot(root, camera=None, name=None, probe=True, skipped=None, state=N
                     raise ValueError(f"episode_index {ep} repeats line {seen[ep]}'s")
                 if r.get("length") is not None and type(r["length"]) is not int:
                     raise TypeError(f"length {r['length']!r}: not an integer")
-                if isinstance(r.get("tasks"), str):  # its letters would be read as the tasks
-                    raise TypeError(f"tasks {r['tasks']!r}: a string, not a list of strings")
+                if r.get("tasks") is not None and not isinstance(r["tasks"], list):  # a string's letters, a dict's keys
+                    raise TypeError(f"tasks {r['tasks']!r}: "
+                                    f"{'a string' if isinstance(r['tasks'], str) else type(r['tasks']).__name__}, "
+                                    f"not a list of strings")
             except (ValueError, KeyError, TypeError) as e:
                 skip(f"{path}:{line_no}", "bad metadata line", str(e))
                 continue
@@ -294,7 +300,16 @@ def _attach_state(root, column, dim, eps, skip):
             if column not in pq.read_schema(f).names:
                 raise DataError(f"{f}: no column {column!r}")
             t = pq.read_table(f, columns=["episode_index", "frame_index", column])
+            for k in ("episode_index", "frame_index"):  # the rows are matched to the frames by them
+                if not pa.types.is_integer(t[k].type):
+                    raise DataError(f"{f}: column {k!r} holds {t[k].type} values, not integers")
+                if t[k].null_count:
+                    raise DataError(f"{f}: column {k!r} has {t[k].null_count} null rows: each frame needs its {k}")
             col = t[column].combine_chunks()
+            widths = set(pc.list_value_length(col).to_pylist()) - {dim, None} if pa.types.is_list(col.type) else ()
+            if widths:  # the right total of values in rows of other widths would shift values between frames
+                raise DataError(f"{f}: column {column!r} has rows of {', '.join(map(str, sorted(widths)))} values, "
+                                f"not {dim} (meta/info.json)")
             flat = col.flatten() if pa.types.is_list(col.type) or pa.types.is_fixed_size_list(col.type) else col
             if not (pa.types.is_floating(flat.type) or pa.types.is_integer(flat.type)):  # numpy would parse text
                 raise DataError(f"{f}: column {column!r} holds {flat.type} values, not numbers")
@@ -370,6 +385,27 @@ def _probe_once(probed, video):
     return probed[video]
 
 
+def _without_overlaps(eps, skip):
+    """eps less those whose frames in a shared v3.0 video file overlap another's: one of the two reads the other's
+    frames, and the metadata cannot say which."""
+    bad, by_file = {}, {}
+    for e in eps:
+        by_file.setdefault(e.video, []).append(e)
+    for group in by_file.values():
+        group.sort(key=lambda e: e.start)
+        for i, a in enumerate(group):
+            for b in group[i + 1:]:
+                if b.start >= a.end - 0.5 / a.fps:
+                    break
+                bad.setdefault(id(a), (a, b))
+                bad.setdefault(id(b), (b, a))
+    for e, other in bad.values():
+        skip(f"episode {e.episode_index} ({e.video})", "video span overlaps another episode's",
+             f"{e.start:.3f}-{e.end:.3f}s, episode {other.episode_index}'s {other.start:.3f}-{other.end:.3f}s",
+             id=e.id)
+    return [e for e in eps if id(e) not in bad]
+
+
 def _add(eps, skip, probed, probe, name, video, ep_index, length, tasks, fps, start, end, index_from):
     """Check one LeRobot episode and append it to eps, or skip it with a reason. end: the end of the
     episode's span in a v3.0 file that packs several episodes (None: the episode has the file to itself)."""
@@ -392,10 +428,16 @@ def _add(eps, skip, probed, probe, name, video, ep_index, length, tasks, fps, st
             return skip(what, "unreadable video", str(p), id=id)
         if abs(p[0] - fps) > 0.01 * fps:  # frames are read at start + i / fps: a wrong rate repeats or drops them
             return skip(what, "frame rate differs", f"the video runs at {p[0]:g} fps, info.json says {fps:g}", id=id)
+        have = max(0, int(round((p[3] - start) * fps)))
         if start + length / fps > p[3] + 0.5 / fps:
-            have = max(0, int(round((p[3] - start) * fps)))
             return skip(what, "video shorter than metadata", f"{have} frames in the video, {length} in the metadata",
                         id=id)
+        if end is None and have > length + 1:  # the episode's own file: its last frames would be left unread
+            return skip(what, "video longer than metadata", f"{have} frames in the video, {length} in the metadata",
+                        id=id)
+    if end is not None and (end - start) * fps > length + 1.5:  # the span's last frames would be left unread
+        return skip(what, "length ends before its video span",
+                    f"{length} frames at {fps:g} fps from {start:.3f}s end before the span's end at {end:.3f}s", id=id)
     extra = {"index_from": int(index_from)} | ({"tasks": tasks} if len(tasks) > 1 else {})
     eps.append(Episode(name, str(video), start, start + length / fps, fps, int(length), tasks[0].strip(),
                        int(ep_index), extra))
@@ -471,8 +513,8 @@ MANIFEST_KEYS = ("video", "instruction", "fps", "start", "end")
 
 def read_manifest(path, name=None, skipped=None):
     """JSONL manifest -> list[Episode]. One line per episode:
-    {"video": path (relative to the manifest), "instruction": str, "fps": native fps (optional, default:
-    the video's), "start"/"end": seconds within the video (optional, default: the whole video), ...}; every other field
+    {"video": path (relative to the manifest), "instruction": str, "fps": native fps (optional: the video's own, checked
+    against it), "start"/"end": seconds within the video (optional, default: the whole video), ...}; every other field
     (e.g. a Suboptimal-Value-Bench annotation) is kept in Episode.extra. An episode's index is its line's number
     from 0, so a line left out shifts no other episode's.
     """
@@ -503,6 +545,8 @@ def read_manifest(path, name=None, skipped=None):
             continue
         vfps, n, v0, v1 = p
         try:
+            if isinstance(r.get("fps"), bool):  # float(True) is 1
+                raise TypeError(f"fps {r['fps']}: not a number")
             fps = float(r.get("fps") or vfps)
             t0 = float(r.get("start", v0))
             t1 = float(r.get("end", v1))
@@ -512,6 +556,9 @@ def read_manifest(path, name=None, skipped=None):
                 raise ValueError(f"start {t0:g}, end {t1:g}: not finite")
         except (ValueError, TypeError) as e:
             skip(what, "bad manifest line", str(e))
+            continue
+        if abs(fps - vfps) > 0.01 * vfps:  # frames are read at t0 + i / fps: a wrong rate repeats or drops them
+            skip(what, "frame rate differs", f"the video runs at {vfps:g} fps, the manifest says {fps:g}")
             continue
         if t0 < v0 - 0.5 / fps or t1 > v1 + 0.5 / fps:  # cut to the video, the last frame would read as the end
             skip(what, "video shorter than metadata", f"span {t0:.3f}-{t1:.3f}s, the video's {v0:.3f}-{v1:.3f}s")

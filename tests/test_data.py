@@ -774,6 +774,50 @@ def test_an_episode_index_names_one_episode(lerobot, tmp_path, caplog):
         f"v21: skipping {jsonl}:3: bad metadata line (episode_index 0 repeats line 1's)"]
 
 
+def test_metadata_that_would_read_other_frames_is_skipped(lerobot, tmp_path, caplog):
+    """A length shorter than the episode's video span or own video, spans that overlap in a shared file, tasks that
+    are no list, and a manifest's fps that is not its video's: each skipped with its reason, never read as it says."""
+    v = "videos/observation.images.main/"
+    damages = {"short": ("v30", lambda r: edit_episodes(r, {"length": [LENGTHS[0] - 10, *LENGTHS[1:]]})),
+               "overlap": ("v30", lambda r: edit_episodes(r, {v + "from_timestamp": [0.0, 0.0, 0.0],
+                                                              v + "to_timestamp": [x / FPS for x in LENGTHS]})),
+               "v21": ("v21", lambda r: edit_jsonl(r / "meta/episodes.jsonl", {0: {"length": LENGTHS[0] - 2},
+                                                                               1: {"tasks": 5},
+                                                                               2: {"tasks": {TASKS[2]: 0}}}))}
+    skipped = {}
+    for name, (version, damage) in damages.items():
+        shutil.copytree(lerobot / version, tmp_path / name)
+        damage(tmp_path / name)
+        skipped[name] = []
+        with caplog.at_level(logging.WARNING, logger="wvm.data"):
+            kept = data.read_lerobot(tmp_path / name, skipped=skipped[name])
+        assert [e.episode_index for e in kept] == {"short": [1, 2], "overlap": [2], "v21": []}[name]
+    assert skipped["short"] == [("short/0", f"length ends before its video span (30 frames at {FPS} fps from 0.000s "
+                                            f"end before the span's end at 4.000s)")]
+    assert skipped["overlap"] == [("overlap/0", "video span overlaps another episode's (0.000-4.000s, episode 1's "
+                                                "0.000-2.600s)"),
+                                  ("overlap/1", "video span overlaps another episode's (0.000-2.600s, episode 0's "
+                                                "0.000-4.000s)")]
+    jsonl = tmp_path / "v21/meta/episodes.jsonl"
+    assert skipped["v21"] == [
+        ("v21/0", "video longer than metadata (40 frames in the video, 38 in the metadata)"),
+        (f"{jsonl}:2", "bad metadata line (tasks 5: int, not a list of strings)"),
+        (f"{jsonl}:3", "bad metadata line (tasks {'pick up the cube': 0}: dict, not a list of strings)")]
+    video = lerobot / "v21" / v.replace("videos/", "videos/chunk-000/") / "episode_000000.mp4"
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("".join(json.dumps({"video": str(video), "instruction": "pick", "fps": f}) + "\n"
+                                for f in (FPS, FPS / 2, True)))
+    skipped = []
+    assert [e.T for e in data.read_dataset(manifest, skipped=skipped)] == [40]
+    assert [why for _, why in skipped] == [f"frame rate differs (the video runs at {FPS} fps, the manifest says "
+                                           f"{FPS / 2:g})", "bad manifest line (fps True: not a number)"]
+    (tmp_path / "info").mkdir()
+    shutil.copytree(lerobot / "v30/meta", tmp_path / "info/meta", ignore=shutil.ignore_patterns("info.json"))
+    (tmp_path / "info/meta/info.json").mkdir()
+    with pytest.raises(data.DataError, match=r"^.*/info/meta/info.json: cannot be read \(Is a directory\)$"):
+        data.read_lerobot(tmp_path / "info")
+
+
 @pytest.mark.parametrize("version", ["v30", "v21"])
 def test_a_frame_rate_the_videos_do_not_have_is_named(lerobot, tmp_path, version, caplog):
     """Frames are read at i / fps: info.json's fps must be the videos' own, or frames would repeat silently."""
@@ -1109,6 +1153,27 @@ def test_a_missing_or_broken_state_is_named(lerobot, tmp_path, caplog):
         data.read_dataset(manifest, state="observation.state")
 
 
+def test_state_rows_of_other_widths_and_frame_numbers_that_are_not_integers_are_named(lerobot, tmp_path):
+    """Rows of 4 and 2 values where info.json says 3 (the right total) would move values between frames; frame
+    numbers written as text or missing would be read as no frames: both stop with the file and the column named."""
+    import pyarrow as pa
+    root = tmp_path / "ds"
+    shutil.copytree(lerobot / "v30", root)
+    f = root / "data/chunk-000/file-000.parquet"
+    t = pq.read_table(f)
+    state = t["observation.state"].to_pylist()
+    state[0], state[1] = state[0] + [0.5], state[1][:2]
+    frames = t["frame_index"].to_pylist()
+    for column, values, msg in (("observation.state", state, "has rows of 2, 4 values, not 3 (meta/info.json)"),
+                                ("frame_index", [str(i) for i in frames], "holds string values, not integers"),
+                                ("frame_index", [None, *frames[1:]],
+                                 "has 1 null rows: each frame needs its frame_index")):
+        pq.write_table(t.set_column(t.schema.get_field_index(column), column, pa.array(values)), f)
+        with pytest.raises(data.DataError) as e:
+            data.read_lerobot(root, state="observation.state")
+        assert str(e.value) == f"{f}: column {column!r} {msg}"
+
+
 def test_a_clips_state_is_that_of_its_value_frames_and_changes_nothing_else(lerobot):
     """ClipDataset(state=True): a sample holds the state at its prefix and current frames (after o_0 when o_0 leads)
     and at frame 0; state_dropout leaves it out of that share of clips, drawn after everything else, so the clips,
@@ -1137,16 +1202,20 @@ def test_a_clips_state_is_that_of_its_value_frames_and_changes_nothing_else(lero
         data.ClipDataset(data.read_lerobot(lerobot / "v21"), fps=2.0, size=32, state=True)
 
 
-@pytest.mark.parametrize("out", ["folder", "gone/vae.safetensors"])
+@pytest.mark.parametrize("out", ["folder", "gone/vae.safetensors", "vae.safetensors"])
 def test_wan_vae_names_an_out_it_cannot_write_before_making_the_vae(out, tmp_path, capsys):
-    """A trained VAE (minutes of work) was lost to an --out that is a folder or whose folder does not exist."""
+    """A trained VAE (minutes of work) was lost to an --out that is a folder or whose folder does not exist; a VAE
+    already there (models and latent caches record its id) is never replaced."""
     import wan_vae
     (tmp_path / "folder").mkdir()
+    (tmp_path / "vae.safetensors").write_bytes(b"a VAE")
     with pytest.raises(SystemExit):
         wan_vae.main(["--train", "tiny", "--data", str(tmp_path / "none"), "--out", str(tmp_path / out)])
-    assert capsys.readouterr().err.splitlines()[-1].endswith(f"error: --out {tmp_path / out}: must name a file in an "
-                                                             f"existing folder")
+    assert capsys.readouterr().err.splitlines()[-1].endswith(
+        f"error: --out {tmp_path / out}: " + ("exists; delete it first or choose another --out" if out.startswith("vae")
+                                              else "must name a file in an existing folder"))
     assert os.listdir(tmp_path / "folder") == [] and not (tmp_path / "gone").exists()
+    assert (tmp_path / "vae.safetensors").read_bytes() == b"a VAE"
 
 
 @pytest.mark.parametrize("argv", [["encode_text.py", "--tiny_random", "8", "--batch-size", "0"],
