@@ -267,6 +267,12 @@ class WVMScorer:
             raise ValueError(f"noise {noise!r} with {samples} samples: expected draw, or zero with one sample")
         self.combine, self.rotate, self.noise, self.ckpt, self.guidance = combine, rotate, noise, ckpt, guidance
 
+    def require_texts(self, texts, datasets):
+        """TextCacheError unless the cache holds every text, as features this model reads (its encoder's width)."""
+        self.text_cache.require(texts, datasets)
+        c = self.model.video.cfg
+        self.text_cache.check_fits(set(texts), c.text_len, c.text_dim, self.ckpt or "the model")
+
     @torch.no_grad()
     def score(self, trajs, progress=True):
         """[(values [T'], spread [T'])] per trajectory, or None for one whose video cannot be decoded."""
@@ -356,6 +362,11 @@ def load_scorer(args):
                          f"stream was never trained. Score a value-stage run (train.py --wan {run_dir}/wan ...)")
     if args.resolution and trained.get("resolution") and args.resolution != trained["resolution"]:
         raise SystemExit(f"--resolution {args.resolution}: the model was trained at {trained['resolution']} ({path})")
+    for k, what in (("resolution", "a positive multiple of 32"), ("fps", "a positive number")):
+        v = trained.get(k)  # an older model's come from the run's config.json, which may have been edited
+        if v is not None and not (type(v) in (int, float) and 0 < v < math.inf and (k == "fps" or v % 32 == 0)):
+            raise SystemExit(f"{path if k in model.run else os.path.join(run_dir, 'config.json')}: {k} {v!r}: must "
+                             f"be {what}")
     size = args.resolution or trained.get("resolution")
     if not size:
         raise SystemExit(f"{path}: records no training resolution (an older checkpoint); pass --resolution")
@@ -830,7 +841,7 @@ def export_scores(path, scorer, out_dir, fps, H=10, kappa=0.0, keep_top=None, ta
     trajs = [t for t in trajs if len(t.index) >= scorer.h]
     if not trajs:
         raise DataError(f"{path}: no episode to score ({len(skipped)} skipped)")
-    scorer.text_cache.require([t.episode.instruction for t in trajs], [path])
+    scorer.require_texts([t.episode.instruction for t in trajs], [path])
     preds = scorer.score(trajs)
     skipped += [f"{t.episode.id}: video could not be decoded" for t, p in zip(trajs, preds) if p is None]
     scored = [(t, p) for t, p in zip(trajs, preds) if p is not None]
@@ -1101,7 +1112,7 @@ def evaluate(args):
     if not items:
         raise SystemExit(f"{args.data}: no usable {'/'.join(sorted(wanted))} trajectories ({len(problems)} skipped)")
     if args.ckpt:
-        scorers[0].text_cache.require([t.episode.instruction for t, _ in items],
+        scorers[0].require_texts([t.episode.instruction for t, _ in items],
                                       [args.data, *([args.instructions] if args.instructions else [])])
     results, unreadable = score_items(items, scorers)
     problems += [f"episode {e}: video could not be decoded" for e in unreadable]

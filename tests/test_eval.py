@@ -579,8 +579,12 @@ def test_damaged_files_give_one_line_naming_them(bench_setup, tmp_path, damage, 
 
 
 def test_bad_runs_and_datasets_give_one_line(bench_setup, tmp_path):
+    import json
     import shutil
 
+    import torch
+
+    import encode_text
     import eval as wvm_eval
     from sim import write_lerobot
     run = tmp_path / "run"
@@ -588,6 +592,20 @@ def test_bad_runs_and_datasets_give_one_line(bench_setup, tmp_path):
     (run / "config.json").write_text('{"text_cache": ')
     with pytest.raises(SystemExit, match=rf"^{run / 'config.json'}: unreadable run config \(Expecting value"):
         wvm_eval.main(["--bench", "expert", "--data", str(bench_setup / "ds"), "--ckpt", str(run)])
+    # a model that records neither reads them from config.json, where an edit must not reach deep into torch
+    argv = ["--bench", "expert", "--data", str(bench_setup / "ds"), "--ckpt", str(run)]
+    for cfg, msg in (({"resolution": 48, "fps": 2.0}, "resolution 48: must be a positive multiple of 32"),
+                     ({"resolution": 32, "fps": "2"}, "fps '2': must be a positive number")):
+        (run / "config.json").write_text(json.dumps({"text_cache": str(bench_setup / "text"), **cfg}))
+        with pytest.raises(SystemExit) as e:
+            wvm_eval.main(argv)
+        assert str(e.value) == f"{run / 'config.json'}: {msg}"
+    tok, enc = encode_text.tiny_random_encoder(64)  # features 64 wide; the model reads 32
+    encode_text.build_cache(["lift the block"], tok, enc, tmp_path / "wide", dtype=torch.float32, text_len=16)
+    (run / "config.json").write_text(json.dumps({"text_cache": str(tmp_path / "wide"), "resolution": 32, "fps": 2.0}))
+    with pytest.raises(SystemExit, match=rf"^{tmp_path / 'wide'}: the features of 'lift the block' are \[\d+, 64\] .*; "
+                                         rf"{run / 'wvm.safetensors'} reads \[<= 16, 32\]: encode the"):
+        wvm_eval.main(argv)
     (run / "config.json").unlink()
     with pytest.raises(SystemExit, match=rf"^{run / 'wvm.safetensors'}: records no training resolution"):
         wvm_eval.main(["--bench", "expert", "--data", str(bench_setup / "ds"), "--ckpt", str(run)])
@@ -655,9 +673,8 @@ class Stub(TimeScorer):
     """A scorer without a model (t / (T - 1)) where a test is about the export, not about the values."""
     h = 4
 
-    class text_cache:
-        def require(texts, datasets):
-            pass
+    def require_texts(self, texts, datasets):
+        pass
 
 
 def test_an_interrupted_export_keeps_the_previous_files(bench_setup, tmp_path, monkeypatch):
