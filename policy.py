@@ -329,9 +329,13 @@ def score(data, run, out, vae=None, text_cache=None):
     """WVM's values.parquet for the operator episodes (eval.py --score), once; its speed in speed.json."""
 
     path, speed = Path(out) / "values.parquet", Path(out) / "speed.json"
-    if speed.exists() and json.loads(speed.read_text())["run"] != str(run):
-        raise SystemExit(f"{out}: scored with another run ({json.loads(speed.read_text())['run']}); delete it to "
-                         f"score {run}, or give this run another name")
+    try:
+        was = json.loads(speed.read_text())["run"] if speed.exists() else str(run)
+    except (ValueError, KeyError, TypeError) as e:  # cut short, or edited by hand
+        raise SystemExit(f"{speed}: unreadable ({type(e).__name__}: {e}); delete {out} to score {run} again") from None
+    if was != str(run):
+        raise SystemExit(f"{out}: scored with another run ({was}); delete it to score {run}, or give this run another "
+                         f"name")
     meta = Path(out) / "values.json"
     model = Path(run) / "wvm.safetensors" if Path(run).is_dir() else Path(run)
     stale = path.exists() and model.exists() and path.stat().st_mtime < model.stat().st_mtime  # retrained since

@@ -443,6 +443,18 @@ def test_a_scoring_speed_is_reported_for_its_own_values_only(tmp_path, monkeypat
         assert ("demo: scored 100 frames" in capsys.readouterr().out) == shown
 
 
+def test_a_damaged_scoring_record_is_named(tmp_path):
+    """scores/NAME/speed.json cut short or without its run: one line naming it, before anything is scored."""
+    out = tmp_path / "scores" / "demo"
+    out.mkdir(parents=True)
+    for text, said in (('{"run": "r', "JSONDecodeError"), ('{"frames": 3}', "KeyError")):
+        (out / "speed.json").write_text(text)
+        with pytest.raises(SystemExit) as e:
+            policy.score(tmp_path, "r", out)
+        assert str(e.value).startswith(f"{out / 'speed.json'}: unreadable ({said}: ")
+        assert str(e.value).endswith(f"); delete {out} to score r again")
+
+
 def test_a_policy_dataset_without_its_starting_conditions_is_named(tmp_path):
     """An interrupted `sim.py policy` leaves no eval_inits.json (written last): said, with the command that writes it,
     not a FileNotFoundError; too few starting conditions for --rollouts likewise."""
