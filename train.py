@@ -704,6 +704,11 @@ def read_state(cfg, world):
         with open(path) as f:
             state = json.load(f)
         step, saved_world, parallel = int(state["step"]), state["world"], state["parallel"]
+        if step < 0:
+            raise ValueError(f"step {step}: negative")
+        for k, kind in (("param_groups", list), ("run", dict), ("schedule", dict)):  # edited by hand, or cut
+            if not isinstance(state[k] if k == "param_groups" else state.get(k, {}), kind):
+                raise TypeError(f"{k} {state[k]!r}: not a JSON {'list' if kind is list else 'object'}")
     except (ValueError, KeyError, TypeError) as e:
         raise SystemExit(f"{path}: unreadable ({type(e).__name__}: {e})") from None
     if (saved_world, parallel) != (world, cfg.parallel):

@@ -855,6 +855,20 @@ def test_resume_of_a_run_saved_before_the_model_settings_were_recorded(dataset, 
     assert json.loads((out / "config.json").read_text())["weight_decay"] == 0.1
 
 
+def test_an_edited_state_json_is_named(dataset, trained, tmp_path):
+    """A checkpoint's state.json edited by hand (or by an older tool) stops --resume in one line naming it."""
+    out = tmp_path / "run"
+    shutil.copytree(trained, out)
+    path = out / "ckpt" / "state.json"
+    state = json.loads(path.read_text())
+    for edit, why in (({"step": -7}, "ValueError: step -7: negative"), ({"run": [1]}, "TypeError: run [1]: not a JSON "
+                      "object"), ({"param_groups": None}, "KeyError: 'param_groups'")):
+        path.write_text(json.dumps({k: v for k, v in (state | edit).items() if v is not None}))
+        with pytest.raises(SystemExit) as e:
+            train_here(dataset, out, max_steps=3, fps=4.0, resume=True)
+        assert str(e.value) == f"{path}: unreadable ({why})"
+
+
 def test_missing_instructions_are_named_up_front_with_the_command_that_adds_them(dataset, tmp_path):
     texts = tmp_path / "texts.txt"
     texts.write_text("push the block right\n")
