@@ -1333,14 +1333,21 @@ def write_split(root, jobs, opts, codec, workers=1, desc=None):
     return counts
 
 
+def written_already(root, settings, ready):
+    """Whether the split at `root` is written (its `ready` file and meta/sim.json exist) with these settings; written
+    with others, it is refused."""
+    if not (ready.exists() and (root / "meta" / "sim.json").exists()):
+        return False
+    if keys := changed_settings(root, settings):
+        raise SystemExit(f"{root}: written with other settings ({', '.join(keys)}); delete it or choose another --out")
+    return True
+
+
 def _open_parts(root, settings, ready):
     """-> (the counts of a split already written with these settings, None), or (None, the folder of its per-task
     parts, made or resumed). ready: the file whose presence says the split was written."""
     done = root / "meta" / "sim.json"
-    if ready.exists() and done.exists():
-        if keys := changed_settings(root, settings):
-            raise SystemExit(f"{root}: written with other settings ({', '.join(keys)}); delete it or choose another "
-                             f"--out")
+    if written_already(root, settings, ready):
         print(f"{root}: done already, kept")
         return split_record(root)["counts"], None
     if root.exists() and not (root.is_dir() and (done.exists() or not any(root.iterdir()))):
@@ -1502,6 +1509,8 @@ def parse_args(argv):
         p.error("--train-fps must be in (0, --fps]")
     if args.size <= 0 or args.size % 2:
         p.error("--size must be positive and even (yuv420p video)")
+    if args.tail < 0:  # a negative tail cut the expert's last frames, the success among them
+        p.error("--tail must not be negative")
     if not all(1 <= lo * args.fps <= hi * args.fps for lo, hi in (args.pause, args.undo)):
         p.error("--pause and --undo need 1 frame <= MIN <= MAX")
     counts = (args.seeds_train, args.seeds_heldout, args.seeds_play, args.seeds_play_unseen)
@@ -1528,6 +1537,15 @@ def check_output(p, args):
         p.error(f"--codec {args.codec}: encodes {kind}, not video; e.g. libx264 or libsvtav1")
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         p.error(f"--out {args.out}: a file, not a folder")
+
+
+def make_out(out):
+    """--out as a Path, made (with its parents) if missing; a folder that cannot be made is said in one line."""
+    try:
+        Path(out).mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # under a file, or where the user may not write
+        raise SystemExit(f"--out {out}: cannot be made ({e.strerror or e})") from None
+    return Path(out)
 
 
 def write_paraphrases(out, tasks):
@@ -1624,8 +1642,7 @@ def check_task_split(out, planned):
 
 def main(argv):
     args = parse_args(argv)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_out(args.out)
     report = {"args": vars(args), "splits": {}}
     try:  # generation.json says sim.py writes here: it replaces its own files, never a user's
         ours = json.loads((out / "generation.json").read_text()) if (out / "generation.json").exists() else None
@@ -1639,6 +1656,8 @@ def main(argv):
         report["splits"] = ours["splits"]
     splits = plan(args)
     check_task_split(out, {n: split for n, split in splits.items() if n in args.splits})
+    for name in set(args.splits) & set(splits):  # refused before the wordings and the record below describe the run
+        written_already(out / name, splits[name][2], out / name / "annotations.jsonl")
     save_json(report, out / "generation.json")
     # other wordings of the instructions, for train.py --paraphrases, eval.py --instructions, encode_text.py
     # --paraphrases: the training tasks' with the training split that holds them
@@ -1960,18 +1979,21 @@ def policy_main(argv):
     if not 0 <= args.seed < 40_000 or args.workers < 1:
         p.error("--seed must be in [0, 40000), --workers at least 1")
     check_output(p, args)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_out(args.out)
     seeds = lambda kind, n: [args.seed * 100_000 + POLICY_SEEDS[kind] + i for i in range(n)]  # noqa: E731
     failed = round(FAILED_SHARE * args.episodes)
     opts = dict(size=args.size, cameras=("corner",), base_seed=args.seed)
     jobs = {"operator": [(t, s, "failure" if i < failed else "operator") for t in args.tasks
                          for i, s in enumerate(seeds("operator", args.episodes))],
             "expert": [(t, s, "expert") for t in args.tasks for s in seeds("expert", args.episodes)]}
-    counts = {k: write_policy_split(out / k, j, opts, args.codec, args.workers) for k, j in jobs.items()}
     inits = out / "eval_inits.json"
     want = {t: seeds("eval", args.eval_episodes) for t in args.tasks}
-    if not inits.exists() or {t: v["seeds"] for t, v in json.loads(inits.read_text()).items()} != want:
+    try:  # found before the splits are generated, not after
+        have = {t: v["seeds"] for t, v in json.loads(inits.read_text()).items()} if inits.exists() else None
+    except (ValueError, TypeError, KeyError, AttributeError) as e:
+        raise SystemExit(f"{inits}: unreadable ({type(e).__name__}: {e}); delete it to write it anew") from None
+    counts = {k: write_policy_split(out / k, j, opts, args.codec, args.workers) for k, j in jobs.items()}
+    if have != want:
         table = {t: {"seeds": s, "rand_vec": [eval_init(t, x).tolist() for x in tqdm(s, desc=f"eval inits {t}")]}
                  for t, s in want.items()}
         save_json(table, inits)

@@ -4,6 +4,7 @@ parallel writing of the splits that eval.py and train.py read."""
 import contextlib
 import json
 import os
+import shutil
 from importlib.util import find_spec
 
 import av
@@ -398,6 +399,7 @@ def test_corpus(corpus):
                                            "libsvtav1"),
     (sim.parse_args, ["--codec", "aac"], "--codec aac: encodes audio, not video; e.g. libx264 or libsvtav1"),
     (sim.parse_args, ["--seed", "-1"], "--seed must be in [0, 40000)"),
+    (sim.parse_args, ["--tail", "-1"], "--tail must not be negative"),
     (sim.policy_main, ["--seed", "-1"], "--seed must be in [0, 40000), --workers at least 1"),
 ])
 def test_bad_settings_are_named_at_start(main, argv, msg, tmp_path, capsys):
@@ -415,7 +417,16 @@ def test_an_out_that_is_a_file_is_named_at_start(tmp_path, capsys):
             main(["--out", str(tmp_path / "out")])
         err = capsys.readouterr().err.splitlines()[-1]
         assert err.endswith(f"error: --out {tmp_path / 'out'}: a file, not a folder")
+        with pytest.raises(SystemExit) as e:  # under a file: no folder can be made there
+            (sim.main if main is sim.parse_args else main)(["--out", str(tmp_path / "out" / "sub")])
+        assert str(e.value) == f"--out {tmp_path / 'out' / 'sub'}: cannot be made (Not a directory)"
     assert (tmp_path / "out").read_text() == "mine"
+    (tmp_path / "policy").mkdir()
+    (tmp_path / "policy" / "eval_inits.json").write_text('{"reach-v3": [1, 2]}')  # not sim.py's: named before any work
+    with pytest.raises(SystemExit) as e:
+        sim.policy_main(["--out", str(tmp_path / "policy")])
+    assert str(e.value).startswith(f"{tmp_path / 'policy' / 'eval_inits.json'}: unreadable (TypeError: ")
+    assert sorted(p.name for p in (tmp_path / "policy").iterdir()) == ["eval_inits.json"]
 
 
 def test_a_corpus_never_holds_a_task_both_trained_on_and_unseen(tmp_path):
@@ -536,6 +547,19 @@ def test_demo_reads_the_corpus_sim_writes_as_its_own(corpus):
     recorded = json.loads((corpus / "heldout_seen" / "meta" / "sim.json").read_text())["settings"]
     assert recorded == planned["heldout_seen"][2] and recorded["retry_end"] == "furthest"
     assert "retry_end" not in planned["train"][2]
+
+
+def test_a_run_refused_for_other_settings_leaves_the_corpus_as_it_was(corpus, tmp_path):
+    """Other training tasks on a written corpus are refused before anything is written: its paraphrases.json (which
+    train.py and encode_text.py read with the train split) and generation.json were rewritten for the refused run."""
+    out = tmp_path / "mw"
+    shutil.copytree(corpus, out, ignore=shutil.ignore_patterns("heldout_*", "play"))
+    before = {f: (out / f).read_text() for f in ("paraphrases.json", "generation.json")}
+    args = ["--out", str(out), "--workers", "1", *ARGS, "--splits", "train"]
+    args[args.index("drawer-open-v3")] = "door-close-v3"
+    with pytest.raises(SystemExit, match=r"mw/train: written with other settings \(jobs\)"):
+        sim.main(args)
+    assert {f: (out / f).read_text() for f in before} == before
 
 
 def test_a_damaged_split_record_is_named(tmp_path):
