@@ -321,14 +321,17 @@ def check_corpus(data, corpus):
         root = os.path.join(data, split)
         if not os.path.exists(os.path.join(root, "meta", "info.json")):
             continue
-        with open(os.path.join(root, "meta", "info.json")) as f:
-            state = json.load(f)["features"].get("observation.state", {}).get("shape")
+        try:
+            with open(os.path.join(root, "meta", "info.json")) as f:
+                state, broken = json.load(f)["features"].get("observation.state", {}).get("shape"), None
+        except (ValueError, KeyError, TypeError, AttributeError, OSError) as e:  # cut short, or edited by hand
+            state, broken = None, f"meta/info.json is unreadable ({type(e).__name__}: {e})"
         keys = sim.changed_settings(root, settings)
-        problem = ("meta/sim.json is missing: sim.py did not write it" if keys is None else
-                   f"written with other settings ({', '.join(keys)}) than this sim.py writes for the recipe (by an "
-                   "older sim.py, or with other options)" if keys else
-                   f"observation.state is {state}, not the hand and gripper [4] (an older sim.py wrote it)"
-                   if state != [4] else None)
+        problem = broken or ("meta/sim.json is missing: sim.py did not write it" if keys is None else
+                             f"written with other settings ({', '.join(keys)}) than this sim.py writes for the recipe "
+                             "(by an older sim.py, or with other options)" if keys else
+                             f"observation.state is {state}, not the hand and gripper [4] (an older sim.py wrote it)"
+                             if state != [4] else None)
         if problem:
             remedy = (f"Move or delete {data}, and the runs trained on it (a finished run is not trained again)"
                       if split in ("train", "play") else

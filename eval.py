@@ -228,10 +228,13 @@ NOISE = "zero"  # where scoring starts each window's flow by default (docs/exper
 
 def scored_from_default_noise(path):
     """Whether a results file (--json's, or --score's values.json) was scored from the default noise, without
-    guidance; files from before it record none, and demo.py and policy.py score those again."""
-    with open(path) as f:
-        saved = json.load(f)
-    return saved.get("noise") == NOISE and saved.get("guidance") is None
+    guidance; files from before it record none, and demo.py and policy.py score those again (so too one cut short)."""
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+    except (ValueError, OSError):
+        return False
+    return isinstance(saved, dict) and saved.get("noise") == NOISE and saved.get("guidance") is None
 
 
 class WVMScorer:
@@ -449,6 +452,8 @@ def read_run_config(run_dir):
 
 def in_run(run_dir, p):
     """A path from a run's config.json: absolute, relative to the run folder, or (older runs) to where it ran."""
+    if p and not isinstance(p, str):  # edited by hand
+        raise SystemExit(f"{os.path.join(run_dir, 'config.json')}: {p!r} where a path belongs")
     if not p or os.path.isabs(p):
         return p or None
     return next((q for q in (os.path.join(run_dir, p), p) if os.path.exists(q)), os.path.join(run_dir, p))

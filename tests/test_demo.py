@@ -112,6 +112,11 @@ def test_scores_older_than_the_model_are_scored_again(tmp_path, monkeypatch):
     drawn.write_text(saved.replace('"noise": "zero"', '"noise": "zero", "guidance": 1.5'))
     demo.evaluate(str(run), "data/metaworld")  # scored with eval.py --guidance: not the model's own values
     assert [c[c.index("--json") + 1] for c in started] == [str(drawn)]
+    for text in (saved[:20], "[1]"):  # cut short by a kill, or edited: scored again, not a JSONDecodeError
+        started.clear()
+        drawn.write_text(text)
+        demo.evaluate(str(run), "data/metaworld")
+        assert [c[c.index("--json") + 1] for c in started] == [str(drawn)]
 
 
 def test_scores_of_a_split_written_anew_are_scored_again(tmp_path, monkeypatch):
@@ -223,6 +228,10 @@ def test_a_corpus_of_an_older_generator_is_not_read_as_this_recipes(tmp_path):
         demo.check_corpus(str(data), corpus)
     write("train", planned["train"][2], state=39)
     with pytest.raises(SystemExit, match=r"mw/train: observation.state is \[39\], not the hand and gripper \[4\]"):
+        demo.check_corpus(str(data), corpus)
+    (data / "train" / "meta" / "info.json").write_text('{"features": ')  # cut short
+    with pytest.raises(SystemExit, match=r"mw/train: meta/info.json is unreadable \(JSONDecodeError: .*\)\. Move or "
+                                         r"delete \S+/mw, and the runs trained on it"):
         demo.check_corpus(str(data), corpus)
 
 

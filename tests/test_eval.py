@@ -595,7 +595,8 @@ def test_bad_runs_and_datasets_give_one_line(bench_setup, tmp_path):
     # a model that records neither reads them from config.json, where an edit must not reach deep into torch
     argv = ["--bench", "expert", "--data", str(bench_setup / "ds"), "--ckpt", str(run)]
     for cfg, msg in (({"resolution": 48, "fps": 2.0}, "resolution 48: must be a positive multiple of 32"),
-                     ({"resolution": 32, "fps": "2"}, "fps '2': must be a positive number")):
+                     ({"resolution": 32, "fps": "2"}, "fps '2': must be a positive number"),
+                     ({"resolution": 32, "fps": 2.0, "text_cache": 3}, "3 where a path belongs")):
         (run / "config.json").write_text(json.dumps({"text_cache": str(bench_setup / "text"), **cfg}))
         with pytest.raises(SystemExit) as e:
             wvm_eval.main(argv)
