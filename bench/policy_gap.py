@@ -110,8 +110,11 @@ def main(argv):
                     success = {t: float(np.mean(policy.evaluate(pol, t, starts[t]))) for t in tasks}
                     f.parent.mkdir(parents=True, exist_ok=True)
                     save_json({"kept": float(keep.mean()), "success": success, "settings": settings}, f)
-                run = json.loads(f.read_text())
-                if run.get("settings") != settings:
+                try:
+                    run = json.loads(f.read_text())
+                except ValueError as e:  # cut short: the ValueError below would not name it
+                    raise SystemExit(f"{f}: unreadable ({e}); delete it to run it again") from None
+                if not isinstance(run, dict) or run.get("settings") != settings:
                     raise SystemExit(f"{f}: a result of other settings (the data, its starting conditions, "
                                      f"--rollouts or the values of {name}); delete {out} or choose another --out")
                 runs.append(run)

@@ -308,6 +308,11 @@ def test_policy_data_split_and_the_experiment(tmp_path, monkeypatch):
     assert str(e.value) == (f"{tmp_path / 'gap' / 'copy-as_scored-s0.json'}: a result of other settings (the data, "
                             f"its starting conditions, --rollouts or the values of copy); delete {tmp_path / 'gap'} "
                             f"or choose another --out")
+    (tmp_path / "gap" / "copy-as_scored-s0.json").write_text('{"kept": 1.0, "succ')  # cut short: named
+    with pytest.raises(SystemExit) as e:
+        gap.main(["--data", str(data), "--out", str(tmp_path / "gap"), "--seeds", "0", "--rollouts", "1", "--values",
+                  f"copy={data / 'operator' / 'oracle' / 'values.parquet'}"])
+    assert str(e.value).startswith(f"{tmp_path / 'gap' / 'copy-as_scored-s0.json'}: unreadable (")
 
 
 def test_policy_gap_splits_chunks_into_still_and_lost():
