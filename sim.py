@@ -1355,8 +1355,11 @@ def _open_parts(root, settings, ready):
         raise SystemExit(f"{root}: exists and was not written by sim.py (no meta/sim.json); delete it or choose "
                          "another --out")
     parts_dir = root.with_name(root.name + ".parts")
-    parts_dir.mkdir(parents=True, exist_ok=True)
     marker = parts_dir / "settings.json"
+    if parts_dir.exists() and not marker.exists() and any(parts_dir.iterdir()):  # deleted once the split is merged
+        raise SystemExit(f"{parts_dir}: exists and was not made by sim.py (no settings.json); delete it or choose "
+                         f"another --out")
+    parts_dir.mkdir(parents=True, exist_ok=True)
     if marker.exists() and json.loads(marker.read_text()) != settings:
         raise SystemExit(f"{parts_dir}: parts of a run with other settings; delete it or choose another --out")
     save_json(settings, marker)

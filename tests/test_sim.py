@@ -562,6 +562,18 @@ def test_a_run_refused_for_other_settings_leaves_the_corpus_as_it_was(corpus, tm
     assert {f: (out / f).read_text() for f in before} == before
 
 
+def test_a_parts_folder_sim_did_not_make_is_left_alone(tmp_path):
+    """<split>.parts is where sim.py keeps a split's finished tasks, and deletes once they are merged: a user's folder
+    of that name is refused, not filled and deleted."""
+    (tmp_path / "mw" / "train.parts").mkdir(parents=True)
+    (tmp_path / "mw" / "train.parts" / "notes.txt").write_text("mine")
+    with pytest.raises(SystemExit) as e:
+        sim.main(["--out", str(tmp_path / "mw"), "--workers", "1", *ARGS, "--splits", "train"])
+    assert str(e.value) == (f"{tmp_path / 'mw' / 'train.parts'}: exists and was not made by sim.py (no settings.json); "
+                            f"delete it or choose another --out")
+    assert sorted(p.name for p in (tmp_path / "mw" / "train.parts").iterdir()) == ["notes.txt"]
+
+
 def test_a_damaged_split_record_is_named(tmp_path):
     """A split whose meta/sim.json is cut short or not sim.py's record stops a run with the file's name, whichever
     check reads it first (the settings, the task split), never a JSONDecodeError from inside."""
