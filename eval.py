@@ -1118,7 +1118,7 @@ def evaluate(args):
         raise SystemExit(f"{args.data}: no usable {'/'.join(sorted(wanted))} trajectories ({len(problems)} skipped)")
     if args.ckpt:
         scorers[0].require_texts([t.episode.instruction for t, _ in items],
-                                      [args.data, *([args.instructions] if args.instructions else [])])
+                                 [args.data, *([args.instructions] if args.instructions else [])])
     results, unreadable = score_items(items, scorers)
     problems += [f"episode {e}: video could not be decoded" for e in unreadable]
     if not results:  # every video failed to decode: no table to print
