@@ -197,6 +197,8 @@ def load_encoder(path, dtype=torch.bfloat16, device="cpu", config=None):
         raise FileNotFoundError(f"{path}: no text encoder found: expected text_encoder/ + tokenizer/ (diffusers), "
                                 f"config.json (transformers) or models_t5_umt5-xxl-enc-bf16.pth + "
                                 f"google/umt5-xxl/ (Wan2.2)")
+    if not any((tok_dir / f).exists() for f in TOKENIZER_FILES):  # transformers would make an empty one: all [UNK]
+        raise CheckpointError(f"{tok_dir}: no tokenizer files ({', '.join(TOKENIZER_FILES)})")
     try:
         tokenizer = AutoTokenizer.from_pretrained(tok_dir, local_files_only=True)
     except Exception as e:  # noqa: BLE001 (no tokenizer files, or broken ones: transformers raises many kinds)
@@ -228,6 +230,8 @@ def load_encoder(path, dtype=torch.bfloat16, device="cpu", config=None):
     return tokenizer, model.to(device).eval()
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "spiece.model",
+                   "tokenizer.model", "sentencepiece.bpe.model")
 TINY_VOCAB = 2 ** 15  # hashed word ids of the tiny random encoder
 
 
@@ -281,7 +285,14 @@ def build_cache(texts, tokenizer, model, out, batch_size=8, shard_size=2000, dty
     recorded in every shard; a cache made by another encoder is never extended (its features would mix)."""
     from tqdm import tqdm
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # a file of that name
+        raise TextCacheError(f"{out}: cannot be made ({e.strerror or e})") from None
+    others = sorted(f.name for f in out.glob("*.safetensors") if not f.name.startswith("text-"))
+    if others:  # a run's or a model's folder: its files are no shards, and no advice here may delete them
+        raise TextCacheError(f"{out}: holds {', '.join(others[:3])}, not text cache shards (text-*.safetensors): "
+                             f"use another --out")
     have = set()
     if any(out.glob("*.safetensors")):
         cache = TextCache(out)

@@ -1022,8 +1022,7 @@ def test_encode_text_from_a_transformers_folder(tmp_path, capsys, monkeypatch):
     weights.write_bytes(weights.read_bytes()[:1000])
     with pytest.raises(CheckpointError, match=r"umt5: not a readable text encoder \("):
         encode_text.load_encoder(tmp_path / "umt5", dtype=torch.float32)
-    for f in (tmp_path / "umt5").glob("*token*"):
-        f.unlink()
+    (tmp_path / "umt5" / "tokenizer.json").write_text("{")
     with pytest.raises(CheckpointError, match=r"umt5: no tokenizer could be read \("):
         encode_text.load_encoder(tmp_path / "umt5", dtype=torch.float32)
 
@@ -1052,6 +1051,19 @@ def test_encode_text_from_another_encoder(tmp_path, monkeypatch):
         torch.testing.assert_close(cache.get(text), want)
     assert cache.encoder["id"].startswith("bert:") and cache.encoder["id"].endswith(":float32:len8")
     assert cache.width() == 16  # demo.py --text_model sets train.py --text_dim from it
+    # without its tokenizer files transformers made an empty tokenizer: every word [UNK], one feature per length
+    for f in (tmp_path / "bert").glob("*token*"):
+        f.unlink()
+    from checkpoint import CheckpointError
+    with pytest.raises(CheckpointError, match=r"bert: no tokenizer files \(tokenizer.json, "):
+        encode_text.load_encoder(tmp_path / "bert", dtype=torch.float32)
+    # a run's folder is no text cache: refused, and no advice to delete it
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "wvm.safetensors").write_bytes(b"a model")
+    with pytest.raises(encode_text.TextCacheError) as e:
+        encode_text.build_cache(["open"], tok, bert, tmp_path / "run")
+    assert str(e.value) == (f"{tmp_path / 'run'}: holds wvm.safetensors, not text cache shards "
+                            f"(text-*.safetensors): use another --out")
 
 
 def test_wan_t5_checkpoint_layout(tmp_path):
