@@ -388,7 +388,7 @@ def mot_attention(q, k, v, n_cur, n_fut, causal=True):
     """Attention of q, k, v [B, L, H, D] over [current video (n_cur) | future video (n_fut) | value] under the
     asymmetric mask (mot_mask); causal=False lets the current video see the future video too."""
     B, L, H, D = q.shape
-    if not q.shape == k.shape == v.shape or L == 0 or n_cur + n_fut > L:
+    if not q.shape == k.shape == v.shape or L == 0 or min(n_cur, n_fut) < 0 or n_cur + n_fut > L:
         raise ValueError(f"mot_attention: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}, "
                          f"n_cur={n_cur}, n_fut={n_fut} do not fit")
     # one segment (n_cur = L: the video-only prefill of scoring) is plain attention, where SDPA's flash kernel beat

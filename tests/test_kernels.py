@@ -151,6 +151,9 @@ def test_mot_attention_dispatch(monkeypatch):
     q = torch.randn(1, 8, 1, 16)
     monkeypatch.setenv("WVM_KERNELS", "torch")
     torch.testing.assert_close(mot_attention(q, q, q, 3, 3), mot_attention_torch(q, q, q, 3, 3))
+    for n_cur, n_fut in ((-2, 3), (3, -3)):  # rows of the wrong length, and out-of-bounds reads in the kernel
+        with pytest.raises(ValueError, match=rf"n_cur={n_cur}, n_fut={n_fut} do not fit"):
+            mot_attention(q, q, q, n_cur, n_fut)
     monkeypatch.setenv("WVM_KERNELS", "bogus")
     with pytest.raises(ValueError, match="WVM_KERNELS"):
         mot_attention(q, q, q, 3, 3)
