@@ -1038,8 +1038,10 @@ def parse_args(argv):
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
-    bad = [f"--{k} {getattr(a, k)}: must be at least 1" for k in ("samples", "steps", "batch", "stride", "chunk")
+    bad = [f"--{k} {getattr(a, k)}: must be at least 1" for k in ("samples", "steps", "batch", "stride")
            if getattr(a, k) < 1]
+    if a.chunk < 2:  # Δ = V(t + H - 1) - V(t): 0 for every chunk of one frame
+        bad.append(f"--chunk {a.chunk}: must be at least 2")
     if a.samples > 1 and a.noise == "zero":
         bad.append(f"--samples {a.samples}: samples from zero noise are all one; pass --noise draw")
     if a.combine == "first" and a.stride != 1:
@@ -1071,6 +1073,12 @@ def parse_args(argv):
                  f"{flag} {d}: cannot be made, a file lies on its path")
                 for flag, d in (("--plots", a.plots), ("--out", a.out if a.score else None)) if d)]
     bad += [msg for ok, msg in checks if not ok]
+    for flag, d in (("--plots", a.plots), ("--out", a.out if a.score else None)):
+        if d and not bad:  # made now: one that cannot be (where the user may not write) failed after the scoring
+            try:
+                os.makedirs(d, exist_ok=True)
+            except OSError as e:
+                bad.append(f"{flag} {d}: cannot be made ({e.strerror or e})")
     if bad:
         p.error("; ".join(bad))
     if a.bench and not a.data and not a.ckpt and os.path.isdir(DEMO_DATA):

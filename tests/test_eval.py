@@ -644,6 +644,8 @@ def test_bad_runs_and_datasets_give_one_line(bench_setup, tmp_path):
     (["--plots", f"{__file__}/a/b"], f"--plots {__file__}/a/b: cannot be made, a file lies on its path"),
     (["--device", "cudda"], "--device cudda: no such device here"),
     (["--device", "cuda:99"], "--device cuda:99: no such device here"),
+    (["--chunk", "1"], "--chunk 1: must be at least 2"),  # every Δ was 0: nothing kept, every weight 1
+    (["--plots", "/proc/wvm_plots"], "--plots /proc/wvm_plots: cannot be made ("),  # failed after the scoring
 ])
 def test_every_option_is_checked_at_start(argv, msg, capsys):
     import eval as wvm_eval
