@@ -16,6 +16,7 @@ import argparse
 import hashlib
 import json
 import math
+import numbers
 import os
 import re
 import sys
@@ -73,7 +74,7 @@ class WanVAEConfig:
         if len(self.latents_mean) != self.z_dim or len(self.latents_std) != self.z_dim:
             raise ValueError(f"latents_mean/std have {len(self.latents_mean)}/{len(self.latents_std)} values, "
                              f"expected z_dim = {self.z_dim}")
-        if not all(isinstance(s, (int, float)) and 0 < s < math.inf for s in self.latents_std):  # z / std: inf, NaN
+        if not all(isinstance(s, numbers.Real) and 0 < s < math.inf for s in self.latents_std):  # z / std: inf, NaN
             raise ValueError(f"latents_std {self.latents_std}: every one must be a positive number")
 
     @property
