@@ -417,6 +417,10 @@ def main():
             tokenizer, model = tiny_random_encoder(a.tiny_random)
         else:
             tokenizer, model = load_encoder(a.model, dtype=dtype, device=a.device)
+            most = getattr(model.config, "max_position_embeddings", None)  # umT5's positions are relative: none
+            if most and a.text_len > most:
+                raise SystemExit(f"--text_len {a.text_len}: {a.model} reads at most {most} tokens; pass --text_len "
+                                 f"{most} or less")
         n = build_cache(texts, tokenizer, model, a.out, a.batch_size, a.shard_size, dtype, a.text_len,
                         encoder_record(a, tokenizer, model))
         print(f"{a.out}: encoded {n} new instructions; {len(TextCache(a.out))} in the cache")

@@ -1051,6 +1051,10 @@ def test_encode_text_from_another_encoder(tmp_path, monkeypatch):
         torch.testing.assert_close(cache.get(text), want)
     assert cache.encoder["id"].startswith("bert:") and cache.encoder["id"].endswith(":float32:len8")
     assert cache.width() == 16  # demo.py --text_model sets train.py --text_dim from it
+    monkeypatch.setattr(sys, "argv", [*sys.argv[:3], "--text_len", "32", *sys.argv[5:]])  # failed inside transformers
+    with pytest.raises(SystemExit) as e:
+        encode_text.main()
+    assert str(e.value) == f"--text_len 32: {tmp_path / 'bert'} reads at most 16 tokens; pass --text_len 16 or less"
     # without its tokenizer files transformers made an empty tokenizer: every word [UNK], one feature per length
     for f in (tmp_path / "bert").glob("*token*"):
         f.unlink()
