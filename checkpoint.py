@@ -38,9 +38,11 @@ def check_sizes(cfg, names):
     def whole(v):
         return isinstance(v, numbers.Integral) and not isinstance(v, bool) and v > 0
 
-    values = {k: getattr(cfg, k) for k in names}
-    bad = [f"{k} {v!r}" for k, v in values.items() if not (v and all(map(whole, v)) if isinstance(v, tuple) else
-                                                           whole(v))]
+    bad = []
+    for k in names:
+        v = getattr(cfg, k)
+        if not (v and all(map(whole, v)) if isinstance(v, tuple) else whole(v)):
+            bad.append(f"{k} {v!r}")
     if bad:
         raise ValueError(f"{', '.join(bad)}: must be positive whole numbers")
 

@@ -397,13 +397,13 @@ def _without_overlaps(eps, skip):
             for b in group[i + 1:]:
                 if b.start >= a.end - 0.5 / a.fps:
                     break
-                bad.setdefault(id(a), (a, b))
-                bad.setdefault(id(b), (b, a))
+                bad.setdefault(a.id, (a, b))
+                bad.setdefault(b.id, (b, a))
     for e, other in bad.values():
         skip(f"episode {e.episode_index} ({e.video})", "video span overlaps another episode's",
              f"{e.start:.3f}-{e.end:.3f}s, episode {other.episode_index}'s {other.start:.3f}-{other.end:.3f}s",
              id=e.id)
-    return [e for e in eps if id(e) not in bad]
+    return [e for e in eps if e.id not in bad]
 
 
 def _add(eps, skip, probed, probe, name, video, ep_index, length, tasks, fps, start, end, index_from):

@@ -339,7 +339,7 @@ def wan_config_from(shapes, config, path=""):
                      num_heads=config["num_attention_heads"],
                      in_dim=config.get("in_channels"), out_dim=config.get("out_channels"), text_dim=config.get("text_dim"),
                      ffn_dim=config.get("ffn_dim"), num_layers=config.get("num_layers"), freq_dim=config.get("freq_dim"),
-                     eps=config.get("eps"), patch_size=tuple(config["patch_size"]) if "patch_size" in config else None)
+                     eps=config.get("eps"), patch_size=config.get("patch_size"))
         else:
             c = {f.name: config[f.name] for f in fields(WanConfig) if f.name in config}
         c = {k: v for k, v in c.items() if v is not None}

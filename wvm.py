@@ -305,7 +305,7 @@ def load_wvm(path, dtype=None, device=None, **kw):
     """Load a WVM checkpoint written by save_wvm (kw: WVM options such as video_loss_weight)."""
     try:
         meta = read_metadata(path)
-        video_cfg = WanConfig(**{k: tuple(v) if k == "patch_size" else v for k, v in json.loads(meta["video_cfg"]).items()})
+        video_cfg = WanConfig(**json.loads(meta["video_cfg"]))  # (its patch_size, a JSON list, becomes a tuple)
         value_cfg = ValueConfig(**json.loads(meta["value_cfg"]))
         run = json.loads(meta.get("run", "{}"))
         if not isinstance(run, dict):
