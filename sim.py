@@ -1305,7 +1305,7 @@ def write_split(root, jobs, opts, codec, workers=1, desc=None):
     returns the split's counts. Each task is written as a part under <root>.parts/ as soon as its jobs are
     done, and the parts are merged into `root` at the end, so an interrupted run resumes at the first missing
     part. A split already written with the same settings (settings_record) is kept; other settings are an error."""
-    root, desc = Path(root), desc or Path(root).name
+    root, desc = split_root(root), desc or Path(root).name
     settings = settings_record(jobs, opts, codec)
     finished, parts_dir = _open_parts(root, settings, root / "annotations.jsonl")
     if finished is not None:
@@ -1331,6 +1331,13 @@ def write_split(root, jobs, opts, codec, workers=1, desc=None):
                    for anns, offset in parts for a in anns]
     _finish_split(tmp, root, parts_dir, settings, counts, annotations)
     return counts
+
+
+def split_root(root):
+    """The folder a split is written to: a symbolic link's target (the finished split replaces the folder; a link
+    cannot be replaced so, and the split belongs where it points, e.g. on a larger disk)."""
+    root = Path(root)
+    return root.resolve() if root.is_symlink() else root
 
 
 def written_already(root, settings, ready):
@@ -1366,6 +1373,9 @@ def _open_parts(root, settings, ready):
     return None, parts_dir
 
 
+MERGING = ".sim-merging"  # in a split being merged: the mark that it is sim.py's to delete
+
+
 def _merge_parts(root, tasks, parts_dir, what):
     """Merge the tasks' parts into a new folder beside `root` -> (that folder, summed counts, [(the part's
     annotations, its episode offset)])."""
@@ -1379,13 +1389,18 @@ def _merge_parts(root, tasks, parts_dir, what):
     if not parts:
         raise SystemExit(f"{root}: no episode {what} ({counts})")
     # per host and process: two runs on one --out don't clash; a merge that was killed (SIGKILL, out of memory) left
-    # its folder behind, which a later run on this host removes once that process is gone
+    # its folder behind, which a later run on this host removes once that process is gone: only if it holds the
+    # MERGING mark, never a folder of the same name that sim.py did not make
     host = socket.gethostname()
     for old in root.parent.glob(f"{root.name}.partial-{host}-*"):
         pid = old.name.rsplit("-", 1)[1]
-        if pid.isdigit() and (int(pid) == os.getpid() or not _alive(int(pid))):
+        if pid.isdigit() and (int(pid) == os.getpid() or not _alive(int(pid))) and (old / MERGING).is_file():
             shutil.rmtree(old, ignore_errors=True)
     tmp = root.with_name(f"{root.name}.partial-{host}-{os.getpid()}")
+    if tmp.exists():  # not deleted above: without the mark
+        raise SystemExit(f"{tmp}: exists and was not made by sim.py; delete it or choose another --out")
+    tmp.mkdir()
+    (tmp / MERGING).touch()
     offsets = merge_lerobot([p for p, _ in parts], tmp)
     return tmp, counts, [(anns, offset) for (_, anns), offset in zip(parts, offsets)]
 
@@ -1405,6 +1420,7 @@ def _finish_split(tmp, root, parts_dir, settings, counts, annotations):
     with open(tmp / "annotations.jsonl", "w") as f:
         f.writelines(json.dumps(a) + "\n" for a in annotations)
     (tmp / "meta" / "sim.json").write_text(json.dumps({"settings": settings, "counts": counts}, indent=1))
+    (tmp / MERGING).unlink()
     if root.exists():
         shutil.rmtree(root)  # empty, or a split sim.py wrote with a result file missing (_open_parts)
     tmp.rename(root)
@@ -1658,6 +1674,8 @@ def main(argv):
     if ours:  # a corpus written a few splits at a time keeps every split's counts
         report["splits"] = ours["splits"]
     splits = plan(args)
+    for name in [n for n in args.splits if n not in splits] if args.splits != list(SPLITS) else ():  # asked for by name
+        print(f"{out / name}: no episodes to write (0 seeds, or no tasks, for it); not written")
     check_task_split(out, {n: split for n, split in splits.items() if n in args.splits})
     for name in set(args.splits) & set(splits):  # refused before the wordings and the record below describe the run
         written_already(out / name, splits[name][2], out / name / "annotations.jsonl")
@@ -1928,7 +1946,7 @@ def write_policy_split(root, jobs, opts, codec, workers=1):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    root = Path(root)
+    root = split_root(root)
     settings = json.loads(json.dumps({**opts, "codec": codec, "jobs": [list(j) for j in jobs]}))
     finished, parts_dir = _open_parts(root, settings, root / "oracle" / "values.parquet")
     if finished is not None:

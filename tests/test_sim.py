@@ -429,7 +429,7 @@ def test_an_out_that_is_a_file_is_named_at_start(tmp_path, capsys):
     assert sorted(p.name for p in (tmp_path / "policy").iterdir()) == ["eval_inits.json"]
 
 
-def test_a_corpus_never_holds_a_task_both_trained_on_and_unseen(tmp_path):
+def test_a_corpus_never_holds_a_task_both_trained_on_and_unseen(tmp_path, capsys):
     """A later run on a corpus, with other --train-tasks or --unseen-tasks, must not score as unseen a task its train
     split holds (nor train on one its unseen splits hold); nor does a run that writes no train split rewrite the
     paraphrases of the training tasks."""
@@ -449,8 +449,12 @@ def test_a_corpus_never_holds_a_task_both_trained_on_and_unseen(tmp_path):
         sim.main(["--out", str(out), "--train-tasks", "door-open", "--unseen-tasks", "push", "--splits", "train"])
     (out / "generation.json").write_text(json.dumps({"args": {}, "splits": {}}))
     (out / "paraphrases.json").write_text("{}")
+    capsys.readouterr()
     sim.main([*argv, "--unseen-tasks", "push", "--splits", "play_unseen", "--seeds-play-unseen", "0"])
     assert (out / "paraphrases.json").read_text() == "{}" and (out / "metaworld_wording.json").exists()
+    # a split asked for by name that has nothing to write is said (it was passed over without a word)
+    assert capsys.readouterr().out.startswith(f"{out / 'play_unseen'}: no episodes to write (0 seeds, or no tasks, "
+                                              "for it); not written\n")
 
 
 @pytest.mark.parametrize("flag", ["--cameras", "--heldout-camera", "--test-camera"])
@@ -618,17 +622,30 @@ def test_resume_and_encoder_failure(corpus, tmp_path, monkeypatch):
         sim.main(["--out", str(out), "--workers", "1", *ARGS])
     assert (out / "train.parts" / TASK / "part.json").exists() and not (out / "train").exists()
     calls["jobs"] = 100
-    # a merge killed on this host (its process gone) left its folder: removed; one still running is left alone
+    # a merge killed on this host (its process gone) left its folder: removed; one still running is left alone, and
+    # so is a folder of that name without sim.py's mark (it was deleted with whatever it held)
     import socket
     import subprocess
-    gone = subprocess.Popen(["true"])
-    gone.wait()
-    stale, running = (out / f"train.partial-{socket.gethostname()}-{pid}" for pid in (gone.pid, os.getppid()))
-    for d in (stale, running):
+    gone = [subprocess.Popen(["true"]) for _ in range(2)]
+    for g in gone:
+        g.wait()
+    stale, theirs, running = (out / f"train.partial-{socket.gethostname()}-{pid}"
+                              for pid in (gone[0].pid, gone[1].pid, os.getppid()))
+    for d in (stale, theirs, running):
         d.mkdir()
+    for d in (stale, running):
+        (d / sim.MERGING).touch()
+    (theirs / "notes.txt").write_text("mine")
+    # a split folder that is a symbolic link (e.g. to a larger disk): the split is written where it points (the
+    # finished split's rename failed on the link, after the whole generation)
+    (tmp_path / "disk").mkdir()
+    (out / "play").symlink_to(tmp_path / "disk" / "play", target_is_directory=True)
     sim.main(["--out", str(out), "--workers", "1", *ARGS, "--splits", "train", "play"])  # as demo.py does
-    assert not stale.exists() and running.exists()
-    running.rmdir()
+    assert not stale.exists() and running.exists() and (theirs / "notes.txt").read_text() == "mine"
+    assert (out / "play").is_symlink() and (tmp_path / "disk" / "play" / "annotations.jsonl").exists()
+    assert sorted(p.name for p in (tmp_path / "disk").iterdir()) == ["play"]
+    shutil.rmtree(running)
+    shutil.rmtree(theirs)
     assert not any((out / s).exists() for s in ("play_unseen", "heldout_seen", "heldout_unseen"))
     sim.main(["--out", str(out), "--workers", "1", *ARGS])
     # train: drawer-open's 2 jobs only; play 2 x 2; unseen play 1; seen 2; unseen 1
