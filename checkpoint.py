@@ -32,6 +32,17 @@ def out_file_problem(path, flag):
     return None
 
 
+def device_here(name):
+    """Whether `name` is a torch device this machine has (a CUDA GPU must be there; other kinds torch checks on use):
+    a typo, or cuda on a machine without one, failed deep inside torch after the model was read (eval.py,
+    encode_text.py)."""
+    try:
+        d = torch.device(name)
+    except RuntimeError:
+        return False
+    return d.type != "cuda" or (d.index or 0) < torch.cuda.device_count()
+
+
 def check_sizes(cfg, names):
     """ValueError unless each of the config's fields `names` is a positive whole number (or a list of them): a
     config.json edited by hand, or another tool's, would otherwise fail deep inside torch."""

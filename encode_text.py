@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from safetensors import safe_open
 
 import data
-from checkpoint import CheckpointError, load_pth, read_json, save_safetensors
+from checkpoint import CheckpointError, device_here, load_pth, read_json, save_safetensors
 
 TEXT_LEN = 512  # Wan's text_len
 
@@ -405,6 +405,8 @@ def main():
         p.error("give --model or --tiny_random, not both: --tiny_random makes a random encoder, not the model's")
     if min(a.batch_size, a.shard_size, a.text_len, a.tiny_random or 1) < 1:
         p.error("--batch-size, --shard-size, --text_len and --tiny_random must be at least 1")
+    if not device_here(a.device):
+        p.error(f"--device {a.device}: no such device here ({torch.cuda.device_count()} CUDA GPUs); pass --device cpu")
     try:
         texts = [line for f in a.texts for line in data.read_text(f).splitlines()]  # not UTF-8: the file and line named
         texts += [w for f in a.paraphrases for k, v in data.read_paraphrases(f).items() for w in (k, *v)]

@@ -38,7 +38,7 @@ import pyarrow.parquet as pq
 import torch
 from tqdm import tqdm
 
-from checkpoint import CheckpointError, out_file_problem, read_json
+from checkpoint import CheckpointError, device_here, out_file_problem, read_json
 from data import (DataError, VideoError, check_names_some, decode_frames, decode_uint8, lerobot_frame_base,
                   read_dataset, read_instruction_map, read_text, resample, warn_slow)
 from encode_text import TextCache, TextCacheError, describe, encoder_id, pad_text
@@ -972,16 +972,6 @@ def write_overlay(episode, progress, path, chunk=32):
 
 
 # ----------------------------------------------------------------------------------------------
-
-def device_here(name):
-    """Whether `name` is a torch device this machine has (a CUDA GPU must be there; other kinds torch checks on use):
-    a typo, or cuda on a machine without one, failed deep inside torch after the model was read."""
-    try:
-        d = torch.device(name)
-    except RuntimeError:
-        return False
-    return d.type != "cuda" or (d.index or 0) < torch.cuda.device_count()
-
 
 def can_be_folder(d):
     """Whether folder d is one or can be made: the nearest of it and its parents that exists is a folder."""

@@ -335,8 +335,11 @@ def wan_config_from(shapes, config, path=""):
         if "num_attention_heads" in config and "attention_head_dim" not in config:
             raise CheckpointError("config.json: num_attention_heads (diffusers' layout) without attention_head_dim")
         if "num_attention_heads" in config:  # diffusers
-            c = dict(dim=config["num_attention_heads"] * config["attention_head_dim"],
-                     num_heads=config["num_attention_heads"],
+            heads, head_dim = config["num_attention_heads"], config["attention_head_dim"]
+            if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (heads, head_dim)):
+                raise CheckpointError(f"config.json: num_attention_heads {heads!r} and attention_head_dim {head_dim!r} "
+                                      "must be positive whole numbers")
+            c = dict(dim=heads * head_dim, num_heads=heads,
                      in_dim=config.get("in_channels"), out_dim=config.get("out_channels"), text_dim=config.get("text_dim"),
                      ffn_dim=config.get("ffn_dim"), num_layers=config.get("num_layers"), freq_dim=config.get("freq_dim"),
                      eps=config.get("eps"), patch_size=config.get("patch_size"))

@@ -965,12 +965,19 @@ def test_encode_text_names_a_texts_file_that_is_not_utf8(tmp_path, monkeypatch):
         encode_text.main()
 
 
-def test_encode_text_refuses_a_model_and_a_random_encoder_together(tmp_path, monkeypatch, capsys):
+def test_encode_text_refuses_a_model_and_a_random_encoder_together_or_a_missing_device(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["encode_text.py", "--model", str(tmp_path / "umt5"), "--tiny_random", "8",
                                       "--texts", str(tmp_path / "t.txt"), "--out", str(tmp_path / "cache")])
     with pytest.raises(SystemExit):
         encode_text.main()
     assert "give --model or --tiny_random, not both" in capsys.readouterr().err
+    assert not (tmp_path / "cache").exists()
+    for device in ("cudda", f"cuda:{torch.cuda.device_count()}"):  # a typo; a GPU this machine lacks
+        monkeypatch.setattr(sys, "argv", ["encode_text.py", "--tiny_random", "8", "--device", device, "--texts",
+                                          str(tmp_path / "t.txt"), "--out", str(tmp_path / "cache")])
+        with pytest.raises(SystemExit):
+            encode_text.main()
+        assert f"--device {device}: no such device here" in capsys.readouterr().err
     assert not (tmp_path / "cache").exists()
 
 

@@ -239,7 +239,9 @@ def test_config_values_a_model_cannot_have_are_named(tmp_path):
                         ({"num_heads": 3}, "patch_size (1, 2, 2), dim 256, num_heads 3: expected three patch sizes and "
                                            "a width that splits into the heads"),
                         ({"num_attention_heads": 2}, "num_attention_heads (diffusers' layout) without "
-                                                     "attention_head_dim")):
+                                                     "attention_head_dim"),
+                        ({"num_attention_heads": "2", "attention_head_dim": "128"},
+                         "num_attention_heads '2' and attention_head_dim '128' must be positive whole numbers")):
         (tmp_path / "config.json").write_text(json.dumps({"text_len": 16} | config))
         with pytest.raises(CheckpointError) as err:
             load_wan_dit(str(path))
