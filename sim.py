@@ -1490,7 +1490,7 @@ def parse_args(argv):
     p.add_argument("--seed", type=int, default=0, help="derives every env seed and random draw")
     p.add_argument("--tail", type=int, default=5, help="frames recorded after the first success")
     p.add_argument("--pause", type=float, nargs=2, default=(0.5, 4.0), metavar=("MIN", "MAX"),
-                   help="hesitation length, seconds of video")
+                   help="hesitation length, and how long a failure waits at its end, seconds of video")
     p.add_argument("--undo", type=float, nargs=2, default=(0.5, 3.0), metavar=("MIN", "MAX"),
                    help="retry (retrace, carry): length of the undone stretch, seconds of video")
     p.add_argument("--pauses", nargs="+", choices=PAUSES, default=list(PAUSES),
