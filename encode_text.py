@@ -15,7 +15,8 @@ Training reads the cache (`TextCache`).
 (config.json + weights + tokenizer), or the official Wan2.2 folder (models_t5_umt5-xxl-enc-bf16.pth +
 google/umt5-xxl/ tokenizer), whose Wan-format keys are mapped onto transformers' UMT5EncoderModel.
 Beyond the paper, a transformers folder of another text encoder (a small sentence encoder such as
-all-MiniLM-L6-v2, for CPU runs where umT5-XXL cannot be had) is read by its AutoModel; its width is the
+all-MiniLM-L6-v2, for CPU runs where umT5-XXL cannot be had) is read by its AutoModel (a T5 or mT5 by its
+encoder class); its width is the
 model's text_dim (train.py --text_dim).
 """
 import argparse
@@ -184,7 +185,7 @@ def umt5_xxl_config():
 def load_encoder(path, dtype=torch.bfloat16, device="cpu", config=None):
     """(tokenizer, UMT5EncoderModel, or another encoder's AutoModel) from a local folder; see the module docstring
     for the layouts."""
-    from transformers import AutoModel, AutoTokenizer, UMT5EncoderModel
+    from transformers import AutoModel, AutoTokenizer, MT5EncoderModel, T5EncoderModel, UMT5EncoderModel
     path = Path(path)
     pths = sorted(path.glob("*t5*.pth"))
     if (path / "text_encoder" / "config.json").exists():  # diffusers pipeline
@@ -203,11 +204,14 @@ def load_encoder(path, dtype=torch.bfloat16, device="cpu", config=None):
         tokenizer = AutoTokenizer.from_pretrained(tok_dir, local_files_only=True)
     except Exception as e:  # noqa: BLE001 (no tokenizer files, or broken ones: transformers raises many kinds)
         raise CheckpointError(f"{tok_dir}: no tokenizer could be read ({type(e).__name__}: {str(e)[:300]})") from None
+    tokenizer.padding_side = "right"  # `encode` keeps each text's first rows: left padding kept the pads' states
     if model_dir is not None:
-        umt5 = (read_json(model_dir / "config.json") or {}).get("model_type") in ("umt5", "t5", "mt5")
-        try:  # another encoder (beyond the paper): its own class, its last hidden states the features
-            model, info = (UMT5EncoderModel if umt5 else AutoModel).from_pretrained(
-                model_dir, dtype=dtype, local_files_only=True, output_loading_info=True)
+        kind = (read_json(model_dir / "config.json") or {}).get("model_type")
+        # the T5 family's encoder alone (AutoModel would make the encoder-decoder); another encoder (beyond the
+        # paper): its own class, its last hidden states the features
+        cls = {"umt5": UMT5EncoderModel, "t5": T5EncoderModel, "mt5": MT5EncoderModel}.get(kind, AutoModel)
+        try:
+            model, info = cls.from_pretrained(model_dir, dtype=dtype, local_files_only=True, output_loading_info=True)
         except Exception as e:  # noqa: BLE001 (truncated or foreign weights)
             raise CheckpointError(f"{model_dir}: not a readable text encoder ({type(e).__name__}: "
                                   f"{str(e)[:300]})") from None
@@ -216,6 +220,11 @@ def load_encoder(path, dtype=torch.bfloat16, device="cpu", config=None):
         if missing:
             raise CheckpointError(f"{model_dir}: the encoder's weights lack {len(missing)} tensors, e.g. "
                                   f"{', '.join(missing[:5])}")
+        # and encoder weights it has no place for are left out: umT5's (a position bias in every layer) read as a T5
+        extra = sorted(k for k in info["unexpected_keys"] if k.startswith("encoder.")) if cls is not AutoModel else []
+        if extra:
+            raise CheckpointError(f"{model_dir}: {len(extra)} encoder tensors a {kind} encoder has no place for, e.g. "
+                                  f"{', '.join(extra[:5])}; is config.json's model_type right?")
     else:
         model = UMT5EncoderModel(config or umt5_xxl_config())
         try:
@@ -339,26 +348,30 @@ UMT5_ARCH = ("vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_heads",
 
 
 def encoder_digest(tokenizer, model, arch):
-    """A digest of what fixes an encoder's features: the config's `arch` keys, the first rows of its embedding
-    table (rounded to bf16, so an fp32 and a bf16 copy of one checkpoint agree) and its tokenizer's vocabulary."""
+    """A digest of what fixes an encoder's features: the config's `arch` keys, 256 evenly spaced values of every
+    weight (rounded to bf16, so an fp32 and a bf16 copy of one checkpoint agree) and its tokenizer's vocabulary.
+    Every weight: fine-tunes of one model (all-MiniLM-L6-v2 and its siblings) share config, vocabulary and the
+    embedding table's first rows, and their features mixed in one cache without a word."""
     h = hashlib.sha1(json.dumps({k: getattr(model.config, k, None) for k in arch}, sort_keys=True, default=str).encode())
     with torch.no_grad():
-        h.update(model.get_input_embeddings().weight[:64].to(torch.bfloat16).float().cpu().numpy().tobytes())
+        for w in model.parameters():
+            w = w.reshape(-1)
+            h.update(w[:: max(1, w.numel() // 256)][:256].to(torch.bfloat16).float().cpu().numpy().tobytes())
     h.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
     return h.hexdigest()[:12]
 
 
 def umt5_id(tokenizer, model):
-    """A digest of what fixes a umT5's features: its architecture, the first rows of its embedding table (rounded to
-    bf16, so an fp32 and a bf16 copy of one checkpoint agree) and its tokenizer's vocabulary. Not the whole config:
-    it also records the transformers version and the dtype, which would give one checkpoint several ids."""
+    """A digest of what fixes a umT5's features (encoder_digest): its architecture, its weights (sampled) and its
+    tokenizer's vocabulary. Not the whole config: it also records the transformers version and the dtype, which would
+    give one checkpoint several ids."""
     return encoder_digest(tokenizer, model, UMT5_ARCH)
 
 
 def model_id(tokenizer, model):
     """umt5_id for a umT5; for another encoder its model type and the same digest over its config's architecture
     (every entry but those naming the version, dtype, file or class)."""
-    if model.config.model_type in ("umt5", "t5", "mt5"):
+    if model.config.model_type == "umt5":
         return f"umt5:{umt5_id(tokenizer, model)}"
     skip = {"transformers_version", "torch_dtype", "dtype", "_name_or_path", "architectures", "_attn_implementation"}
     arch = sorted(k for k in model.config.to_dict() if k not in skip)

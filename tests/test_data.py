@@ -4,6 +4,7 @@ Every video frame encodes its indices in gray levels that survive lossy AV1/H.26
 top half = 16 + 5 * frame index, bottom half = 40 + 40 * episode number. Decoding them back checks
 which frames a clip really holds against hand-computed indices.
 """
+import copy
 import dataclasses
 import json
 import logging
@@ -1034,6 +1035,33 @@ def test_encode_text_from_a_transformers_folder(tmp_path, capsys, monkeypatch):
         encode_text.load_encoder(tmp_path / "umt5", dtype=torch.float32)
 
 
+def test_encode_text_reads_t5_and_mt5_encoders_by_their_own_class(tmp_path):
+    """A T5 or mT5 folder (a position bias in the first layer only) was read as a umT5 and refused as lacking
+    tensors; a umT5's weights under model_type t5 would lose every other layer's bias: refused, named."""
+    from transformers import MT5Config, MT5EncoderModel, T5Config, T5EncoderModel, UMT5Config, UMT5EncoderModel
+
+    from checkpoint import CheckpointError
+    tok = hf_word_tokenizer(["open", "the", "drawer"])
+    small = dict(vocab_size=3 + 2 ** 15, d_model=16, d_kv=4, d_ff=32, num_layers=2, num_heads=4)
+    ids = tok(["open the drawer"], return_tensors="pt")
+    for cls, cfg in ((T5EncoderModel, T5Config), (MT5EncoderModel, MT5Config)):
+        torch.manual_seed(0)
+        model = cls(cfg(**small)).eval()
+        model.save_pretrained(tmp_path / cfg.model_type)
+        tok.save_pretrained(tmp_path / cfg.model_type)
+        tokenizer, loaded = encode_text.load_encoder(tmp_path / cfg.model_type, dtype=torch.float32)
+        with torch.no_grad():
+            want = model(**ids).last_hidden_state[0]
+        torch.testing.assert_close(encode_text.encode(["open the drawer"], tokenizer, loaded, 8)[0], want)
+    UMT5EncoderModel(UMT5Config(**small)).save_pretrained(tmp_path / "umt5")
+    tok.save_pretrained(tmp_path / "umt5")
+    config = json.loads((tmp_path / "umt5" / "config.json").read_text())
+    (tmp_path / "umt5" / "config.json").write_text(json.dumps(config | {"model_type": "t5"}))
+    with pytest.raises(CheckpointError, match=r"umt5: 1 encoder tensors a t5 encoder has no place for, e.g. encoder."
+                                              r"block.1.layer.0.SelfAttention.relative_attention_bias.weight; is "):
+        encode_text.load_encoder(tmp_path / "umt5", dtype=torch.float32)
+
+
 def test_encode_text_from_another_encoder(tmp_path, monkeypatch):
     """Beyond the paper, a transformers folder of another encoder (here a tiny BERT, as all-MiniLM-L6-v2 is one):
     its last hidden states are the features, its model type leads the cache's encoder id."""
@@ -1058,6 +1086,19 @@ def test_encode_text_from_another_encoder(tmp_path, monkeypatch):
         torch.testing.assert_close(cache.get(text), want)
     assert cache.encoder["id"].startswith("bert:") and cache.encoder["id"].endswith(":float32:len8")
     assert cache.width() == 16  # demo.py --text_model sets train.py --text_dim from it
+    # another fine-tune of the same model (same config, vocabulary and first embedding rows, one layer changed) has
+    # another id: its features were added to this cache as the same encoder's
+    other = copy.deepcopy(bert)
+    with torch.no_grad():
+        other.encoder.layer[0].output.dense.weight.mul_(3)
+    assert encode_text.model_id(tok, other) != encode_text.model_id(tok, bert) == encode_text.model_id(
+        tok, copy.deepcopy(bert))
+    # a tokenizer that pads on the left: the cache held the pads' states, not the instruction's
+    config = json.loads((tmp_path / "bert" / "tokenizer_config.json").read_text())
+    (tmp_path / "bert" / "tokenizer_config.json").write_text(json.dumps(config | {"padding_side": "left"}))
+    left_tok, model = encode_text.load_encoder(tmp_path / "bert", dtype=torch.float32)
+    torch.testing.assert_close(encode_text.encode(["open the drawer", "close"], left_tok, model, 8)[0],
+                               cache.get("open the drawer"))
     monkeypatch.setattr(sys, "argv", [*sys.argv[:3], "--text_len", "32", *sys.argv[5:]])  # failed inside transformers
     with pytest.raises(SystemExit) as e:
         encode_text.main()
