@@ -171,6 +171,8 @@ def load_into(model, path, files, rename=lambda k: k, dtype=None, device=None, k
             if key in found and found[key][0] is not tf:  # a folder of several checkpoints, not of shards of one
                 raise CheckpointError(f"{path}: {key} is in both {found[key][0].path} and {tf.path}: the files are "
                                       f"not the shards of one checkpoint; pass one of them")
+            if key in found:  # two names of one file for one tensor (official and diffusers, say): one won unsaid
+                raise CheckpointError(f"{tf.path}: {found[key][1]} and {name} are both {key}; keep one of them")
             if key not in expected:
                 unexpected.append(name)
             elif shape != expected[key]:

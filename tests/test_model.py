@@ -104,9 +104,15 @@ def test_matches_diffusers_from_official_sharded_and_pth(reference, tmp_path):
     for name in ("a.safetensors", "b.safetensors"):
         save_file({k: v.contiguous() for k, v in sd.items()}, two / name)
     cases.append((two, "is in both"))
+    # one file with a tensor under two names (official and diffusers', or with ComfyUI's prefix): one of them was
+    # loaded, unsaid
+    both = tmp_path / "both.safetensors"
+    save_file({**{k: v.contiguous() for k, v in sd.items()}, "scale_shift_table": torch.full_like(sd["head.modulation"],
+                                                                                                  7.0)}, both)
+    cases.append((both, "head.modulation and scale_shift_table are both head.modulation; keep one of them"))
     for where, msg in cases:
         with pytest.raises(CheckpointError) as err:
-            load_wan_dit(str(where), cfg=WanConfig(**TINY) if where == two else None)
+            load_wan_dit(str(where), cfg=WanConfig(**TINY) if where in (two, both) else None)
         assert str(err.value).startswith(str(where if where != two else two)) and msg in str(err.value)
     # a ComfyUI-style single .pth file with the model.diffusion_model. prefix, no config.json
     pth = tmp_path / "single" / "wan.pth"
