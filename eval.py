@@ -413,7 +413,7 @@ def state_column(scorer, path):
     try:
         with open(info) as f:
             spec = json.load(f)["features"].get(column)
-    except FileNotFoundError:  # a manifest or EgoDex: no LeRobot columns
+    except (FileNotFoundError, NotADirectoryError):  # EgoDex, or a manifest (a file): no LeRobot columns
         spec = None
     except (OSError, ValueError, KeyError, TypeError, AttributeError):  # a broken info.json: the reader names it
         return None

@@ -123,15 +123,18 @@ def read_progress(path, episodes):
         T = len(e["obs"])
         V = np.full(T, np.nan)
         ok = (frame[sel] >= 0) & (frame[sel] < T)
-        frames, n = np.unique(frame[sel][ok], return_counts=True)
+        if not ok.all():  # another (or a regenerated) dataset's values: its curves, cut to these lengths, read on
+            raise ValueError(f"{path}: episode {e['episode_index']} ({T} frames): rows for frames "
+                             f"{np.unique(frame[sel][~ok])[:5].tolist()} it does not have; values of another dataset?")
+        frames, n = np.unique(frame[sel], return_counts=True)
         if (n > 1).any():
             raise ValueError(f"{path}: episode {e['episode_index']}: frames {frames[n > 1][:5].tolist()} have more "
                              f"than one row")
-        if not np.isfinite(v[sel][ok]).all():
-            bad = frame[sel][ok][~np.isfinite(v[sel][ok])]
+        if not np.isfinite(v[sel]).all():
+            bad = frame[sel][~np.isfinite(v[sel])]
             raise ValueError(f"{path}: episode {e['episode_index']}: progress is not a finite number at frames "
                              f"{bad[:5].tolist()}")
-        V[frame[sel][ok]] = v[sel][ok]
+        V[frame[sel]] = v[sel]
         missing = np.nonzero(np.isnan(V))[0]
         if len(missing):
             what = "no rows" if len(missing) == T else f"no progress for frames {missing[:5].tolist()}" + \

@@ -107,6 +107,11 @@ def test_values_join_every_sample_and_refuse_gaps(tmp_path):
     write_values(path, [r for r in rows if r[0] != 3])
     with pytest.raises(ValueError, match=r"values.parquet: episode 3 \(3 frames\): no rows"):
         policy.read_progress(path, eps)
+    for extra in (5, -1):  # a longer episode's (another dataset's) values, cut short, were read as these episodes'
+        write_values(path, rows + [(7, 4, 1.0), (7, extra, 1.0)])
+        with pytest.raises(ValueError, match=rf"values.parquet: episode 7 \(4 frames\): rows for frames "
+                                             rf"\[{', '.join(map(str, sorted({4, extra})))}\] it does not have"):
+            policy.read_progress(path, eps)
     write_values(path, rows + [(7, 1, 0.5)])  # a frame scored twice (two cameras' scores in one file)
     with pytest.raises(ValueError, match=r"values.parquet: episode 7: frames \[1\] have more than one row"):
         policy.read_progress(path, eps)

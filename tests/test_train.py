@@ -1227,6 +1227,10 @@ def test_a_run_given_the_robots_state_trains_and_scores_with_it(dataset, tmp_pat
     with pytest.raises(SystemExit, match=r"bare: no observation.state \[4\], the robot's state the model reads beside "
                                          r"the video, and it never trained without it"):
         wvm_eval.state_column(scorer, str(bare))
+    manifest = tmp_path / "m.jsonl"  # and a manifest (a file: its info.json was taken for a broken one, unsaid)
+    manifest.write_text(json.dumps({"video": str(tmp_path / "v.mp4"), "instruction": "slide the block"}) + "\n")
+    with pytest.raises(SystemExit, match=r"m.jsonl: no observation.state \[4\], the robot's state"):
+        wvm_eval.state_column(scorer, str(manifest))
     capsys.readouterr()
     assert wvm_eval.state_column(scorer, str(tmp_path / "none")) is None  # reading it will name it, nothing before
     (bare / "meta" / "info.json").write_text("{")  # and so is an info.json that is not JSON
