@@ -214,6 +214,9 @@ def read_lerobot(root, camera=None, name=None, probe=True, skipped=None, state=N
                      f"whole numbers", id=f"{name}/{ep}")
             elif not whole(r["length"]):
                 skip(f"episode {ep}", "bad metadata", f"length {r['length']!r}: not a whole number", id=f"{name}/{ep}")
+            elif not all(isinstance(t, (int, float)) and not isinstance(t, bool) for t in where[2:]):  # (NaN: _add)
+                skip(f"episode {ep}", "bad metadata", f"{v}from_timestamp {where[2]!r}, to_timestamp {where[3]!r}: "
+                     f"not numbers", id=f"{name}/{ep}")
             else:
                 video = video_file(video_key=camera, chunk_index=int(where[0]), file_index=int(where[1]))
                 _add(eps, skip, probed, probe, name, video, ep, int(r["length"]), r["tasks"], fps,

@@ -691,6 +691,17 @@ def test_video_file_numbers_written_as_floats_are_read(lerobot, tmp_path, caplog
     assert [e.video for e in eps] == [str(tmp_path / "v30" / v / "chunk-000/file-000.mp4")] * 2
     assert [r.getMessage() for r in caplog.records][0] == (
         f"v30: skipping episode 2: bad metadata ({v}chunk_index 0.0, file_index 0.5: not whole numbers)")
+    # timestamps written as strings: float() failed naming no file ('abc'), or read them ('0.0')
+    t = pq.read_table(tmp_path / "v30/meta/episodes/chunk-000/file-000.parquet")
+    start = t[v + "from_timestamp"].to_pylist()
+    edit_episodes(tmp_path / "v30", {v + "file_index": [0, 0, 0], v + "from_timestamp": [str(x) for x in start],
+                                     v + "to_timestamp": [str(x) for x in t[v + "to_timestamp"].to_pylist()]})
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="wvm.data"):
+        assert data.read_lerobot(tmp_path / "v30") == []
+    assert [r.getMessage() for r in caplog.records][0] == (
+        f"v30: skipping episode 0: bad metadata ({v}from_timestamp {str(start[0])!r}, to_timestamp "
+        f"{str(t[v + 'to_timestamp'][0].as_py())!r}: not numbers)")
 
 
 def test_episode_lengths_and_indices_that_are_not_whole_numbers_are_named(lerobot, tmp_path, caplog):
