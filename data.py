@@ -453,7 +453,7 @@ def read_egodex(root, name=None, skipped=None):
     else `description`; frame rate and length come from the mp4 header. An episode's index is its place among the
     sorted mp4 files and those an hdf5 names, so a file left out shifts no other episode's.
     """
-    import h5py  # optional dependency, only for EgoDex
+    import h5py  # (here: only EgoDex needs it)
 
     root = Path(root)
     name = name or root.name
@@ -922,6 +922,10 @@ class ClipDataset(torch.utils.data.Dataset):
                 self.sources.append(Source(keep, src.weight, tfps, name))
             elif keep:
                 unweighted.append(name)
+            elif src.weight > 0 and len(sources) > 1:  # left out, the others' weights would share its part unsaid
+                raise DataError(f"ClipDataset: {name} (weight {src.weight:g} of the mixture) has no usable episodes "
+                                f"at {tfps:g} fps (see the skipped episodes above); fix it, or leave it out of the "
+                                f"mixture")
         if not self.sources and unweighted:
             raise DataError(f"ClipDataset: no source of weight > 0 has usable episodes ({', '.join(unweighted)}: "
                             f"weight 0)")

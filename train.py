@@ -368,9 +368,11 @@ def model_inputs(batch, wvm, vae, text_cache, device, latent_cache=None):
 def state_stats(dataset):
     """Per-dim mean and std of the robot's state over every frame of the training episodes: the standardization the
     model keeps (ValueDiT.state_mean / state_std); 1e-3 keeps a constant dim finite."""
-    widths = {src.name: src.episodes[0].extra["state"].shape[1] for src in dataset.sources}
-    if len(set(widths.values())) > 1:
-        raise DataError(f"the sources' states differ in width ({', '.join(f'{n}: {d}' for n, d in widths.items())}); "
+    widths = {}  # width -> the first episode of it (sources of one folder name: keyed by name, one hid the other)
+    for ep in (ep for src in dataset.sources for ep in src.episodes):
+        widths.setdefault(ep.extra["state"].shape[1], ep)
+    if len(widths) > 1:
+        raise DataError(f"the episodes' states differ in width ({', '.join(f'{d} in {ep.id} ({ep.video})' for d, ep in widths.items())}); "
                         f"one model reads one state")
     s = np.concatenate([ep.extra["state"] for src in dataset.sources for ep in src.episodes]).astype(np.float64)
     return torch.tensor(s.mean(0), dtype=torch.float32), torch.tensor(s.std(0) + 1e-3, dtype=torch.float32)
@@ -427,32 +429,40 @@ def build_vae(cfg, device, dataset):
     return vae.to(device).eval().requires_grad_(False)
 
 
-def check_prior_vae(wan, vae_id):
-    """A --wan that a train.py --stage=video run exported (its out_dir/wan) learned the latents of that run's VAE; a
-    run without --vae makes a random one of its own (another with another seed, or other clips to calibrate it on),
-    whose latents the prior never saw. The folder's config.json names that VAE ("wvm_vae"), wherever the folder is
-    copied; one exported before it did is checked against the run it lies in. vae_id: this run's VAE's
-    vae_fingerprint."""
+def check_prior(wan, vae_id, text_id):
+    """A --wan that a train.py --stage=video run exported (its out_dir/wan) learned the latents of that run's VAE and
+    the features of its text encoder; a run without --vae makes a random one of its own (another with another seed,
+    or other clips to calibrate it on), whose latents the prior never saw. The folder's config.json names both
+    ("wvm_vae", "wvm_text_encoder"), wherever the folder is copied; one exported before it did is checked against the
+    run it lies in. vae_id: this run's VAE's vae_fingerprint; text_id: its text cache's encoder id (None: unrecorded,
+    not compared)."""
     folder = os.path.abspath(wan if os.path.isdir(wan) else os.path.dirname(os.path.abspath(wan)))
     run_dir = os.path.dirname(folder)
     try:  # read_wan_checkpoint has read this config.json already
-        learned = (read_json(os.path.join(folder, "config.json")) or {}).get("wvm_vae")
+        config = read_json(os.path.join(folder, "config.json")) or {}
+        learned = {"vae": config.get("wvm_vae"), "text_encoder": config.get("wvm_text_encoder")}
         exporter = os.path.join(run_dir, "wvm.safetensors")
-        if not learned and os.path.basename(folder) == "wan" and os.path.isfile(exporter):
+        if not all(learned.values()) and os.path.basename(folder) == "wan" and os.path.isfile(exporter):
             was = json.loads(read_metadata(exporter).get("run", "{}"))
-            learned = was.get("vae") if was.get("stage") == "video" else None
+            if was.get("stage") == "video":
+                learned = {k: v or was.get(k) for k, v in learned.items()}
     except Exception:  # noqa: BLE001 (a file that does not read is no train.py run's record: nothing to check)
         return
-    if learned and learned != vae_id:
-        try:  # the --vae the exporting run was given, else the random one it saved
-            used = (read_json(os.path.join(run_dir, "config.json")) or {}).get("vae")
-        except CheckpointError:
-            used = None
-        own = os.path.join(run_dir, "vae.safetensors")
-        hint = used or (own if os.path.isfile(own) else None)
-        raise SystemExit(f"--wan={wan}: its video stream learned the latents of another VAE ({learned}), and this "
-                         f"run's is {vae_id}: pass " + (f"--vae={hint}" if hint else
-                                                        "the VAE of the run that exported it with --vae"))
+    try:  # the exporting run's inputs, as hints
+        used = read_json(os.path.join(run_dir, "config.json")) or {}
+    except CheckpointError:
+        used = {}
+    if learned["vae"] and learned["vae"] != vae_id:
+        own = os.path.join(run_dir, "vae.safetensors")  # the --vae it was given, else the random one it saved
+        hint = used.get("vae") or (own if os.path.isfile(own) else None)
+        raise SystemExit(f"--wan={wan}: its video stream learned the latents of another VAE ({learned['vae']}), and "
+                         f"this run's is {vae_id}: pass " + (f"--vae={hint}" if hint else
+                                                             "the VAE of the run that exported it with --vae"))
+    if learned["text_encoder"] and text_id and learned["text_encoder"] != text_id:
+        hint = used.get("text_cache")
+        raise SystemExit(f"--wan={wan}: its video stream learned the text features of another encoder "
+                         f"({learned['text_encoder']}), and --text_cache holds {text_id}'s: pass "
+                         + (f"--text_cache={hint}" if hint else "the text cache of the run that exported it"))
 
 
 def parallelize(model, cfg, device, world):
@@ -563,7 +573,10 @@ def open_run(cfg):
         raise SystemExit(f"--out_dir={cfg.out_dir}: cannot be made ({e.strerror or e})") from None
     if os.path.realpath(cfg.out_dir) in HELD:
         HELD.pop(os.path.realpath(cfg.out_dir)).close()
-    lock = open(os.path.join(cfg.out_dir, ".lock"), "a+")
+    try:
+        lock = open(os.path.join(cfg.out_dir, ".lock"), "a+")
+    except OSError as e:  # a folder this user may not write in (a read-only disk)
+        raise SystemExit(f"--out_dir={cfg.out_dir}: cannot hold the run's lock file .lock ({e.strerror or e})") from None
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -582,7 +595,9 @@ def open_run(cfg):
         ours = False
     if ours:  # elsewhere a ckpt.tmp or ckpt.old is someone else's, never deleted or renamed unasked
         recover_checkpoint(cfg.out_dir)
-    saved = [f for f in ("ckpt", "wvm.safetensors") if os.path.exists(os.path.join(cfg.out_dir, f))]
+    # (a run's wan/: a video prior exported, which a later stage may read although its checkpoint was deleted for
+    # space; another tool's is refused below)
+    saved = [f for f in ("ckpt", "wvm.safetensors") + ("wan",) * ours if os.path.exists(os.path.join(cfg.out_dir, f))]
     refusal = (f"--resume: no checkpoint in {cfg.out_dir}" if cfg.resume and "ckpt" not in saved else
                f"{cfg.out_dir} already holds a run ({' and '.join(saved)}): continue it with --resume, choose another "
                f"--out_dir, or pass --overwrite to replace it" if saved and not (cfg.resume or cfg.overwrite) else None)
@@ -679,7 +694,7 @@ def save_checkpoint(model, opt, step, cfg, rank, world, device, run):
         shell.load_state_dict(full, assign=True)
         save_wvm(shell, os.path.join(cfg.out_dir, "wvm.safetensors"), run)
         if cfg.stage == "video":  # the pretrained video stream, as the official checkpoint --wan reads
-            save_wan_dit(shell.video, os.path.join(cfg.out_dir, "wan"), run["vae"])
+            save_wan_dit(shell.video, os.path.join(cfg.out_dir, "wan"), run["vae"], run["text_encoder"])
         save_json({"step": step, "world": world, "parallel": cfg.parallel, "run": run, "param_groups": groups,
                    "schedule": {k: getattr(cfg, k) for k in SCHEDULE}}, os.path.join(tmp, "state.json"))
         if os.path.exists(old):  # left by a crash after the swap: os.replace cannot overwrite a folder
@@ -845,7 +860,8 @@ def train(cfg, world, rank, device):
     saved = read_state(cfg, world) if cfg.resume else {"step": 0}
     done = saved["step"]
     h = wvm_configs(cfg.size)[1].chunk  # one h for the clips, the value chunk and (clip_latents checks) the VAE
-    recorded = (read_json(os.path.join(cfg.out_dir, "config.json")) or {}).get("data_fingerprint") if cfg.resume else None
+    before = (read_json(os.path.join(cfg.out_dir, "config.json")) or {}) if cfg.resume else {}
+    recorded = before.get("data_fingerprint")
     if done >= cfg.max_steps:
         if master:
             if recorded:  # a finished model is reported as trained on --data: it must have been
@@ -874,7 +890,7 @@ def train(cfg, world, rank, device):
                          f"{video_cfg.in_dim} ({f'--wan={cfg.wan}' if cfg.wan else f'--size={cfg.size}'})") from None
     vae_id = vae_fingerprint(vae)
     if cfg.wan and not cfg.resume:
-        check_prior_vae(cfg.wan, vae_id)
+        check_prior(cfg.wan, vae_id, encoder_id(text_cache.encoder))
     # what scoring must reproduce to feed the model the inputs it was trained on (eval.py checks it)
     run = {"resolution": cfg.resolution, "fps": cfg.fps, "vae": vae_id,
            "text_encoder": encoder_id(text_cache.encoder), "stage": cfg.stage}
@@ -887,9 +903,11 @@ def train(cfg, world, rank, device):
     if cfg.state:  # so is the state: its column and width, and how often training went without it
         run |= {"state": cfg.state, "state_dim": len(stats[0]), "state_dropout": cfg.state_dropout}
     # sources trained at their own fps are scored at it (eval.dataset_fps); a resumed run may read other sources,
-    # and its record keeps those of earlier launches
-    source_fps = saved.get("run", {}).get("source_fps", {}) | {
-        os.path.realpath(path): fps for path, _, fps in data_specs(cfg) if fps is not None}
+    # and its record keeps those of earlier launches; a source of this launch is read at this launch's fps (its own
+    # or the run's: an earlier launch's would have it scored at an fps it no longer trains at)
+    here = {os.path.realpath(path): fps for path, _, fps in data_specs(cfg)}
+    source_fps = {p: f for p, f in saved.get("run", {}).get("source_fps", {}).items() if p not in here} | {
+        p: f for p, f in here.items() if f is not None}
     if source_fps:
         run["source_fps"] = source_fps
     model = parallelize(build_model(cfg, device, stats, configs), cfg, device, world)
@@ -903,7 +921,11 @@ def train(cfg, world, rank, device):
     start = load_checkpoint(model, opt, cfg, rank, world, device, run) if cfg.resume else 0
     if master:
         clear_run(cfg.out_dir, leftovers)  # every input has been read: the new run's files replace them now
-        save_json(run_config(cfg, world, accum) | {"data_fingerprint": data_id}, os.path.join(cfg.out_dir, "config.json"))
+        config = run_config(cfg, world, accum) | {"data_fingerprint": data_id}
+        if moved := other_settings(before, config):  # allowed (a run may change its recipe), never unsaid
+            print(f"{cfg.out_dir}: resuming at step {start} with settings other than the run's until now "
+                  f"({'; '.join(moved)}): the steps from here on are not the uninterrupted run's", flush=True)
+        save_json(config, os.path.join(cfg.out_dir, "config.json"))
         own = os.path.join(cfg.out_dir, "vae.safetensors")
         if not cfg.vae and not os.path.exists(own):  # written once, when the run starts
             save_wan_vae(vae, own)
@@ -1045,6 +1067,18 @@ def ignore_stop_signals(_):
     SIGINT; a worker it kills takes the trainer down before the trainer's own handler can save the checkpoint."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+# said on resume by load_checkpoint (SCHEDULE, the optimizer's) or check_data, or not changing what a step computes
+RESUME_QUIET = {*SCHEDULE, "video_lr", "weight_decay", "beta1", "beta2", "resume", "overwrite", "num_workers",
+                "ckpt_every", "log_every", "data_fingerprint"}
+
+
+def other_settings(before, config):
+    """The settings in which a resumed run's config.json (`config`) differs from the one it had (`before`; {} for a
+    new run), as "key old -> new"; a key the old one lacks (a setting added since) is not compared."""
+    return [f"{k} {before[k]!r} -> {v!r}" for k, v in config.items()
+            if k in before and k not in RESUME_QUIET and before[k] != v]
 
 
 def check_data(cfg, dataset, recorded, finished):

@@ -615,6 +615,10 @@ def test_too_short_episodes_are_skipped(caplog):
         data.ClipDataset(eps[:1], fps=2.0)
     with pytest.raises(data.DataError, match=r"no source of weight > 0 has usable episodes \(x: weight 0\)"):
         data.ClipDataset([data.Source(eps, 0.0, name="x")], fps=2.0)
+    # in a mixture, a weighted source without usable episodes: its share went to the others unsaid
+    with pytest.raises(data.DataError, match=r"ClipDataset: y \(weight 0.5 of the mixture\) has no usable episodes "
+                                             r"at 2 fps \(see the skipped episodes above\)"):
+        data.ClipDataset([data.Source(eps, 1.0, name="x"), data.Source(eps[:1], 0.5, name="y")], fps=2.0)
 
 
 def edit_info(root, **kw):

@@ -309,6 +309,12 @@ def test_a_resume_on_another_schedule_says_so(dataset, tmp_path, capsys):
     assert (f"resuming at step 2 with max_steps 2 -> 3: the samples and learning rates from here on are not the "
             f"uninterrupted run's (the learning rate goes from 0.001 to {lr_then:.3g})") in out
     assert "resuming at step 3 with batch_size 4 -> 8; max_steps 3 -> 5; warmup 4 -> 2:" in out
+    # so are the recipe's other settings (augmentation, loss, the mixture's weights), which config.json then records
+    train.main(args(dataset, tmp_path / "run", max_steps=6, batch_size=8, warmup=2, resume=True, rewind=0.0,
+                    video_loss_weight=0.5, data=f"{dataset / 'ds'}:2"))
+    assert (f"{tmp_path / 'run'}: resuming at step 5 with settings other than the run's until now (data "
+            f"'{dataset / 'ds'}' -> '{dataset / 'ds'}:2'; rewind 0.5 -> 0.0; video_loss_weight 1.0 -> 0.5): the steps "
+            f"from here on are not the uninterrupted run's") in capsys.readouterr().out
 
 
 def test_a_resume_logs_each_step_once(dataset, tmp_path, monkeypatch):
@@ -710,6 +716,15 @@ def test_a_saved_run_is_never_trained_over(dataset, trained, tmp_path, capsys):
                                          r"--resume, choose another --out_dir, or pass --overwrite"):
         train_here(dataset, out, max_steps=2)
     assert before == {f: digest(out / f) for f in before}
+    # a video prior whose checkpoint and model file were deleted to save space: its wan/ (and the VAE it learned)
+    # were deleted by the next run in the folder, unasked
+    (out / "wan").mkdir()
+    (out / "wan" / "config.json").write_text("{}")
+    shutil.rmtree(out / "ckpt")
+    os.remove(out / "wvm.safetensors")
+    with pytest.raises(SystemExit, match=r"already holds a run \(wan\): continue it with --resume"):
+        train_here(dataset, out, max_steps=2)
+    assert (out / "wan" / "config.json").exists()
     train_here(dataset, out, max_steps=3, overwrite=True)  # asked for: a fresh run, a fresh log
     assert [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()] == [1, 2, 3]
     # a finished run says so instead of crashing
@@ -777,6 +792,10 @@ def test_nothing_is_cleared_before_the_new_runs_inputs_are_read(dataset, trained
     (tmp_path / "file").write_text("x")
     with pytest.raises(SystemExit, match=rf"^--out_dir={tmp_path / 'file'}: cannot be made \(File exists\)$"):
         train_here(dataset, tmp_path / "file", max_steps=1)
+    (tmp_path / "locked" / ".lock").mkdir(parents=True)  # as a read-only folder refuses it (root writes anywhere)
+    with pytest.raises(SystemExit, match=rf"^--out_dir={tmp_path / 'locked'}: cannot hold the run's lock file .lock "
+                                         rf"\(Is a directory\)$"):
+        train_here(dataset, tmp_path / "locked", max_steps=1)
 
 
 def test_an_edited_config_json_is_named(dataset, trained, tmp_path):
@@ -956,6 +975,21 @@ def test_bare_model_file_carries_what_scoring_needs(trained, dataset, tmp_path):
         wvm_eval.load_scorer(wvm_eval.parse_args(argv[:-1] + [str(tmp_path / "text")]))
 
 
+def test_states_of_two_widths_are_named_by_episode():
+    """Two datasets of one folder name (a/ds, b/ds) whose states differ in width: keyed by that name, one hid the
+    other, and numpy failed concatenating them."""
+    from types import SimpleNamespace
+
+    from data import Episode, Source
+    eps = [Episode("ds", f"{d}/ds/v.mp4", 0, 1, 8, 8, "t", 0, extra={"state": np.zeros((8, w))})
+           for d, w in (("a", 4), ("b", 3))]
+    with pytest.raises(train.DataError, match=r"^the episodes' states differ in width \(4 in ds/0 \(a/ds/v.mp4\), 3 "
+                                              r"in ds/0 \(b/ds/v.mp4\)\); one model reads one state$"):
+        train.state_stats(SimpleNamespace(sources=[Source([e]) for e in eps]))
+    mean, std = train.state_stats(SimpleNamespace(sources=[Source(eps[:1]), Source(eps[:1])]))
+    assert mean.tolist() == [0.0] * 4 and std.tolist() == pytest.approx([1e-3] * 4)
+
+
 def test_a_source_trained_at_its_own_fps_is_scored_at_it(dataset, tmp_path):
     """--data=path:weight:fps: the model file records the source's fps, and eval.py scores that dataset at it (other
     datasets at the run's fps) unless --fps says otherwise."""
@@ -979,6 +1013,10 @@ def test_a_source_trained_at_its_own_fps_is_scored_at_it(dataset, tmp_path):
     train_here(dataset, tmp_path / "run", max_steps=2, resume=True, data=f"{tmp_path / 'other'}:1:3")
     run = load_wvm(str(tmp_path / "run" / "wvm.safetensors")).run
     assert run["source_fps"] == {os.path.realpath(dataset / "ds"): 4.0, os.path.realpath(tmp_path / "other"): 3.0}
+    # resumed on a source without its fps: trained at the run's, and so scored (the record kept the earlier launch's)
+    train_here(dataset, tmp_path / "run", max_steps=3, resume=True, data=str(dataset / "ds"))
+    run = load_wvm(str(tmp_path / "run" / "wvm.safetensors")).run
+    assert run["source_fps"] == {os.path.realpath(tmp_path / "other"): 3.0}
 
 
 def test_a_run_trained_with_the_first_frame_is_scored_with_it(dataset, tmp_path, monkeypatch):
@@ -1110,6 +1148,16 @@ def test_video_stage_writes_a_wan_checkpoint_that_wvm_training_starts_from(datas
         train_here(dataset, tmp_path / "own", wan=str(wan), max_steps=1)
     assert train.read_json(wan / "config.json")["wvm_vae"] == train.vae_fingerprint(
         train.load_wan_vae(str(tmp_path / "prior" / "vae.safetensors")))
+    # and the features of its text encoder: another encoder's cache of the same width is refused (it trained on)
+    import encode_text
+    assert train.read_json(wan / "config.json")["wvm_text_encoder"] == "tiny:32"
+    tok, enc = encode_text.tiny_random_encoder(32, seed=1)
+    encode_text.build_cache(["push the block right", "slide the block"], tok, enc, tmp_path / "text1",
+                            dtype=torch.float32, text_len=16, encoder={"id": "tiny1:32", "flags": "--tiny_random 32"})
+    with pytest.raises(SystemExit, match=rf"learned the text features of another encoder \(tiny:32\), and --text_cache "
+                                         rf"holds tiny1:32's: pass --text_cache={dataset / 'text'}$"):
+        train_here(dataset, tmp_path / "text1run", wan=str(wan), vae=str(tmp_path / "prior" / "vae.safetensors"),
+                   text_cache=str(tmp_path / "text1"), max_steps=1)
     cfg = train.configure(args(dataset, tmp_path / "wvm", wan=str(wan), max_steps=1,
                                vae=str(tmp_path / "prior" / "vae.safetensors")))
     model = train.build_model(cfg, torch.device("cpu"))
