@@ -372,8 +372,8 @@ def state_stats(dataset):
     for ep in (ep for src in dataset.sources for ep in src.episodes):
         widths.setdefault(ep.extra["state"].shape[1], ep)
     if len(widths) > 1:
-        raise DataError(f"the episodes' states differ in width ({', '.join(f'{d} in {ep.id} ({ep.video})' for d, ep in widths.items())}); "
-                        f"one model reads one state")
+        each = ", ".join(f"{d} in {ep.id} ({ep.video})" for d, ep in widths.items())
+        raise DataError(f"the episodes' states differ in width ({each}); one model reads one state")
     s = np.concatenate([ep.extra["state"] for src in dataset.sources for ep in src.episodes]).astype(np.float64)
     return torch.tensor(s.mean(0), dtype=torch.float32), torch.tensor(s.std(0) + 1e-3, dtype=torch.float32)
 
@@ -576,7 +576,7 @@ def open_run(cfg):
     try:
         lock = open(os.path.join(cfg.out_dir, ".lock"), "a+")
     except OSError as e:  # a folder this user may not write in (a read-only disk)
-        raise SystemExit(f"--out_dir={cfg.out_dir}: cannot hold the run's lock file .lock ({e.strerror or e})") from None
+        raise SystemExit(f"--out_dir={cfg.out_dir}: cannot hold the run's lock file ({e.strerror or e})") from None
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
