@@ -13,6 +13,7 @@ import numbers
 import os
 import pickle
 import re
+import uuid
 
 import torch
 import torch.nn as nn
@@ -202,14 +203,35 @@ def load_into(model, path, files, rename=lambda k: k, dtype=None, device=None, k
     return model
 
 
-def save_safetensors(tensors, path, metadata=None):
-    """tensors {name: tensor} as one .safetensors file (string metadata optional), written whole or not at all."""
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, f"{path}.tmp", metadata=metadata)
-    os.replace(f"{path}.tmp", path)
+def _written_whole(path, write, replace=True):
+    """write(temporary path) beside `path`, then the file put in its place: whole or not at all. The temporary name
+    is this write's own (a fixed `<path>.tmp` was a user's file replaced, or another writer's). replace=False: an
+    existing `path`, even one made while writing, is a CheckpointError, never replaced."""
+    tmp = f"{path}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"  # (not mkstemp: its files are the user's alone)
+    try:
+        write(tmp)
+        if replace:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                raise CheckpointError(f"{path}: made by another process meanwhile; left as it is") from None
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def save_safetensors(tensors, path, metadata=None, replace=True):
+    """tensors {name: tensor} as one .safetensors file (string metadata optional), written whole or not at all;
+    replace=False never replaces an existing file (_written_whole)."""
+    _written_whole(path, lambda tmp: save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp,
+                                                metadata=metadata), replace)
 
 
 def save_json(obj, path):
     """A JSON file, written whole or not at all."""
-    with open(f"{path}.tmp", "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(f"{path}.tmp", path)
+    def write(tmp):
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=1)
+    _written_whole(path, write)

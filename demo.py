@@ -212,11 +212,19 @@ def check_prior(run_dir, wan):
 
 def scored(out, model, split):
     """Whether `out` holds the model's scores as eval.py now gives them: saved after the model and after the split it
-    scores (a split deleted and written anew, by a newer sim.py, holds other episodes), from zero noise."""
+    scores (a split deleted and written anew, by a newer sim.py, holds other episodes), from zero noise, of this
+    split, in its own wording, at the run's fps (a results file of another split, wording or fps, scored into the run
+    folder by hand under the split's name, was read as the split's)."""
     inputs = [p for p in (model, os.path.join(split, "annotations.jsonl")) if os.path.exists(p)]
     if not os.path.exists(out) or any(os.path.getmtime(out) < os.path.getmtime(p) for p in inputs):
         return False
-    return scored_from_default_noise(out)
+    try:
+        saved, run = read_json(out), read_json(os.path.join(os.path.dirname(model), "config.json")) or {}
+    except CheckpointError:
+        return False
+    return (scored_from_default_noise(out) and isinstance(saved.get("data"), str)
+            and os.path.realpath(saved["data"]) == os.path.realpath(split) and saved.get("instructions") is None
+            and saved.get("fps") == run.get("fps"))
 
 
 def evaluate(run_dir, data, splits=SPLITS):
@@ -263,9 +271,9 @@ def evaluate(run_dir, data, splits=SPLITS):
     return results
 
 
-def run(recipe, runs, name, overrides, seed):
-    """The prior (unless overrides say prior=False), then WVM; returns the run folder."""
-    r = RECIPES[recipe]
+def plan_run(recipe, runs, name, overrides, seed):
+    """-> (the prior's folder, its flags; the run's folder, its flags): what `run` trains (no prior: None, None)."""
+    r, overrides = RECIPES[recipe], dict(overrides)
     data = r["data"]
     use_prior = overrides.pop("prior", True)
     paths = dict(text_cache=os.path.join(data, r["text"]["cache"]), vae=os.path.join(data, "vae.safetensors"),
@@ -273,13 +281,20 @@ def run(recipe, runs, name, overrides, seed):
     if "--model" in r["text"]["flags"]:  # both streams as wide as the encoder's features (prepare made the cache)
         paths["text_dim"] = TextCache(paths["text_cache"]).width()
     flags = {**r["common"], **r["value"], **overrides, **paths, "data": os.path.join(data, "train")}
+    prior_dir = prior = None
     if use_prior:
         prior_dir = os.path.join(runs, f"{recipe}-video-s{seed}")  # the video stage, shared by every variant
-        train(prior_dir, {**r["common"], **r["prior"], **paths, "stage": "video",
-                          "data": os.path.join(data, "train") + "," + os.path.join(data, "play")})
+        prior = {**r["common"], **r["prior"], **paths, "stage": "video",
+                 "data": os.path.join(data, "train") + "," + os.path.join(data, "play")}
         flags["wan"] = os.path.join(prior_dir, "wan")
-    run_dir = os.path.join(runs, f"{recipe}-{name}-s{seed}")
-    if use_prior:
+    return prior_dir, prior, os.path.join(runs, f"{recipe}-{name}-s{seed}"), flags
+
+
+def run(recipe, runs, name, overrides, seed):
+    """The prior (unless overrides say prior=False), then WVM; returns the run folder."""
+    prior_dir, prior, run_dir, flags = plan_run(recipe, runs, name, overrides, seed)
+    if prior_dir:
+        train(prior_dir, prior)
         check_prior(run_dir, flags["wan"])
     train(run_dir, flags)
     return run_dir
@@ -384,7 +399,7 @@ HEADER = "Hes-RMSE ↓ | Retry-VOC ↑ | Expert-VOC ↑ | AUROC ↑ | τ_a ↑ |
 
 def summary(results, split, method="wvm", group="average"):
     """The split's averages over its trajectories (or a task's), in the order of METRICS (NaN where none)."""
-    return np.array([results[split, bench].get((method, group), {}).get(k, np.nan) for bench, k in METRICS])
+    return np.array([results.get((split, bench), {}).get((method, group), {}).get(k, np.nan) for bench, k in METRICS])
 
 
 def line(labels, rows):
@@ -477,10 +492,20 @@ def main(argv):
         # named by seed as docs/results.md's demo-s1, and by --runs where it is not runs/ (policy.py refuses a name
         # scored with another run); the rows and the table beside the runs
         seed, tag = args.seeds[0], "" if args.runs == os.path.join(ROOT, "runs") else f"{os.path.basename(args.runs)}-"
-        wvm = {tag + (r if seed == 0 else f"{r}-s{seed}"): os.path.join(args.runs, f"{r}-prior-s{seed}")
-               for r in RECIPES}
+        wvm = {}
+        for r in RECIPES:  # the other recipe's finished run too, if it is that recipe's as it is now
+            _, _, run_dir, flags = plan_run(r, args.runs, "prior", {}, seed)
+            if not finished(run_dir):
+                continue
+            try:
+                check_recipe(run_dir, flags)
+                check_prior(run_dir, flags["wan"])
+            except SystemExit as e:
+                print(f"{e}\n(its values are left out of the policy experiment)", flush=True)
+                continue
+            wvm[tag + (r if seed == 0 else f"{r}-s{seed}")] = run_dir
         sh(sys.executable, "policy.py", "--out", os.path.join(args.runs, "policy"),
-           "--wvm", *(f"{r}={d}" for r, d in wvm.items() if finished(d)))
+           "--wvm", *(f"{r}={d}" for r, d in wvm.items()))
 
 
 if __name__ == "__main__":

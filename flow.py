@@ -33,6 +33,8 @@ def euler_sample(velocity_fn, eps, steps=1):
 
     One step (the paper's inference) is x0 = eps - v(eps, 1).
     """
+    if steps < 1:  # the noise itself would be returned as the sample
+        raise ValueError(f"steps {steps}: at least one Euler step")
     x = eps
     grid = torch.linspace(1.0, 0.0, steps + 1).tolist()
     for s, s_next in zip(grid[:-1], grid[1:]):

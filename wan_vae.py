@@ -588,8 +588,9 @@ def load_wan_vae(path, dtype=None, device=None, cfg=None):
 
 def save_wan_vae(vae, path):
     """Weights (official names) + the config (latent statistics included) in the safetensors metadata, so
-    load_wan_vae restores both; written to a temporary name, then renamed."""
-    save_safetensors(vae.state_dict(), path, {"wan_vae_config": json.dumps(asdict(vae.cfg))})
+    load_wan_vae restores both; written to a temporary name, then put in place. Never over an existing file (one
+    made while this VAE was made, too): the models and latent caches made with that one would lose it for good."""
+    save_safetensors(vae.state_dict(), path, {"wan_vae_config": json.dumps(asdict(vae.cfg))}, replace=False)
 
 
 @torch.no_grad()
@@ -692,7 +693,7 @@ def main(argv):
         p.error("--resolution, --clips, --steps and --batch must be at least 1, --fps positive")
     if problem := out_file_problem(args.out, "--out"):  # before the VAE is made, not after
         p.error(problem)
-    if os.path.exists(args.out):  # the models and latent caches made with it would lose their VAE for good
+    if os.path.exists(args.out):  # (save_wan_vae checks again when it writes)
         p.error(f"--out {args.out}: exists; delete it first or choose another --out")
     try:
         episodes = [ep for path in args.data.split(",") for ep in read_dataset(path)]
@@ -703,11 +704,16 @@ def main(argv):
         raise SystemExit(str(e)) from None
     if args.random:
         clips = torch.stack([dataset[i]["frames"] for i in range(args.clips)])
-        save_wan_vae(random_vae(clips, args.random, args.seed), args.out)
-        print(f"{args.out}: random {args.random} VAE, latent statistics from {args.clips} clips of {args.data}")
+        vae, what = random_vae(clips, args.random, args.seed), f"random {args.random} VAE, latent statistics from " \
+            f"{args.clips} clips of {args.data}"
     else:
-        save_wan_vae(train_vae(args.train, dataset, args.steps, args.batch, seed=args.seed), args.out)
-        print(f"{args.out}: {args.train} VAE trained for {args.steps} steps of {args.batch} clips of {args.data}")
+        vae = train_vae(args.train, dataset, args.steps, args.batch, seed=args.seed)
+        what = f"{args.train} VAE trained for {args.steps} steps of {args.batch} clips of {args.data}"
+    try:
+        save_wan_vae(vae, args.out)
+    except CheckpointError as e:
+        raise SystemExit(f"--out {e}") from None
+    print(f"{args.out}: {what}")
 
 
 if __name__ == "__main__":

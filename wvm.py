@@ -38,6 +38,8 @@ def clip_latents(vae, clips, h):
     Clips led by one more frame, the episode's first o_0 (F = 2h + 2 or h + 2; train.py --first_frame, not in the
     paper), get its latent first, encoded alone as an image: [o_0 | current (| future)].
     """
+    if h < 2:  # 1 + 2h frames and h + 2 (led by o_0) would be the same count
+        raise ValueError(f"h = {h}: the value chunk needs at least 2 values")
     if vae.cfg.frames_per_latent != h:
         raise ValueError(f"the VAE makes one latent frame of {vae.cfg.frames_per_latent} frames, but the value chunk "
                          f"has h = {h} values: the current latent must cover exactly the chunk's frames")
@@ -218,6 +220,10 @@ class WVM(nn.Module):
                              f"and context [B, L, D] (got {tuple(context.shape)})")
         if isinstance(generator, (list, tuple)) and len(generator) != B:
             raise ValueError(f"batch {B}: {len(generator)} generators, one per row needed")
+        if state is not None and (start_state is None or state.dim() != 3 or state.shape[:2] != (B, 1 + self.chunk)
+                                  or start_state.shape != (B, state.shape[2])):  # else one row's state fed them all
+            raise ValueError(f"batch {B}: state must be [B, 1 + h = {1 + self.chunk}, d] and start_state [B, d] (got "
+                             f"{tuple(state.shape)}, {getattr(start_state, 'shape', None)})")
         with low_precision_autocast(self.video, current_latents.device.type):
             S, h, dev = samples, self.chunk, current_latents.device
             gens = [] if guidance is None else [  # guided: the empty instruction's pass sees the same future noise

@@ -73,6 +73,8 @@ def main():
     a = p.parse_args()
     if min(a.episodes, a.frames, a.fps, a.size, a.clips, a.repeats, *a.native) < 1:
         p.error("--episodes, --frames, --native, --fps, --size, --clips and --repeats must be at least 1")
+    if a.size % 32 or any(n % 2 for n in a.native):  # training's crops; yuv420p video
+        p.error("--size must be a multiple of 32 and --native even")
     root = a.root
     if root is None:
         tmp = tempfile.TemporaryDirectory(prefix="wvm_bench_")  # removed when the run ends, as it ends

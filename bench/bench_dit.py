@@ -127,6 +127,10 @@ if __name__ == "__main__":
     p.add_argument("--iters", type=int, default=9)
     p.add_argument("--memory", action="store_true")
     args = p.parse_args()
+    if min(args.dim, args.layers, args.frames, args.size, args.text_dim, args.iters) < 1:
+        p.error("every size and --iters must be at least 1")
+    if args.dim % 128 or args.size % 2:  # Wan's 128-wide heads; its (1, 2, 2) patches
+        p.error("--dim must be a multiple of 128 and --size even")
     speed(args)
     if args.memory:
         memory()

@@ -105,6 +105,8 @@ def main():
     p.add_argument("--batch", type=int, default=4, help="--gpu: samples per step")
     p.add_argument("--one", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if min(args.steps, args.batch, *args.layers) < 1:
+        p.error("--steps, --batch and --layers must be at least 1")
     if args.gpu:
         if not torch.cuda.is_available():
             raise SystemExit("bench_train --gpu: no CUDA GPU here")

@@ -79,7 +79,7 @@ def measure_memory(args):
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--config", default="mid")
+    p.add_argument("--config", default="mid", choices=sorted(VAE_CONFIGS))
     p.add_argument("--frames", type=int, default=9)
     p.add_argument("--size", type=int, default=128)
     p.add_argument("--threads", type=int, default=2)
@@ -89,6 +89,8 @@ def main():
     args = p.parse_args()
     if args.mem:
         return measure_memory(args)
+    if min(args.threads, args.runs) < 1 or args.size < 16 or args.size % 16 or args.frames < 1 or (args.frames - 1) % 4:
+        p.error("--threads and --runs at least 1, --size a multiple of 16, --frames 1 + 4k (the VAE's strides)")
 
     from diffusers import AutoencoderKLWan
 

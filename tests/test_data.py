@@ -1297,6 +1297,23 @@ def test_wan_vae_names_an_out_it_cannot_write_before_making_the_vae(out, tmp_pat
     assert (tmp_path / "vae.safetensors").read_bytes() == b"a VAE"
 
 
+def test_a_file_written_whole_replaces_no_file_it_was_not_asked_to(tmp_path):
+    """The temporary file is this write's own (a fixed <path>.tmp was a user's file, replaced and then renamed away),
+    and a VAE made while another came to be at its path is not written over it."""
+    from checkpoint import CheckpointError, save_json, save_safetensors
+    (tmp_path / "keep.safetensors.tmp").write_text("mine")
+    save_safetensors({"w": torch.ones(2)}, tmp_path / "keep.safetensors")
+    save_json({"a": 1}, tmp_path / "keep.safetensors.tmp.json")
+    assert (tmp_path / "keep.safetensors.tmp").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.safetensors", "keep.safetensors.tmp",
+                                                          "keep.safetensors.tmp.json"]
+    with pytest.raises(CheckpointError, match=r"keep.safetensors: made by another process meanwhile; left as it is"):
+        save_safetensors({"w": torch.zeros(2)}, tmp_path / "keep.safetensors", replace=False)
+    from safetensors.torch import load_file
+    assert load_file(tmp_path / "keep.safetensors")["w"].tolist() == [1.0, 1.0]
+    assert len(list(tmp_path.iterdir())) == 3  # no temporary file left behind
+
+
 @pytest.mark.parametrize("argv", [["encode_text.py", "--tiny_random", "8", "--batch-size", "0"],
                                   ["encode_text.py", "--tiny_random", "-4"],
                                   ["encode_text.py", "--tiny_random", "8", "--text_len", "0"],

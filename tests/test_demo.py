@@ -11,6 +11,7 @@ import torch
 import demo
 import encode_text
 import train
+from checkpoint import save_json
 from eval import bench_rows
 
 # per task, one trajectory of each kind: (kind, metric of its kind, final value, achieved fraction)
@@ -41,12 +42,13 @@ def test_tables_per_task_and_average(tmp_path):
     results = []
     for seed, shift in enumerate((0.0, 0.01)):
         run = tmp_path / f"run{seed}"
-        run.mkdir()
+        make_run(run)
         trajs = trajectories(shift)
         for split in demo.SPLITS:  # saved as eval.py saves them: tables grouped by embodiment, and the trajectories
             tables = {b: bench_rows(b, trajs) for b in ("suboptimal", "expert", "ranking")}
-            (run / f"{split}.json").write_text(json.dumps({"noise": "zero", "tables": tables, "trajectories": trajs}))
-        results.append(demo.evaluate(str(run), "unused: the splits are scored already"))
+            (run / f"{split}.json").write_text(saved_scores(str(tmp_path / "data" / split), tables=tables,
+                                                            trajectories=trajs))
+        results.append(demo.evaluate(str(run), str(tmp_path / "data")))  # scored already: no eval.py
     assert results[0]["heldout_unseen", "tasks"] == ["a-v3", "b-v3"]
     for group, want in EXPECTED.items():
         np.testing.assert_allclose(demo.summary(results[0], "heldout_seen", "wvm", group), want, atol=1e-12)
@@ -61,15 +63,23 @@ def test_tables_per_task_and_average(tmp_path):
     assert demo.line(["x"], rows[:1]) == "| x | 0.300 | -0.200 | 0.600 | 0.667 | 0.167 | 0.550 |"
 
 
-def saved_scores():
-    """An eval.py --json file's text, from zero noise."""
+def saved_scores(split, **changed):
+    """An eval.py --json file's text, from zero noise, of the split at `split` in its own wording at 2 fps (the run's,
+    which make_run records)."""
     trajs = trajectories(0.0)
-    return json.dumps({"noise": "zero", "tables": {b: bench_rows(b, trajs) for b in ("suboptimal", "expert",
-                                                                                   "ranking")}, "trajectories": trajs})
+    return json.dumps({"data": split, "fps": 2.0, "instructions": None, "noise": "zero",
+                       "tables": {b: bench_rows(b, trajs) for b in ("suboptimal", "expert", "ranking")},
+                       "trajectories": trajs} | changed)
 
 
-def fake_eval(monkeypatch, saved):
-    """eval.py as demo.evaluate starts it, writing `saved` to its --json file; -> the commands started."""
+def make_run(run):
+    """A run folder whose config.json says it trained at 2 fps."""
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"fps": 2.0}))
+
+
+def fake_eval(monkeypatch):
+    """eval.py as demo.evaluate starts it, writing its scores to its --json file; -> the commands started."""
     started = []
 
     class Eval:
@@ -77,7 +87,7 @@ def fake_eval(monkeypatch, saved):
             started.append(cmd)
             self.args, self.returncode = cmd, 0
             with open(cmd[cmd.index("--json") + 1], "w") as f:
-                f.write(saved)
+                f.write(saved_scores(cmd[cmd.index("--data") + 1]))
 
         def wait(self):
             return 0
@@ -92,19 +102,27 @@ def test_scores_older_than_the_model_are_scored_again(tmp_path, monkeypatch):
     before zero noise) or with guidance."""
     import os
     run = tmp_path / "run"
-    run.mkdir()
-    saved = saved_scores()
+    make_run(run)
     for split in demo.SPLITS:
-        (run / f"{split}.json").write_text(saved)
+        (run / f"{split}.json").write_text(saved_scores(f"data/metaworld/{split}"))
         os.utime(run / f"{split}.json", (1000, 1000))
     (run / "wvm.safetensors").write_bytes(b"a model saved after the scores")
-    started = fake_eval(monkeypatch, saved)
+    started = fake_eval(monkeypatch)
     demo.evaluate(str(run), "data/metaworld")
     assert sorted(c[c.index("--data") + 1] for c in started) == [f"data/metaworld/{s}" for s in sorted(demo.SPLITS)]
     started.clear()
     demo.evaluate(str(run), "data/metaworld")  # now newer than the model: read back
     assert started == []
     drawn = run / f"{demo.SPLITS[0]}.json"
+    saved = saved_scores(f"data/metaworld/{demo.SPLITS[0]}")
+    # scored by hand into the run folder under the split's name: another split's scores, in another wording or at
+    # another fps, were read as the split's
+    for other in ({"data": f"data/metaworld/{demo.SPLITS[1]}"}, {"instructions": "data/metaworld/metaworld_wording.json"},
+                  {"fps": 5.0}):
+        drawn.write_text(saved_scores(f"data/metaworld/{demo.SPLITS[0]}", **other))
+        demo.evaluate(str(run), "data/metaworld")
+        assert [c[c.index("--json") + 1] for c in started] == [str(drawn)]
+        started.clear()
     drawn.write_text(saved.replace('"noise": "zero"', '"noise": "draw"'))
     demo.evaluate(str(run), "data/metaworld")  # newer than the model, but from drawn noise: scored again
     assert [c[c.index("--json") + 1] for c in started] == [str(drawn)]
@@ -123,17 +141,16 @@ def test_scores_of_a_split_written_anew_are_scored_again(tmp_path, monkeypatch):
     """A held-out split deleted and written again (sim.py refuses one of other settings; a newer sim.py writes other
     episodes) after a finished run scored it is scored again: its old scores were printed as the new split's."""
     run, data = tmp_path / "run", tmp_path / "data"
-    run.mkdir()
-    saved = saved_scores()
+    make_run(run)
     (run / "wvm.safetensors").touch()
     os.utime(run / "wvm.safetensors", (1000, 1000))
     for split in demo.SPLITS:
-        (run / f"{split}.json").write_text(saved)
+        (run / f"{split}.json").write_text(saved_scores(str(data / split)))
         os.utime(run / f"{split}.json", (2000 if split == "heldout_seen" else 4000,) * 2)
         (data / split).mkdir(parents=True)
         (data / split / "annotations.jsonl").write_text("{}\n")
         os.utime(data / split / "annotations.jsonl", (3000, 3000))  # heldout_seen written after it was scored
-    started = fake_eval(monkeypatch, saved)
+    started = fake_eval(monkeypatch)
     demo.evaluate(str(run), str(data))
     assert [c[c.index("--data") + 1] for c in started] == [str(data / "heldout_seen")]
 
@@ -327,7 +344,7 @@ def test_a_sigterm_to_the_demo_alone_stops_its_step_and_waits_for_it(tmp_path, n
                                                          "again to continue")
 
 
-def test_policy_names_the_values_of_another_seed_by_it(tmp_path, monkeypatch):
+def test_policy_names_the_values_of_another_seed_by_it(tmp_path, monkeypatch, capsys):
     """--policy with a first seed other than 0 names its values demo-s1, as docs/results.md does (named demo, policy.py
     refused them: data/policy/scores/demo was seed 0's); the other recipe's run is passed only once it is finished."""
     from collections import defaultdict
@@ -340,16 +357,26 @@ def test_policy_names_the_values_of_another_seed_by_it(tmp_path, monkeypatch):
     monkeypatch.setattr(demo, "sh", lambda *cmd, threads=None: calls.append([str(c) for c in cmd]))
     monkeypatch.setattr(demo.signal, "signal", lambda *a: None)
     monkeypatch.chdir(tmp_path)
-    def saved(name, step, max_steps):  # a run as train.py leaves it at a checkpoint (wvm.safetensors at each one)
-        (tmp_path / "r" / name / "ckpt").mkdir(parents=True)
-        (tmp_path / "r" / name / "wvm.safetensors").touch()
-        (tmp_path / "r" / name / "config.json").write_text(json.dumps({"max_steps": max_steps}))
-        (tmp_path / "r" / name / "ckpt" / "state.json").write_text(json.dumps({"step": step}))
+    def saved(recipe, seed, step, max_steps, **changed):  # a run as train.py leaves it at a checkpoint (a model file
+        # at each one), with the recipe's settings but those `changed`
+        run_dir, flags = demo.plan_run(recipe, str(tmp_path / "r"), "prior", {}, seed)[2:]
+        os.makedirs(os.path.join(run_dir, "ckpt"), exist_ok=True)
+        open(os.path.join(run_dir, "wvm.safetensors"), "w").close()
+        save_json(flags | {"max_steps": max_steps} | changed, os.path.join(run_dir, "config.json"))
+        save_json({"step": step}, os.path.join(run_dir, "ckpt", "state.json"))
     # the longer recipe's seed 0 stopped at step 500 of 4000: not its values (they were passed as the longer recipe's)
-    saved("long-prior-s0", 500, 4000)
+    saved("long", 0, 500, 4000)
     for seed in (0, 1):
-        saved(f"demo-prior-s{seed}", 2500, 2500)
+        saved("demo", seed, 2500, 2500)
         demo.main(["--runs", str(tmp_path / "r"), "--seeds", str(seed), "--policy"])
+    # finished, but of other settings than the recipe's now (an older version's): left out, and said
+    saved("long", 0, 4000, 4000, lr=5e-4)
+    capsys.readouterr()
+    demo.main(["--runs", str(tmp_path / "r"), "--seeds", "0", "--policy"])
+    assert (f"{tmp_path / 'r' / 'long-prior-s0'} holds a run of other settings than this recipe's: lr 0.0005 (now "
+            f"0.001). Move or delete it (or pass --runs DIR) to train this recipe.\n(its values are left out of the "
+            f"policy experiment)") in capsys.readouterr().out
+    calls.pop()
     # runs elsewhere than runs/ (--runs): their values named by the folder too, the rows beside them
     out = ["--out", str(tmp_path / "r" / "policy")]
     assert [c[1:] for c in calls] == [["policy.py", *out, "--wvm", f"r-demo={tmp_path / 'r' / 'demo-prior-s0'}"],

@@ -286,6 +286,11 @@ def test_latent_cache_is_bit_identical(tiny, tmp_path):
     files = os.listdir(cache.dir)
     assert len(files) == 2 and all(f.endswith(".safetensors") for f in files)  # no temporary files left
     assert LatentCache(str(tmp_path), vae_fingerprint(WanVAE(tiny.cfg))).dir != cache.dir  # other weights, other folder
+    # clip lengths the VAE's latent frames do not fit, and h = 1, whose 1 + 2h frames read as h + 2 led by o_0
+    with pytest.raises(ValueError, match=r"clips \(1, 3, 7, 32, 48\): expected 1 \+ h = 5 or 1 \+ 2h = 9 frames"):
+        clip_latents(tiny, video(7), 4)
+    with pytest.raises(ValueError, match=r"h = 1: the value chunk needs at least 2 values"):
+        clip_latents(tiny, video(3), 1)
 
 
 def test_clip_latents_checks_h_against_the_vae(tiny):

@@ -242,6 +242,8 @@ def test_predict_values_names_inputs_of_the_wrong_shape():
             m.predict_values(*bad)
     with pytest.raises(ValueError, match="1 generators, one per row"):
         m.predict_values(x_in[:, :, :1], ctx, prefix, generator=[torch.Generator()])
+    with pytest.raises(ValueError, match="steps 0: at least one Euler step"):  # the noise was returned as the values
+        m.predict_values(x_in[:, :, :1], ctx, prefix, steps=0)
 
 
 @pytest.mark.parametrize("head", ["regression", "hlgauss"])
@@ -466,6 +468,10 @@ def test_the_robots_state_enters_every_value_token_standardized_and_from_zero(tm
         torch.testing.assert_close(pred[:, 0], ref, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="state of width 4.*reads 3"):
         m.value.state_input(torch.zeros(B, 5, 4), torch.zeros(B, 4))
+    # one row's state for a batch of two was broadcast to both; a state without its start failed deep inside
+    for st, s0 in ((state[:1], start[:1]), (state, None), (state[:, :4], start), (state, start[:1])):
+        with pytest.raises(ValueError, match=r"batch 2: state must be \[B, 1 \+ h = 5, d\] and start_state \[B, d\]"):
+            m.predict_values(x_in[:, :, :1], ctx, v_in[:, 0], state=st, start_state=s0)
     save_wvm(m, str(tmp_path / "wvm.safetensors"))
     bf = load_wvm(str(tmp_path / "wvm.safetensors"), dtype=torch.bfloat16)
     assert bf.value.cfg.state_dim == 3 and torch.equal(bf.value.state_std, m.value.state_std)
