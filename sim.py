@@ -1310,27 +1310,30 @@ def write_split(root, jobs, opts, codec, workers=1, desc=None):
     finished, parts_dir = _open_parts(root, settings, root / "annotations.jsonl")
     if finished is not None:
         return finished
-    tasks = list(dict.fromkeys(t for t, _, _ in jobs))
-    todo = [t for t in tasks if not (parts_dir / t / "part.json").exists()]
-    pending = [(t, s, k, opts) for t, s, k in jobs if t in todo]
-    remaining = {t: sum(1 for j in pending if j[0] == t) for t in todo}
-    results = {t: [] for t in todo}
-    bar = tqdm(total=len(jobs), initial=len(jobs) - len(pending), desc=desc, unit="seed")
-    try:
-        for task, eps, counts in run_jobs(_generate_job, pending, workers, root):
-            results[task].append((eps, counts))
-            remaining[task] -= 1
-            bar.update(1)
-            if remaining[task] == 0:
-                _write_part(parts_dir / task, results.pop(task), opts.get("out_fps", opts["fps"]), codec)
-    finally:
-        bar.close()
+    try:  # the split's lock released however this ends (at exit it would be anyway)
+        tasks = list(dict.fromkeys(t for t, _, _ in jobs))
+        todo = [t for t in tasks if not (parts_dir / t / "part.json").exists()]
+        pending = [(t, s, k, opts) for t, s, k in jobs if t in todo]
+        remaining = {t: sum(1 for j in pending if j[0] == t) for t in todo}
+        results = {t: [] for t in todo}
+        bar = tqdm(total=len(jobs), initial=len(jobs) - len(pending), desc=desc, unit="seed")
+        try:
+            for task, eps, counts in run_jobs(_generate_job, pending, workers, root):
+                results[task].append((eps, counts))
+                remaining[task] -= 1
+                bar.update(1)
+                if remaining[task] == 0:
+                    _write_part(parts_dir / task, results.pop(task), opts.get("out_fps", opts["fps"]), codec)
+        finally:
+            bar.close()
 
-    tmp, counts, parts = _merge_parts(root, tasks, parts_dir, "succeeded")
-    annotations = [{"episode_index": offset + a["episode_index"], **{k: a[k] for k in ANNOTATION_KEYS if k in a}}
-                   for anns, offset in parts for a in anns]
-    _finish_split(tmp, root, parts_dir, settings, counts, annotations)
-    return counts
+        tmp, counts, parts = _merge_parts(root, tasks, parts_dir, "succeeded")
+        annotations = [{"episode_index": offset + a["episode_index"], **{k: a[k] for k in ANNOTATION_KEYS if k in a}}
+                       for anns, offset in parts for a in anns]
+        _finish_split(tmp, root, parts_dir, settings, counts, annotations)
+        return counts
+    finally:
+        _unlock(parts_dir)
 
 
 def split_root(root):
@@ -1367,10 +1370,41 @@ def _open_parts(root, settings, ready):
         raise SystemExit(f"{parts_dir}: exists and was not made by sim.py (no settings.json); delete it or choose "
                          f"another --out")
     parts_dir.mkdir(parents=True, exist_ok=True)
-    if marker.exists() and json.loads(marker.read_text()) != settings:
-        raise SystemExit(f"{parts_dir}: parts of a run with other settings; delete it or choose another --out")
+    _lock(parts_dir)
+    if written_already(root, settings, ready):  # by the run that held the lock until now
+        _unlock(parts_dir)
+        print(f"{root}: done already, kept")
+        return split_record(root)["counts"], None
+    try:
+        if marker.exists() and json.loads(marker.read_text()) != settings:
+            raise SystemExit(f"{parts_dir}: parts of a run with other settings; delete it or choose another --out")
+    except ValueError as e:  # cut short by a full disk, or edited
+        raise SystemExit(f"{marker}: damaged ({e}); delete {parts_dir} and run again") from None
     save_json(settings, marker)
     return None, parts_dir
+
+
+_HELD = {}  # parts folder -> this process's open descriptor holding its lock
+
+
+def _lock(parts_dir):
+    """This process alone writes the split (its parts, their merge): a second sim.py on one --out lost its parts to
+    the first's merge, or wrote the same part folders at once. The lock lives with the open descriptor."""
+    import fcntl
+    _unlock(parts_dir)  # this process's own from an earlier call (an interrupted one, in tests or notebooks)
+    fd = os.open(parts_dir, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise SystemExit(f"{parts_dir}: another sim.py is writing this split; wait for it to finish") from None
+    _HELD[str(parts_dir)] = fd
+
+
+def _unlock(parts_dir):
+    fd = _HELD.pop(str(parts_dir), None)
+    if fd is not None:
+        os.close(fd)
 
 
 MERGING = ".sim-merging"  # in a split being merged: the mark that it is sim.py's to delete
@@ -1381,7 +1415,11 @@ def _merge_parts(root, tasks, parts_dir, what):
     annotations, its episode offset)])."""
     counts, parts = {}, []
     for t in tasks:
-        part = json.loads((parts_dir / t / "part.json").read_text())
+        try:
+            part = json.loads((parts_dir / t / "part.json").read_text())
+        except ValueError as e:  # cut short by a full disk, or edited
+            raise SystemExit(f"{parts_dir / t / 'part.json'}: damaged ({e}); delete {parts_dir / t} and run again: "
+                             f"that task's episodes are generated anew") from None
         for k, v in part["counts"].items():
             counts[k] = counts.get(k, 0) + v
         if part["annotations"]:
@@ -1665,7 +1703,8 @@ def main(argv):
     report = {"args": vars(args), "splits": {}}
     try:  # generation.json says sim.py writes here: it replaces its own files, never a user's
         ours = json.loads((out / "generation.json").read_text()) if (out / "generation.json").exists() else None
-        ours = ours if ours is None or isinstance(ours, dict) and {"args", "splits"} <= set(ours) else False
+        ours = ours if ours is None or isinstance(ours, dict) and {"args", "splits"} <= set(ours) and isinstance(
+            ours["splits"], dict) else False
     except (ValueError, UnicodeDecodeError):
         ours = False
     theirs = [f for f in ("generation.json", "paraphrases.json", "metaworld_wording.json") if (out / f).exists()]
@@ -1951,32 +1990,36 @@ def write_policy_split(root, jobs, opts, codec, workers=1):
     finished, parts_dir = _open_parts(root, settings, root / "oracle" / "values.parquet")
     if finished is not None:
         return finished
-    tasks = list(dict.fromkeys(t for t, _, _ in jobs))
-    pending = [(t, s, k, opts) for t, s, k in jobs if not (parts_dir / t / "part.json").exists()]
-    remaining = {t: sum(1 for j in pending if j[0] == t) for t in tasks}
-    results = {t: [] for t in tasks}
-    for task, kind, ep in tqdm(run_jobs(_policy_job, pending, workers, root), total=len(pending), desc=root.name,
-                               unit="episode"):
-        if ep is not None:
-            ep["meta"]["progress"] = ep.pop("progress").tolist()
-        results[task].append(([ep] if ep else [], {f"{kind}_{'ok' if ep else 'discarded'}": 1}))
-        remaining[task] -= 1
-        if remaining[task] == 0:
-            _write_part(parts_dir / task, results.pop(task), opts.get("fps", 10), codec)
+    try:  # the split's lock released however this ends (at exit it would be anyway)
+        tasks = list(dict.fromkeys(t for t, _, _ in jobs))
+        pending = [(t, s, k, opts) for t, s, k in jobs if not (parts_dir / t / "part.json").exists()]
+        remaining = {t: sum(1 for j in pending if j[0] == t) for t in tasks}
+        results = {t: [] for t in tasks}
+        for task, kind, ep in tqdm(run_jobs(_policy_job, pending, workers, root), total=len(pending), desc=root.name,
+                                   unit="episode"):
+            if ep is not None:
+                ep["meta"]["progress"] = ep.pop("progress").tolist()
+            results[task].append(([ep] if ep else [], {f"{kind}_{'ok' if ep else 'discarded'}": 1}))
+            remaining[task] -= 1
+            if remaining[task] == 0:
+                _write_part(parts_dir / task, results.pop(task), opts.get("fps", 10), codec)
 
-    tmp, counts, parts = _merge_parts(root, tasks, parts_dir, "could be generated")
-    annotations, progress = [], []
-    for anns, offset in parts:
-        for a in anns:
-            a = dict(a, episode_index=offset + a["episode_index"])
-            progress.append((a["episode_index"], a.pop("progress")))
-            annotations.append(a)
-    (tmp / "oracle").mkdir()
-    pq.write_table(pa.table({"episode_index": np.concatenate([np.full(len(p), e) for e, p in progress]),
-                             "frame_index": np.concatenate([np.arange(len(p)) for _, p in progress]),
-                             "progress": np.concatenate([p for _, p in progress])}), tmp / "oracle" / "values.parquet")
-    _finish_split(tmp, root, parts_dir, settings, counts, annotations)
-    return counts
+        tmp, counts, parts = _merge_parts(root, tasks, parts_dir, "could be generated")
+        annotations, progress = [], []
+        for anns, offset in parts:
+            for a in anns:
+                a = dict(a, episode_index=offset + a["episode_index"])
+                progress.append((a["episode_index"], a.pop("progress")))
+                annotations.append(a)
+        (tmp / "oracle").mkdir()
+        pq.write_table(pa.table({"episode_index": np.concatenate([np.full(len(p), e) for e, p in progress]),
+                                 "frame_index": np.concatenate([np.arange(len(p)) for _, p in progress]),
+                                 "progress": np.concatenate([p for _, p in progress])}),
+                       tmp / "oracle" / "values.parquet")
+        _finish_split(tmp, root, parts_dir, settings, counts, annotations)
+        return counts
+    finally:
+        _unlock(parts_dir)
 
 
 def policy_main(argv):

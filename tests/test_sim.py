@@ -668,6 +668,40 @@ def test_resume_and_encoder_failure(corpus, tmp_path, monkeypatch):
         sim.main(["--out", str(out), *ARGS[:-2], "corner3"])
 
 
+def test_a_split_being_written_is_locked_and_damaged_records_are_named(tmp_path):
+    """A second sim.py on a split another is writing is refused (it lost its parts to the first's merge); a damaged
+    generation.json, parts settings.json or part.json is one line naming it, not a JSONDecodeError (the first two
+    before any episode is generated)."""
+    import fcntl
+    out = tmp_path / "mw"
+    argv = ["--out", str(out), "--workers", "1", "--size", "32", "--train-tasks", "reach", "--unseen-tasks", "push",
+            "--seeds-train", "1", "--splits", "train"]
+    out.mkdir()
+    (out / "generation.json").write_text('{"args": {}, "splits": []}')
+    with pytest.raises(SystemExit, match="holds generation.json, not written by sim.py"):
+        sim.main(argv)
+    (out / "generation.json").unlink()
+    parts = out / "train.parts"
+    parts.mkdir()
+    (parts / "settings.json").write_text('{"size": 32, "cod')
+    with pytest.raises(SystemExit, match=rf"^{parts / 'settings.json'}: damaged \(.*\); delete {parts} and run again$"):
+        sim.main(argv)
+    sim.save_json(sim.plan(sim.parse_args(argv))["train"][2], parts / "settings.json")
+    (parts / "reach-v3").mkdir()
+    (parts / "reach-v3" / "part.json").write_text('{"annotations": [')
+    with pytest.raises(SystemExit, match=rf"^{parts / 'reach-v3' / 'part.json'}: damaged \(.*\); delete "
+                                         rf"{parts / 'reach-v3'} and run again"):
+        sim.main(argv)
+    fd = os.open(parts, os.O_RDONLY)  # as another process holds it
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # (the runs refused above hold it no longer)
+        with pytest.raises(SystemExit, match=rf"^{parts}: another sim.py is writing this split; wait for it"):
+            sim.main(argv)
+    finally:
+        os.close(fd)
+    assert (parts / "reach-v3" / "part.json").read_text() == '{"annotations": ['  # nothing of it touched
+
+
 def test_a_worker_that_dies_stops_the_generation_with_a_message():
     """A worker killed mid-job (os._exit, as the kernel's out-of-memory killer would) ends the run with a message
     that says the finished tasks are kept; multiprocessing.Pool replaced the worker and waited for its job forever.
