@@ -32,7 +32,7 @@ import numpy as np
 import sim  # light: MuJoCo is imported only to render
 from checkpoint import CheckpointError, read_json, save_json
 from encode_text import TextCache
-from eval import bench_rows, read_results, scored_from_default_noise
+from eval import bench_rows, can_be_folder, read_results, scored_from_default_noise
 from train import TrainConfig
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -448,6 +448,8 @@ def main(argv):
     if min(args.seeds) < 0:  # train.py would say so only after the corpus is made
         p.error(f"--seeds {min(args.seeds)}: must not be negative")
     args.runs = os.path.abspath(args.runs)
+    if not can_be_folder(args.runs):  # train.py would say so only after the corpus is made
+        p.error(f"--runs {args.runs}: is or lies under a file, not a folder")
     for s in (signal.SIGTERM, signal.SIGINT):
         signal.signal(s, on_stop)
     os.chdir(ROOT)  # the recipes' paths (data/metaworld, ...) are the repository's, wherever the demo is started

@@ -301,7 +301,7 @@ def test_a_text_model_gets_a_recipe_of_its_own(tmp_path, monkeypatch):
     assert "text_dim" not in demo.RECIPES["demo"]["common"] and demo.RECIPES["demo"]["text"] == demo.TINY_TEXT
 
 
-def test_the_demo_works_in_the_repository_wherever_it_is_started(tmp_path, monkeypatch):
+def test_the_demo_works_in_the_repository_wherever_it_is_started(tmp_path, monkeypatch, capsys):
     """Started from another folder, the recipes' relative paths still name the repository's corpus (they named the
     current folder's, so every step ran again and then failed); a seed named twice is refused."""
     monkeypatch.chdir(tmp_path)
@@ -319,7 +319,11 @@ def test_the_demo_works_in_the_repository_wherever_it_is_started(tmp_path, monke
     seen.clear()
     with pytest.raises(SystemExit):  # before the corpus is made, not after
         demo.main(["--seeds", "-1"])
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(SystemExit):  # likewise
+        demo.main(["--runs", str(tmp_path / "file" / "runs")])
     assert seen == {}
+    assert "--runs " + str(tmp_path / "file" / "runs") + ": is or lies under a file" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("name", ["SIGTERM", "SIGINT"])
