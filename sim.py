@@ -1366,45 +1366,50 @@ def _open_parts(root, settings, ready):
                          "another --out")
     parts_dir = root.with_name(root.name + ".parts")
     marker = parts_dir / "settings.json"
-    if parts_dir.exists() and not marker.exists() and any(parts_dir.iterdir()):  # deleted once the split is merged
+    if parts_dir.exists() and not marker.exists() and any(p.name != ".lock" for p in parts_dir.iterdir()):
         raise SystemExit(f"{parts_dir}: exists and was not made by sim.py (no settings.json); delete it or choose "
                          f"another --out")
     parts_dir.mkdir(parents=True, exist_ok=True)
     _lock(parts_dir)
-    if written_already(root, settings, ready):  # by the run that held the lock until now
-        _unlock(parts_dir)
-        print(f"{root}: done already, kept")
-        return split_record(root)["counts"], None
     try:
-        if marker.exists() and json.loads(marker.read_text()) != settings:
-            raise SystemExit(f"{parts_dir}: parts of a run with other settings; delete it or choose another --out")
-    except ValueError as e:  # cut short by a full disk, or edited
-        raise SystemExit(f"{marker}: damaged ({e}); delete {parts_dir} and run again") from None
-    save_json(settings, marker)
+        if written_already(root, settings, ready):  # by the run that held the lock until now
+            _unlock(parts_dir)
+            print(f"{root}: done already, kept")
+            return split_record(root)["counts"], None
+        try:
+            if marker.exists() and json.loads(marker.read_text()) != settings:
+                raise SystemExit(f"{parts_dir}: parts of a run with other settings; delete it or choose another --out")
+        except ValueError as e:  # cut short by a full disk, or edited
+            raise SystemExit(f"{marker}: damaged ({e}); delete {parts_dir} and run again") from None
+        save_json(settings, marker)
+    except BaseException:
+        _unlock(parts_dir)
+        raise
     return None, parts_dir
 
 
-_HELD = {}  # parts folder -> this process's open descriptor holding its lock
+_HELD = {}  # parts folder -> this process's open lock file
 
 
 def _lock(parts_dir):
     """This process alone writes the split (its parts, their merge): a second sim.py on one --out lost its parts to
-    the first's merge, or wrote the same part folders at once. The lock lives with the open descriptor."""
+    the first's merge, or wrote the same part folders at once. The lock, on <parts>/.lock opened for writing (as NFS
+    wants it), lives with the open file; the folder goes when the split is merged."""
     import fcntl
     _unlock(parts_dir)  # this process's own from an earlier call (an interrupted one, in tests or notebooks)
-    fd = os.open(parts_dir, os.O_RDONLY)
+    f = open(parts_dir / ".lock", "a")
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        os.close(fd)
+        f.close()
         raise SystemExit(f"{parts_dir}: another sim.py is writing this split; wait for it to finish") from None
-    _HELD[str(parts_dir)] = fd
+    _HELD[str(parts_dir)] = f
 
 
 def _unlock(parts_dir):
-    fd = _HELD.pop(str(parts_dir), None)
-    if fd is not None:
-        os.close(fd)
+    f = _HELD.pop(str(parts_dir), None)
+    if f is not None:
+        f.close()
 
 
 MERGING = ".sim-merging"  # in a split being merged: the mark that it is sim.py's to delete

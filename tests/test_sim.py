@@ -692,13 +692,10 @@ def test_a_split_being_written_is_locked_and_damaged_records_are_named(tmp_path)
     with pytest.raises(SystemExit, match=rf"^{parts / 'reach-v3' / 'part.json'}: damaged \(.*\); delete "
                                          rf"{parts / 'reach-v3'} and run again"):
         sim.main(argv)
-    fd = os.open(parts, os.O_RDONLY)  # as another process holds it
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # (the runs refused above hold it no longer)
+    with open(parts / ".lock", "a") as f:  # as another process holds it
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)  # (the runs refused above hold it no longer)
         with pytest.raises(SystemExit, match=rf"^{parts}: another sim.py is writing this split; wait for it"):
             sim.main(argv)
-    finally:
-        os.close(fd)
     assert (parts / "reach-v3" / "part.json").read_text() == '{"annotations": ['  # nothing of it touched
 
 
