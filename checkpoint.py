@@ -214,9 +214,13 @@ def _written_whole(path, write, replace=True):
             os.replace(tmp, path)
         else:
             try:
-                os.link(tmp, path)
+                os.link(tmp, path)  # fails if `path` exists, even one made a moment ago
             except FileExistsError:
                 raise CheckpointError(f"{path}: made by another process meanwhile; left as it is") from None
+            except OSError:  # a file system without hard links: checked, then renamed (a narrow race remains)
+                if os.path.exists(path):
+                    raise CheckpointError(f"{path}: made by another process meanwhile; left as it is") from None
+                os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)

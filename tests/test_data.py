@@ -1297,7 +1297,7 @@ def test_wan_vae_names_an_out_it_cannot_write_before_making_the_vae(out, tmp_pat
     assert (tmp_path / "vae.safetensors").read_bytes() == b"a VAE"
 
 
-def test_a_file_written_whole_replaces_no_file_it_was_not_asked_to(tmp_path):
+def test_a_file_written_whole_replaces_no_file_it_was_not_asked_to(tmp_path, monkeypatch):
     """The temporary file is this write's own (a fixed <path>.tmp was a user's file, replaced and then renamed away),
     and a VAE made while another came to be at its path is not written over it."""
     from checkpoint import CheckpointError, save_json, save_safetensors
@@ -1312,6 +1312,13 @@ def test_a_file_written_whole_replaces_no_file_it_was_not_asked_to(tmp_path):
     from safetensors.torch import load_file
     assert load_file(tmp_path / "keep.safetensors")["w"].tolist() == [1.0, 1.0]
     assert len(list(tmp_path.iterdir())) == 3  # no temporary file left behind
+    def no_links(src, dst):  # a file system without hard links (some network and FUSE mounts)
+        raise PermissionError(1, "Operation not permitted")
+    monkeypatch.setattr(os, "link", no_links)
+    with pytest.raises(CheckpointError, match=r"keep.safetensors: made by another process meanwhile"):
+        save_safetensors({"w": torch.zeros(2)}, tmp_path / "keep.safetensors", replace=False)
+    save_safetensors({"w": torch.zeros(2)}, tmp_path / "new.safetensors", replace=False)
+    assert load_file(tmp_path / "new.safetensors")["w"].tolist() == [0.0, 0.0] and len(list(tmp_path.iterdir())) == 4
 
 
 @pytest.mark.parametrize("argv", [["encode_text.py", "--tiny_random", "8", "--batch-size", "0"],
