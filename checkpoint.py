@@ -69,6 +69,8 @@ def read_json(path):
     except (ValueError, UnicodeDecodeError) as e:
         where = f" ({e.msg} at line {e.lineno}, column {e.colno})" if isinstance(e, json.JSONDecodeError) else ""
         raise CheckpointError(f"{path}: not valid JSON{where}") from None
+    except OSError as e:  # a folder of that name, or one the user may not read
+        raise CheckpointError(f"{path}: cannot be read ({e.strerror or e})") from None
     if not isinstance(out, dict):
         raise CheckpointError(f"{path}: a JSON {type(out).__name__}, not an object")
     return out

@@ -973,6 +973,12 @@ def write_overlay(episode, progress, path, chunk=32):
 
 # ----------------------------------------------------------------------------------------------
 
+def inside(a, b):
+    """Whether path a is folder b or lies in it (links resolved)."""
+    a, b = os.path.realpath(a), os.path.realpath(b)
+    return a == b or a.startswith(b + os.sep)
+
+
 def can_be_folder(d):
     """Whether folder d is one or can be made: the nearest of it and its parents that exists is a folder."""
     d = os.path.abspath(d)
@@ -988,7 +994,7 @@ def parse_args(argv):
     p.add_argument("--data", help=f"LeRobot dataset (+ annotations.jsonl) or manifest .jsonl (with neither --data "
                    f"nor --ckpt: {DEMO_DATA} and {DEMO_RUN}, if demo.py made them)")
     p.add_argument("--score", metavar="DATASET", help="write per-frame values and weights for a dataset")
-    p.add_argument("--out", default="scores", help="output folder of --score")
+    p.add_argument("--out", help="output folder of --score (default scores)")
     p.add_argument("--overlay", type=int, default=0, metavar="N",
                    help="with --score: progress videos of the first N episodes")
     p.add_argument("--ckpt", help="train.py run folder or wvm.safetensors (omit: baselines only)")
@@ -1020,16 +1026,19 @@ def parse_args(argv):
                    "episodes scored with another instruction (a rewording, another task's)")
     p.add_argument("--json")
     p.add_argument("--plots")
-    p.add_argument("--chunk", type=int, default=10, help="action chunk length H for the weights")
+    p.add_argument("--chunk", type=int, help="action chunk length H for the weights (default 10)")
     p.add_argument("--kappa", type=float, default=None, help="Filtered BC keeps chunks with Δ > kappa (default 0)")
     p.add_argument("--keep_top", type=float, default=None, help="keep this top fraction of chunks by Δ (e.g. 0.7)")
     p.add_argument("--tau", type=float, default=None, help="AWR temperature (default 10 for H = 10, 2 for H = 50)")
-    p.add_argument("--delta_max", type=float, default=2.0)
+    p.add_argument("--delta_max", type=float, help="AWR's clip of Δ / its spread (default 2)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
     bad = [f"--{k} {getattr(a, k)}: must be at least 1" for k in ("samples", "steps", "batch", "stride")
            if getattr(a, k) < 1]
+    given = [k for k in ("out", "chunk", "kappa", "keep_top", "tau", "delta_max") if getattr(a, k) is not None]
+    a.out, a.chunk = a.out or "scores", 10 if a.chunk is None else a.chunk  # (None: told apart from the default)
+    a.delta_max = 2.0 if a.delta_max is None else a.delta_max
     if a.chunk < 2:  # Δ = V(t + H - 1) - V(t): 0 for every chunk of one frame
         bad.append(f"--chunk {a.chunk}: must be at least 2")
     if a.samples > 1 and a.noise == "zero":
@@ -1056,6 +1065,12 @@ def parse_args(argv):
               (a.bench or a.score, "give --bench suboptimal|expert|ranking|all (with --data) or --score DATASET"),
               (not a.score or a.ckpt, "--score needs --ckpt"),
               (not a.overlay or a.score, "--overlay goes with --score"),
+              *((a.score, f"--{k} goes with --score (the weights it writes)") for k in given),
+              # the scores' parquet files under the dataset's data/ were read as its episodes' frames from then on
+              *((not a.score or not inside(a.out, os.path.join(a.score, sub)), f"--out {a.out}: inside the dataset's "
+                 f"{sub}/, whose files its readers take for the dataset's") for sub in ("data", "meta", "videos")),
+              *((not (a.camera and d and os.path.exists(d)) or os.path.isfile(os.path.join(d, "meta", "info.json")),
+                 f"--camera {a.camera}: {d} is no LeRobot dataset, whose cameras it names") for d in (a.score, a.data)),
               (not a.instructions or a.bench, "--instructions goes with --bench"),
               *((not getattr(a, k) or a.bench, f"--{k} goes with --bench (--score writes its folder's values.json)")
                 for k in ("json", "plots", "by")),

@@ -417,6 +417,8 @@ def named_paths(items, parser, reserved=(), folders=()):
         if not path or name in reserved or name in out:
             parser.error(f"{item!r}: expected NAME=PATH with a new NAME"
                          + (f" ({' and '.join(reserved)} are built in)" if reserved else ""))
+        if not name or "/" in name or name in (".", ".."):  # it names files: /../x made three rows one file
+            parser.error(f"{item!r}: NAME must be a plain name, without '/'")
         out[name] = Path(path).resolve()
     for name, path in out.items():  # found out now, not after the rows before it have trained
         if not path.exists():

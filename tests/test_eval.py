@@ -645,6 +645,9 @@ def test_bad_runs_and_datasets_give_one_line(bench_setup, tmp_path):
     (["--device", "cudda"], "--device cudda: no such device here"),
     (["--device", "cuda:99"], "--device cuda:99: no such device here"),
     (["--chunk", "1"], "--chunk 1: must be at least 2"),  # every Δ was 0: nothing kept, every weight 1
+    (["--kappa", "0.3"], "--kappa goes with --score (the weights it writes)"),  # the bench ignored them unsaid
+    (["--chunk", "50"], "--chunk goes with --score"),
+    (["--out", "x"], "--out goes with --score"),
     (["--plots", "/proc/wvm_plots"], "--plots /proc/wvm_plots: cannot be made ("),  # failed after the scoring
 ])
 def test_every_option_is_checked_at_start(argv, msg, capsys):
@@ -652,6 +655,27 @@ def test_every_option_is_checked_at_start(argv, msg, capsys):
     with pytest.raises(SystemExit) as e:
         wvm_eval.parse_args(["--bench", "expert", "--data", "x", *argv])
     assert e.value.code == 2 and msg in capsys.readouterr().err
+
+
+def test_scores_are_never_written_into_the_dataset_nor_a_camera_ignored(tmp_path, capsys):
+    """--out under the scored dataset's data/ (its parquet files read as the dataset's frames from then on, the
+    dataset refused), meta/ or videos/ is refused; so is --camera for a dataset without cameras (a manifest)."""
+    import eval as wvm_eval
+    ds, manifest = tmp_path / "ds", tmp_path / "m.jsonl"
+    (ds / "meta").mkdir(parents=True)
+    (ds / "meta" / "info.json").write_text("{}")
+    manifest.write_text("{}\n")
+    for argv, msg in ((["--score", str(ds), "--out", str(ds / "data")], f"--out {ds / 'data'}: inside the dataset's "
+                       "data/, whose files its readers take for the dataset's"),
+                      (["--score", str(ds), "--out", str(ds / "meta" / "s")], "inside the dataset's meta/"),
+                      (["--score", str(manifest), "--camera", "observation.images.wrist"],
+                       f"--camera observation.images.wrist: {manifest} is no LeRobot dataset, whose cameras it names")):
+        with pytest.raises(SystemExit):
+            wvm_eval.parse_args([*argv, "--ckpt", "run"])
+        assert msg in capsys.readouterr().err
+    assert sorted(p.name for p in ds.iterdir()) == ["meta"]
+    a = wvm_eval.parse_args(["--score", str(ds), "--out", str(tmp_path / "s"), "--ckpt", "run", "--camera", "c"])
+    assert (a.chunk, a.delta_max) == (10, 2.0)
 
 
 def test_missing_instruction_is_named_before_scoring(bench_setup, tmp_path):

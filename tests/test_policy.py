@@ -354,6 +354,10 @@ def test_named_paths_refuse_a_repeated_or_reserved_name(tmp_path, capsys):
         with pytest.raises(SystemExit):
             policy.named_paths(bad, p, reserved)
         assert f"{bad[-1]!r}: expected NAME=PATH with a new NAME" in capsys.readouterr().err
+    for bad in ("/../x=p", "a/b=p", "=p", "..=p"):  # a NAME names row files: /../x made three rows one file
+        with pytest.raises(SystemExit):
+            policy.named_paths([bad], argparse.ArgumentParser(prog="t"))
+        assert f"{bad!r}: NAME must be a plain name, without '/'" in capsys.readouterr().err
     (tmp_path / "y").mkdir()
     (tmp_path / "x").touch()
     (tmp_path / "y" / "z").touch()

@@ -807,6 +807,11 @@ def test_an_edited_config_json_is_named(dataset, trained, tmp_path):
         with pytest.raises(SystemExit) as e:
             train.main(args(dataset, out, max_steps=3, fps=4.0, resume=True))
         assert str(e.value) == f"{out / 'config.json'}: {msg}"
+    (out / "config.json").unlink()  # a folder of that name: an IsADirectoryError traceback
+    (out / "config.json").mkdir()
+    with pytest.raises(SystemExit) as e:
+        train.main(args(dataset, out, max_steps=3, fps=4.0, resume=True))
+    assert str(e.value) == f"{out / 'config.json'}: cannot be read (Is a directory)"
 
 
 def test_second_process_on_a_run_folder_is_refused(dataset, tmp_path):
