@@ -8,11 +8,13 @@ to the official ones) is the caller's: each model knows its own names.
 
 Writing: `save_safetensors` writes to a temporary name and renames, so a crash never leaves half a checkpoint.
 """
+import contextlib
 import json
 import numbers
 import os
 import pickle
 import re
+import time
 import uuid
 
 import torch
@@ -209,7 +211,14 @@ def _written_whole(path, write, replace=True):
     """write(temporary path) beside `path`, then the file put in its place: whole or not at all. The temporary name
     is this write's own (a fixed `<path>.tmp` was a user's file replaced, or another writer's). replace=False: an
     existing `path`, even one made while writing, is a CheckpointError, never replaced."""
+    folder, stem = os.path.split(os.path.abspath(path))
+    for name in os.listdir(folder):  # those of writes killed part-way (an hour old: no write takes that long)
+        old = os.path.join(folder, name)
+        if re.fullmatch(re.escape(stem) + r"\.\d+-[0-9a-f]{8}\.tmp", name) and time.time() - os.path.getmtime(old) > 3600:
+            with contextlib.suppress(OSError):
+                os.remove(old)
     tmp = f"{path}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"  # (not mkstemp: its files are the user's alone)
+    taken = CheckpointError(f"{path}: made by another process meanwhile; left as it is")
     try:
         write(tmp)
         if replace:
@@ -218,10 +227,13 @@ def _written_whole(path, write, replace=True):
             try:
                 os.link(tmp, path)  # fails if `path` exists, even one made a moment ago
             except FileExistsError:
-                raise CheckpointError(f"{path}: made by another process meanwhile; left as it is") from None
-            except OSError:  # a file system without hard links: checked, then renamed (a narrow race remains)
-                if os.path.exists(path):
-                    raise CheckpointError(f"{path}: made by another process meanwhile; left as it is") from None
+                if not os.path.samefile(tmp, path):  # (NFS may answer a retried link so)
+                    raise taken from None
+            except OSError:  # a file system without hard links: the name claimed first, then replaced
+                try:
+                    os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+                except FileExistsError:
+                    raise taken from None
                 os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -83,7 +83,8 @@ class TextCache:
             except Exception as e:  # truncated, not safetensors, bad metadata
                 raise TextCacheError(f"{f}: unreadable text cache shard ({e}); delete it and rerun "
                                      f"encode_text.py") from None
-        if len({encoder_id(e) for e in encoders.values()}) > 1:
+        if len({encoder_id(e) for e in encoders.values()}) > 1 or len({e["weights"] for e in encoders.values()
+                                                                         if e and e.get("weights")}) > 1:
             raise TextCacheError(f"{self.path}: shards made by different encoders: "
                                  + "; ".join(f"{f.name}: {describe(e)}" for f, e in encoders.items()))
         self.encoder = next(iter(encoders.values()))
@@ -309,6 +310,10 @@ def build_cache(texts, tokenizer, model, out, batch_size=8, shard_size=2000, dty
             raise TextCacheError(f"{out}: made by {describe(cache.encoder)} (encoder {encoder_id(cache.encoder)}), not "
                                  f"{describe(encoder)} (encoder {encoder_id(encoder)}); mixing them would give "
                                  f"instructions incomparable features: use another --out, or delete {out} to rebuild it")
+        if (cache.encoder or {}).get("weights") not in (None, (encoder or {}).get("weights")):
+            raise TextCacheError(f"{out}: made by an encoder of the same id ({encoder_id(encoder)}) but other weights "
+                                 f"(another fine-tune of one model?); mixing them would give instructions incomparable "
+                                 f"features: use another --out, or delete {out} to rebuild it")
         have = set(cache.where)
     todo = {}
     for t in texts:
@@ -348,23 +353,34 @@ UMT5_ARCH = ("vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_heads",
 
 
 def encoder_digest(tokenizer, model, arch):
-    """A digest of what fixes an encoder's features: the config's `arch` keys, 256 evenly spaced values of every
-    weight (rounded to bf16, so an fp32 and a bf16 copy of one checkpoint agree) and its tokenizer's vocabulary.
-    Every weight: fine-tunes of one model (all-MiniLM-L6-v2 and its siblings) share config, vocabulary and the
-    embedding table's first rows, and their features mixed in one cache without a word."""
+    """A digest of what fixes an encoder's features: the config's `arch` keys, the first rows of its embedding
+    table (rounded to bf16, so an fp32 and a bf16 copy of one checkpoint agree) and its tokenizer's vocabulary. The
+    id caches and models record; weights_digest tells apart what it cannot."""
     h = hashlib.sha1(json.dumps({k: getattr(model.config, k, None) for k in arch}, sort_keys=True, default=str).encode())
     with torch.no_grad():
-        for w in model.parameters():
-            w = w.reshape(-1)
-            h.update(w[:: max(1, w.numel() // 256)][:256].to(torch.bfloat16).float().cpu().numpy().tobytes())
+        h.update(model.get_input_embeddings().weight[:64].to(torch.bfloat16).float().cpu().numpy().tobytes())
     h.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
     return h.hexdigest()[:12]
 
 
+def weights_digest(model):
+    """256 evenly spaced values of every weight (rounded to bf16): fine-tunes of one model (all-MiniLM-L6-v2 and its
+    siblings) share config, vocabulary and the embedding table's first rows, so one id, and their features mixed in
+    one cache without a word. Recorded beside the id (which caches and models made before it keep)."""
+    h = hashlib.sha1()
+    with torch.no_grad():
+        for name, w in model.named_parameters():
+            if name.startswith("pooler."):  # no feature reads it, and load_encoder lets it start at random
+                continue
+            w = w.reshape(-1)
+            h.update(w[:: max(1, w.numel() // 256)][:256].to(torch.bfloat16).float().cpu().numpy().tobytes())
+    return h.hexdigest()[:12]
+
+
 def umt5_id(tokenizer, model):
-    """A digest of what fixes a umT5's features (encoder_digest): its architecture, its weights (sampled) and its
-    tokenizer's vocabulary. Not the whole config: it also records the transformers version and the dtype, which would
-    give one checkpoint several ids."""
+    """A digest of what fixes a umT5's features: its architecture, the first rows of its embedding table (rounded to
+    bf16, so an fp32 and a bf16 copy of one checkpoint agree) and its tokenizer's vocabulary. Not the whole config:
+    it also records the transformers version and the dtype, which would give one checkpoint several ids."""
     return encoder_digest(tokenizer, model, UMT5_ARCH)
 
 
@@ -387,7 +403,8 @@ def encoder_record(a, tokenizer, model):
         ident, flags = f"tiny_random-crc32-{TINY_VOCAB}-lower-ids:{a.tiny_random}:seed0", f"--tiny_random {a.tiny_random}"
     else:
         ident, flags = model_id(tokenizer, model), f"--model {os.path.abspath(a.model)}"
-    return {"id": f"{ident}:{a.dtype}:len{a.text_len}", "flags": f"{flags} --text_len {a.text_len} --dtype {a.dtype}"}
+    return {"id": f"{ident}:{a.dtype}:len{a.text_len}", "flags": f"{flags} --text_len {a.text_len} --dtype {a.dtype}",
+            **({} if a.tiny_random else {"weights": weights_digest(model)})}
 
 
 def main():

@@ -1374,6 +1374,8 @@ def _open_parts(root, settings, ready):
     try:
         if written_already(root, settings, ready):  # by the run that held the lock until now
             _unlock(parts_dir)
+            if {p.name for p in parts_dir.iterdir()} == {".lock"}:  # ours alone: the other run deleted its own
+                shutil.rmtree(parts_dir, ignore_errors=True)
             print(f"{root}: done already, kept")
             return split_record(root)["counts"], None
         try:
@@ -1403,6 +1405,9 @@ def _lock(parts_dir):
     except BlockingIOError:
         f.close()
         raise SystemExit(f"{parts_dir}: another sim.py is writing this split; wait for it to finish") from None
+    except OSError as e:  # a file system without locks (NFS mounted nolock): as before there was one
+        print(f"{parts_dir}: cannot be locked ({e.strerror or e}); two sim.py runs on this split would clash",
+              file=sys.stderr)
     _HELD[str(parts_dir)] = f
 
 
@@ -1463,10 +1468,11 @@ def _finish_split(tmp, root, parts_dir, settings, counts, annotations):
     with open(tmp / "annotations.jsonl", "w") as f:
         f.writelines(json.dumps(a) + "\n" for a in annotations)
     (tmp / "meta" / "sim.json").write_text(json.dumps({"settings": settings, "counts": counts}, indent=1))
-    (tmp / MERGING).unlink()
     if root.exists():
         shutil.rmtree(root)  # empty, or a split sim.py wrote with a result file missing (_open_parts)
     tmp.rename(root)
+    (root / MERGING).unlink()
+    _unlock(parts_dir)  # before its folder goes (NFS keeps an open file's name, and the folder, otherwise)
     shutil.rmtree(parts_dir)
 
 

@@ -599,8 +599,10 @@ def open_run(cfg):
     # space; another tool's is refused below)
     saved = [f for f in ("ckpt", "wvm.safetensors") + ("wan",) * ours if os.path.exists(os.path.join(cfg.out_dir, f))]
     refusal = (f"--resume: no checkpoint in {cfg.out_dir}" if cfg.resume and "ckpt" not in saved else
-               f"{cfg.out_dir} already holds a run ({' and '.join(saved)}): continue it with --resume, choose another "
-               f"--out_dir, or pass --overwrite to replace it" if saved and not (cfg.resume or cfg.overwrite) else None)
+               f"{cfg.out_dir} already holds a run ({' and '.join(saved)}): "
+               + ("continue it with --resume, " if "ckpt" in saved else "")
+               + "choose another --out_dir, or pass --overwrite to replace it"
+               if saved and not (cfg.resume or cfg.overwrite) else None)
     if refusal:
         lock.close()
         raise SystemExit(refusal)
@@ -1071,7 +1073,7 @@ def ignore_stop_signals(_):
 
 # said on resume by load_checkpoint (SCHEDULE, the optimizer's) or check_data, or not changing what a step computes
 RESUME_QUIET = {*SCHEDULE, "video_lr", "weight_decay", "beta1", "beta2", "resume", "overwrite", "num_workers",
-                "ckpt_every", "log_every", "data_fingerprint"}
+                "ckpt_every", "log_every", "data_fingerprint", "checkpointing", "out_dir"}
 
 
 def other_settings(before, config):

@@ -1101,13 +1101,20 @@ def test_encode_text_from_another_encoder(tmp_path, monkeypatch):
         torch.testing.assert_close(cache.get(text), want)
     assert cache.encoder["id"].startswith("bert:") and cache.encoder["id"].endswith(":float32:len8")
     assert cache.width() == 16  # demo.py --text_model sets train.py --text_dim from it
-    # another fine-tune of the same model (same config, vocabulary and first embedding rows, one layer changed) has
-    # another id: its features were added to this cache as the same encoder's
+    # another fine-tune of the same model (same config, vocabulary and first embedding rows, one layer changed): the
+    # same id (caches and models made before keep theirs), other weights, and its features are not added to this
+    # cache (they were, as the same encoder's)
     other = copy.deepcopy(bert)
     with torch.no_grad():
         other.encoder.layer[0].output.dense.weight.mul_(3)
-    assert encode_text.model_id(tok, other) != encode_text.model_id(tok, bert) == encode_text.model_id(
-        tok, copy.deepcopy(bert))
+    assert encode_text.model_id(tok, other) == encode_text.model_id(tok, bert)
+    assert encode_text.weights_digest(other) != encode_text.weights_digest(bert) == encode_text.weights_digest(
+        copy.deepcopy(bert))
+    assert cache.encoder["weights"] == encode_text.weights_digest(bert)
+    with pytest.raises(encode_text.TextCacheError, match=r"cache: made by an encoder of the same id \(bert:.*\) but "
+                                                         r"other weights \(another fine-tune of one model\?\)"):
+        encode_text.build_cache(["push it"], tok, other, tmp_path / "cache", dtype=torch.float32, text_len=8,
+                                encoder={**cache.encoder, "weights": encode_text.weights_digest(other)})
     # a tokenizer that pads on the left: the cache held the pads' states, not the instruction's
     config = json.loads((tmp_path / "bert" / "tokenizer_config.json").read_text())
     (tmp_path / "bert" / "tokenizer_config.json").write_text(json.dumps(config | {"padding_side": "left"}))
@@ -1312,6 +1319,13 @@ def test_a_file_written_whole_replaces_no_file_it_was_not_asked_to(tmp_path, mon
     from safetensors.torch import load_file
     assert load_file(tmp_path / "keep.safetensors")["w"].tolist() == [1.0, 1.0]
     assert len(list(tmp_path.iterdir())) == 3  # no temporary file left behind
+    # those of writes killed part-way (each had a name of its own) go once an hour old; a running one's stays
+    for name, age in (("keep.safetensors.123-0123abcd.tmp", 7200), ("keep.safetensors.124-0123abcd.tmp", 60)):
+        (tmp_path / name).write_text("half a file")
+        os.utime(tmp_path / name, (time.time() - age,) * 2)
+    save_safetensors({"w": torch.ones(2)}, tmp_path / "keep.safetensors")
+    assert not (tmp_path / "keep.safetensors.123-0123abcd.tmp").exists()
+    (tmp_path / "keep.safetensors.124-0123abcd.tmp").unlink()  # (it was kept)
     def no_links(src, dst):  # a file system without hard links (some network and FUSE mounts)
         raise PermissionError(1, "Operation not permitted")
     monkeypatch.setattr(os, "link", no_links)

@@ -722,7 +722,8 @@ def test_a_saved_run_is_never_trained_over(dataset, trained, tmp_path, capsys):
     (out / "wan" / "config.json").write_text("{}")
     shutil.rmtree(out / "ckpt")
     os.remove(out / "wvm.safetensors")
-    with pytest.raises(SystemExit, match=r"already holds a run \(wan\): continue it with --resume"):
+    with pytest.raises(SystemExit, match=r"already holds a run \(wan\): choose another --out_dir, or pass "
+                                         r"--overwrite to replace it$"):
         train_here(dataset, out, max_steps=2)
     assert (out / "wan" / "config.json").exists()
     train_here(dataset, out, max_steps=3, overwrite=True)  # asked for: a fresh run, a fresh log
