@@ -1030,7 +1030,7 @@ def parse_args(argv):
     p.add_argument("--kappa", type=float, default=None, help="Filtered BC keeps chunks with Δ > kappa (default 0)")
     p.add_argument("--keep_top", type=float, default=None, help="keep this top fraction of chunks by Δ (e.g. 0.7)")
     p.add_argument("--tau", type=float, default=None, help="AWR temperature (default 10 for H = 10, 2 for H = 50)")
-    p.add_argument("--delta_max", type=float, help="AWR's clip of Δ / its spread (default 2)")
+    p.add_argument("--delta_max", type=float, help="AWR's largest weight: min(exp(tau Δ), delta_max) (default 2)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
