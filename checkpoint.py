@@ -35,6 +35,12 @@ def out_file_problem(path, flag):
     return None
 
 
+def inside(a, b):
+    """Whether path a is folder b or lies in it (links resolved)."""
+    a, b = os.path.realpath(a), os.path.realpath(b)
+    return a == b or a.startswith(b + os.sep)
+
+
 def device_here(name):
     """Whether `name` is a torch device this machine has (a CUDA GPU must be there; other kinds torch checks on use):
     a typo, or cuda on a machine without one, failed deep inside torch after the model was read (eval.py,
@@ -46,16 +52,18 @@ def device_here(name):
     return d.type != "cuda" or (d.index or 0) < torch.cuda.device_count()
 
 
+def positive_whole(v):
+    """v is a positive whole number: an int (numpy's too), not a bool, a float or a string."""
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool) and v > 0
+
+
 def check_sizes(cfg, names):
     """ValueError unless each of the config's fields `names` is a positive whole number (or a list of them): a
     config.json edited by hand, or another tool's, would otherwise fail deep inside torch."""
-    def whole(v):
-        return isinstance(v, numbers.Integral) and not isinstance(v, bool) and v > 0
-
     bad = []
     for k in names:
         v = getattr(cfg, k)
-        if not (v and all(map(whole, v)) if isinstance(v, tuple) else whole(v)):
+        if not (v and all(map(positive_whole, v)) if isinstance(v, tuple) else positive_whole(v)):
             bad.append(f"{k} {v!r}")
     if bad:
         raise ValueError(f"{', '.join(bad)}: must be positive whole numbers")

@@ -38,7 +38,7 @@ import pyarrow.parquet as pq
 import torch
 from tqdm import tqdm
 
-from checkpoint import CheckpointError, device_here, out_file_problem, read_json
+from checkpoint import CheckpointError, device_here, inside, out_file_problem, read_json
 from data import (DataError, VideoError, check_names_some, decode_frames, decode_uint8, lerobot_frame_base,
                   read_dataset, read_instruction_map, read_text, resample, warn_slow)
 from encode_text import TextCache, TextCacheError, describe, encoder_id, pad_text
@@ -972,12 +972,6 @@ def write_overlay(episode, progress, path, chunk=32):
 
 
 # ----------------------------------------------------------------------------------------------
-
-def inside(a, b):
-    """Whether path a is folder b or lies in it (links resolved)."""
-    a, b = os.path.realpath(a), os.path.realpath(b)
-    return a == b or a.startswith(b + os.sep)
-
 
 def can_be_folder(d):
     """Whether folder d is one or can be made: the nearest of it and its parents that exists is a folder."""

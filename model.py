@@ -19,8 +19,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from checkpoint import (CheckpointError, TensorFile, check_sizes, checkpoint_files, load_into, save_json,
-                        save_safetensors)
+from checkpoint import (CheckpointError, TensorFile, check_sizes, checkpoint_files, load_into, positive_whole,
+                        save_json, save_safetensors)
 from kernels import adaln_modulate, mot_attention, qk_norm_rope
 
 
@@ -336,7 +336,7 @@ def wan_config_from(shapes, config, path=""):
             raise CheckpointError("config.json: num_attention_heads (diffusers' layout) without attention_head_dim")
         if "num_attention_heads" in config:  # diffusers
             heads, head_dim = config["num_attention_heads"], config["attention_head_dim"]
-            if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (heads, head_dim)):
+            if not (positive_whole(heads) and positive_whole(head_dim)):
                 raise CheckpointError(f"config.json: num_attention_heads {heads!r} and attention_head_dim {head_dim!r} "
                                       "must be positive whole numbers")
             c = dict(dim=heads * head_dim, num_heads=heads,

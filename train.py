@@ -41,7 +41,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from checkpoint import CheckpointError, read_json, read_metadata, save_json
+from checkpoint import CheckpointError, inside, read_json, read_metadata, save_json
 from data import (ClipDataset, DataError, LatentCache, Source, check_names_some, collate, fingerprint,
                   read_dataset, read_paraphrases)
 from encode_text import TextCache, TextCacheError, encoder_id, pad_text
@@ -609,11 +609,10 @@ def open_run(cfg):
     if cfg.resume:
         return lock, []
     present = [f for f in RUN_FILES if os.path.lexists(os.path.join(cfg.out_dir, f))]
-    cleared = [os.path.realpath(os.path.join(cfg.out_dir, f)) for f in present]
+    cleared = [os.path.join(cfg.out_dir, f) for f in present]
     # an input among the files cleared, or one that holds one of them (--wan=out_dir: its config.json)
-    meet = lambda a, b: a == b or a.startswith(b + os.sep) or b.startswith(a + os.sep)  # noqa: E731
     used = [f"--{k}={p}" for k in ("vae", "wan", "text_cache", "paraphrases", "latent_cache")
-            if (p := getattr(cfg, k)) and any(meet(os.path.realpath(p), q) for q in cleared)]
+            if (p := getattr(cfg, k)) and any(inside(p, q) or inside(q, p) for q in cleared)]
     refusal = (f"{cfg.out_dir}: a new run clears {', '.join(present)} there, and {', '.join(used)} is, holds or lies "
                f"in one of them: move it or choose another --out_dir" if used else
                f"{cfg.out_dir} holds {', '.join(present)}, which no train.py run left there: choose another "
