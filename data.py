@@ -36,6 +36,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from checkpoint import CheckpointError, read_json, save_json
+
 log = logging.getLogger("wvm.data")
 
 # ----------------------------------------------------------------------------- episodes
@@ -1071,9 +1073,21 @@ class LatentCache:
     crash or two processes encoding the same clip never leave a partial file behind.
     """
 
-    def __init__(self, root, vae_id):
+    def __init__(self, root, vae_id, weights=None):
         self.dir = os.path.join(root, f"clips-{vae_id}")
         os.makedirs(self.dir, exist_ok=True)
+        if weights:  # wan_vae.vae_weights: the id reads a few tensors, and a VAE fine-tuned inside shares it
+            record = os.path.join(self.dir, "vae.json")
+            try:
+                saved = read_json(record)
+            except CheckpointError as e:
+                raise DataError(f"{e}; delete it") from None
+            if saved is None:  # a new folder, or one made before the record (its id matched: taken at its word)
+                save_json({"weights": weights}, record)
+            elif saved.get("weights") != weights:
+                raise DataError(f"{self.dir}: latents of another VAE of the same id {vae_id} (weights "
+                                f"{saved.get('weights')}, this one's {weights}): pass another --latent_cache, or "
+                                f"delete the folder")
         umask = os.umask(0o22)  # read it (only by setting it) and put it back
         os.umask(umask)
         self.mode = 0o666 & ~umask  # files as the umask makes them (mkstemp's are the owner's alone): a team shares one

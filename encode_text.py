@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from safetensors import safe_open
 
 import data
-from checkpoint import CheckpointError, device_here, load_pth, read_json, save_safetensors
+from checkpoint import CheckpointError, device_here, load_pth, read_json, sampled_digest, save_safetensors
 
 TEXT_LEN = 512  # Wan's text_len
 
@@ -364,17 +364,11 @@ def encoder_digest(tokenizer, model, arch):
 
 
 def weights_digest(model):
-    """256 evenly spaced values of every weight (rounded to bf16): fine-tunes of one model (all-MiniLM-L6-v2 and its
-    siblings) share config, vocabulary and the embedding table's first rows, so one id, and their features mixed in
-    one cache without a word. Recorded beside the id (which caches and models made before it keep)."""
-    h = hashlib.sha1()
-    with torch.no_grad():
-        for name, w in model.named_parameters():
-            if name.startswith("pooler."):  # no feature reads it, and load_encoder lets it start at random
-                continue
-            w = w.reshape(-1)
-            h.update(w[:: max(1, w.numel() // 256)][:256].to(torch.bfloat16).float().cpu().numpy().tobytes())
-    return h.hexdigest()[:12]
+    """checkpoint.sampled_digest of every weight: fine-tunes of one model (all-MiniLM-L6-v2 and its siblings) share
+    config, vocabulary and the embedding table's first rows, so one id, and their features mixed in one cache without
+    a word. Recorded beside the id (which caches and models made before it keep)."""
+    # the pooler: no feature reads it, and load_encoder lets it start at random
+    return sampled_digest(w for name, w in model.named_parameters() if not name.startswith("pooler."))
 
 
 def umt5_id(tokenizer, model):

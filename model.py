@@ -408,18 +408,19 @@ def load_wan_dit(path, dtype=None, device=None, cfg=None):
     return load_into(model, path, files, wan_key, dtype, device, FP32_PARAMS if dtype else None)
 
 
-def save_wan_dit(model, folder, vae=None, text_encoder=None):
+def save_wan_dit(model, folder, vae=None, text_encoder=None, vae_weights=None):
     """A WanDiT as an official Wan2.2 DiT checkpoint folder (diffusion_pytorch_model.safetensors + config.json),
     the format load_wan_dit and the Wan2.2 code read: e.g. the video stream pretrained by train.py --stage=video.
-    vae, text_encoder: the ids of the VAE whose latents it learned (wan_vae.vae_fingerprint) and of the encoder whose
-    text features (encode_text.encoder_id), kept in config.json as "wvm_vae" and "wvm_text_encoder" (keys Wan's
-    loaders ignore) so that the folder says them wherever it is copied."""
+    vae, vae_weights, text_encoder: the ids of the VAE whose latents it learned (wan_vae.vae_fingerprint, and the
+    digest of its weights, wan_vae.vae_weights) and of the encoder whose text features (encode_text.encoder_id), kept
+    in config.json as "wvm_vae", "wvm_vae_weights" and "wvm_text_encoder" (keys Wan's loaders ignore) so that the
+    folder says them wherever it is copied."""
     os.makedirs(folder, exist_ok=True)
     c = model.cfg
     config = {"_class_name": "WanModel", "model_type": "ti2v", "dim": c.dim, "ffn_dim": c.ffn_dim, "freq_dim": c.freq_dim,
               "in_dim": c.in_dim, "num_heads": c.num_heads, "num_layers": c.num_layers, "out_dim": c.out_dim,
-              "text_len": c.text_len, "eps": c.eps} | ({"wvm_vae": vae} if vae else {}) | (
-                  {"wvm_text_encoder": text_encoder} if text_encoder else {})
+              "text_len": c.text_len, "eps": c.eps} | {k: v for k, v in (("wvm_vae", vae), ("wvm_vae_weights", vae_weights),
+                                                       ("wvm_text_encoder", text_encoder)) if v}
     save_safetensors(model.state_dict(), os.path.join(folder, "diffusion_pytorch_model.safetensors"))
     save_json(config, os.path.join(folder, "config.json"))
 

@@ -46,7 +46,7 @@ from data import (ClipDataset, DataError, LatentCache, Source, check_names_some,
                   read_dataset, read_paraphrases)
 from encode_text import TextCache, TextCacheError, encoder_id, pad_text
 from model import read_wan_checkpoint, save_wan_dit
-from wan_vae import load_wan_vae, random_vae, save_wan_vae, vae_fingerprint
+from wan_vae import load_wan_vae, random_vae, save_wan_vae, vae_fingerprint, vae_weights
 from wvm import WVM, clip_latents, save_wvm, wvm_configs, wvm_from_wan
 
 
@@ -429,20 +429,22 @@ def build_vae(cfg, device, dataset):
     return vae.to(device).eval().requires_grad_(False)
 
 
-def check_prior(wan, vae_id, text_id):
+def check_prior(wan, vae_ids, text_id):
     """A --wan that a train.py --stage=video run exported (its out_dir/wan) learned the latents of that run's VAE and
     the features of its text encoder; a run without --vae makes a random one of its own (another with another seed,
     or other clips to calibrate it on), whose latents the prior never saw. The folder's config.json names both
-    ("wvm_vae", "wvm_text_encoder"), wherever the folder is copied; one exported before it did is checked against the
-    run it lies in. vae_id: this run's VAE's vae_fingerprint; text_id: its text cache's encoder id (None: unrecorded,
-    not compared)."""
+    ("wvm_vae" and "wvm_vae_weights", "wvm_text_encoder"), wherever the folder is copied; one exported before it did
+    is checked against the run it lies in. vae_ids: this run's VAE's {"vae": vae_fingerprint, "vae_weights":
+    vae_weights}; text_id: its text cache's encoder id (None: unrecorded, not compared)."""
     folder = os.path.abspath(wan if os.path.isdir(wan) else os.path.dirname(os.path.abspath(wan)))
     run_dir = os.path.dirname(folder)
     try:  # read_wan_checkpoint has read this config.json already
         config = read_json(os.path.join(folder, "config.json")) or {}
-        learned = {"vae": config.get("wvm_vae"), "text_encoder": config.get("wvm_text_encoder")}
+        learned = {"vae": config.get("wvm_vae"), "vae_weights": config.get("wvm_vae_weights"),
+                   "text_encoder": config.get("wvm_text_encoder")}
         exporter = os.path.join(run_dir, "wvm.safetensors")
-        if not all(learned.values()) and os.path.basename(folder) == "wan" and os.path.isfile(exporter):
+        if not (learned["vae"] and learned["text_encoder"]) and os.path.basename(folder) == "wan" and os.path.isfile(
+                exporter):
             was = json.loads(read_metadata(exporter).get("run", "{}"))
             if was.get("stage") == "video":
                 learned = {k: v or was.get(k) for k, v in learned.items()}
@@ -452,11 +454,11 @@ def check_prior(wan, vae_id, text_id):
         used = read_json(os.path.join(run_dir, "config.json")) or {}
     except CheckpointError:
         used = {}
-    if learned["vae"] and learned["vae"] != vae_id:
+    if theirs := next((learned[k] for k in vae_ids if learned[k] and learned[k] != vae_ids[k]), None):
         own = os.path.join(run_dir, "vae.safetensors")  # the --vae it was given, else the random one it saved
         hint = used.get("vae") or (own if os.path.isfile(own) else None)
-        raise SystemExit(f"--wan={wan}: its video stream learned the latents of another VAE ({learned['vae']}), and "
-                         f"this run's is {vae_id}: pass " + (f"--vae={hint}" if hint else
+        raise SystemExit(f"--wan={wan}: its video stream learned the latents of another VAE ({theirs}), and "
+                         f"this run's is {' / '.join(vae_ids.values())}: pass " + (f"--vae={hint}" if hint else
                                                              "the VAE of the run that exported it with --vae"))
     if learned["text_encoder"] and text_id and learned["text_encoder"] != text_id:
         hint = used.get("text_cache")
@@ -695,7 +697,8 @@ def save_checkpoint(model, opt, step, cfg, rank, world, device, run):
         shell.load_state_dict(full, assign=True)
         save_wvm(shell, os.path.join(cfg.out_dir, "wvm.safetensors"), run)
         if cfg.stage == "video":  # the pretrained video stream, as the official checkpoint --wan reads
-            save_wan_dit(shell.video, os.path.join(cfg.out_dir, "wan"), run["vae"], run["text_encoder"])
+            save_wan_dit(shell.video, os.path.join(cfg.out_dir, "wan"), run["vae"], run["text_encoder"],
+                         run.get("vae_weights"))
         save_json({"step": step, "world": world, "parallel": cfg.parallel, "run": run, "param_groups": groups,
                    "schedule": {k: getattr(cfg, k) for k in SCHEDULE}}, os.path.join(tmp, "state.json"))
         if os.path.exists(old):  # left by a crash after the swap: os.replace cannot overwrite a folder
@@ -739,10 +742,11 @@ def load_checkpoint(model, opt, cfg, rank, world, device, run):
     state = read_state(cfg, world)
     saved_run = state.get("run", {})
     # both ways: a setting recorded only when on (first_frame) must not be dropped by a launch without it; the
-    # sources may change (source_fps), not their inputs; runs saved before the model's settings were recorded lack them
+    # sources may change (source_fps), not their inputs; runs saved before the model's settings (or the VAE's weights'
+    # digest, since 2026-12-08) were recorded lack them
     changed = [f"{k} {saved_run.get(k)!r} -> {run.get(k)!r}" for k in dict.fromkeys([*saved_run, *run])
                if k != "source_fps" and saved_run.get(k) != run.get(k)
-               and not (k in MODEL_SETTINGS and k not in saved_run)]
+               and not (k in (*MODEL_SETTINGS, "vae_weights") and k not in saved_run)]
     if changed:
         raise SystemExit(f"{cfg.out_dir}: the run was trained on other inputs than this launch gives it "
                          f"({'; '.join(changed)}); resume with the run's settings, or start a new run")
@@ -889,11 +893,11 @@ def train(cfg, world, rank, device):
     if vae.cfg.z_dim != video_cfg.in_dim:  # else the first step's patch embedding fails naming no file
         raise SystemExit(f"--vae={cfg.vae}: {vae.cfg.z_dim} latent channels, and the video stream reads "
                          f"{video_cfg.in_dim} ({f'--wan={cfg.wan}' if cfg.wan else f'--size={cfg.size}'})") from None
-    vae_id = vae_fingerprint(vae)
+    vae_id, weights = vae_fingerprint(vae), vae_weights(vae)
     if cfg.wan and not cfg.resume:
-        check_prior(cfg.wan, vae_id, encoder_id(text_cache.encoder))
+        check_prior(cfg.wan, {"vae": vae_id, "vae_weights": weights}, encoder_id(text_cache.encoder))
     # what scoring must reproduce to feed the model the inputs it was trained on (eval.py checks it)
-    run = {"resolution": cfg.resolution, "fps": cfg.fps, "vae": vae_id,
+    run = {"resolution": cfg.resolution, "fps": cfg.fps, "vae": vae_id, "vae_weights": weights,
            "text_encoder": encoder_id(text_cache.encoder), "stage": cfg.stage}
     run |= {k: getattr(cfg, k) for k in MODEL_SETTINGS}  # what the weights mean: a resume cannot change it
     if cfg.first_frame:  # recorded only when on, so that runs saved before the option resume as they were
@@ -934,7 +938,7 @@ def train(cfg, world, rank, device):
     if cfg.latent_cache:
         # latents encoded in the loader's groups (encode_grouped) round otherwise than the main process's: own folder
         latent_cache = dataset.latent_cache = LatentCache(
-            cfg.latent_cache, vae_id + (f"-by{LOADER_GROUP}" if cfg.encode_in_loader else ""))
+            cfg.latent_cache, vae_id + (f"-by{LOADER_GROUP}" if cfg.encode_in_loader else ""), weights)
 
     tokens_per_frame = (cfg.resolution // 32) ** 2
     flops = train_flops_per_sample(unwrap(model), tokens_per_frame, 2 if cfg.first_frame else 1) * cfg.batch_size

@@ -30,7 +30,7 @@ from einops import rearrange
 from tqdm import tqdm
 
 from checkpoint import (CheckpointError, TensorFile, check_sizes, checkpoint_files, load_into, out_file_problem,
-                        read_metadata, save_safetensors)
+                        read_metadata, sampled_digest, save_safetensors)
 from data import ClipDataset, DataError, read_dataset
 
 # Per-channel statistics of the released VAE's latents (its config in diffusers and the official code):
@@ -618,6 +618,12 @@ def vae_fingerprint(vae):
     for t in (vae.conv1.weight, vae.conv2.weight, vae.encoder.conv1.bias, vae.decoder.head[2].bias):
         h.update(t.detach().float().cpu().numpy().tobytes())
     return h.hexdigest()[:12]
+
+
+def vae_weights(vae):
+    """checkpoint.sampled_digest of every weight, recorded beside vae_fingerprint (whose id caches and models made
+    before keep): a VAE fine-tuned in its inner layers alone shares that id, and its latents would pass as the other's."""
+    return sampled_digest(vae.parameters())
 
 
 # ----------------------------------------------------------------------------------------------

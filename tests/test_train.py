@@ -865,11 +865,12 @@ def test_resume_refuses_other_model_inputs(dataset, trained, tmp_path):
 
 
 def test_resume_of_a_run_saved_before_the_model_settings_were_recorded(dataset, trained, tmp_path, capsys):
-    """Such a run resumes; and a launch's new optimizer settings hold from the resume on, said in one line."""
+    """Such a run resumes (nor does it record the VAE's weights' digest); and a launch's new optimizer settings hold
+    from the resume on, said in one line."""
     out = tmp_path / "run"
     shutil.copytree(trained, out)
     state = json.loads((out / "ckpt" / "state.json").read_text())
-    for k in train.MODEL_SETTINGS:
+    for k in (*train.MODEL_SETTINGS, "vae_weights"):
         del state["run"][k]
     (out / "ckpt" / "state.json").write_text(json.dumps(state))
     model = train_here(dataset, out, max_steps=3, fps=4.0, resume=True, weight_decay=0.1)
@@ -979,6 +980,38 @@ def test_bare_model_file_carries_what_scoring_needs(trained, dataset, tmp_path):
                 encoder={"id": "tiny_random:seed1", "flags": "--tiny_random 32"})
     with pytest.raises(SystemExit, match="not the text encoder the model was trained with"):
         wvm_eval.load_scorer(wvm_eval.parse_args(argv[:-1] + [str(tmp_path / "text")]))
+
+
+def test_a_vae_changed_only_inside_is_told_apart(trained, dataset, tmp_path):
+    """vae_fingerprint reads four tensors (cheap at 2.8 GB): a VAE fine-tuned in its inner layers alone shares that
+    id. The digest of every weight recorded beside it tells the two apart, for scoring, a latent cache and a prior;
+    what was recorded before it (the id alone) is still taken."""
+    import eval as wvm_eval
+    from data import DataError, LatentCache
+    from model import WAN_CONFIGS, WanDiT, save_wan_dit
+    from wan_vae import load_wan_vae, save_wan_vae, vae_fingerprint, vae_weights
+    vae = load_wan_vae(str(trained / "vae.safetensors"))
+    ids = {"vae": vae_fingerprint(vae), "vae_weights": vae_weights(vae)}
+    with torch.no_grad():
+        next(p for n, p in vae.named_parameters() if n.startswith("encoder.downsamples")).add_(0.01)
+    assert vae_fingerprint(vae) == ids["vae"] and vae_weights(vae) != ids["vae_weights"]
+    save_wan_vae(vae, str(tmp_path / "inner.safetensors"))
+    argv = ["--bench", "expert", "--data", "x", "--ckpt", str(trained)]
+    assert wvm_eval.load_scorer(wvm_eval.parse_args(argv)).trained["vae_weights"] == ids["vae_weights"]
+    with pytest.raises(SystemExit, match=rf"inner.safetensors: is not the VAE the model was trained with \(id "
+                                         rf"{ids['vae']} / {vae_weights(vae)}; .* records {ids['vae']} / "
+                                         rf"{ids['vae_weights']}\)"):
+        wvm_eval.load_scorer(wvm_eval.parse_args(argv + ["--vae", str(tmp_path / "inner.safetensors")]))
+    LatentCache(str(tmp_path / "lat"), ids["vae"], ids["vae_weights"])
+    with pytest.raises(DataError, match=rf"clips-{ids['vae']}: latents of another VAE of the same id"):
+        LatentCache(str(tmp_path / "lat"), ids["vae"], vae_weights(vae))
+    assert LatentCache(str(tmp_path / "lat"), ids["vae"], ids["vae_weights"]).load("x") is None
+    save_wan_dit(WanDiT(WAN_CONFIGS["tiny"]), tmp_path / "wan", ids["vae"], None, ids["vae_weights"])
+    train.check_prior(str(tmp_path / "wan"), ids, None)
+    with pytest.raises(SystemExit, match=rf"learned the latents of another VAE \({ids['vae_weights']}\)"):
+        train.check_prior(str(tmp_path / "wan"), ids | {"vae_weights": vae_weights(vae)}, None)
+    save_wan_dit(WanDiT(WAN_CONFIGS["tiny"]), tmp_path / "old", ids["vae"])  # exported before the digest
+    train.check_prior(str(tmp_path / "old"), ids | {"vae_weights": vae_weights(vae)}, None)
 
 
 def test_states_of_two_widths_are_named_by_episode():
