@@ -38,7 +38,7 @@ import pyarrow.parquet as pq
 import torch
 from tqdm import tqdm
 
-from checkpoint import CheckpointError, device_here, inside, out_file_problem, read_json
+from checkpoint import CheckpointError, device_here, inside, out_file_problem, read_json, save_json
 from data import (DataError, VideoError, check_names_some, decode_frames, decode_uint8, lerobot_frame_base,
                   read_dataset, read_instruction_map, read_text, resample, warn_slow)
 from encode_text import TextCache, TextCacheError, describe, encoder_id, pad_text
@@ -1145,13 +1145,10 @@ def evaluate(args):
         print(format_table(rows))
     if args.plots:  # before the results file, which demo.py takes as the sign that this step is finished
         plot_results(results, items, args.plots)
-    if args.json:  # whole or not at all
-        with open(args.json + ".tmp", "w") as f:
-            json.dump(nan_to_null({"data": args.data, "fps": fps, "instructions": args.instructions,
-                                   "noise": args.noise, "guidance": args.guidance, "skipped": problems,
-                                   "tables": tables, "trajectories": results}),
-                      f, indent=1, allow_nan=False)
-        os.replace(args.json + ".tmp", args.json)
+    if args.json:  # whole or not at all, through a temporary name of its own
+        save_json(nan_to_null({"data": args.data, "fps": fps, "instructions": args.instructions, "noise": args.noise,
+                               "guidance": args.guidance, "skipped": problems, "tables": tables,
+                               "trajectories": results}), args.json)
 
 
 if __name__ == "__main__":

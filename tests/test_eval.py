@@ -348,8 +348,10 @@ def test_expert_bench_and_weights_export(bench_setup, tmp_path, monkeypatch):
         (tmp_path / link).symlink_to(bench_setup / target)
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "exp.json"
+    (tmp_path / "exp.json.tmp").write_text("a user's file")  # no longer the results' temporary name
     wvm_eval.main(["--bench", "expert", "--json", str(out)])
     res = json.load(open(out))
+    assert (tmp_path / "exp.json.tmp").read_text() == "a user's file"
     assert res["data"] == wvm_eval.DEMO_DATA
     table = res["tables"]["expert"]
     time_row = next(r for r in table if r["method"] == "time" and r["embodiment"] == "average")
