@@ -309,6 +309,8 @@ def save_wvm(model, path, run=None):
 
 def load_wvm(path, dtype=None, device=None, **kw):
     """Load a WVM checkpoint written by save_wvm (kw: WVM options such as video_loss_weight)."""
+    if unknown := sorted(set(kw) - {"video_loss_weight", "video_shift", "value_shift"}):  # the mask is the file's
+        raise TypeError(f"load_wvm: no option {', '.join(unknown)} (video_loss_weight, video_shift, value_shift)")
     try:
         meta = read_metadata(path)
         video_cfg = WanConfig(**json.loads(meta["video_cfg"]))  # (its patch_size, a JSON list, becomes a tuple)

@@ -391,6 +391,16 @@ def test_a_checkpoint_whose_record_cannot_build_a_model_is_named(tmp_path, key, 
     assert str(err.value).startswith(f"{path}: not a WVM checkpoint ({why}")
 
 
+def test_load_wvm_names_an_option_it_has_not(tmp_path):
+    """A mistyped option, or the mask (the file's), is the caller's error, not a checkpoint called no WVM one."""
+    path = tmp_path / "wvm.safetensors"
+    save_wvm(tiny(), str(path))
+    for kw, name in ((dict(video_loss_wieght=0.5), "video_loss_wieght"), (dict(mask="full"), "mask")):
+        with pytest.raises(TypeError, match=rf"^load_wvm: no option {name} \(video_loss_weight, video_shift"):
+            load_wvm(str(path), **kw)
+    assert load_wvm(str(path), video_loss_weight=0.5).video_loss_weight == 0.5
+
+
 def test_tiny_wvm_overfits_one_batch():
     torch.manual_seed(0)
     m = WVM(*wvm_configs("tiny")).train()
