@@ -15,8 +15,8 @@ Training reads the cache (`TextCache`).
 (config.json + weights + tokenizer), or the official Wan2.2 folder (models_t5_umt5-xxl-enc-bf16.pth +
 google/umt5-xxl/ tokenizer), whose Wan-format keys are mapped onto transformers' UMT5EncoderModel.
 Beyond the paper, a transformers folder of another text encoder (a small sentence encoder such as
-all-MiniLM-L6-v2, for CPU runs where umT5-XXL cannot be had) is read by its AutoModel (a T5 or mT5 by its
-encoder class); its width is the
+all-MiniLM-L6-v2, for CPU runs where umT5-XXL cannot be had) is read by its AutoModel: a T5 or mT5 by its
+encoder class, a CLIP or SigLIP by its text tower, an encoder-decoder (BART) by its encoder; its width is the
 model's text_dim (train.py --text_dim).
 """
 import argparse
@@ -186,7 +186,8 @@ def umt5_xxl_config():
 def load_encoder(path, dtype=torch.bfloat16, device="cpu", config=None):
     """(tokenizer, UMT5EncoderModel, or another encoder's AutoModel) from a local folder; see the module docstring
     for the layouts."""
-    from transformers import AutoModel, AutoTokenizer, MT5EncoderModel, T5EncoderModel, UMT5EncoderModel
+    from transformers import (AutoModel, AutoTokenizer, CLIPTextModel, MT5EncoderModel, SiglipTextModel,
+                              T5EncoderModel, UMT5EncoderModel)
     path = Path(path)
     pths = sorted(path.glob("*t5*.pth"))
     if (path / "text_encoder" / "config.json").exists():  # diffusers pipeline
@@ -206,11 +207,17 @@ def load_encoder(path, dtype=torch.bfloat16, device="cpu", config=None):
     except Exception as e:  # noqa: BLE001 (no tokenizer files, or broken ones: transformers raises many kinds)
         raise CheckpointError(f"{tok_dir}: no tokenizer could be read ({type(e).__name__}: {str(e)[:300]})") from None
     tokenizer.padding_side = "right"  # `encode` keeps each text's first rows: left padding kept the pads' states
+    if tokenizer.pad_token is None:  # a decoder's (GPT-2's): the pads' rows are masked and dropped, any token does
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+        if tokenizer.pad_token is None:
+            raise CheckpointError(f"{tok_dir}: the tokenizer has no padding, end or unknown token to pad with")
     if model_dir is not None:
         kind = (read_json(model_dir / "config.json") or {}).get("model_type")
-        # the T5 family's encoder alone (AutoModel would make the encoder-decoder); another encoder (beyond the
-        # paper): its own class, its last hidden states the features
-        cls = {"umt5": UMT5EncoderModel, "t5": T5EncoderModel, "mt5": MT5EncoderModel}.get(kind, AutoModel)
+        # the T5 family's encoder alone (AutoModel would make the encoder-decoder), a CLIP's or SigLIP's text tower
+        # (AutoModel's wants images too); another model (beyond the paper): its own class, its last hidden states the
+        # features
+        cls = {"umt5": UMT5EncoderModel, "t5": T5EncoderModel, "mt5": MT5EncoderModel, "clip": CLIPTextModel,
+               "siglip": SiglipTextModel}.get(kind, AutoModel)
         try:
             model, info = cls.from_pretrained(model_dir, dtype=dtype, local_files_only=True, output_loading_info=True)
         except Exception as e:  # noqa: BLE001 (truncated or foreign weights)
@@ -226,6 +233,8 @@ def load_encoder(path, dtype=torch.bfloat16, device="cpu", config=None):
         if extra:
             raise CheckpointError(f"{model_dir}: {len(extra)} encoder tensors a {kind} encoder has no place for, e.g. "
                                   f"{', '.join(extra[:5])}; is config.json's model_type right?")
+        if getattr(model.config, "is_encoder_decoder", False):  # BART and its kin: AutoModel gives the decoder's states
+            model = model.get_encoder()
     else:
         model = UMT5EncoderModel(config or umt5_xxl_config())
         try:

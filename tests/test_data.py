@@ -1077,6 +1077,37 @@ def test_encode_text_reads_t5_and_mt5_encoders_by_their_own_class(tmp_path):
         encode_text.load_encoder(tmp_path / "umt5", dtype=torch.float32)
 
 
+def test_other_kinds_of_models_give_their_texts_states(tmp_path):
+    """Beyond the paper: an encoder-decoder (BART) gives its encoder's states, not its decoder's (which AutoModel's
+    output is, fed the text shifted); a CLIP folder its text tower's (AutoModel's model wants images too); a decoder
+    whose tokenizer has no padding token (GPT-2's) its own states, padded with the end token."""
+    from transformers import (BartConfig, BartModel, CLIPConfig, CLIPModel, GPT2Config, GPT2Model,
+                              PreTrainedTokenizerFast)
+    words = ["open", "the", "drawer"]
+    tok, small = hf_word_tokenizer(words), dict(vocab_size=3 + 2 ** 15, max_position_embeddings=16)
+    torch.manual_seed(0)
+    bart = BartModel(BartConfig(d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+                                decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, **small)).eval()
+    clip = CLIPModel(CLIPConfig(text_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                                 num_attention_heads=2, **small),
+                                vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                                   num_attention_heads=2, image_size=32, patch_size=16))).eval()
+    gpt2 = GPT2Model(GPT2Config(n_embd=16, n_layer=1, n_head=2, vocab_size=small["vocab_size"], n_positions=16)).eval()
+    no_pad = PreTrainedTokenizerFast(tokenizer_object=tok.backend_tokenizer, eos_token="</s>", unk_token="<unk>")
+    ids = tok(["open the drawer"], return_tensors="pt")
+    with torch.no_grad():
+        wants = {"bart": bart.get_encoder()(**ids).last_hidden_state[0],
+                 "clip": clip.text_model(**ids).last_hidden_state[0], "gpt2": gpt2(**ids).last_hidden_state[0]}
+    for name, model, t in (("bart", bart, tok), ("clip", clip, tok), ("gpt2", gpt2, no_pad)):
+        model.save_pretrained(tmp_path / name)
+        t.save_pretrained(tmp_path / name)
+        tokenizer, encoder = encode_text.load_encoder(tmp_path / name, dtype=torch.float32)
+        with torch.no_grad():
+            got = encode_text.encode(["open the drawer", "open"], tokenizer, encoder, 8)
+        assert got[0].shape == (4, 16)  # three words and </s>
+        torch.testing.assert_close(got[0], wants[name])
+
+
 def test_encode_text_from_another_encoder(tmp_path, monkeypatch):
     """Beyond the paper, a transformers folder of another encoder (here a tiny BERT, as all-MiniLM-L6-v2 is one):
     its last hidden states are the features, its model type leads the cache's encoder id."""
