@@ -348,6 +348,16 @@ def encoded_batch(samples, vae, h, latent_cache, world=1):
     return batch
 
 
+def forward_backward(model, inputs, accum, device, dtype):
+    """One micro-batch: the forward under autocast (bf16 where dtype says), the backward outside it. Autocast is
+    carried into the backward pass, whose matmuls would then be bf16 even for what model.py keeps in fp32 (time
+    embedding, modulation, head): their gradients rounded to bf16."""
+    with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+        out = model(inputs)
+    (out["loss"] / accum).backward()
+    return out
+
+
 def model_inputs(batch, wvm, vae, text_cache, device, latent_cache=None):
     """A collated ClipDataset batch -> the dict WVM.forward takes (latents, text features, seeded flow noise)."""
     lat = fill_latents(batch, lambda f: clip_latents(vae, f.to(device), wvm.chunk), latent_cache)
@@ -483,6 +493,11 @@ def parallelize(model, cfg, device, world):
         # Block.qkv returns v as a view ([B, L, H * D] unflattened to heads); FSDP2 warns that an in-place op on a
         # view would skip its pre-backward hook, and nothing writes to v in place (the two-process tests match one)
         warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module \(FSDPBlock\) returned a view tensor")
+        # Known cost: each of the two calls gathers the block's parameters (it is resharded after qkv), so a layer's
+        # all-gathers are twice what one call per block would need, in forward and in backward (counted on CPU with
+        # gloo: 17 all-gathers and 9 reduce-scatters a step for the tiny model's 4 blocks, where 9 and 5 would do);
+        # the gradients are exact. One FSDP unit per MoT layer (video block i + value block i, resharded once the layer
+        # is done) is the fix, not yet measured on GPUs.
         for block in [*model.video.blocks, *model.value.blocks]:
             fully_shard(block, mesh=mesh, mp_policy=mp)
             for method in ("qkv", "finish"):  # the MoT loop calls these, not forward
@@ -970,9 +985,8 @@ def train(cfg, world, rank, device):
                     model.set_requires_gradient_sync(last)
                 ddp_no_sync = cfg.parallel == "ddp" and world > 1 and not last
                 sync = model.no_sync() if ddp_no_sync else contextlib.nullcontext()
-                with sync, torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-                    out = model(inputs)
-                    (out["loss"] / accum).backward()
+                with sync:
+                    out = forward_backward(model, inputs, accum, device, dtype)
                 sums += torch.stack([out[k].detach() for k in ("loss", "loss_value", "loss_video")]) / accum
                 del out  # its graph would otherwise live through the next forward (0.3 GiB more peak on the mid bench)
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
