@@ -256,6 +256,7 @@ class WanDiT(nn.Module):
         self.blocks = nn.ModuleList(Block(c.dim, c.ffn_dim, c.num_heads, c.head_dim, c.num_heads, c.eps)
                                     for _ in range(c.num_layers))
         self.head = Head(c.dim, c.out_dim * math.prod(c.patch_size), c.eps)
+        self.checkpointing = False  # activation checkpointing per block (train.py --checkpointing, the video stage)
 
     def embed(self, x, t, context):
         """Latents [B, C, F, H, W] -> tokens [B, L, dim] (fp32), per-frame e/e0, projected text, RoPE tables."""
@@ -288,7 +289,10 @@ class WanDiT(nn.Module):
             tokens, e, e0, ctx, rope = self.embed(x, t, context)
             n_fut = tokens.shape[1] * future // x.shape[2]
             for block in self.blocks:
-                tokens = block(tokens, e0, ctx, rope, n_fut)
+                if self.checkpointing and torch.is_grad_enabled():
+                    tokens = torch.utils.checkpoint.checkpoint(block, tokens, e0, ctx, rope, n_fut, use_reentrant=False)
+                else:
+                    tokens = block(tokens, e0, ctx, rope, n_fut)
             return self.unpatchify(self.head(tokens, e), *x.shape[2:])
 
 
