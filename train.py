@@ -13,8 +13,8 @@ run is never trained over without --resume (continue) or --overwrite (start agai
 a run folder. config.json records a fingerprint of the data (data.fingerprint): a finished run resumed on data
 regenerated at the same path stops rather than pass for a model of them.
 
-Parallelism: DDP for small models, FSDP2 (`--parallel=fsdp`) for the 5.7B one, with activation
-checkpointing per MoT layer; bf16 autocast with fp32 master weights on GPU, fp32 on CPU (gloo).
+Parallelism: DDP for small models, FSDP2 (`--parallel=fsdp`, one unit per MoT layer) for the 5.7B one, with
+activation checkpointing per MoT layer; bf16 autocast with fp32 master weights on GPU, fp32 on CPU (gloo).
 Sample i of the run is a pure function of (seed, i) (data.ClipDataset) and so is its flow noise,
 so the global batch of a step is the same whatever the number of processes, and a resumed run
 repeats the uninterrupted one exactly.
@@ -490,18 +490,19 @@ def parallelize(model, cfg, device, world):
         # the price of fp32 all-gathers. The fp32 parameters' gradients reduce in fp32 with no reduce_dtype; one
         # would break accumulation where blocks never run (the value stream in --stage=video)
         mp = MixedPrecisionPolicy()
-        # Block.qkv returns v as a view ([B, L, H * D] unflattened to heads); FSDP2 warns that an in-place op on a
-        # view would skip its pre-backward hook, and nothing writes to v in place (the two-process tests match one)
-        warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module \(FSDPBlock\) returned a view tensor")
-        # Known cost: each of the two calls gathers the block's parameters (it is resharded after qkv), so a layer's
-        # all-gathers are twice what one call per block would need, in forward and in backward (counted on CPU with
-        # gloo: 17 all-gathers and 9 reduce-scatters a step for the tiny model's 4 blocks, where 9 and 5 would do);
-        # the gradients are exact. One FSDP unit per MoT layer (video block i + value block i, resharded once the layer
-        # is done) is the fix, not yet measured on GPUs.
-        for block in [*model.video.blocks, *model.value.blocks]:
-            fully_shard(block, mesh=mesh, mp_policy=mp)
-            for method in ("qkv", "finish"):  # the MoT loop calls these, not forward
-                register_fsdp_forward_method(block, method)
+        # a layer's outputs are views (gated_add's reshape; a block's too in the video stage); FSDP2 warns that an
+        # in-place op on a view would skip its pre-backward hook, and nothing writes to them in place (the
+        # two-process tests match one)
+        warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module \(FSDPBlock(, FSDPBlock)?\) returned a view")
+        if cfg.stage == "video":  # one unit per block, gathered by its forward (the value
+            for block in [*model.video.blocks, *model.value.blocks]:  # stream's never run: never gathered)
+                fully_shard(block, mesh=mesh, mp_policy=mp)
+        else:  # one unit per MoT layer (video block i + value block i), gathered once for the layer's call, not for
+            # each qkv and finish of each block (four gathers a layer, twice the traffic, in forward and backward)
+            for vb, ub in zip(model.video.blocks, model.value.blocks):
+                fully_shard([vb, ub], mesh=mesh, mp_policy=mp)
+                vb.mot_layer = functools.partial(model.layer, vb, ub)  # WVM.joint calls it where it is set
+                register_fsdp_forward_method(vb, "mot_layer")
         return fully_shard(model, mesh=mesh, mp_policy=mp)
     if cfg.parallel == "ddp":
         from torch.nn.parallel import DistributedDataParallel as DDP

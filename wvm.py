@@ -11,6 +11,7 @@ asymmetric mask (kernels/mot_attention.py: value tokens read the video, video to
 stream finishes its own block. So the video stream is exactly a Wan2.2 DiT whatever the value tokens hold, and, with
 the block-causal video mask (ours; DESIGN.md), the values depend on the current latent alone.
 """
+import functools
 import json
 from dataclasses import replace
 
@@ -101,11 +102,13 @@ class WVM(nn.Module):
             n_fut = x.shape[1] // x_in.shape[2]  # the last latent frame is the future one
             n_cur = x.shape[1] - n_fut
             for vb, ub in zip(self.video.blocks, self.value.blocks):
-                args = (vb, ub, x, z, (e0, ctx, rope), (e0u, ctxu), n_cur, n_fut)
+                # FSDP (train.py's parallelize) makes a layer one unit, gathered for its call: vb.mot_layer
+                layer = getattr(vb, "mot_layer", None) or functools.partial(self.layer, vb, ub)
+                args = (x, z, (e0, ctx, rope), (e0u, ctxu), n_cur, n_fut)
                 if self.checkpointing and torch.is_grad_enabled():
-                    x, z = torch.utils.checkpoint.checkpoint(self.layer, *args, use_reentrant=False)
+                    x, z = torch.utils.checkpoint.checkpoint(layer, *args, use_reentrant=False)
                 else:
-                    x, z = self.layer(*args)
+                    x, z = layer(*args)
             return x, e, z, eu
 
     def flow_noise(self, seeds, latent_shape):

@@ -173,6 +173,52 @@ def test_two_processes_match_one(dataset, tmp_path, parallel, kw):
     torch.testing.assert_close(ranks[0], ref, rtol=1e-3, atol=1e-5)
 
 
+GATHERS = """
+import sys, types, torch, torch.distributed as dist
+import train
+from wvm import WVM, wvm_configs
+count = {"all_gather": 0, "reduce_scatter": 0}
+for name in count:  # what FSDP2's default collectives call
+    def counted(*a, _f=getattr(dist, name + "_single"), _n=name, **k):
+        count[_n] += 1
+        return _f(*a, **k)
+    setattr(dist, name + "_single", counted)
+dist.init_process_group("gloo")
+torch.manual_seed(0)
+m = WVM(*wvm_configs("tiny"))
+m.video_only = sys.argv[2] == "video"
+g = torch.Generator().manual_seed(2)
+batch = {"latents": torch.randn(2, 48, 2, 8, 6, generator=g), "context": torch.randn(2, 7, 32, generator=g),
+         "values": torch.rand(2, 5, generator=g), "sigma_video": torch.tensor([0.3, 0.8]),
+         "noise_video": torch.randn(2, 48, 1, 8, 6, generator=g), "sigma_value": torch.tensor([0.5, 0.2]),
+         "noise_value": torch.randn(2, 4, generator=g)}
+f = train.parallelize(m, types.SimpleNamespace(parallel="fsdp", stage=sys.argv[2]), torch.device("cpu"), 2)
+f(batch)["loss"].backward()
+if dist.get_rank() == 0:
+    torch.save(count, sys.argv[1])
+del f, m  # as in PARAMS_DUMP: the FSDP model holds the process group
+import gc
+gc.collect()
+dist.barrier()
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.parametrize("stage", ["value", "video"])
+def test_fsdp_gathers_each_layer_once_per_pass(tmp_path, stage):
+    """FSDP2 gathers a unit's parameters for each call registered as its forward, and reshards after it: a block's
+    qkv and finish, both registered, gathered it twice in forward and twice in backward. One unit per MoT layer,
+    called once (WVM.layer as the video block's mot_layer), and per block in the video stage: one forward and one
+    backward gather per layer (the tiny model's 2), one for the root (1 + 2 + 2, where there were 1 + 8 + 8 and, in
+    the video stage, 1 + 4 + 4), one reduce-scatter per unit whose parameters have gradients."""
+    script = tmp_path / "gathers.py"
+    script.write_text(GATHERS)
+    r = run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
+             str(tmp_path / "count.pt"), stage])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert torch.load(tmp_path / "count.pt") == {"all_gather": 5, "reduce_scatter": 3}
+
+
 def test_fsdp_keeps_the_fp32_parameters_in_fp32_under_bf16(tmp_path):
     """FSDP2 computes in bf16 through autocast, as DDP does, not by casting every parameter: the time embedding,
     modulation, norms and head stay fp32 in the forward, and the loss equals the unwrapped model's."""
@@ -196,7 +242,7 @@ def test_fsdp_keeps_the_fp32_parameters_in_fp32_under_bf16(tmp_path):
         f, seen = copy.deepcopy(m), {}
         block, qkv = f.value.blocks[0], f.value.blocks[0].qkv  # the MoT loop calls qkv, which FSDP wraps
         block.qkv = lambda *a, **k: (seen.update(modulation=block.modulation.dtype), qkv(*a, **k))[1]
-        f = train.parallelize(f, types.SimpleNamespace(parallel="fsdp"), torch.device("cpu"), 1)
+        f = train.parallelize(f, types.SimpleNamespace(parallel="fsdp", stage="value"), torch.device("cpu"), 1)
         f.video.head.register_forward_pre_hook(lambda mod, _: seen.update(head=mod.head.weight.dtype))
         with torch.autocast("cpu", dtype=torch.bfloat16):
             want, got = m(batch), f(batch)
