@@ -268,9 +268,10 @@ def save_safetensors(tensors, path, metadata=None, replace=True):
                                                 metadata=metadata), replace)
 
 
-def save_json(obj, path):
-    """A JSON file, written whole or not at all."""
+def save_json(obj, path, strict=False, replace=True):
+    """A JSON file, written whole or not at all. strict: NaN and infinities refused (ValueError), not written as
+    JavaScript's tokens; replace=False: never over an existing file (_written_whole)."""
     def write(tmp):
         with open(tmp, "w") as f:
-            json.dump(obj, f, indent=1)
-    _written_whole(path, write)
+            json.dump(obj, f, indent=1, allow_nan=not strict)
+    _written_whole(path, write, replace)

@@ -15,6 +15,7 @@ cannot be read at all raises DataError naming the file. Indexing reads only cont
 header looks fine but decodes to fewer frames than the metadata says is caught when decoding
 (`VideoError`), and `ClipDataset` then samples another episode deterministically and counts it.
 """
+import contextlib
 import hashlib
 import json
 import logging
@@ -1080,11 +1081,17 @@ class LatentCache:
             record = os.path.join(self.dir, "vae.json")
             try:
                 saved = read_json(record)
+                if saved is None:  # a new folder, or one made before the record (its id matched: taken at its word)
+                    # never over another process's record, made meanwhile (read back); a folder shared read-only
+                    # (another user's) is used unrecorded, as before the record
+                    with contextlib.suppress(CheckpointError, OSError):
+                        save_json({"weights": weights}, record, replace=False)
+                    saved = read_json(record) or {"weights": weights}
             except CheckpointError as e:
                 raise DataError(f"{e}; delete it") from None
-            if saved is None:  # a new folder, or one made before the record (its id matched: taken at its word)
-                save_json({"weights": weights}, record)
-            elif saved.get("weights") != weights:
+            if not isinstance(saved, dict):
+                raise DataError(f"{record}: not a VAE's record ({saved!r}); delete it")
+            if saved.get("weights") != weights:
                 raise DataError(f"{self.dir}: latents of another VAE of the same id {vae_id} (weights "
                                 f"{saved.get('weights')}, this one's {weights}): pass another --latent_cache, or "
                                 f"delete the folder")

@@ -208,9 +208,10 @@ def load_encoder(path, dtype=torch.bfloat16, device="cpu", config=None):
         raise CheckpointError(f"{tok_dir}: no tokenizer could be read ({type(e).__name__}: {str(e)[:300]})") from None
     tokenizer.padding_side = "right"  # `encode` keeps each text's first rows: left padding kept the pads' states
     if tokenizer.pad_token is None:  # a decoder's (GPT-2's): the pads' rows are masked and dropped, any token does
-        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+        tokenizer.pad_token = next((t for t in (tokenizer.eos_token, tokenizer.unk_token, tokenizer.sep_token,
+                                                tokenizer.bos_token, tokenizer.cls_token) if t), None)
         if tokenizer.pad_token is None:
-            raise CheckpointError(f"{tok_dir}: the tokenizer has no padding, end or unknown token to pad with")
+            raise CheckpointError(f"{tok_dir}: the tokenizer has no special token to pad with")
     if model_dir is not None:
         kind = (read_json(model_dir / "config.json") or {}).get("model_type")
         # the T5 family's encoder alone (AutoModel would make the encoder-decoder), a CLIP's or SigLIP's text tower
@@ -233,7 +234,8 @@ def load_encoder(path, dtype=torch.bfloat16, device="cpu", config=None):
         if extra:
             raise CheckpointError(f"{model_dir}: {len(extra)} encoder tensors a {kind} encoder has no place for, e.g. "
                                   f"{', '.join(extra[:5])}; is config.json's model_type right?")
-        if getattr(model.config, "is_encoder_decoder", False):  # BART and its kin: AutoModel gives the decoder's states
+        # BART and its kin: AutoModel's output is the decoder's states (the T5 family's classes above are encoders)
+        if cls is AutoModel and getattr(model.config, "is_encoder_decoder", False):
             model = model.get_encoder()
     else:
         model = UMT5EncoderModel(config or umt5_xxl_config())

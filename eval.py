@@ -1148,7 +1148,7 @@ def evaluate(args):
     if args.json:  # whole or not at all, through a temporary name of its own
         save_json(nan_to_null({"data": args.data, "fps": fps, "instructions": args.instructions, "noise": args.noise,
                                "guidance": args.guidance, "skipped": problems, "tables": tables,
-                               "trajectories": results}), args.json)
+                               "trajectories": results}), args.json, strict=True)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,8 @@ a run folder. config.json records a fingerprint of the data (data.fingerprint): 
 regenerated at the same path stops rather than pass for a model of them.
 
 Parallelism: DDP for small models, FSDP2 (`--parallel=fsdp`, one unit per MoT layer) for the 5.7B one, with
-activation checkpointing per MoT layer; bf16 autocast with fp32 master weights on GPU, fp32 on CPU (gloo).
+activation checkpointing per MoT layer (per block in the video stage); bf16 autocast with fp32 master weights on
+GPU, fp32 on CPU (gloo).
 Sample i of the run is a pure function of (seed, i) (data.ClipDataset) and so is its flow noise,
 so the global batch of a step is the same whatever the number of processes, and a resumed run
 repeats the uninterrupted one exactly.
@@ -104,7 +105,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     # system
     parallel: str = "ddp"               # ddp | fsdp
-    checkpointing: bool = False         # activation checkpointing per MoT layer
+    checkpointing: bool = False         # activation checkpointing per MoT layer (per block in the video stage)
     dtype: str = "auto"                 # auto (bf16 on GPU, fp32 on CPU) | bf16 | fp32
     out_dir: str = "runs/wvm"
     ckpt_every: int = 1000
@@ -912,6 +913,11 @@ def train(cfg, world, rank, device):
     vae_id, weights = vae_fingerprint(vae), vae_weights(vae)
     if cfg.wan and not cfg.resume:
         check_prior(cfg.wan, {"vae": vae_id, "vae_weights": weights}, encoder_id(text_cache.encoder))
+    latent_cache = None
+    if cfg.latent_cache:  # an input too (one of another VAE is refused): read before the old run is cleared
+        # latents encoded in the loader's groups (encode_grouped) round otherwise than the main process's: own folder
+        latent_cache = dataset.latent_cache = LatentCache(
+            cfg.latent_cache, vae_id + (f"-by{LOADER_GROUP}" if cfg.encode_in_loader else ""), weights)
     # what scoring must reproduce to feed the model the inputs it was trained on (eval.py checks it)
     run = {"resolution": cfg.resolution, "fps": cfg.fps, "vae": vae_id, "vae_weights": weights,
            "text_encoder": encoder_id(text_cache.encoder), "stage": cfg.stage}
@@ -950,11 +956,6 @@ def train(cfg, world, rank, device):
         own = os.path.join(cfg.out_dir, "vae.safetensors")
         if not cfg.vae and not os.path.exists(own):  # written once, when the run starts
             save_wan_vae(vae, own)
-    latent_cache = None
-    if cfg.latent_cache:
-        # latents encoded in the loader's groups (encode_grouped) round otherwise than the main process's: own folder
-        latent_cache = dataset.latent_cache = LatentCache(
-            cfg.latent_cache, vae_id + (f"-by{LOADER_GROUP}" if cfg.encode_in_loader else ""), weights)
 
     tokens_per_frame = (cfg.resolution // 32) ** 2
     flops = train_flops_per_sample(unwrap(model), tokens_per_frame, 2 if cfg.first_frame else 1) * cfg.batch_size

@@ -12,6 +12,7 @@ stream finishes its own block. So the video stream is exactly a Wan2.2 DiT whate
 the block-causal video mask (ours; DESIGN.md), the values depend on the current latent alone.
 """
 import functools
+import inspect
 import json
 from dataclasses import replace
 
@@ -312,8 +313,9 @@ def save_wvm(model, path, run=None):
 
 def load_wvm(path, dtype=None, device=None, **kw):
     """Load a WVM checkpoint written by save_wvm (kw: WVM options such as video_loss_weight)."""
-    if unknown := sorted(set(kw) - {"video_loss_weight", "video_shift", "value_shift"}):  # the mask is the file's
-        raise TypeError(f"load_wvm: no option {', '.join(unknown)} (video_loss_weight, video_shift, value_shift)")
+    options = [p for p in inspect.signature(WVM).parameters if p not in ("video_cfg", "value_cfg", "mask")]
+    if unknown := sorted(set(kw) - set(options)):  # the mask is the file's
+        raise TypeError(f"load_wvm: no option {', '.join(unknown)} ({', '.join(options)})")
     try:
         meta = read_metadata(path)
         video_cfg = WanConfig(**json.loads(meta["video_cfg"]))  # (its patch_size, a JSON list, becomes a tuple)

@@ -394,7 +394,7 @@ def mot_attention(q, k, v, n_cur, n_fut, causal=True):
     # one segment (n_cur = L: the video-only prefill of scoring) is plain attention, where SDPA's flash kernel beat
     # ours on an H200 (0.048 against 0.068 ms forward at L = 880)
     # what the kernel does not take (a head dim over 128, fp64) goes the PyTorch way unless the kernel is forced
-    fits = D <= 128 and q.dtype == k.dtype == v.dtype and q.dtype in (torch.float32, torch.bfloat16, torch.float16)
+    fits = D <= 128 and q.dtype in (torch.float32, torch.bfloat16, torch.float16)
     if use_triton(q, auto=n_cur < L and fits):
         if D > 128:
             raise ValueError(f"mot_attention: head dim {D} > 128 is not supported by the Triton kernel")

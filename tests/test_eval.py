@@ -352,6 +352,10 @@ def test_expert_bench_and_weights_export(bench_setup, tmp_path, monkeypatch):
     wvm_eval.main(["--bench", "expert", "--json", str(out)])
     res = json.load(open(out))
     assert (tmp_path / "exp.json.tmp").read_text() == "a user's file"
+    from checkpoint import save_json  # what --json writes with: strict, an infinity refused (nan_to_null makes NaN null)
+    with pytest.raises(ValueError, match="not JSON compliant"):
+        save_json({"voc": float("inf")}, tmp_path / "inf.json", strict=True)
+    assert not (tmp_path / "inf.json").exists()
     assert res["data"] == wvm_eval.DEMO_DATA
     table = res["tables"]["expert"]
     time_row = next(r for r in table if r["method"] == "time" and r["embodiment"] == "average")

@@ -150,9 +150,10 @@ if dist.is_initialized():  # together: a rank that tore gloo down while the othe
 """
 
 
-# FSDP2 with two parameter groups; the video stage (the value stream never runs) with two micro-batches per process
-@pytest.mark.parametrize("parallel,kw", [("ddp", {}), ("fsdp", dict(video_lr=0.5)),
-                                         ("fsdp", dict(stage="video", rewind=0.0, batch_size=8))])
+# FSDP2 with two parameter groups, and with activation checkpointing; the video stage (the value stream never runs)
+# with two micro-batches per process, and checkpointing per block
+@pytest.mark.parametrize("parallel,kw", [("ddp", {}), ("fsdp", dict(video_lr=0.5)), ("fsdp", dict(checkpointing=True)),
+                                         ("fsdp", dict(stage="video", rewind=0.0, batch_size=8, checkpointing=True))])
 def test_two_processes_match_one(dataset, tmp_path, parallel, kw):
     script = tmp_path / "dump.py"
     script.write_text(PARAMS_DUMP)
@@ -240,7 +241,7 @@ def test_fsdp_keeps_the_fp32_parameters_in_fp32_under_bf16(tmp_path):
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
     try:
         f, seen = copy.deepcopy(m), {}
-        block, qkv = f.value.blocks[0], f.value.blocks[0].qkv  # the MoT loop calls qkv, which FSDP wraps
+        block, qkv = f.value.blocks[0], f.value.blocks[0].qkv  # called inside the layer, its unit's parameters gathered
         block.qkv = lambda *a, **k: (seen.update(modulation=block.modulation.dtype), qkv(*a, **k))[1]
         f = train.parallelize(f, types.SimpleNamespace(parallel="fsdp", stage="value"), torch.device("cpu"), 1)
         f.video.head.register_forward_pre_hook(lambda mod, _: seen.update(head=mod.head.weight.dtype))
@@ -1074,6 +1075,15 @@ def test_a_vae_changed_only_inside_is_told_apart(trained, dataset, tmp_path):
     with pytest.raises(DataError, match=rf"clips-{ids['vae']}: latents of another VAE of the same id"):
         LatentCache(str(tmp_path / "lat"), ids["vae"], vae_weights(vae))
     assert LatentCache(str(tmp_path / "lat"), ids["vae"], ids["vae_weights"]).load("x") is None
+    # the cache is an input: refused before an --overwrite clears the old run
+    shutil.copytree(trained, tmp_path / "run")
+    before = sorted(os.listdir(tmp_path / "run"))
+    (tmp_path / "lat2" / f"clips-{ids['vae']}").mkdir(parents=True)
+    (tmp_path / "lat2" / f"clips-{ids['vae']}" / "vae.json").write_text('{"weights": "000000000000"}')
+    with pytest.raises(DataError, match="latents of another VAE of the same id"):
+        train_here(dataset, tmp_path / "run", max_steps=1, fps=4.0, overwrite=True, vae=str(trained / "vae.safetensors"),
+                   latent_cache=str(tmp_path / "lat2"))
+    assert sorted(os.listdir(tmp_path / "run")) == before
     save_wan_dit(WanDiT(WAN_CONFIGS["tiny"]), tmp_path / "wan", ids["vae"], None, ids["vae_weights"])
     train.check_prior(str(tmp_path / "wan"), ids, None)
     with pytest.raises(SystemExit, match=rf"learned the latents of another VAE \({ids['vae_weights']}\)"):
