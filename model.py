@@ -89,6 +89,14 @@ def rope_tables(head_dim, F_, H, W, device=None, theta=10000.0):
     return torch.cos(grid).float(), torch.sin(grid).float()
 
 
+def checkpointed(fn, *args, on=True):
+    """fn(*args); with `on`, while gradients are taken, its activations are recomputed in backward rather than kept
+    (activation checkpointing: a layer of WVM, a block of the video stream alone)."""
+    if on and torch.is_grad_enabled():
+        return torch.utils.checkpoint.checkpoint(fn, *args, use_reentrant=False)
+    return fn(*args)
+
+
 def gated_add(x, y, gate):
     """x + y * gate in fp32, with gate [B, G, D] applied to the G equal groups of tokens of x [B, L, D]."""
     B, L, D = x.shape
@@ -256,7 +264,6 @@ class WanDiT(nn.Module):
         self.blocks = nn.ModuleList(Block(c.dim, c.ffn_dim, c.num_heads, c.head_dim, c.num_heads, c.eps)
                                     for _ in range(c.num_layers))
         self.head = Head(c.dim, c.out_dim * math.prod(c.patch_size), c.eps)
-        self.checkpointing = False  # activation checkpointing per block (train.py --checkpointing, the video stage)
 
     def embed(self, x, t, context):
         """Latents [B, C, F, H, W] -> tokens [B, L, dim] (fp32), per-frame e/e0, projected text, RoPE tables."""
@@ -280,19 +287,16 @@ class WanDiT(nn.Module):
         out = out.view(out.shape[0], f, h, w, pt, ph, pw, self.cfg.out_dim)  # channel fastest, as Wan
         return out.permute(0, 7, 1, 4, 2, 5, 3, 6).reshape(out.shape[0], self.cfg.out_dim, F_, H, W)
 
-    def forward(self, x, t, context, future=0):
+    def forward(self, x, t, context, future=0, checkpointing=False):
         """x [B, 48, F, H, W] latents, t [B] or [B, F] on 0..1000, context [B, L<=512, 4096] -> velocity (fp32).
 
         future > 0: the last `future` latent frames see every frame and the frames before them only each
-        other (WVM's block-causal video mask); 0 is Wan's full attention."""
+        other (WVM's block-causal video mask); 0 is Wan's full attention. checkpointing: per block."""
         with low_precision_autocast(self, x.device.type):
             tokens, e, e0, ctx, rope = self.embed(x, t, context)
             n_fut = tokens.shape[1] * future // x.shape[2]
             for block in self.blocks:
-                if self.checkpointing and torch.is_grad_enabled():
-                    tokens = torch.utils.checkpoint.checkpoint(block, tokens, e0, ctx, rope, n_fut, use_reentrant=False)
-                else:
-                    tokens = block(tokens, e0, ctx, rope, n_fut)
+                tokens = checkpointed(block, tokens, e0, ctx, rope, n_fut, on=checkpointing)
             return self.unpatchify(self.head(tokens, e), *x.shape[2:])
 
 

@@ -417,7 +417,7 @@ def build_model(cfg, device, state=None, configs=None):
         model = wvm_from_wan(cfg.wan, value_cfg, dtype=torch.float32, size=cfg.size, video_cfg=video_cfg, **opts)
     else:
         model = WVM(video_cfg, value_cfg, **opts)
-    model.checkpointing = model.video.checkpointing = cfg.checkpointing  # the latter for the video stage
+    model.checkpointing = cfg.checkpointing
     model.video_only = cfg.stage == "video"
     if state is not None:  # a resumed run reads its own back from the checkpoint
         with torch.no_grad():

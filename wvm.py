@@ -23,8 +23,8 @@ import torch.nn.functional as F
 import flow
 from checkpoint import CheckpointError, load_into, read_metadata, save_safetensors
 from kernels import mot_attention
-from model import (FP32_PARAMS, WAN_CONFIGS, WanConfig, WanDiT, config_dict, load_wan_dit, low_precision_autocast,
-                   read_wan_checkpoint)
+from model import (FP32_PARAMS, WAN_CONFIGS, WanConfig, WanDiT, checkpointed, config_dict, load_wan_dit,
+                   low_precision_autocast, read_wan_checkpoint)
 from value_dit import VALUE_CONFIGS, ValueConfig, ValueDiT
 
 
@@ -74,7 +74,7 @@ class WVM(nn.Module):
         self.video, self.value = WanDiT(video_cfg), ValueDiT(value_cfg)
         self.mask, self.video_loss_weight = mask, video_loss_weight
         self.video_shift, self.value_shift = video_shift, value_shift
-        self.checkpointing = False  # activation checkpointing per layer (train.py turns it on for big models)
+        self.checkpointing = False  # activation checkpointing per layer, per block in video_only (train.py: big models)
         self.video_only = False  # the world-model prior: train the video stream alone (train.py --stage=video)
 
     @property
@@ -105,11 +105,7 @@ class WVM(nn.Module):
             for vb, ub in zip(self.video.blocks, self.value.blocks):
                 # FSDP (train.py's parallelize) makes a layer one unit, gathered for its call: vb.mot_layer
                 layer = getattr(vb, "mot_layer", None) or functools.partial(self.layer, vb, ub)
-                args = (x, z, (e0, ctx, rope), (e0u, ctxu), n_cur, n_fut)
-                if self.checkpointing and torch.is_grad_enabled():
-                    x, z = torch.utils.checkpoint.checkpoint(layer, *args, use_reentrant=False)
-                else:
-                    x, z = layer(*args)
+                x, z = checkpointed(layer, x, z, (e0, ctx, rope), (e0u, ctxu), n_cur, n_fut, on=self.checkpointing)
             return x, e, z, eu
 
     def flow_noise(self, seeds, latent_shape):
@@ -148,7 +144,8 @@ class WVM(nn.Module):
         x_in = torch.cat([cur, flow.add_noise(fut, eps_vid, s_vid)], 2)       # [B, C, F, H, W]
         t_vid = torch.cat([torch.zeros_like(s_vid)[:, None].expand(-1, F_ - 1), 1000 * s_vid[:, None]], 1)  # [B, F]
         if self.video_only:  # Wan's flow loss on the future latent given the clean current one, under the same mask
-            v_fut = self.video(x_in, t_vid, batch["context"], future=1 if self.mask == "causal" else 0)[:, :, -1:]
+            v_fut = self.video(x_in, t_vid, batch["context"], future=1 if self.mask == "causal" else 0,
+                               checkpointing=self.checkpointing)[:, :, -1:]
             loss_video = F.mse_loss(v_fut, flow.velocity(fut, eps_vid))
             return {"loss": loss_video, "loss_value": torch.zeros((), device=lat.device), "loss_video": loss_video}
 

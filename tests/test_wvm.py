@@ -437,7 +437,7 @@ def test_activation_checkpointing_gives_same_gradients(monkeypatch, video_only):
     grads = []
     for ckpt in (False, True):
         m.zero_grad()
-        m.checkpointing = m.video.checkpointing = ckpt
+        m.checkpointing = ckpt
         m(batch)["loss"].backward()
         grads.append([None if p.grad is None else p.grad.clone() for p in m.parameters()])
     assert len(calls) == len(m.video.blocks)  # each layer (or block) once, with checkpointing only
