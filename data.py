@@ -1077,7 +1077,7 @@ class LatentCache:
     def __init__(self, root, vae_id, weights=None):
         self.dir = os.path.join(root, f"clips-{vae_id}")
         os.makedirs(self.dir, exist_ok=True)
-        if weights:  # wan_vae.vae_weights: the id reads a few tensors, and a VAE fine-tuned inside shares it
+        if weights:  # wan_vae.vae_ids' digest: the id reads a few tensors, and a VAE fine-tuned inside shares it
             record = os.path.join(self.dir, "vae.json")
             try:
                 saved = read_json(record)

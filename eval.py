@@ -43,7 +43,7 @@ from data import (DataError, VideoError, check_names_some, decode_frames, decode
                   read_dataset, read_instruction_map, read_text, resample, warn_slow)
 from encode_text import TextCache, TextCacheError, describe, encoder_id, pad_text
 from sim import Mp4Writer
-from wan_vae import load_wan_vae, vae_fingerprint, vae_weights
+from wan_vae import load_wan_vae, other_vae, vae_ids
 from wvm import clip_latents, load_wvm
 
 DEMO_DATA, DEMO_RUN = "data/metaworld/heldout_unseen", "runs/demo-prior-s0"  # what `python demo.py` leaves behind
@@ -385,8 +385,8 @@ def load_scorer(args):
     if not os.path.exists(vae_path):
         raise SystemExit(f"{vae_path}: no VAE; pass --vae")
     vae = load_wan_vae(vae_path, device=args.device)  # a demo run saves its random VAE as vae.safetensors
-    ours = {"vae": vae_fingerprint(vae), "vae_weights": vae_weights(vae)}  # the second since 2026-12-08
-    if any(trained.get(k) and trained[k] != ours[k] for k in ours):
+    ours = vae_ids(vae)
+    if other_vae(trained, ours):
         raise SystemExit(f"{vae_path}: is not the VAE the model was trained with (id {' / '.join(ours.values())}; "
                          f"{path} records {' / '.join(str(trained.get(k)) for k in ours)})")
     text_path = args.text_cache or in_run(run_dir, run.get("text_cache"))

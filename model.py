@@ -420,7 +420,7 @@ def save_wan_dit(model, folder, vae=None, text_encoder=None, vae_weights=None):
     """A WanDiT as an official Wan2.2 DiT checkpoint folder (diffusion_pytorch_model.safetensors + config.json),
     the format load_wan_dit and the Wan2.2 code read: e.g. the video stream pretrained by train.py --stage=video.
     vae, vae_weights, text_encoder: the ids of the VAE whose latents it learned (wan_vae.vae_fingerprint, and the
-    digest of its weights, wan_vae.vae_weights) and of the encoder whose text features (encode_text.encoder_id), kept
+    digest of its weights: wan_vae.vae_ids) and of the encoder whose text features (encode_text.encoder_id), kept
     in config.json as "wvm_vae", "wvm_vae_weights" and "wvm_text_encoder" (keys Wan's loaders ignore) so that the
     folder says them wherever it is copied."""
     os.makedirs(folder, exist_ok=True)

@@ -47,7 +47,7 @@ from data import (ClipDataset, DataError, LatentCache, Source, check_names_some,
                   read_dataset, read_paraphrases)
 from encode_text import TextCache, TextCacheError, encoder_id, pad_text
 from model import read_wan_checkpoint, save_wan_dit
-from wan_vae import load_wan_vae, random_vae, save_wan_vae, vae_fingerprint, vae_weights
+from wan_vae import load_wan_vae, other_vae, random_vae, save_wan_vae, vae_ids
 from wvm import WVM, clip_latents, save_wvm, wvm_configs, wvm_from_wan
 
 
@@ -440,13 +440,13 @@ def build_vae(cfg, device, dataset):
     return vae.to(device).eval().requires_grad_(False)
 
 
-def check_prior(wan, vae_ids, text_id):
+def check_prior(wan, ids, text_id):
     """A --wan that a train.py --stage=video run exported (its out_dir/wan) learned the latents of that run's VAE and
     the features of its text encoder; a run without --vae makes a random one of its own (another with another seed,
     or other clips to calibrate it on), whose latents the prior never saw. The folder's config.json names both
     ("wvm_vae" and "wvm_vae_weights", "wvm_text_encoder"), wherever the folder is copied; one exported before it did
-    is checked against the run it lies in. vae_ids: this run's VAE's {"vae": vae_fingerprint, "vae_weights":
-    vae_weights}; text_id: its text cache's encoder id (None: unrecorded, not compared)."""
+    is checked against the run it lies in. ids: this run's VAE's (wan_vae.vae_ids); text_id: its text cache's encoder
+    id (None: unrecorded, not compared)."""
     folder = os.path.abspath(wan if os.path.isdir(wan) else os.path.dirname(os.path.abspath(wan)))
     run_dir = os.path.dirname(folder)
     try:  # read_wan_checkpoint has read this config.json already
@@ -465,11 +465,11 @@ def check_prior(wan, vae_ids, text_id):
         used = read_json(os.path.join(run_dir, "config.json")) or {}
     except CheckpointError:
         used = {}
-    if theirs := next((learned[k] for k in vae_ids if learned[k] and learned[k] != vae_ids[k]), None):
+    if theirs := other_vae(learned, ids):
         own = os.path.join(run_dir, "vae.safetensors")  # the --vae it was given, else the random one it saved
         hint = used.get("vae") or (own if os.path.isfile(own) else None)
         raise SystemExit(f"--wan={wan}: its video stream learned the latents of another VAE ({theirs}), and "
-                         f"this run's is {' / '.join(vae_ids.values())}: pass " + (f"--vae={hint}" if hint else
+                         f"this run's is {' / '.join(ids.values())}: pass " + (f"--vae={hint}" if hint else
                                                              "the VAE of the run that exported it with --vae"))
     if learned["text_encoder"] and text_id and learned["text_encoder"] != text_id:
         hint = used.get("text_cache")
@@ -910,16 +910,16 @@ def train(cfg, world, rank, device):
     if vae.cfg.z_dim != video_cfg.in_dim:  # else the first step's patch embedding fails naming no file
         raise SystemExit(f"--vae={cfg.vae}: {vae.cfg.z_dim} latent channels, and the video stream reads "
                          f"{video_cfg.in_dim} ({f'--wan={cfg.wan}' if cfg.wan else f'--size={cfg.size}'})") from None
-    vae_id, weights = vae_fingerprint(vae), vae_weights(vae)
+    ids = vae_ids(vae)
     if cfg.wan and not cfg.resume:
-        check_prior(cfg.wan, {"vae": vae_id, "vae_weights": weights}, encoder_id(text_cache.encoder))
+        check_prior(cfg.wan, ids, encoder_id(text_cache.encoder))
     latent_cache = None
     if cfg.latent_cache:  # an input too (one of another VAE is refused): read before the old run is cleared
         # latents encoded in the loader's groups (encode_grouped) round otherwise than the main process's: own folder
         latent_cache = dataset.latent_cache = LatentCache(
-            cfg.latent_cache, vae_id + (f"-by{LOADER_GROUP}" if cfg.encode_in_loader else ""), weights)
+            cfg.latent_cache, ids["vae"] + (f"-by{LOADER_GROUP}" if cfg.encode_in_loader else ""), ids["vae_weights"])
     # what scoring must reproduce to feed the model the inputs it was trained on (eval.py checks it)
-    run = {"resolution": cfg.resolution, "fps": cfg.fps, "vae": vae_id, "vae_weights": weights,
+    run = {"resolution": cfg.resolution, "fps": cfg.fps, **ids,
            "text_encoder": encoder_id(text_cache.encoder), "stage": cfg.stage}
     run |= {k: getattr(cfg, k) for k in MODEL_SETTINGS}  # what the weights mean: a resume cannot change it
     if cfg.first_frame:  # recorded only when on, so that runs saved before the option resume as they were

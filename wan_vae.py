@@ -620,10 +620,17 @@ def vae_fingerprint(vae):
     return h.hexdigest()[:12]
 
 
-def vae_weights(vae):
-    """checkpoint.sampled_digest of every weight, recorded beside vae_fingerprint (whose id caches and models made
-    before keep): a VAE fine-tuned in its inner layers alone shares that id, and its latents would pass as the other's."""
-    return sampled_digest(vae.parameters())
+def vae_ids(vae):
+    """What a run, an exported prior and a latent cache record of their VAE: {"vae": vae_fingerprint (the id caches
+    and models made before keep), "vae_weights": checkpoint.sampled_digest of every weight (a VAE fine-tuned in its
+    inner layers alone shares the id, and its latents would pass as the other's)}."""
+    return {"vae": vae_fingerprint(vae), "vae_weights": sampled_digest(vae.parameters())}
+
+
+def other_vae(recorded, ids):
+    """The first of the VAE ids in `recorded` (a run's record, a prior's) that is not `ids`' (vae_ids), or None. An
+    id not recorded is not compared: records made before 2026-12-08 lack the digest."""
+    return next((recorded[k] for k in ids if recorded.get(k) and recorded[k] != ids[k]), None)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -520,7 +520,7 @@ def test_latent_cache_gives_the_same_training(dataset, tmp_path):
     distinct = len(seen)  # 3 steps x 4 samples; a clip can repeat
     assert stored == [distinct, distinct]  # each clip stored once, nothing re-encoded on the second run
     vae = train.load_wan_vae(str(tmp_path / "fill" / "vae.safetensors"))
-    ds.latent_cache = train.LatentCache(str(cache), train.vae_fingerprint(vae))  # what train.py sets
+    ds.latent_cache = train.LatentCache(str(cache), train.vae_ids(vae)["vae"])  # what train.py sets
     assert os.listdir(cache) == [os.path.basename(ds.latent_cache.dir)]  # the run's VAE's folder, the only one
     # loader workers then skip decoding: the cache holds the current and the future latent of each clip
     assert all(ds[i]["frames"] is None and ds[i]["latents"].shape == (48, 2, 2, 2) for i in range(12))
@@ -1058,22 +1058,23 @@ def test_a_vae_changed_only_inside_is_told_apart(trained, dataset, tmp_path):
     import eval as wvm_eval
     from data import DataError, LatentCache
     from model import WAN_CONFIGS, WanDiT, save_wan_dit
-    from wan_vae import load_wan_vae, save_wan_vae, vae_fingerprint, vae_weights
+    from wan_vae import load_wan_vae, save_wan_vae, vae_ids
     vae = load_wan_vae(str(trained / "vae.safetensors"))
-    ids = {"vae": vae_fingerprint(vae), "vae_weights": vae_weights(vae)}
+    ids = vae_ids(vae)
     with torch.no_grad():
         next(p for n, p in vae.named_parameters() if n.startswith("encoder.downsamples")).add_(0.01)
-    assert vae_fingerprint(vae) == ids["vae"] and vae_weights(vae) != ids["vae_weights"]
+    inner = vae_ids(vae)["vae_weights"]
+    assert vae_ids(vae)["vae"] == ids["vae"] and inner != ids["vae_weights"]
     save_wan_vae(vae, str(tmp_path / "inner.safetensors"))
     argv = ["--bench", "expert", "--data", "x", "--ckpt", str(trained)]
     assert wvm_eval.load_scorer(wvm_eval.parse_args(argv)).trained["vae_weights"] == ids["vae_weights"]
     with pytest.raises(SystemExit, match=rf"inner.safetensors: is not the VAE the model was trained with \(id "
-                                         rf"{ids['vae']} / {vae_weights(vae)}; .* records {ids['vae']} / "
+                                         rf"{ids['vae']} / {inner}; .* records {ids['vae']} / "
                                          rf"{ids['vae_weights']}\)"):
         wvm_eval.load_scorer(wvm_eval.parse_args(argv + ["--vae", str(tmp_path / "inner.safetensors")]))
     LatentCache(str(tmp_path / "lat"), ids["vae"], ids["vae_weights"])
     with pytest.raises(DataError, match=rf"clips-{ids['vae']}: latents of another VAE of the same id"):
-        LatentCache(str(tmp_path / "lat"), ids["vae"], vae_weights(vae))
+        LatentCache(str(tmp_path / "lat"), ids["vae"], inner)
     assert LatentCache(str(tmp_path / "lat"), ids["vae"], ids["vae_weights"]).load("x") is None
     # the cache is an input: refused before an --overwrite clears the old run
     shutil.copytree(trained, tmp_path / "run")
@@ -1087,9 +1088,9 @@ def test_a_vae_changed_only_inside_is_told_apart(trained, dataset, tmp_path):
     save_wan_dit(WanDiT(WAN_CONFIGS["tiny"]), tmp_path / "wan", ids["vae"], None, ids["vae_weights"])
     train.check_prior(str(tmp_path / "wan"), ids, None)
     with pytest.raises(SystemExit, match=rf"learned the latents of another VAE \({ids['vae_weights']}\)"):
-        train.check_prior(str(tmp_path / "wan"), ids | {"vae_weights": vae_weights(vae)}, None)
+        train.check_prior(str(tmp_path / "wan"), ids | {"vae_weights": inner}, None)
     save_wan_dit(WanDiT(WAN_CONFIGS["tiny"]), tmp_path / "old", ids["vae"])  # exported before the digest
-    train.check_prior(str(tmp_path / "old"), ids | {"vae_weights": vae_weights(vae)}, None)
+    train.check_prior(str(tmp_path / "old"), ids | {"vae_weights": inner}, None)
 
 
 def test_states_of_two_widths_are_named_by_episode():
@@ -1263,8 +1264,9 @@ def test_video_stage_writes_a_wan_checkpoint_that_wvm_training_starts_from(datas
     # own is refused, and given that VAE it trains
     with pytest.raises(SystemExit, match=f"learned the latents of another VAE .*: pass --vae={tmp_path / 'prior'}/"):
         train_here(dataset, tmp_path / "own", wan=str(wan), max_steps=1)
-    assert train.read_json(wan / "config.json")["wvm_vae"] == train.vae_fingerprint(
-        train.load_wan_vae(str(tmp_path / "prior" / "vae.safetensors")))
+    config, ids = train.read_json(wan / "config.json"), train.vae_ids(train.load_wan_vae(str(tmp_path / "prior" /
+                                                                                          "vae.safetensors")))
+    assert (config["wvm_vae"], config["wvm_vae_weights"]) == (ids["vae"], ids["vae_weights"])
     # and the features of its text encoder: another encoder's cache of the same width is refused (it trained on)
     import encode_text
     assert train.read_json(wan / "config.json")["wvm_text_encoder"] == "tiny:32"
